@@ -1,0 +1,36 @@
+// Elementwise kernels: the residual add, and the plain copy that benchmarks use as their bandwidth yardstick.
+// Large counts use a 2-D grid (x up to 65535 workgroups); the linear index folds it back.
+
+struct Params {
+    count: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> a: array<f32>;
+@group(0) @binding(2) var<storage, read> b: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sum: array<f32>;
+
+@compute @workgroup_size(WG)
+fn add(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+       @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * groups.x + wg.x) * WG + lid;
+    if i < params.count {
+        sum[i] = a[i] + b[i];
+    }
+}
+
+// Copies `count` 16-byte words: one vec4<u32> per invocation, the widest portable load.
+@group(0) @binding(4) var<storage, read> src: array<vec4<u32>>;
+@group(0) @binding(5) var<storage, read_write> dst: array<vec4<u32>>;
+
+@compute @workgroup_size(WG)
+fn copy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * groups.x + wg.x) * WG + lid;
+    if i < params.count {
+        dst[i] = src[i];
+    }
+}

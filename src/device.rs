@@ -1,0 +1,518 @@
+//! Adapter choice, bring-your-own device, the optional features in use, and the pipeline cache.
+//!
+//! The crate asks only for [`wgpu::Limits::default()`] (WebGPU's limits) and three optional features:
+//! `SHADER_F16` (f16 KV cache), `SUBGROUP` (subgroup reductions) and `TIMESTAMP_QUERY` (benchmarks).
+//! Every kernel has a path without each of them, so a user can switch them off to dodge a driver bug
+//! (`MOBILELLM_FEATURES=none`, or [`GpuOptions::features`]).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use crate::error::{Error, Result};
+use crate::shader::{KernelSource, ShaderVariant};
+
+/// The optional device features this crate knows how to use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FeatureSet {
+    /// `SHADER_F16`: f16 arithmetic and storage in shaders (used for the KV cache).
+    pub f16: bool,
+    /// `SUBGROUP`: subgroup reductions instead of workgroup-memory trees.
+    pub subgroups: bool,
+    /// `TIMESTAMP_QUERY`: GPU timestamps for benchmarks.
+    pub timestamps: bool,
+}
+
+impl FeatureSet {
+    /// All optional features.
+    pub const ALL: FeatureSet = FeatureSet { f16: true, subgroups: true, timestamps: true };
+    /// No optional features: the portable fallback paths.
+    pub const NONE: FeatureSet = FeatureSet { f16: false, subgroups: false, timestamps: false };
+
+    /// Parses `none`, `all`, or a comma-separated list of `f16`, `subgroups`, `timestamps`.
+    pub fn parse(text: &str) -> Result<FeatureSet> {
+        let text = text.trim().to_ascii_lowercase();
+        match text.as_str() {
+            "all" | "" => return Ok(FeatureSet::ALL),
+            "none" => return Ok(FeatureSet::NONE),
+            _ => {}
+        }
+        let mut set = FeatureSet::NONE;
+        for word in text.split(',').map(str::trim).filter(|w| !w.is_empty()) {
+            match word {
+                "f16" | "shader_f16" => set.f16 = true,
+                "subgroups" | "subgroup" => set.subgroups = true,
+                "timestamps" | "timestamp" | "timestamp_query" => set.timestamps = true,
+                other => {
+                    return Err(Error::invalid(
+                        "feature name",
+                        format!("`{other}`"),
+                        "`all`, `none`, or a comma list of `f16`, `subgroups`, `timestamps`",
+                    ))
+                }
+            }
+        }
+        Ok(set)
+    }
+
+    /// The intersection of two sets.
+    pub fn intersect(self, other: FeatureSet) -> FeatureSet {
+        FeatureSet {
+            f16: self.f16 && other.f16,
+            subgroups: self.subgroups && other.subgroups,
+            timestamps: self.timestamps && other.timestamps,
+        }
+    }
+
+    fn from_wgpu(features: wgpu::Features) -> FeatureSet {
+        FeatureSet {
+            f16: features.contains(wgpu::Features::SHADER_F16),
+            subgroups: features.contains(wgpu::Features::SUBGROUP),
+            timestamps: features.contains(wgpu::Features::TIMESTAMP_QUERY),
+        }
+    }
+
+    fn to_wgpu(self) -> wgpu::Features {
+        let mut f = wgpu::Features::empty();
+        if self.f16 {
+            f |= wgpu::Features::SHADER_F16;
+        }
+        if self.subgroups {
+            f |= wgpu::Features::SUBGROUP;
+        }
+        if self.timestamps {
+            f |= wgpu::Features::TIMESTAMP_QUERY;
+        }
+        f
+    }
+}
+
+impl std::fmt::Display for FeatureSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut names = Vec::new();
+        if self.f16 {
+            names.push("f16");
+        }
+        if self.subgroups {
+            names.push("subgroups");
+        }
+        if self.timestamps {
+            names.push("timestamps");
+        }
+        if names.is_empty() {
+            write!(f, "none")
+        } else {
+            write!(f, "{}", names.join(","))
+        }
+    }
+}
+
+/// How to pick and open a device.
+#[derive(Clone, Debug)]
+pub struct GpuOptions {
+    /// Optional features the crate may use (intersected with what the adapter offers).
+    pub features: FeatureSet,
+    /// Backends to consider.
+    pub backends: wgpu::Backends,
+    /// Only adapters whose name contains this (case-insensitive) are considered.
+    pub adapter_name: Option<String>,
+}
+
+impl Default for GpuOptions {
+    fn default() -> Self {
+        GpuOptions { features: FeatureSet::ALL, backends: wgpu::Backends::all(), adapter_name: None }
+    }
+}
+
+impl GpuOptions {
+    /// Defaults, overridden by `MOBILELLM_FEATURES` (`all`, `none`, or e.g. `f16,timestamps`),
+    /// `MOBILELLM_BACKEND` (`vulkan`, `gl`, `metal`, `dx12`) and `MOBILELLM_ADAPTER` (a name substring).
+    pub fn from_env() -> Result<Self> {
+        let mut options = GpuOptions::default();
+        if let Ok(text) = std::env::var("MOBILELLM_FEATURES") {
+            options.features = FeatureSet::parse(&text)?;
+        }
+        if let Ok(text) = std::env::var("MOBILELLM_BACKEND") {
+            options.backends = parse_backend(&text)?;
+        }
+        if let Ok(text) = std::env::var("MOBILELLM_ADAPTER") {
+            if !text.is_empty() {
+                options.adapter_name = Some(text);
+            }
+        }
+        Ok(options)
+    }
+
+    /// Limits the optional features the crate may use.
+    pub fn features(mut self, features: FeatureSet) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// Limits the backends considered.
+    pub fn backends(mut self, backends: wgpu::Backends) -> Self {
+        self.backends = backends;
+        self
+    }
+}
+
+/// Parses a backend name as used by `MOBILELLM_BACKEND`.
+pub fn parse_backend(text: &str) -> Result<wgpu::Backends> {
+    Ok(match text.trim().to_ascii_lowercase().as_str() {
+        "vulkan" | "vk" => wgpu::Backends::VULKAN,
+        "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+        "metal" => wgpu::Backends::METAL,
+        "dx12" | "d3d12" => wgpu::Backends::DX12,
+        "all" | "" => wgpu::Backends::all(),
+        other => {
+            return Err(Error::invalid("backend", format!("`{other}`"), "`vulkan`, `gl`, `metal`, `dx12` or `all`"))
+        }
+    })
+}
+
+struct GpuInner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    features: FeatureSet,
+    limits: wgpu::Limits,
+    pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    // Errors wgpu reports outside an error scope (device loss, late validation), surfaced by the next call.
+    uncaptured: Arc<Mutex<Option<String>>>,
+}
+
+/// A wgpu device and queue with the crate's feature choices and pipeline cache. Cheap to clone.
+///
+/// ```no_run
+/// # fn main() -> mobilellm_kernels::Result<()> {
+/// let gpu = mobilellm_kernels::Gpu::new()?;
+/// println!("{} on {:?}, features {}", gpu.adapter_name(), gpu.backend(), gpu.features());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Gpu {
+    inner: Arc<GpuInner>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gpu")
+            .field("adapter", &self.inner.info.name)
+            .field("backend", &self.inner.info.backend)
+            .field("features", &self.inner.features)
+            .finish()
+    }
+}
+
+fn device_type_rank(t: wgpu::DeviceType) -> u32 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    }
+}
+
+fn backend_rank(b: wgpu::Backend) -> u32 {
+    match b {
+        wgpu::Backend::Vulkan | wgpu::Backend::Metal | wgpu::Backend::Dx12 => 0,
+        _ => 1,
+    }
+}
+
+impl Gpu {
+    /// Opens the best adapter (discrete > integrated > virtual > CPU; Vulkan/Metal/DX12 before GL),
+    /// honouring the `MOBILELLM_*` environment variables (see [`GpuOptions::from_env`]).
+    pub fn new() -> Result<Gpu> {
+        Gpu::with_options(&GpuOptions::from_env()?)
+    }
+
+    /// Opens the best adapter under explicit options (the environment is not read).
+    pub fn with_options(options: &GpuOptions) -> Result<Gpu> {
+        pollster::block_on(Self::open(options))
+    }
+
+    async fn open(options: &GpuOptions) -> Result<Gpu> {
+        // Native backends first; GL (which probes windowing systems noisily) only if they find nothing.
+        let mut adapters = Self::adapters(options.backends & wgpu::Backends::PRIMARY).await;
+        if adapters.is_empty() {
+            adapters = Self::adapters(options.backends).await;
+        }
+        if let Some(name) = &options.adapter_name {
+            let needle = name.to_ascii_lowercase();
+            adapters.retain(|a| a.get_info().name.to_ascii_lowercase().contains(&needle));
+        }
+        // Compute shaders are all we need; GL adapters without them are useless.
+        adapters.retain(|a| a.get_downlevel_capabilities().flags.contains(wgpu::DownlevelFlags::COMPUTE_SHADERS));
+        adapters.sort_by_key(|a| {
+            let info = a.get_info();
+            (device_type_rank(info.device_type), backend_rank(info.backend))
+        });
+        let Some(adapter) = adapters.into_iter().next() else {
+            return Err(Error::NoAdapter {
+                detail: format!(
+                    "backends {:?}{}",
+                    options.backends,
+                    options.adapter_name.as_ref().map(|n| format!(", name containing `{n}`")).unwrap_or_default()
+                ),
+            });
+        };
+        let offered = FeatureSet::from_wgpu(adapter.features());
+        let features = offered.intersect(options.features);
+        let limits = wgpu::Limits::default();
+        let adapter_limits = adapter.limits();
+        if adapter_limits.max_storage_buffers_per_shader_stage < limits.max_storage_buffers_per_shader_stage
+            || adapter_limits.max_compute_workgroup_storage_size < limits.max_compute_workgroup_storage_size
+        {
+            return Err(Error::Unsupported {
+                what: format!(
+                    "WebGPU default limits (adapter `{}` offers {} storage buffers per stage, {} bytes of workgroup memory)",
+                    adapter.get_info().name,
+                    adapter_limits.max_storage_buffers_per_shader_stage,
+                    adapter_limits.max_compute_workgroup_storage_size
+                ),
+                needed: "8 storage buffers per stage and 16384 bytes of workgroup memory".into(),
+            });
+        }
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("mobilellm"),
+                required_features: features.to_wgpu(),
+                required_limits: limits.clone(),
+                experimental_features: wgpu::ExperimentalFeatures::disabled(),
+                memory_hints: wgpu::MemoryHints::Performance,
+                trace: wgpu::Trace::Off,
+            })
+            .await
+            .map_err(|e| Error::Device(format!("request_device on `{}` failed: {e}", adapter.get_info().name)))?;
+        Ok(Gpu::assemble(device, queue, adapter.get_info(), features, limits))
+    }
+
+    async fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
+        if backends.is_empty() {
+            return Vec::new();
+        }
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        wgpu::Instance::new(desc).enumerate_adapters(backends).await
+    }
+
+    /// Wraps an engine's existing device and queue. The crate uses only the optional features that
+    /// `device` was created with (and that `allowed` permits). `info` is the adapter's description,
+    /// used for the subgroup size range and reports; pass `None` if unknown.
+    pub fn from_device(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: Option<wgpu::AdapterInfo>,
+        allowed: FeatureSet,
+    ) -> Result<Gpu> {
+        let limits = device.limits();
+        let default = wgpu::Limits::default();
+        if limits.max_storage_buffers_per_shader_stage < default.max_storage_buffers_per_shader_stage {
+            return Err(Error::Unsupported {
+                what: format!("{} storage buffers per shader stage", limits.max_storage_buffers_per_shader_stage),
+                needed: format!("{} (WebGPU default)", default.max_storage_buffers_per_shader_stage),
+            });
+        }
+        let features = FeatureSet::from_wgpu(device.features()).intersect(allowed);
+        let info = info.unwrap_or(wgpu::AdapterInfo {
+            name: "external device".into(),
+            vendor: 0,
+            device: 0,
+            device_type: wgpu::DeviceType::Other,
+            device_pci_bus_id: String::new(),
+            driver: String::new(),
+            driver_info: String::new(),
+            backend: wgpu::Backend::Noop,
+            subgroup_min_size: 4,
+            subgroup_max_size: 128,
+            transient_saves_memory: None,
+            limit_bucket: None,
+        });
+        Ok(Gpu::assemble(device, queue, info, features, limits))
+    }
+
+    fn assemble(
+        device: wgpu::Device,
+        queue: wgpu::Queue,
+        info: wgpu::AdapterInfo,
+        features: FeatureSet,
+        limits: wgpu::Limits,
+    ) -> Gpu {
+        let uncaptured = Arc::new(Mutex::new(None));
+        let sink = uncaptured.clone();
+        // wgpu's default handler panics; a library must turn these into errors instead.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| e.to_string());
+        }));
+        let lost = uncaptured.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let mut slot = lost.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
+        });
+        Gpu {
+            inner: Arc::new(GpuInner {
+                device,
+                queue,
+                info,
+                features,
+                limits,
+                pipelines: Mutex::new(HashMap::new()),
+                uncaptured,
+            }),
+        }
+    }
+
+    /// The wgpu device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+    /// The wgpu queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+    /// The adapter's description.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.inner.info
+    }
+    /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`.
+    pub fn adapter_name(&self) -> &str {
+        &self.inner.info.name
+    }
+    /// The backend in use.
+    pub fn backend(&self) -> wgpu::Backend {
+        self.inner.info.backend
+    }
+    /// The optional features in use.
+    pub fn features(&self) -> FeatureSet {
+        self.inner.features
+    }
+    /// The limits the device was created with.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+    /// The subgroup size range the adapter reports (kernels are correct for any size 4..=128).
+    pub fn subgroup_size_range(&self) -> (u32, u32) {
+        (self.inner.info.subgroup_min_size, self.inner.info.subgroup_max_size)
+    }
+    /// The largest buffer that may be bound as one storage binding.
+    pub fn max_binding_bytes(&self) -> u64 {
+        self.inner.limits.max_storage_buffer_binding_size.min(self.inner.limits.max_buffer_size)
+    }
+    /// A one-line description: adapter, backend, features and subgroup sizes.
+    pub fn describe(&self) -> String {
+        let (lo, hi) = self.subgroup_size_range();
+        format!(
+            "{} ({:?}, {:?}), features: {}, subgroup size {}..={}",
+            self.adapter_name(),
+            self.backend(),
+            self.inner.info.device_type,
+            self.features(),
+            lo,
+            hi
+        )
+    }
+
+    /// The pipeline for `entry` of `kernel` in `variant`, compiled once per device and cached.
+    pub fn pipeline(
+        &self,
+        kernel: &KernelSource,
+        entry: &str,
+        variant: &ShaderVariant,
+    ) -> Result<Arc<wgpu::ComputePipeline>> {
+        let key = format!("{}:{}:{}", kernel.name, entry, variant.key());
+        if let Some(p) = self.lock_pipelines().get(&key) {
+            return Ok(p.clone());
+        }
+        let source = variant.preprocess(kernel)?;
+        let device = &self.inner.device;
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(kernel.name),
+            source: wgpu::ShaderSource::Wgsl(source.into()),
+        });
+        let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&key),
+            layout: None,
+            module: &module,
+            entry_point: Some(entry),
+            compilation_options: Default::default(),
+            cache: None,
+        });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Shader {
+                kernel: kernel.name.to_string(),
+                variant: format!("{entry} {}", variant.key()),
+                message: err.to_string(),
+            });
+        }
+        let pipeline = Arc::new(pipeline);
+        self.lock_pipelines().insert(key, pipeline.clone());
+        Ok(pipeline)
+    }
+
+    /// Number of pipelines compiled so far on this device.
+    pub fn pipeline_count(&self) -> usize {
+        self.lock_pipelines().len()
+    }
+
+    fn lock_pipelines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<wgpu::ComputePipeline>>> {
+        // A poisoned cache only means another thread panicked mid-insert; the map is still valid.
+        self.inner.pipelines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates a buffer, turning an allocation failure into [`Error::OutOfMemory`].
+    pub fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        if size > self.inner.limits.max_buffer_size {
+            return Err(Error::Capacity {
+                what: format!("buffer `{label}` (bytes)"),
+                requested: size as usize,
+                capacity: self.inner.limits.max_buffer_size as usize,
+            });
+        }
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: size.max(4).next_multiple_of(4),
+            usage,
+            mapped_at_creation: false,
+        });
+        if let Some(err) = pollster::block_on(validation.pop()) {
+            return Err(Error::Gpu {
+                context: format!("creating buffer `{label}` of {size} bytes"),
+                message: err.to_string(),
+            });
+        }
+        if pollster::block_on(oom.pop()).is_some() {
+            return Err(Error::OutOfMemory(format!("allocating buffer `{label}` of {size} bytes")));
+        }
+        Ok(buffer)
+    }
+
+    /// Submits command buffers and waits for the queue to finish them.
+    pub fn submit_and_wait(&self, commands: impl IntoIterator<Item = wgpu::CommandBuffer>) -> Result<()> {
+        let index = self.inner.queue.submit(commands);
+        self.wait(Some(index))
+    }
+
+    /// Waits for a submission (or all work) to finish; reports any error wgpu raised meanwhile.
+    pub fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+        self.inner
+            .device
+            .poll(wgpu::PollType::Wait { submission_index: index, timeout: None })
+            .map_err(|e| Error::Gpu { context: "waiting for the GPU".into(), message: e.to_string() })?;
+        self.take_error()
+    }
+
+    /// Returns (and clears) an error wgpu reported outside any call of ours, e.g. a lost device.
+    pub fn take_error(&self) -> Result<()> {
+        let mut slot = self.inner.uncaptured.lock().unwrap_or_else(|p| p.into_inner());
+        match slot.take() {
+            Some(message) => Err(Error::Gpu { context: "a previous GPU operation".into(), message }),
+            None => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! GPU launchers, one module per kernel family (named like its `kernels/*.wgsl` file).
+//!
+//! Each launcher checks shapes and dtypes, picks the shader variant for the device, binds the buffers
+//! and returns a [`Dispatch`]: a pipeline, a bind group and a grid, made once and recorded into as many
+//! command buffers as needed. The scheduler builds all its dispatches at load time; tests and tools run
+//! them with [`run`].
+
+pub mod elementwise;
+pub mod rms_norm;
+
+use std::sync::Arc;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::shader::ShaderVariant;
+
+/// The most workgroups one grid dimension may have (WebGPU's default limit).
+pub const MAX_GROUPS_PER_DIM: u32 = 65535;
+
+/// One kernel launch, ready to record: pipeline, bind group and workgroup grid.
+#[derive(Debug)]
+pub struct Dispatch {
+    name: String,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    grid: [u32; 3],
+    // Uniform buffers owned by this dispatch (kept alive with the bind group).
+    _owned: Vec<wgpu::Buffer>,
+}
+
+impl Dispatch {
+    /// Records the launch into a compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(self.grid[0], self.grid[1], self.grid[2]);
+    }
+    /// `kernel:entry`, e.g. `rms_norm:rms_norm`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The workgroup grid.
+    pub fn grid(&self) -> [u32; 3] {
+        self.grid
+    }
+}
+
+/// Records `dispatches` in order into one compute pass, submits once, and waits.
+pub fn run(gpu: &Gpu, dispatches: &[&Dispatch]) -> Result<()> {
+    let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops::run") });
+    {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes: None });
+        for d in dispatches {
+            d.record(&mut pass);
+        }
+    }
+    gpu.submit_and_wait([encoder.finish()])
+}
+
+/// The variant every kernel starts from: the reduction path the device supports.
+pub(crate) fn base_variant(gpu: &Gpu) -> ShaderVariant {
+    ShaderVariant::new().flag_if("SUBGROUPS", gpu.features().subgroups)
+}
+
+/// A uniform buffer holding `value`.
+pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &Gpu, label: &str, value: &T) -> Result<wgpu::Buffer> {
+    let bytes = bytemuck::bytes_of(value);
+    let buffer =
+        gpu.create_buffer(label, bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+    gpu.queue().write_buffer(&buffer, 0, bytes);
+    Ok(buffer)
+}
+
+/// Binds `resources` (binding `i` = `resources[i].0`) and wraps the launch.
+pub(crate) fn make_dispatch(
+    gpu: &Gpu,
+    name: String,
+    pipeline: Arc<wgpu::ComputePipeline>,
+    resources: &[(u32, wgpu::BindingResource<'_>)],
+    grid: [u32; 3],
+    owned: Vec<wgpu::Buffer>,
+) -> Result<Dispatch> {
+    if grid.iter().any(|&g| g > MAX_GROUPS_PER_DIM) {
+        return Err(Error::invalid(
+            format!("workgroup grid of {name}"),
+            format!("{grid:?}"),
+            "at most 65535 per dimension",
+        ));
+    }
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
+        .iter()
+        .map(|(binding, resource)| wgpu::BindGroupEntry { binding: *binding, resource: resource.clone() })
+        .collect();
+    let scope = gpu.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let bind_group = gpu.device().create_bind_group(&wgpu::BindGroupDescriptor {
+        label: Some(&name),
+        layout: &pipeline.get_bind_group_layout(0),
+        entries: &entries,
+    });
+    if let Some(err) = pollster::block_on(scope.pop()) {
+        return Err(Error::Gpu { context: format!("binding buffers for {name}"), message: err.to_string() });
+    }
+    Ok(Dispatch { name, pipeline, bind_group, grid, _owned: owned })
+}
+
+/// A grid for `groups` workgroups in one logical dimension, folded into x and y.
+pub(crate) fn grid_1d(groups: u32) -> [u32; 3] {
+    if groups <= MAX_GROUPS_PER_DIM {
+        [groups.max(1), 1, 1]
+    } else {
+        let x = MAX_GROUPS_PER_DIM;
+        [x, groups.div_ceil(x), 1]
+    }
+}

@@ -1,0 +1,8 @@
+//! CPU twins of every kernel family, named like the launchers in [`crate::ops`]. They compute in f32
+//! like the GPU (accumulating in f32), so GPU-vs-CPU differences come only from summation order.
+
+mod elementwise;
+mod rms_norm;
+
+pub use elementwise::add;
+pub use rms_norm::rms_norm;
