@@ -31,10 +31,14 @@
 
 pub mod device;
 pub mod error;
+pub mod kv_cache;
+pub mod model;
 pub mod ops;
+pub mod quant;
 pub mod reference;
 pub mod shader;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use device::{FeatureSet, Gpu, GpuOptions};
 pub use error::{Error, Result};

@@ -5,8 +5,15 @@
 //! command buffers as needed. The scheduler builds all its dispatches at load time; tests and tools run
 //! them with [`run`].
 
+pub mod attention;
 pub mod elementwise;
+pub mod embedding;
+pub mod ffn;
+pub mod gemm;
+pub mod gemv;
+pub mod qkv_rope;
 pub mod rms_norm;
+pub mod sample;
 
 use std::sync::Arc;
 
@@ -110,5 +117,47 @@ pub(crate) fn grid_1d(groups: u32) -> [u32; 3] {
     } else {
         let x = MAX_GROUPS_PER_DIM;
         [x, groups.div_ceil(x), 1]
+    }
+}
+
+/// Per-step parameters every step-dependent kernel reads from one small uniform buffer, written with
+/// `queue.write_buffer` before each submission, so a planned step's dispatches never change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub struct StepParams {
+    /// Position of the first new token in the sequence (tokens already in the KV cache).
+    pub pos: u32,
+    /// Number of new tokens in this step (1 for decode, n for a prefill).
+    pub n: u32,
+    /// Sampling: random seed for this step.
+    pub seed: u32,
+    /// Sampling: top-k (0 = off).
+    pub top_k: u32,
+    /// Sampling: temperature (0 = greedy).
+    pub temperature: f32,
+    /// Sampling: top-p (1 = off).
+    pub top_p: f32,
+    /// Reserved; keeps the struct 16-byte sized.
+    pub _pad: [u32; 2],
+}
+
+/// The uniform buffer holding [`StepParams`], bound by step-dependent kernels.
+#[derive(Debug, Clone)]
+pub struct StepBuffer {
+    buffer: wgpu::Buffer,
+}
+
+impl StepBuffer {
+    /// Creates the buffer (zeroed).
+    pub fn new(gpu: &Gpu) -> Result<StepBuffer> {
+        Ok(StepBuffer { buffer: uniform(gpu, "step params", &StepParams::default())? })
+    }
+    /// Writes the parameters; takes effect for work submitted afterwards.
+    pub fn write(&self, gpu: &Gpu, params: &StepParams) {
+        gpu.queue().write_buffer(&self.buffer, 0, bytemuck::bytes_of(params));
+    }
+    /// The buffer, for binding.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
     }
 }

@@ -2,6 +2,7 @@
 //! like the GPU (accumulating in f32), so GPU-vs-CPU differences come only from summation order.
 
 mod elementwise;
+pub mod forward;
 mod rms_norm;
 
 pub use elementwise::add;

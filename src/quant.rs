@@ -1,0 +1,1 @@
+//! GPU weight formats (being written).

@@ -1,0 +1,1 @@
+//! The whole forward pass on the CPU (being written).
