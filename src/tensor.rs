@@ -148,6 +148,18 @@ impl Tensor {
         Ok(())
     }
 
+    /// The first `rows` rows of this tensor (`[rows, ..rest]`), sharing its buffer: kernels sized for fewer
+    /// rows than a reused activation buffer holds bind the whole buffer and touch only these rows.
+    pub fn view_rows(&self, rows: usize) -> Result<Tensor> {
+        let have = self.shape.first().copied().unwrap_or(0);
+        if rows == 0 || rows > have {
+            return Err(Error::shape("row view", &self.shape, format!("between 1 and {have} rows, asked for {rows}")));
+        }
+        let mut shape = self.shape.clone();
+        shape[0] = rows;
+        Ok(Tensor { buffer: self.buffer.clone(), dtype: self.dtype, shape })
+    }
+
     /// The underlying buffer.
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
