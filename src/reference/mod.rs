@@ -3,7 +3,9 @@
 
 mod elementwise;
 pub mod forward;
+mod gemv;
 mod rms_norm;
 
 pub use elementwise::add;
+pub use gemv::gemv;
 pub use rms_norm::rms_norm;
