@@ -3,3 +3,7 @@
 pub mod config;
 pub mod gguf;
 pub mod safetensors;
+pub mod weights;
+
+pub use config::{ModelConfig, RopeLayout};
+pub use weights::{LayerWeightsF32, ModelWeightsF32};
