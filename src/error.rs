@@ -105,6 +105,14 @@ pub enum Error {
         /// The size available.
         capacity: usize,
     },
+    /// A malformed GGUF file, or one this crate cannot serve (see [`crate::model::gguf::GgufError`]).
+    #[error("GGUF {path}: {error}")]
+    Gguf {
+        /// File path (or a description of the source).
+        path: String,
+        /// What is wrong.
+        error: crate::model::gguf::GgufError,
+    },
     /// Host I/O.
     #[error("i/o error on {path}: {source}")]
     Io {

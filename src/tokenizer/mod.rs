@@ -1,1 +1,541 @@
-//! Tokenizers: gpt2 byte-level BPE and llama SentencePiece-style BPE (being written).
+//! Tokenizers read from GGUF metadata: `gpt2` byte-level BPE with merges (with the `smollm` pre-tokenizer
+//! that isolates every digit) and `llama` SentencePiece-style BPE by scores with byte fallback.
+//!
+//! Special tokens (types CONTROL, USER_DEFINED and UNKNOWN, e.g. `<|im_start|>`) written in the input are
+//! matched whole, leftmost-longest, as llama.cpp and transformers do. BOS/EOS are added by
+//! [`Tokenizer::encode`] only when `add_special` is set AND the file's `tokenizer.ggml.add_bos_token` /
+//! `add_eos_token` say so.
+//!
+//! ```no_run
+//! # fn main() -> mobilellm_kernels::Result<()> {
+//! use mobilellm_kernels::model::gguf::GgufFile;
+//! use mobilellm_kernels::tokenizer::Tokenizer;
+//! let gguf = GgufFile::open("models/SmolLM2-135M-Instruct.Q4_1.gguf")?;
+//! let tok = Tokenizer::from_gguf(&gguf)?;
+//! let ids = tok.encode("The capital of France is", true);
+//! assert_eq!(ids, [504, 3575, 282, 4649, 314]);
+//! let prompt = tok.chat_prompt(&[("user", "What is 2+3?")], true)?;
+//! let mut stream = tok.stream_decoder();
+//! let text: String = ids.iter().map(|&id| stream.push(id)).collect();
+//! # Ok(()) }
+//! ```
+
+mod bpe;
+mod spm;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use crate::error::{Error, Result};
+use crate::model::gguf::{GgufFile, MetaValue};
+
+/// Which algorithm a tokenizer uses (`tokenizer.ggml.model`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenizerKind {
+    /// `gpt2`: byte-level BPE with ranked merges.
+    Gpt2,
+    /// `llama`: SentencePiece BPE by piece scores, `▁` for spaces, `<0xXX>` byte fallback.
+    Llama,
+}
+
+/// Token types (`tokenizer.ggml.token_type`, llama.cpp's numbering).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenType {
+    /// 0
+    Undefined,
+    /// 1: an ordinary piece.
+    Normal,
+    /// 2: the unknown token.
+    Unknown,
+    /// 3: control tokens (`<s>`, `<|im_start|>`), matched whole in the input.
+    Control,
+    /// 4: added tokens, matched whole in the input.
+    UserDefined,
+    /// 5
+    Unused,
+    /// 6: `<0xXX>` byte tokens.
+    Byte,
+}
+
+impl TokenType {
+    /// From llama.cpp's number (unknown numbers read as `Undefined`).
+    pub fn from_i64(v: i64) -> Self {
+        match v {
+            1 => TokenType::Normal,
+            2 => TokenType::Unknown,
+            3 => TokenType::Control,
+            4 => TokenType::UserDefined,
+            5 => TokenType::Unused,
+            6 => TokenType::Byte,
+            _ => TokenType::Undefined,
+        }
+    }
+    /// Whether the token is matched whole in input text and decoded as its literal text.
+    pub fn is_special(self) -> bool {
+        matches!(self, TokenType::Control | TokenType::UserDefined | TokenType::Unknown)
+    }
+}
+
+/// Everything a tokenizer is built from (the `tokenizer.*` keys of a GGUF file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Vocab {
+    /// `tokenizer.ggml.model`.
+    pub kind: TokenizerKind,
+    /// `tokenizer.ggml.pre` (gpt2 only: absent, `gpt-2` or `smollm`).
+    pub pre: Option<String>,
+    /// `tokenizer.ggml.tokens`: the text of each id.
+    pub tokens: Vec<String>,
+    /// `tokenizer.ggml.token_type` (empty: all normal).
+    pub token_types: Vec<TokenType>,
+    /// `tokenizer.ggml.scores` (llama; empty: all zero).
+    pub scores: Vec<f32>,
+    /// `tokenizer.ggml.merges` (gpt2), `"left right"` in rank order.
+    pub merges: Vec<String>,
+    /// `tokenizer.ggml.bos_token_id`.
+    pub bos: Option<u32>,
+    /// `tokenizer.ggml.eos_token_id`.
+    pub eos: Option<u32>,
+    /// `tokenizer.ggml.unknown_token_id`.
+    pub unk: Option<u32>,
+    /// `tokenizer.ggml.add_bos_token` (default: true for llama, false for gpt2).
+    pub add_bos: bool,
+    /// `tokenizer.ggml.add_eos_token` (default false).
+    pub add_eos: bool,
+    /// `tokenizer.ggml.add_space_prefix` (default: true for llama, false for gpt2).
+    pub add_space_prefix: bool,
+    /// `tokenizer.chat_template`.
+    pub chat_template: Option<String>,
+}
+
+impl Vocab {
+    /// Reads the `tokenizer.*` keys of a GGUF file.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Vocab> {
+        let model_key = "tokenizer.ggml.model";
+        let kind = match gguf.get_str(model_key)? {
+            Some("gpt2") => TokenizerKind::Gpt2,
+            Some("llama") => TokenizerKind::Llama,
+            Some(other) => return Err(Error::invalid(model_key, other, "`gpt2` or `llama`")),
+            None => return Err(Error::invalid(model_key, "absent", "`gpt2` or `llama`")),
+        };
+        let strings = |key: &str| -> Result<Vec<String>> {
+            let Some(items) = gguf.get_array(key)? else { return Ok(Vec::new()) };
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_str().map(str::to_owned).ok_or_else(|| bad_item(key, i, v, "string")))
+                .collect()
+        };
+        let tokens = strings("tokenizer.ggml.tokens")?;
+        if tokens.is_empty() {
+            return Err(Error::invalid("tokenizer.ggml.tokens", "absent or empty", "the vocabulary"));
+        }
+        let merges = strings("tokenizer.ggml.merges")?;
+        let type_key = "tokenizer.ggml.token_type";
+        let token_types = match gguf.get_array(type_key)? {
+            None => Vec::new(),
+            Some(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_i64().map(TokenType::from_i64).ok_or_else(|| bad_item(type_key, i, v, "integer")))
+                .collect::<Result<_>>()?,
+        };
+        let score_key = "tokenizer.ggml.scores";
+        let scores = match gguf.get_array(score_key)? {
+            None => Vec::new(),
+            Some(items) => items
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v.as_f64().map(|f| f as f32).ok_or_else(|| bad_item(score_key, i, v, "number")))
+                .collect::<Result<_>>()?,
+        };
+        let id = |key: &str| -> Result<Option<u32>> {
+            // Some converters write -1 (as i32) for "none".
+            match gguf.get(key) {
+                Some(v) if v.as_i64().is_some_and(|x| x < 0) => Ok(None),
+                _ => Ok(gguf.get_u64(key)?.map(|x| x.min(u32::MAX as u64) as u32)),
+            }
+        };
+        let llama = kind == TokenizerKind::Llama;
+        Ok(Vocab {
+            kind,
+            pre: gguf.get_str("tokenizer.ggml.pre")?.map(str::to_owned),
+            tokens,
+            token_types,
+            scores,
+            merges,
+            bos: id("tokenizer.ggml.bos_token_id")?,
+            eos: id("tokenizer.ggml.eos_token_id")?,
+            unk: id("tokenizer.ggml.unknown_token_id")?,
+            add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(llama),
+            add_eos: gguf.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
+            add_space_prefix: gguf.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(llama),
+            chat_template: gguf.get_str("tokenizer.chat_template")?.map(str::to_owned),
+        })
+    }
+}
+
+fn bad_item(key: &str, i: usize, v: &MetaValue, expected: &str) -> Error {
+    Error::invalid(format!("{key}[{i}]"), format!("{v:?}"), expected)
+}
+
+/// How chat prompts are built.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChatTemplate {
+    /// `<|im_start|>role\ncontent<|im_end|>\n` per message, then `<|im_start|>assistant\n`; when the file's
+    /// template inserts a default system message if the first message is not a system one, it is kept here.
+    ChatMl {
+        /// The default system message of the file's template, if it has one.
+        default_system: Option<String>,
+    },
+    /// A template this crate does not render (only ChatML is supported); holds the template text.
+    Unsupported(String),
+}
+
+impl ChatTemplate {
+    /// Recognises a ChatML Jinja template (or none: plain ChatML).
+    pub fn detect(template: Option<&str>) -> ChatTemplate {
+        let Some(t) = template else { return ChatTemplate::ChatMl { default_system: None } };
+        if !(t.contains("<|im_start|>") && t.contains("<|im_end|>")) {
+            return ChatTemplate::Unsupported(t.to_owned());
+        }
+        // A literal system turn inside the template is its default system message (SmolLM2, Qwen2 style:
+        // `{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n...<|im_end|>\n' }}`).
+        let default_system = ["<|im_start|>system\n", "<|im_start|>system\\n"].iter().find_map(|start| {
+            let from = t.find(start)? + start.len();
+            let len = t[from..].find("<|im_end|>")?;
+            Some(t[from..from + len].replace("\\n", "\n"))
+        });
+        ChatTemplate::ChatMl { default_system }
+    }
+}
+
+/// A tokenizer built from GGUF metadata.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    vocab: Vocab,
+    token_to_id: HashMap<String, u32>,
+    /// Special tokens by first byte, longest first.
+    special_by_byte: HashMap<u8, Vec<u32>>,
+    model: Model,
+    chat: ChatTemplate,
+}
+
+#[derive(Debug, Clone)]
+enum Model {
+    Gpt2(bpe::Gpt2),
+    Llama(spm::Spm),
+}
+
+enum Fragment<'a> {
+    Text(&'a str),
+    Token(u32),
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by a GGUF file's `tokenizer.*` metadata.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
+        Self::from_vocab(Vocab::from_gguf(gguf)?)
+    }
+
+    /// Builds a tokenizer from its parts (checks lengths and ids).
+    pub fn from_vocab(mut vocab: Vocab) -> Result<Tokenizer> {
+        let n = vocab.tokens.len();
+        if n == 0 || n > u32::MAX as usize {
+            return Err(Error::invalid("vocabulary size", n, "1..2^32 tokens"));
+        }
+        if vocab.token_types.is_empty() {
+            vocab.token_types = vec![TokenType::Normal; n];
+        }
+        if vocab.scores.is_empty() {
+            vocab.scores = vec![0.0; n];
+        }
+        if vocab.token_types.len() != n {
+            return Err(Error::invalid("tokenizer.ggml.token_type length", vocab.token_types.len(), n));
+        }
+        if vocab.scores.len() != n {
+            return Err(Error::invalid("tokenizer.ggml.scores length", vocab.scores.len(), n));
+        }
+        for (what, id) in [("bos", vocab.bos), ("eos", vocab.eos), ("unk", vocab.unk)] {
+            if let Some(id) = id.filter(|&id| id as usize >= n) {
+                return Err(Error::invalid(format!("{what} token id"), id, format!("< vocabulary size {n}")));
+            }
+        }
+        let mut token_to_id = HashMap::with_capacity(n);
+        for (i, t) in vocab.tokens.iter().enumerate() {
+            // First id wins on duplicates, as in llama.cpp.
+            token_to_id.entry(t.clone()).or_insert(i as u32);
+        }
+        let mut special_by_byte: HashMap<u8, Vec<u32>> = HashMap::new();
+        for (i, (t, ty)) in vocab.tokens.iter().zip(&vocab.token_types).enumerate() {
+            if ty.is_special() && !t.is_empty() {
+                special_by_byte.entry(t.as_bytes()[0]).or_default().push(i as u32);
+            }
+        }
+        for ids in special_by_byte.values_mut() {
+            ids.sort_by_key(|&id| (std::cmp::Reverse(vocab.tokens[id as usize].len()), id));
+        }
+        let model = match vocab.kind {
+            TokenizerKind::Gpt2 => Model::Gpt2(bpe::Gpt2::new(&vocab, &token_to_id)?),
+            TokenizerKind::Llama => Model::Llama(spm::Spm::new(&vocab)),
+        };
+        let chat = ChatTemplate::detect(vocab.chat_template.as_deref());
+        Ok(Tokenizer { vocab, token_to_id, special_by_byte, model, chat })
+    }
+
+    /// The tokenizer's parts.
+    pub fn vocab(&self) -> &Vocab {
+        &self.vocab
+    }
+    /// `gpt2` or `llama`.
+    pub fn kind(&self) -> TokenizerKind {
+        self.vocab.kind
+    }
+    /// Number of tokens.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab.tokens.len()
+    }
+    /// Beginning-of-sequence id.
+    pub fn bos(&self) -> Option<u32> {
+        self.vocab.bos
+    }
+    /// End-of-sequence id (the stop token).
+    pub fn eos(&self) -> Option<u32> {
+        self.vocab.eos
+    }
+    /// The text of a token.
+    pub fn token(&self, id: u32) -> Option<&str> {
+        self.vocab.tokens.get(id as usize).map(String::as_str)
+    }
+    /// The id of a token text.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.token_to_id.get(text).copied()
+    }
+    /// Whether `id` is a special (control / user-defined / unknown) token.
+    pub fn is_special(&self, id: u32) -> bool {
+        self.vocab.token_types.get(id as usize).is_some_and(|t| t.is_special())
+    }
+    /// How chat prompts are built.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.chat
+    }
+
+    /// Encodes text. Special tokens written in the text are matched whole. With `add_special`, BOS and EOS
+    /// are added where the file's `add_bos_token` / `add_eos_token` say so.
+    pub fn encode(&self, text: &str, add_special: bool) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if add_special && self.vocab.add_bos {
+            out.extend(self.vocab.bos);
+        }
+        let fragments = self.split_special(text);
+        match &self.model {
+            Model::Gpt2(m) => {
+                for f in &fragments {
+                    match f {
+                        Fragment::Text(t) => m.encode(t, &mut out),
+                        Fragment::Token(id) => out.push(*id),
+                    }
+                }
+            }
+            Model::Llama(m) => {
+                // llama.cpp: a space prefix goes on the first text fragment and on any text after a special token.
+                let mut prev_special = true;
+                for f in &fragments {
+                    match f {
+                        Fragment::Text(t) => {
+                            let prefix = self.vocab.add_space_prefix && prev_special;
+                            m.encode(t, prefix, &self.vocab, &self.token_to_id, &mut out);
+                            prev_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(*id);
+                            prev_special = true;
+                        }
+                    }
+                }
+            }
+        }
+        if add_special && self.vocab.add_eos {
+            out.extend(self.vocab.eos);
+        }
+        out
+    }
+
+    fn split_special<'t>(&self, text: &'t str) -> Vec<Fragment<'t>> {
+        let mut out = Vec::new();
+        let (mut start, mut i) = (0, 0);
+        let bytes = text.as_bytes();
+        while i < bytes.len() {
+            let hit = self.special_by_byte.get(&bytes[i]).and_then(|ids| {
+                ids.iter().copied().find(|&id| text[i..].starts_with(self.vocab.tokens[id as usize].as_str()))
+            });
+            match hit {
+                Some(id) => {
+                    if start < i {
+                        out.push(Fragment::Text(&text[start..i]));
+                    }
+                    out.push(Fragment::Token(id));
+                    i += self.vocab.tokens[id as usize].len();
+                    start = i;
+                }
+                None => {
+                    i += 1;
+                    while i < bytes.len() && !text.is_char_boundary(i) {
+                        i += 1;
+                    }
+                }
+            }
+        }
+        if start < bytes.len() {
+            out.push(Fragment::Text(&text[start..]));
+        }
+        out
+    }
+
+    /// The bytes a token stands for (special tokens: their literal text). Ids outside the vocabulary give
+    /// no bytes.
+    pub fn token_bytes(&self, id: u32) -> Cow<'_, [u8]> {
+        let Some(text) = self.vocab.tokens.get(id as usize) else { return Cow::Borrowed(&[]) };
+        let ty = self.vocab.token_types[id as usize];
+        if ty.is_special() {
+            return Cow::Borrowed(text.as_bytes());
+        }
+        match &self.model {
+            Model::Gpt2(m) => Cow::Owned(m.token_bytes(text)),
+            Model::Llama(_) => spm::token_bytes(text, ty),
+        }
+    }
+
+    /// Decodes ids to text (special tokens as their text; invalid UTF-8 as U+FFFD; ids outside the vocabulary
+    /// are skipped: use [`Tokenizer::try_decode`] to reject them). For `llama` files with a space prefix, the
+    /// space the encoder added in front of the first piece is removed.
+    pub fn decode(&self, ids: &[u32]) -> String {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            bytes.extend_from_slice(&self.token_bytes(id));
+        }
+        if self.vocab.kind == TokenizerKind::Llama
+            && self.vocab.add_space_prefix
+            && ids.first().is_some_and(|&id| !self.is_special(id))
+            && bytes.first() == Some(&b' ')
+        {
+            bytes.remove(0);
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// Like [`Tokenizer::decode`], but an id outside the vocabulary is an error.
+    pub fn try_decode(&self, ids: &[u32]) -> Result<String> {
+        self.check_ids(ids)?;
+        Ok(self.decode(ids))
+    }
+
+    /// Errors on the first id outside the vocabulary.
+    pub fn check_ids(&self, ids: &[u32]) -> Result<()> {
+        match ids.iter().find(|&&id| id as usize >= self.vocab_size()) {
+            Some(id) => Err(Error::invalid("token id", id, format!("< vocabulary size {}", self.vocab_size()))),
+            None => Ok(()),
+        }
+    }
+
+    /// A decoder for generated ids, one at a time, that holds bytes back until they form valid UTF-8.
+    pub fn stream_decoder(&self) -> StreamDecoder<'_> {
+        StreamDecoder { tokenizer: self, pending: Vec::new() }
+    }
+
+    /// Renders a chat as ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n` per `(role, content)` message,
+    /// then `<|im_start|>assistant\n` when `add_generation_prompt`. When the file's template has a default
+    /// system message and the first message is not from `system`, that message goes first, as the template does.
+    /// A template that is not ChatML is an error (only ChatML is rendered).
+    pub fn chat_prompt(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
+        let default_system = match &self.chat {
+            ChatTemplate::ChatMl { default_system } => default_system.as_deref(),
+            ChatTemplate::Unsupported(t) => {
+                let shown: String = t.chars().take(80).collect();
+                return Err(Error::invalid(
+                    "tokenizer.chat_template",
+                    format!("{shown:?}..."),
+                    "a ChatML template (<|im_start|>role\\ncontent<|im_end|>)",
+                ));
+            }
+        };
+        let mut s = String::new();
+        let turn = |s: &mut String, role: &str, content: &str| {
+            s.push_str("<|im_start|>");
+            s.push_str(role);
+            s.push('\n');
+            s.push_str(content);
+            s.push_str("<|im_end|>\n");
+        };
+        if let (Some(system), Some((role, _))) = (default_system, messages.first()) {
+            if *role != "system" {
+                turn(&mut s, "system", system);
+            }
+        }
+        for (role, content) in messages {
+            turn(&mut s, role, content);
+        }
+        if add_generation_prompt {
+            s.push_str("<|im_start|>assistant\n");
+        }
+        Ok(s)
+    }
+
+    /// [`Tokenizer::chat_prompt`] then [`Tokenizer::encode`] (with `add_special`: BOS where the file asks).
+    pub fn encode_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<Vec<u32>> {
+        Ok(self.encode(&self.chat_prompt(messages, add_generation_prompt)?, true))
+    }
+}
+
+/// Turns ids into text one at a time, holding back bytes of an incomplete UTF-8 character (a byte-level or
+/// `<0xXX>` token can carry part of one) until the rest arrives. Unlike [`Tokenizer::decode`] it never drops
+/// a leading space: it is meant for continuations.
+#[derive(Debug)]
+pub struct StreamDecoder<'a> {
+    tokenizer: &'a Tokenizer,
+    pending: Vec<u8>,
+}
+
+impl StreamDecoder<'_> {
+    /// Adds one id; returns the text that is now complete (often empty while a character is split).
+    pub fn push(&mut self, id: u32) -> String {
+        self.pending.extend_from_slice(&self.tokenizer.token_bytes(id));
+        let mut out = String::new();
+        loop {
+            match std::str::from_utf8(&self.pending) {
+                Ok(s) => {
+                    out.push_str(s);
+                    self.pending.clear();
+                    return out;
+                }
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    // The valid prefix was just checked.
+                    out.push_str(&String::from_utf8_lossy(&self.pending[..valid]));
+                    match e.error_len() {
+                        // An incomplete character at the end: keep it for the next token.
+                        None => {
+                            self.pending.drain(..valid);
+                            return out;
+                        }
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            self.pending.drain(..valid + bad);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Bytes held back so far (an incomplete character).
+    pub fn pending(&self) -> &[u8] {
+        &self.pending
+    }
+
+    /// Ends the stream: whatever is held back, with U+FFFD for an incomplete character.
+    pub fn finish(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        s
+    }
+}

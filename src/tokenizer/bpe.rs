@@ -1,0 +1,146 @@
+//! `gpt2` byte-level BPE: bytes mapped to printable characters (GPT-2's `bytes_to_unicode`), a regex
+//! pre-tokenizer, then ranked merges inside each pre-token.
+
+use std::collections::HashMap;
+
+use fancy_regex::Regex;
+
+use super::Vocab;
+use crate::error::{Error, Result};
+
+/// GPT-2's pre-tokenizer regex (as in tokenizers' ByteLevel and llama.cpp).
+const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Gpt2 {
+    regex: Regex,
+    /// `smollm`: every numeric character is its own pre-token before the GPT-2 regex runs.
+    split_digits: bool,
+    /// Id of the one-character token of each byte (None: the byte is not in the vocabulary and is dropped,
+    /// as transformers and llama.cpp do).
+    byte_ids: [Option<u32>; 256],
+    /// (left, right) -> (rank, merged id).
+    merges: HashMap<(u32, u32), (u32, u32)>,
+    byte_of_char: HashMap<char, u8>,
+}
+
+/// GPT-2's reversible byte -> printable character map.
+fn bytes_to_unicode() -> [char; 256] {
+    let mut map = ['\0'; 256];
+    let mut n = 0u32;
+    for b in 0..=255u8 {
+        let printable = (b'!'..=b'~').contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+        map[b as usize] = if printable {
+            char::from(b)
+        } else {
+            n += 1;
+            char::from_u32(255 + n).unwrap_or('\0')
+        };
+    }
+    map
+}
+
+impl Gpt2 {
+    pub(crate) fn new(vocab: &Vocab, token_to_id: &HashMap<String, u32>) -> Result<Self> {
+        let split_digits = match vocab.pre.as_deref() {
+            None | Some("gpt-2") | Some("gpt2") => false,
+            Some("smollm") => true,
+            Some(other) => {
+                return Err(Error::invalid(
+                    "tokenizer.ggml.pre",
+                    other,
+                    "absent, `gpt-2` or `smollm` (gpt2 tokenizers)",
+                ))
+            }
+        };
+        let regex = Regex::new(GPT2_PATTERN).map_err(|e| Error::invalid("pre-tokenizer regex", e, "a valid regex"))?;
+        let chars = bytes_to_unicode();
+        let mut byte_ids = [None; 256];
+        let mut byte_of_char = HashMap::with_capacity(256);
+        for (b, c) in chars.iter().enumerate() {
+            byte_ids[b] = token_to_id.get(c.to_string().as_str()).copied();
+            byte_of_char.insert(*c, b as u8);
+        }
+        let mut merges = HashMap::with_capacity(vocab.merges.len());
+        for (rank, m) in vocab.merges.iter().enumerate() {
+            let Some((l, r)) = m.split_once(' ') else {
+                return Err(Error::invalid(
+                    format!("tokenizer.ggml.merges[{rank}]"),
+                    format!("{m:?}"),
+                    "\"left right\"",
+                ));
+            };
+            // Merges whose parts or result are not tokens can never apply (llama.cpp skips them too).
+            let (Some(&li), Some(&ri), Some(&mi)) =
+                (token_to_id.get(l), token_to_id.get(r), token_to_id.get(format!("{l}{r}").as_str()))
+            else {
+                continue;
+            };
+            merges.entry((li, ri)).or_insert((rank as u32, mi));
+        }
+        Ok(Gpt2 { regex, split_digits, byte_ids, merges, byte_of_char })
+    }
+
+    pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) {
+        if self.split_digits {
+            let mut start = 0;
+            for (i, c) in text.char_indices() {
+                if c.is_numeric() {
+                    self.encode_regex(&text[start..i], out);
+                    self.encode_regex(&text[i..i + c.len_utf8()], out);
+                    start = i + c.len_utf8();
+                }
+            }
+            self.encode_regex(&text[start..], out);
+        } else {
+            self.encode_regex(text, out);
+        }
+    }
+
+    fn encode_regex(&self, text: &str, out: &mut Vec<u32>) {
+        let mut last = 0;
+        for m in self.regex.find_iter(text) {
+            // The regex cannot fail on plain text (no backtrack limit is reached by these patterns);
+            // on an error the rest is encoded as one piece rather than lost.
+            let Ok(m) = m else { break };
+            if m.start() > last {
+                self.bpe_word(&text[last..m.start()], out);
+            }
+            self.bpe_word(m.as_str(), out);
+            last = m.end();
+        }
+        if last < text.len() {
+            self.bpe_word(&text[last..], out);
+        }
+    }
+
+    fn bpe_word(&self, word: &str, out: &mut Vec<u32>) {
+        let mut syms: Vec<u32> = word.bytes().filter_map(|b| self.byte_ids[b as usize]).collect();
+        // Repeatedly merge the best-ranked adjacent pair (leftmost on ties), as GPT-2 does.
+        loop {
+            let best = syms
+                .windows(2)
+                .enumerate()
+                .filter_map(|(i, w)| self.merges.get(&(w[0], w[1])).map(|&(rank, id)| (rank, i, id)))
+                .min();
+            let Some((_, i, id)) = best else { break };
+            syms[i] = id;
+            syms.remove(i + 1);
+        }
+        out.extend_from_slice(&syms);
+    }
+
+    pub(crate) fn token_bytes(&self, text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        for c in text.chars() {
+            match self.byte_of_char.get(&c) {
+                Some(&b) => out.push(b),
+                None => {
+                    let mut buf = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                }
+            }
+        }
+        out
+    }
+}

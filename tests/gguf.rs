@@ -1,0 +1,401 @@
+//! GGUF reader: synthetic files from the crate's writer (roundtrip, every truncation point, corrupt tables,
+//! unknown/unsupported types, wrong architecture), and the real SmolLM2 file when it is cached.
+
+#[path = "support/smollm2.rs"]
+mod smollm2;
+
+use mobilellm_kernels::model::gguf::{
+    names, GgmlType, GgufError, GgufFile, GgufLlamaConfig, GgufWriter, MetaValue, TensorType, ValueType,
+};
+use mobilellm_kernels::Error;
+
+fn gguf_err(r: mobilellm_kernels::Result<GgufFile>) -> GgufError {
+    match r {
+        Err(Error::Gguf { error, .. }) => error,
+        Err(e) => panic!("expected a GGUF error, got {e}"),
+        Ok(f) => panic!("expected a GGUF error, parsed {f:?}"),
+    }
+}
+
+/// Deterministic filler bytes.
+fn bytes(n: usize, seed: u32) -> Vec<u8> {
+    (0..n).map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 13) as u8).collect()
+}
+
+fn tiny_config() -> GgufLlamaConfig {
+    GgufLlamaConfig {
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 16,
+        rope_dim: 16,
+        rope_theta: 100000.0,
+        rms_norm_eps: 1e-5,
+        context_length: 128,
+        vocab_size: 5,
+        tied_embeddings: true,
+        rope_interleaved: true,
+    }
+}
+
+/// A complete tiny llama model: every tensor name, one type per tensor family, a tokenizer array.
+fn tiny_llama() -> GgufWriter {
+    let c = tiny_config();
+    let (h, f, v, kv) = (c.hidden_size as u64, c.intermediate_size as u64, c.vocab_size as u64, 32u64);
+    let mut w = GgufWriter::new();
+    w.llama_config(&c);
+    w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()));
+    w.meta_strings("tokenizer.ggml.tokens", &["a", "b", "c", "d", "e"]);
+    w.tensor(names::TOKEN_EMBD, TensorType::Q8_0.ggml(), &[h, v], bytes((h * v / 32 * 34) as usize, 1));
+    for layer in 0..c.num_layers {
+        let t = |part: &str| names::block(layer, part);
+        w.tensor_f32(&t("attn_norm"), &[h], &vec![1.0; h as usize]);
+        w.tensor(&t("attn_q"), TensorType::Q4_1.ggml(), &[h, h], bytes((h * h / 32 * 20) as usize, 2));
+        w.tensor(&t("attn_k"), TensorType::Q4_0.ggml(), &[h, kv], bytes((h * kv / 32 * 18) as usize, 3));
+        w.tensor(&t("attn_v"), TensorType::F16.ggml(), &[h, kv], bytes((h * kv * 2) as usize, 4));
+        w.tensor(&t("attn_output"), TensorType::BF16.ggml(), &[h, h], bytes((h * h * 2) as usize, 5));
+        w.tensor_f32(&t("ffn_norm"), &[h], &vec![1.0; h as usize]);
+        w.tensor(&t("ffn_gate"), TensorType::Q8_0.ggml(), &[h, f], bytes((h * f / 32 * 34) as usize, 6));
+        w.tensor(&t("ffn_up"), TensorType::Q8_0.ggml(), &[h, f], bytes((h * f / 32 * 34) as usize, 7));
+        w.tensor(&t("ffn_down"), TensorType::Q4_1.ggml(), &[f, h], bytes((h * f / 32 * 20) as usize, 8));
+    }
+    w.tensor_f32(names::OUTPUT_NORM, &[h], &vec![1.0; h as usize]);
+    w
+}
+
+#[test]
+fn roundtrip_every_value_type_and_tensor_type() {
+    let mut w = GgufWriter::new();
+    let scalars = vec![
+        ("u8", MetaValue::U8(250)),
+        ("i8", MetaValue::I8(-7)),
+        ("u16", MetaValue::U16(65000)),
+        ("i16", MetaValue::I16(-32000)),
+        ("u32", MetaValue::U32(4_000_000_000)),
+        ("i32", MetaValue::I32(-2_000_000_000)),
+        ("f32", MetaValue::F32(1.5e-5)),
+        ("bool", MetaValue::Bool(true)),
+        ("string", MetaValue::String("héllo ▁ <|im_start|>".into())),
+        ("u64", MetaValue::U64(u64::MAX)),
+        ("i64", MetaValue::I64(i64::MIN)),
+        ("f64", MetaValue::F64(-0.125)),
+    ];
+    for (k, v) in &scalars {
+        w.meta(k, v.clone());
+        // An array of each type too.
+        w.meta(&format!("array.{k}"), MetaValue::Array(v.value_type(), vec![v.clone(), v.clone()]));
+    }
+    w.meta("array.empty", MetaValue::Array(ValueType::U32, vec![]));
+    let nested = MetaValue::Array(
+        ValueType::Array,
+        vec![
+            MetaValue::Array(ValueType::String, vec![MetaValue::String("x".into())]),
+            MetaValue::Array(ValueType::I16, vec![MetaValue::I16(-1), MetaValue::I16(2)]),
+        ],
+    );
+    w.meta("array.nested", nested);
+    w.meta("general.alignment", MetaValue::U32(64));
+    let types =
+        [TensorType::F32, TensorType::F16, TensorType::BF16, TensorType::Q8_0, TensorType::Q4_0, TensorType::Q4_1];
+    let mut want = Vec::new();
+    for (i, ty) in types.iter().enumerate() {
+        let (block, size) = ty.block();
+        let dims = [64u64, 3];
+        let data = bytes((64 * 3 / block * size) as usize, i as u32);
+        w.tensor(&format!("t.{i}"), ty.ggml(), &dims, data.clone());
+        want.push((format!("t.{i}"), *ty, dims, data));
+    }
+    w.tensor("scalar", TensorType::F32.ggml(), &[1], 7.0f32.to_le_bytes().to_vec());
+
+    let dir = std::env::temp_dir().join(format!("mobilellm-gguf-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("roundtrip.gguf");
+    w.write(&path).unwrap();
+    let f = GgufFile::open(&path).unwrap();
+    assert_eq!(f.version(), 3);
+    assert_eq!(f.alignment(), 64);
+    assert_eq!(f.data_offset() % 64, 0);
+    // Metadata comes back in order with equal values.
+    let expected: Vec<_> = {
+        let g = GgufFile::from_bytes(w.to_bytes(), "mem").unwrap();
+        g.metadata().to_vec()
+    };
+    assert_eq!(f.metadata(), &expected[..]);
+    for (k, v) in &scalars {
+        assert_eq!(f.get(k), Some(v), "{k}");
+        assert_eq!(f.get(&format!("array.{k}")).unwrap().as_array().unwrap(), &[v.clone(), v.clone()]);
+    }
+    assert_eq!(f.get("array.empty"), Some(&MetaValue::Array(ValueType::U32, vec![])));
+    assert_eq!(f.get_u64("u32").unwrap(), Some(4_000_000_000));
+    assert!(f.get_u64("i8").is_err(), "a negative value is not a u64");
+    assert!(matches!(f.get_str("u8"), Err(Error::Gguf { error: GgufError::WrongType { .. }, .. })));
+    for (name, ty, dims, data) in &want {
+        let t = f.tensor(name).unwrap();
+        assert_eq!(t.ty, *ty);
+        assert_eq!(t.dims, dims);
+        assert_eq!(t.shape(), vec![3, 64], "row-major shape is the dims reversed");
+        assert_eq!(t.data, &data[..], "{name}");
+        let info = f.tensor_info(name).unwrap();
+        assert_eq!(info.offset % 64, 0);
+        // Zero copy: the slice points into the map.
+        let base = f.bytes().as_ptr() as usize;
+        assert_eq!(t.data.as_ptr() as usize - base, (f.data_offset() + info.offset) as usize);
+    }
+    assert_eq!(f.tensor("scalar").unwrap().data, 7.0f32.to_le_bytes());
+    assert!(matches!(f.tensor("nope"), Err(Error::MissingTensor { .. })));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn synthetic_llama_config_and_tensor_table() {
+    let f = GgufFile::from_bytes(tiny_llama().to_bytes(), "tiny").unwrap();
+    assert_eq!(f.architecture().unwrap(), "llama");
+    assert_eq!(f.llama_config().unwrap(), tiny_config());
+    assert_eq!(f.tensor_infos().len(), 1 + 2 * 9 + 1);
+    let q = f.tensor(&names::block(1, "attn_q")).unwrap();
+    assert_eq!((q.ty, q.shape()), (TensorType::Q4_1, vec![64, 64]));
+    let k = f.tensor(&names::block(0, "attn_k")).unwrap();
+    assert_eq!((k.ty, k.dims, k.shape()), (TensorType::Q4_0, &[64u64, 32][..], vec![32, 64]));
+    let down = f.tensor(&names::block(0, "ffn_down")).unwrap();
+    assert_eq!(down.shape(), vec![64, 96], "ffn_down is [hidden, ffn]");
+
+    // An untied head flips `tied_embeddings`; missing optional keys take llama.cpp's defaults.
+    let mut w = tiny_llama();
+    w.tensor(names::OUTPUT, TensorType::F32.ggml(), &[64, 5], vec![0; 64 * 5 * 4]);
+    w.meta("llama.attention.head_count_kv", MetaValue::U64(4));
+    let c = GgufFile::from_bytes(w.to_bytes(), "untied").unwrap().llama_config().unwrap();
+    assert!(!c.tied_embeddings);
+    assert_eq!(c.num_kv_heads, 4);
+}
+
+#[test]
+fn every_truncation_point_is_a_typed_error() {
+    let (full, layout) = tiny_llama().to_bytes_with_layout();
+    GgufFile::from_bytes(full.clone(), "full").unwrap();
+    let last_info = *layout.tensor_info_ends.last().unwrap();
+    for len in 0..full.len() {
+        let e = gguf_err(GgufFile::from_bytes(full[..len].to_vec(), "cut"));
+        let section = match &e {
+            GgufError::Truncated { section, file_len, .. } => {
+                assert_eq!(*file_len, len as u64);
+                section.clone()
+            }
+            GgufError::DataOutOfRange { file_len, .. } => {
+                assert!(len >= layout.data_offset, "data error at {len} before the data section: {e}");
+                assert_eq!(*file_len, len as u64);
+                continue;
+            }
+            other => panic!("truncation at {len} gave {other}"),
+        };
+        let expect = if len < layout.header_end {
+            "header".to_string()
+        } else if layout.kv_ends.iter().any(|&end| len < end) {
+            "metadata".to_string()
+        } else if let Some(i) = layout.tensor_info_ends.iter().position(|&end| len < end) {
+            format!("tensor info #{i}")
+        } else {
+            assert!(len >= last_info && len < layout.data_offset);
+            "alignment padding".to_string()
+        };
+        assert!(
+            section.starts_with(&expect) || section.contains(&expect),
+            "at {len}: section {section:?}, expected {expect:?}"
+        );
+    }
+}
+
+#[test]
+fn truncated_key_and_value_name_their_section() {
+    let (full, layout) = tiny_llama().to_bytes_with_layout();
+    // Cut in the middle of the third key/value: the section names its key or index.
+    let e = gguf_err(GgufFile::from_bytes(full[..layout.kv_ends[1] + 4].to_vec(), "cut"));
+    assert!(e.to_string().contains("metadata key #2"), "{e}");
+    let e = gguf_err(GgufFile::from_bytes(full[..layout.kv_ends[2] - 1].to_vec(), "cut"));
+    assert!(e.to_string().contains("metadata value of `llama."), "{e}");
+}
+
+#[test]
+fn bad_magic_and_version() {
+    let mut b = tiny_llama().to_bytes();
+    b[0] = b'X';
+    let e = gguf_err(GgufFile::from_bytes(b, "m"));
+    assert!(matches!(e, GgufError::BadMagic { got } if &got == b"XGUF"), "{e}");
+    for v in [1u32, 4, 0x0300_0000] {
+        let mut b = tiny_llama().to_bytes();
+        b[4..8].copy_from_slice(&v.to_le_bytes());
+        assert_eq!(gguf_err(GgufFile::from_bytes(b, "v")), GgufError::UnsupportedVersion { got: v });
+    }
+}
+
+#[test]
+fn unknown_and_unsupported_tensor_types_are_named() {
+    // An id ggml never defined: the size is unknown, so the file cannot be opened.
+    let mut w = GgufWriter::new();
+    w.tensor("mystery.weight", GgmlType(99), &[32], vec![0; 32]);
+    let e = gguf_err(GgufFile::from_bytes(w.to_bytes(), "u"));
+    assert_eq!(e, GgufError::UnknownTensorType { name: "mystery.weight".into(), ty: GgmlType(99) });
+    assert!(e.to_string().contains("id 99"), "{e}");
+    // A removed id is named.
+    let mut w = GgufWriter::new();
+    w.tensor("old", GgmlType(4), &[32], vec![0; 32]);
+    assert!(gguf_err(GgufFile::from_bytes(w.to_bytes(), "u")).to_string().contains("Q4_2"));
+    // A valid ggml type this crate does not serve: the file opens, asking for the tensor names the type.
+    let mut w = tiny_llama();
+    w.tensor("blk.0.extra.weight", GgmlType(12), &[256, 2], vec![0; 2 * 144]);
+    let f = GgufFile::from_bytes(w.to_bytes(), "k").unwrap();
+    let e = f.tensor("blk.0.extra.weight").unwrap_err();
+    assert!(matches!(&e, Error::Gguf { error: GgufError::UnsupportedTensorType { ty: GgmlType(12), .. }, .. }));
+    assert!(e.to_string().contains("Q4_K"), "{e}");
+    // Rows that are not whole blocks.
+    let mut w = GgufWriter::new();
+    w.tensor("q", TensorType::Q4_0.ggml(), &[48, 2], vec![0; 100]);
+    assert!(matches!(gguf_err(GgufFile::from_bytes(w.to_bytes(), "b")), GgufError::BadDims { .. }));
+}
+
+#[test]
+fn wrong_architecture_is_named() {
+    let mut w = tiny_llama();
+    w.meta("general.architecture", MetaValue::String("gemma3".into()));
+    let f = GgufFile::from_bytes(w.to_bytes(), "arch").unwrap();
+    let e = f.llama_config().unwrap_err();
+    assert!(matches!(&e, Error::Gguf { error: GgufError::UnsupportedArchitecture { got }, .. } if got == "gemma3"));
+    assert!(e.to_string().contains("gemma3"), "{e}");
+}
+
+#[test]
+fn missing_or_mistyped_config_keys() {
+    let mut w = tiny_llama();
+    w.meta("llama.embedding_length", MetaValue::String("576".into()));
+    let e = GgufFile::from_bytes(w.to_bytes(), "t").unwrap().llama_config().unwrap_err();
+    assert!(
+        matches!(&e, Error::Gguf { error: GgufError::WrongType { key, .. }, .. } if key == "llama.embedding_length")
+    );
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", MetaValue::String("llama".into()));
+    let e = GgufFile::from_bytes(w.to_bytes(), "t").unwrap().llama_config().unwrap_err();
+    assert!(matches!(&e, Error::Gguf { error: GgufError::MissingKey { .. }, .. }), "{e}");
+    let mut w = tiny_llama();
+    w.meta("llama.block_count", MetaValue::U32(0));
+    let e = GgufFile::from_bytes(w.to_bytes(), "t").unwrap().llama_config().unwrap_err();
+    assert!(matches!(&e, Error::Gguf { error: GgufError::BadValue { .. }, .. }), "{e}");
+}
+
+#[test]
+fn corrupt_offsets_are_typed_errors() {
+    let (full, layout) = tiny_llama().to_bytes_with_layout();
+    let patch = |i: usize, value: u64| {
+        let mut b = full.clone();
+        b[layout.offset_fields[i]..layout.offset_fields[i] + 8].copy_from_slice(&value.to_le_bytes());
+        gguf_err(GgufFile::from_bytes(b, "p"))
+    };
+    // Beyond the end, and so large that offset + size overflows.
+    assert!(matches!(patch(3, 1 << 40), GgufError::DataOutOfRange { .. }));
+    assert!(matches!(patch(3, u64::MAX - 31), GgufError::DataOutOfRange { .. }));
+    // Not a multiple of the alignment.
+    assert!(matches!(patch(3, 8), GgufError::Misaligned { offset: 8, alignment: 32, .. }));
+    // Pointing into the previous tensor.
+    let prev_start = (layout.tensor_starts[2] - layout.data_offset) as u64;
+    assert!(matches!(patch(3, prev_start), GgufError::Overlap { .. }));
+}
+
+#[test]
+fn corrupt_tables_are_typed_errors() {
+    // Alignment not a power of two.
+    let mut w = tiny_llama();
+    w.meta("general.alignment", MetaValue::U32(48));
+    assert_eq!(gguf_err(GgufFile::from_bytes(w.to_bytes(), "a")), GgufError::BadAlignment { got: 48 });
+    // Duplicate tensor name.
+    let mut w = GgufWriter::new();
+    w.tensor_f32("x", &[1], &[1.0]).tensor_f32("x", &[1], &[2.0]);
+    assert!(matches!(gguf_err(GgufFile::from_bytes(w.to_bytes(), "d")), GgufError::DuplicateTensor { .. }));
+    // Unknown value type id and absurd counts (must not allocate).
+    let mut w = GgufWriter::new();
+    w.meta("k", MetaValue::U8(1));
+    let (mut b, layout) = w.to_bytes_with_layout();
+    let type_pos = layout.header_end + 8 + 1;
+    b[type_pos..type_pos + 4].copy_from_slice(&13u32.to_le_bytes());
+    assert_eq!(gguf_err(GgufFile::from_bytes(b, "t")), GgufError::UnknownValueType { key: "k".into(), got: 13 });
+    let (mut b, layout) = w.to_bytes_with_layout();
+    b.truncate(layout.kv_ends[0]); // no zero padding after the last key (it would read as more keys)
+    b[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert!(matches!(gguf_err(GgufFile::from_bytes(b, "n")), GgufError::Truncated { .. }));
+    let mut w = GgufWriter::new();
+    w.meta("arr", MetaValue::Array(ValueType::U64, vec![MetaValue::U64(1)]));
+    let (mut b, layout) = w.to_bytes_with_layout();
+    let len_pos = layout.header_end + 8 + 3 + 4 + 4;
+    b[len_pos..len_pos + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+    assert!(matches!(gguf_err(GgufFile::from_bytes(b, "n")), GgufError::Truncated { .. }));
+    // Zero or too many dimensions.
+    let mut w = GgufWriter::new();
+    w.tensor("z", TensorType::F32.ggml(), &[], vec![]);
+    assert!(matches!(gguf_err(GgufFile::from_bytes(w.to_bytes(), "z")), GgufError::BadDimCount { got: 0, .. }));
+    // Invalid UTF-8 in a key.
+    let mut w = GgufWriter::new();
+    w.meta("kk", MetaValue::U8(1));
+    let mut b = w.to_bytes();
+    b[24 + 8] = 0xff;
+    assert!(matches!(gguf_err(GgufFile::from_bytes(b, "u")), GgufError::BadUtf8 { .. }));
+}
+
+#[test]
+fn real_smollm2_file() {
+    let Some(path) = smollm2::cached() else {
+        eprintln!("SKIP real_smollm2_file: models/{} not cached (run tools/fetch-smollm2.sh)", smollm2::GGUF_NAME);
+        return;
+    };
+    let f = GgufFile::open(&path).unwrap();
+    assert_eq!(f.bytes().len(), 98_362_432);
+    assert_eq!((f.version(), f.alignment(), f.metadata().len(), f.tensor_infos().len()), (3, 32, 33, 272));
+    let c = f.llama_config().unwrap();
+    assert_eq!(
+        c,
+        GgufLlamaConfig {
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_layers: 30,
+            num_heads: 9,
+            num_kv_heads: 3,
+            head_dim: 64,
+            rope_dim: 64,
+            rope_theta: 100000.0,
+            rms_norm_eps: 9.999999747e-06,
+            context_length: 8192,
+            vocab_size: 49152,
+            tied_embeddings: true,
+            rope_interleaved: true,
+        }
+    );
+    assert_eq!(f.get_str("tokenizer.ggml.model").unwrap(), Some("gpt2"));
+    assert_eq!(f.get_str("tokenizer.ggml.pre").unwrap(), Some("smollm"));
+    assert_eq!(f.get_array("tokenizer.ggml.merges").unwrap().unwrap().len(), 48900);
+    let embd = f.tensor(names::TOKEN_EMBD).unwrap();
+    assert_eq!((embd.ty, embd.dims, embd.shape()), (TensorType::Q8_0, &[576u64, 49152][..], vec![49152, 576]));
+    assert_eq!(embd.data.len(), 49152 * 576 / 32 * 34);
+    assert!(f.tensor_info(names::OUTPUT).is_none());
+    assert_eq!(f.tensor(names::OUTPUT_NORM).unwrap().ty, TensorType::F32);
+    let (h, ffn, kv) = (576usize, 1536usize, 192usize);
+    for layer in 0..30 {
+        for part in names::BLOCK_PARTS {
+            let t = f.tensor(&names::block(layer, part)).unwrap();
+            let (ty, shape) = match part {
+                "attn_norm" | "ffn_norm" => (TensorType::F32, vec![h]),
+                "attn_q" | "attn_output" => (TensorType::Q4_1, vec![h, h]),
+                "attn_k" | "attn_v" => (TensorType::Q4_1, vec![kv, h]),
+                "ffn_gate" | "ffn_up" => (TensorType::Q4_1, vec![ffn, h]),
+                _ => (TensorType::Q4_1, vec![h, ffn]),
+            };
+            assert_eq!((t.ty, t.shape()), (ty, shape), "{}", t.name);
+        }
+    }
+    // Every tensor is one of the six served types and the table covers the data section without gaps > alignment.
+    let mut infos: Vec<_> = f.tensor_infos().iter().collect();
+    infos.sort_by_key(|t| t.offset);
+    assert_eq!(infos[0].offset, 0);
+    for w in infos.windows(2) {
+        assert!(w[1].offset - (w[0].offset + w[0].n_bytes) < 32);
+    }
+    let last = infos.last().unwrap();
+    assert_eq!(f.data_offset() + last.offset + last.n_bytes, 98_362_432);
+}
