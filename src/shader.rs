@@ -48,9 +48,12 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 /// Elementwise add and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
+/// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
+pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64)]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &SAMPLE]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

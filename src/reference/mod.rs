@@ -4,6 +4,8 @@
 mod elementwise;
 pub mod forward;
 mod rms_norm;
+mod sample;
 
 pub use elementwise::add;
 pub use rms_norm::rms_norm;
+pub use sample::{sample, sample_order_key, sample_trace, sample_uniform, SampleTrace};
