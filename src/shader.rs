@@ -50,10 +50,15 @@ pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choice
 
 /// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
 pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64)]);
+/// Weight-matrix reads for every weight type (`#include weights`; see `src/quant.rs` for the layout).
+/// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
+/// binding that includers declare themselves.
+pub static WEIGHTS: KernelSource =
+    kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &SAMPLE]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &SAMPLE, &WEIGHTS]
 }
 
 /// The flags and constants that select one compiled form of a kernel.
