@@ -56,9 +56,13 @@ pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], co
 pub static WEIGHTS: KernelSource =
     kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
+/// Embedding lookup: token ids to rows of a weight matrix of any type, over row chunks.
+pub static EMBEDDING: KernelSource =
+    kernel!("embedding", flags: &["STEP_N"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &SAMPLE, &WEIGHTS]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &SAMPLE, &WEIGHTS, &EMBEDDING]
 }
 
 /// The flags and constants that select one compiled form of a kernel.
