@@ -48,6 +48,8 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 /// Elementwise add and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
+/// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
+pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64)]);
 /// Weight-matrix reads for every weight type (`#include weights`; see `src/quant.rs` for the layout).
 /// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
 /// binding that includers declare themselves.
@@ -58,9 +60,13 @@ pub static WEIGHTS: KernelSource =
 pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("TPR", 8), ("RPT", 2)]);
 
+/// Embedding lookup: token ids to rows of a weight matrix of any type, over row chunks.
+pub static EMBEDDING: KernelSource =
+    kernel!("embedding", flags: &["STEP_N"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -1,1 +1,176 @@
-//! Launcher (being written).
+//! Token sampling launcher (`kernels/sample.wgsl`), CPU twin [`crate::reference::sample`].
+//!
+//! From one row of f32 logits, two dispatches produce one token id (a `u32` the host reads back, or that the
+//! next step's embedding lookup reads directly). Greedy, temperature, top-k and top-p sampling are chosen by
+//! the per-step uniform [`StepParams`] (`temperature`, `top_k`, `top_p`, `seed`), so a planned step never
+//! rebuilds anything.
+//!
+//! # Algorithm
+//! - **Candidates.** Each logit gets an integer key that orders like the value (NaN below `-inf`, `-0 == +0`);
+//!   candidates are ranked by (key descending, index ascending), an exact total order: selection involves no
+//!   rounding, and ties go to the lowest index. `R` candidates are kept: 1 when greedy (`temperature == 0`),
+//!   else `top_k`, where `top_k == 0` means [`MAX_TOP_K`]. Pass 1 (one workgroup per chunk of the row) finds
+//!   each chunk's top `R` by `R` rounds of a workgroup argmax over the elements ranked after the previous
+//!   pick; pass 2 (one workgroup) merges the chunk lists the same way.
+//! - **Pick.** One invocation computes, in candidate order and in f32, `w_i = exp((l_i - l_0) / T)`, the
+//!   running sums `c_i`, the top-p prefix (the shortest with `c_i >= top_p * c_last`), one uniform `u` in
+//!   [0, 1) from a PCG hash of the seed (24 bits, exact in f32), and picks the first `i` with
+//!   `c_i > u * c_count-1`.
+//! - **GPU == CPU.** The CPU twin does the same operations in the same order, so the only difference left is
+//!   the rounding of `exp` and of the division (WGSL allows a few ULP): the running sums can differ by a few
+//!   ULP, and a pick can only differ when the target `u * c` lies within that distance of a boundary `c_i`
+//!   (probability about `R * 1e-6` per draw). The tests check that every mismatch is such a near tie.
+//! - **Limit.** With `top_k == 0` the distribution is truncated to the [`MAX_TOP_K`] largest logits (and
+//!   top-p works within them); the mass beyond rank 64 is dropped.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::ops::{make_dispatch, uniform, Dispatch, StepBuffer, StepParams};
+use crate::shader::{ShaderVariant, SAMPLE};
+use crate::tensor::{DType, Tensor};
+
+/// The largest `top_k` the kernel supports; `top_k == 0` (off) samples among this many candidates.
+pub const MAX_TOP_K: u32 = 64;
+
+/// Invocations per workgroup (a power of two for the tree reduction).
+const WORKGROUP: u32 = 256;
+/// Pass 1 covers the row with at most this many workgroups, so pass 2 merges at most 64 * 64 candidates.
+const MAX_GROUPS: u32 = 64;
+/// Smallest chunk per pass-1 workgroup: 4 logits per invocation per round.
+const MIN_CHUNK: u32 = 1024;
+/// `Params::row` value meaning "row `step.n - 1`".
+const LAST_OF_STEP: u32 = u32::MAX;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    vocab: u32,
+    rows: u32,
+    row: u32,
+    chunk: u32,
+    groups: u32,
+    _pad: [u32; 3],
+}
+
+/// Which row of a `[rows, vocab]` logits tensor to sample.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampleRow {
+    /// The tensor's last row (`rows - 1`).
+    Last,
+    /// A fixed row.
+    Index(usize),
+    /// Row `step.n - 1`, read from the step uniform at run time (clamped to the tensor): the last token of a
+    /// prefill of any length into a logits buffer planned for the longest one.
+    LastOfStep,
+}
+
+/// The two planned dispatches of one sampler and the scratch buffer they share.
+#[derive(Debug)]
+pub struct Sampler {
+    partial: Dispatch,
+    merge: Dispatch,
+}
+
+impl Sampler {
+    /// The dispatches, in the order they must be recorded.
+    pub fn dispatches(&self) -> [&Dispatch; 2] {
+        [&self.partial, &self.merge]
+    }
+    /// Records both dispatches into a compute pass.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        self.partial.record(pass);
+        self.merge.record(pass);
+    }
+}
+
+/// Checks the sampling fields of `params` (the planner calls this before writing a step):
+/// `temperature` finite and `>= 0` (0 = greedy), `top_p` in (0, 1], `top_k <= MAX_TOP_K` (0 = off).
+pub fn validate(params: &StepParams) -> Result<()> {
+    let t = params.temperature;
+    if !(t.is_finite() && t >= 0.0) {
+        return Err(Error::invalid("sampling temperature", t, "a finite value >= 0 (0 = greedy)"));
+    }
+    let p = params.top_p;
+    if !(p > 0.0 && p <= 1.0) {
+        return Err(Error::invalid("sampling top_p", p, "a value in (0, 1] (1 = off)"));
+    }
+    if params.top_k > MAX_TOP_K {
+        return Err(Error::invalid("sampling top_k", params.top_k, format!("at most {MAX_TOP_K} (0 = off)")));
+    }
+    Ok(())
+}
+
+/// Validates `params` and writes them to `step` (for work submitted afterwards).
+pub fn write_step(gpu: &Gpu, step: &StepBuffer, params: &StepParams) -> Result<()> {
+    validate(params)?;
+    step.write(gpu, params);
+    Ok(())
+}
+
+/// Plans sampling one token from `row` of `logits` (`[.., vocab]` f32) into element 0 of `token` (u32, any
+/// shape), with the parameters in `step`. Parameters are read at run time: validate them with [`validate`]
+/// (or write them with [`write_step`]); invalid ones that slip through never fault the kernel (NaN or
+/// negative temperature acts as greedy, top_p outside (0, 1) as 1, top_k above 64 as 64).
+pub fn sample(gpu: &Gpu, logits: &Tensor, row: SampleRow, step: &StepBuffer, token: &Tensor) -> Result<Sampler> {
+    let vocab = *logits.shape().last().unwrap_or(&0);
+    let rows = logits.expect_rows("sample logits", DType::F32, vocab)?;
+    if token.dtype() != DType::U32 {
+        return Err(Error::DType {
+            what: "sample token output".into(),
+            got: token.dtype().to_string(),
+            expected: "u32".into(),
+        });
+    }
+    let row = match row {
+        SampleRow::Last => (rows - 1) as u32,
+        SampleRow::Index(r) if r < rows => r as u32,
+        SampleRow::Index(r) => {
+            return Err(Error::invalid("sample row", r, format!("a row of the logits {:?}", logits.shape())))
+        }
+        SampleRow::LastOfStep => LAST_OF_STEP,
+    };
+    let chunk = (vocab as u32).div_ceil(MAX_GROUPS).next_multiple_of(WORKGROUP).max(MIN_CHUNK);
+    let groups = (vocab as u32).div_ceil(chunk);
+    let variant = ShaderVariant::new().constant("WG", WORKGROUP).constant("MAX_K", MAX_TOP_K);
+    let partial_pipeline = gpu.pipeline(&SAMPLE, "sample_partial", &variant)?;
+    let merge_pipeline = gpu.pipeline(&SAMPLE, "sample_merge", &variant)?;
+    let params = uniform(
+        gpu,
+        "sample params",
+        &Params { vocab: vocab as u32, rows: rows as u32, row, chunk, groups, _pad: [0; 3] },
+    )?;
+    let candidates = gpu.create_buffer(
+        "sample candidates",
+        u64::from(groups * MAX_TOP_K) * 8,
+        wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
+    )?;
+    let partial = make_dispatch(
+        gpu,
+        "sample:sample_partial".into(),
+        partial_pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (2, logits.buffer().as_entire_binding()),
+            (3, candidates.as_entire_binding()),
+        ],
+        [groups, 1, 1],
+        vec![params.clone(), candidates.clone()],
+    )?;
+    let merge = make_dispatch(
+        gpu,
+        "sample:sample_merge".into(),
+        merge_pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (3, candidates.as_entire_binding()),
+            (4, token.buffer().as_entire_binding()),
+        ],
+        [1, 1, 1],
+        vec![params.clone(), candidates.clone()],
+    )?;
+    Ok(Sampler { partial, merge })
+}

@@ -2,10 +2,14 @@
 //! like the GPU (accumulating in f32), so GPU-vs-CPU differences come only from summation order.
 
 mod elementwise;
+mod embedding;
 pub mod forward;
 mod gemv;
 mod rms_norm;
+mod sample;
 
 pub use elementwise::add;
 pub use gemv::gemv;
+pub use embedding::embedding;
 pub use rms_norm::rms_norm;
+pub use sample::{sample, sample_order_key, sample_trace, sample_uniform, SampleTrace};

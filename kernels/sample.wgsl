@@ -1,0 +1,221 @@
+// Token sampling from one logits row: greedy argmax, or temperature / top-k / top-p with a seeded hash RNG.
+// The sampling parameters come from the per-step uniform (`ops::StepParams`), so the two planned dispatches
+// never change between steps.
+//
+// Candidates are ranked by the exact total order (value descending, index ascending) on an integer key of
+// each logit, so candidate selection has no rounding at all and ties go to the lowest index.
+//   pass 1 `sample_partial`: one workgroup per chunk of the row finds the chunk's top R candidates by R rounds
+//          of "best element strictly after the previous pick" (a workgroup argmax each round);
+//   pass 2 `sample_merge`: one workgroup merges the groups' lists the same way into the global top R,
+//          then one invocation computes the weights, the top-p prefix and the pick in a fixed sequential order,
+//          exactly as the CPU twin `reference::sample` does.
+// R = 1 when greedy (temperature == 0), else top_k (top_k == 0 means MAX_K). Needs no subgroups.
+
+struct Params {
+    vocab: u32,
+    rows: u32,
+    // Row to sample, or LAST_OF_STEP for row `step.n - 1`.
+    row: u32,
+    // Logits per workgroup in pass 1; `groups` of them cover the row.
+    chunk: u32,
+    groups: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+struct Step {
+    pos: u32,
+    n: u32,
+    seed: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> logits: array<f32>;
+// Per group, MAX_K slots of (key, index); the first R are filled.
+@group(0) @binding(3) var<storage, read_write> cands: array<vec2<u32>>;
+@group(0) @binding(4) var<storage, read_write> token: array<u32>;
+
+const LAST_OF_STEP: u32 = 0xFFFFFFFFu;
+// Ranks after every real candidate (no index equals u32::MAX).
+const SENTINEL: vec2<u32> = vec2<u32>(0u, 0xFFFFFFFFu);
+// Ranks before every real candidate (no logit has key u32::MAX): the threshold before round 0.
+const BEFORE_ALL: vec2<u32> = vec2<u32>(0xFFFFFFFFu, 0u);
+
+var<workgroup> red: array<vec2<u32>, WG>;
+var<workgroup> top: array<vec2<u32>, MAX_K>;
+
+// Monotonic map f32 -> u32 (larger logit, larger key). NaN maps to 0, below -inf; -0 maps like +0.
+fn order_key(v: f32) -> u32 {
+    var b = bitcast<u32>(v);
+    if (b & 0x7F800000u) == 0x7F800000u && (b & 0x007FFFFFu) != 0u {
+        return 0u;
+    }
+    if b == 0x80000000u {
+        b = 0u;
+    }
+    if (b & 0x80000000u) != 0u {
+        return ~b;
+    }
+    return b | 0x80000000u;
+}
+
+fn key_value(k: u32) -> f32 {
+    if (k & 0x80000000u) != 0u {
+        return bitcast<f32>(k & 0x7FFFFFFFu);
+    }
+    return bitcast<f32>(~k);
+}
+
+// Key of a finite logit (not NaN, not +-inf).
+fn key_finite(k: u32) -> bool {
+    return (bitcast<u32>(key_value(k)) & 0x7F800000u) != 0x7F800000u;
+}
+
+// Whether candidate `a` ranks before `b`.
+fn ranks_before(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.x > b.x || (a.x == b.x && a.y < b.y);
+}
+
+// The best-ranked of every invocation's `c`; all invocations get it. Uniform control flow only.
+fn workgroup_best(c: vec2<u32>, lid: u32) -> vec2<u32> {
+    red[lid] = c;
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride && ranks_before(red[lid + stride], red[lid]) {
+            red[lid] = red[lid + stride];
+        }
+        workgroupBarrier();
+    }
+    let best = red[0];
+    workgroupBarrier();
+    return best;
+}
+
+fn greedy() -> bool {
+    return !(step.temperature > 0.0);
+}
+
+// Candidates kept: 1 when greedy, else top_k (0 or above MAX_K: MAX_K).
+fn rounds() -> u32 {
+    if greedy() {
+        return 1u;
+    }
+    if step.top_k == 0u || step.top_k > MAX_K {
+        return MAX_K;
+    }
+    return step.top_k;
+}
+
+fn row_base() -> u32 {
+    var r = params.row;
+    if r == LAST_OF_STEP {
+        r = clamp(step.n, 1u, params.rows) - 1u;
+    }
+    return min(r, params.rows - 1u) * params.vocab;
+}
+
+// PCG hash (Jarzynski & Olano 2020), applied twice so consecutive seeds give unrelated draws.
+fn pcg(v: u32) -> u32 {
+    let s = v * 747796405u + 2891336453u;
+    let w = ((s >> ((s >> 28u) + 4u)) ^ s) * 277803737u;
+    return (w >> 22u) ^ w;
+}
+
+// Uniform in [0, 1) with 24 bits: exact in f32 on any device.
+fn uniform01(seed: u32) -> f32 {
+    return f32(pcg(pcg(seed) ^ 0x9E3779B9u) >> 8u) * (1.0 / 16777216.0);
+}
+
+@compute @workgroup_size(WG)
+fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = wg.x;
+    let start = g * params.chunk;
+    let end = min(start + params.chunk, params.vocab);
+    let base = row_base();
+    let r_count = rounds();
+    var threshold = BEFORE_ALL;
+    for (var r = 0u; r < r_count; r++) {
+        var best = SENTINEL;
+        for (var i = start + lid; i < end; i += WG) {
+            let c = vec2<u32>(order_key(logits[base + i]), i);
+            if ranks_before(threshold, c) && ranks_before(c, best) {
+                best = c;
+            }
+        }
+        threshold = workgroup_best(best, lid);
+        if lid == 0u {
+            cands[g * MAX_K + r] = threshold;
+        }
+    }
+}
+
+// The pick among the sorted candidates `top[0..n]`, one invocation, fixed order (mirrored by the CPU twin).
+fn pick(n: u32) -> u32 {
+    let lead = top[0];
+    if n == 1u || greedy() || !key_finite(lead.x) {
+        return lead.y;
+    }
+    let m = key_value(lead.x);
+    var cum: array<f32, MAX_K>;
+    var total = 0.0;
+    var last_positive = 0u;
+    for (var i = 0u; i < n; i++) {
+        let c = top[i];
+        var w = 0.0;
+        if c.y != SENTINEL.y && key_finite(c.x) {
+            w = exp((key_value(c.x) - m) / step.temperature);
+        }
+        if w > 0.0 {
+            last_positive = i;
+        }
+        total += w;
+        cum[i] = total;
+    }
+    var count = n;
+    if step.top_p > 0.0 && step.top_p < 1.0 {
+        let limit = step.top_p * total;
+        for (var i = 0u; i < n; i++) {
+            if cum[i] >= limit {
+                count = i + 1u;
+                break;
+            }
+        }
+    }
+    let goal = uniform01(step.seed) * cum[count - 1u];
+    for (var i = 0u; i < count; i++) {
+        if cum[i] > goal {
+            return top[i].y;
+        }
+    }
+    return top[min(last_positive, count - 1u)].y;
+}
+
+@compute @workgroup_size(WG)
+fn sample_merge(@builtin(local_invocation_index) lid: u32) {
+    let r_count = rounds();
+    let items = params.groups * r_count;
+    var threshold = BEFORE_ALL;
+    for (var r = 0u; r < r_count; r++) {
+        var best = SENTINEL;
+        for (var j = lid; j < items; j += WG) {
+            let c = cands[(j / r_count) * MAX_K + j % r_count];
+            if ranks_before(threshold, c) && ranks_before(c, best) {
+                best = c;
+            }
+        }
+        threshold = workgroup_best(best, lid);
+        if lid == 0u {
+            top[r] = threshold;
+        }
+    }
+    if lid == 0u {
+        token[0] = pick(r_count);
+    }
+}

@@ -1,0 +1,103 @@
+//! CPU twin of `kernels/sample.wgsl`: the same candidate order, the same f32 operations in the same order.
+//! See [`crate::ops::sample`] for the algorithm.
+
+use crate::ops::sample::MAX_TOP_K;
+use crate::ops::StepParams;
+
+/// Everything the pick depended on, for explaining a GPU/CPU difference.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SampleTrace {
+    /// The token picked.
+    pub token: u32,
+    /// Candidate indices, best first (length `R`: 1 when greedy, else the effective top-k).
+    pub candidates: Vec<u32>,
+    /// Running sums of the candidate weights (empty when greedy).
+    pub cumulative: Vec<f32>,
+    /// Candidates kept by top-p (a prefix of `candidates`).
+    pub count: usize,
+    /// `u * cumulative[count - 1]`: the pick is the first candidate whose running sum exceeds it.
+    pub target: f32,
+}
+
+/// Monotonic f32 -> u32 key (NaN lowest, below -inf; -0 like +0), as the kernel's `order_key`.
+pub fn sample_order_key(v: f32) -> u32 {
+    let mut b = v.to_bits();
+    if v.is_nan() {
+        return 0;
+    }
+    if b == 0x8000_0000 {
+        b = 0;
+    }
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+fn pcg(v: u32) -> u32 {
+    let s = v.wrapping_mul(747_796_405).wrapping_add(2_891_336_453);
+    let w = ((s >> ((s >> 28) + 4)) ^ s).wrapping_mul(277_803_737);
+    (w >> 22) ^ w
+}
+
+/// The uniform draw in [0, 1) for `seed` (24 bits), bit-identical to the kernel's.
+pub fn sample_uniform(seed: u32) -> f32 {
+    (pcg(pcg(seed) ^ 0x9E37_79B9) >> 8) as f32 * (1.0 / 16_777_216.0)
+}
+
+/// The token the sampling kernel picks from one logits `row` with `params` (see [`sample_trace`]).
+pub fn sample(row: &[f32], params: &StepParams) -> u32 {
+    sample_trace(row, params).token
+}
+
+/// The sampling kernel's pick and the numbers it came from. `row` must not be empty.
+pub fn sample_trace(row: &[f32], params: &StepParams) -> SampleTrace {
+    // NaN or non-positive temperature: greedy, as the kernel.
+    let greedy = params.temperature.is_nan() || params.temperature <= 0.0;
+    let rounds = if greedy {
+        1
+    } else if params.top_k == 0 || params.top_k > MAX_TOP_K {
+        MAX_TOP_K as usize
+    } else {
+        params.top_k as usize
+    };
+    let mut order: Vec<(u32, u32)> = row.iter().enumerate().map(|(i, &v)| (sample_order_key(v), i as u32)).collect();
+    // (key descending, index ascending): the kernel's exact total order.
+    order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    order.truncate(rounds);
+    let candidates: Vec<u32> = order.iter().map(|c| c.1).collect();
+    let lead = row[candidates[0] as usize];
+    let done = |cumulative, count, target| SampleTrace {
+        token: candidates[0],
+        candidates: candidates.clone(),
+        cumulative,
+        count,
+        target,
+    };
+    if candidates.len() == 1 || greedy || !lead.is_finite() {
+        return done(Vec::new(), 1, 0.0);
+    }
+    let mut cumulative = Vec::with_capacity(candidates.len());
+    let mut total = 0.0f32;
+    let mut last_positive = 0;
+    for (i, &c) in candidates.iter().enumerate() {
+        let v = row[c as usize];
+        let w = if v.is_finite() { ((v - lead) / params.temperature).exp() } else { 0.0 };
+        if w > 0.0 {
+            last_positive = i;
+        }
+        total += w;
+        cumulative.push(total);
+    }
+    let mut count = candidates.len();
+    if params.top_p > 0.0 && params.top_p < 1.0 {
+        let limit = params.top_p * total;
+        if let Some(i) = cumulative.iter().position(|&c| c >= limit) {
+            count = i + 1;
+        }
+    }
+    let target = sample_uniform(params.seed) * cumulative[count - 1];
+    let pick = cumulative[..count].iter().position(|&c| c > target).unwrap_or(last_positive.min(count - 1));
+    SampleTrace { token: candidates[pick], candidates, cumulative, count, target }
+}
