@@ -48,9 +48,17 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 /// Elementwise add and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
+/// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill.
+pub static ATTENTION: KernelSource = kernel!(
+    "attention",
+    flags: &["F16", "SPLIT"],
+    choices: &[],
+    consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16)]
+);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &ATTENTION]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

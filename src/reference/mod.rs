@@ -1,9 +1,11 @@
 //! CPU twins of every kernel family, named like the launchers in [`crate::ops`]. They compute in f32
 //! like the GPU (accumulating in f32), so GPU-vs-CPU differences come only from summation order.
 
+mod attention;
 mod elementwise;
 pub mod forward;
 mod rms_norm;
 
+pub use attention::{attention_decode, attention_prefill, rope, RopeLayout};
 pub use elementwise::add;
 pub use rms_norm::rms_norm;
