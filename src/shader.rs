@@ -56,9 +56,15 @@ pub static ATTENTION: KernelSource = kernel!(
     consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16)]
 );
 
+/// Weight-matrix reads for every weight type (`#include weights`; see `src/quant.rs` for the layout).
+/// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
+/// binding that includers declare themselves.
+pub static WEIGHTS: KernelSource =
+    kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &ATTENTION]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &ATTENTION]
 }
 
 /// The flags and constants that select one compiled form of a kernel.
