@@ -62,9 +62,17 @@ pub static ATTENTION: KernelSource = kernel!(
 pub static WEIGHTS: KernelSource =
     kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
+/// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write.
+pub static QKV_ROPE: KernelSource = kernel!(
+    "qkv_rope",
+    flags: &["SUBGROUPS", "F16"],
+    choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
+    consts: &[("WG", 64), ("HD", 64), ("XV4", 400)]
+);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &ATTENTION]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &ATTENTION, &QKV_ROPE]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

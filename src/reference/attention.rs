@@ -12,15 +12,21 @@ pub enum RopeLayout {
     Interleaved,
 }
 
+/// `(cos, sin)` of the angle `pos * theta^(-2i/head_dim)` for pair `i`, computed in f64 and rounded to f32:
+/// the values of the GPU's RoPE table (`ops::qkv_rope::RopeTable`), so both sides rotate identically.
+pub fn rope_cos_sin(pos: usize, i: usize, head_dim: usize, theta: f32) -> (f32, f32) {
+    let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+    let (sin, cos) = (pos as f64 * freq).sin_cos();
+    (cos as f32, sin as f32)
+}
+
 /// Rotates every head of one row `x` (`[heads * head_dim]`) for position `pos`, in place:
 /// pair `(a, b)` with frequency `theta^(-2i/head_dim)` becomes `(a cos - b sin, a sin + b cos)`.
 pub fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32, layout: RopeLayout) {
     let half = head_dim / 2;
     for head in x.chunks_mut(head_dim) {
         for i in 0..half {
-            let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
-            let angle = pos as f32 * freq;
-            let (sin, cos) = angle.sin_cos();
+            let (cos, sin) = rope_cos_sin(pos, i, head_dim, theta);
             let (ia, ib) = match layout {
                 RopeLayout::Halves => (i, i + half),
                 RopeLayout::Interleaved => (2 * i, 2 * i + 1),
@@ -30,6 +36,42 @@ pub fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32, layout: Rope
             head[ib] = a * sin + b * cos;
         }
     }
+}
+
+/// The shapes of a fused QKV projection.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QkvShape {
+    /// Query heads.
+    pub heads: usize,
+    /// KV heads.
+    pub kv_heads: usize,
+    /// Elements per head.
+    pub head_dim: usize,
+    /// RoPE base.
+    pub theta: f32,
+    /// RoPE pairing.
+    pub layout: RopeLayout,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+}
+
+/// Twin of `ops::qkv_rope`: for rows `x` (`[n, hidden]`) at positions `pos..pos+n`: RMSNorm with `norm_w`,
+/// then `y = W x` with the fused weight `w` (`[(heads + 2 kv_heads) * head_dim, hidden]` row-major f32,
+/// rows Q then K then V), then RoPE on Q and K. Returns `(q, k, v)`: `[n, heads*hd]`, `[n, kv_heads*hd]` x2.
+pub fn qkv_rope(x: &[f32], norm_w: &[f32], w: &[f32], pos: usize, s: QkvShape) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let hidden = norm_w.len();
+    let hd = s.head_dim;
+    let (qw, kw) = (s.heads * hd, s.kv_heads * hd);
+    let normed = super::rms_norm(x, norm_w, s.eps);
+    let (mut q, mut k, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for (r, row) in normed.chunks(hidden).enumerate() {
+        let mut y: Vec<f32> = w.chunks(hidden).map(|wr| wr.iter().zip(row).map(|(a, b)| a * b).sum::<f32>()).collect();
+        rope(&mut y[..qw + kw], pos + r, hd, s.theta, s.layout);
+        q.extend_from_slice(&y[..qw]);
+        k.extend_from_slice(&y[qw..qw + kw]);
+        v.extend_from_slice(&y[qw + kw..]);
+    }
+    (q, k, v)
 }
 
 /// Attention of one query row `q` (`[heads * head_dim]`) over cache positions `0..ctx`: query head `h`

@@ -6,6 +6,6 @@ mod elementwise;
 pub mod forward;
 mod rms_norm;
 
-pub use attention::{attention_decode, attention_prefill, rope, RopeLayout};
+pub use attention::{attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, QkvShape, RopeLayout};
 pub use elementwise::add;
 pub use rms_norm::rms_norm;
