@@ -70,9 +70,13 @@ pub static QKV_ROPE: KernelSource = kernel!(
     consts: &[("WG", 64), ("HD", 64), ("XV4", 400)]
 );
 
+/// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread).
+pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
+    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2)]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &ATTENTION, &QKV_ROPE]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &ATTENTION, &QKV_ROPE]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -4,8 +4,10 @@
 mod attention;
 mod elementwise;
 pub mod forward;
+mod gemv;
 mod rms_norm;
 
 pub use attention::{attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, QkvShape, RopeLayout};
 pub use elementwise::add;
+pub use gemv::gemv;
 pub use rms_norm::rms_norm;
