@@ -50,11 +50,27 @@ pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choice
 
 /// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
 pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64)]);
+/// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill.
+pub static ATTENTION: KernelSource = kernel!(
+    "attention",
+    flags: &["F16", "SPLIT"],
+    choices: &[],
+    consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16)]
+);
+
 /// Weight-matrix reads for every weight type (`#include weights`; see `src/quant.rs` for the layout).
 /// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
 /// binding that includers declare themselves.
 pub static WEIGHTS: KernelSource =
     kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
+
+/// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write.
+pub static QKV_ROPE: KernelSource = kernel!(
+    "qkv_rope",
+    flags: &["SUBGROUPS", "F16"],
+    choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
+    consts: &[("WG", 64), ("HD", 64), ("XV4", 400)]
+);
 
 /// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread).
 pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
@@ -66,7 +82,7 @@ pub static EMBEDDING: KernelSource =
 
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -1,1 +1,250 @@
-//! Launcher (being written).
+//! Grouped-query attention launchers (`kernels/attention.wgsl`) over a [`KvCache`] slot.
+//! CPU twins: [`crate::reference::attention_decode`], [`crate::reference::attention_prefill`].
+//!
+//! Both read the step's position and length from the [`StepBuffer`], so the dispatches are built once and
+//! their grids are sized for the cache capacity (decode) or a maximum batch (prefill).
+//!
+//! **Split rule (flash-decoding).** With [`Split::Auto`], decode splits the sequence into chunks of
+//! [`DECODE_CHUNK`] (128) positions when the cache capacity exceeds [`SPLIT_ABOVE`] (256) positions, else it
+//! runs one workgroup per KV head over the whole context. Why: unsplit, a decode step has only `kv_heads`
+//! workgroups (3 for MobileLLM-125M), each streaming the whole context: a long context then runs on 3
+//! compute units. Split, the grid is `kv_heads x capacity/128` workgroups; those past the current context
+//! write a neutral partial and exit after loading q, and a second tiny pass (one workgroup per query
+//! head) merges the live chunks. For short capacities the extra pass costs more than the parallelism gains.
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::ops::{make_dispatch, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM};
+use crate::shader::{ShaderVariant, ATTENTION};
+use crate::tensor::{DType, Tensor};
+
+/// Threads per workgroup: decode keys per tile, prefill query rows per workgroup.
+const WORKGROUP: u32 = 64;
+/// Decode chunk length (positions per workgroup) when split.
+pub const DECODE_CHUNK: usize = 128;
+/// Capacity above which [`Split::Auto`] splits.
+pub const SPLIT_ABOVE: usize = 256;
+/// Workgroup memory budget for the prefill K and V tiles together (bytes); leaves room for the rest.
+const PREFILL_TILE_BYTES: usize = 8192;
+
+/// How decode attention divides the sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Split {
+    /// The documented rule: chunks of [`DECODE_CHUNK`] when capacity > [`SPLIT_ABOVE`].
+    #[default]
+    Auto,
+    /// One workgroup per KV head over the whole context, no merge pass.
+    Off,
+    /// Chunks of this many positions (>= 1), plus the merge pass.
+    Chunk(usize),
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    capacity: u32,
+    chunk_len: u32,
+    n_chunks: u32,
+    scale: f32,
+    _pad: [u32; 2],
+}
+
+struct Shape {
+    heads: usize,
+    group: usize,
+    rows: usize,
+}
+
+/// Checks q and out against the cache; returns heads, group size and rows.
+fn check(what: &str, q: &Tensor, cache: &KvCache, out: &Tensor) -> Result<Shape> {
+    let hd = cache.head_dim();
+    let width = *q.shape().last().unwrap_or(&0);
+    if q.dtype() != DType::F32 || width == 0 || !width.is_multiple_of(hd) {
+        return Err(Error::shape(
+            format!("{what} queries ({})", q.dtype()),
+            q.shape(),
+            format!("f32 [rows, heads * {hd}] (head_dim {hd} from the KV cache)"),
+        ));
+    }
+    let heads = width / hd;
+    if !heads.is_multiple_of(cache.kv_heads()) {
+        return Err(Error::Config(format!(
+            "{what}: {heads} query heads is not a multiple of the cache's {} KV heads",
+            cache.kv_heads()
+        )));
+    }
+    let rows = q.expect_rows(&format!("{what} queries"), DType::F32, width)?;
+    out.expect(&format!("{what} output"), DType::F32, q.shape())?;
+    let group = heads / cache.kv_heads();
+    let hd_tile = PREFILL_TILE_BYTES / (2 * 4 * hd);
+    // Workgroup memory: q and scores of the group (decode), K/V tiles (prefill): stay well inside 16 KiB.
+    let bytes = 4 * (group * hd + group * WORKGROUP as usize + 3 * group) + PREFILL_TILE_BYTES;
+    if hd_tile == 0 || bytes > 16384 {
+        return Err(Error::invalid(
+            format!("{what} group size x head_dim"),
+            format!("{group} x {hd}"),
+            "group * (head_dim + 67) * 4 + 8192 <= 16384 bytes of workgroup memory, head_dim <= 1024",
+        ));
+    }
+    Ok(Shape { heads, group, rows })
+}
+
+fn variant(cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
+    let hd = cache.head_dim();
+    ShaderVariant::new()
+        .flag_if("F16", cache.dtype() == DType::F16)
+        .flag_if("SPLIT", split)
+        .constant("WG", WORKGROUP)
+        .constant("G", group as u32)
+        .constant("HD", hd as u32)
+        .constant("TK", (PREFILL_TILE_BYTES / (2 * 4 * hd)).max(1) as u32)
+}
+
+/// The chunk length [`Split::Auto`] picks for a cache of `capacity` positions (`None`: unsplit).
+pub fn auto_chunk(capacity: usize) -> Option<usize> {
+    (capacity > SPLIT_ABOVE).then_some(DECODE_CHUNK)
+}
+
+/// Decode attention for the step's last position: query row `n-1` of `q` (`[rows, heads * head_dim]` f32,
+/// position `pos+n-1`) over cache positions `0..pos+n` of slot `slot`, written to row `n-1` of `out` (same
+/// shape as `q`). For decode, `n = 1`: row 0, context `pos+1`. Returns the dispatches to record in order
+/// (one, or two when split). The caller checks `pos+n <= capacity` ([`KvCache::check_step`]) before submit.
+pub fn attention_decode(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    q: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+    out: &Tensor,
+    split: Split,
+) -> Result<Vec<Dispatch>> {
+    let shape = check("attention_decode", q, cache, out)?;
+    let kv = cache.slot(slot)?;
+    let hd = cache.head_dim();
+    let capacity = cache.capacity();
+    let chunk = match split {
+        Split::Auto => auto_chunk(capacity),
+        Split::Off => None,
+        Split::Chunk(0) => return Err(Error::invalid("attention_decode chunk", 0, "at least 1 position")),
+        Split::Chunk(c) => Some(c.min(capacity)),
+    };
+    let chunk_len = chunk.unwrap_or(capacity);
+    let n_chunks = capacity.div_ceil(chunk_len);
+    if n_chunks > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::invalid("attention_decode chunks", n_chunks, "at most 65535 (use a longer chunk)"));
+    }
+    let params = Params {
+        heads: shape.heads as u32,
+        kv_heads: cache.kv_heads() as u32,
+        capacity: capacity as u32,
+        chunk_len: chunk_len as u32,
+        n_chunks: n_chunks as u32,
+        scale: 1.0 / (hd as f32).sqrt(),
+        _pad: [0; 2],
+    };
+    let params = uniform(gpu, "attention params", &params)?;
+    let grid = [cache.kv_heads() as u32, n_chunks as u32, 1];
+    if chunk.is_none() {
+        let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, false))?;
+        let d = make_dispatch(
+            gpu,
+            "attention:decode".into(),
+            pipeline,
+            &[
+                (0, params.as_entire_binding()),
+                (1, step.buffer().as_entire_binding()),
+                (2, q.buffer().as_entire_binding()),
+                (3, kv.buffer().as_entire_binding()),
+                (4, out.buffer().as_entire_binding()),
+            ],
+            grid,
+            vec![params.clone()],
+        )?;
+        return Ok(vec![d]);
+    }
+    let partial_len = shape.heads * n_chunks * (hd + 2);
+    let partials = Tensor::zeros_labeled(gpu, "attention partials", DType::F32, &[partial_len])?;
+    let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, true))?;
+    let first = make_dispatch(
+        gpu,
+        "attention:decode(split)".into(),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (2, q.buffer().as_entire_binding()),
+            (3, kv.buffer().as_entire_binding()),
+            (5, partials.buffer().as_entire_binding()),
+        ],
+        grid,
+        vec![params.clone(), partials.buffer().clone()],
+    )?;
+    let pipeline = gpu.pipeline(&ATTENTION, "merge", &variant(cache, shape.group, true))?;
+    let second = make_dispatch(
+        gpu,
+        "attention:merge".into(),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (4, out.buffer().as_entire_binding()),
+            (5, partials.buffer().as_entire_binding()),
+        ],
+        [shape.heads as u32, 1, 1],
+        vec![params.clone(), partials.buffer().clone()],
+    )?;
+    Ok(vec![first, second])
+}
+
+/// Prefill (causal) attention: query rows `0..n` of `q` (`[max_n, heads * head_dim]` f32) at positions
+/// `pos..pos+n` over cache positions `0..pos+n` of slot `slot` (which already holds the new K/V), written to
+/// the same rows of `out`. The grid covers `max_n = q rows`; workgroups past the step's `n` exit at once.
+pub fn attention_prefill(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    q: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+    out: &Tensor,
+) -> Result<Dispatch> {
+    let shape = check("attention_prefill", q, cache, out)?;
+    let kv = cache.slot(slot)?;
+    let hd = cache.head_dim();
+    if shape.rows > cache.capacity() {
+        return Err(Error::Capacity {
+            what: "attention_prefill rows".into(),
+            requested: shape.rows,
+            capacity: cache.capacity(),
+        });
+    }
+    let params = Params {
+        heads: shape.heads as u32,
+        kv_heads: cache.kv_heads() as u32,
+        capacity: cache.capacity() as u32,
+        chunk_len: cache.capacity() as u32,
+        n_chunks: 1,
+        scale: 1.0 / (hd as f32).sqrt(),
+        _pad: [0; 2],
+    };
+    let params = uniform(gpu, "attention params", &params)?;
+    let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(cache, shape.group, false))?;
+    make_dispatch(
+        gpu,
+        "attention:prefill".into(),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (2, q.buffer().as_entire_binding()),
+            (3, kv.buffer().as_entire_binding()),
+            (4, out.buffer().as_entire_binding()),
+        ],
+        [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1],
+        vec![params.clone()],
+    )
+}

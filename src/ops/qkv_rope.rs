@@ -1,1 +1,204 @@
-//! Launcher (being written).
+//! Fused pre-attention launcher (`kernels/qkv_rope.wgsl`): RMSNorm + Q|K|V projection + RoPE + KV-cache
+//! write, one dispatch per layer execution. CPU twin: [`crate::reference::qkv_rope`].
+//!
+//! RoPE reads `(cos, sin)` from a [`RopeTable`] computed on the host in f64: GPU `sin`/`cos` are only
+//! specified to 2^-11 absolute on [-pi, pi] (and phones are that loose), while angles reach thousands of
+//! radians; a table makes the rotation exact and identical on every device (cost: `capacity * head_dim * 4`
+//! bytes, 512 KiB at 2048 x 64, shared by all layers).
+
+use bytemuck::{Pod, Zeroable};
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM};
+use crate::quant::{GpuWeight, HostWeight, WeightDesc};
+use crate::reference::rope_cos_sin;
+pub use crate::reference::RopeLayout;
+use crate::shader::QKV_ROPE;
+use crate::tensor::{DType, Tensor};
+
+/// Threads per workgroup (one per output element of a head; head_dim 64 fills it).
+const WORKGROUP: u32 = 64;
+/// The widest input row the kernel stages in workgroup memory (MobileLLM-1.5B).
+pub const MAX_HIDDEN: usize = 1600;
+
+/// `(cos, sin)` of every position and pair: `[capacity, head_dim / 2]` vec2 f32.
+#[derive(Debug, Clone)]
+pub struct RopeTable {
+    table: Tensor,
+    capacity: usize,
+    head_dim: usize,
+    theta: f32,
+}
+
+impl RopeTable {
+    /// The table for positions `0..capacity`, frequencies `theta^(-2i/head_dim)`.
+    pub fn new(gpu: &Gpu, capacity: usize, head_dim: usize, theta: f32) -> Result<RopeTable> {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            return Err(Error::invalid("RoPE head_dim", head_dim, "an even number >= 2"));
+        }
+        if !(theta.is_finite() && theta > 1.0) {
+            return Err(Error::invalid("rope_theta", theta, "a finite value > 1"));
+        }
+        let half = head_dim / 2;
+        let mut data = Vec::with_capacity(capacity * head_dim);
+        for pos in 0..capacity {
+            for i in 0..half {
+                let (c, s) = rope_cos_sin(pos, i, head_dim, theta);
+                data.extend([c, s]);
+            }
+        }
+        let table = Tensor::from_slice(gpu, &[capacity, half, 2], &data)?;
+        Ok(RopeTable { table, capacity, head_dim, theta })
+    }
+    /// Positions covered.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Head dimension.
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    /// RoPE base.
+    pub fn theta(&self) -> f32 {
+        self.theta
+    }
+    /// The GPU table.
+    pub fn tensor(&self) -> &Tensor {
+        &self.table
+    }
+}
+
+/// Concatenates the Q, K and V projection weights (same type and `in_features`) row-wise into the fused
+/// `[q_rows + k_rows + v_rows, in]` weight the kernel reads, bit-exactly (through the GGUF block bytes).
+pub fn fuse_qkv(q: &HostWeight, k: &HostWeight, v: &HostWeight) -> Result<HostWeight> {
+    for (name, w) in [("k_proj", k), ("v_proj", v)] {
+        if w.wtype != q.wtype || w.cols != q.cols {
+            return Err(Error::shape(
+                format!("{name} ({}) fused with q_proj ({})", w.wtype, q.wtype),
+                &[w.rows, w.cols],
+                format!("[_, {}] of type {}", q.cols, q.wtype),
+            ));
+        }
+    }
+    let mut bytes = q.to_gguf_bytes();
+    bytes.extend(k.to_gguf_bytes());
+    bytes.extend(v.to_gguf_bytes());
+    HostWeight::from_gguf_bytes(q.wtype, q.rows + k.rows + v.rows, q.cols, &bytes)
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct Params {
+    desc: WeightDesc,
+    heads: u32,
+    kv_heads: u32,
+    hidden: u32,
+    capacity: u32,
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+/// For the step's rows `0..n` of `x` (`[max_n, hidden]` f32, positions `pos..pos+n`): RMSNorm with `norm_w`
+/// (`[hidden]`) and `eps`, the fused projection `w_qkv` (see [`fuse_qkv`]; any weight type), RoPE on Q and K
+/// (`layout`, angles from `rope`), Q to rows `0..n` of `q_out` (`[max_n, heads * head_dim]` f32), K and V to
+/// cache slot `slot` at positions `pos..pos+n`. Grid: `(heads + 2 kv_heads) x max_n`; rows past the step's
+/// `n` exit at once. The caller checks `pos + n <= capacity` ([`KvCache::check_step`]) before submitting.
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    x: &Tensor,
+    norm_w: &Tensor,
+    eps: f32,
+    w_qkv: &GpuWeight,
+    rope: &RopeTable,
+    layout: RopeLayout,
+    q_out: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+) -> Result<Dispatch> {
+    let hd = cache.head_dim();
+    let kvn = cache.kv_heads();
+    let hidden = *norm_w.shape().last().unwrap_or(&0);
+    norm_w.expect("qkv_rope norm weight", DType::F32, &[hidden])?;
+    if hidden == 0 || hidden > MAX_HIDDEN {
+        return Err(Error::invalid("qkv_rope hidden size", hidden, format!("1..={MAX_HIDDEN}")));
+    }
+    let max_n = x.expect_rows("qkv_rope input", DType::F32, hidden)?;
+    let width = *q_out.shape().last().unwrap_or(&0);
+    if width == 0 || !width.is_multiple_of(hd) || !(width / hd).is_multiple_of(kvn) {
+        return Err(Error::shape(
+            "qkv_rope query output",
+            q_out.shape(),
+            format!("[{max_n}, heads * {hd}] with heads a multiple of {kvn} KV heads"),
+        ));
+    }
+    let heads = width / hd;
+    q_out.expect("qkv_rope query output", DType::F32, &[max_n, width])?;
+    let rows = (heads + 2 * kvn) * hd;
+    if w_qkv.rows() != rows || w_qkv.cols() != hidden {
+        return Err(Error::shape(
+            format!("qkv_rope fused weight ({})", w_qkv.wtype()),
+            &[w_qkv.rows(), w_qkv.cols()],
+            format!("[({heads} + 2 * {kvn}) * {hd} = {rows}, {hidden}]"),
+        ));
+    }
+    if rope.head_dim() != hd || rope.capacity() < cache.capacity() {
+        return Err(Error::invalid(
+            "qkv_rope RoPE table",
+            format!("head_dim {} x {} positions", rope.head_dim(), rope.capacity()),
+            format!("head_dim {hd} and at least the cache's {} positions", cache.capacity()),
+        ));
+    }
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::invalid("qkv_rope eps", eps, "a finite value >= 0"));
+    }
+    if max_n > cache.capacity() || max_n > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::Capacity {
+            what: "qkv_rope rows per step".into(),
+            requested: max_n,
+            capacity: cache.capacity().min(MAX_GROUPS_PER_DIM as usize),
+        });
+    }
+    let kv = cache.slot(slot)?;
+    let variant = base_variant(gpu)
+        .flag_if("F16", cache.dtype() == DType::F16)
+        .flag(w_qkv.wtype().flag())
+        .flag(match layout {
+            RopeLayout::Halves => "ROPE_HALVES",
+            RopeLayout::Interleaved => "ROPE_INTERLEAVED",
+        })
+        .constant("WG", WORKGROUP)
+        .constant("HD", hd as u32)
+        .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32);
+    let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
+    let params = Params {
+        desc: w_qkv.desc(),
+        heads: heads as u32,
+        kv_heads: kvn as u32,
+        hidden: hidden as u32,
+        capacity: cache.capacity() as u32,
+        eps,
+        _pad: [0; 3],
+    };
+    let params = uniform(gpu, "qkv_rope params", &params)?;
+    make_dispatch(
+        gpu,
+        "qkv_rope:qkv_rope".into(),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (2, x.buffer().as_entire_binding()),
+            (3, norm_w.buffer().as_entire_binding()),
+            (4, w_qkv.buffer().as_entire_binding()),
+            (5, rope.tensor().buffer().as_entire_binding()),
+            (6, q_out.buffer().as_entire_binding()),
+            (7, kv.buffer().as_entire_binding()),
+        ],
+        [(heads + 2 * kvn) as u32, max_n as u32, 1],
+        vec![params.clone()],
+    )
+}

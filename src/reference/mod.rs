@@ -1,6 +1,7 @@
 //! CPU twins of every kernel family, named like the launchers in [`crate::ops`]. They compute in f32
 //! like the GPU (accumulating in f32), so GPU-vs-CPU differences come only from summation order.
 
+mod attention;
 mod elementwise;
 mod embedding;
 pub mod forward;
@@ -8,6 +9,7 @@ mod gemv;
 mod rms_norm;
 mod sample;
 
+pub use attention::{attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, QkvShape, RopeLayout};
 pub use elementwise::add;
 pub use gemv::gemv;
 pub use embedding::embedding;

@@ -1,0 +1,274 @@
+// Grouped-query attention over the KV cache (`src/kv_cache.rs` layout: per slot `[2][kv_heads][capacity][HD]`,
+// K then V). Query head h reads KV head h / G. Scores are pre-scaled by 1/sqrt(HD) (folded into q); online
+// softmax in f32. Position and length come from the per-step uniform, so dispatches never change per step.
+//
+// Entries:
+// - `decode`: the last query row of the step (row n-1, position pos+n-1) over context pos+n. One workgroup
+//   per (KV head, chunk of the sequence): it reads its K/V once for all G query heads of the group. Without
+//   SPLIT there is one chunk (the whole capacity) and it writes the normalised output; with SPLIT it writes
+//   (max, sum, unnormalised acc) partials, and chunks past the context exit at once with neutral partials.
+// - `merge`: combines the chunk partials of one query head (flash-decoding's second pass).
+// - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per
+//   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
+//   workgroup memory and shared by the WG rows.
+#if F16
+enable f16;
+alias kv_t = f16;
+#else
+alias kv_t = f32;
+#endif
+
+struct Params {
+    heads: u32,
+    kv_heads: u32,
+    capacity: u32,
+    chunk_len: u32,
+    n_chunks: u32,
+    scale: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+// Mirrors `ops::StepParams`.
+struct Step {
+    pos: u32,
+    n: u32,
+    seed: u32,
+    top_k: u32,
+    temperature: f32,
+    top_p: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<uniform> step: Step;
+@group(0) @binding(2) var<storage, read> q: array<f32>;
+@group(0) @binding(3) var<storage, read> kv: array<kv_t>;
+@group(0) @binding(4) var<storage, read_write> out: array<f32>;
+@group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+
+// A finite "minus infinity": exp(NEG - finite) is exactly 0 and no inf arithmetic is needed.
+const NEG: f32 = -3.0e38;
+// Head dimensions each decode thread accumulates (thread lid owns d = lid + j * WG).
+const DPT: u32 = (HD + WG - 1u) / WG;
+
+var<workgroup> q_sh: array<f32, G * HD>;
+var<workgroup> s_sh: array<f32, G * WG>;
+var<workgroup> m_sh: array<f32, G>;
+var<workgroup> c_sh: array<f32, G>;
+var<workgroup> l_sh: array<f32, G>;
+
+fn context_len() -> u32 {
+    return min(step.pos + step.n, params.capacity);
+}
+
+fn last_row() -> u32 {
+    return max(step.n, 1u) - 1u;
+}
+
+@compute @workgroup_size(WG)
+fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let kvh = wg.x;
+    let chunk = wg.y;
+    let ctx = context_len();
+    let row = last_row();
+    let start = chunk * params.chunk_len;
+    let end = min(start + params.chunk_len, ctx);
+    let width = params.heads * HD;
+    for (var i = lid; i < G * HD; i += WG) {
+        q_sh[i] = q[row * width + (kvh * G) * HD + i] * params.scale;
+    }
+    if lid < G {
+        m_sh[lid] = NEG;
+        l_sh[lid] = 0.0;
+    }
+    var acc: array<f32, G * DPT>;
+    workgroupBarrier();
+    let k_base = kvh * params.capacity * HD;
+    let v_base = (params.kv_heads + kvh) * params.capacity * HD;
+    for (var t0 = start; t0 < end; t0 += WG) {
+        // 1. One key per thread, scored against all G query heads (the key is read once).
+        let p = t0 + lid;
+        var dots: array<f32, G>;
+        if p < end {
+            let kb = k_base + p * HD;
+            for (var d = 0u; d < HD; d += 4u) {
+                let k4 = vec4<f32>(f32(kv[kb + d]), f32(kv[kb + d + 1u]), f32(kv[kb + d + 2u]), f32(kv[kb + d + 3u]));
+                for (var g = 0u; g < G; g++) {
+                    let o = g * HD + d;
+                    dots[g] += dot(k4, vec4<f32>(q_sh[o], q_sh[o + 1u], q_sh[o + 2u], q_sh[o + 3u]));
+                }
+            }
+        }
+        for (var g = 0u; g < G; g++) {
+            s_sh[g * WG + lid] = select(NEG, dots[g], p < end);
+        }
+        workgroupBarrier();
+        // 2. New running max per head, and the factor that rescales what was accumulated so far.
+        if lid < G {
+            var tmax = NEG;
+            for (var j = 0u; j < WG; j++) {
+                tmax = max(tmax, s_sh[lid * WG + j]);
+            }
+            let m_old = m_sh[lid];
+            let m_new = max(m_old, tmax);
+            c_sh[lid] = exp(m_old - m_new);
+            m_sh[lid] = m_new;
+        }
+        workgroupBarrier();
+        // 3. Probabilities (unnormalised).
+        for (var g = 0u; g < G; g++) {
+            s_sh[g * WG + lid] = select(0.0, exp(s_sh[g * WG + lid] - m_sh[g]), p < end);
+        }
+        workgroupBarrier();
+        // 4. Running sums, and V accumulated by dimension (coalesced V rows, read once for all heads).
+        if lid < G {
+            var sum = 0.0;
+            for (var j = 0u; j < WG; j++) {
+                sum += s_sh[lid * WG + j];
+            }
+            l_sh[lid] = l_sh[lid] * c_sh[lid] + sum;
+        }
+        let cnt = min(WG, end - t0);
+        for (var j = 0u; j < DPT; j++) {
+            let d = lid + j * WG;
+            if d < HD {
+                for (var g = 0u; g < G; g++) {
+                    acc[g * DPT + j] *= c_sh[g];
+                }
+                for (var t = 0u; t < cnt; t++) {
+                    let v = f32(kv[v_base + (t0 + t) * HD + d]);
+                    for (var g = 0u; g < G; g++) {
+                        acc[g * DPT + j] += s_sh[g * WG + t] * v;
+                    }
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < DPT; j++) {
+        let d = lid + j * WG;
+        if d < HD {
+            for (var g = 0u; g < G; g++) {
+                let h = kvh * G + g;
+#if SPLIT
+                let base = (h * params.n_chunks + chunk) * (HD + 2u);
+                partials[base + 2u + d] = acc[g * DPT + j];
+                if d == 0u {
+                    partials[base] = m_sh[g];
+                    partials[base + 1u] = l_sh[g];
+                }
+#else
+                out[row * width + h * HD + d] = acc[g * DPT + j] / l_sh[g];
+#endif
+            }
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wg.x;
+    let ctx = context_len();
+    let used = min((ctx + params.chunk_len - 1u) / params.chunk_len, params.n_chunks);
+    let first = h * params.n_chunks;
+    var m = NEG;
+    for (var c = 0u; c < used; c++) {
+        m = max(m, partials[(first + c) * (HD + 2u)]);
+    }
+    var l = 0.0;
+    for (var c = 0u; c < used; c++) {
+        let base = (first + c) * (HD + 2u);
+        l += partials[base + 1u] * exp(partials[base] - m);
+    }
+    let width = params.heads * HD;
+    let row = last_row();
+    for (var d = lid; d < HD; d += WG) {
+        var sum = 0.0;
+        for (var c = 0u; c < used; c++) {
+            let base = (first + c) * (HD + 2u);
+            sum += partials[base + 2u + d] * exp(partials[base] - m);
+        }
+        out[row * width + h * HD + d] = sum / l;
+    }
+}
+
+var<workgroup> k_tile: array<f32, TK * HD>;
+var<workgroup> v_tile: array<f32, TK * HD>;
+
+@compute @workgroup_size(WG)
+fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wg.x;
+    let kvh = h / G;
+    let n = step.n;
+    let r0 = wg.y * WG;
+    if r0 >= n {
+        return; // the whole workgroup: uniform
+    }
+    let r = r0 + lid;
+    let live = r < n;
+    let qpos = step.pos + r;
+    // Keys this workgroup needs: up to its last row's position (causal).
+    let last = min(step.pos + min(r0 + WG, n), params.capacity);
+    let width = params.heads * HD;
+    var qv: array<f32, HD>;
+    var acc: array<f32, HD>;
+    if live {
+        for (var d = 0u; d < HD; d++) {
+            qv[d] = q[r * width + h * HD + d] * params.scale;
+        }
+    }
+    var m = NEG;
+    var l = 0.0;
+    let k_base = kvh * params.capacity * HD;
+    let v_base = (params.kv_heads + kvh) * params.capacity * HD;
+    for (var t0 = 0u; t0 < last; t0 += TK) {
+        for (var i = lid; i < TK * HD; i += WG) {
+            let t = t0 + i / HD;
+            var kx = 0.0;
+            var vx = 0.0;
+            if t < last {
+                kx = f32(kv[k_base + t0 * HD + i]);
+                vx = f32(kv[v_base + t0 * HD + i]);
+            }
+            k_tile[i] = kx;
+            v_tile[i] = vx;
+        }
+        workgroupBarrier();
+        let cnt = min(TK, last - t0);
+        var s: array<f32, TK>;
+        var tmax = NEG;
+        for (var t = 0u; t < cnt; t++) {
+            var sc = NEG;
+            if t0 + t <= qpos {
+                sc = 0.0;
+                for (var d = 0u; d < HD; d++) {
+                    sc += qv[d] * k_tile[t * HD + d];
+                }
+            }
+            s[t] = sc;
+            tmax = max(tmax, sc);
+        }
+        let m_new = max(m, tmax);
+        let c = exp(m - m_new);
+        l *= c;
+        for (var d = 0u; d < HD; d++) {
+            acc[d] *= c;
+        }
+        for (var t = 0u; t < cnt; t++) {
+            let p = select(0.0, exp(s[t] - m_new), t0 + t <= qpos);
+            l += p;
+            for (var d = 0u; d < HD; d++) {
+                acc[d] += p * v_tile[t * HD + d];
+            }
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    if live {
+        for (var d = 0u; d < HD; d++) {
+            out[r * width + h * HD + d] = acc[d] / l;
+        }
+    }
+}

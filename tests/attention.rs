@@ -1,0 +1,216 @@
+//! Decode and prefill attention vs their CPU twins over the KV cache, under both feature sets (f16 cache
+//! with all features, f32 cache with none).
+//!
+//! Tolerance argument. The CPU twin runs on the cache *read back* from the GPU, so with an f16 cache both
+//! sides see the very same f16-rounded K/V: the storage rounding cancels and only f32 arithmetic differs.
+//! Inputs are in [-1, 1), so a score is `q.k / sqrt(hd)` with |score| <= sqrt(hd) = 8; reassociating its hd
+//! products (vec4 grouping) changes it by about sqrt(hd) * 2^-24 * |score| ~ 4e-6 (worst case 8x that), which
+//! perturbs each softmax weight by that relative amount; WGSL's `exp` is within 3 + 2|x| ulp (|x| <= 16:
+//! ~2e-6 relative). Online rescaling (exp(m_old - m_new)) adds a few ulp per tile. The output is a convex
+//! combination of values in [-1, 1), so these relative weight errors give an absolute error well under 2e-5;
+//! summing up to 2048 weights in another order adds ~sqrt(2048) * 2^-24 ~ 3e-6 relative. Hence abs 2e-5,
+//! rel 1e-4.
+mod common;
+
+use common::{assert_close, gpus, random_vec};
+use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
+use mobilellm_kernels::ops::attention::{attention_decode, attention_prefill, Split};
+use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
+use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
+
+const ABS: f32 = 2e-5;
+const REL: f32 = 1e-4;
+
+/// A cache whose every position (also those past any tested context) holds random K/V, so a kernel that
+/// reads past the context fails.
+fn filled_cache(gpu: &Gpu, capacity: usize, kv_heads: usize, hd: usize, seed: u64) -> (KvCache, KvMirror) {
+    let cache = KvCache::new(gpu, 1, capacity, kv_heads, hd).unwrap();
+    let k = random_vec(seed, capacity * kv_heads * hd);
+    let v = random_vec(seed + 1, capacity * kv_heads * hd);
+    cache.write(gpu, 0, 0, &k, &v).unwrap();
+    let mirror = cache.read(gpu, 0).unwrap();
+    let mut want = KvMirror::zeros(kv_heads, capacity, hd);
+    want.store(0, &k, &v, cache.dtype());
+    assert_eq!(mirror, want, "KvCache::write then read must equal KvMirror::store (same f16 rounding)");
+    (cache, mirror)
+}
+
+fn step(gpu: &Gpu, buf: &StepBuffer, pos: usize, n: usize) {
+    buf.write(gpu, &StepParams { pos: pos as u32, n: n as u32, ..Default::default() });
+}
+
+/// Builds the decode dispatches once per split mode and reuses them for every context (as the planner does).
+fn check_decode(heads: usize, kv_heads: usize, hd: usize, capacity: usize, contexts: &[usize], splits: &[Split]) {
+    for gpu in gpus() {
+        let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 131 + capacity) as u64);
+        assert_eq!(cache.dtype(), if gpu.features().f16 { DType::F16 } else { DType::F32 });
+        let buf = StepBuffer::new(gpu).unwrap();
+        let q = Tensor::zeros(gpu, DType::F32, &[1, heads * hd]).unwrap();
+        let out = Tensor::zeros(gpu, DType::F32, &[1, heads * hd]).unwrap();
+        for &split in splits {
+            let dispatches = attention_decode(gpu, &buf, &q, &cache, 0, &out, split).unwrap();
+            for &ctx in contexts {
+                let qv = random_vec((ctx * 7 + heads) as u64, heads * hd);
+                q.write(gpu, &qv).unwrap();
+                cache.check_step(ctx - 1, 1).unwrap();
+                step(gpu, &buf, ctx - 1, 1);
+                ops::run(gpu, &dispatches.iter().collect::<Vec<_>>()).unwrap();
+                let want = reference::attention_decode(&qv, &mirror, ctx);
+                assert_close(
+                    &format!(
+                        "decode {heads}/{kv_heads} hd {hd} cap {capacity} ctx {ctx} {split:?} [{}]",
+                        gpu.features()
+                    ),
+                    &out.read::<f32>(gpu).unwrap(),
+                    &want,
+                    ABS,
+                    REL,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn decode_125m_shape_long_cache() {
+    // 9/3 heads, hd 64, capacity 2048: Auto splits (chunks of 128); Off is one workgroup per KV head.
+    check_decode(9, 3, 64, 2048, &[1, 2, 63, 64, 65, 511, 2048], &[Split::Auto, Split::Off]);
+}
+
+#[test]
+fn decode_350m_shape_ragged_capacity() {
+    // 15/5 heads; capacity 300 is not a multiple of the 128 chunk (last chunk partial), full context 300.
+    check_decode(15, 5, 64, 300, &[1, 2, 64, 65, 129, 300], &[Split::Auto, Split::Off]);
+}
+
+#[test]
+fn decode_small_heads_and_no_grouping() {
+    // 4/2 heads hd 32, odd chunk and tile boundaries; 8/8 (group of 1).
+    check_decode(4, 2, 32, 65, &[1, 2, 63, 64, 65], &[Split::Chunk(16), Split::Off, Split::Auto]);
+    check_decode(8, 8, 32, 128, &[1, 65, 128], &[Split::Auto, Split::Chunk(64)]);
+    check_decode(8, 8, 64, 96, &[1, 33, 96], &[Split::Chunk(40)]);
+}
+
+/// Prefill of each n onto an empty (pos 0) and a partly filled cache, with the grid sized for `max_n` rows.
+fn check_prefill(heads: usize, kv_heads: usize, hd: usize, capacity: usize, max_n: usize, cases: &[(usize, usize)]) {
+    for gpu in gpus() {
+        let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 17 + hd) as u64);
+        let buf = StepBuffer::new(gpu).unwrap();
+        let q = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
+        let out = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
+        let d = attention_prefill(gpu, &buf, &q, &cache, 0, &out).unwrap();
+        for &(pos, n) in cases {
+            let qv = random_vec((pos * 1000 + n) as u64, max_n * heads * hd);
+            q.write(gpu, &qv).unwrap();
+            cache.check_step(pos, n).unwrap();
+            step(gpu, &buf, pos, n);
+            ops::run(gpu, &[&d]).unwrap();
+            let want = reference::attention_prefill(&qv[..n * heads * hd], &mirror, pos, n);
+            let got = out.read::<f32>(gpu).unwrap();
+            assert_close(
+                &format!("prefill {heads}/{kv_heads} hd {hd} pos {pos} n {n} [{}]", gpu.features()),
+                &got[..n * heads * hd],
+                &want,
+                ABS,
+                REL,
+            );
+        }
+    }
+}
+
+#[test]
+fn prefill_125m_shape() {
+    check_prefill(9, 3, 64, 160, 128, &[(0, 1), (0, 7), (0, 128), (13, 1), (13, 7), (13, 128), (159, 1)]);
+}
+
+#[test]
+fn prefill_other_groupings() {
+    check_prefill(4, 2, 32, 80, 65, &[(0, 1), (0, 7), (0, 65), (15, 65), (79, 1)]);
+    check_prefill(8, 8, 64, 40, 7, &[(0, 7), (33, 7)]);
+    check_prefill(15, 5, 64, 72, 8, &[(0, 8), (64, 8)]);
+}
+
+/// Decode equals the last row of a prefill of the same step (the two kernels agree on the cache).
+#[test]
+fn decode_is_last_prefill_row() {
+    let gpu = &gpus()[0];
+    let (cache, _) = filled_cache(gpu, 200, 3, 64, 5);
+    let buf = StepBuffer::new(gpu).unwrap();
+    let q = Tensor::from_slice(gpu, &[7, 9 * 64], &random_vec(9, 7 * 9 * 64)).unwrap();
+    let a = Tensor::zeros(gpu, DType::F32, &[7, 9 * 64]).unwrap();
+    let b = Tensor::zeros(gpu, DType::F32, &[7, 9 * 64]).unwrap();
+    let p = attention_prefill(gpu, &buf, &q, &cache, 0, &a).unwrap();
+    let d = attention_decode(gpu, &buf, &q, &cache, 0, &b, Split::Chunk(32)).unwrap();
+    step(gpu, &buf, 100, 7);
+    ops::run(gpu, &[&p, &d[0], &d[1]]).unwrap();
+    let (a, b) = (a.read::<f32>(gpu).unwrap(), b.read::<f32>(gpu).unwrap());
+    assert_close("decode vs prefill last row", &b[6 * 576..], &a[6 * 576..], ABS, REL);
+}
+
+#[test]
+fn cache_sizes_and_capacity_errors() {
+    for gpu in gpus() {
+        // MobileLLM-125M with layer sharing: 30 unique layers run 60 times, 60 slots.
+        let slots = mobilellm_kernels::kv_cache::executed_layers(30, true);
+        let cache = KvCache::new(gpu, slots, 256, 3, 64).unwrap();
+        assert_eq!(cache.slots(), 60);
+        let elem = if gpu.features().f16 { 2 } else { 4 };
+        assert_eq!(cache.size_bytes(), (60 * 2 * 3 * 256 * 64 * elem) as u64);
+        assert!(cache.check_step(255, 1).is_ok());
+        let err = cache.check_step(250, 7).unwrap_err();
+        assert!(matches!(err, Error::Capacity { requested: 257, capacity: 256, .. }), "{err}");
+        let err = cache.write(gpu, 0, 256, &[0.0; 192], &[0.0; 192]).unwrap_err();
+        assert!(matches!(err, Error::Capacity { .. }), "{err}");
+        assert!(cache.slot(60).is_err());
+        // A prefill grid larger than the cache is refused when planned.
+        let q = Tensor::zeros(gpu, DType::F32, &[257, 576]).unwrap();
+        let buf = StepBuffer::new(gpu).unwrap();
+        let err = attention_prefill(gpu, &buf, &q, &cache, 0, &q.clone()).unwrap_err();
+        assert!(matches!(err, Error::Capacity { .. }), "{err}");
+        // Query width not a multiple of the cache's KV heads.
+        let q = Tensor::zeros(gpu, DType::F32, &[1, 4 * 64]).unwrap();
+        let out = Tensor::zeros(gpu, DType::F32, &[1, 4 * 64]).unwrap();
+        let err = attention_decode(gpu, &buf, &q, &cache, 0, &out, Split::Auto).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
+    }
+}
+
+/// Bench rows: decode attention at the 125M shape (9/3 heads, hd 64), split vs unsplit, wall time over
+/// many submissions on this machine. `cargo test --release --test attention -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_decode_split_vs_unsplit() {
+    for gpu in gpus() {
+        let capacity = 2048;
+        let (cache, _) = filled_cache(gpu, capacity, 3, 64, 1);
+        let buf = StepBuffer::new(gpu).unwrap();
+        let q = Tensor::from_slice(gpu, &[1, 576], &random_vec(2, 576)).unwrap();
+        let out = Tensor::zeros(gpu, DType::F32, &[1, 576]).unwrap();
+        for split in [Split::Off, Split::Auto] {
+            let ds = attention_decode(gpu, &buf, &q, &cache, 0, &out, split).unwrap();
+            let refs: Vec<_> = ds.iter().collect();
+            for ctx in [128usize, 512, 2048] {
+                step(gpu, &buf, ctx - 1, 1);
+                ops::run(gpu, &refs).unwrap();
+                let iters = 20;
+                let t = std::time::Instant::now();
+                // Many launches per submission so submit/wait overhead is amortised.
+                let mut enc = gpu.device().create_command_encoder(&Default::default());
+                {
+                    let mut pass = enc.begin_compute_pass(&Default::default());
+                    for _ in 0..iters {
+                        for d in &refs {
+                            d.record(&mut pass);
+                        }
+                    }
+                }
+                gpu.submit_and_wait([enc.finish()]).unwrap();
+                let us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
+                println!(
+                    "decode attention 9/3 hd64 cap {capacity} ctx {ctx:5} {split:?}: {us:9.1} us [{}]",
+                    gpu.features()
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Fused RMSNorm + QKV projection + RoPE + KV-cache write vs its CPU twin, under both feature sets.
+//!
+//! Tolerance argument. Both sides use the same dequantized weights (`HostWeight::dequantize` gives exactly
+//! the values the GPU forms) and the same RoPE cos/sin (the table's f64-computed values), so differences
+//! come from f32 summation order: the RMSNorm sum (~1e-6 relative, see tests/rms_norm.rs) and the dot
+//! product over `hidden` (576..960) products: the GPU sums 32-element blocks with fma and scales once per
+//! block (d * sum(q x)), the CPU sums (d q) x in sequence. With inputs in [-1, 1) (x scaled by 2), outputs
+//! are ~sqrt(hidden/3) ~ 14..18 and sum |w x| <= ~400; reordering such a sum moves it by about
+//! sqrt(hidden) * 2^-24 * sum|w x| ~ 7e-4 at worst in practice (random-walk rounding), hence abs 1e-3,
+//! rel 1e-4 (RoPE's two products add ~1 ulp). K/V in an f16 cache are rounded by each side from its own f32
+//! value, so a value may land one f16 step apart: rel 2^-10 (~1e-3) on top, for the f16 cache only.
+mod common;
+
+use common::{assert_close, gpus, random_vec};
+use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
+use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, RopeTable};
+use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
+use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
+use mobilellm_kernels::reference::{self, QkvShape, RopeLayout};
+use mobilellm_kernels::{DType, Error, Tensor};
+
+const ABS: f32 = 1e-3;
+const REL: f32 = 1e-4;
+const REL_F16: f32 = 1e-3;
+
+struct Case {
+    heads: usize,
+    kv_heads: usize,
+    hd: usize,
+    hidden: usize,
+    wtype: WeightType,
+    layout: RopeLayout,
+    /// (pos, n) steps run with the same dispatch, grid sized for max_n.
+    steps: &'static [(usize, usize)],
+}
+
+fn check(c: &Case) {
+    let capacity = 160;
+    let max_n = c.steps.iter().map(|s| s.1).max().unwrap();
+    let s =
+        QkvShape { heads: c.heads, kv_heads: c.kv_heads, head_dim: c.hd, theta: 10000.0, layout: c.layout, eps: 1e-5 };
+    let (qr, kr) = (c.heads * c.hd, c.kv_heads * c.hd);
+    let seed = (c.hidden * 7 + c.heads) as u64;
+    let mk = |rows: usize, off: u64| {
+        HostWeight::quantize(c.wtype, rows, c.hidden, &random_vec(seed + off, rows * c.hidden)).unwrap()
+    };
+    let fused = fuse_qkv(&mk(qr, 1), &mk(kr, 2), &mk(kr, 3)).unwrap();
+    let w_cpu = fused.dequantize();
+    let norm: Vec<f32> = random_vec(seed + 4, c.hidden).iter().map(|v| 1.0 + 0.5 * v).collect();
+    for gpu in gpus() {
+        let what = format!(
+            "qkv_rope {}/{} hd {} hidden {} {} {:?} [{}]",
+            c.heads,
+            c.kv_heads,
+            c.hd,
+            c.hidden,
+            c.wtype,
+            c.layout,
+            gpu.features()
+        );
+        let cache = KvCache::new(gpu, 2, capacity, c.kv_heads, c.hd).unwrap();
+        // Random old contents in slot 1: positions the step does not write must stay as they were.
+        let old_k = random_vec(seed + 5, capacity * kr);
+        let old_v = random_vec(seed + 6, capacity * kr);
+        cache.write(gpu, 1, 0, &old_k, &old_v).unwrap();
+        let mut mirror = KvMirror::zeros(c.kv_heads, capacity, c.hd);
+        mirror.store(0, &old_k, &old_v, cache.dtype());
+        let rope = RopeTable::new(gpu, capacity, c.hd, s.theta).unwrap();
+        let w = GpuWeight::upload(gpu, &fused).unwrap();
+        let norm_gpu = Tensor::from_slice(gpu, &[c.hidden], &norm).unwrap();
+        let x_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, c.hidden]).unwrap();
+        let q_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr]).unwrap();
+        let buf = StepBuffer::new(gpu).unwrap();
+        let d = qkv_rope(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1).unwrap();
+        for &(pos, n) in c.steps {
+            let x: Vec<f32> =
+                random_vec(seed + pos as u64 * 3 + n as u64, max_n * c.hidden).iter().map(|v| 2.0 * v).collect();
+            x_gpu.write(gpu, &x).unwrap();
+            cache.check_step(pos, n).unwrap();
+            buf.write(gpu, &StepParams { pos: pos as u32, n: n as u32, ..Default::default() });
+            ops::run(gpu, &[&d]).unwrap();
+            let (q, k, v) = reference::qkv_rope(&x[..n * c.hidden], &norm, &w_cpu, pos, s);
+            let got = q_gpu.read::<f32>(gpu).unwrap();
+            assert_close(&format!("{what} q pos {pos} n {n}"), &got[..n * qr], &q, ABS, REL);
+            mirror.store(pos, &k, &v, cache.dtype());
+            let got = cache.read(gpu, 1).unwrap();
+            let rel = if cache.dtype() == DType::F16 { REL_F16 } else { REL };
+            assert_close(&format!("{what} cache K pos {pos} n {n}"), &got.k, &mirror.k, ABS, rel);
+            assert_close(&format!("{what} cache V pos {pos} n {n}"), &got.v, &mirror.v, ABS, rel);
+            // Keep the mirror equal to the GPU cache so later steps compare only their own writes.
+            mirror = got;
+        }
+        // Slot 0 was never written.
+        let zero = cache.read(gpu, 0).unwrap();
+        assert!(zero.k.iter().chain(&zero.v).all(|&v| v == 0.0), "{what}: slot 0 touched");
+    }
+}
+
+const DECODE_AND_PREFILL: &[(usize, usize)] = &[(0, 7), (7, 1), (8, 1), (100, 3), (159, 1)];
+
+#[test]
+fn every_weight_type_125m_shape_halves() {
+    for wtype in [WeightType::F32, WeightType::F16, WeightType::Q8_0, WeightType::Q4_0, WeightType::Q4_1] {
+        check(&Case {
+            heads: 9,
+            kv_heads: 3,
+            hd: 64,
+            hidden: 576,
+            wtype,
+            layout: RopeLayout::Halves,
+            steps: DECODE_AND_PREFILL,
+        });
+    }
+}
+
+#[test]
+fn interleaved_rope_and_other_shapes() {
+    // GGUF files: interleaved RoPE with Q4_1 (SmolLM2's GGUF) and Q8_0; head_dim 32; no grouping; 350M width.
+    check(&Case {
+        heads: 9,
+        kv_heads: 3,
+        hd: 64,
+        hidden: 576,
+        wtype: WeightType::Q4_1,
+        layout: RopeLayout::Interleaved,
+        steps: DECODE_AND_PREFILL,
+    });
+    check(&Case {
+        heads: 4,
+        kv_heads: 2,
+        hd: 32,
+        hidden: 96,
+        wtype: WeightType::Q8_0,
+        layout: RopeLayout::Interleaved,
+        steps: &[(0, 1), (0, 128), (130, 30)],
+    });
+    check(&Case {
+        heads: 8,
+        kv_heads: 8,
+        hd: 32,
+        hidden: 100,
+        wtype: WeightType::F32,
+        layout: RopeLayout::Halves,
+        steps: &[(5, 2), (0, 1)],
+    });
+    check(&Case {
+        heads: 15,
+        kv_heads: 5,
+        hd: 64,
+        hidden: 960,
+        wtype: WeightType::Q4_0,
+        layout: RopeLayout::Halves,
+        steps: &[(0, 7), (31, 1)],
+    });
+}
+
+#[test]
+fn fuse_is_bit_exact_and_rejects_mismatch() {
+    let a = HostWeight::quantize(WeightType::Q4_1, 3, 64, &random_vec(1, 192)).unwrap();
+    let b = HostWeight::quantize(WeightType::Q4_1, 2, 64, &random_vec(2, 128)).unwrap();
+    let f = fuse_qkv(&a, &b, &b).unwrap();
+    assert_eq!(f.slice_rows(0, 3).unwrap(), a);
+    assert_eq!(f.slice_rows(5, 7).unwrap(), b);
+    let c = HostWeight::quantize(WeightType::Q8_0, 2, 64, &random_vec(2, 128)).unwrap();
+    assert!(matches!(fuse_qkv(&a, &c, &b).unwrap_err(), Error::Shape { .. }));
+}
+
+#[test]
+fn rejects_bad_shapes() {
+    let gpu = &gpus()[0];
+    let cache = KvCache::new(gpu, 1, 16, 2, 32).unwrap();
+    let rope = RopeTable::new(gpu, 16, 32, 10000.0).unwrap();
+    let w =
+        GpuWeight::upload(gpu, &HostWeight::quantize(WeightType::F32, 8 * 32, 64, &vec![0.0; 8 * 32 * 64]).unwrap())
+            .unwrap();
+    let norm = Tensor::zeros(gpu, DType::F32, &[64]).unwrap();
+    let buf = StepBuffer::new(gpu).unwrap();
+    let x = Tensor::zeros(gpu, DType::F32, &[4, 64]).unwrap();
+    let q = Tensor::zeros(gpu, DType::F32, &[4, 4 * 32]).unwrap();
+    assert!(qkv_rope(gpu, &buf, &x, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q, &cache, 0).is_ok());
+    // Weight rows for 6 query heads, but q_out has 4.
+    let q6 = Tensor::zeros(gpu, DType::F32, &[4, 6 * 32]).unwrap();
+    let err = qkv_rope(gpu, &buf, &x, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q6, &cache, 0).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+    // More rows per step than the cache holds.
+    let x17 = Tensor::zeros(gpu, DType::F32, &[17, 64]).unwrap();
+    let q17 = Tensor::zeros(gpu, DType::F32, &[17, 4 * 32]).unwrap();
+    let err = qkv_rope(gpu, &buf, &x17, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q17, &cache, 0).unwrap_err();
+    assert!(matches!(err, Error::Capacity { .. }), "{err}");
+    // RoPE table shorter than the cache.
+    let short = RopeTable::new(gpu, 8, 32, 10000.0).unwrap();
+    let err = qkv_rope(gpu, &buf, &x, &norm, 1e-5, &w, &short, RopeLayout::Halves, &q, &cache, 0).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+}
