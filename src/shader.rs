@@ -48,9 +48,13 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 /// Elementwise add and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
+/// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
+pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
+    consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4)]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &FFN]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -2,8 +2,10 @@
 //! like the GPU (accumulating in f32), so GPU-vs-CPU differences come only from summation order.
 
 mod elementwise;
+mod ffn;
 pub mod forward;
 mod rms_norm;
 
 pub use elementwise::add;
+pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul};
 pub use rms_norm::rms_norm;
