@@ -48,13 +48,19 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 /// Elementwise add and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
+/// Weight-matrix reads for every weight type (`#include weights`; see `src/quant.rs` for the layout).
+/// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
+/// binding that includers declare themselves.
+pub static WEIGHTS: KernelSource =
+    kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
+
 /// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
 pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4)]);
 
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &FFN]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &FFN]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -1,0 +1,149 @@
+// Weight-matrix reads for every weight type (`#include weights`), the GPU twin of `src/quant.rs`.
+// Exactly one of W_F32 W_F16 W_Q8_0 W_Q4_0 W_Q4_1 is set. The includer declares
+//     @group(0) @binding(N) var<storage, read> weights: array<u32>;
+// and passes a `WeightDesc` (filled by `GpuWeight::desc()`, usually part of its params uniform).
+//
+// Layout (see src/quant.rs): block g = row * desc.blocks + b of 32 columns has its quants at word
+// g * WPB (f32 32 words, f16 16, q8_0 8, q4_0/q4_1 4 = GGUF's 16 nibble bytes: byte j = element j low
+// nibble, element j+16 high nibble); scales start at word desc.scale_offset (q8_0/q4_0: f16 d, two per
+// word, low half for even g; q4_1: one word d | m << 16). f32/f16 rows are zero-padded to whole blocks.
+// f16 is read with unpack2x16float, so no device f16 feature is needed.
+
+#if WEIGHTS_STANDALONE
+// Only for compiling this file on its own (portability test); includers declare `weights` themselves.
+@group(0) @binding(0) var<storage, read> weights: array<u32>;
+#endif
+
+struct WeightDesc {
+    rows: u32,
+    cols: u32,
+    blocks: u32,
+    scale_offset: u32,
+}
+
+#if W_F32
+const WPB: u32 = 32u;
+#elif W_F16
+const WPB: u32 = 16u;
+#elif W_Q8_0
+const WPB: u32 = 8u;
+#else
+const WPB: u32 = 4u;
+#endif
+
+// (d, m) of block g: the scale and the additive minimum (m = 0 except Q4_1).
+fn weight_scale(desc: WeightDesc, g: u32) -> vec2<f32> {
+#if W_Q8_0 || W_Q4_0
+    let pair = unpack2x16float(weights[desc.scale_offset + (g >> 1u)]);
+    return vec2<f32>(select(pair.x, pair.y, (g & 1u) == 1u), 0.0);
+#elif W_Q4_1
+    return unpack2x16float(weights[desc.scale_offset + g]);
+#else
+    return vec2<f32>(1.0, 0.0);
+#endif
+}
+
+// Quant word k of a block as 4 values: q8_0 signed bytes; q4 low nibbles (hi = false) or high nibbles.
+fn weight_i8x4(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<i32>(bitcast<i32>(w)) << vec4<u32>(24u, 16u, 8u, 0u) >> vec4<u32>(24u));
+}
+
+fn weight_u4x4(w: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
+}
+
+// The 8 vec4 of raw values of block `g` before scaling: f32/f16 the weights; q8_0 q; q4_0 q-8; q4_1 q.
+// Multiplying by d (and adding m for q4_1) gives the weights.
+fn weight_raw32(g: u32) -> array<vec4<f32>, 8> {
+    var v: array<vec4<f32>, 8>;
+    let base = g * WPB;
+#if W_F32
+    for (var k = 0u; k < 8u; k++) {
+        let o = base + 4u * k;
+        v[k] = bitcast<vec4<f32>>(vec4<u32>(weights[o], weights[o + 1u], weights[o + 2u], weights[o + 3u]));
+    }
+#elif W_F16
+    for (var k = 0u; k < 8u; k++) {
+        let o = base + 2u * k;
+        v[k] = vec4<f32>(unpack2x16float(weights[o]), unpack2x16float(weights[o + 1u]));
+    }
+#elif W_Q8_0
+    for (var k = 0u; k < 8u; k++) {
+        v[k] = weight_i8x4(weights[base + k]);
+    }
+#elif W_Q4_0
+    for (var k = 0u; k < 4u; k++) {
+        let w = weights[base + k];
+        v[k] = weight_u4x4(w) - vec4<f32>(8.0);
+        v[k + 4u] = weight_u4x4(w >> 4u) - vec4<f32>(8.0);
+    }
+#else
+    for (var k = 0u; k < 4u; k++) {
+        let w = weights[base + k];
+        v[k] = weight_u4x4(w);
+        v[k + 4u] = weight_u4x4(w >> 4u);
+    }
+#endif
+    return v;
+}
+
+// The 32 dequantized weights of `row` at columns 32*block .. 32*block+31.
+fn weight_block32(desc: WeightDesc, row: u32, block: u32) -> array<vec4<f32>, 8> {
+    let g = row * desc.blocks + block;
+    var v = weight_raw32(g);
+#if W_Q8_0 || W_Q4_0 || W_Q4_1
+    let s = weight_scale(desc, g);
+    for (var k = 0u; k < 8u; k++) {
+        v[k] = fma(v[k], vec4<f32>(s.x), vec4<f32>(s.y));
+    }
+#endif
+    return v;
+}
+
+// Dot product of the 32 weights of `row` at columns 32*block.. with x (f32 accumulation).
+// Quantized types sum q*x first and scale once: d * sum(q x) (+ m * sum(x) for q4_1).
+fn weight_dot32(desc: WeightDesc, row: u32, block: u32, x: array<vec4<f32>, 8>) -> f32 {
+    let g = row * desc.blocks + block;
+    let v = weight_raw32(g);
+    var acc = vec4<f32>(0.0);
+    for (var k = 0u; k < 8u; k++) {
+        acc = fma(v[k], x[k], acc);
+    }
+    let sum = acc.x + acc.y + acc.z + acc.w;
+#if W_Q8_0 || W_Q4_0
+    return sum * weight_scale(desc, g).x;
+#elif W_Q4_1
+    var xs = vec4<f32>(0.0);
+    for (var k = 0u; k < 8u; k++) {
+        xs += x[k];
+    }
+    let s = weight_scale(desc, g);
+    return sum * s.x + s.y * (xs.x + xs.y + xs.z + xs.w);
+#else
+    return sum;
+#endif
+}
+
+// 4 dequantized weights of `row` at columns 4*col4 .. 4*col4+3 (within the row's padded blocks).
+fn weight_load4(desc: WeightDesc, row: u32, col4: u32) -> vec4<f32> {
+    let block = col4 >> 3u;
+    let k = col4 & 7u;
+    let g = row * desc.blocks + block;
+    let base = g * WPB;
+#if W_F32
+    let o = base + 4u * k;
+    return bitcast<vec4<f32>>(vec4<u32>(weights[o], weights[o + 1u], weights[o + 2u], weights[o + 3u]));
+#elif W_F16
+    let o = base + 2u * k;
+    return vec4<f32>(unpack2x16float(weights[o]), unpack2x16float(weights[o + 1u]));
+#elif W_Q8_0
+    return weight_i8x4(weights[base + k]) * weight_scale(desc, g).x;
+#elif W_Q4_0
+    let q = weight_u4x4(weights[base + (k & 3u)] >> ((k >> 2u) * 4u));
+    return (q - vec4<f32>(8.0)) * weight_scale(desc, g).x;
+#else
+    let q = weight_u4x4(weights[base + (k & 3u)] >> ((k >> 2u) * 4u));
+    let s = weight_scale(desc, g);
+    return fma(q, vec4<f32>(s.x), vec4<f32>(s.y));
+#endif
+}
