@@ -1,1 +1,157 @@
-//! Launcher (being written).
+//! Matrix-vector products `y = W·x` / `y += W·x` for every weight type (`kernels/gemv.wgsl`).
+//!
+//! `x` is `[n, in]` (n vectors), `y` is `[n, total_out]`; the `rows` outputs of `W` land at columns
+//! `out_offset..out_offset + rows` of each `y` row, so a matrix split by rows (an LM head larger than one
+//! binding) writes its slice of a wider output. `accumulate` adds into `y` in place (the residual add),
+//! through one read_write binding.
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
+use crate::quant::{GpuWeight, WeightDesc};
+use crate::shader::GEMV;
+use crate::tensor::{DType, Tensor};
+
+/// How threads map onto rows: `wg` threads per workgroup, `tpr` threads per row (a power of two
+/// dividing `wg`), `rpt` rows per thread. A workgroup covers `wg / tpr * rpt` rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct GemvMapping {
+    /// Threads per workgroup (power of two, at most 256).
+    pub wg: u32,
+    /// Threads sharing one row (power of two dividing `wg`); 1 = no reduction.
+    pub tpr: u32,
+    /// Rows each thread carries (1..=8), sharing each load of `x`.
+    pub rpt: u32,
+}
+
+impl GemvMapping {
+    /// Rows per workgroup.
+    pub fn rows_per_group(self) -> u32 {
+        self.wg / self.tpr * self.rpt
+    }
+
+    /// The mapping for a device and shape, from a small table by device class and row length.
+    ///
+    /// - CPU devices (lavapipe): invocations are SIMD lanes of one core, so cross-lane reductions and
+    ///   barriers cost more than they save: a thread owns 2 rows (one x load feeds two rows).
+    /// - GPUs: threads of a row stride over its blocks, so neighbours read neighbouring 16..128-byte
+    ///   blocks (coalesced); short rows (in = 576 is 18 blocks) get 8 threads, long rows 32.
+    pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
+        let blocks = cols.div_ceil(32);
+        if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+            let rpt = if rows >= 256 { 2 } else { 1 };
+            return GemvMapping { wg: 64, tpr: 1, rpt };
+        }
+        let tpr = if blocks <= 24 {
+            8
+        } else if blocks <= 48 {
+            16
+        } else {
+            32
+        };
+        GemvMapping { wg: 128, tpr, rpt: 2 }
+    }
+
+    fn check(self) -> Result<()> {
+        let ok = self.wg.is_power_of_two()
+            && self.wg <= 256
+            && self.tpr.is_power_of_two()
+            && self.tpr <= self.wg
+            && (1..=8).contains(&self.rpt)
+            && self.wg * self.rpt * 4 <= 16384;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(
+                "GEMV mapping",
+                format!("{self:?}"),
+                "wg a power of two <= 256, tpr a power of two <= wg, rpt in 1..=8",
+            ))
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    w: WeightDesc,
+    n: u32,
+    y_stride: u32,
+    out_offset: u32,
+    accumulate: u32,
+}
+
+/// Checks operands shared by GEMV and GEMM; returns (n, y_stride).
+pub(crate) fn check_operands(w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize) -> Result<(usize, usize)> {
+    let n = x.expect_rows("x of a matrix product", DType::F32, w.cols())?;
+    if y.dtype() != DType::F32 {
+        return Err(Error::DType {
+            what: "y of a matrix product".into(),
+            got: y.dtype().to_string(),
+            expected: "f32".into(),
+        });
+    }
+    let y_stride = *y.shape().last().unwrap_or(&0);
+    if y.len() / y_stride.max(1) != n || out_offset + w.rows() > y_stride {
+        return Err(Error::shape(
+            "y of a matrix product",
+            y.shape(),
+            format!("[{n}, total_out] with total_out >= out_offset {out_offset} + rows {}", w.rows()),
+        ));
+    }
+    if x.buffer() == y.buffer() {
+        return Err(Error::invalid("x and y of a matrix product", "the same buffer", "distinct buffers"));
+    }
+    Ok((n, y_stride))
+}
+
+/// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`), with the device's default mapping.
+pub fn gemv(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
+    let mapping = GemvMapping::choose(gpu, w.rows(), w.cols());
+    gemv_with(gpu, w, x, y, out_offset, accumulate, mapping)
+}
+
+/// [`gemv`] with an explicit thread mapping (for tests and tuning).
+pub fn gemv_with(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+    mapping: GemvMapping,
+) -> Result<Dispatch> {
+    mapping.check()?;
+    let (n, y_stride) = check_operands(w, x, y, out_offset)?;
+    if n > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::shape("x of gemv", x.shape(), format!("at most {MAX_GROUPS_PER_DIM} vectors (use gemm)")));
+    }
+    let groups = (w.rows() as u32).div_ceil(mapping.rows_per_group());
+    let variant = base_variant(gpu)
+        .flag(w.wtype().flag())
+        .constant("WG", mapping.wg)
+        .constant("TPR", mapping.tpr)
+        .constant("RPT", mapping.rpt);
+    let pipeline = gpu.pipeline(&GEMV, "gemv", &variant)?;
+    let params = Params {
+        w: w.desc(),
+        n: n as u32,
+        y_stride: y_stride as u32,
+        out_offset: out_offset as u32,
+        accumulate: accumulate as u32,
+    };
+    let params = uniform(gpu, "gemv params", &params)?;
+    make_dispatch(
+        gpu,
+        format!("gemv:{}", w.wtype()),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, w.buffer().as_entire_binding()),
+            (2, x.buffer().as_entire_binding()),
+            (3, y.buffer().as_entire_binding()),
+        ],
+        [groups, n as u32, 1],
+        vec![params.clone()],
+    )
+}

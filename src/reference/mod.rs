@@ -4,8 +4,10 @@
 mod elementwise;
 mod ffn;
 pub mod forward;
+mod gemv;
 mod rms_norm;
 
 pub use elementwise::add;
 pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul};
+pub use gemv::gemv;
 pub use rms_norm::rms_norm;

@@ -1,0 +1,133 @@
+// Matrix-vector product for a batch of vectors: y[b, off + o] (+)= sum_k W[o, k] x[b, k], f32 accumulation.
+// One workgroup computes RPW = (WG / TPR) * RPT consecutive rows for one batch vector (grid y).
+// Mapping constants: WG threads; TPR threads share a row (they stride over its 32-column blocks);
+// each thread carries RPT rows, so one load of x serves RPT rows.
+// - TPR == 1: a thread owns its rows outright, no reduction (best where threads are SIMD lanes of a CPU).
+// - TPR > 1 with SUBGROUPS: each subgroup owns row slots and strides blocks by its own size, reduced with
+//   subgroupAdd: correct for any subgroup size, no workgroup memory, no barriers.
+// - TPR > 1 without SUBGROUPS: TPR consecutive threads per row slot, tree-reduced in workgroup memory.
+// `y` is one read_write binding so the residual add (accumulate) happens in place.
+
+struct Params {
+    w: WeightDesc,
+    n: u32,
+    y_stride: u32,
+    out_offset: u32,
+    accumulate: u32,
+}
+
+@group(0) @binding(0) var<uniform> params: Params;
+@group(0) @binding(1) var<storage, read> weights: array<u32>;
+@group(0) @binding(2) var<storage, read> x: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+
+#include weights
+
+const SLOTS: u32 = WG / TPR;
+const RPW: u32 = SLOTS * RPT;
+
+var<workgroup> partial: array<f32, WG * RPT>;
+
+// x[base + 32*block ..] as 8 vec4, zero past `cols` (only f32/f16 weights have a partial last block).
+fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
+    var v: array<vec4<f32>, 8>;
+    let c0 = block * 32u;
+    if c0 + 32u <= cols {
+        for (var k = 0u; k < 8u; k++) {
+            let o = base + c0 + 4u * k;
+            v[k] = vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+        }
+    } else {
+        for (var k = 0u; k < 8u; k++) {
+            let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
+            let ok = c < vec4<u32>(cols);
+            let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
+            v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
+        }
+    }
+    return v;
+}
+
+fn store(batch: u32, row: u32, value: f32) {
+    let i = batch * params.y_stride + params.out_offset + row;
+    if params.accumulate != 0u {
+        y[i] = y[i] + value;
+    } else {
+        y[i] = value;
+    }
+}
+
+// Partial dots of rows r0 .. r0+RPT-1 over the blocks first, first+step, ...
+fn dot_rows(r0: u32, batch: u32, first: u32, step: u32) -> array<f32, RPT> {
+    var acc: array<f32, RPT>;
+    let last = params.w.rows - 1u;
+    let xbase = batch * params.w.cols;
+    for (var b = first; b < params.w.blocks; b += step) {
+        let xv = load_x(xbase, b, params.w.cols);
+        for (var i = 0u; i < RPT; i++) {
+            // Rows past the end re-read the last row (never stored): no branch in the hot loop.
+            acc[i] += weight_dot32(params.w, min(r0 + i, last), b, xv);
+        }
+    }
+    return acc;
+}
+
+@compute @workgroup_size(WG)
+fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+        @builtin(subgroup_invocation_id) sg_lane: u32,
+        @builtin(subgroup_id) sg_id: u32,
+        @builtin(num_subgroups) sg_count: u32,
+        @builtin(subgroup_size) sg_size: u32,
+#endif
+) {
+    let batch = wg.y;
+    let row0 = wg.x * RPW;
+    if TPR == 1u {
+        let r0 = row0 + lid * RPT;
+        let acc = dot_rows(r0, batch, 0u, 1u);
+        for (var i = 0u; i < RPT; i++) {
+            if r0 + i < params.w.rows {
+                store(batch, r0 + i, acc[i]);
+            }
+        }
+        return;
+    }
+#if SUBGROUPS
+    // The loop bound is uniform within each subgroup, so subgroupAdd sees the whole subgroup.
+    for (var slot = sg_id; slot < SLOTS; slot += sg_count) {
+        let r0 = row0 + slot * RPT;
+        let acc = dot_rows(r0, batch, sg_lane, sg_size);
+        for (var i = 0u; i < RPT; i++) {
+            let total = subgroupAdd(acc[i]);
+            if sg_lane == 0u && r0 + i < params.w.rows {
+                store(batch, r0 + i, total);
+            }
+        }
+    }
+#else
+    let lane = lid % TPR;
+    let r0 = row0 + (lid / TPR) * RPT;
+    let acc = dot_rows(r0, batch, lane, TPR);
+    for (var i = 0u; i < RPT; i++) {
+        partial[lid * RPT + i] = acc[i];
+    }
+    workgroupBarrier();
+    for (var s = TPR / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
+            for (var i = 0u; i < RPT; i++) {
+                partial[lid * RPT + i] += partial[(lid + s) * RPT + i];
+            }
+        }
+        workgroupBarrier();
+    }
+    if lane == 0u {
+        for (var i = 0u; i < RPT; i++) {
+            if r0 + i < params.w.rows {
+                store(batch, r0 + i, partial[lid * RPT + i]);
+            }
+        }
+    }
+#endif
+}

@@ -1,0 +1,225 @@
+//! GEMV kernel vs its CPU twin (same dequantized weights), every weight type, both feature sets.
+mod common;
+
+use common::{gpus, random_vec};
+use mobilellm_kernels::ops::gemv::{gemv, gemv_with, GemvMapping};
+use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
+use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
+
+/// Both sides sum the same products `w*x` of the same dequantized weights, in different orders (the GPU
+/// forms 32-column block sums, scales them by d, then adds up to 130 blocks; the CPU adds left to right).
+/// A recursive f32 sum of k terms errs by at most k*eps*sum|w x| (Higham), so the two differ by at most
+/// (cols + 32 + blocks + 2) * eps * sum|w x|, plus one rounding of d * sum(q x) (2 eps): that bound is
+/// rigorous, and a single wrong weight among `cols` (error ~ sum|w x| / cols) still exceeds it.
+fn tolerance(cols: usize, abs_dot: f32) -> f32 {
+    let terms = cols + 32 + cols.div_ceil(32) + 4;
+    terms as f32 * f32::EPSILON * abs_dot + 1e-30
+}
+
+struct Case {
+    wtype: WeightType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    offset: usize,
+    extra: usize,
+    accumulate: bool,
+    mapping: Option<GemvMapping>,
+}
+
+impl Case {
+    fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
+        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, mapping: None }
+    }
+}
+
+fn weight(wtype: WeightType, rows: usize, cols: usize) -> HostWeight {
+    // Small-ish weights with a few larger ones, like trained matrices.
+    let data: Vec<f32> = random_vec(rows as u64 * 7919 + cols as u64, rows * cols)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 97 == 0 { v * 0.5 } else { v * 0.05 })
+        .collect();
+    HostWeight::quantize(wtype, rows, cols, &data).unwrap()
+}
+
+fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
+    let (rows, cols, n) = (c.rows, c.cols, c.n);
+    let w = GpuWeight::upload(gpu, host).unwrap();
+    let x = random_vec(cols as u64 + n as u64 * 13, n * cols);
+    let total = c.offset + rows + c.extra;
+    let y0 = random_vec(99, n * total);
+    let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
+    let y_gpu = Tensor::from_slice(gpu, &[n, total], &y0).unwrap();
+    let d = match c.mapping {
+        Some(m) => gemv_with(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate, m).unwrap(),
+        None => gemv(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap(),
+    };
+    ops::run(gpu, &[&d]).unwrap();
+    let got = y_gpu.read::<f32>(gpu).unwrap();
+    let want = reference::gemv(host, &x);
+    let deq = host.dequantize();
+    let what = format!(
+        "gemv {} {rows}x{cols} n={n} off={} acc={} {:?} [{}]",
+        c.wtype,
+        c.offset,
+        c.accumulate,
+        c.mapping,
+        gpu.features()
+    );
+    for b in 0..n {
+        let xr = &x[b * cols..(b + 1) * cols];
+        for t in 0..total {
+            let g = got[b * total + t];
+            let base = y0[b * total + t];
+            if t < c.offset || t >= c.offset + rows {
+                assert_eq!(g, base, "{what}: y[{b}, {t}] outside the slice changed");
+                continue;
+            }
+            let o = t - c.offset;
+            let abs_dot: f32 = deq[o * cols..(o + 1) * cols].iter().zip(xr).map(|(a, v)| (a * v).abs()).sum();
+            let mut w = want[b * rows + o];
+            let mut tol = tolerance(cols, abs_dot);
+            if c.accumulate {
+                w += base;
+                tol += w.abs() * f32::EPSILON;
+            }
+            assert!((g - w).abs() <= tol, "{what}: y[{b}, {t}] got {g} want {w} (tolerance {tol})");
+        }
+    }
+}
+
+fn check_all_types(rows: usize, cols: usize, ns: &[usize]) {
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            let host = weight(wtype, rows, cols);
+            for &n in ns {
+                check(gpu, &host, &Case::new(wtype, rows, cols, n));
+            }
+        }
+    }
+}
+
+#[test]
+fn mobilellm_125m_shapes() {
+    for (rows, cols) in [(192, 576), (576, 576), (1536, 576), (576, 1536)] {
+        check_all_types(rows, cols, &[1, 3]);
+    }
+}
+
+#[test]
+fn mobilellm_350m_shapes() {
+    for (rows, cols) in [(320, 960), (960, 960), (2560, 960), (960, 2560)] {
+        check_all_types(rows, cols, &[1]);
+    }
+}
+
+/// The LM heads (vocab x hidden), n = 1 only. Each (type, device) pair costs a large upload and CPU
+/// reference, so the 125M head runs every type on the full-feature device and the two smallest-row-cost
+/// types on the bare one; SmolLM2's 49152 head runs its shipped type (q4_1) and f16 on each device.
+#[test]
+fn lm_head_shapes() {
+    let [all, none] = gpus() else { panic!("two devices") };
+    for wtype in WeightType::ALL {
+        let host = weight(wtype, 32000, 576);
+        check(all, &host, &Case::new(wtype, 32000, 576, 1));
+        if matches!(wtype, WeightType::Q4_0 | WeightType::Q8_0) {
+            check(none, &host, &Case::new(wtype, 32000, 576, 1));
+        }
+    }
+    for wtype in [WeightType::Q4_1, WeightType::F16] {
+        let host = weight(wtype, 49152, 576);
+        for gpu in [all, none] {
+            check(gpu, &host, &Case::new(wtype, 49152, 576, 1));
+        }
+    }
+}
+
+#[test]
+fn awkward_shapes() {
+    for (rows, cols) in [(1, 32), (33, 32), (1, 4128), (33, 4128), (5, 64)] {
+        check_all_types(rows, cols, &[1, 3]);
+    }
+    // f32/f16 take any width: partial last blocks.
+    for gpu in gpus() {
+        for wtype in [WeightType::F32, WeightType::F16] {
+            for (rows, cols) in [(1, 1), (33, 7), (3, 33), (17, 100)] {
+                check(gpu, &weight(wtype, rows, cols), &Case::new(wtype, rows, cols, 3));
+            }
+        }
+    }
+}
+
+/// Every reduction path on this device: the default table picks one mapping per device class, so the
+/// others (the GPU mappings on a CPU device, odd rows per thread, one thread per row) are forced here.
+#[test]
+fn every_mapping() {
+    let mappings = [(64, 1, 1), (64, 1, 3), (128, 8, 2), (64, 4, 1), (256, 32, 1), (32, 32, 8), (128, 16, 2)];
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            let host = weight(wtype, 70, 576);
+            let host_odd = weight(wtype, 9, 1088);
+            for (wg, tpr, rpt) in mappings {
+                let m = Some(GemvMapping { wg, tpr, rpt });
+                check(gpu, &host, &Case { mapping: m, ..Case::new(wtype, 70, 576, 2) });
+                check(gpu, &host_odd, &Case { mapping: m, ..Case::new(wtype, 9, 1088, 1) });
+            }
+        }
+    }
+}
+
+#[test]
+fn offset_and_accumulate() {
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            let host = weight(wtype, 100, 576);
+            for (offset, extra, accumulate) in [(0, 0, true), (37, 11, false), (37, 11, true), (0, 5, false)] {
+                let case = Case { offset, extra, accumulate, ..Case::new(wtype, 100, 576, 3) };
+                check(gpu, &host, &case);
+            }
+        }
+    }
+}
+
+/// An LM head split by rows: each part writes its slice of the one logits row.
+#[test]
+fn split_matrix_writes_its_slices() {
+    let gpu = &gpus()[0];
+    let host = weight(WeightType::Q8_0, 300, 576);
+    let x = random_vec(5, 576);
+    let x_gpu = Tensor::from_slice(gpu, &[1, 576], &x).unwrap();
+    let y_gpu = Tensor::zeros(gpu, DType::F32, &[1, 300]).unwrap();
+    let parts: Vec<GpuWeight> = [(0, 128), (128, 300)]
+        .iter()
+        .map(|&(a, b)| GpuWeight::upload(gpu, &host.slice_rows(a, b).unwrap()).unwrap())
+        .collect();
+    let d0 = gemv(gpu, &parts[0], &x_gpu, &y_gpu, 0, false).unwrap();
+    let d1 = gemv(gpu, &parts[1], &x_gpu, &y_gpu, 128, false).unwrap();
+    ops::run(gpu, &[&d0, &d1]).unwrap();
+    let got = y_gpu.read::<f32>(gpu).unwrap();
+    let want = reference::gemv(&host, &x);
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert!((g - w).abs() <= 1e-4 * (1.0 + w.abs()), "logit {i}: {g} vs {w}");
+    }
+}
+
+#[test]
+fn rejects_bad_operands() {
+    let gpu = &gpus()[0];
+    let err = HostWeight::quantize(WeightType::Q4_0, 4, 40, &[0.0; 160]).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("40"), "{err}");
+    let w = GpuWeight::upload(gpu, &weight(WeightType::Q4_0, 8, 64)).unwrap();
+    let x = Tensor::zeros(gpu, DType::F32, &[2, 64]).unwrap();
+    let y = Tensor::zeros(gpu, DType::F32, &[2, 8]).unwrap();
+    let bad_x = Tensor::zeros(gpu, DType::F32, &[2, 32]).unwrap();
+    let err = gemv(gpu, &w, &bad_x, &y, 0, false).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("64"), "{err}");
+    let err = gemv(gpu, &w, &x, &y, 1, false).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("offset 1"), "{err}");
+    let y3 = Tensor::zeros(gpu, DType::F32, &[3, 8]).unwrap();
+    assert!(matches!(gemv(gpu, &w, &x, &y3, 0, false).unwrap_err(), Error::Shape { .. }));
+    let y16 = Tensor::zeros(gpu, DType::F16, &[2, 8]).unwrap();
+    assert!(matches!(gemv(gpu, &w, &x, &y16, 0, false).unwrap_err(), Error::DType { .. }));
+    let bad = GemvMapping { wg: 64, tpr: 3, rpt: 1 };
+    assert!(matches!(gemv_with(gpu, &w, &x, &y, 0, false, bad).unwrap_err(), Error::InvalidArgument { .. }));
+}
