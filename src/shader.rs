@@ -80,9 +80,13 @@ pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS"], choices: 
 pub static EMBEDDING: KernelSource =
     kernel!("embedding", flags: &["STEP_N"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
 
+/// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
+pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
+    consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4)]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE, &FFN]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -4,6 +4,7 @@
 mod attention;
 mod elementwise;
 mod embedding;
+mod ffn;
 pub mod forward;
 mod gemv;
 mod rms_norm;
@@ -11,6 +12,7 @@ mod sample;
 
 pub use attention::{attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, QkvShape, RopeLayout};
 pub use elementwise::add;
+pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul};
 pub use gemv::gemv;
 pub use embedding::embedding;
 pub use rms_norm::rms_norm;

@@ -1,0 +1,180 @@
+//! Fused SwiGLU feed-forward kernel vs its CPU twin, under both feature sets.
+//!
+//! What runs where (lavapipe is 100-400x slower than native code, and every case runs twice):
+//! - the MobileLLM shapes run every weight type under both feature sets at n = 1 (decode, TILE 1) and
+//!   n = 5 (prefill tile of 8 with 3 positions past the end). n = 64 (8 full tiles) runs two types only:
+//!   the decode of a block does not depend on the tile, so the prefill path needs one unscaled and one
+//!   scaled type, not five;
+//! - the odd shapes (ffn not a multiple of the 8 rows per workgroup, one block per row, wide rows) run
+//!   every type at n = 1, 5 and 64: they are small.
+mod common;
+
+use common::{assert_close, gpus, random_vec};
+use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
+use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
+
+const EPS: f32 = 1e-5;
+
+/// Weights in [-0.5, 0.5): the quantizers see a spread of scales, and projections stay O(1..10).
+fn weight(seed: u64, rows: usize, cols: usize, wtype: WeightType) -> HostWeight {
+    let data: Vec<f32> = random_vec(seed, rows * cols).iter().map(|v| v * 0.5).collect();
+    HostWeight::quantize(wtype, rows, cols, &data).unwrap()
+}
+
+/// Elementwise bound on |GPU - CPU| for h, both computed from the same dequantized weights.
+///
+/// g = Σ_k Wg[i,k]·n_k in f32, summed in a different order on each side: each sum is within
+/// γ·Σ|Wg[i,k]·n_k| of the exact value, with γ ≈ c·sqrt(K)·2^-24 for the random-sign terms here
+/// (Higham's probabilistic bound; we take c = 16, and K <= 2560); the two sides differ by at most twice
+/// that. 1/rms is computed in a different order too (relative 1e-6 on n, so 1e-6·Σ|W·n| more). Then
+/// h = silu(g)·u: |silu'| <= 1.1 and |silu(g)| <= |g|, so |δh| <= 1.1·|u|·δg + |silu(g)|·δu, plus 1e-6
+/// absolute for exp's last bits near zero. A bug (a wrong block, scale, nibble or row) moves h by a
+/// sizeable fraction of Σ|W·n|, far above this.
+fn tolerance(n_rows: &[f32], gate: &[f32], up: &[f32], hidden: usize) -> Vec<f32> {
+    let ffn = gate.len() / hidden;
+    let gamma = 2.0 * 16.0 * (hidden as f32).sqrt() * f32::EPSILON / 2.0 + 1e-6;
+    let mut tol = Vec::new();
+    for row in n_rows.chunks(hidden) {
+        for o in 0..ffn {
+            let wg = &gate[o * hidden..(o + 1) * hidden];
+            let wu = &up[o * hidden..(o + 1) * hidden];
+            let (mut g, mut u, mut sg, mut su) = (0.0f32, 0.0f32, 0.0f32, 0.0f32);
+            for k in 0..hidden {
+                g += wg[k] * row[k];
+                u += wu[k] * row[k];
+                sg += (wg[k] * row[k]).abs();
+                su += (wu[k] * row[k]).abs();
+            }
+            tol.push(1.1 * u.abs() * gamma * sg + reference::silu(g).abs() * gamma * su + 1e-6);
+        }
+    }
+    tol
+}
+
+fn assert_within(what: &str, got: &[f32], want: &[f32], tol: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, ((g, w), t)) in got.iter().zip(want).zip(tol).enumerate() {
+        assert!((g - w).abs() <= *t, "{what}: element {i} got {g} want {w} (tolerance {t})");
+    }
+}
+
+struct Case {
+    x: Vec<f32>,
+    norm: Vec<f32>,
+    gate: HostWeight,
+    up: HostWeight,
+}
+
+fn case(hidden: usize, ffn: usize, n: usize, wtype: WeightType) -> Case {
+    let seed = (hidden * 7919 + ffn * 31 + n) as u64;
+    Case {
+        x: random_vec(seed, n * hidden).iter().map(|v| v * 3.0).collect(),
+        norm: random_vec(seed + 1, hidden).iter().map(|v| 1.0 + v * 0.5).collect(),
+        gate: weight(seed + 2, ffn, hidden, wtype),
+        up: weight(seed + 3, ffn, hidden, wtype),
+    }
+}
+
+fn check(gpu: &Gpu, hidden: usize, ffn: usize, n: usize, wtype: WeightType) {
+    let c = case(hidden, ffn, n, wtype);
+    let (gate, up) = (c.gate.dequantize(), c.up.dequantize());
+    let want = reference::ffn_gate_up(&c.x, &c.norm, EPS, &gate, &up);
+    let tol = tolerance(&reference::rms_norm(&c.x, &c.norm, EPS), &gate, &up, hidden);
+
+    let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
+    let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
+    let gate_gpu = GpuWeight::upload(gpu, &c.gate).unwrap();
+    let up_gpu = GpuWeight::upload(gpu, &c.up).unwrap();
+    let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
+    let d = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &gate_gpu, &up_gpu, &h).unwrap();
+    ops::run(gpu, &[&d]).unwrap();
+    let got = h.read::<f32>(gpu).unwrap();
+    assert_within(&format!("ffn_gate_up {wtype} n={n} {hidden}->{ffn} [{}]", gpu.features()), &got, &want, &tol);
+}
+
+#[test]
+fn mobilellm_shapes_every_type() {
+    for gpu in gpus() {
+        for (hidden, ffn) in [(576, 1536), (960, 2560)] {
+            for wtype in WeightType::ALL {
+                for n in [1, 5] {
+                    check(gpu, hidden, ffn, n, wtype);
+                }
+            }
+            for wtype in [WeightType::F16, WeightType::Q4_1] {
+                check(gpu, hidden, ffn, 64, wtype);
+            }
+        }
+    }
+}
+
+#[test]
+fn odd_shapes_every_type() {
+    for gpu in gpus() {
+        for (hidden, ffn) in [(32, 33), (96, 7), (1600, 20)] {
+            for wtype in WeightType::ALL {
+                for n in [1, 5, 64] {
+                    check(gpu, hidden, ffn, n, wtype);
+                }
+            }
+        }
+        // Every tile size and every count of positions past the end of the last tile.
+        for n in 1..=17 {
+            check(gpu, 64, 9, n, WeightType::Q8_0);
+        }
+    }
+}
+
+#[test]
+fn silu_mul_matches_twin() {
+    for gpu in gpus() {
+        let count = 1000;
+        let g: Vec<f32> = random_vec(5, count).iter().map(|v| v * 20.0).collect();
+        let u = random_vec(6, count);
+        let (g_gpu, u_gpu) =
+            (Tensor::from_slice(gpu, &[count], &g).unwrap(), Tensor::from_slice(gpu, &[count], &u).unwrap());
+        let out = Tensor::zeros(gpu, DType::F32, &[count]).unwrap();
+        let d = ops::ffn::silu_mul(gpu, &g_gpu, &u_gpu, &out).unwrap();
+        ops::run(gpu, &[&d]).unwrap();
+        // One exp, one division and one product: a few ulps; 1e-6 relative, 1e-7 absolute near zero.
+        assert_close("silu_mul", &out.read::<f32>(gpu).unwrap(), &reference::silu_mul(&g, &u), 1e-7, 1e-6);
+    }
+}
+
+#[test]
+fn rejects_bad_inputs() {
+    let gpu = &gpus()[0];
+    let x = Tensor::zeros(gpu, DType::F32, &[2, 64]).unwrap();
+    let norm = Tensor::zeros(gpu, DType::F32, &[64]).unwrap();
+    let h = Tensor::zeros(gpu, DType::F32, &[2, 8]).unwrap();
+    let g = GpuWeight::upload(gpu, &weight(1, 8, 64, WeightType::Q4_0)).unwrap();
+    let u = GpuWeight::upload(gpu, &weight(2, 8, 64, WeightType::Q4_0)).unwrap();
+    assert!(ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u, &h).is_ok());
+
+    let u8_0 = GpuWeight::upload(gpu, &weight(2, 8, 64, WeightType::Q8_0)).unwrap();
+    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u8_0, &h).unwrap_err();
+    assert!(matches!(err, Error::DType { .. }) && err.to_string().contains("q8_0"), "{err}");
+
+    let u_short = GpuWeight::upload(gpu, &weight(2, 7, 64, WeightType::Q4_0)).unwrap();
+    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u_short, &h).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[7, 64]"), "{err}");
+
+    let h_bad = Tensor::zeros(gpu, DType::F32, &[3, 8]).unwrap();
+    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u, &h_bad).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[3, 8]"), "{err}");
+
+    let x_bad = Tensor::zeros(gpu, DType::F32, &[2, 63]).unwrap();
+    let err = ops::ffn::ffn_gate_up(gpu, &x_bad, &norm, EPS, &g, &u, &h).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }), "{err}");
+
+    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, f32::NAN, &g, &u, &h).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+
+    // f32 accepts any in_features, but the fused kernel reads x in whole blocks of 32.
+    let g48 = GpuWeight::upload(gpu, &weight(1, 8, 48, WeightType::F32)).unwrap();
+    let u48 = GpuWeight::upload(gpu, &weight(2, 8, 48, WeightType::F32)).unwrap();
+    let (x48, n48) =
+        (Tensor::zeros(gpu, DType::F32, &[2, 48]).unwrap(), Tensor::zeros(gpu, DType::F32, &[48]).unwrap());
+    let err = ops::ffn::ffn_gate_up(gpu, &x48, &n48, EPS, &g48, &u48, &h).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("48"), "{err}");
+}
