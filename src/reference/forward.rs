@@ -68,7 +68,7 @@ impl Schedule {
 }
 
 /// One KV cache: `entries x kv_dim` keys and values, and the position of each entry.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 struct KvSlot {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -76,7 +76,7 @@ struct KvSlot {
 }
 
 /// The CPU model: weights, schedule, per-slot KV caches and the current position.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CpuModel {
     config: ModelConfig,
     weights: ModelWeightsF32,
@@ -308,6 +308,17 @@ impl CpuModel {
         let mut logits = vec![0.0f32; n_rows * vocab];
         matmul(rows, n_rows, head, vocab, h, &mut logits);
         Ok(logits)
+    }
+}
+
+impl std::fmt::Debug for CpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuModel")
+            .field("config", &self.config)
+            .field("schedule", &self.schedule)
+            .field("position", &self.pos)
+            .field("weights", &self.weights)
+            .finish_non_exhaustive()
     }
 }
 
