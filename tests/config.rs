@@ -177,3 +177,23 @@ fn missing_file_is_io_error_naming_the_path() {
     let err = ModelConfig::from_file("/nonexistent/dir/config.json").unwrap_err();
     assert!(matches!(err, Error::Io { .. }) && err.to_string().contains("/nonexistent/dir/config.json"), "{err}");
 }
+
+/// The shape of facebook/MobileLLM-125M's published config.json (untied by `tie_word_embeddings`, tied by
+/// `share_embedding`; custom `model_type` and `auto_map` keys are ignored).
+#[test]
+fn mobilellm_hub_style_config() {
+    let json = r#"{
+        "architectures": ["MobileLLMForCausalLM"], "auto_map": {"AutoConfig": "configuration_mobilellm.MobileLLMConfig"},
+        "attention_bias": false, "attention_dropout": 0.0, "bos_token_id": 1, "eos_token_id": 2,
+        "hidden_act": "silu", "hidden_size": 576, "initializer_range": 0.02, "intermediate_size": 1536,
+        "layer_sharing": false, "max_position_embeddings": 2048, "mlp_bias": false, "model_type": "mobilellm",
+        "num_attention_heads": 9, "num_hidden_layers": 30, "num_key_value_heads": 3, "pretraining_tp": 1,
+        "rms_norm_eps": 1e-05, "rope_scaling": null, "rope_theta": 10000.0, "share_embedding": true,
+        "tie_word_embeddings": false, "torch_dtype": "float16", "use_cache": true, "vocab_size": 32000
+    }"#;
+    let c = ModelConfig::from_json_str(json).unwrap();
+    assert!(c.tied_embeddings() && !c.tie_word_embeddings);
+    let mut same = c.clone();
+    same.tie_word_embeddings = true; // the preset sets both flags
+    assert_eq!(same, ModelConfig::mobilellm_125m());
+}

@@ -327,3 +327,29 @@ fn mobilellm_125m_shape_runs_with_layer_sharing() {
     assert_eq!((logits.len(), next.len()), (3 * 32000, 32000));
     assert!(logits.iter().chain(&next).all(|x| x.is_finite()));
 }
+
+/// Timing at the full MobileLLM-125M-LS shape (30 unique layers run 60 times, random weights, ~500 MB of
+/// f32): `cargo test --release --test forward_cpu -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing at the full 125M shape; allocates ~500 MB"]
+fn mobilellm_125m_full_timing() {
+    let config = ModelConfig::mobilellm_125m().with_layer_sharing(true);
+    let start = std::time::Instant::now();
+    let weights = ModelWeightsF32::random(&config, 7).unwrap();
+    eprintln!("random weights: {:?}", start.elapsed());
+    let mut model = CpuModel::new(config, weights).unwrap();
+    let prompt: Vec<u32> = (0..32).map(|i| (i * 997 % 32000) as u32).collect();
+    let start = std::time::Instant::now();
+    let mut logits = model.prefill_last(&prompt).unwrap();
+    let prefill = start.elapsed();
+    let start = std::time::Instant::now();
+    let steps = 8;
+    for _ in 0..steps {
+        logits = model.step(argmax(&logits) as u32).unwrap();
+    }
+    let decode = start.elapsed() / steps;
+    eprintln!(
+        "125M-LS (60 executed layers): prefill 32 tokens {prefill:?} ({:.1} tok/s), decode {decode:?}/token",
+        32.0 / prefill.as_secs_f64()
+    );
+}

@@ -62,7 +62,7 @@ pub fn expected_tensors(config: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 /// One unique decoder layer, f32, row-major `[out_features, in_features]`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct LayerWeightsF32 {
     /// `input_layernorm.weight` `[hidden]`.
     pub input_norm: Vec<f32>,
@@ -130,7 +130,7 @@ impl LayerWeightsF32 {
 }
 
 /// All weights of a model as f32 host vectors: one entry per UNIQUE layer (shared layers stored once).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct ModelWeightsF32 {
     /// `model.embed_tokens.weight` `[vocab, hidden]`.
     pub embed_tokens: Vec<f32>,
@@ -235,6 +235,25 @@ impl ModelWeightsF32 {
     /// The LM head matrix `[vocab, hidden]`: `lm_head` when present, else the embedding.
     pub fn head(&self) -> &[f32] {
         self.lm_head.as_deref().unwrap_or(&self.embed_tokens)
+    }
+}
+
+// Debug prints element counts, not hundreds of millions of floats.
+impl std::fmt::Debug for LayerWeightsF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let lens: Vec<usize> = self.fields().iter().map(|t| t.len()).collect();
+        f.debug_struct("LayerWeightsF32").field("element_counts", &lens).finish()
+    }
+}
+
+impl std::fmt::Debug for ModelWeightsF32 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelWeightsF32")
+            .field("embed_tokens", &self.embed_tokens.len())
+            .field("layers", &self.layers)
+            .field("final_norm", &self.final_norm.len())
+            .field("lm_head", &self.lm_head.as_ref().map(Vec::len))
+            .finish()
     }
 }
 

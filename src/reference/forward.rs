@@ -68,7 +68,7 @@ impl Schedule {
 }
 
 /// One KV cache: `entries x kv_dim` keys and values, and the position of each entry.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 struct KvSlot {
     k: Vec<f32>,
     v: Vec<f32>,
@@ -76,7 +76,7 @@ struct KvSlot {
 }
 
 /// The CPU model: weights, schedule, per-slot KV caches and the current position.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CpuModel {
     config: ModelConfig,
     weights: ModelWeightsF32,
@@ -311,6 +311,17 @@ impl CpuModel {
     }
 }
 
+impl std::fmt::Debug for CpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuModel")
+            .field("config", &self.config)
+            .field("schedule", &self.schedule)
+            .field("position", &self.pos)
+            .field("weights", &self.weights)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Index of the largest value (the first on ties), as greedy decoding picks it; 0 for an empty slice.
 pub fn argmax(values: &[f32]) -> usize {
     let mut best = 0;
@@ -342,16 +353,51 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
+/// Four dot products of `w` with `x[0..4]`, each summed exactly like [`dot`] (so a row's result does not
+/// depend on whether it was computed alone or in a group), loading each chunk of `w` once for four rows.
+#[inline]
+fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let mut acc = [[0.0f32; 8]; 4];
+    let n = w.len() / 8 * 8;
+    let mut k = 0;
+    while k < n {
+        let wc = &w[k..k + 8];
+        for (a, xr) in acc.iter_mut().zip(&x) {
+            let xc = &xr[k..k + 8];
+            for i in 0..8 {
+                a[i] += wc[i] * xc[i];
+            }
+        }
+        k += 8;
+    }
+    let mut out = [0.0f32; 4];
+    for ((o, a), xr) in out.iter_mut().zip(&acc).zip(&x) {
+        let tail: f32 = w[n..].iter().zip(&xr[n..]).map(|(p, q)| p * q).sum();
+        *o = a.iter().sum::<f32>() + tail;
+    }
+    out
+}
+
 /// `y[r][o] = sum_k w[o][k] * x[r][k]` for `rows` rows; `w` is `[out_dim, in_dim]` row-major. Rows are taken
-/// in blocks so each weight row is read once per block while the block of `x` stays in cache.
+/// in blocks so each weight row is read once per block while the block of `x` stays in cache, and four at a
+/// time so each loaded weight feeds four rows.
 fn matmul(x: &[f32], rows: usize, w: &[f32], out_dim: usize, in_dim: usize, y: &mut [f32]) {
-    const ROW_BLOCK: usize = 8;
+    const ROW_BLOCK: usize = 16;
+    let row = |r: usize| &x[r * in_dim..(r + 1) * in_dim];
     let mut r0 = 0;
     while r0 < rows {
         let r1 = (r0 + ROW_BLOCK).min(rows);
         for (o, wr) in w.chunks_exact(in_dim).take(out_dim).enumerate() {
-            for r in r0..r1 {
-                y[r * out_dim + o] = dot(wr, &x[r * in_dim..(r + 1) * in_dim]);
+            let mut r = r0;
+            while r + 4 <= r1 {
+                let d = dot4(wr, [row(r), row(r + 1), row(r + 2), row(r + 3)]);
+                for (i, v) in d.into_iter().enumerate() {
+                    y[(r + i) * out_dim + o] = v;
+                }
+                r += 4;
+            }
+            for r in r..r1 {
+                y[r * out_dim + o] = dot(wr, row(r));
             }
         }
         r0 = r1;
