@@ -360,7 +360,7 @@ fn real_smollm2_file() {
             head_dim: 64,
             rope_dim: 64,
             rope_theta: 100000.0,
-            rms_norm_eps: 9.999999747e-06,
+            rms_norm_eps: 1e-5, // stored as f32 9.999999747e-06, the nearest f32 to 1e-5
             context_length: 8192,
             vocab_size: 49152,
             tied_embeddings: true,
