@@ -76,6 +76,17 @@ fn smollm2_encode_every_case() {
         }
     }
     assert_eq!(differs, 2);
+    // Throughput, for the record (opt-level 1 test profile).
+    let text: String = cases.iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join("\n").repeat(20);
+    let start = std::time::Instant::now();
+    let n = tok.encode(&text, false).len();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "encoded {} bytes -> {n} tokens in {:.1} ms ({:.2} MB/s)",
+        text.len(),
+        secs * 1e3,
+        text.len() as f64 / secs / 1e6
+    );
 }
 
 #[test]
