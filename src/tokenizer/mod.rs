@@ -222,8 +222,8 @@ pub struct Tokenizer {
 
 #[derive(Debug, Clone)]
 enum Model {
-    Gpt2(bpe::Gpt2),
-    Llama(spm::Spm),
+    Gpt2(Box<bpe::Gpt2>),
+    Llama(Box<spm::Spm>),
 }
 
 enum Fragment<'a> {
@@ -275,8 +275,8 @@ impl Tokenizer {
             ids.sort_by_key(|&id| (std::cmp::Reverse(vocab.tokens[id as usize].len()), id));
         }
         let model = match vocab.kind {
-            TokenizerKind::Gpt2 => Model::Gpt2(bpe::Gpt2::new(&vocab, &token_to_id)?),
-            TokenizerKind::Llama => Model::Llama(spm::Spm::new(&vocab)),
+            TokenizerKind::Gpt2 => Model::Gpt2(Box::new(bpe::Gpt2::new(&vocab, &token_to_id)?)),
+            TokenizerKind::Llama => Model::Llama(Box::new(spm::Spm::new(&vocab))),
         };
         let chat = ChatTemplate::detect(vocab.chat_template.as_deref());
         Ok(Tokenizer { vocab, token_to_id, special_by_byte, model, chat })

@@ -58,7 +58,8 @@ fn parse_byte_token(text: &str) -> Option<u8> {
 }
 
 pub(crate) fn token_bytes(text: &str, ty: TokenType) -> Cow<'_, [u8]> {
-    if ty == TokenType::Byte {
+    // Some converters write no token types: a normal-looking `<0xXX>` piece is then the byte too.
+    if matches!(ty, TokenType::Byte | TokenType::Normal | TokenType::Undefined) {
         if let Some(b) = parse_byte_token(text) {
             return Cow::Owned(vec![b]);
         }

@@ -1,0 +1,298 @@
+//! Tokenizers: every SmolLM2 case of `tests/data/smollm2/tokenizer_cases.json` against the real GGUF
+//! (fetched with `tools/fetch-smollm2.sh` when missing), the golden prompts, decoding and streaming decode;
+//! and a synthetic llama (SentencePiece) vocabulary that needs no download.
+
+#[path = "support/smollm2.rs"]
+mod smollm2;
+
+use std::sync::OnceLock;
+
+use mobilellm_kernels::model::gguf::{GgufFile, GgufWriter, MetaValue, ValueType};
+use mobilellm_kernels::tokenizer::{ChatTemplate, Tokenizer, TokenizerKind};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Case {
+    text: String,
+    ids: Vec<u32>,
+    decoded: String,
+    roundtrip: bool,
+    ids_digits_split: Vec<u32>,
+    digits_split_differs: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/smollm2/tokenizer_cases.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn smollm2() -> &'static Tokenizer {
+    static TOK: OnceLock<Tokenizer> = OnceLock::new();
+    TOK.get_or_init(|| {
+        let gguf = GgufFile::open(smollm2::gguf_path()).unwrap();
+        let start = std::time::Instant::now();
+        let tok = Tokenizer::from_gguf(&gguf).unwrap();
+        eprintln!("SmolLM2 tokenizer built in {:.0} ms", start.elapsed().as_secs_f64() * 1e3);
+        tok
+    })
+}
+
+#[test]
+fn smollm2_metadata() {
+    let tok = smollm2();
+    assert_eq!(tok.kind(), TokenizerKind::Gpt2);
+    assert_eq!(tok.vocab_size(), 49152);
+    assert_eq!((tok.bos(), tok.eos()), (Some(1), Some(2)));
+    assert!(!tok.vocab().add_bos, "SmolLM2 adds no BOS");
+    assert_eq!(tok.token(1), Some("<|im_start|>"));
+    assert_eq!(tok.token_id("<|im_end|>"), Some(2));
+    assert!((0..17).all(|id| tok.is_special(id)) && !tok.is_special(17));
+    assert_eq!(
+        tok.chat_template(),
+        &ChatTemplate::ChatMl {
+            default_system: Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face".into())
+        }
+    );
+}
+
+/// llama.cpp-style ids (`ids_digits_split`, digits isolated by the `smollm` pre-tokenizer) for all 30 strings;
+/// the two where transformers' GPT-2 regex differs are checked to differ from `ids` in the expected way.
+#[test]
+fn smollm2_encode_every_case() {
+    let tok = smollm2();
+    let cases = cases();
+    assert_eq!(cases.len(), 30);
+    let mut differs = 0;
+    for (i, c) in cases.iter().enumerate() {
+        let got = tok.encode(&c.text, false);
+        assert_eq!(got, c.ids_digits_split, "case #{i} {:?}", c.text);
+        // add_bos_token is false: add_special changes nothing.
+        assert_eq!(tok.encode(&c.text, true), got, "case #{i}");
+        if c.digits_split_differs {
+            assert_ne!(got, c.ids);
+            differs += 1;
+        } else {
+            assert_eq!(got, c.ids, "case #{i}");
+        }
+    }
+    assert_eq!(differs, 2);
+    // Throughput, for the record (opt-level 1 test profile).
+    let text: String = cases.iter().map(|c| c.text.as_str()).collect::<Vec<_>>().join("\n").repeat(20);
+    let start = std::time::Instant::now();
+    let n = tok.encode(&text, false).len();
+    let secs = start.elapsed().as_secs_f64();
+    eprintln!(
+        "encoded {} bytes -> {n} tokens in {:.1} ms ({:.2} MB/s)",
+        text.len(),
+        secs * 1e3,
+        text.len() as f64 / secs / 1e6
+    );
+}
+
+#[test]
+fn smollm2_decode_every_case() {
+    let tok = smollm2();
+    for (i, c) in cases().iter().enumerate() {
+        assert_eq!(tok.decode(&c.ids), c.decoded, "case #{i}");
+        assert_eq!(tok.decode(&c.ids_digits_split), c.decoded, "case #{i}");
+        assert_eq!(tok.try_decode(&c.ids).unwrap(), c.decoded);
+        if c.roundtrip {
+            assert_eq!(tok.decode(&tok.encode(&c.text, false)), c.text, "case #{i} round trip");
+        } else {
+            // #29: bytes missing from the vocabulary (0x04) are dropped.
+            assert_ne!(c.decoded, c.text);
+        }
+    }
+}
+
+#[test]
+fn smollm2_golden_prompts_and_generations() {
+    #[derive(Deserialize)]
+    struct Info {
+        cases: std::collections::HashMap<String, GoldenCase>,
+    }
+    #[derive(Deserialize)]
+    struct GoldenCase {
+        kind: String,
+        user_text: String,
+        prompt_text: String,
+        prompt_ids: Vec<u32>,
+        gen_ids: Vec<u32>,
+        gen_text: String,
+    }
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/smollm2/golden_info.json");
+    let info: Info = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let tok = smollm2();
+    for (name, c) in &info.cases {
+        if c.kind == "chat" {
+            let prompt = tok.chat_prompt(&[("user", &c.user_text)], true).unwrap();
+            assert_eq!(prompt, c.prompt_text, "case {name}");
+            assert_eq!(tok.encode_chat(&[("user", &c.user_text)], true).unwrap(), c.prompt_ids);
+        } else {
+            assert_eq!(c.prompt_text, c.user_text);
+        }
+        assert_eq!(tok.encode(&c.prompt_text, true), c.prompt_ids, "case {name}");
+        assert_eq!(tok.decode(&c.gen_ids), c.gen_text, "case {name}");
+        let mut stream = tok.stream_decoder();
+        let streamed: String = c.gen_ids.iter().map(|&id| stream.push(id)).collect();
+        assert_eq!(streamed + &stream.finish(), c.gen_text);
+    }
+    // With an explicit system message the default one is not added; without a generation prompt, no tail.
+    let p = tok.chat_prompt(&[("system", "Be brief."), ("user", "Hi")], false).unwrap();
+    assert_eq!(p, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+}
+
+/// Multi-byte characters split over byte-level tokens: the stream decoder holds bytes until a character
+/// is complete, never emits U+FFFD for valid text, and always agrees with `decode`.
+#[test]
+fn smollm2_stream_decode_split_utf8() {
+    let tok = smollm2();
+    let mut held_back = 0;
+    for (i, c) in cases().iter().enumerate() {
+        let mut stream = tok.stream_decoder();
+        let mut out = String::new();
+        for &id in &c.ids {
+            let piece = stream.push(id);
+            if piece.is_empty() && !stream.pending().is_empty() {
+                held_back += 1;
+            }
+            assert!(!piece.contains('\u{FFFD}'), "case #{i}: replacement character in stream");
+            out.push_str(&piece);
+        }
+        assert!(stream.pending().is_empty(), "case #{i}: bytes left over");
+        out.push_str(&stream.finish());
+        assert_eq!(out, c.decoded, "case #{i}");
+    }
+    assert!(held_back > 10, "the emoji/CJK/Korean cases split characters over tokens ({held_back})");
+    // "😀" is F0 9F 98 80: feed its byte tokens one by one.
+    let ids = tok.encode("😀", false);
+    assert!(ids.len() > 1);
+    let mut stream = tok.stream_decoder();
+    let pieces: Vec<String> = ids.iter().map(|&id| stream.push(id)).collect();
+    assert!(pieces[..pieces.len() - 1].iter().all(String::is_empty));
+    assert_eq!(pieces.last().unwrap(), "😀");
+    // An incomplete character at the end of the stream is flushed as U+FFFD.
+    let mut stream = tok.stream_decoder();
+    assert_eq!(stream.push(ids[0]), "");
+    assert_eq!(stream.finish(), "\u{FFFD}");
+}
+
+#[test]
+fn smollm2_rejects_out_of_range_ids() {
+    let tok = smollm2();
+    let e = tok.try_decode(&[504, 49152]).unwrap_err();
+    assert!(e.to_string().contains("49152"), "{e}");
+    assert_eq!(tok.decode(&[504, 49152]), "The", "decode skips ids outside the vocabulary");
+}
+
+/// A small llama (SentencePiece BPE) vocabulary written as a GGUF: scores decide the merges, `▁` marks
+/// spaces, unknown characters fall back to `<0xXX>` tokens.
+fn tiny_spm() -> Tokenizer {
+    let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
+    let mut scores = vec![0.0f32; 3];
+    let mut types = vec![2i32, 3, 3];
+    for b in 0..=255u8 {
+        tokens.push(format!("<0x{b:02X}>"));
+        scores.push(0.0);
+        types.push(6);
+    }
+    for (t, s) in [
+        ("▁", -1.0),
+        ("h", -2.0),
+        ("e", -2.0),
+        ("l", -2.0),
+        ("o", -2.0),
+        ("he", -1.0),
+        ("ll", -0.5),
+        ("llo", -1.5),
+        ("▁he", -2.0),
+        ("hello", -2.5),
+        ("▁hello", -3.0),
+        ("<|im_start|>", 0.0),
+    ] {
+        tokens.push(t.into());
+        scores.push(s);
+        types.push(if t.starts_with("<|") { 4 } else { 1 });
+    }
+    let mut w = GgufWriter::new();
+    w.meta("general.architecture", MetaValue::String("llama".into()))
+        .meta("tokenizer.ggml.model", MetaValue::String("llama".into()))
+        .meta_strings("tokenizer.ggml.tokens", &tokens)
+        .meta(
+            "tokenizer.ggml.scores",
+            MetaValue::Array(ValueType::F32, scores.into_iter().map(MetaValue::F32).collect()),
+        )
+        .meta(
+            "tokenizer.ggml.token_type",
+            MetaValue::Array(ValueType::I32, types.into_iter().map(MetaValue::I32).collect()),
+        )
+        .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(1))
+        .meta("tokenizer.ggml.eos_token_id", MetaValue::U32(2))
+        .meta("tokenizer.ggml.unknown_token_id", MetaValue::U32(0));
+    Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "tiny-spm").unwrap()).unwrap()
+}
+
+#[test]
+fn synthetic_llama_spm() {
+    let tok = tiny_spm();
+    let id = |t: &str| tok.token_id(t).unwrap();
+    assert_eq!(tok.kind(), TokenizerKind::Llama);
+    assert_eq!(tok.vocab_size(), 3 + 256 + 12);
+    // "▁hello": ll (-0.5), he (-1), llo (-1.5), ▁he (-2), then ▁he+llo = ▁hello (-3); `hello` (-2.5) never
+    // forms because `he` was already taken by `▁he`.
+    assert_eq!(tok.encode("hello", false), [id("▁hello")]);
+    // "▁hell": no piece for "▁hell", so ▁he + ll.
+    assert_eq!(tok.encode("hell", false), [id("▁he"), id("ll")]);
+    // Equal scores: the leftmost pair merges first ("lll" -> ll + l).
+    assert_eq!(tok.encode("lll", false), [id("▁"), id("ll"), id("l")]);
+    // Byte fallback for a character that is not a piece: é = C3 A9; a space inside becomes ▁.
+    assert_eq!(tok.encode("he é", false), [id("▁he"), id("▁"), id("<0xC3>"), id("<0xA9>")]);
+    // BOS is added by default for llama files (add_bos_token absent); EOS is not.
+    assert_eq!(tok.encode("hello", true), [1, id("▁hello")]);
+    assert_eq!(tok.encode("", true), [1]);
+    assert!(tok.encode("", false).is_empty());
+    // Special tokens are matched whole; the text after one gets a space prefix again (llama.cpp).
+    assert_eq!(tok.encode("<|im_start|>hello", false), [id("<|im_start|>"), id("▁hello")]);
+    assert_eq!(tok.encode("<s>hello</s>", false), [1, id("▁hello"), 2]);
+    // Decoding: ▁ -> space, byte tokens -> bytes, the encoder's leading space removed.
+    assert_eq!(tok.decode(&tok.encode("he é hello", false)), "he é hello");
+    assert_eq!(tok.decode(&[id("▁he"), id("ll"), id("o")]), "hello");
+    let mut stream = tok.stream_decoder();
+    assert_eq!(stream.push(id("▁he")), " he");
+    assert_eq!(stream.push(id("<0xC3>")), "");
+    assert_eq!(stream.push(id("<0xA9>")), "é");
+    // A file without a ChatML template still renders plain ChatML.
+    assert_eq!(
+        tok.chat_prompt(&[("user", "hi")], true).unwrap(),
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[test]
+fn synthetic_tokenizer_errors() {
+    let base = || {
+        let mut w = GgufWriter::new();
+        w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
+            .meta_strings("tokenizer.ggml.tokens", &["a", "b"]);
+        w
+    };
+    let build = |w: &GgufWriter| Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "t").unwrap());
+    assert!(build(&base()).is_ok());
+    let mut w = base();
+    w.meta("tokenizer.ggml.model", MetaValue::String("bert".into()));
+    assert!(build(&w).unwrap_err().to_string().contains("bert"));
+    let mut w = base();
+    w.meta("tokenizer.ggml.pre", MetaValue::String("llama-bpe".into()));
+    assert!(build(&w).unwrap_err().to_string().contains("llama-bpe"));
+    let mut w = base();
+    w.meta("tokenizer.ggml.eos_token_id", MetaValue::U32(7));
+    assert!(build(&w).unwrap_err().to_string().contains('7'));
+    let mut w = base();
+    w.meta("tokenizer.ggml.scores", MetaValue::Array(ValueType::F32, vec![MetaValue::F32(0.0)]));
+    assert!(build(&w).is_err(), "scores shorter than the vocabulary");
+    let mut w = base();
+    w.meta("tokenizer.chat_template", MetaValue::String("{{ bos_token }}[INST] {{ m }} [/INST]".into()));
+    let tok = build(&w).unwrap();
+    assert!(matches!(tok.chat_template(), ChatTemplate::Unsupported(_)));
+    assert!(tok.chat_prompt(&[("user", "x")], true).unwrap_err().to_string().contains("ChatML"));
+}
