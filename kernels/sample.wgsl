@@ -6,7 +6,7 @@
 // each logit, so candidate selection has no rounding at all and ties go to the lowest index.
 //   pass 1 `sample_partial`: one workgroup per chunk of the row finds the chunk's top R candidates by R rounds
 //          of "best element strictly after the previous pick" (a workgroup argmax each round);
-//   pass 2 `sample_merge`: one workgroup merges the groups' lists the same way into the global top R,
+//   pass 2 `sample_merge`: one workgroup merges the groups' sorted lists (a k-way merge) into the global top R,
 //          then one invocation computes the weights, the top-p prefix and the pick in a fixed sequential order,
 //          exactly as the CPU twin `reference::sample` does.
 // R = 1 when greedy (temperature == 0), else top_k (top_k == 0 means MAX_K). Needs no subgroups.
@@ -197,22 +197,23 @@ fn pick(n: u32) -> u32 {
     return top[min(last_positive, count - 1u)].y;
 }
 
+// A k-way merge of the groups' sorted lists: invocation g holds the head of group g's list; each round the
+// best head is taken and its owner (the index is unique across groups) advances. Needs groups <= WG.
 @compute @workgroup_size(WG)
 fn sample_merge(@builtin(local_invocation_index) lid: u32) {
     let r_count = rounds();
-    let items = params.groups * r_count;
-    var threshold = BEFORE_ALL;
+    var head = 0u;
     for (var r = 0u; r < r_count; r++) {
-        var best = SENTINEL;
-        for (var j = lid; j < items; j += WG) {
-            let c = cands[(j / r_count) * MAX_K + j % r_count];
-            if ranks_before(threshold, c) && ranks_before(c, best) {
-                best = c;
-            }
+        var c = SENTINEL;
+        if lid < params.groups && head < r_count {
+            c = cands[lid * MAX_K + head];
         }
-        threshold = workgroup_best(best, lid);
+        let best = workgroup_best(c, lid);
+        if c.y != SENTINEL.y && c.y == best.y {
+            head += 1u;
+        }
         if lid == 0u {
-            top[r] = threshold;
+            top[r] = best;
         }
     }
     if lid == 0u {

@@ -250,3 +250,32 @@ fn rejects_bad_parameters_and_operands() {
     let err = sample(gpu, &logits, SampleRow::Last, &step, &token_f32).unwrap_err();
     assert!(matches!(err, Error::DType { .. }), "{err}");
 }
+
+/// Wall time per sampled token (submit, two dispatches, 4-byte readback) at SmolLM2's vocabulary: a ratio
+/// between modes on this device, not a speed claim (lavapipe runs shaders 100-400x slower than a GPU).
+#[test]
+fn reports_time_per_token() {
+    for gpu in gpus() {
+        let row: Vec<f32> = random_vec(21, 49152).iter().map(|v| v * 5.0).collect();
+        let s = setup(gpu, &row, 1, SampleRow::Last);
+        for (name, p) in [
+            ("greedy", params(0.0, 0, 1.0, 1)),
+            ("top_k 40", params(0.8, 40, 0.95, 1)),
+            ("top_k 64", params(1.0, 0, 1.0, 1)),
+        ] {
+            s.run(gpu, &p);
+            let reps = 5;
+            let start = std::time::Instant::now();
+            let tokens: Vec<u32> = (0..reps).map(|seed| s.run(gpu, &StepParams { seed, ..p })).collect();
+            let elapsed = start.elapsed();
+            for (seed, token) in (0..reps).zip(tokens) {
+                assert_eq!(token, reference::sample(&row, &StepParams { seed, ..p }));
+            }
+            eprintln!(
+                "[{}] sample 49152 {name}: {:.2} ms/token",
+                gpu.features(),
+                elapsed.as_secs_f64() * 1e3 / reps as f64
+            );
+        }
+    }
+}

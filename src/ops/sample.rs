@@ -11,7 +11,7 @@
 //!   rounding, and ties go to the lowest index. `R` candidates are kept: 1 when greedy (`temperature == 0`),
 //!   else `top_k`, where `top_k == 0` means [`MAX_TOP_K`]. Pass 1 (one workgroup per chunk of the row) finds
 //!   each chunk's top `R` by `R` rounds of a workgroup argmax over the elements ranked after the previous
-//!   pick; pass 2 (one workgroup) merges the chunk lists the same way.
+//!   pick; pass 2 (one workgroup) merges the chunks' sorted lists (k-way: one head per chunk, `R` rounds).
 //! - **Pick.** One invocation computes, in candidate order and in f32, `w_i = exp((l_i - l_0) / T)`, the
 //!   running sums `c_i`, the top-p prefix (the shortest with `c_i >= top_p * c_last`), one uniform `u` in
 //!   [0, 1) from a PCG hash of the seed (24 bits, exact in f32), and picks the first `i` with
@@ -36,7 +36,8 @@ pub const MAX_TOP_K: u32 = 64;
 
 /// Invocations per workgroup (a power of two for the tree reduction).
 const WORKGROUP: u32 = 256;
-/// Pass 1 covers the row with at most this many workgroups, so pass 2 merges at most 64 * 64 candidates.
+/// Pass 1 covers the row with at most this many workgroups (at most WORKGROUP: pass 2 holds one list head
+/// per invocation).
 const MAX_GROUPS: u32 = 64;
 /// Smallest chunk per pass-1 workgroup: 4 logits per invocation per round.
 const MIN_CHUNK: u32 = 1024;
