@@ -4,8 +4,9 @@
 //
 // Candidates are ranked by the exact total order (value descending, index ascending) on an integer key of
 // each logit, so candidate selection has no rounding at all and ties go to the lowest index.
-//   pass 1 `sample_partial`: one workgroup per chunk of the row finds the chunk's top R candidates by R rounds
-//          of "best element strictly after the previous pick" (a workgroup argmax each round);
+//   pass 1 `sample_partial`: one workgroup per chunk of the row finds the chunk's top R candidates, by R rounds
+//          of "best element strictly after the previous pick" (a workgroup argmax each round) when R is small,
+//          else by a bitonic sort of the chunk in workgroup memory (SORT elements, 8 bytes each);
 //   pass 2 `sample_merge`: one workgroup merges the groups' sorted lists (a k-way merge) into the global top R,
 //          then one invocation computes the weights, the top-p prefix and the pick in a fixed sequential order,
 //          exactly as the CPU twin `reference::sample` does.
@@ -133,13 +134,9 @@ fn uniform01(seed: u32) -> f32 {
     return f32(pcg(pcg(seed) ^ 0x9E3779B9u) >> 8u) * (1.0 / 16777216.0);
 }
 
-@compute @workgroup_size(WG)
-fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let g = wg.x;
-    let start = g * params.chunk;
-    let end = min(start + params.chunk, params.vocab);
-    let base = row_base();
-    let r_count = rounds();
+// Pass-1 candidates by R rounds of a workgroup argmax over the elements ranked after the previous pick:
+// 1 barrier tree per round, cheapest for small R (greedy: one round).
+fn partial_by_rounds(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
     var threshold = BEFORE_ALL;
     for (var r = 0u; r < r_count; r++) {
         var best = SENTINEL;
@@ -153,6 +150,53 @@ fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
         if lid == 0u {
             cands[g * MAX_K + r] = threshold;
         }
+    }
+}
+
+var<workgroup> sorted: array<vec2<u32>, SORT>;
+
+// Pass-1 candidates by a bitonic sort of the whole chunk (at most SORT elements, padded with sentinels):
+// log2(SORT) * (log2(SORT) + 1) / 2 barriers whatever R is, cheaper than rounds for large R.
+fn partial_by_sort(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
+    for (var i = lid; i < SORT; i += WG) {
+        var c = SENTINEL;
+        if start + i < end {
+            c = vec2<u32>(order_key(logits[base + start + i]), start + i);
+        }
+        sorted[i] = c;
+    }
+    workgroupBarrier();
+    for (var size = 2u; size <= SORT; size <<= 1u) {
+        for (var stride = size >> 1u; stride > 0u; stride >>= 1u) {
+            for (var t = lid; t < SORT / 2u; t += WG) {
+                let i = (t / stride) * 2u * stride + t % stride;
+                let a = sorted[i];
+                let b = sorted[i + stride];
+                // Blocks with bit `size` clear end up best first; the last merge (size == SORT) sorts all so.
+                if ranks_before(b, a) == ((i & size) == 0u) {
+                    sorted[i] = b;
+                    sorted[i + stride] = a;
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    for (var r = lid; r < r_count; r += WG) {
+        cands[g * MAX_K + r] = sorted[r];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = wg.x;
+    let start = g * params.chunk;
+    let end = min(start + params.chunk, params.vocab);
+    let base = row_base();
+    let r_count = rounds();
+    if r_count > SORT_ABOVE && params.chunk <= SORT {
+        partial_by_sort(g, start, end, base, r_count, lid);
+    } else {
+        partial_by_rounds(g, start, end, base, r_count, lid);
     }
 }
 
