@@ -84,11 +84,12 @@ fn ranks_before(a: vec2<u32>, b: vec2<u32>) -> bool {
     return a.x > b.x || (a.x == b.x && a.y < b.y);
 }
 
-// The best-ranked of every invocation's `c`; all invocations get it. Uniform control flow only.
-fn workgroup_best(c: vec2<u32>, lid: u32) -> vec2<u32> {
+// The best-ranked of every invocation's `c` in a workgroup of `width` (a power of two <= WG); all
+// invocations get it. Uniform control flow only.
+fn workgroup_best(c: vec2<u32>, lid: u32, width: u32) -> vec2<u32> {
     red[lid] = c;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+    for (var stride = width / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride && ranks_before(red[lid + stride], red[lid]) {
             red[lid] = red[lid + stride];
         }
@@ -146,7 +147,7 @@ fn partial_by_rounds(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid:
                 best = c;
             }
         }
-        threshold = workgroup_best(best, lid);
+        threshold = workgroup_best(best, lid, WG);
         if lid == 0u {
             cands[g * MAX_K + r] = threshold;
         }
@@ -242,8 +243,9 @@ fn pick(n: u32) -> u32 {
 }
 
 // A k-way merge of the groups' sorted lists: invocation g holds the head of group g's list; each round the
-// best head is taken and its owner (the index is unique across groups) advances. Needs groups <= WG.
-@compute @workgroup_size(WG)
+// best head is taken and its owner (the index is unique across groups) advances. Needs groups <= MAX_GROUPS,
+// a power of two <= WG; the small workgroup keeps the R sequential rounds short.
+@compute @workgroup_size(MAX_GROUPS)
 fn sample_merge(@builtin(local_invocation_index) lid: u32) {
     let r_count = rounds();
     var head = 0u;
@@ -252,7 +254,7 @@ fn sample_merge(@builtin(local_invocation_index) lid: u32) {
         if lid < params.groups && head < r_count {
             c = cands[lid * MAX_K + head];
         }
-        let best = workgroup_best(c, lid);
+        let best = workgroup_best(c, lid, MAX_GROUPS);
         if c.y != SENTINEL.y && c.y == best.y {
             head += 1u;
         }

@@ -37,8 +37,8 @@ pub const MAX_TOP_K: u32 = 64;
 
 /// Invocations per workgroup (a power of two for the tree reduction).
 const WORKGROUP: u32 = 256;
-/// Pass 1 covers the row with at most this many workgroups (at most WORKGROUP: pass 2 holds one list head
-/// per invocation).
+/// Pass 1 covers the row with at most this many workgroups; pass 2 is one workgroup of this size holding one
+/// list head per invocation (a power of two, at most WORKGROUP).
 const MAX_GROUPS: u32 = 64;
 /// Smallest chunk per pass-1 workgroup, and the bitonic sort size (8 KiB of workgroup memory): rows up to
 /// 64 * 1024 logits use the sort when more than [`SORT_ABOVE`] candidates are kept.
@@ -142,7 +142,8 @@ pub fn sample(gpu: &Gpu, logits: &Tensor, row: SampleRow, step: &StepBuffer, tok
         .constant("WG", WORKGROUP)
         .constant("MAX_K", MAX_TOP_K)
         .constant("SORT", MIN_CHUNK)
-        .constant("SORT_ABOVE", SORT_ABOVE);
+        .constant("SORT_ABOVE", SORT_ABOVE)
+        .constant("MAX_GROUPS", MAX_GROUPS);
     let partial_pipeline = gpu.pipeline(&SAMPLE, "sample_partial", &variant)?;
     let merge_pipeline = gpu.pipeline(&SAMPLE, "sample_merge", &variant)?;
     let params = uniform(
