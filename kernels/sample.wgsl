@@ -4,9 +4,10 @@
 //
 // Candidates are ranked by the exact total order (value descending, index ascending) on an integer key of
 // each logit, so candidate selection has no rounding at all and ties go to the lowest index.
-//   pass 1 `sample_partial`: one workgroup per chunk of the row finds the chunk's top R candidates by R rounds
-//          of "best element strictly after the previous pick" (a workgroup argmax each round);
-//   pass 2 `sample_merge`: one workgroup merges the groups' lists the same way into the global top R,
+//   pass 1 `sample_partial`: one workgroup per chunk of the row finds the chunk's top R candidates, by R rounds
+//          of "best element strictly after the previous pick" (a workgroup argmax each round) when R is small,
+//          else by a bitonic sort of the chunk in workgroup memory (SORT elements, 8 bytes each);
+//   pass 2 `sample_merge`: one workgroup merges the groups' sorted lists (a k-way merge) into the global top R,
 //          then one invocation computes the weights, the top-p prefix and the pick in a fixed sequential order,
 //          exactly as the CPU twin `reference::sample` does.
 // R = 1 when greedy (temperature == 0), else top_k (top_k == 0 means MAX_K). Needs no subgroups.
@@ -83,11 +84,12 @@ fn ranks_before(a: vec2<u32>, b: vec2<u32>) -> bool {
     return a.x > b.x || (a.x == b.x && a.y < b.y);
 }
 
-// The best-ranked of every invocation's `c`; all invocations get it. Uniform control flow only.
-fn workgroup_best(c: vec2<u32>, lid: u32) -> vec2<u32> {
+// The best-ranked of every invocation's `c` in a workgroup of `width` (a power of two <= WG); all
+// invocations get it. Uniform control flow only.
+fn workgroup_best(c: vec2<u32>, lid: u32, width: u32) -> vec2<u32> {
     red[lid] = c;
     workgroupBarrier();
-    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+    for (var stride = width / 2u; stride > 0u; stride >>= 1u) {
         if lid < stride && ranks_before(red[lid + stride], red[lid]) {
             red[lid] = red[lid + stride];
         }
@@ -133,13 +135,9 @@ fn uniform01(seed: u32) -> f32 {
     return f32(pcg(pcg(seed) ^ 0x9E3779B9u) >> 8u) * (1.0 / 16777216.0);
 }
 
-@compute @workgroup_size(WG)
-fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let g = wg.x;
-    let start = g * params.chunk;
-    let end = min(start + params.chunk, params.vocab);
-    let base = row_base();
-    let r_count = rounds();
+// Pass-1 candidates by R rounds of a workgroup argmax over the elements ranked after the previous pick:
+// 1 barrier tree per round, cheapest for small R (greedy: one round).
+fn partial_by_rounds(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
     var threshold = BEFORE_ALL;
     for (var r = 0u; r < r_count; r++) {
         var best = SENTINEL;
@@ -149,10 +147,57 @@ fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
                 best = c;
             }
         }
-        threshold = workgroup_best(best, lid);
+        threshold = workgroup_best(best, lid, WG);
         if lid == 0u {
             cands[g * MAX_K + r] = threshold;
         }
+    }
+}
+
+var<workgroup> sorted: array<vec2<u32>, SORT>;
+
+// Pass-1 candidates by a bitonic sort of the whole chunk (at most SORT elements, padded with sentinels):
+// log2(SORT) * (log2(SORT) + 1) / 2 barriers whatever R is, cheaper than rounds for large R.
+fn partial_by_sort(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
+    for (var i = lid; i < SORT; i += WG) {
+        var c = SENTINEL;
+        if start + i < end {
+            c = vec2<u32>(order_key(logits[base + start + i]), start + i);
+        }
+        sorted[i] = c;
+    }
+    workgroupBarrier();
+    for (var size = 2u; size <= SORT; size <<= 1u) {
+        for (var stride = size >> 1u; stride > 0u; stride >>= 1u) {
+            for (var t = lid; t < SORT / 2u; t += WG) {
+                let i = (t / stride) * 2u * stride + t % stride;
+                let a = sorted[i];
+                let b = sorted[i + stride];
+                // Blocks with bit `size` clear end up best first; the last merge (size == SORT) sorts all so.
+                if ranks_before(b, a) == ((i & size) == 0u) {
+                    sorted[i] = b;
+                    sorted[i + stride] = a;
+                }
+            }
+            workgroupBarrier();
+        }
+    }
+    for (var r = lid; r < r_count; r += WG) {
+        cands[g * MAX_K + r] = sorted[r];
+    }
+}
+
+@compute @workgroup_size(WG)
+fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = wg.x;
+    let start = g * params.chunk;
+    let end = min(start + params.chunk, params.vocab);
+    let base = row_base();
+    let r_count = rounds();
+    if r_count > SORT_ABOVE && params.chunk <= SORT {
+        partial_by_sort(g, start, end, base, r_count, lid);
+    } else {
+        partial_by_rounds(g, start, end, base, r_count, lid);
     }
 }
 
@@ -197,22 +242,24 @@ fn pick(n: u32) -> u32 {
     return top[min(last_positive, count - 1u)].y;
 }
 
-@compute @workgroup_size(WG)
+// A k-way merge of the groups' sorted lists: invocation g holds the head of group g's list; each round the
+// best head is taken and its owner (the index is unique across groups) advances. Needs groups <= MAX_GROUPS,
+// a power of two <= WG; the small workgroup keeps the R sequential rounds short.
+@compute @workgroup_size(MAX_GROUPS)
 fn sample_merge(@builtin(local_invocation_index) lid: u32) {
     let r_count = rounds();
-    let items = params.groups * r_count;
-    var threshold = BEFORE_ALL;
+    var head = 0u;
     for (var r = 0u; r < r_count; r++) {
-        var best = SENTINEL;
-        for (var j = lid; j < items; j += WG) {
-            let c = cands[(j / r_count) * MAX_K + j % r_count];
-            if ranks_before(threshold, c) && ranks_before(c, best) {
-                best = c;
-            }
+        var c = SENTINEL;
+        if lid < params.groups && head < r_count {
+            c = cands[lid * MAX_K + head];
         }
-        threshold = workgroup_best(best, lid);
+        let best = workgroup_best(c, lid, MAX_GROUPS);
+        if c.y != SENTINEL.y && c.y == best.y {
+            head += 1u;
+        }
         if lid == 0u {
-            top[r] = threshold;
+            top[r] = best;
         }
     }
     if lid == 0u {

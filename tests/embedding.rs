@@ -6,7 +6,7 @@
 mod common;
 
 use common::{gpus, random_vec};
-use mobilellm_kernels::ops::embedding::{embedding, upload_table, validate_ids, write_ids};
+use mobilellm_kernels::ops::embedding::{embedding, upload_table, upload_table_chunked, validate_ids, write_ids};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
@@ -88,8 +88,14 @@ fn row_chunked_table_matches_the_whole() {
             ids[5] = 301;
             let got = lookup(gpu, &chunks, &ids, hidden);
             assert_bits(&format!("{wtype} in 3 chunks"), &got, &reference::embedding(&host, &ids));
-            // upload_table keeps a table that fits in one chunk.
+            // upload_table keeps a table that fits in one chunk; a small chunk limit splits it into even chunks.
             assert_eq!(upload_table(gpu, &host).unwrap().len(), 1);
+            let limit = host.size_bytes() / 4;
+            let chunks = upload_table_chunked(gpu, &host, limit).unwrap();
+            assert!(chunks.len() >= 4 && chunks.iter().all(|c| c.size_bytes() <= limit), "{wtype}");
+            assert_eq!(chunks.iter().map(GpuWeight::rows).sum::<usize>(), vocab);
+            let got = lookup(gpu, &chunks, &ids, hidden);
+            assert_bits(&format!("{wtype} in {} chunks", chunks.len()), &got, &reference::embedding(&host, &ids));
         }
     }
 }
@@ -142,6 +148,8 @@ fn rejects_bad_operands() {
     let err = embedding(gpu, &[a.clone(), b], &ids, &out, None).unwrap_err();
     assert!(err.to_string().contains("chunk 1"), "{err}");
     let err = embedding(gpu, &[], &ids, &out, None).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+    let err = upload_table_chunked(gpu, &table(WeightType::F32, 10, 32), 64).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
     let ids_f32 = Tensor::zeros(gpu, DType::F32, &[2]).unwrap();
     let err = embedding(gpu, std::slice::from_ref(&a), &ids_f32, &out, None).unwrap_err();

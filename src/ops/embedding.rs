@@ -2,7 +2,7 @@
 //!
 //! `out[t] = table[ids[t]]` for `n` token ids, the table a weight matrix of any
 //! [`crate::quant::WeightType`] (`rows = vocab`, `cols = hidden`) dequantized to f32 on the fly. A table larger than one storage binding is
-//! held as several row chunks ([`upload_table`], or [`HostWeight::slice_rows`] by hand); the lookup emits
+//! held as several row chunks ([`upload_table`], [`upload_table_chunked`], or [`HostWeight::slice_rows`] by hand); the lookup emits
 //! one dispatch per chunk, each writing only the tokens whose id falls in its rows.
 //!
 //! Ids are checked on the host before they are written ([`validate_ids`], [`write_ids`]); an id at or
@@ -81,10 +81,23 @@ pub fn write_ids(gpu: &Gpu, tensor: &Tensor, ids: &[u32], vocab: usize) -> Resul
 
 /// Uploads an embedding table as row chunks that each fit one storage binding (one chunk when it fits).
 pub fn upload_table(gpu: &Gpu, host: &HostWeight) -> Result<Vec<GpuWeight>> {
-    let per_row = (host.size_bytes() / host.rows.max(1) as u64).max(1);
-    let rows_per_chunk = (gpu.max_binding_bytes() / per_row).max(1) as usize;
-    if rows_per_chunk >= host.rows {
+    upload_table_chunked(gpu, host, gpu.max_binding_bytes())
+}
+
+/// Uploads an embedding table as row chunks of at most `max_chunk_bytes` each (one chunk when it fits).
+pub fn upload_table_chunked(gpu: &Gpu, host: &HostWeight, max_chunk_bytes: u64) -> Result<Vec<GpuWeight>> {
+    if host.size_bytes() <= max_chunk_bytes {
         return Ok(vec![GpuWeight::upload(gpu, host)?]);
+    }
+    // Bytes per row rounded up, plus a word for a half-used scale word at a chunk's end (q8_0 / q4_0).
+    let per_row = host.size_bytes().div_ceil(host.rows.max(1) as u64) + 4;
+    let rows_per_chunk = (max_chunk_bytes / per_row) as usize;
+    if rows_per_chunk == 0 {
+        return Err(Error::invalid(
+            "embedding chunk size in bytes",
+            max_chunk_bytes,
+            format!("at least one row ({per_row} bytes)"),
+        ));
     }
     (0..host.rows)
         .step_by(rows_per_chunk)

@@ -10,8 +10,9 @@
 //!   candidates are ranked by (key descending, index ascending), an exact total order: selection involves no
 //!   rounding, and ties go to the lowest index. `R` candidates are kept: 1 when greedy (`temperature == 0`),
 //!   else `top_k`, where `top_k == 0` means [`MAX_TOP_K`]. Pass 1 (one workgroup per chunk of the row) finds
-//!   each chunk's top `R` by `R` rounds of a workgroup argmax over the elements ranked after the previous
-//!   pick; pass 2 (one workgroup) merges the chunk lists the same way.
+//!   each chunk's top `R`, by `R` rounds of a workgroup argmax over the elements ranked after the previous
+//!   pick when `R <= 6`, else by a bitonic sort of the chunk (1024 logits) in workgroup memory; pass 2 (one
+//!   workgroup) merges the chunks' sorted lists (k-way: one head per chunk, `R` rounds).
 //! - **Pick.** One invocation computes, in candidate order and in f32, `w_i = exp((l_i - l_0) / T)`, the
 //!   running sums `c_i`, the top-p prefix (the shortest with `c_i >= top_p * c_last`), one uniform `u` in
 //!   [0, 1) from a PCG hash of the seed (24 bits, exact in f32), and picks the first `i` with
@@ -36,10 +37,14 @@ pub const MAX_TOP_K: u32 = 64;
 
 /// Invocations per workgroup (a power of two for the tree reduction).
 const WORKGROUP: u32 = 256;
-/// Pass 1 covers the row with at most this many workgroups, so pass 2 merges at most 64 * 64 candidates.
+/// Pass 1 covers the row with at most this many workgroups; pass 2 is one workgroup of this size holding one
+/// list head per invocation (a power of two, at most WORKGROUP).
 const MAX_GROUPS: u32 = 64;
-/// Smallest chunk per pass-1 workgroup: 4 logits per invocation per round.
+/// Smallest chunk per pass-1 workgroup, and the bitonic sort size (8 KiB of workgroup memory): rows up to
+/// 64 * 1024 logits use the sort when more than [`SORT_ABOVE`] candidates are kept.
 const MIN_CHUNK: u32 = 1024;
+/// Pass 1 keeps up to this many candidates by rounds of workgroup argmax (a barrier tree each), more by sort.
+const SORT_ABOVE: u32 = 6;
 /// `Params::row` value meaning "row `step.n - 1`".
 const LAST_OF_STEP: u32 = u32::MAX;
 
@@ -133,7 +138,12 @@ pub fn sample(gpu: &Gpu, logits: &Tensor, row: SampleRow, step: &StepBuffer, tok
     };
     let chunk = (vocab as u32).div_ceil(MAX_GROUPS).next_multiple_of(WORKGROUP).max(MIN_CHUNK);
     let groups = (vocab as u32).div_ceil(chunk);
-    let variant = ShaderVariant::new().constant("WG", WORKGROUP).constant("MAX_K", MAX_TOP_K);
+    let variant = ShaderVariant::new()
+        .constant("WG", WORKGROUP)
+        .constant("MAX_K", MAX_TOP_K)
+        .constant("SORT", MIN_CHUNK)
+        .constant("SORT_ABOVE", SORT_ABOVE)
+        .constant("MAX_GROUPS", MAX_GROUPS);
     let partial_pipeline = gpu.pipeline(&SAMPLE, "sample_partial", &variant)?;
     let merge_pipeline = gpu.pipeline(&SAMPLE, "sample_merge", &variant)?;
     let params = uniform(

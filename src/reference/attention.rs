@@ -3,14 +3,7 @@
 
 use crate::kv_cache::KvMirror;
 
-/// How RoPE pairs the elements of a head vector.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum RopeLayout {
-    /// HF `rotate_half`: element `i` pairs with `i + head_dim/2` (safetensors checkpoints).
-    Halves,
-    /// GGUF `llama`: element `2i` pairs with `2i+1` (llama.cpp permutes Q/K rows at conversion).
-    Interleaved,
-}
+pub use crate::model::config::RopeLayout;
 
 /// `(cos, sin)` of the angle `pos * theta^(-2i/head_dim)` for pair `i`, computed in f64 and rounded to f32:
 /// the values of the GPU's RoPE table (`ops::qkv_rope::RopeTable`), so both sides rotate identically.

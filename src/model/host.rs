@@ -1,0 +1,252 @@
+//! A whole model in host memory in GPU weight formats ([`HostWeight`]), from any source: safetensors
+//! (optionally converted to another weight type), GGUF (types kept), or seeded synthetic weights.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::model::config::ModelConfig;
+use crate::model::safetensors::Safetensors;
+use crate::model::weights::{
+    layer_tensor_name, layer_tensor_shape, LayerWeightsF32, ModelWeightsF32, EMBED_TOKENS, FINAL_NORM, LAYER_TENSORS,
+    LM_HEAD,
+};
+use crate::quant::{HostWeight, WeightType};
+
+/// One unique decoder layer in GPU formats.
+#[derive(Debug, Clone)]
+pub struct HostLayer {
+    /// `input_layernorm` `[hidden]`.
+    pub input_norm: Vec<f32>,
+    /// `q_proj` `[heads*head_dim, hidden]`.
+    pub q_proj: HostWeight,
+    /// `k_proj` `[kv_heads*head_dim, hidden]`.
+    pub k_proj: HostWeight,
+    /// `v_proj` `[kv_heads*head_dim, hidden]`.
+    pub v_proj: HostWeight,
+    /// `o_proj` `[hidden, heads*head_dim]`.
+    pub o_proj: HostWeight,
+    /// `post_attention_layernorm` `[hidden]`.
+    pub post_norm: Vec<f32>,
+    /// `gate_proj` `[ffn, hidden]`.
+    pub gate_proj: HostWeight,
+    /// `up_proj` `[ffn, hidden]`.
+    pub up_proj: HostWeight,
+    /// `down_proj` `[hidden, ffn]`.
+    pub down_proj: HostWeight,
+}
+
+/// A model's weights in host memory, in the formats they will have on the GPU.
+#[derive(Debug, Clone)]
+pub struct HostModel {
+    /// The architecture (including RoPE layout and layer sharing).
+    pub config: ModelConfig,
+    /// Token embedding `[vocab, hidden]` (also the LM head when tied).
+    pub embed: HostWeight,
+    /// Unique layers.
+    pub layers: Vec<HostLayer>,
+    /// Final norm `[hidden]`.
+    pub final_norm: Vec<f32>,
+    /// Untied LM head `[vocab, hidden]`, if any.
+    pub lm_head: Option<HostWeight>,
+}
+
+fn quantize(wtype: WeightType, shape: &[usize], data: &[f32]) -> Result<HostWeight> {
+    HostWeight::quantize(wtype, shape[0], shape[1], data)
+}
+
+impl HostModel {
+    /// Converts f32 weights to `wtype` (every linear matrix and the embedding; norms stay f32).
+    pub fn from_f32(config: ModelConfig, weights: &ModelWeightsF32, wtype: WeightType) -> Result<HostModel> {
+        let (h, f, q, kv, v) =
+            (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim(), config.vocab_size);
+        let layers = weights
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(HostLayer {
+                    input_norm: l.input_norm.clone(),
+                    q_proj: quantize(wtype, &[q, h], &l.q_proj)?,
+                    k_proj: quantize(wtype, &[kv, h], &l.k_proj)?,
+                    v_proj: quantize(wtype, &[kv, h], &l.v_proj)?,
+                    o_proj: quantize(wtype, &[h, q], &l.o_proj)?,
+                    post_norm: l.post_norm.clone(),
+                    gate_proj: quantize(wtype, &[f, h], &l.gate_proj)?,
+                    up_proj: quantize(wtype, &[f, h], &l.up_proj)?,
+                    down_proj: quantize(wtype, &[h, f], &l.down_proj)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(HostModel {
+            embed: quantize(wtype, &[v, h], &weights.embed_tokens)?,
+            lm_head: weights.lm_head.as_ref().map(|w| quantize(wtype, &[v, h], w)).transpose()?,
+            final_norm: weights.final_norm.clone(),
+            layers,
+            config,
+        })
+    }
+
+    /// Loads an HF checkpoint directory (`config.json` + safetensors), converting every matrix to `wtype`.
+    pub fn from_safetensors_dir(dir: &Path, wtype: WeightType) -> Result<HostModel> {
+        let config = ModelConfig::from_file(dir.join("config.json"))?;
+        let weights = ModelWeightsF32::load(&config, dir)?;
+        HostModel::from_f32(config, &weights, wtype)
+    }
+
+    /// Seeded synthetic weights of `config` (linear `0.02·u`, norms `1 + 0.1·u`, u uniform in [-√3, √3)
+    /// so the spread matches N(0,1)), converted to `wtype`. For demos and benchmarks.
+    pub fn synthetic(config: ModelConfig, wtype: WeightType, seed: u64) -> Result<HostModel> {
+        config.validate()?;
+        let mut rng = SplitMix(seed);
+        let weights = ModelWeightsF32::from_fn(&config, |_, n, is_norm| {
+            (0..n).map(|_| if is_norm { 1.0 + 0.1 * rng.unit() } else { 0.02 * rng.unit() }).collect()
+        })?;
+        HostModel::from_f32(config, &weights, wtype)
+    }
+
+    /// The weights as the GPU will see them, dequantized to f32 (for the CPU reference forward pass).
+    pub fn dequantized(&self) -> ModelWeightsF32 {
+        ModelWeightsF32 {
+            embed_tokens: self.embed.dequantize(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeightsF32 {
+                    input_norm: l.input_norm.clone(),
+                    q_proj: l.q_proj.dequantize(),
+                    k_proj: l.k_proj.dequantize(),
+                    v_proj: l.v_proj.dequantize(),
+                    o_proj: l.o_proj.dequantize(),
+                    post_norm: l.post_norm.clone(),
+                    gate_proj: l.gate_proj.dequantize(),
+                    up_proj: l.up_proj.dequantize(),
+                    down_proj: l.down_proj.dequantize(),
+                })
+                .collect(),
+            final_norm: self.final_norm.clone(),
+            lm_head: self.lm_head.as_ref().map(HostWeight::dequantize),
+        }
+    }
+
+    /// Bytes of all weights (each unique layer once).
+    pub fn weight_bytes(&self) -> u64 {
+        let norms = |l: &HostLayer| ((l.input_norm.len() + l.post_norm.len()) * 4) as u64;
+        let mats = |l: &HostLayer| {
+            [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]
+                .iter()
+                .map(|w| w.size_bytes())
+                .sum::<u64>()
+        };
+        self.embed.size_bytes()
+            + self.lm_head.as_ref().map_or(0, HostWeight::size_bytes)
+            + (self.final_norm.len() * 4) as u64
+            + self.layers.iter().map(|l| norms(l) + mats(l)).sum::<u64>()
+    }
+}
+
+/// A tiny deterministic generator (SplitMix64) for synthetic weights.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    /// Uniform in [-√3, √3): unit variance.
+    fn unit(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 1.732_050_8
+    }
+}
+
+impl HostModel {
+    /// Builds a model from a GGUF `llama` file, keeping each tensor's type (F32, F16, Q8_0, Q4_0, Q4_1;
+    /// BF16 becomes F32, which this crate has no GPU kernel for) unless `convert` names a type for every
+    /// matrix. GGUF llama files use the interleaved RoPE layout.
+    pub fn from_gguf(file: &GgufFile, convert: Option<WeightType>) -> Result<HostModel> {
+        let g = file.llama_config()?;
+        let config = ModelConfig {
+            hidden_size: g.hidden_size,
+            intermediate_size: g.intermediate_size,
+            num_hidden_layers: g.num_layers,
+            num_attention_heads: g.num_heads,
+            num_key_value_heads: g.num_kv_heads,
+            head_dim: g.head_dim,
+            vocab_size: g.vocab_size,
+            rms_norm_eps: g.rms_norm_eps,
+            rope_theta: g.rope_theta,
+            max_position_embeddings: g.context_length,
+            tie_word_embeddings: g.tied_embeddings,
+            share_embedding: g.tied_embeddings,
+            layer_sharing: false,
+            rope_layout: RopeLayout::Interleaved,
+        };
+        config.validate()?;
+        let matrix = |name: &str, rows: usize, cols: usize| -> Result<HostWeight> {
+            let t = file.tensor(name)?;
+            if t.shape() != [rows, cols] {
+                return Err(Error::shape(format!("GGUF tensor `{name}`"), &t.shape(), format!("[{rows}, {cols}]")));
+            }
+            let native = match t.ty {
+                TensorType::F32 => HostWeight::from_gguf_bytes(WeightType::F32, rows, cols, t.data)?,
+                TensorType::F16 => HostWeight::from_gguf_bytes(WeightType::F16, rows, cols, t.data)?,
+                TensorType::Q8_0 => HostWeight::from_gguf_bytes(WeightType::Q8_0, rows, cols, t.data)?,
+                TensorType::Q4_0 => HostWeight::from_gguf_bytes(WeightType::Q4_0, rows, cols, t.data)?,
+                TensorType::Q4_1 => HostWeight::from_gguf_bytes(WeightType::Q4_1, rows, cols, t.data)?,
+                TensorType::BF16 => {
+                    let bf: Vec<half::bf16> =
+                        t.data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]])).collect();
+                    HostWeight::from_bf16(WeightType::F32, rows, cols, &bf)?
+                }
+            };
+            match convert {
+                Some(wtype) if wtype != native.wtype => HostWeight::quantize(wtype, rows, cols, &native.dequantize()),
+                _ => Ok(native),
+            }
+        };
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>> {
+            let t = file.tensor(name)?;
+            if t.n_elements() != len {
+                return Err(Error::shape(format!("GGUF tensor `{name}`"), &t.shape(), format!("[{len}]")));
+            }
+            Ok(match t.ty {
+                TensorType::F32 => t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+                TensorType::F16 => t.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                TensorType::BF16 => t.data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                TensorType::Q8_0 => HostWeight::from_gguf_bytes(WeightType::Q8_0, 1, len, t.data)?.dequantize(),
+                TensorType::Q4_0 => HostWeight::from_gguf_bytes(WeightType::Q4_0, 1, len, t.data)?.dequantize(),
+                TensorType::Q4_1 => HostWeight::from_gguf_bytes(WeightType::Q4_1, 1, len, t.data)?.dequantize(),
+            })
+        };
+        let (h, f, q, kv, v) =
+            (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim(), config.vocab_size);
+        let mut layers = Vec::with_capacity(config.num_hidden_layers);
+        for i in 0..config.num_hidden_layers {
+            let name = |part: &str| gguf_names::block(i, part);
+            layers.push(HostLayer {
+                input_norm: vector(&name("attn_norm"), h)?,
+                q_proj: matrix(&name("attn_q"), q, h)?,
+                k_proj: matrix(&name("attn_k"), kv, h)?,
+                v_proj: matrix(&name("attn_v"), kv, h)?,
+                o_proj: matrix(&name("attn_output"), h, q)?,
+                post_norm: vector(&name("ffn_norm"), h)?,
+                gate_proj: matrix(&name("ffn_gate"), f, h)?,
+                up_proj: matrix(&name("ffn_up"), f, h)?,
+                down_proj: matrix(&name("ffn_down"), h, f)?,
+            });
+        }
+        let lm_head = if file.tensor_info(gguf_names::OUTPUT).is_some() {
+            Some(matrix(gguf_names::OUTPUT, v, h)?)
+        } else {
+            None
+        };
+        Ok(HostModel {
+            embed: matrix(gguf_names::TOKEN_EMBD, v, h)?,
+            final_norm: vector(gguf_names::OUTPUT_NORM, h)?,
+            lm_head,
+            layers,
+            config,
+        })
+    }
+}

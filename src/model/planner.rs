@@ -1,0 +1,533 @@
+//! The planner: a model made resident on the GPU, with every buffer, pipeline and bind group built once,
+//! and the dispatch lists of a decode step and of a prefill of `n` positions.
+//!
+//! Per executed layer a step records five or six dispatches:
+//! 1. `qkv_rope`: input RMSNorm + Q/K/V projections + RoPE + K/V written into this execution's cache slot;
+//! 2. attention (decode: one pass, or two when flash-decoding splits a long cache; prefill: one causal pass);
+//! 3. `gemv`/`gemm` output projection accumulating into the residual stream;
+//! 4. `ffn_gate_up`: post-attention RMSNorm + gate/up projections + SiLU·mul;
+//! 5. `gemv`/`gemm` down projection accumulating into the residual stream.
+//!
+//! With layer sharing, unique layer `i` runs as executions `2i` and `2i+1`: the same weight buffers are
+//! bound back to back, each execution with its own KV-cache slot.
+
+use std::collections::HashMap;
+
+use crate::device::Gpu;
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::model::config::ModelConfig;
+use crate::model::host::{HostLayer, HostModel};
+use crate::ops::attention::Split;
+use crate::ops::sample::{SampleRow, Sampler};
+use crate::ops::{self, Dispatch, StepBuffer, StepParams};
+use crate::quant::{GpuWeight, HostWeight};
+use crate::tensor::{read_buffer, DType, Tensor};
+
+/// Choices made when a model is planned.
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    /// KV-cache capacity in positions (the longest sequence the model can hold).
+    pub context: usize,
+    /// Most positions one prefill submission handles; longer prompts run in chunks of this size.
+    pub max_batch: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions { context: 1024, max_batch: 64 }
+    }
+}
+
+/// Token sampling settings (temperature 0 = greedy argmax).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Sampling {
+    /// Softmax temperature; 0 picks the argmax.
+    pub temperature: f32,
+    /// Keep only the k most likely tokens (0 = off).
+    pub top_k: u32,
+    /// Keep the smallest set of tokens whose probability reaches p (1 = off).
+    pub top_p: f32,
+    /// Seed; step `i` uses `seed + position`.
+    pub seed: u32,
+}
+
+impl Default for Sampling {
+    fn default() -> Self {
+        Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+    }
+}
+
+impl Sampling {
+    /// Greedy decoding.
+    pub fn greedy() -> Self {
+        Self::default()
+    }
+}
+
+/// GPU memory in use, by category, in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MemoryReport {
+    /// Weights (each unique layer counted once).
+    pub weights: u64,
+    /// KV cache (one slot per executed layer).
+    pub kv_cache: u64,
+    /// Activations (residual stream, scratch of each step, logits).
+    pub activations: u64,
+    /// Staging, uniforms and sampler scratch.
+    pub scratch: u64,
+}
+
+impl MemoryReport {
+    /// Sum of all categories.
+    pub fn total(&self) -> u64 {
+        self.weights + self.kv_cache + self.activations + self.scratch
+    }
+}
+
+impl std::fmt::Display for MemoryReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        write!(
+            f,
+            "weights {:.1} MiB, KV cache {:.1} MiB, activations {:.1} MiB, scratch {:.2} MiB (total {:.1} MiB)",
+            mib(self.weights),
+            mib(self.kv_cache),
+            mib(self.activations),
+            mib(self.scratch),
+            mib(self.total())
+        )
+    }
+}
+
+struct GpuLayer {
+    input_norm: Tensor,
+    q_proj: GpuWeight,
+    k_proj: GpuWeight,
+    v_proj: GpuWeight,
+    o_proj: GpuWeight,
+    post_norm: Tensor,
+    gate_proj: GpuWeight,
+    up_proj: GpuWeight,
+    down_proj: GpuWeight,
+}
+
+impl GpuLayer {
+    fn upload(gpu: &Gpu, l: &HostLayer) -> Result<GpuLayer> {
+        let norm = |w: &[f32]| Tensor::from_slice(gpu, &[w.len()], w);
+        Ok(GpuLayer {
+            input_norm: norm(&l.input_norm)?,
+            q_proj: GpuWeight::upload(gpu, &l.q_proj)?,
+            k_proj: GpuWeight::upload(gpu, &l.k_proj)?,
+            v_proj: GpuWeight::upload(gpu, &l.v_proj)?,
+            o_proj: GpuWeight::upload(gpu, &l.o_proj)?,
+            post_norm: norm(&l.post_norm)?,
+            gate_proj: GpuWeight::upload(gpu, &l.gate_proj)?,
+            up_proj: GpuWeight::upload(gpu, &l.up_proj)?,
+            down_proj: GpuWeight::upload(gpu, &l.down_proj)?,
+        })
+    }
+
+    fn size_bytes(&self) -> u64 {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj]
+            .iter()
+            .map(|w| w.size_bytes())
+            .sum::<u64>()
+            + self.input_norm.size_bytes()
+            + self.post_norm.size_bytes()
+    }
+}
+
+/// Activation buffers, sized for `max_batch` rows and reused by every step.
+struct Activations {
+    ids: Tensor,
+    x: Tensor,
+    q: Tensor,
+    attn: Tensor,
+    h: Tensor,
+    normed: Tensor,
+    logits: Tensor,
+    last: Tensor,
+    last_normed: Tensor,
+    last_logits: Tensor,
+    token: Tensor,
+}
+
+impl Activations {
+    fn new(gpu: &Gpu, c: &ModelConfig, b: usize) -> Result<Activations> {
+        let f = |label: &str, shape: &[usize]| Tensor::zeros_labeled(gpu, label, DType::F32, shape);
+        Ok(Activations {
+            ids: Tensor::zeros_labeled(gpu, "ids", DType::U32, &[b])?,
+            x: f("residual", &[b, c.hidden_size])?,
+            q: f("q", &[b, c.q_dim()])?,
+            attn: f("attention out", &[b, c.q_dim()])?,
+            h: f("ffn hidden", &[b, c.intermediate_size])?,
+            normed: f("final normed", &[b, c.hidden_size])?,
+            logits: f("logits", &[b, c.vocab_size])?,
+            last: f("last residual", &[1, c.hidden_size])?,
+            last_normed: f("last normed", &[1, c.hidden_size])?,
+            last_logits: f("last logits", &[1, c.vocab_size])?,
+            token: Tensor::zeros_labeled(gpu, "token", DType::U32, &[1])?,
+        })
+    }
+
+    fn size_bytes(&self) -> u64 {
+        [
+            &self.ids,
+            &self.x,
+            &self.q,
+            &self.attn,
+            &self.h,
+            &self.normed,
+            &self.logits,
+            &self.last,
+            &self.last_normed,
+            &self.last_logits,
+            &self.token,
+        ]
+        .iter()
+        .map(|t| t.size_bytes())
+        .sum()
+    }
+}
+
+/// One recorded step: the layer dispatches, then (optionally) a copy of the last row, then the head.
+struct Plan {
+    n: usize,
+    all_logits: bool,
+    body: Vec<Dispatch>,
+    head: Vec<Dispatch>,
+    sampler: Sampler,
+}
+
+/// A model resident on the GPU, planned once; see the module docs for the dispatch list of a step.
+pub struct Model {
+    gpu: Gpu,
+    config: ModelConfig,
+    layers: Vec<GpuLayer>,
+    embed: Vec<GpuWeight>,
+    head: Option<Vec<GpuWeight>>,
+    final_norm: Tensor,
+    cache: KvCache,
+    step: StepBuffer,
+    act: Activations,
+    plans: HashMap<(usize, bool), Plan>,
+    token_staging: wgpu::Buffer,
+    pos: usize,
+    sampling: Sampling,
+    options: PlanOptions,
+}
+
+/// Splits a `[vocab, hidden]` matrix by rows so each piece fits one storage binding.
+fn upload_split(gpu: &Gpu, w: &HostWeight) -> Result<Vec<GpuWeight>> {
+    let limit = gpu.max_binding_bytes();
+    let row_bytes = (w.size_bytes() / w.rows as u64).max(1);
+    // Leave headroom for per-block scale packing rounding.
+    let rows_per_piece = (((limit - 4096) / row_bytes) as usize).clamp(1, w.rows);
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < w.rows {
+        let end = (start + rows_per_piece).min(w.rows);
+        out.push(GpuWeight::upload(gpu, &w.slice_rows(start, end)?)?);
+        start = end;
+    }
+    Ok(out)
+}
+
+fn rows(t: &Tensor, n: usize) -> Result<Tensor> {
+    t.view_rows(n)
+}
+
+impl Model {
+    /// Uploads `host` (weights once per unique layer) and plans the decode step.
+    pub fn new(gpu: &Gpu, host: &HostModel, options: &PlanOptions) -> Result<Model> {
+        let config = host.config.clone();
+        config.validate()?;
+        if options.max_batch == 0 || options.context == 0 {
+            return Err(Error::invalid(
+                "plan options",
+                format!("context {} and max_batch {}", options.context, options.max_batch),
+                "both at least 1",
+            ));
+        }
+        let options = PlanOptions { max_batch: options.max_batch.min(options.context), ..options.clone() };
+        let layers = host.layers.iter().map(|l| GpuLayer::upload(gpu, l)).collect::<Result<Vec<_>>>()?;
+        let embed = upload_split(gpu, &host.embed)?;
+        let head = host.lm_head.as_ref().map(|w| upload_split(gpu, w)).transpose()?;
+        let final_norm = Tensor::from_slice(gpu, &[host.final_norm.len()], &host.final_norm)?;
+        let cache = KvCache::new(gpu, config.executed_layers(), options.context, config.num_key_value_heads, config.head_dim)?;
+        let step = StepBuffer::new(gpu)?;
+        let act = Activations::new(gpu, &config, options.max_batch)?;
+        let token_staging = gpu.create_buffer("token readback", 4, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let mut model = Model {
+            gpu: gpu.clone(),
+            config,
+            layers,
+            embed,
+            head,
+            final_norm,
+            cache,
+            step,
+            act,
+            plans: HashMap::new(),
+            token_staging,
+            pos: 0,
+            sampling: Sampling::default(),
+            options,
+        };
+        model.plan(1, false)?;
+        Ok(model)
+    }
+
+    fn plan(&mut self, n: usize, all_logits: bool) -> Result<&Plan> {
+        if !self.plans.contains_key(&(n, all_logits)) {
+            let plan = self.build_plan(n, all_logits)?;
+            self.plans.insert((n, all_logits), plan);
+        }
+        self.plans.get(&(n, all_logits)).ok_or_else(|| Error::Device("plan vanished".into()))
+    }
+
+    fn build_plan(&self, n: usize, all_logits: bool) -> Result<Plan> {
+        let gpu = &self.gpu;
+        let c = &self.config;
+        let a = &self.act;
+        let eps = c.rms_norm_eps;
+        let (ids, x, q, attn, h) = (rows(&a.ids, n)?, rows(&a.x, n)?, rows(&a.q, n)?, rows(&a.attn, n)?, rows(&a.h, n)?);
+        let linear = |w: &GpuWeight, input: &Tensor, out: &Tensor, offset: usize, accumulate: bool| {
+            if n == 1 {
+                ops::gemv::gemv(gpu, w, input, out, offset, accumulate)
+            } else {
+                ops::gemm::gemm(gpu, w, input, out, offset, accumulate)
+            }
+        };
+        let mut body = ops::embedding::embedding(gpu, &ids, &self.embed, &x)?;
+        for exec in 0..c.executed_layers() {
+            let l = &self.layers[c.unique_layer_of(exec)];
+            body.push(ops::qkv_rope::qkv_rope(
+                gpu,
+                &self.step,
+                &x,
+                &l.input_norm,
+                eps,
+                [&l.q_proj, &l.k_proj, &l.v_proj],
+                c.rope_layout,
+                c.rope_theta,
+                &self.cache,
+                exec,
+                &q,
+            )?);
+            if n == 1 {
+                body.extend(ops::attention::attention_decode(gpu, &self.step, &q, &self.cache, exec, &attn, Split::Auto)?);
+            } else {
+                body.push(ops::attention::attention_prefill(gpu, &self.step, &q, &self.cache, exec, &attn)?);
+            }
+            body.push(linear(&l.o_proj, &attn, &x, 0, true)?);
+            body.push(ops::ffn::ffn_gate_up(gpu, &x, &l.post_norm, eps, &l.gate_proj, &l.up_proj, &h)?);
+            body.push(linear(&l.down_proj, &h, &x, 0, true)?);
+        }
+        let head_weights = self.head.as_ref().unwrap_or(&self.embed);
+        let mut head = Vec::new();
+        let (normed_in, normed, logits) = if all_logits {
+            (x.clone(), rows(&a.normed, n)?, rows(&a.logits, n)?)
+        } else {
+            (a.last.clone(), a.last_normed.clone(), a.last_logits.clone())
+        };
+        head.push(ops::rms_norm::rms_norm(gpu, &normed_in, &self.final_norm, &normed, eps)?);
+        let mut offset = 0;
+        for piece in head_weights {
+            head.push(if all_logits && n > 1 {
+                ops::gemm::gemm(gpu, piece, &normed, &logits, offset, false)?
+            } else {
+                ops::gemv::gemv(gpu, piece, &normed, &logits, offset, false)?
+            });
+            offset += piece.rows();
+        }
+        let sampler = ops::sample::sample(gpu, &logits, SampleRow::Last, &self.step, &a.token)?;
+        Ok(Plan { n, all_logits, body, head, sampler })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+    /// The device.
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+    /// Positions already in the KV cache.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+    /// The KV-cache capacity.
+    pub fn context(&self) -> usize {
+        self.options.context
+    }
+    /// Forgets the sequence (the KV cache is overwritten from position 0 on).
+    pub fn reset(&mut self) {
+        self.pos = 0;
+    }
+    /// Sets how tokens are sampled from now on.
+    pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
+        ops::sample::validate(&self.step_params(0, 1, &sampling))?;
+        self.sampling = sampling;
+        Ok(())
+    }
+
+    fn step_params(&self, pos: usize, n: usize, s: &Sampling) -> StepParams {
+        StepParams {
+            pos: pos as u32,
+            n: n as u32,
+            seed: s.seed.wrapping_add(pos as u32 + n as u32),
+            top_k: s.top_k,
+            temperature: s.temperature,
+            top_p: s.top_p,
+            _pad: [0; 2],
+        }
+    }
+
+    /// Names of the dispatches of one decode step, in order.
+    pub fn decode_dispatches(&self) -> Vec<String> {
+        match self.plans.get(&(1, false)) {
+            Some(p) => p
+                .body
+                .iter()
+                .chain(&p.head)
+                .chain(p.sampler.dispatches())
+                .map(|d| d.name().to_string())
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// GPU memory in use by category.
+    pub fn memory(&self) -> MemoryReport {
+        let pieces = |v: &[GpuWeight]| v.iter().map(GpuWeight::size_bytes).sum::<u64>();
+        MemoryReport {
+            weights: self.layers.iter().map(GpuLayer::size_bytes).sum::<u64>()
+                + pieces(&self.embed)
+                + self.head.as_deref().map_or(0, pieces)
+                + self.final_norm.size_bytes(),
+            kv_cache: self.cache.size_bytes(),
+            activations: self.act.size_bytes(),
+            scratch: 4 + std::mem::size_of::<StepParams>() as u64,
+        }
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(Error::invalid("token count", 0, "at least one token"));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::invalid("token id", bad, format!("less than the vocabulary size {}", self.config.vocab_size)));
+        }
+        self.cache.check_step(self.pos, tokens.len())
+    }
+
+    /// Runs `tokens` (at most `max_batch`) at the current position; returns the sampled next token and,
+    /// if `logits` is set, the logits (`[n, vocab]` when `all_logits`, else the last row).
+    fn run_chunk(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<(u32, Option<Vec<f32>>)> {
+        let n = tokens.len();
+        self.plan(n, all_logits)?;
+        let params = self.step_params(self.pos, n, &self.sampling);
+        let plan = self.plans.get(&(n, all_logits)).ok_or_else(|| Error::Device("missing plan".into()))?;
+        let gpu = &self.gpu;
+        gpu.take_error()?;
+        self.step.write(gpu, &params);
+        gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(tokens));
+        let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("layers"), timestamp_writes: None });
+            for d in &plan.body {
+                d.record(&mut pass);
+            }
+        }
+        if !plan.all_logits {
+            let row = (self.config.hidden_size * 4) as u64;
+            encoder.copy_buffer_to_buffer(self.act.x.buffer(), row * (plan.n as u64 - 1), self.act.last.buffer(), 0, row);
+        }
+        {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head"), timestamp_writes: None });
+            for d in &plan.head {
+                d.record(&mut pass);
+            }
+            plan.sampler.record(&mut pass);
+        }
+        encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, 4);
+        gpu.submit_and_wait([encoder.finish()])?;
+        let bytes = crate::tensor::map_read(gpu, &self.token_staging, 4)?;
+        let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        let logits = if want_logits {
+            let (t, count) = if plan.all_logits { (&self.act.logits, n) } else { (&self.act.last_logits, 1) };
+            let size = (count * self.config.vocab_size * 4) as u64;
+            Some(bytemuck::pod_collect_to_vec(&read_buffer(gpu, t.buffer(), 0, size)?))
+        } else {
+            None
+        };
+        self.pos += n;
+        Ok((token, logits))
+    }
+
+    /// Feeds a prompt (chunked by `max_batch`) and returns the sampled next token.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
+        self.check_tokens(tokens)?;
+        let mut next = 0;
+        for chunk in tokens.chunks(self.options.max_batch) {
+            next = self.run_chunk(chunk, false, false)?.0;
+        }
+        Ok(next)
+    }
+
+    /// Feeds a prompt and returns the logits of every prompt position (`[tokens.len() * vocab]`) and the
+    /// sampled next token.
+    pub fn prefill_logits(&mut self, tokens: &[u32]) -> Result<(u32, Vec<f32>)> {
+        self.check_tokens(tokens)?;
+        let mut all = Vec::with_capacity(tokens.len() * self.config.vocab_size);
+        let mut next = 0;
+        for chunk in tokens.chunks(self.options.max_batch) {
+            let (t, logits) = self.run_chunk(chunk, true, true)?;
+            next = t;
+            all.extend(logits.unwrap_or_default());
+        }
+        Ok((next, all))
+    }
+
+    /// One decode step: feeds `token` at the current position and returns the sampled next token.
+    /// One command buffer, one submission, a 4-byte readback.
+    pub fn step(&mut self, token: u32) -> Result<u32> {
+        self.check_tokens(&[token])?;
+        Ok(self.run_chunk(&[token], false, false)?.0)
+    }
+
+    /// A decode step that also returns the logits (`[vocab]`).
+    pub fn step_logits(&mut self, token: u32) -> Result<(u32, Vec<f32>)> {
+        self.check_tokens(&[token])?;
+        let (t, logits) = self.run_chunk(&[token], false, true)?;
+        Ok((t, logits.unwrap_or_default()))
+    }
+
+    /// Prefills `prompt`, then decodes up to `max_new` tokens, calling `on_token` with each; stops early
+    /// when a token is in `stop` (it is still passed to `on_token`) or `on_token` returns false.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        mut on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let mut next = self.prefill(prompt)?;
+        loop {
+            out.push(next);
+            if !on_token(next) || stop.contains(&next) || out.len() >= max_new {
+                return Ok(out);
+            }
+            if self.pos >= self.options.context {
+                return Ok(out);
+            }
+            next = self.step(next)?;
+        }
+    }
+}
