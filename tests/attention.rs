@@ -278,3 +278,11 @@ fn attention_block_chain_with_fused_residual() {
         }
     }
 }
+
+#[test]
+fn split_rule() {
+    use mobilellm_kernels::ops::attention::{auto_chunk, DECODE_CHUNK, SPLIT_ABOVE};
+    assert_eq!(auto_chunk(SPLIT_ABOVE), None);
+    assert_eq!(auto_chunk(SPLIT_ABOVE + 1), Some(DECODE_CHUNK));
+    assert_eq!(auto_chunk(2048), Some(128));
+}
