@@ -6,7 +6,7 @@
 // - `decode`: the last query row of the step (row n-1, position pos+n-1) over context pos+n. One workgroup
 //   per (KV head, chunk of the sequence): it reads its K/V once for all G query heads of the group. Without
 //   SPLIT there is one chunk (the whole capacity) and it writes the normalised output; with SPLIT it writes
-//   (max, sum, unnormalised acc) partials, and chunks past the context exit at once with neutral partials.
+//   (max, sum, unnormalised acc) partials; chunks past the context exit at once (merge skips them).
 // - `merge`: combines the chunk partials of one query head (flash-decoding's second pass).
 // - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per
 //   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
@@ -75,6 +75,10 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     let row = last_row();
     let start = chunk * params.chunk_len;
     let end = min(start + params.chunk_len, ctx);
+    // Chunks past the context do nothing: `merge` reads only the chunks the context reaches.
+    if start >= ctx {
+        return;
+    }
     let width = params.heads * HD;
     for (var i = lid; i < G * HD; i += WG) {
         q_sh[i] = q[row * width + (kvh * G) * HD + i] * params.scale;

@@ -3,7 +3,7 @@
 // (weight rows: heads*HD query rows, then kv_heads*HD key rows, then kv_heads*HD value rows), RoPE on Q and
 // K from a precomputed cos/sin table, Q to a scratch tensor [n, heads*HD], K and V straight into the KV
 // cache slot (`[2][kv_heads][capacity][HD]`, f16 under F16) at their positions.
-// One workgroup per (head of Q|K|V, row); one thread per output element of the head.
+// One workgroup per (16 rows = 8 RoPE pairs of a Q|K|V head, token row); 4 threads per output row.
 #if F16
 enable f16;
 alias kv_t = f16;
@@ -49,12 +49,34 @@ struct Step {
 
 // The normalised input row, zero-padded to whole 32-column blocks (XV4 vec4 = 4 * XV4 columns).
 var<workgroup> x_sh: array<vec4<f32>, XV4>;
-var<workgroup> y_sh: array<f32, HD>;
+// Per-thread partial dot products, then the workgroup's RPW outputs.
+var<workgroup> part_sh: array<f32, WG>;
+var<workgroup> y_sh: array<f32, RPW>;
+
+// Rows per workgroup: PAIRS RoPE pairs (both elements of a pair in the same workgroup); TPR threads per row
+// split its 32-column blocks (adjacent threads read adjacent blocks).
+const PAIRS: u32 = 8u;
+const RPW: u32 = 2u * PAIRS;
+const TPR: u32 = WG / RPW;
+
+// Element index within the head of local row j (0..RPW) of pair group `grp`: rows 0..PAIRS are the first
+// elements of pairs, PAIRS..RPW the second ones.
+fn elem_of(grp: u32, j: u32) -> u32 {
+    let p = grp * PAIRS + (j % PAIRS);
+    let second = j >= PAIRS;
+#if ROPE_INTERLEAVED
+    return 2u * p + select(0u, 1u, second);
+#else
+    return p + select(0u, HD / 2u, second);
+#endif
+}
 
 @compute @workgroup_size(WG)
 fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let lid = lanes.lid;
-    let slot = wg.x;
+    let groups_per_head = HD / RPW;
+    let slot = wg.x / groups_per_head;
+    let grp = wg.x % groups_per_head;
     let r = wg.y;
     let pos = step.pos + r;
     // Uniform exits: rows past this step's n, and (never, once the planner checked) past the cache.
@@ -88,34 +110,37 @@ fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         x_sh[i] = x_sh[i] * inv_rms * w;
     }
     workgroupBarrier();
-    for (var d = lid; d < HD; d += WG) {
-        let row = slot * HD + d;
-        var acc = 0.0;
-        for (var b = 0u; b < params.desc.blocks; b++) {
-            var xb: array<vec4<f32>, 8>;
-            for (var k = 0u; k < 8u; k++) {
-                xb[k] = x_sh[b * 8u + k];
-            }
-            acc += weight_dot32(params.desc, row, b, xb);
+    let j = lid / TPR;
+    let lane = lid % TPR;
+    let row = slot * HD + elem_of(grp, j);
+    var acc = 0.0;
+    for (var b = lane; b < params.desc.blocks; b += TPR) {
+        var xb: array<vec4<f32>, 8>;
+        for (var k = 0u; k < 8u; k++) {
+            xb[k] = x_sh[b * 8u + k];
         }
-        y_sh[d] = acc;
+        acc += weight_dot32(params.desc, row, b, xb);
+    }
+    part_sh[lid] = acc;
+    workgroupBarrier();
+    if lid < RPW {
+        var sum = 0.0;
+        for (var t = 0u; t < TPR; t++) {
+            sum += part_sh[lid * TPR + t];
+        }
+        y_sh[lid] = sum;
     }
     workgroupBarrier();
-    let heads = params.heads;
-    let kvn = params.kv_heads;
-    let is_v = slot >= heads + kvn;
-    for (var i = lid; i < HD / 2u; i += WG) {
-#if ROPE_INTERLEAVED
-        let ia = 2u * i;
-        let ib = 2u * i + 1u;
-#else
-        let ia = i;
-        let ib = i + HD / 2u;
-#endif
-        var a = y_sh[ia];
-        var b = y_sh[ib];
+    if lid < PAIRS {
+        let ia = elem_of(grp, lid);
+        let ib = elem_of(grp, lid + PAIRS);
+        var a = y_sh[lid];
+        var b = y_sh[lid + PAIRS];
+        let heads = params.heads;
+        let kvn = params.kv_heads;
+        let is_v = slot >= heads + kvn;
         if !is_v {
-            let cs = rope_cs[pos * (HD / 2u) + i];
+            let cs = rope_cs[pos * (HD / 2u) + grp * PAIRS + lid];
             let ra = a * cs.x - b * cs.y;
             b = a * cs.y + b * cs.x;
             a = ra;

@@ -214,3 +214,75 @@ fn bench_decode_split_vs_unsplit() {
         }
     }
 }
+
+/// The whole attention half of a layer as the planner wires it: `qkv_rope` (norm, projection, RoPE,
+/// cache write) -> attention -> `gemv` o_proj with the residual add fused (accumulate), for a prefill of 7
+/// positions and then one decode step (separate 7-row and 1-row plans sharing the cache), vs the CPU twins.
+/// Tolerance: a wiring test. Weights ~ U(-1,1)/sqrt(hidden) keep q, k, v, attention and o_proj outputs
+/// O(1), so the per-kernel errors argued in tests/qkv_rope.rs (~1e-3 on outputs of ~15, here ~5e-5) pass
+/// through softmax and o_proj at about the same size; with an f16 cache each side rounds its own K/V and
+/// may differ by one f16 step (2^-11 relative) on a few elements, moving scores by ~1e-4. abs 1e-3 rel 1e-3.
+#[test]
+fn attention_block_chain_with_fused_residual() {
+    use mobilellm_kernels::ops::gemv::gemv;
+    use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, RopeTable};
+    use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
+    use mobilellm_kernels::reference::{QkvShape, RopeLayout};
+    let (heads, kvn, hd, hidden, capacity) = (9usize, 3usize, 64usize, 576usize, 32usize);
+    let s = QkvShape { heads, kv_heads: kvn, head_dim: hd, theta: 10000.0, layout: RopeLayout::Halves, eps: 1e-5 };
+    let scale = 1.0 / (hidden as f32).sqrt();
+    let mk = |rows: usize, cols: usize, seed: u64| {
+        let data: Vec<f32> = random_vec(seed, rows * cols).iter().map(|v| v * scale).collect();
+        HostWeight::quantize(WeightType::Q8_0, rows, cols, &data).unwrap()
+    };
+    let wqkv = fuse_qkv(&mk(heads * hd, hidden, 1), &mk(kvn * hd, hidden, 2), &mk(kvn * hd, hidden, 3)).unwrap();
+    let wo = mk(hidden, heads * hd, 4);
+    let norm: Vec<f32> = random_vec(5, hidden).iter().map(|v| 1.0 + 0.5 * v).collect();
+    let x0 = random_vec(6, 8 * hidden);
+    for gpu in gpus() {
+        let what = format!("attention block [{}]", gpu.features());
+        let cache = KvCache::new(gpu, 1, capacity, kvn, hd).unwrap();
+        let rope = RopeTable::new(gpu, capacity, hd, s.theta).unwrap();
+        let (wqkv_g, wo_g) = (GpuWeight::upload(gpu, &wqkv).unwrap(), GpuWeight::upload(gpu, &wo).unwrap());
+        let norm_g = Tensor::from_slice(gpu, &[hidden], &norm).unwrap();
+        let buf = StepBuffer::new(gpu).unwrap();
+        let plan = |rows: usize| {
+            let x = Tensor::zeros(gpu, DType::F32, &[rows, hidden]).unwrap();
+            let q = Tensor::zeros(gpu, DType::F32, &[rows, heads * hd]).unwrap();
+            let a = Tensor::zeros(gpu, DType::F32, &[rows, heads * hd]).unwrap();
+            let mut ds =
+                vec![qkv_rope(gpu, &buf, &x, &norm_g, s.eps, &wqkv_g, &rope, s.layout, &q, &cache, 0).unwrap()];
+            if rows == 1 {
+                ds.extend(attention_decode(gpu, &buf, &q, &cache, 0, &a, Split::Chunk(8)).unwrap());
+            } else {
+                ds.push(attention_prefill(gpu, &buf, &q, &cache, 0, &a).unwrap());
+            }
+            ds.push(gemv(gpu, &wo_g, &a, &x, 0, true).unwrap());
+            (x, ds)
+        };
+        let (xp, prefill) = plan(7);
+        let (xd, decode) = plan(1);
+        let mut mirror = KvMirror::zeros(kvn, capacity, hd);
+        for (pos, n, x, ds) in [(0usize, 7usize, &xp, &prefill), (7, 1, &xd, &decode)] {
+            let xin = &x0[pos * hidden..(pos + n) * hidden];
+            x.write(gpu, xin).unwrap();
+            cache.check_step(pos, n).unwrap();
+            step(gpu, &buf, pos, n);
+            ops::run(gpu, &ds.iter().collect::<Vec<_>>()).unwrap();
+            let (q, k, v) = reference::qkv_rope(xin, &norm, &wqkv.dequantize(), pos, s);
+            mirror.store(pos, &k, &v, cache.dtype());
+            let att = reference::attention_prefill(&q, &mirror, pos, n);
+            let o = reference::gemv(&wo, &att);
+            let want: Vec<f32> = xin.iter().zip(&o).map(|(a, b)| a + b).collect();
+            assert_close(&format!("{what} pos {pos} n {n}"), &x.read::<f32>(gpu).unwrap(), &want, 1e-3, 1e-3);
+        }
+    }
+}
+
+#[test]
+fn split_rule() {
+    use mobilellm_kernels::ops::attention::{auto_chunk, DECODE_CHUNK, SPLIT_ABOVE};
+    assert_eq!(auto_chunk(SPLIT_ABOVE), None);
+    assert_eq!(auto_chunk(SPLIT_ABOVE + 1), Some(DECODE_CHUNK));
+    assert_eq!(auto_chunk(2048), Some(128));
+}

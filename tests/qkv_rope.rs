@@ -192,3 +192,38 @@ fn rejects_bad_shapes() {
     let err = qkv_rope(gpu, &buf, &x, &norm, 1e-5, &w, &short, RopeLayout::Halves, &q, &cache, 0).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
+
+/// The two RoPE layouts are the same rotation up to llama.cpp's Q/K row permutation (GGUF element 2i is
+/// HF element i, 2i+1 is i + head_dim/2): interleaved(P x) == P halves(x). Also: position 0 is the
+/// identity and the rotation keeps each pair's norm.
+#[test]
+fn rope_layouts_agree_up_to_the_gguf_permutation() {
+    let (hd, heads) = (64, 3);
+    let x = random_vec(11, heads * hd);
+    let perm = |v: &[f32]| -> Vec<f32> {
+        let mut out = vec![0.0; v.len()];
+        for (h, head) in v.chunks(hd).enumerate() {
+            for i in 0..hd / 2 {
+                out[h * hd + 2 * i] = head[i];
+                out[h * hd + 2 * i + 1] = head[i + hd / 2];
+            }
+        }
+        out
+    };
+    for pos in [0usize, 1, 17, 2047] {
+        let mut a = x.clone();
+        reference::rope(&mut a, pos, hd, 10000.0, RopeLayout::Halves);
+        let mut b = perm(&x);
+        reference::rope(&mut b, pos, hd, 10000.0, RopeLayout::Interleaved);
+        assert_eq!(perm(&a), b, "pos {pos}");
+        if pos == 0 {
+            assert_eq!(a, x);
+        }
+        let norm = |v: &[f32]| v.iter().map(|t| t * t).sum::<f32>();
+        assert!((norm(&a) - norm(&x)).abs() < 1e-4 * norm(&x), "pos {pos}: rotation changed the norm");
+    }
+    // The angle of pair i at position p is p * theta^(-2i/d) (HF's inv_freq).
+    let (c, s) = reference::rope_cos_sin(3, 5, 64, 10000.0);
+    let angle = 3.0 * 10000f64.powf(-10.0 / 64.0);
+    assert!((c as f64 - angle.cos()).abs() < 1e-7 && (s as f64 - angle.sin()).abs() < 1e-7);
+}

@@ -9,7 +9,7 @@
 //! runs one workgroup per KV head over the whole context. Why: unsplit, a decode step has only `kv_heads`
 //! workgroups (3 for MobileLLM-125M), each streaming the whole context: a long context then runs on 3
 //! compute units. Split, the grid is `kv_heads x capacity/128` workgroups; those past the current context
-//! write a neutral partial and exit after loading q, and a second tiny pass (one workgroup per query
+//! exit at once, and a second tiny pass (one workgroup per query
 //! head) merges the live chunks. For short capacities the extra pass costs more than the parallelism gains.
 
 use bytemuck::{Pod, Zeroable};

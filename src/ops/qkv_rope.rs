@@ -18,8 +18,10 @@ pub use crate::reference::RopeLayout;
 use crate::shader::QKV_ROPE;
 use crate::tensor::{DType, Tensor};
 
-/// Threads per workgroup (one per output element of a head; head_dim 64 fills it).
+/// Threads per workgroup: 16 output rows (8 RoPE pairs) x 4 threads per row.
 const WORKGROUP: u32 = 64;
+/// Output rows per workgroup (`2 * PAIRS` in the kernel); head_dim must be a multiple of it.
+const ROWS_PER_GROUP: usize = 16;
 /// The widest input row the kernel stages in workgroup memory (MobileLLM-1.5B).
 pub const MAX_HIDDEN: usize = 1600;
 
@@ -103,8 +105,8 @@ struct Params {
 /// For the step's rows `0..n` of `x` (`[max_n, hidden]` f32, positions `pos..pos+n`): RMSNorm with `norm_w`
 /// (`[hidden]`) and `eps`, the fused projection `w_qkv` (see [`fuse_qkv`]; any weight type), RoPE on Q and K
 /// (`layout`, angles from `rope`), Q to rows `0..n` of `q_out` (`[max_n, heads * head_dim]` f32), K and V to
-/// cache slot `slot` at positions `pos..pos+n`. Grid: `(heads + 2 kv_heads) x max_n`; rows past the step's
-/// `n` exit at once. The caller checks `pos + n <= capacity` ([`KvCache::check_step`]) before submitting.
+/// cache slot `slot` at positions `pos..pos+n`. Grid: `(heads + 2 kv_heads) * head_dim / 16 x max_n`; rows past the step's
+/// `n` exit at once. head_dim must be a multiple of 16. The caller checks `pos + n <= capacity` ([`KvCache::check_step`]) before submitting.
 #[allow(clippy::too_many_arguments)]
 pub fn qkv_rope(
     gpu: &Gpu,
@@ -121,6 +123,9 @@ pub fn qkv_rope(
 ) -> Result<Dispatch> {
     let hd = cache.head_dim();
     let kvn = cache.kv_heads();
+    if !hd.is_multiple_of(ROWS_PER_GROUP) {
+        return Err(Error::invalid("qkv_rope head_dim", hd, "a multiple of 16 (8 RoPE pairs per workgroup)"));
+    }
     let hidden = *norm_w.shape().last().unwrap_or(&0);
     norm_w.expect("qkv_rope norm weight", DType::F32, &[hidden])?;
     if hidden == 0 || hidden > MAX_HIDDEN {
@@ -198,7 +203,7 @@ pub fn qkv_rope(
             (6, q_out.buffer().as_entire_binding()),
             (7, kv.buffer().as_entire_binding()),
         ],
-        [(heads + 2 * kvn) as u32, max_n as u32, 1],
+        [((heads + 2 * kvn) * hd / ROWS_PER_GROUP) as u32, max_n as u32, 1],
         vec![params.clone()],
     )
 }
