@@ -48,8 +48,6 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 /// Elementwise add and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
-/// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
-pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64)]);
 /// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill.
 pub static ATTENTION: KernelSource = kernel!(
     "attention",
@@ -58,6 +56,7 @@ pub static ATTENTION: KernelSource = kernel!(
     consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16)]
 );
 
+/// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
 pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64), ("SORT", 1024), ("SORT_ABOVE", 6), ("MAX_GROUPS", 64)]);
 /// Weight-matrix reads for every weight type (`#include weights`; see `src/quant.rs` for the layout).
 /// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`

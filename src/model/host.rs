@@ -4,12 +4,9 @@
 use std::path::Path;
 
 use crate::error::{Error, Result};
-use crate::model::config::ModelConfig;
-use crate::model::safetensors::Safetensors;
-use crate::model::weights::{
-    layer_tensor_name, layer_tensor_shape, LayerWeightsF32, ModelWeightsF32, EMBED_TOKENS, FINAL_NORM, LAYER_TENSORS,
-    LM_HEAD,
-};
+use crate::model::config::{ModelConfig, RopeLayout};
+use crate::model::gguf::{names as gguf_names, GgufFile, TensorType};
+use crate::model::weights::{LayerWeightsF32, ModelWeightsF32};
 use crate::quant::{HostWeight, WeightType};
 
 /// One unique decoder layer in GPU formats.
@@ -87,19 +84,13 @@ impl HostModel {
 
     /// Loads an HF checkpoint directory (`config.json` + safetensors), converting every matrix to `wtype`.
     pub fn from_safetensors_dir(dir: &Path, wtype: WeightType) -> Result<HostModel> {
-        let config = ModelConfig::from_file(dir.join("config.json"))?;
-        let weights = ModelWeightsF32::load(&config, dir)?;
+        let (config, weights) = ModelWeightsF32::load_dir(dir)?;
         HostModel::from_f32(config, &weights, wtype)
     }
 
-    /// Seeded synthetic weights of `config` (linear `0.02·u`, norms `1 + 0.1·u`, u uniform in [-√3, √3)
-    /// so the spread matches N(0,1)), converted to `wtype`. For demos and benchmarks.
+    /// Seeded synthetic weights of `config` ([`ModelWeightsF32::random`]) converted to `wtype`.
     pub fn synthetic(config: ModelConfig, wtype: WeightType, seed: u64) -> Result<HostModel> {
-        config.validate()?;
-        let mut rng = SplitMix(seed);
-        let weights = ModelWeightsF32::from_fn(&config, |_, n, is_norm| {
-            (0..n).map(|_| if is_norm { 1.0 + 0.1 * rng.unit() } else { 0.02 * rng.unit() }).collect()
-        })?;
+        let weights = ModelWeightsF32::random(&config, seed)?;
         HostModel::from_f32(config, &weights, wtype)
     }
 
@@ -140,23 +131,6 @@ impl HostModel {
             + self.lm_head.as_ref().map_or(0, HostWeight::size_bytes)
             + (self.final_norm.len() * 4) as u64
             + self.layers.iter().map(|l| norms(l) + mats(l)).sum::<u64>()
-    }
-}
-
-/// A tiny deterministic generator (SplitMix64) for synthetic weights.
-struct SplitMix(u64);
-
-impl SplitMix {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [-√3, √3): unit variance.
-    fn unit(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * 1.732_050_8
     }
 }
 
@@ -211,9 +185,15 @@ impl HostModel {
                 return Err(Error::shape(format!("GGUF tensor `{name}`"), &t.shape(), format!("[{len}]")));
             }
             Ok(match t.ty {
-                TensorType::F32 => t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-                TensorType::F16 => t.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-                TensorType::BF16 => t.data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+                TensorType::F32 => {
+                    t.data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+                }
+                TensorType::F16 => {
+                    t.data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
+                TensorType::BF16 => {
+                    t.data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+                }
                 TensorType::Q8_0 => HostWeight::from_gguf_bytes(WeightType::Q8_0, 1, len, t.data)?.dequantize(),
                 TensorType::Q4_0 => HostWeight::from_gguf_bytes(WeightType::Q4_0, 1, len, t.data)?.dequantize(),
                 TensorType::Q4_1 => HostWeight::from_gguf_bytes(WeightType::Q4_1, 1, len, t.data)?.dequantize(),
@@ -236,11 +216,8 @@ impl HostModel {
                 down_proj: matrix(&name("ffn_down"), h, f)?,
             });
         }
-        let lm_head = if file.tensor_info(gguf_names::OUTPUT).is_some() {
-            Some(matrix(gguf_names::OUTPUT, v, h)?)
-        } else {
-            None
-        };
+        let lm_head =
+            if file.tensor_info(gguf_names::OUTPUT).is_some() { Some(matrix(gguf_names::OUTPUT, v, h)?) } else { None };
         Ok(HostModel {
             embed: matrix(gguf_names::TOKEN_EMBD, v, h)?,
             final_norm: vector(gguf_names::OUTPUT_NORM, h)?,

@@ -2,8 +2,12 @@
 
 pub mod config;
 pub mod gguf;
+pub mod host;
+pub mod planner;
 pub mod safetensors;
 pub mod weights;
 
 pub use config::{ModelConfig, RopeLayout};
+pub use host::{HostLayer, HostModel};
+pub use planner::{MemoryReport, Model, PlanOptions, Sampling};
 pub use weights::{LayerWeightsF32, ModelWeightsF32};

@@ -19,9 +19,11 @@ use crate::kv_cache::KvCache;
 use crate::model::config::ModelConfig;
 use crate::model::host::{HostLayer, HostModel};
 use crate::ops::attention::Split;
+use crate::ops::embedding::Embedding;
+use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
 use crate::ops::sample::{SampleRow, Sampler};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
-use crate::quant::{GpuWeight, HostWeight};
+use crate::quant::GpuWeight;
 use crate::tensor::{read_buffer, DType, Tensor};
 
 /// Choices made when a model is planned.
@@ -31,11 +33,13 @@ pub struct PlanOptions {
     pub context: usize,
     /// Most positions one prefill submission handles; longer prompts run in chunks of this size.
     pub max_batch: usize,
+    /// KV-cache storage: `None` picks f16 where the device has SHADER_F16, else f32.
+    pub kv_dtype: Option<DType>,
 }
 
 impl Default for PlanOptions {
     fn default() -> Self {
-        PlanOptions { context: 1024, max_batch: 64 }
+        PlanOptions { context: 1024, max_batch: 64, kv_dtype: None }
     }
 }
 
@@ -102,9 +106,7 @@ impl std::fmt::Display for MemoryReport {
 
 struct GpuLayer {
     input_norm: Tensor,
-    q_proj: GpuWeight,
-    k_proj: GpuWeight,
-    v_proj: GpuWeight,
+    qkv_proj: GpuWeight,
     o_proj: GpuWeight,
     post_norm: Tensor,
     gate_proj: GpuWeight,
@@ -117,9 +119,7 @@ impl GpuLayer {
         let norm = |w: &[f32]| Tensor::from_slice(gpu, &[w.len()], w);
         Ok(GpuLayer {
             input_norm: norm(&l.input_norm)?,
-            q_proj: GpuWeight::upload(gpu, &l.q_proj)?,
-            k_proj: GpuWeight::upload(gpu, &l.k_proj)?,
-            v_proj: GpuWeight::upload(gpu, &l.v_proj)?,
+            qkv_proj: GpuWeight::upload(gpu, &fuse_qkv(&l.q_proj, &l.k_proj, &l.v_proj)?)?,
             o_proj: GpuWeight::upload(gpu, &l.o_proj)?,
             post_norm: norm(&l.post_norm)?,
             gate_proj: GpuWeight::upload(gpu, &l.gate_proj)?,
@@ -129,7 +129,7 @@ impl GpuLayer {
     }
 
     fn size_bytes(&self) -> u64 {
-        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj]
+        [&self.qkv_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj]
             .iter()
             .map(|w| w.size_bytes())
             .sum::<u64>()
@@ -195,6 +195,7 @@ impl Activations {
 struct Plan {
     n: usize,
     all_logits: bool,
+    embedding: Embedding,
     body: Vec<Dispatch>,
     head: Vec<Dispatch>,
     sampler: Sampler,
@@ -208,6 +209,7 @@ pub struct Model {
     embed: Vec<GpuWeight>,
     head: Option<Vec<GpuWeight>>,
     final_norm: Tensor,
+    rope: RopeTable,
     cache: KvCache,
     step: StepBuffer,
     act: Activations,
@@ -216,22 +218,6 @@ pub struct Model {
     pos: usize,
     sampling: Sampling,
     options: PlanOptions,
-}
-
-/// Splits a `[vocab, hidden]` matrix by rows so each piece fits one storage binding.
-fn upload_split(gpu: &Gpu, w: &HostWeight) -> Result<Vec<GpuWeight>> {
-    let limit = gpu.max_binding_bytes();
-    let row_bytes = (w.size_bytes() / w.rows as u64).max(1);
-    // Leave headroom for per-block scale packing rounding.
-    let rows_per_piece = (((limit - 4096) / row_bytes) as usize).clamp(1, w.rows);
-    let mut out = Vec::new();
-    let mut start = 0;
-    while start < w.rows {
-        let end = (start + rows_per_piece).min(w.rows);
-        out.push(GpuWeight::upload(gpu, &w.slice_rows(start, end)?)?);
-        start = end;
-    }
-    Ok(out)
 }
 
 fn rows(t: &Tensor, n: usize) -> Result<Tensor> {
@@ -252,13 +238,19 @@ impl Model {
         }
         let options = PlanOptions { max_batch: options.max_batch.min(options.context), ..options.clone() };
         let layers = host.layers.iter().map(|l| GpuLayer::upload(gpu, l)).collect::<Result<Vec<_>>>()?;
-        let embed = upload_split(gpu, &host.embed)?;
-        let head = host.lm_head.as_ref().map(|w| upload_split(gpu, w)).transpose()?;
+        let embed = ops::embedding::upload_table(gpu, &host.embed)?;
+        let head = host.lm_head.as_ref().map(|w| ops::embedding::upload_table(gpu, w)).transpose()?;
+        let rope = RopeTable::new(gpu, options.context, config.head_dim, config.rope_theta)?;
         let final_norm = Tensor::from_slice(gpu, &[host.final_norm.len()], &host.final_norm)?;
-        let cache = KvCache::new(gpu, config.executed_layers(), options.context, config.num_key_value_heads, config.head_dim)?;
+        let (slots, kv_heads, hd) = (config.executed_layers(), config.num_key_value_heads, config.head_dim);
+        let cache = match options.kv_dtype {
+            Some(dtype) => KvCache::with_dtype(gpu, slots, options.context, kv_heads, hd, dtype)?,
+            None => KvCache::new(gpu, slots, options.context, kv_heads, hd)?,
+        };
         let step = StepBuffer::new(gpu)?;
         let act = Activations::new(gpu, &config, options.max_batch)?;
-        let token_staging = gpu.create_buffer("token readback", 4, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let token_staging =
+            gpu.create_buffer("token readback", 4, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
         let mut model = Model {
             gpu: gpu.clone(),
             config,
@@ -266,6 +258,7 @@ impl Model {
             embed,
             head,
             final_norm,
+            rope,
             cache,
             step,
             act,
@@ -292,15 +285,17 @@ impl Model {
         let c = &self.config;
         let a = &self.act;
         let eps = c.rms_norm_eps;
-        let (ids, x, q, attn, h) = (rows(&a.ids, n)?, rows(&a.x, n)?, rows(&a.q, n)?, rows(&a.attn, n)?, rows(&a.h, n)?);
+        let (ids, x, q, attn, h) =
+            (rows(&a.ids, n)?, rows(&a.x, n)?, rows(&a.q, n)?, rows(&a.attn, n)?, rows(&a.h, n)?);
         let linear = |w: &GpuWeight, input: &Tensor, out: &Tensor, offset: usize, accumulate: bool| {
             if n == 1 {
                 ops::gemv::gemv(gpu, w, input, out, offset, accumulate)
             } else {
-                ops::gemm::gemm(gpu, w, input, out, offset, accumulate)
+                ops::gemv::gemv(gpu, w, input, out, offset, accumulate) // GEMM lands later
             }
         };
-        let mut body = ops::embedding::embedding(gpu, &ids, &self.embed, &x)?;
+        let embedding = ops::embedding::embedding(gpu, &self.embed, &ids, &x, Some(&self.step))?;
+        let mut body = Vec::new();
         for exec in 0..c.executed_layers() {
             let l = &self.layers[c.unique_layer_of(exec)];
             body.push(ops::qkv_rope::qkv_rope(
@@ -309,15 +304,23 @@ impl Model {
                 &x,
                 &l.input_norm,
                 eps,
-                [&l.q_proj, &l.k_proj, &l.v_proj],
+                &l.qkv_proj,
+                &self.rope,
                 c.rope_layout,
-                c.rope_theta,
+                &q,
                 &self.cache,
                 exec,
-                &q,
             )?);
             if n == 1 {
-                body.extend(ops::attention::attention_decode(gpu, &self.step, &q, &self.cache, exec, &attn, Split::Auto)?);
+                body.extend(ops::attention::attention_decode(
+                    gpu,
+                    &self.step,
+                    &q,
+                    &self.cache,
+                    exec,
+                    &attn,
+                    Split::Auto,
+                )?);
             } else {
                 body.push(ops::attention::attention_prefill(gpu, &self.step, &q, &self.cache, exec, &attn)?);
             }
@@ -336,14 +339,14 @@ impl Model {
         let mut offset = 0;
         for piece in head_weights {
             head.push(if all_logits && n > 1 {
-                ops::gemm::gemm(gpu, piece, &normed, &logits, offset, false)?
+                ops::gemv::gemv(gpu, piece, &normed, &logits, offset, false)?
             } else {
                 ops::gemv::gemv(gpu, piece, &normed, &logits, offset, false)?
             });
             offset += piece.rows();
         }
         let sampler = ops::sample::sample(gpu, &logits, SampleRow::Last, &self.step, &a.token)?;
-        Ok(Plan { n, all_logits, body, head, sampler })
+        Ok(Plan { n, all_logits, embedding, body, head, sampler })
     }
 
     /// The model's configuration.
@@ -389,8 +392,10 @@ impl Model {
     pub fn decode_dispatches(&self) -> Vec<String> {
         match self.plans.get(&(1, false)) {
             Some(p) => p
-                .body
-                .iter()
+                .embedding
+                .dispatches()
+                .into_iter()
+                .chain(&p.body)
                 .chain(&p.head)
                 .chain(p.sampler.dispatches())
                 .map(|d| d.name().to_string())
@@ -409,7 +414,7 @@ impl Model {
                 + self.final_norm.size_bytes(),
             kv_cache: self.cache.size_bytes(),
             activations: self.act.size_bytes(),
-            scratch: 4 + std::mem::size_of::<StepParams>() as u64,
+            scratch: 4 + std::mem::size_of::<StepParams>() as u64 + self.rope.tensor().size_bytes(),
         }
     }
 
@@ -418,7 +423,11 @@ impl Model {
             return Err(Error::invalid("token count", 0, "at least one token"));
         }
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::invalid("token id", bad, format!("less than the vocabulary size {}", self.config.vocab_size)));
+            return Err(Error::invalid(
+                "token id",
+                bad,
+                format!("less than the vocabulary size {}", self.config.vocab_size),
+            ));
         }
         self.cache.check_step(self.pos, tokens.len())
     }
@@ -436,17 +445,26 @@ impl Model {
         gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(tokens));
         let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("step") });
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("layers"), timestamp_writes: None });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("layers"), timestamp_writes: None });
+            plan.embedding.record(&mut pass);
             for d in &plan.body {
                 d.record(&mut pass);
             }
         }
         if !plan.all_logits {
             let row = (self.config.hidden_size * 4) as u64;
-            encoder.copy_buffer_to_buffer(self.act.x.buffer(), row * (plan.n as u64 - 1), self.act.last.buffer(), 0, row);
+            encoder.copy_buffer_to_buffer(
+                self.act.x.buffer(),
+                row * (plan.n as u64 - 1),
+                self.act.last.buffer(),
+                0,
+                row,
+            );
         }
         {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head"), timestamp_writes: None });
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("head"), timestamp_writes: None });
             for d in &plan.head {
                 d.record(&mut pass);
             }
