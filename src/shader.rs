@@ -58,9 +58,12 @@ pub static WEIGHTS: KernelSource =
 pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("TPR", 8), ("RPT", 2)]);
 
+/// Tiled matrix-matrix products (prefill) for every weight type.
+pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FLAGS], consts: &[]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &GEMM]
 }
 
 /// The flags and constants that select one compiled form of a kernel.
