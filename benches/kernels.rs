@@ -4,6 +4,7 @@
 mod common;
 
 use common::Bench;
+use mobilellm_kernels::ops::gemm::gemm;
 use mobilellm_kernels::ops::gemv::gemv;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{DType, Tensor};
@@ -53,6 +54,31 @@ fn sweep_gemv(b: &mut Bench) {
     }
 }
 
+/// GEMM (prefill) at n = 64 against one GEMV of the same matrix (goal: under 8x).
+fn bench_gemm(b: &mut Bench) {
+    let shapes: &[(usize, usize)] = if b.args.quick { &[(576, 576)] } else { &[(576, 576), (1536, 576), (960, 2560)] };
+    let n = 64;
+    for &(rows, cols) in shapes {
+        for wtype in WeightType::ALL {
+            let name = format!("{wtype} {rows}x{cols} n={n}");
+            if !b.args.wants(&format!("gemm {name}")) {
+                continue;
+            }
+            let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, cols)).expect("upload");
+            let x = Tensor::zeros(&b.gpu, DType::F32, &[n, cols]).expect("x");
+            let y = Tensor::zeros(&b.gpu, DType::F32, &[n, rows]).expect("y");
+            let d = gemm(&b.gpu, &w, &x, &y, 0, true).expect("gemm");
+            let bytes = w.size_bytes() + (n * cols + 2 * n * rows) as u64 * 4;
+            b.add("gemm", &name, &d, bytes);
+            let gemm_us = b.rows.last().map(|r| r.us).unwrap_or(0.0);
+            let x1 = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
+            let y1 = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
+            let one = b.time(&gemv(&b.gpu, &w, &x1, &y1, 0, true).expect("gemv")).0;
+            b.note(format!("gemm n={n} = {:.2}x one gemv ({one:.1} µs)", gemm_us / one));
+        }
+    }
+}
+
 fn main() {
     let mut b = Bench::new();
     if std::env::var("GEMV_SWEEP").is_ok() {
@@ -60,5 +86,6 @@ fn main() {
         return;
     }
     bench_gemv(&mut b);
+    bench_gemm(&mut b);
     b.write_json("kernels");
 }

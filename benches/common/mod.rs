@@ -58,6 +58,8 @@ pub struct Row {
     pub frac_of_copy: f64,
     /// `timestamps` or `wall`.
     pub clock: String,
+    /// Free-form extra (e.g. a ratio to another row).
+    pub note: String,
 }
 
 /// Times dispatches and collects rows.
@@ -154,12 +156,21 @@ impl Bench {
             copy_gbps,
             frac_of_copy: gbps / copy_gbps,
             clock: clock.into(),
+            note: String::new(),
         };
         println!(
             "{:<8} {:<28} {:>11.1} µs {:>8.3} GB/s   copy {:>10.1} µs {:>8.3} GB/s   {:>5.2} of copy  ({})",
             row.family, row.name, row.us, row.gbps, row.copy_us, row.copy_gbps, row.frac_of_copy, row.clock
         );
         self.rows.push(row);
+    }
+
+    /// Attaches a note to the last row (printed too).
+    pub fn note(&mut self, note: String) {
+        println!("         {note}");
+        if let Some(r) = self.rows.last_mut() {
+            r.note = note;
+        }
     }
 
     /// Writes `target/bench/<file>.json`.
