@@ -40,9 +40,9 @@ fn bench_gemv(b: &mut Bench) {
 /// `GEMV_SWEEP=1`: every mapping on a few shapes, to refill the table in `GemvMapping::choose`.
 fn sweep_gemv(b: &mut Bench) {
     use mobilellm_kernels::ops::gemv::{gemv_with, GemvMapping};
-    let maps = [(64, 1, 1), (64, 1, 2), (64, 1, 4), (256, 1, 2), (32, 1, 4), (64, 8, 1), (64, 8, 2), (128, 16, 2)];
+    let maps = [(64, 1, 4), (64, 1, 8), (32, 1, 8), (16, 1, 8), (128, 1, 4), (64, 1, 4)];
     for (rows, cols) in [(1536, 576), (576, 1536)] {
-        for wtype in [WeightType::Q4_0, WeightType::F16] {
+        for wtype in [WeightType::Q4_0, WeightType::Q8_0] {
             let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, cols)).expect("upload");
             let x = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
             let y = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");

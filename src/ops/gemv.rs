@@ -33,20 +33,21 @@ impl GemvMapping {
     /// The mapping for a device and shape, from a small table by device class and row length.
     ///
     /// - CPU devices (lavapipe): invocations are SIMD lanes of one core, so cross-lane reductions and
-    ///   barriers cost more than they save: a thread owns 2-4 whole rows (one uniform x load feeds them all).
+    ///   barriers cost more than they save: a thread owns 4-8 whole rows (one uniform x load feeds them all).
     /// - GPUs: threads of a row stride over its blocks, so neighbours read neighbouring 16..128-byte
     ///   blocks (coalesced); short rows (in = 576 is 18 blocks) get 8 threads, long rows 32.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
         let blocks = cols.div_ceil(32);
         if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
-            // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1): 4 rows per thread beat 1-2 by
-            // 1.5-3x; small matrices keep 2 rows and 32 threads so that several workgroups (CPU threads) run.
+            // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1): 8 rows per thread beat 4 by 1.5-2x
+            // and 1-2 by 3-6x (each x load feeds more rows); small matrices keep several workgroups
+            // (CPU threads) busy with narrower groups.
             let (wg, rpt) = if rows >= 1024 {
-                (64, 4)
-            } else if rows >= 512 {
-                (64, 2)
+                (32, 8)
+            } else if rows >= 256 {
+                (16, 8)
             } else {
-                (32, 2)
+                (16, 4)
             };
             return GemvMapping { wg, tpr: 1, rpt };
         }
