@@ -30,22 +30,24 @@ var<workgroup> partial: array<f32, WG * RPT>;
 
 // x[base + 32*block ..] as 8 vec4, zero past `cols` (only f32/f16 weights have a partial last block).
 fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
-    var v: array<vec4<f32>, 8>;
     let c0 = block * 32u;
     if c0 + 32u <= cols {
-        for (var k = 0u; k < 8u; k++) {
-            let o = base + c0 + 4u * k;
-            v[k] = vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
-        }
-    } else {
-        for (var k = 0u; k < 8u; k++) {
-            let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
-            let ok = c < vec4<u32>(cols);
-            let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
-            v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
-        }
+        let o = base + c0;
+        return array<vec4<f32>, 8>(x4(o), x4(o + 4u), x4(o + 8u), x4(o + 12u), x4(o + 16u), x4(o + 20u),
+                                   x4(o + 24u), x4(o + 28u));
+    }
+    var v: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
+        let ok = c < vec4<u32>(cols);
+        let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
+        v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
     }
     return v;
+}
+
+fn x4(o: u32) -> vec4<f32> {
+    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
 }
 
 fn store(batch: u32, row: u32, value: f32) {

@@ -84,9 +84,12 @@ pub static EMBEDDING: KernelSource =
 pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4)]);
 
+/// Tiled matrix-matrix products (prefill) for every weight type.
+pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FLAGS], consts: &[]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE, &FFN]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE, &FFN, &GEMM]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -33,14 +33,23 @@ impl GemvMapping {
     /// The mapping for a device and shape, from a small table by device class and row length.
     ///
     /// - CPU devices (lavapipe): invocations are SIMD lanes of one core, so cross-lane reductions and
-    ///   barriers cost more than they save: a thread owns 2 rows (one x load feeds two rows).
+    ///   barriers cost more than they save: a thread owns 4-8 whole rows (one uniform x load feeds them all).
     /// - GPUs: threads of a row stride over its blocks, so neighbours read neighbouring 16..128-byte
     ///   blocks (coalesced); short rows (in = 576 is 18 blocks) get 8 threads, long rows 32.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
         let blocks = cols.div_ceil(32);
         if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
-            let rpt = if rows >= 256 { 2 } else { 1 };
-            return GemvMapping { wg: 64, tpr: 1, rpt };
+            // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1): 8 rows per thread beat 4 by 1.5-2x
+            // and 1-2 by 3-6x (each x load feeds more rows); small matrices keep several workgroups
+            // (CPU threads) busy with narrower groups.
+            let (wg, rpt) = if rows >= 1024 {
+                (32, 8)
+            } else if rows >= 256 {
+                (16, 8)
+            } else {
+                (16, 4)
+            };
+            return GemvMapping { wg, tpr: 1, rpt };
         }
         let tpr = if blocks <= 24 {
             8
