@@ -154,3 +154,30 @@ pub fn silu_mul(gpu: &Gpu, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<D
         vec![params.clone()],
     )
 }
+
+/// The whole feed-forward block with its residual, as two dispatches to record in order:
+/// [`ffn_gate_up`] (`h` = silu(Wg·n) ⊙ (Wu·n), `n` = rms_norm(x)·norm_weight), then the down projection
+/// accumulated into the residual stream, `x += Wd·h` ([`crate::ops::gemv::gemv`] with `accumulate`).
+/// `down` is `[hidden, ffn]`; `h` (`[n, ffn]` f32) is scratch that the caller may reuse between layers.
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_block(
+    gpu: &Gpu,
+    x: &Tensor,
+    norm_weight: &Tensor,
+    eps: f32,
+    gate: &GpuWeight,
+    up: &GpuWeight,
+    down: &GpuWeight,
+    h: &Tensor,
+) -> Result<Vec<Dispatch>> {
+    if down.rows() != gate.cols() || down.cols() != gate.rows() {
+        return Err(Error::shape(
+            "ffn down_proj weight",
+            &[down.rows(), down.cols()],
+            format!("[{}, {}] (hidden, ffn)", gate.cols(), gate.rows()),
+        ));
+    }
+    let gate_up = ffn_gate_up(gpu, x, norm_weight, eps, gate, up, h)?;
+    let down = crate::ops::gemv::gemv(gpu, down, h, x, 0, true)?;
+    Ok(vec![gate_up, down])
+}
