@@ -291,7 +291,7 @@ impl Model {
             if n == 1 {
                 ops::gemv::gemv(gpu, w, input, out, offset, accumulate)
             } else {
-                ops::gemv::gemv(gpu, w, input, out, offset, accumulate) // GEMM lands later
+                ops::gemm::gemm(gpu, w, input, out, offset, accumulate)
             }
         };
         let embedding = ops::embedding::embedding(gpu, &self.embed, &ids, &x, Some(&self.step))?;
@@ -339,7 +339,7 @@ impl Model {
         let mut offset = 0;
         for piece in head_weights {
             head.push(if all_logits && n > 1 {
-                ops::gemv::gemv(gpu, piece, &normed, &logits, offset, false)?
+                ops::gemm::gemm(gpu, piece, &normed, &logits, offset, false)?
             } else {
                 ops::gemv::gemv(gpu, piece, &normed, &logits, offset, false)?
             });
