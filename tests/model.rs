@@ -113,3 +113,75 @@ fn tiny_plain_f32_matches_transformers() {
 fn tiny_shared_f32_matches_transformers() {
     check("tiny-shared");
 }
+
+/// q8_0 changes the model itself, so it is checked twice. Tight: against the CPU reference running the
+/// same dequantized q8_0 weights (same math, only summation order differs: 1e-4 as for f32). Loose:
+/// against the f32 golden, within the CPU's own q8_0-vs-f32 distance plus that 1e-4, i.e. the GPU adds
+/// nothing to the quantization error.
+#[test]
+fn tiny_shared_q8_0_matches_its_dequantized_reference() {
+    use mobilellm_kernels::reference::forward::CpuModel;
+    let g = Golden::open("tiny-shared");
+    let host = HostModel::from_safetensors_dir(&data_dir("tiny-shared"), WeightType::Q8_0).unwrap();
+    let mut cpu = CpuModel::new(host.config.clone(), host.dequantized()).unwrap();
+    let prompt = g.ids("prompt_ids");
+    let cpu_logits = cpu.prefill(&prompt).unwrap();
+    let quantization_error = max_diff(&cpu_logits, &g.f32("prefill_logits"));
+    for gpu in gpus() {
+        let mut model =
+            Model::new(gpu, &host, &PlanOptions { context: 64, max_batch: 16, kv_dtype: Some(DType::F32) }).unwrap();
+        let (_, gpu_logits) = model.prefill_logits(&prompt).unwrap();
+        let vs_cpu = max_diff(&gpu_logits, &cpu_logits);
+        let vs_golden = max_diff(&gpu_logits, &g.f32("prefill_logits"));
+        eprintln!(
+            "tiny-shared q8_0 [{}]: vs CPU q8_0 {vs_cpu:.2e}, vs f32 golden {vs_golden:.2e} (CPU q8_0 vs golden {quantization_error:.2e})",
+            gpu.features()
+        );
+        assert!(vs_cpu <= F32_BOUND, "q8_0 GPU vs CPU: {vs_cpu}");
+        assert!(vs_golden <= quantization_error + F32_BOUND, "q8_0 GPU vs golden: {vs_golden}");
+    }
+}
+
+/// A wrong schedule must fail the shared golden: running the shared checkpoint without layer sharing
+/// (each unique layer once) moves logits by ~0.7 (the golden README's negative control).
+#[test]
+fn wrong_schedule_fails_the_shared_golden() {
+    let g = Golden::open("tiny-shared");
+    let mut host = HostModel::from_safetensors_dir(&data_dir("tiny-shared"), WeightType::F32).unwrap();
+    assert!(host.config.layer_sharing);
+    host.config.layer_sharing = false;
+    let gpu = &gpus()[1];
+    let mut model =
+        Model::new(gpu, &host, &PlanOptions { context: 64, max_batch: 16, kv_dtype: Some(DType::F32) }).unwrap();
+    let (_, logits) = model.prefill_logits(&g.ids("prompt_ids")).unwrap();
+    let diff = max_diff(&logits, &g.f32("prefill_logits"));
+    assert!(diff > 0.1, "no-sharing schedule should miss the shared golden, got max diff {diff}");
+}
+
+/// `mobilellm run` reproduces tiny-shared's prefill and forced logits from the shell.
+#[test]
+fn cli_run_dump_reproduces_tiny_shared() {
+    let g = Golden::open("tiny-shared");
+    let join = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+    let dump = std::env::temp_dir().join(format!("mobilellm-run-{}.safetensors", std::process::id()));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+        .args(["run", "--model"])
+        .arg(data_dir("tiny-shared"))
+        .args(["--prompt-ids", &join(&g.ids("prompt_ids")), "--max-new", "4"])
+        .args(["--forced-ids", &join(&g.ids("forced_ids")), "--context", "64", "--dump"])
+        .arg(&dump)
+        .env("MOBILELLM_FEATURES", "none")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = Safetensors::open_file(&dump).unwrap();
+    let read = |name: &str| {
+        let shape = out.dtype_and_shape(name).unwrap().1.to_vec();
+        out.tensor_f32(name, &shape).unwrap()
+    };
+    assert!(max_diff(&read("prefill_logits"), &g.f32("prefill_logits")) <= F32_BOUND);
+    assert!(max_diff(&read("forced_logits"), &g.f32("forced_logits")) <= F32_BOUND);
+    let gen = out.tensor_i32("gen_ids", &[4]).unwrap();
+    assert_eq!(gen.iter().map(|&v| v as u32).collect::<Vec<_>>(), g.ids("gen_ids")[..4]);
+    let _ = std::fs::remove_file(dump);
+}
