@@ -54,9 +54,10 @@ pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choice
 pub static WEIGHTS: KernelSource =
     kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
-/// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread).
+/// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread;
+/// entry `gemv_batched`: `NB` vectors per thread, for prefill on CPU devices).
 pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
-    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2)]);
+    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2), ("NB", 4)]);
 
 /// Tiled matrix-matrix products (prefill) for every weight type.
 pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FLAGS], consts: &[]);

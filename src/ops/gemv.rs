@@ -140,7 +140,8 @@ pub fn gemv_with(
         .flag(w.wtype().flag())
         .constant("WG", mapping.wg)
         .constant("TPR", mapping.tpr)
-        .constant("RPT", mapping.rpt);
+        .constant("RPT", mapping.rpt)
+        .constant("NB", 1);
     let pipeline = gpu.pipeline(&GEMV, "gemv", &variant)?;
     let params = Params {
         w: w.desc(),
@@ -161,6 +162,63 @@ pub fn gemv_with(
             (3, y.buffer().as_entire_binding()),
         ],
         [groups, n as u32, 1],
+        vec![params.clone()],
+    )
+}
+
+/// The batched GEMV (`gemv_batched` entry): each thread owns `rpt` whole rows and `nb` vectors, sharing
+/// each dequantized weight block among them. [`crate::ops::gemm::gemm`] uses it on CPU devices.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_batched(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+    mapping: GemvMapping,
+    nb: u32,
+) -> Result<Dispatch> {
+    mapping.check()?;
+    if mapping.tpr != 1 || !(1..=8).contains(&nb) {
+        return Err(Error::invalid("batched GEMV mapping", format!("{mapping:?}, nb {nb}"), "tpr 1 and nb in 1..=8"));
+    }
+    let (n, y_stride) = check_operands(w, x, y, out_offset)?;
+    let groups_y = n.div_ceil(nb as usize);
+    if groups_y > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::shape(
+            "x of gemv_batched",
+            x.shape(),
+            format!("at most {} vectors", MAX_GROUPS_PER_DIM * nb),
+        ));
+    }
+    let groups = (w.rows() as u32).div_ceil(mapping.rows_per_group());
+    let variant = base_variant(gpu)
+        .flag(w.wtype().flag())
+        .constant("WG", mapping.wg)
+        .constant("TPR", 1)
+        .constant("RPT", mapping.rpt)
+        .constant("NB", nb);
+    let pipeline = gpu.pipeline(&GEMV, "gemv_batched", &variant)?;
+    let params = Params {
+        w: w.desc(),
+        n: n as u32,
+        y_stride: y_stride as u32,
+        out_offset: out_offset as u32,
+        accumulate: accumulate as u32,
+    };
+    let params = uniform(gpu, "gemv params", &params)?;
+    make_dispatch(
+        gpu,
+        format!("gemv_batched:{}", w.wtype()),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, w.buffer().as_entire_binding()),
+            (2, x.buffer().as_entire_binding()),
+            (3, y.buffer().as_entire_binding()),
+        ],
+        [groups, groups_y as u32, 1],
         vec![params.clone()],
     )
 }
