@@ -20,7 +20,7 @@ pub struct GemvMapping {
     pub wg: u32,
     /// Threads sharing one row (power of two dividing `wg`); 1 = no reduction.
     pub tpr: u32,
-    /// Rows each thread carries (1..=8), sharing each load of `x`.
+    /// Rows each thread carries (1..=16), sharing each load of `x`.
     pub rpt: u32,
 }
 
@@ -33,22 +33,17 @@ impl GemvMapping {
     /// The mapping for a device and shape, from a small table by device class and row length.
     ///
     /// - CPU devices (lavapipe): invocations are SIMD lanes of one core, so cross-lane reductions and
-    ///   barriers cost more than they save: a thread owns 4-8 whole rows (one uniform x load feeds them all).
+    ///   barriers cost more than they save: a thread owns 8-16 whole rows (one uniform x load feeds them all).
     /// - GPUs: threads of a row stride over its blocks, so neighbours read neighbouring 16..128-byte
     ///   blocks (coalesced); short rows (in = 576 is 18 blocks) get 8 threads, long rows 32.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
         let blocks = cols.div_ceil(32);
         if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
-            // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1): 8 rows per thread beat 4 by 1.5-2x
-            // and 1-2 by 3-6x (each x load feeds more rows); small matrices keep several workgroups
-            // (CPU threads) busy with narrower groups.
-            let (wg, rpt) = if rows >= 1024 {
-                (32, 8)
-            } else if rows >= 256 {
-                (16, 8)
-            } else {
-                (16, 4)
-            };
+            // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1; a loaded shared machine, so only
+            // large differences count): more rows per thread win (each x load feeds them all: 8 beat 4 by
+            // 1.5-2x, 4 beat 1 by 3x), and a workgroup of 8 = one SIMD batch of lavapipe avoids running
+            // several batches as coroutines (8x16 beat 16x8 by up to 2x). Small matrices keep 2+ workgroups.
+            let (wg, rpt) = if rows >= 256 { (8, 16) } else { (8, 8) };
             return GemvMapping { wg, tpr: 1, rpt };
         }
         let tpr = if blocks <= 24 {
@@ -66,7 +61,7 @@ impl GemvMapping {
             && self.wg <= 256
             && self.tpr.is_power_of_two()
             && self.tpr <= self.wg
-            && (1..=8).contains(&self.rpt)
+            && (1..=16).contains(&self.rpt)
             && self.wg * self.rpt * 4 <= 16384;
         if ok {
             Ok(())
@@ -74,7 +69,7 @@ impl GemvMapping {
             Err(Error::invalid(
                 "GEMV mapping",
                 format!("{self:?}"),
-                "wg a power of two <= 256, tpr a power of two <= wg, rpt in 1..=8",
+                "wg a power of two <= 256, tpr a power of two <= wg, rpt in 1..=16",
             ))
         }
     }
