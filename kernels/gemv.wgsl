@@ -133,3 +133,37 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
     }
 #endif
 }
+
+// Batched form for CPU devices (ops::gemm picks it there): a thread owns RPT whole rows and NB vectors
+// (grid y = ceil(n / NB)); each block of weights is dequantized once and used for all NB vectors, so
+// the per-lane weight loads and unpacking that dominate on a CPU are shared NB ways.
+@compute @workgroup_size(WG)
+fn gemv_batched(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r0 = wg.x * (WG * RPT) + lid * RPT;
+    let v0 = wg.y * NB;
+    let last = params.w.rows - 1u;
+    var acc: array<array<f32, NB>, RPT>;
+    for (var b = 0u; b < params.w.blocks; b++) {
+        var xs: array<array<vec4<f32>, 8>, NB>;
+        for (var v = 0u; v < NB; v++) {
+            xs[v] = load_x(min(v0 + v, params.n - 1u) * params.w.cols, b, params.w.cols);
+        }
+        for (var i = 0u; i < RPT; i++) {
+            let wb = weight_block32(params.w, min(r0 + i, last), b);
+            for (var v = 0u; v < NB; v++) {
+                var s = wb[0] * xs[v][0];
+                for (var k = 1u; k < 8u; k++) {
+                    s = fma(wb[k], xs[v][k], s);
+                }
+                acc[i][v] += s.x + s.y + s.z + s.w;
+            }
+        }
+    }
+    for (var i = 0u; i < RPT; i++) {
+        for (var v = 0u; v < NB; v++) {
+            if r0 + i < params.w.rows && v0 + v < params.n {
+                store(v0 + v, r0 + i, acc[i][v]);
+            }
+        }
+    }
+}

@@ -1,10 +1,11 @@
-//! GEMM (prefill) kernel vs its CPU twin (same dequantized weights), every weight type.
-//! The kernel has no feature-dependent paths (no subgroups, no f16), so the large cases run on the
-//! full-feature device only and the bare device gets a small case per type.
+//! GEMM (prefill) vs its CPU twin (same dequantized weights), every weight type.
+//! `gemm` picks the tiled kernel on GPUs and the batched GEMV on CPU devices, so both are tested here
+//! explicitly. Neither has feature-dependent paths (no subgroups, no f16), so the large cases run on
+//! the full-feature device only and the bare device gets small cases per type.
 mod common;
 
 use common::{gpus, random_vec};
-use mobilellm_kernels::ops::gemm::gemm;
+use mobilellm_kernels::ops::gemm::{gemm, gemm_tiled};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
@@ -24,11 +25,12 @@ struct Case {
     offset: usize,
     extra: usize,
     accumulate: bool,
+    tiled: bool,
 }
 
 impl Case {
     fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
-        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false }
+        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false }
     }
 }
 
@@ -50,13 +52,23 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
     let y0 = random_vec(99, n * total);
     let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
     let y_gpu = Tensor::from_slice(gpu, &[n, total], &y0).unwrap();
-    let d = gemm(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap();
+    let d = if c.tiled {
+        gemm_tiled(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
+    } else {
+        gemm(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
+    };
     ops::run(gpu, &[&d]).unwrap();
     let got = y_gpu.read::<f32>(gpu).unwrap();
     let want = reference::gemv(host, &x);
     let deq = host.dequantize();
-    let what =
-        format!("gemm {} {rows}x{cols} n={n} off={} acc={} [{}]", c.wtype, c.offset, c.accumulate, gpu.features());
+    let what = format!(
+        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} [{}]",
+        c.wtype,
+        c.offset,
+        c.accumulate,
+        c.tiled,
+        gpu.features()
+    );
     for b in 0..n {
         let xr = &x[b * cols..(b + 1) * cols];
         for t in 0..total {
@@ -147,4 +159,22 @@ fn rejects_bad_operands() {
     assert!(matches!(gemm(gpu, &w, &x, &y16, 0, false).unwrap_err(), Error::DType { .. }));
     let err = HostWeight::quantize(WeightType::Q4_1, 2, 100, &[0.0; 200]).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("100"), "{err}");
+}
+
+/// The tiled kernel (what GPUs run), forced on this device.
+#[test]
+fn tiled_kernel() {
+    let gpu = &gpus()[0];
+    let tiled = |wtype, rows, cols, n| Case { tiled: true, ..Case::new(wtype, rows, cols, n) };
+    for wtype in WeightType::ALL {
+        check(gpu, &weight(wtype, 192, 576), &tiled(wtype, 192, 576, 64));
+        check(gpu, &weight(wtype, 33, 4128), &tiled(wtype, 33, 4128, 3));
+        let host = weight(wtype, 100, 576);
+        check(gpu, &host, &Case { offset: 37, extra: 11, accumulate: true, ..tiled(wtype, 100, 576, 35) });
+        check(&gpus()[1], &host, &tiled(wtype, 100, 576, 5));
+    }
+    check(gpu, &weight(WeightType::Q4_0, 576, 576), &tiled(WeightType::Q4_0, 576, 576, 257));
+    for wtype in [WeightType::F32, WeightType::F16] {
+        check(gpu, &weight(wtype, 17, 100), &tiled(wtype, 17, 100, 5));
+    }
 }

@@ -4,7 +4,7 @@
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::gemv::check_operands;
+use crate::ops::gemv::{check_operands, gemv_batched, GemvMapping};
 use crate::ops::{make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::quant::{GpuWeight, WeightDesc};
 use crate::shader::{ShaderVariant, GEMM};
@@ -25,8 +25,26 @@ struct Params {
     accumulate: u32,
 }
 
-/// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`) for `x` `[n, in]`, tiled.
+/// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`) for `x` `[n, in]`.
+/// GPUs get the tiled kernel ([`gemm_tiled`]); CPU devices (lavapipe), where workgroup memory and
+/// barriers are slow, get the batched GEMV ([`gemv_batched`]: 8 rows x 4 vectors per thread).
 pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
+    if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        let wg = if w.rows() >= 1024 { 32 } else { 16 };
+        return gemv_batched(gpu, w, x, y, out_offset, accumulate, GemvMapping { wg, tpr: 1, rpt: 8 }, 4);
+    }
+    gemm_tiled(gpu, w, x, y, out_offset, accumulate)
+}
+
+/// The tiled kernel on any device (64 rows x 32 vectors per workgroup).
+pub fn gemm_tiled(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+) -> Result<Dispatch> {
     let (n, y_stride) = check_operands(w, x, y, out_offset)?;
     let groups_y = n.div_ceil(TILE_VECTORS);
     if groups_y > MAX_GROUPS_PER_DIM as usize {
