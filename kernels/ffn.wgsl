@@ -5,7 +5,8 @@
 // next to 2 * ROWS * hidden weights), then decodes each weight block once and uses it for all TILE
 // positions, so a prefill of n positions reads the weights n / TILE times instead of n times.
 //
-// Work split: a "team" of lanes owns one output row at a time and strides over its 32-weight blocks.
+// Work split (TPR == 1, chosen for CPU drivers: one invocation per row, no reduction); otherwise a
+// "team" of lanes owns one output row at a time and strides over its 32-weight blocks.
 // With SUBGROUPS a team is a subgroup (any size: the lane rank and team size are counted with
 // subgroupExclusiveAdd / subgroupAdd, never assumed) and the row's sums are a subgroupAdd, with no
 // barrier. Without, a team is TPR consecutive invocations and the sums go through a tree in workgroup
@@ -190,6 +191,22 @@ fn ffn_gate_up(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         inv[p] = inverseSqrt(total / f32(params.hidden) + params.eps);
     }
 
+    if TPR == 1u {
+        // One invocation per row, no reduction (ROWS == WG): what CPU drivers (lavapipe) vectorize best,
+        // since their SIMD lanes then run whole rows side by side.
+        let row = row0 + lanes.lid;
+        var acc_g: array<f32, TILE>;
+        var acc_u: array<f32, TILE>;
+        if row < params.ffn {
+            row_sums(row, 0u, 1u, pos0, &acc_g, &acc_u);
+            for (var p = 0u; p < TILE; p++) {
+                if pos0 + p < params.n {
+                    h[(pos0 + p) * params.ffn + row] = silu(acc_g[p] * inv[p]) * (acc_u[p] * inv[p]);
+                }
+            }
+        }
+        return;
+    }
 #if SUBGROUPS
     let team_size = subgroupAdd(1u);
     let rank = subgroupExclusiveAdd(1u);
