@@ -7,7 +7,8 @@
 //!
 //! Each measurement records `REPS` copies of the dispatch list into one compute pass and takes the GPU
 //! time of the pass (timestamp queries at its start and end) when the device has `TIMESTAMP_QUERY`, else
-//! the wall time of the submission; the median of `RUNS` submissions, divided by `REPS`. Prints a table and
+//! the wall time of the submission, divided by `REPS`. Fused and unfused submissions alternate, `RUNS`
+//! each after a warm-up, and each keeps its minimum: on a shared machine interference only adds time. Prints a table and
 //! writes `target/bench/ffn.json`. `MOBILELLM_FEATURES` / `MOBILELLM_BACKEND` pick the device as elsewhere;
 //! `MOBILELLM_BENCH_REPS` overrides the repetitions.
 
@@ -32,7 +33,7 @@ fn random(seed: u64, n: usize, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// Seconds per repetition of `list`: median over RUNS submissions of `reps` repetitions each.
+/// Seconds per repetition of `list` in one submission of `reps` repetitions.
 fn time_list(gpu: &Gpu, list: &[&Dispatch], reps: usize) -> Result<(f64, &'static str)> {
     let timestamps = gpu.features().timestamps;
     let query = timestamps.then(|| {
@@ -44,43 +45,35 @@ fn time_list(gpu: &Gpu, list: &[&Dispatch], reps: usize) -> Result<(f64, &'stati
     });
     let resolve =
         gpu.create_buffer("ffn bench resolve", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)?;
-    let mut samples = Vec::new();
-    for run in 0..=RUNS {
-        let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
-        {
-            let timestamp_writes = query.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
-                query_set: q,
-                beginning_of_pass_write_index: Some(0),
-                end_of_pass_write_index: Some(1),
-            });
-            let mut pass =
-                encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("ffn bench"), timestamp_writes });
-            for _ in 0..reps {
-                for d in list {
-                    d.record(&mut pass);
-                }
+    let mut encoder = gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+    {
+        let timestamp_writes = query.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
+            query_set: q,
+            beginning_of_pass_write_index: Some(0),
+            end_of_pass_write_index: Some(1),
+        });
+        let mut pass =
+            encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("ffn bench"), timestamp_writes });
+        for _ in 0..reps {
+            for d in list {
+                d.record(&mut pass);
             }
         }
-        if let Some(q) = &query {
-            encoder.resolve_query_set(q, 0..2, &resolve, 0);
-        }
-        let start = Instant::now();
-        gpu.submit_and_wait([encoder.finish()])?;
-        let wall = start.elapsed().as_secs_f64();
-        let seconds = if query.is_some() {
-            let bytes = mobilellm_kernels::tensor::read_buffer(gpu, &resolve, 0, 16)?;
-            let t: &[u64] = bytemuck::cast_slice(&bytes);
-            t[1].saturating_sub(t[0]) as f64 * gpu.queue().get_timestamp_period() as f64 * 1e-9
-        } else {
-            wall
-        };
-        if run > 0 {
-            // Run 0 warms caches and lazily created driver state.
-            samples.push(seconds / reps as f64);
-        }
     }
-    samples.sort_by(|a, b| a.total_cmp(b));
-    Ok((samples[samples.len() / 2], if timestamps { "gpu timestamps" } else { "wall" }))
+    if let Some(q) = &query {
+        encoder.resolve_query_set(q, 0..2, &resolve, 0);
+    }
+    let start = Instant::now();
+    gpu.submit_and_wait([encoder.finish()])?;
+    let wall = start.elapsed().as_secs_f64();
+    let seconds = if query.is_some() {
+        let bytes = mobilellm_kernels::tensor::read_buffer(gpu, &resolve, 0, 16)?;
+        let t: &[u64] = bytemuck::cast_slice(&bytes);
+        t[1].saturating_sub(t[0]) as f64 * gpu.queue().get_timestamp_period() as f64 * 1e-9
+    } else {
+        wall
+    };
+    Ok((seconds / reps as f64, if timestamps { "gpu timestamps" } else { "wall" }))
 }
 
 struct Row {
@@ -120,8 +113,16 @@ fn measure(gpu: &Gpu, hidden: usize, ffn: usize, wtype: WeightType, reps: usize)
         ops::gemv::gemv(gpu, &dw, &h, &y, 0, false)?,
         ops::elementwise::add(gpu, &x, &y, &out)?,
     ];
-    let (fused_s, clock) = time_list(gpu, &fused.iter().collect::<Vec<_>>(), reps)?;
-    let (unfused_s, _) = time_list(gpu, &unfused.iter().collect::<Vec<_>>(), reps)?;
+    let (fused_list, unfused_list) = (fused.iter().collect::<Vec<_>>(), unfused.iter().collect::<Vec<_>>());
+    let (mut fused_s, mut unfused_s, mut clock) = (f64::INFINITY, f64::INFINITY, "");
+    for run in 0..=RUNS {
+        let (f, c) = time_list(gpu, &fused_list, reps)?;
+        let (u, _) = time_list(gpu, &unfused_list, reps)?;
+        // Run 0 warms caches and lazily created driver state.
+        if run > 0 {
+            (fused_s, unfused_s, clock) = (fused_s.min(f), unfused_s.min(u), c);
+        }
+    }
     Ok(Row {
         hidden,
         ffn,

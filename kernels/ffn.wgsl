@@ -5,7 +5,8 @@
 // next to 2 * ROWS * hidden weights), then decodes each weight block once and uses it for all TILE
 // positions, so a prefill of n positions reads the weights n / TILE times instead of n times.
 //
-// Work split: a "team" of lanes owns one output row at a time and strides over its 32-weight blocks.
+// Work split (TPR == 1, chosen for CPU drivers: one invocation per row, no reduction); otherwise a
+// "team" of lanes owns one output row at a time and strides over its 32-weight blocks.
 // With SUBGROUPS a team is a subgroup (any size: the lane rank and team size are counted with
 // subgroupExclusiveAdd / subgroupAdd, never assumed) and the row's sums are a subgroupAdd, with no
 // barrier. Without, a team is TPR consecutive invocations and the sums go through a tree in workgroup
@@ -49,86 +50,86 @@ const WPB: u32 = 8u;
 const WPB: u32 = 4u;
 #endif
 
-// One block's 32 weights as 8 vec4, from its quant words and its scale word (`d`, or `d | m << 16`).
-fn decode_block(q: array<u32, WPB>, s: u32) -> array<vec4<f32>, 8> {
-    var out: array<vec4<f32>, 8>;
+// (d, m) of block g, read once per block: the scale and the additive minimum (m = 0 except Q4_1).
+fn gate_scale(g: u32) -> vec2<f32> {
+#if W_Q8_0 || W_Q4_0
+    let pair = unpack2x16float(gate_w[params.gate.scale_offset + g / 2u]);
+    return vec2<f32>(select(pair.x, pair.y, (g & 1u) == 1u), 0.0);
+#elif W_Q4_1
+    return unpack2x16float(gate_w[params.gate.scale_offset + g]);
+#else
+    return vec2<f32>(1.0, 0.0);
+#endif
+}
+
+fn up_scale(g: u32) -> vec2<f32> {
+#if W_Q8_0 || W_Q4_0
+    let pair = unpack2x16float(up_w[params.up.scale_offset + g / 2u]);
+    return vec2<f32>(select(pair.x, pair.y, (g & 1u) == 1u), 0.0);
+#elif W_Q4_1
+    return unpack2x16float(up_w[params.up.scale_offset + g]);
+#else
+    return vec2<f32>(1.0, 0.0);
+#endif
+}
+
+// Weights 4j..4j+3 of a block from the quant words that hold them (w0 first; f32 uses 4, f16 2, others 1),
+// straight into registers: no per-block arrays, which CPU drivers keep in memory. The loads are spelled
+// out per matrix (gate4, up4) because WGSL functions cannot take a storage buffer.
+fn decode4(w0: u32, w1: u32, w2: u32, w3: u32, j: u32, dm: vec2<f32>) -> vec4<f32> {
 #if W_F32
-    for (var j = 0u; j < 8u; j++) {
-        out[j] = bitcast<vec4<f32>>(vec4<u32>(q[4u * j], q[4u * j + 1u], q[4u * j + 2u], q[4u * j + 3u]));
-    }
+    return bitcast<vec4<f32>>(vec4<u32>(w0, w1, w2, w3));
 #elif W_F16
-    for (var j = 0u; j < 8u; j++) {
-        out[j] = vec4<f32>(unpack2x16float(q[2u * j]), unpack2x16float(q[2u * j + 1u]));
-    }
+    return vec4<f32>(unpack2x16float(w0), unpack2x16float(w1));
 #elif W_Q8_0
-    let d = unpack2x16float(s).x;
-    for (var j = 0u; j < 8u; j++) {
-        // Element 4j + k is byte k of word j, sign-extended by the arithmetic shift.
-        let w = bitcast<vec4<i32>>(vec4<u32>(q[j] << 24u, q[j] << 16u, q[j] << 8u, q[j]));
-        out[j] = vec4<f32>(w >> vec4<u32>(24u)) * d;
-    }
+    // Element 4j + k is byte k of word j, sign-extended by the arithmetic shift.
+    let v = bitcast<vec4<i32>>(vec4<u32>(w0 << 24u, w0 << 16u, w0 << 8u, w0));
+    return vec4<f32>(v >> vec4<u32>(24u)) * dm.x;
 #else
-    let dm = unpack2x16float(s);
-    for (var i = 0u; i < 4u; i++) {
-        // Byte k of word i holds element 4i + k in its low nibble and element 16 + 4i + k in its high one.
-        let w = q[i];
-        let lo = vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
-        let hi = vec4<f32>((vec4<u32>(w) >> vec4<u32>(4u, 12u, 20u, 28u)) & vec4<u32>(15u));
+    // Byte k of word j % 4 holds element 4(j % 4) + k in its low nibble and 16 + 4(j % 4) + k in its high one.
+    let shift = select(0u, 4u, j >= 4u);
+    let q = vec4<f32>((vec4<u32>(w0) >> (vec4<u32>(0u, 8u, 16u, 24u) + shift)) & vec4<u32>(15u));
 #if W_Q4_0
-        out[i] = (lo - 8.0) * dm.x;
-        out[i + 4u] = (hi - 8.0) * dm.x;
+    return (q - 8.0) * dm.x;
 #else
-        out[i] = fma(lo, vec4<f32>(dm.x), vec4<f32>(dm.y));
-        out[i + 4u] = fma(hi, vec4<f32>(dm.x), vec4<f32>(dm.y));
+    return fma(q, vec4<f32>(dm.x), vec4<f32>(dm.y));
 #endif
-    }
-#endif
-    return out;
-}
-
-// The scale word of block g (0 for the unscaled types, which have no scales region).
-fn scale_index(desc: WeightDesc, g: u32) -> u32 {
-#if W_Q4_1
-    return desc.scale_offset + g;
-#else
-    return desc.scale_offset + g / 2u;
 #endif
 }
 
-fn scale_half(word: u32, g: u32) -> u32 {
-#if W_Q4_1
-    return word;
+// Index, among a block's quant words, of the first word holding weights 4j..4j+3.
+fn word_of(j: u32) -> u32 {
+#if W_F32
+    return 4u * j;
+#elif W_F16
+    return 2u * j;
+#elif W_Q8_0
+    return j;
 #else
-    return select(word, word >> 16u, (g & 1u) == 1u);
+    return j % 4u;
 #endif
 }
 
-fn gate_block(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let g = row * params.gate.blocks + b;
-    var q: array<u32, WPB>;
-    for (var i = 0u; i < WPB; i++) {
-        q[i] = gate_w[g * WPB + i];
-    }
-#if W_F32 || W_F16
-    let s = 0u;
+fn gate4(g: u32, j: u32, dm: vec2<f32>) -> vec4<f32> {
+    let i = g * WPB + word_of(j);
+#if W_F32
+    return decode4(gate_w[i], gate_w[i + 1u], gate_w[i + 2u], gate_w[i + 3u], j, dm);
+#elif W_F16
+    return decode4(gate_w[i], gate_w[i + 1u], 0u, 0u, j, dm);
 #else
-    let s = scale_half(gate_w[scale_index(params.gate, g)], g);
+    return decode4(gate_w[i], 0u, 0u, 0u, j, dm);
 #endif
-    return decode_block(q, s);
 }
 
-fn up_block(row: u32, b: u32) -> array<vec4<f32>, 8> {
-    let g = row * params.up.blocks + b;
-    var q: array<u32, WPB>;
-    for (var i = 0u; i < WPB; i++) {
-        q[i] = up_w[g * WPB + i];
-    }
-#if W_F32 || W_F16
-    let s = 0u;
+fn up4(g: u32, j: u32, dm: vec2<f32>) -> vec4<f32> {
+    let i = g * WPB + word_of(j);
+#if W_F32
+    return decode4(up_w[i], up_w[i + 1u], up_w[i + 2u], up_w[i + 3u], j, dm);
+#elif W_F16
+    return decode4(up_w[i], up_w[i + 1u], 0u, 0u, j, dm);
 #else
-    let s = scale_half(up_w[scale_index(params.up, g)], g);
+    return decode4(up_w[i], 0u, 0u, 0u, j, dm);
 #endif
-    return decode_block(q, s);
 }
 
 #include reduce
@@ -150,23 +151,19 @@ fn row_sums(row: u32, rank: u32, team_size: u32, pos0: u32, acc_g: ptr<function,
     let h4 = params.hidden / 4u;
     let blocks = params.hidden / 32u;
     for (var b = rank; b < blocks; b += team_size) {
-        let wg = gate_block(row, b);
-        let wu = up_block(row, b);
-        var nw: array<vec4<f32>, 8>;
+        let gg = row * params.gate.blocks + b;
+        let gu = row * params.up.blocks + b;
+        let dg = gate_scale(gg);
+        let du = up_scale(gu);
         for (var j = 0u; j < 8u; j++) {
-            nw[j] = norm_w[b * 8u + j];
-        }
-        for (var p = 0u; p < TILE; p++) {
-            let base = min(pos0 + p, params.n - 1u) * h4 + b * 8u;
-            var sg = 0.0;
-            var su = 0.0;
-            for (var j = 0u; j < 8u; j++) {
-                let xn = x[base + j] * nw[j];
-                sg += dot(wg[j], xn);
-                su += dot(wu[j], xn);
+            let wg = gate4(gg, j, dg);
+            let wu = up4(gu, j, du);
+            let nw = norm_w[b * 8u + j];
+            for (var p = 0u; p < TILE; p++) {
+                let xn = x[min(pos0 + p, params.n - 1u) * h4 + b * 8u + j] * nw;
+                (*acc_g)[p] += dot(wg, xn);
+                (*acc_u)[p] += dot(wu, xn);
             }
-            (*acc_g)[p] += sg;
-            (*acc_u)[p] += su;
         }
     }
 }
@@ -190,6 +187,22 @@ fn ffn_gate_up(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         inv[p] = inverseSqrt(total / f32(params.hidden) + params.eps);
     }
 
+    if TPR == 1u {
+        // One invocation per row, no reduction (ROWS == WG): what CPU drivers (lavapipe) vectorize best,
+        // since their SIMD lanes then run whole rows side by side.
+        let row = row0 + lanes.lid;
+        var acc_g: array<f32, TILE>;
+        var acc_u: array<f32, TILE>;
+        if row < params.ffn {
+            row_sums(row, 0u, 1u, pos0, &acc_g, &acc_u);
+            for (var p = 0u; p < TILE; p++) {
+                if pos0 + p < params.n {
+                    h[(pos0 + p) * params.ffn + row] = silu(acc_g[p] * inv[p]) * (acc_u[p] * inv[p]);
+                }
+            }
+        }
+        return;
+    }
 #if SUBGROUPS
     let team_size = subgroupAdd(1u);
     let rank = subgroupExclusiveAdd(1u);

@@ -2,14 +2,15 @@
 //!
 //! What runs where (lavapipe is 100-400x slower than native code, and every case runs twice):
 //! - the MobileLLM shapes run every weight type under both feature sets at n = 1 (decode, TILE 1) and
-//!   n = 5 (prefill tile of 8 with 3 positions past the end). n = 64 (8 full tiles) runs two types only:
-//!   the decode of a block does not depend on the tile, so the prefill path needs one unscaled and one
-//!   scaled type, not five;
+//!   n = 5 (prefill tile of 8 with 3 positions past the end). n = 64 (8 full tiles) runs two types at the
+//!   125M shape only: the decode of a block does not depend on the tile, and the tile loop does not depend
+//!   on the width, so the prefill path needs one unscaled and one scaled type at one MobileLLM width;
 //! - the odd shapes (ffn not a multiple of the 8 rows per workgroup, one block per row, wide rows) run
 //!   every type at n = 1, 5 and 64: they are small.
 mod common;
 
 use common::{assert_close, gpus, random_vec};
+use mobilellm_kernels::ops::ffn::FfnMapping;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
@@ -75,7 +76,7 @@ fn case(hidden: usize, ffn: usize, n: usize, wtype: WeightType) -> Case {
     }
 }
 
-fn check(gpu: &Gpu, hidden: usize, ffn: usize, n: usize, wtype: WeightType) {
+fn check(gpu: &Gpu, hidden: usize, ffn: usize, n: usize, wtype: WeightType, mapping: FfnMapping) {
     let c = case(hidden, ffn, n, wtype);
     let (gate, up) = (c.gate.dequantize(), c.up.dequantize());
     let want = reference::ffn_gate_up(&c.x, &c.norm, EPS, &gate, &up);
@@ -86,10 +87,15 @@ fn check(gpu: &Gpu, hidden: usize, ffn: usize, n: usize, wtype: WeightType) {
     let gate_gpu = GpuWeight::upload(gpu, &c.gate).unwrap();
     let up_gpu = GpuWeight::upload(gpu, &c.up).unwrap();
     let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
-    let d = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &gate_gpu, &up_gpu, &h).unwrap();
+    let d = ops::ffn::ffn_gate_up_with(gpu, &x, &norm, EPS, &gate_gpu, &up_gpu, &h, mapping).unwrap();
     ops::run(gpu, &[&d]).unwrap();
     let got = h.read::<f32>(gpu).unwrap();
-    assert_within(&format!("ffn_gate_up {wtype} n={n} {hidden}->{ffn} [{}]", gpu.features()), &got, &want, &tol);
+    assert_within(
+        &format!("ffn_gate_up {wtype} {mapping:?} n={n} {hidden}->{ffn} [{}]", gpu.features()),
+        &got,
+        &want,
+        &tol,
+    );
 }
 
 #[test]
@@ -98,29 +104,37 @@ fn mobilellm_shapes_every_type() {
         for (hidden, ffn) in [(576, 1536), (960, 2560)] {
             for wtype in WeightType::ALL {
                 for n in [1, 5] {
-                    check(gpu, hidden, ffn, n, wtype);
+                    check(gpu, hidden, ffn, n, wtype, FfnMapping::PerRow);
                 }
             }
-            for wtype in [WeightType::F16, WeightType::Q4_1] {
-                check(gpu, hidden, ffn, 64, wtype);
-            }
         }
+        // The team mapping (what GPUs run) decodes blocks with the same code as the per-row one: two types
+        // at one MobileLLM width suffice here; the odd shapes run it for every type.
+        for wtype in [WeightType::Q8_0, WeightType::Q4_1] {
+            check(gpu, 576, 1536, 5, wtype, FfnMapping::Teams);
+        }
+        for wtype in [WeightType::F16, WeightType::Q4_1] {
+            check(gpu, 576, 1536, 64, wtype, FfnMapping::PerRow);
+        }
+        check(gpu, 576, 1536, 64, WeightType::Q4_0, FfnMapping::Teams);
     }
 }
 
 #[test]
-fn odd_shapes_every_type() {
+fn odd_shapes_every_type_both_mappings() {
     for gpu in gpus() {
-        for (hidden, ffn) in [(32, 33), (96, 7), (1600, 20)] {
-            for wtype in WeightType::ALL {
-                for n in [1, 5, 64] {
-                    check(gpu, hidden, ffn, n, wtype);
+        for mapping in [FfnMapping::PerRow, FfnMapping::Teams] {
+            for (hidden, ffn) in [(32, 33), (96, 7), (1600, 20)] {
+                for wtype in WeightType::ALL {
+                    for n in [1, 5, 64] {
+                        check(gpu, hidden, ffn, n, wtype, mapping);
+                    }
                 }
             }
-        }
-        // Every tile size and every count of positions past the end of the last tile.
-        for n in 1..=17 {
-            check(gpu, 64, 9, n, WeightType::Q8_0);
+            // Every tile size and every count of positions past the end of the last tile.
+            for n in 1..=17 {
+                check(gpu, 64, 9, n, WeightType::Q8_0, mapping);
+            }
         }
     }
 }

@@ -42,6 +42,29 @@ fn tile_for(n: usize) -> u32 {
     }
 }
 
+/// How [`ffn_gate_up_with`] maps output rows to invocations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FfnMapping {
+    /// One invocation per output row, 64 rows per workgroup, no cross-lane reduction: best on CPU drivers
+    /// (lavapipe), whose SIMD lanes then run whole rows side by side (about 2x there).
+    PerRow,
+    /// 8 rows per workgroup, each owned by a team of lanes striding over its blocks: a subgroup (any size)
+    /// reducing with `subgroupAdd`, or without subgroups 8 invocations reducing through workgroup memory.
+    /// Best on GPUs, where lanes of one row read adjacent blocks together.
+    Teams,
+}
+
+impl FfnMapping {
+    /// The mapping for this device: [`FfnMapping::PerRow`] on CPU adapters, else [`FfnMapping::Teams`].
+    pub fn choose(gpu: &Gpu) -> FfnMapping {
+        if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+            FfnMapping::PerRow
+        } else {
+            FfnMapping::Teams
+        }
+    }
+}
+
 /// The fused gate/up step: `h[p] = silu(Wg·n_p) ⊙ (Wu·n_p)` with `n_p = x[p] / rms(x[p]) · norm_weight`
 /// for every row `p` of `x` (`[n, hidden]` f32). `gate` and `up` are `[ffn, hidden]` weights of one type;
 /// `h` is `[n, ffn]` f32 and is the only buffer written. `hidden` must be a multiple of 32.
@@ -53,6 +76,21 @@ pub fn ffn_gate_up(
     gate: &GpuWeight,
     up: &GpuWeight,
     h: &Tensor,
+) -> Result<Dispatch> {
+    ffn_gate_up_with(gpu, x, norm_weight, eps, gate, up, h, FfnMapping::choose(gpu))
+}
+
+/// [`ffn_gate_up`] with an explicit work mapping (for tests and tuning).
+#[allow(clippy::too_many_arguments)]
+pub fn ffn_gate_up_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    norm_weight: &Tensor,
+    eps: f32,
+    gate: &GpuWeight,
+    up: &GpuWeight,
+    h: &Tensor,
+    mapping: FfnMapping,
 ) -> Result<Dispatch> {
     let hidden = gate.cols();
     let ffn = gate.rows();
@@ -87,11 +125,15 @@ pub fn ffn_gate_up(
     if tiles > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::invalid("ffn positions", n, format!("at most {}", MAX_GROUPS_PER_DIM * tile)));
     }
+    let (rows_per_group, team) = match mapping {
+        FfnMapping::PerRow => (WORKGROUP, 1),
+        FfnMapping::Teams => (ROWS, TEAM),
+    };
     let variant = base_variant(gpu)
         .flag(gate.wtype().flag())
         .constant("WG", WORKGROUP)
-        .constant("ROWS", ROWS)
-        .constant("TPR", TEAM)
+        .constant("ROWS", rows_per_group)
+        .constant("TPR", team)
         .constant("TILE", tile);
     let pipeline = gpu.pipeline(&FFN, "ffn_gate_up", &variant)?;
     let params = uniform(
@@ -111,7 +153,7 @@ pub fn ffn_gate_up(
             (4, up.buffer().as_entire_binding()),
             (5, h.buffer().as_entire_binding()),
         ],
-        [(ffn as u32).div_ceil(ROWS), tiles as u32, 1],
+        [(ffn as u32).div_ceil(rows_per_group), tiles as u32, 1],
         vec![params.clone()],
     )
 }
