@@ -30,22 +30,24 @@ var<workgroup> partial: array<f32, WG * RPT>;
 
 // x[base + 32*block ..] as 8 vec4, zero past `cols` (only f32/f16 weights have a partial last block).
 fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
-    var v: array<vec4<f32>, 8>;
     let c0 = block * 32u;
     if c0 + 32u <= cols {
-        for (var k = 0u; k < 8u; k++) {
-            let o = base + c0 + 4u * k;
-            v[k] = vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
-        }
-    } else {
-        for (var k = 0u; k < 8u; k++) {
-            let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
-            let ok = c < vec4<u32>(cols);
-            let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
-            v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
-        }
+        let o = base + c0;
+        return array<vec4<f32>, 8>(x4(o), x4(o + 4u), x4(o + 8u), x4(o + 12u), x4(o + 16u), x4(o + 20u),
+                                   x4(o + 24u), x4(o + 28u));
+    }
+    var v: array<vec4<f32>, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
+        let ok = c < vec4<u32>(cols);
+        let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
+        v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
     }
     return v;
+}
+
+fn x4(o: u32) -> vec4<f32> {
+    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
 }
 
 fn store(batch: u32, row: u32, value: f32) {
@@ -130,4 +132,38 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
         }
     }
 #endif
+}
+
+// Batched form for CPU devices (ops::gemm picks it there): a thread owns RPT whole rows and NB vectors
+// (grid y = ceil(n / NB)); each block of weights is dequantized once and used for all NB vectors, so
+// the per-lane weight loads and unpacking that dominate on a CPU are shared NB ways.
+@compute @workgroup_size(WG)
+fn gemv_batched(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let r0 = wg.x * (WG * RPT) + lid * RPT;
+    let v0 = wg.y * NB;
+    let last = params.w.rows - 1u;
+    var acc: array<array<f32, NB>, RPT>;
+    for (var b = 0u; b < params.w.blocks; b++) {
+        var xs: array<array<vec4<f32>, 8>, NB>;
+        for (var v = 0u; v < NB; v++) {
+            xs[v] = load_x(min(v0 + v, params.n - 1u) * params.w.cols, b, params.w.cols);
+        }
+        for (var i = 0u; i < RPT; i++) {
+            let wb = weight_block32(params.w, min(r0 + i, last), b);
+            for (var v = 0u; v < NB; v++) {
+                var s = wb[0] * xs[v][0];
+                for (var k = 1u; k < 8u; k++) {
+                    s = fma(wb[k], xs[v][k], s);
+                }
+                acc[i][v] += s.x + s.y + s.z + s.w;
+            }
+        }
+    }
+    for (var i = 0u; i < RPT; i++) {
+        for (var v = 0u; v < NB; v++) {
+            if r0 + i < params.w.rows && v0 + v < params.n {
+                store(v0 + v, r0 + i, acc[i][v]);
+            }
+        }
+    }
 }

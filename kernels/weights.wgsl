@@ -102,26 +102,72 @@ fn weight_block32(desc: WeightDesc, row: u32, block: u32) -> array<vec4<f32>, 8>
 
 // Dot product of the 32 weights of `row` at columns 32*block.. with x (f32 accumulation).
 // Quantized types sum q*x first and scale once: d * sum(q x) (+ m * sum(x) for q4_1).
+// Written out without loops: CPU drivers (lavapipe) keep constant-indexed arrays in registers.
 fn weight_dot32(desc: WeightDesc, row: u32, block: u32, x: array<vec4<f32>, 8>) -> f32 {
     let g = row * desc.blocks + block;
-    let v = weight_raw32(g);
-    var acc = vec4<f32>(0.0);
-    for (var k = 0u; k < 8u; k++) {
-        acc = fma(v[k], x[k], acc);
-    }
-    let sum = acc.x + acc.y + acc.z + acc.w;
-#if W_Q8_0 || W_Q4_0
-    return sum * weight_scale(desc, g).x;
-#elif W_Q4_1
-    var xs = vec4<f32>(0.0);
-    for (var k = 0u; k < 8u; k++) {
-        xs += x[k];
-    }
-    let s = weight_scale(desc, g);
-    return sum * s.x + s.y * (xs.x + xs.y + xs.z + xs.w);
+    let o = g * WPB;
+#if W_F32
+    var acc = weight_f32x4(o) * x[0];
+    acc = fma(weight_f32x4(o + 4u), x[1], acc);
+    acc = fma(weight_f32x4(o + 8u), x[2], acc);
+    acc = fma(weight_f32x4(o + 12u), x[3], acc);
+    acc = fma(weight_f32x4(o + 16u), x[4], acc);
+    acc = fma(weight_f32x4(o + 20u), x[5], acc);
+    acc = fma(weight_f32x4(o + 24u), x[6], acc);
+    acc = fma(weight_f32x4(o + 28u), x[7], acc);
+    return acc.x + acc.y + acc.z + acc.w;
+#elif W_F16
+    var acc = weight_f16x4(o) * x[0];
+    acc = fma(weight_f16x4(o + 2u), x[1], acc);
+    acc = fma(weight_f16x4(o + 4u), x[2], acc);
+    acc = fma(weight_f16x4(o + 6u), x[3], acc);
+    acc = fma(weight_f16x4(o + 8u), x[4], acc);
+    acc = fma(weight_f16x4(o + 10u), x[5], acc);
+    acc = fma(weight_f16x4(o + 12u), x[6], acc);
+    acc = fma(weight_f16x4(o + 14u), x[7], acc);
+    return acc.x + acc.y + acc.z + acc.w;
+#elif W_Q8_0
+    var acc = weight_i8x4(weights[o]) * x[0];
+    acc = fma(weight_i8x4(weights[o + 1u]), x[1], acc);
+    acc = fma(weight_i8x4(weights[o + 2u]), x[2], acc);
+    acc = fma(weight_i8x4(weights[o + 3u]), x[3], acc);
+    acc = fma(weight_i8x4(weights[o + 4u]), x[4], acc);
+    acc = fma(weight_i8x4(weights[o + 5u]), x[5], acc);
+    acc = fma(weight_i8x4(weights[o + 6u]), x[6], acc);
+    acc = fma(weight_i8x4(weights[o + 7u]), x[7], acc);
+    return (acc.x + acc.y + acc.z + acc.w) * weight_scale(desc, g).x;
 #else
-    return sum;
+    let w0 = weights[o];
+    let w1 = weights[o + 1u];
+    let w2 = weights[o + 2u];
+    let w3 = weights[o + 3u];
+    var acc = weight_u4x4(w0) * x[0];
+    acc = fma(weight_u4x4(w1), x[1], acc);
+    acc = fma(weight_u4x4(w2), x[2], acc);
+    acc = fma(weight_u4x4(w3), x[3], acc);
+    acc = fma(weight_u4x4(w0 >> 4u), x[4], acc);
+    acc = fma(weight_u4x4(w1 >> 4u), x[5], acc);
+    acc = fma(weight_u4x4(w2 >> 4u), x[6], acc);
+    acc = fma(weight_u4x4(w3 >> 4u), x[7], acc);
+    let xs = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+    let sum_q = acc.x + acc.y + acc.z + acc.w;
+    let sum_x = xs.x + xs.y + xs.z + xs.w;
+#if W_Q4_0
+    // sum((q - 8) x) = sum(q x) - 8 sum(x)
+    return (sum_q - 8.0 * sum_x) * weight_scale(desc, g).x;
+#else
+    let s = weight_scale(desc, g);
+    return sum_q * s.x + s.y * sum_x;
 #endif
+#endif
+}
+
+fn weight_f32x4(o: u32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(vec4<u32>(weights[o], weights[o + 1u], weights[o + 2u], weights[o + 3u]));
+}
+
+fn weight_f16x4(o: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(weights[o]), unpack2x16float(weights[o + 1u]));
 }
 
 // 4 dequantized weights of `row` at columns 4*col4 .. 4*col4+3 (within the row's padded blocks).

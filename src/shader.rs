@@ -54,9 +54,13 @@ pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choice
 pub static WEIGHTS: KernelSource =
     kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
-/// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread).
+/// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread;
+/// entry `gemv_batched`: `NB` vectors per thread, for prefill on CPU devices).
 pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
-    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2)]);
+    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2), ("NB", 4)]);
+
+/// Tiled matrix-matrix products (prefill) for every weight type.
+pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FLAGS], consts: &[]);
 
 /// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
 pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
@@ -64,7 +68,7 @@ pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[
 
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &FFN]
+    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &GEMM, &FFN]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

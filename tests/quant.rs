@@ -17,8 +17,11 @@ fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-/// Every case of a golden file: (name, rows, cols, input, quant bytes, dequant).
-fn cases(file: &str, prefix: &str) -> Vec<(String, usize, usize, Vec<f32>, Vec<u8>, Vec<f32>)> {
+/// One golden case: (name, rows, cols, input, quant bytes, dequant).
+type GoldenCase = (String, usize, usize, Vec<f32>, Vec<u8>, Vec<f32>);
+
+/// Every case of a golden file.
+fn cases(file: &str, prefix: &str) -> Vec<GoldenCase> {
     let bytes = load(file);
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let mut names: Vec<String> = st

@@ -20,7 +20,7 @@ pub struct GemvMapping {
     pub wg: u32,
     /// Threads sharing one row (power of two dividing `wg`); 1 = no reduction.
     pub tpr: u32,
-    /// Rows each thread carries (1..=8), sharing each load of `x`.
+    /// Rows each thread carries (1..=16), sharing each load of `x`.
     pub rpt: u32,
 }
 
@@ -33,14 +33,18 @@ impl GemvMapping {
     /// The mapping for a device and shape, from a small table by device class and row length.
     ///
     /// - CPU devices (lavapipe): invocations are SIMD lanes of one core, so cross-lane reductions and
-    ///   barriers cost more than they save: a thread owns 2 rows (one x load feeds two rows).
+    ///   barriers cost more than they save: a thread owns 8-16 whole rows (one uniform x load feeds them all).
     /// - GPUs: threads of a row stride over its blocks, so neighbours read neighbouring 16..128-byte
     ///   blocks (coalesced); short rows (in = 576 is 18 blocks) get 8 threads, long rows 32.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
         let blocks = cols.div_ceil(32);
         if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
-            let rpt = if rows >= 256 { 2 } else { 1 };
-            return GemvMapping { wg: 64, tpr: 1, rpt };
+            // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1; a loaded shared machine, so only
+            // large differences count): more rows per thread win (each x load feeds them all: 8 beat 4 by
+            // 1.5-2x, 4 beat 1 by 3x), and a workgroup of 8 = one SIMD batch of lavapipe avoids running
+            // several batches as coroutines (8x16 beat 16x8 by up to 2x). Small matrices keep 2+ workgroups.
+            let (wg, rpt) = if rows >= 256 { (8, 16) } else { (8, 8) };
+            return GemvMapping { wg, tpr: 1, rpt };
         }
         let tpr = if blocks <= 24 {
             8
@@ -57,7 +61,7 @@ impl GemvMapping {
             && self.wg <= 256
             && self.tpr.is_power_of_two()
             && self.tpr <= self.wg
-            && (1..=8).contains(&self.rpt)
+            && (1..=16).contains(&self.rpt)
             && self.wg * self.rpt * 4 <= 16384;
         if ok {
             Ok(())
@@ -65,7 +69,7 @@ impl GemvMapping {
             Err(Error::invalid(
                 "GEMV mapping",
                 format!("{self:?}"),
-                "wg a power of two <= 256, tpr a power of two <= wg, rpt in 1..=8",
+                "wg a power of two <= 256, tpr a power of two <= wg, rpt in 1..=16",
             ))
         }
     }
@@ -131,7 +135,8 @@ pub fn gemv_with(
         .flag(w.wtype().flag())
         .constant("WG", mapping.wg)
         .constant("TPR", mapping.tpr)
-        .constant("RPT", mapping.rpt);
+        .constant("RPT", mapping.rpt)
+        .constant("NB", 1);
     let pipeline = gpu.pipeline(&GEMV, "gemv", &variant)?;
     let params = Params {
         w: w.desc(),
@@ -152,6 +157,63 @@ pub fn gemv_with(
             (3, y.buffer().as_entire_binding()),
         ],
         [groups, n as u32, 1],
+        vec![params.clone()],
+    )
+}
+
+/// The batched GEMV (`gemv_batched` entry): each thread owns `rpt` whole rows and `nb` vectors, sharing
+/// each dequantized weight block among them. [`crate::ops::gemm::gemm`] uses it on CPU devices.
+#[allow(clippy::too_many_arguments)]
+pub fn gemv_batched(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+    mapping: GemvMapping,
+    nb: u32,
+) -> Result<Dispatch> {
+    mapping.check()?;
+    if mapping.tpr != 1 || !(1..=8).contains(&nb) {
+        return Err(Error::invalid("batched GEMV mapping", format!("{mapping:?}, nb {nb}"), "tpr 1 and nb in 1..=8"));
+    }
+    let (n, y_stride) = check_operands(w, x, y, out_offset)?;
+    let groups_y = n.div_ceil(nb as usize);
+    if groups_y > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::shape(
+            "x of gemv_batched",
+            x.shape(),
+            format!("at most {} vectors", MAX_GROUPS_PER_DIM * nb),
+        ));
+    }
+    let groups = (w.rows() as u32).div_ceil(mapping.rows_per_group());
+    let variant = base_variant(gpu)
+        .flag(w.wtype().flag())
+        .constant("WG", mapping.wg)
+        .constant("TPR", 1)
+        .constant("RPT", mapping.rpt)
+        .constant("NB", nb);
+    let pipeline = gpu.pipeline(&GEMV, "gemv_batched", &variant)?;
+    let params = Params {
+        w: w.desc(),
+        n: n as u32,
+        y_stride: y_stride as u32,
+        out_offset: out_offset as u32,
+        accumulate: accumulate as u32,
+    };
+    let params = uniform(gpu, "gemv params", &params)?;
+    make_dispatch(
+        gpu,
+        format!("gemv_batched:{}", w.wtype()),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, w.buffer().as_entire_binding()),
+            (2, x.buffer().as_entire_binding()),
+            (3, y.buffer().as_entire_binding()),
+        ],
+        [groups, groups_y as u32, 1],
         vec![params.clone()],
     )
 }

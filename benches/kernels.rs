@@ -1,0 +1,91 @@
+//! Per-kernel benchmarks: µs per call, GB/s, and the fraction of a plain copy's GB/s (same bytes, same run).
+//! `cargo bench --bench kernels -- [--quick] [FILTER]`; JSON in `target/bench/kernels.json`.
+//! Other kernel families add their rows in `main` with [`common::Bench::add`].
+mod common;
+
+use common::Bench;
+use mobilellm_kernels::ops::gemm::gemm;
+use mobilellm_kernels::ops::gemv::gemv;
+use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
+use mobilellm_kernels::{DType, Tensor};
+
+/// (rows, cols) of the 125M and 350M projections and the 125M LM head.
+const SHAPES: &[(usize, usize)] =
+    &[(192, 576), (576, 576), (1536, 576), (576, 1536), (320, 960), (960, 960), (2560, 960), (960, 2560), (32000, 576)];
+const QUICK_SHAPES: &[(usize, usize)] = &[(576, 576), (1536, 576)];
+
+fn weight(wtype: WeightType, rows: usize, cols: usize) -> HostWeight {
+    let data: Vec<f32> = (0..rows * cols).map(|i| ((i as f32 * 0.618).fract() - 0.5) * 0.1).collect();
+    HostWeight::quantize(wtype, rows, cols, &data).expect("quantize")
+}
+
+fn bench_gemv(b: &mut Bench) {
+    let shapes = if b.args.quick { QUICK_SHAPES } else { SHAPES };
+    for &(rows, cols) in shapes {
+        for wtype in WeightType::ALL {
+            let name = format!("{wtype} {rows}x{cols} n=1");
+            if !b.args.wants(&format!("gemv {name}")) {
+                continue;
+            }
+            let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, cols)).expect("upload");
+            let x = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
+            let y = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
+            let d = gemv(&b.gpu, &w, &x, &y, 0, true).expect("gemv");
+            let bytes = w.size_bytes() + (cols + 2 * rows) as u64 * 4;
+            b.add("gemv", &name, &d, bytes);
+        }
+    }
+}
+
+/// `GEMV_SWEEP=1`: every mapping on a few shapes, to refill the table in `GemvMapping::choose`.
+fn sweep_gemv(b: &mut Bench) {
+    use mobilellm_kernels::ops::gemv::{gemv_with, GemvMapping};
+    let maps = [(16, 1, 8), (32, 1, 8), (16, 1, 16), (8, 1, 16), (32, 1, 16), (16, 1, 8)];
+    for (rows, cols) in [(1536, 576), (576, 1536)] {
+        for wtype in [WeightType::Q4_0, WeightType::Q8_0] {
+            let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, cols)).expect("upload");
+            let x = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
+            let y = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
+            for (wg, tpr, rpt) in maps {
+                let d = gemv_with(&b.gpu, &w, &x, &y, 0, true, GemvMapping { wg, tpr, rpt }).expect("gemv");
+                b.add("sweep", &format!("{wtype} {rows}x{cols} {wg},{tpr},{rpt}"), &d, w.size_bytes());
+            }
+        }
+    }
+}
+
+/// GEMM (prefill) at n = 64 against one GEMV of the same matrix (goal: under 8x).
+fn bench_gemm(b: &mut Bench) {
+    let shapes: &[(usize, usize)] = if b.args.quick { &[(576, 576)] } else { &[(576, 576), (1536, 576), (960, 2560)] };
+    let n = 64;
+    for &(rows, cols) in shapes {
+        for wtype in WeightType::ALL {
+            let name = format!("{wtype} {rows}x{cols} n={n}");
+            if !b.args.wants(&format!("gemm {name}")) {
+                continue;
+            }
+            let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, cols)).expect("upload");
+            let x = Tensor::zeros(&b.gpu, DType::F32, &[n, cols]).expect("x");
+            let y = Tensor::zeros(&b.gpu, DType::F32, &[n, rows]).expect("y");
+            let d = gemm(&b.gpu, &w, &x, &y, 0, true).expect("gemm");
+            let bytes = w.size_bytes() + (n * cols + 2 * n * rows) as u64 * 4;
+            b.add("gemm", &name, &d, bytes);
+            let gemm_us = b.rows.last().map(|r| r.us).unwrap_or(0.0);
+            let x1 = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
+            let y1 = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
+            let one = b.time(&gemv(&b.gpu, &w, &x1, &y1, 0, true).expect("gemv")).0;
+            b.note(format!("gemm n={n} = {:.2}x one gemv ({one:.1} µs)", gemm_us / one));
+        }
+    }
+}
+
+fn main() {
+    let mut b = Bench::new();
+    if std::env::var("GEMV_SWEEP").is_ok() {
+        sweep_gemv(&mut b);
+        return;
+    }
+    bench_gemv(&mut b);
+    bench_gemm(&mut b);
+    b.write_json("kernels");
+}

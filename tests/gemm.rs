@@ -1,0 +1,180 @@
+//! GEMM (prefill) vs its CPU twin (same dequantized weights), every weight type.
+//! `gemm` picks the tiled kernel on GPUs and the batched GEMV on CPU devices, so both are tested here
+//! explicitly. Neither has feature-dependent paths (no subgroups, no f16), so the large cases run on
+//! the full-feature device only and the bare device gets small cases per type.
+mod common;
+
+use common::{gpus, random_vec};
+use mobilellm_kernels::ops::gemm::{gemm, gemm_tiled};
+use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
+use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
+
+/// Both sides sum the same products of the same dequantized weights in different orders: the CPU left
+/// to right (error <= cols * eps * sum|w x|, Higham), the GPU as cols/4 dot4 steps (<= (cols/4 + 4) *
+/// eps * sum|w x|). Twice cols + 64 terms bounds the sum of both, rigorously; a single wrong weight among
+/// `cols` (error ~ sum|w x| / cols) still exceeds it.
+fn tolerance(cols: usize, abs_dot: f32) -> f32 {
+    (2 * cols + 64) as f32 * f32::EPSILON * abs_dot + 1e-30
+}
+
+struct Case {
+    wtype: WeightType,
+    rows: usize,
+    cols: usize,
+    n: usize,
+    offset: usize,
+    extra: usize,
+    accumulate: bool,
+    tiled: bool,
+}
+
+impl Case {
+    fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
+        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false }
+    }
+}
+
+fn weight(wtype: WeightType, rows: usize, cols: usize) -> HostWeight {
+    // Small-ish weights with a few larger ones, like trained matrices.
+    let data: Vec<f32> = random_vec(rows as u64 * 7919 + cols as u64, rows * cols)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 97 == 0 { v * 0.5 } else { v * 0.05 })
+        .collect();
+    HostWeight::quantize(wtype, rows, cols, &data).unwrap()
+}
+
+fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
+    let (rows, cols, n) = (c.rows, c.cols, c.n);
+    let w = GpuWeight::upload(gpu, host).unwrap();
+    let x = random_vec(cols as u64 + n as u64 * 13, n * cols);
+    let total = c.offset + rows + c.extra;
+    let y0 = random_vec(99, n * total);
+    let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
+    let y_gpu = Tensor::from_slice(gpu, &[n, total], &y0).unwrap();
+    let d = if c.tiled {
+        gemm_tiled(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
+    } else {
+        gemm(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
+    };
+    ops::run(gpu, &[&d]).unwrap();
+    let got = y_gpu.read::<f32>(gpu).unwrap();
+    let want = reference::gemv(host, &x);
+    let deq = host.dequantize();
+    let what = format!(
+        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} [{}]",
+        c.wtype,
+        c.offset,
+        c.accumulate,
+        c.tiled,
+        gpu.features()
+    );
+    for b in 0..n {
+        let xr = &x[b * cols..(b + 1) * cols];
+        for t in 0..total {
+            let g = got[b * total + t];
+            let base = y0[b * total + t];
+            if t < c.offset || t >= c.offset + rows {
+                assert_eq!(g, base, "{what}: y[{b}, {t}] outside the slice changed");
+                continue;
+            }
+            let o = t - c.offset;
+            let abs_dot: f32 = deq[o * cols..(o + 1) * cols].iter().zip(xr).map(|(a, v)| (a * v).abs()).sum();
+            let mut w = want[b * rows + o];
+            let mut tol = tolerance(cols, abs_dot);
+            if c.accumulate {
+                w += base;
+                tol += w.abs() * f32::EPSILON;
+            }
+            assert!((g - w).abs() <= tol, "{what}: y[{b}, {t}] got {g} want {w} (tolerance {tol})");
+        }
+    }
+}
+
+#[test]
+fn mobilellm_shapes_n64() {
+    let gpu = &gpus()[0];
+    // Every type at the small shapes; the large ones (4-10x the work) with the two most used types.
+    for (rows, cols) in [(192, 576), (576, 1536), (320, 960), (1536, 576), (960, 2560)] {
+        let types: &[WeightType] =
+            if rows * cols <= 576 * 1536 { &WeightType::ALL } else { &[WeightType::F16, WeightType::Q4_0] };
+        for &wtype in types {
+            check(gpu, &weight(wtype, rows, cols), &Case::new(wtype, rows, cols, 64));
+        }
+    }
+}
+
+#[test]
+fn batch_sizes() {
+    let gpu = &gpus()[0];
+    for wtype in WeightType::ALL {
+        let host = weight(wtype, 576, 576);
+        for n in [1, 3, 33, 257] {
+            check(gpu, &host, &Case::new(wtype, 576, 576, n));
+        }
+    }
+    // A prefill of 512 tokens through the 125M up projection.
+    check(gpu, &weight(WeightType::Q4_0, 1536, 576), &Case::new(WeightType::Q4_0, 1536, 576, 512));
+}
+
+#[test]
+fn awkward_shapes_both_devices() {
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            for (rows, cols, n) in [(1, 32, 3), (33, 32, 1), (33, 4128, 3), (65, 64, 40)] {
+                check(gpu, &weight(wtype, rows, cols), &Case::new(wtype, rows, cols, n));
+            }
+        }
+        for wtype in [WeightType::F32, WeightType::F16] {
+            for (rows, cols) in [(1, 1), (33, 7), (3, 33), (17, 100)] {
+                check(gpu, &weight(wtype, rows, cols), &Case::new(wtype, rows, cols, 5));
+            }
+        }
+    }
+}
+
+#[test]
+fn offset_and_accumulate() {
+    let gpu = &gpus()[0];
+    for wtype in WeightType::ALL {
+        let host = weight(wtype, 100, 576);
+        for (offset, extra, accumulate) in [(0, 0, true), (37, 11, false), (37, 11, true)] {
+            check(gpu, &host, &Case { offset, extra, accumulate, ..Case::new(wtype, 100, 576, 35) });
+        }
+    }
+}
+
+#[test]
+fn rejects_bad_operands() {
+    let gpu = &gpus()[0];
+    let w = GpuWeight::upload(gpu, &weight(WeightType::Q8_0, 8, 64)).unwrap();
+    let x = Tensor::zeros(gpu, DType::F32, &[40, 64]).unwrap();
+    let y = Tensor::zeros(gpu, DType::F32, &[40, 8]).unwrap();
+    let bad_x = Tensor::zeros(gpu, DType::F32, &[40, 96]).unwrap();
+    let err = gemm(gpu, &w, &bad_x, &y, 0, false).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("64"), "{err}");
+    let err = gemm(gpu, &w, &x, &y, 2, true).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("offset 2"), "{err}");
+    let y16 = Tensor::zeros(gpu, DType::F16, &[40, 8]).unwrap();
+    assert!(matches!(gemm(gpu, &w, &x, &y16, 0, false).unwrap_err(), Error::DType { .. }));
+    let err = HostWeight::quantize(WeightType::Q4_1, 2, 100, &[0.0; 200]).unwrap_err();
+    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("100"), "{err}");
+}
+
+/// The tiled kernel (what GPUs run), forced on this device.
+#[test]
+fn tiled_kernel() {
+    let gpu = &gpus()[0];
+    let tiled = |wtype, rows, cols, n| Case { tiled: true, ..Case::new(wtype, rows, cols, n) };
+    for wtype in WeightType::ALL {
+        check(gpu, &weight(wtype, 192, 576), &tiled(wtype, 192, 576, 64));
+        check(gpu, &weight(wtype, 33, 4128), &tiled(wtype, 33, 4128, 3));
+        let host = weight(wtype, 100, 576);
+        check(gpu, &host, &Case { offset: 37, extra: 11, accumulate: true, ..tiled(wtype, 100, 576, 35) });
+        check(&gpus()[1], &host, &tiled(wtype, 100, 576, 5));
+    }
+    check(gpu, &weight(WeightType::Q4_0, 576, 576), &tiled(WeightType::Q4_0, 576, 576, 257));
+    for wtype in [WeightType::F32, WeightType::F16] {
+        check(gpu, &weight(wtype, 17, 100), &tiled(wtype, 17, 100, 5));
+    }
+}
