@@ -64,7 +64,7 @@ pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FL
 
 /// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
 pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
-    consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4)]);
+    consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4), ("RPT", 2)]);
 
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
