@@ -203,20 +203,32 @@ fn ffn_gate_up(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
                 dg[i] = gate_scale(row * params.gate.blocks + b);
                 du[i] = up_scale(row * params.up.blocks + b);
             }
+            // Raw values (q, q - 8, or the weights for f32/f16) dotted per block; the block's scale d (and
+            // Q4_1's minimum m, times the block's sum of inputs) applied once per block, not per weight.
+            var blk_g: array<f32, RPT * TILE>;
+            var blk_u: array<f32, RPT * TILE>;
+            var sx: array<f32, TILE>;
             for (var j = 0u; j < 8u; j++) {
                 let nw = norm_w[b * 8u + j];
                 var xn: array<vec4<f32>, TILE>;
                 for (var p = 0u; p < TILE; p++) {
                     xn[p] = x[min(pos0 + p, params.n - 1u) * h4 + b * 8u + j] * nw;
+                    sx[p] += dot(xn[p], vec4<f32>(1.0));
                 }
                 for (var i = 0u; i < RPT; i++) {
                     let row = min(r0 + i, last);
-                    let wg = gate4(row * params.gate.blocks + b, j, dg[i]);
-                    let wu = up4(row * params.up.blocks + b, j, du[i]);
+                    let wg = gate4(row * params.gate.blocks + b, j, vec2<f32>(1.0, 0.0));
+                    let wu = up4(row * params.up.blocks + b, j, vec2<f32>(1.0, 0.0));
                     for (var p = 0u; p < TILE; p++) {
-                        acc_g[i * TILE + p] += dot(wg, xn[p]);
-                        acc_u[i * TILE + p] += dot(wu, xn[p]);
+                        blk_g[i * TILE + p] += dot(wg, xn[p]);
+                        blk_u[i * TILE + p] += dot(wu, xn[p]);
                     }
+                }
+            }
+            for (var i = 0u; i < RPT; i++) {
+                for (var p = 0u; p < TILE; p++) {
+                    acc_g[i * TILE + p] += fma(dg[i].x, blk_g[i * TILE + p], dg[i].y * sx[p]);
+                    acc_u[i * TILE + p] += fma(du[i].x, blk_u[i * TILE + p], du[i].y * sx[p]);
                 }
             }
         }
