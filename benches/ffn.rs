@@ -5,6 +5,9 @@
 //!   down GEMV accumulating into the residual);
 //! - unfused: 6 dispatches, rms_norm, gemv gate, gemv up, silu_mul, gemv down, add.
 //!
+//! The last two columns time the gate/up half alone: the fused kernel (1 dispatch) vs the first four
+//! dispatches of the unfused chain.
+//!
 //! Each measurement records `REPS` copies of the dispatch list into one compute pass and takes the GPU
 //! time of the pass (timestamp queries at its start and end) when the device has `TIMESTAMP_QUERY`, else
 //! the wall time of the submission, divided by `REPS`. Fused and unfused submissions alternate, `RUNS`
@@ -86,6 +89,9 @@ struct Row {
     unfused_dispatches: usize,
     weight_bytes: u64,
     clock: &'static str,
+    /// The gate/up half alone: the fused kernel vs rms_norm + 2 GEMVs + silu_mul.
+    gate_up_fused_us: f64,
+    gate_up_unfused_us: f64,
 }
 
 fn measure(gpu: &Gpu, hidden: usize, ffn: usize, wtype: WeightType, reps: usize) -> Result<Row> {
@@ -114,13 +120,18 @@ fn measure(gpu: &Gpu, hidden: usize, ffn: usize, wtype: WeightType, reps: usize)
         ops::elementwise::add(gpu, &x, &y, &out)?,
     ];
     let (fused_list, unfused_list) = (fused.iter().collect::<Vec<_>>(), unfused.iter().collect::<Vec<_>>());
+    let (gu_fused, gu_unfused) = (vec![&fused[0]], unfused[..4].iter().collect::<Vec<_>>());
     let (mut fused_s, mut unfused_s, mut clock) = (f64::INFINITY, f64::INFINITY, "");
+    let (mut gu_fused_s, mut gu_unfused_s) = (f64::INFINITY, f64::INFINITY);
     for run in 0..=RUNS {
         let (f, c) = time_list(gpu, &fused_list, reps)?;
         let (u, _) = time_list(gpu, &unfused_list, reps)?;
+        let (gf, _) = time_list(gpu, &gu_fused, reps)?;
+        let (gu, _) = time_list(gpu, &gu_unfused, reps)?;
         // Run 0 warms caches and lazily created driver state.
         if run > 0 {
             (fused_s, unfused_s, clock) = (fused_s.min(f), unfused_s.min(u), c);
+            (gu_fused_s, gu_unfused_s) = (gu_fused_s.min(gf), gu_unfused_s.min(gu));
         }
     }
     Ok(Row {
@@ -133,6 +144,8 @@ fn measure(gpu: &Gpu, hidden: usize, ffn: usize, wtype: WeightType, reps: usize)
         unfused_dispatches: unfused.len(),
         weight_bytes: gw.size_bytes() + uw.size_bytes() + dw.size_bytes(),
         clock,
+        gate_up_fused_us: gu_fused_s * 1e6,
+        gate_up_unfused_us: gu_unfused_s * 1e6,
     })
 }
 
@@ -141,15 +154,24 @@ fn main() -> Result<()> {
     let reps: usize = std::env::var("MOBILELLM_BENCH_REPS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
     println!("device: {}", gpu.describe());
     println!(
-        "{:>10} {:>6} {:>12} {:>5} {:>12} {:>5} {:>8} {:>12}",
-        "shape", "type", "fused µs", "disp", "unfused µs", "disp", "speedup", "fused GB/s"
+        "{:>10} {:>6} {:>12} {:>5} {:>12} {:>5} {:>8} {:>12} {:>14} {:>14}",
+        "shape",
+        "type",
+        "fused µs",
+        "disp",
+        "unfused µs",
+        "disp",
+        "speedup",
+        "fused GB/s",
+        "gate/up 1 µs",
+        "gate/up 4 µs"
     );
     let mut rows = Vec::new();
     for (hidden, ffn) in [(576, 1536), (960, 2560)] {
         for wtype in WeightType::ALL {
             let r = measure(&gpu, hidden, ffn, wtype, reps)?;
             println!(
-                "{:>10} {:>6} {:>12.1} {:>5} {:>12.1} {:>5} {:>7.2}x {:>12.2}",
+                "{:>10} {:>6} {:>12.1} {:>5} {:>12.1} {:>5} {:>7.2}x {:>12.2} {:>14.1} {:>14.1}",
                 format!("{hidden}/{ffn}"),
                 wtype.to_string(),
                 r.fused_us,
@@ -158,6 +180,8 @@ fn main() -> Result<()> {
                 r.unfused_dispatches,
                 r.unfused_us / r.fused_us,
                 r.weight_bytes as f64 / (r.fused_us * 1e-6) / 1e9,
+                r.gate_up_fused_us,
+                r.gate_up_unfused_us,
             );
             rows.push(r);
         }
@@ -178,6 +202,8 @@ fn main() -> Result<()> {
             "unfused_dispatches": r.unfused_dispatches,
             "speedup": r.unfused_us / r.fused_us,
             "weight_bytes": r.weight_bytes,
+            "gate_up_fused_us": r.gate_up_fused_us,
+            "gate_up_unfused_us": r.gate_up_unfused_us,
         })).collect::<Vec<_>>(),
     });
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");

@@ -5,7 +5,7 @@
 // next to 2 * ROWS * hidden weights), then decodes each weight block once and uses it for all TILE
 // positions, so a prefill of n positions reads the weights n / TILE times instead of n times.
 //
-// Work split (TPR == 1, chosen for CPU drivers: one invocation per row, no reduction); otherwise a
+// Work split (TPR == 1, chosen for CPU drivers: RPT rows per invocation, no reduction); otherwise a
 // "team" of lanes owns one output row at a time and strides over its 32-weight blocks.
 // With SUBGROUPS a team is a subgroup (any size: the lane rank and team size are counted with
 // subgroupExclusiveAdd / subgroupAdd, never assumed) and the row's sums are a subgroupAdd, with no
@@ -188,16 +188,56 @@ fn ffn_gate_up(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     }
 
     if TPR == 1u {
-        // One invocation per row, no reduction (ROWS == WG): what CPU drivers (lavapipe) vectorize best,
-        // since their SIMD lanes then run whole rows side by side.
-        let row = row0 + lanes.lid;
-        var acc_g: array<f32, TILE>;
-        var acc_u: array<f32, TILE>;
-        if row < params.ffn {
-            row_sums(row, 0u, 1u, pos0, &acc_g, &acc_u);
+        // RPT rows per invocation, no reduction (ROWS == WG * RPT): what CPU drivers (lavapipe) run best,
+        // their SIMD lanes running whole rows side by side, each x and w_norm load serving 2 * RPT rows.
+        let r0 = row0 + lanes.lid * RPT;
+        let last = params.ffn - 1u;
+        let blocks = params.hidden / 32u;
+        var acc_g: array<f32, RPT * TILE>;
+        var acc_u: array<f32, RPT * TILE>;
+        for (var b = 0u; b < blocks; b++) {
+            var dg: array<vec2<f32>, RPT>;
+            var du: array<vec2<f32>, RPT>;
+            for (var i = 0u; i < RPT; i++) {
+                let row = min(r0 + i, last);
+                dg[i] = gate_scale(row * params.gate.blocks + b);
+                du[i] = up_scale(row * params.up.blocks + b);
+            }
+            // Raw values (q, q - 8, or the weights for f32/f16) dotted per block; the block's scale d (and
+            // Q4_1's minimum m, times the block's sum of inputs) applied once per block, not per weight.
+            var blk_g: array<f32, RPT * TILE>;
+            var blk_u: array<f32, RPT * TILE>;
+            var sx: array<f32, TILE>;
+            for (var j = 0u; j < 8u; j++) {
+                let nw = norm_w[b * 8u + j];
+                var xn: array<vec4<f32>, TILE>;
+                for (var p = 0u; p < TILE; p++) {
+                    xn[p] = x[min(pos0 + p, params.n - 1u) * h4 + b * 8u + j] * nw;
+                    sx[p] += dot(xn[p], vec4<f32>(1.0));
+                }
+                for (var i = 0u; i < RPT; i++) {
+                    let row = min(r0 + i, last);
+                    let wg = gate4(row * params.gate.blocks + b, j, vec2<f32>(1.0, 0.0));
+                    let wu = up4(row * params.up.blocks + b, j, vec2<f32>(1.0, 0.0));
+                    for (var p = 0u; p < TILE; p++) {
+                        blk_g[i * TILE + p] += dot(wg, xn[p]);
+                        blk_u[i * TILE + p] += dot(wu, xn[p]);
+                    }
+                }
+            }
+            for (var i = 0u; i < RPT; i++) {
+                for (var p = 0u; p < TILE; p++) {
+                    acc_g[i * TILE + p] += fma(dg[i].x, blk_g[i * TILE + p], dg[i].y * sx[p]);
+                    acc_u[i * TILE + p] += fma(du[i].x, blk_u[i * TILE + p], du[i].y * sx[p]);
+                }
+            }
+        }
+        for (var i = 0u; i < RPT; i++) {
             for (var p = 0u; p < TILE; p++) {
-                if pos0 + p < params.n {
-                    h[(pos0 + p) * params.ffn + row] = silu(acc_g[p] * inv[p]) * (acc_u[p] * inv[p]);
+                if r0 + i < params.ffn && pos0 + p < params.n {
+                    let g = acc_g[i * TILE + p] * inv[p];
+                    let u = acc_u[i * TILE + p] * inv[p];
+                    h[(pos0 + p) * params.ffn + r0 + i] = silu(g) * u;
                 }
             }
         }

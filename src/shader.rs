@@ -84,7 +84,7 @@ pub static EMBEDDING: KernelSource =
 
 /// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
 pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
-    consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4)]);
+    consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4), ("RPT", 2)]);
 
 /// Tiled matrix-matrix products (prefill) for every weight type.
 pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FLAGS], consts: &[]);

@@ -29,7 +29,8 @@ fn weight(seed: u64, rows: usize, cols: usize, wtype: WeightType) -> HostWeight 
 /// (Higham's probabilistic bound; we take c = 16, and K <= 2560); the two sides differ by at most twice
 /// that. 1/rms is computed in a different order too (relative 1e-6 on n, so 1e-6·Σ|W·n| more). Then
 /// h = silu(g)·u: |silu'| <= 1.1 and |silu(g)| <= |g|, so |δh| <= 1.1·|u|·δg + |silu(g)|·δu, plus 1e-6
-/// absolute for exp's last bits near zero. A bug (a wrong block, scale, nibble or row) moves h by a
+/// absolute for exp's last bits near zero. (The CPU mapping sums raw quants per block and scales once,
+/// d·Σq·n + m·Σn for Q4_1, whose terms can exceed Σ|W·n| by ~2|m|/|W| ≈ 4x: inside the factor 16.) A bug (a wrong block, scale, nibble or row) moves h by a
 /// sizeable fraction of Σ|W·n|, far above this.
 fn tolerance(n_rows: &[f32], gate: &[f32], up: &[f32], hidden: usize) -> Vec<f32> {
     let ffn = gate.len() / hidden;

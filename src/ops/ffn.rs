@@ -21,6 +21,11 @@ const ROWS: u32 = 8;
 /// 8 lanes stride over 18 (125M) or 30 (350M) blocks per row.
 const TEAM: u32 = 8;
 
+/// CPU drivers: one SIMD batch of 8 invocations per workgroup, each owning 8 rows of Wg and Wu, so
+/// every x load serves 16 weight rows (the GEMV launcher's finding on lavapipe, too).
+const CPU_WORKGROUP: u32 = 8;
+const CPU_RPT: u32 = 8;
+
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
@@ -45,8 +50,8 @@ fn tile_for(n: usize) -> u32 {
 /// How [`ffn_gate_up_with`] maps output rows to invocations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FfnMapping {
-    /// One invocation per output row, 64 rows per workgroup, no cross-lane reduction: best on CPU drivers
-    /// (lavapipe), whose SIMD lanes then run whole rows side by side (about 2x there).
+    /// 8 invocations per workgroup, 8 output rows each, no cross-lane reduction: best on CPU drivers
+    /// (lavapipe), whose SIMD lanes then run whole rows side by side.
     PerRow,
     /// 8 rows per workgroup, each owned by a team of lanes striding over its blocks: a subgroup (any size)
     /// reducing with `subgroupAdd`, or without subgroups 8 invocations reducing through workgroup memory.
@@ -125,13 +130,15 @@ pub fn ffn_gate_up_with(
     if tiles > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::invalid("ffn positions", n, format!("at most {}", MAX_GROUPS_PER_DIM * tile)));
     }
-    let (rows_per_group, team) = match mapping {
-        FfnMapping::PerRow => (WORKGROUP, 1),
-        FfnMapping::Teams => (ROWS, TEAM),
+    // (invocations, rows per workgroup, lanes per row, rows per invocation)
+    let (wg, rows_per_group, team, rpt) = match mapping {
+        FfnMapping::PerRow => (CPU_WORKGROUP, CPU_WORKGROUP * CPU_RPT, 1, CPU_RPT),
+        FfnMapping::Teams => (WORKGROUP, ROWS, TEAM, 1),
     };
     let variant = base_variant(gpu)
         .flag(gate.wtype().flag())
-        .constant("WG", WORKGROUP)
+        .constant("WG", wg)
+        .constant("RPT", rpt)
         .constant("ROWS", rows_per_group)
         .constant("TPR", team)
         .constant("TILE", tile);
@@ -179,7 +186,8 @@ pub fn silu_mul(gpu: &Gpu, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<D
         .constant("WG", WG)
         .constant("ROWS", 1)
         .constant("TPR", 1)
-        .constant("TILE", 1);
+        .constant("TILE", 1)
+        .constant("RPT", 1);
     let pipeline = gpu.pipeline(&FFN, "silu_mul", &variant)?;
     let params = uniform(gpu, "silu_mul params", &SiluMulParams { count, _pad: [0; 3] })?;
     make_dispatch(
