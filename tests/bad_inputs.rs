@@ -396,3 +396,47 @@ fn gpu_model_rejects_bad_inputs_and_stays_usable() {
         assert_eq!(run(&mut model), first);
     }
 }
+
+/// Audit finding: metadata arrays nested 100 000 deep (12 bytes a level) recursed once per level and
+/// overflowed the stack (an abort, not even a panic). Nesting is now capped.
+#[test]
+fn gguf_deeply_nested_arrays_are_refused() {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&0u64.to_le_bytes()); // tensors
+    b.extend_from_slice(&1u64.to_le_bytes()); // key/values
+    b.extend_from_slice(&1u64.to_le_bytes());
+    b.push(b'k');
+    b.extend_from_slice(&9u32.to_le_bytes()); // array
+    for _ in 0..100_000 {
+        b.extend_from_slice(&9u32.to_le_bytes()); // of arrays
+        b.extend_from_slice(&1u64.to_le_bytes()); // of one element
+    }
+    b.extend_from_slice(&4u32.to_le_bytes()); // innermost: u32 array
+    b.extend_from_slice(&0u64.to_le_bytes()); // empty
+    assert_err!(
+        GgufFile::from_bytes(b, "nested.gguf"),
+        Error::Gguf { error: GgufError::BadValue { .. }, .. },
+        "`k`",
+        "nested more than 8 deep",
+        "at most 8 levels"
+    );
+}
+
+/// The fuzz targets' seeds (`fuzz/seeds/`, made by `fuzz/make_seeds.py`) are valid inputs, so fuzzing starts
+/// from inputs that reach the deep paths (model building, tokenizers).
+#[test]
+fn fuzz_seeds_are_valid_inputs() {
+    let seeds = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds");
+    let gguf = GgufFile::open(seeds.join("gguf/tiny-llama.gguf")).unwrap();
+    HostModel::from_gguf(&gguf, None).unwrap();
+    let tok = mobilellm_kernels::tokenizer::Tokenizer::from_gguf(&gguf).unwrap();
+    assert_eq!(tok.encode("ab ab", false).len(), 2); // "ab", "Ġab"
+    let spm = GgufFile::open(seeds.join("gguf/spm-tokenizer.gguf")).unwrap();
+    let tok = mobilellm_kernels::tokenizer::Tokenizer::from_gguf(&spm).unwrap();
+    assert_eq!(tok.decode(&tok.encode("hello", false)), "hello");
+    assert!(!Safetensors::open(seeds.join("safetensors/overflow.safetensors")).unwrap().names().is_empty());
+    for name in ["tiny-plain", "tiny-shared"] {
+        ModelConfig::from_file(seeds.join(format!("config/{name}.json"))).unwrap();
+    }
+}
