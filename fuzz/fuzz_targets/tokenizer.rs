@@ -8,7 +8,13 @@ use std::sync::OnceLock;
 use libfuzzer_sys::fuzz_target;
 use mobilellm_kernels::tokenizer::{TokenType, Tokenizer, TokenizerKind, Vocab};
 
-fn vocab(kind: TokenizerKind, tokens: Vec<String>, types: Vec<TokenType>, scores: Vec<f32>, merges: Vec<String>) -> Vocab {
+fn vocab(
+    kind: TokenizerKind,
+    tokens: Vec<String>,
+    types: Vec<TokenType>,
+    scores: Vec<f32>,
+    merges: Vec<String>,
+) -> Vocab {
     Vocab {
         kind,
         pre: None,
