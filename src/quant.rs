@@ -278,7 +278,12 @@ impl HostWeight {
         wtype.check_shape(rows, cols)?;
         match rows.checked_mul(cols) {
             Some(n) if n == len => Ok(()),
-            _ => Err(Error::shape(what, &[len], format!("{} elements for a [{rows}, {cols}] weight", rows * cols))),
+            // saturating: the product may be what overflowed.
+            _ => Err(Error::shape(
+                what,
+                &[len],
+                format!("{} elements for a [{rows}, {cols}] weight", rows.saturating_mul(cols)),
+            )),
         }
     }
 

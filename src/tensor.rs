@@ -86,7 +86,9 @@ impl Tensor {
     /// A zeroed tensor with a debug label.
     pub fn zeros_labeled(gpu: &Gpu, label: &str, dtype: DType, shape: &[usize]) -> Result<Tensor> {
         let n = element_count(shape)?;
-        let bytes = (n * dtype.size()) as u64;
+        let bytes = n.checked_mul(dtype.size()).ok_or_else(|| {
+            Error::shape(format!("tensor `{label}` ({dtype})"), shape, "a size in bytes that fits in usize")
+        })? as u64;
         if bytes > gpu.max_binding_bytes() {
             return Err(Error::Capacity {
                 what: format!("tensor `{label}` {shape:?} ({dtype}) in bytes"),

@@ -28,6 +28,9 @@ pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
 pub const DEFAULT_ALIGNMENT: u64 = 32;
 /// ggml tensors have at most this many dimensions.
 pub const MAX_DIMS: usize = 4;
+/// Deepest nesting of metadata arrays accepted (real files use one level): the parser recurses per level,
+/// so a file of nested array headers must not be able to exhaust the stack.
+pub const MAX_ARRAY_NESTING: usize = 8;
 
 /// What is wrong with a GGUF file. Wrapped in [`Error::Gguf`] together with the file's path.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -899,7 +902,7 @@ impl<'a> Cursor<'a> {
         }
     }
 
-    fn value(&mut self, ty: ValueType, key: &str) -> Result<MetaValue, GgufError> {
+    fn value(&mut self, ty: ValueType, key: &str, depth: usize) -> Result<MetaValue, GgufError> {
         Ok(match ty {
             ValueType::U8 => MetaValue::U8(self.array::<1>()?[0]),
             ValueType::I8 => MetaValue::I8(self.array::<1>()?[0] as i8),
@@ -914,6 +917,13 @@ impl<'a> Cursor<'a> {
             ValueType::I64 => MetaValue::I64(i64::from_le_bytes(self.array()?)),
             ValueType::F64 => MetaValue::F64(f64::from_le_bytes(self.array()?)),
             ValueType::Array => {
+                if depth >= MAX_ARRAY_NESTING {
+                    return Err(GgufError::BadValue {
+                        key: key.into(),
+                        got: format!("arrays nested more than {depth} deep"),
+                        expected: format!("at most {MAX_ARRAY_NESTING} levels of nested arrays"),
+                    });
+                }
                 let id = self.u32()?;
                 let elem = ValueType::from_id(id)
                     .ok_or_else(|| GgufError::UnknownValueType { key: format!("{key}[]"), got: id })?;
@@ -921,7 +931,7 @@ impl<'a> Cursor<'a> {
                 self.check_count(n, elem.min_size())?;
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
-                    items.push(self.value(elem, key)?);
+                    items.push(self.value(elem, key, depth + 1)?);
                 }
                 MetaValue::Array(elem, items)
             }
@@ -952,7 +962,7 @@ fn parse_layout(b: &[u8]) -> Result<Parsed, GgufError> {
         c.section = format!("metadata value of `{key}`");
         let id = c.u32()?;
         let ty = ValueType::from_id(id).ok_or_else(|| GgufError::UnknownValueType { key: key.clone(), got: id })?;
-        let value = c.value(ty, &key)?;
+        let value = c.value(ty, &key, 0)?;
         if seen.insert(key.clone(), ()).is_some() {
             return Err(GgufError::DuplicateKey { key });
         }

@@ -118,6 +118,53 @@ impl HostModel {
         }
     }
 
+    /// Checks that every weight has the shape `config` asks for and that there are `num_hidden_layers`
+    /// layers (the fields are public, so a model may have been assembled or edited by hand).
+    pub fn check(&self) -> Result<()> {
+        let c = &self.config;
+        c.validate()?;
+        let (h, f, q, kv, v) = (c.hidden_size, c.intermediate_size, c.q_dim(), c.kv_dim(), c.vocab_size);
+        if self.layers.len() != c.num_hidden_layers {
+            return Err(Error::invalid(
+                "number of unique layers",
+                self.layers.len(),
+                format!("num_hidden_layers = {}", c.num_hidden_layers),
+            ));
+        }
+        let matrix = |what: String, w: &HostWeight, rows: usize, cols: usize| {
+            if (w.rows, w.cols) == (rows, cols) {
+                Ok(())
+            } else {
+                Err(Error::shape(what, &[w.rows, w.cols], format!("[{rows}, {cols}]")))
+            }
+        };
+        let vector = |what: String, x: &[f32], len: usize| {
+            if x.len() == len {
+                Ok(())
+            } else {
+                Err(Error::shape(what, &[x.len()], format!("[{len}]")))
+            }
+        };
+        matrix("embedding".into(), &self.embed, v, h)?;
+        if let Some(head) = &self.lm_head {
+            matrix("lm_head".into(), head, v, h)?;
+        }
+        vector("final norm".into(), &self.final_norm, h)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            let name = |part: &str| format!("layer {i} {part}");
+            vector(name("input norm"), &l.input_norm, h)?;
+            vector(name("post-attention norm"), &l.post_norm, h)?;
+            matrix(name("q_proj"), &l.q_proj, q, h)?;
+            matrix(name("k_proj"), &l.k_proj, kv, h)?;
+            matrix(name("v_proj"), &l.v_proj, kv, h)?;
+            matrix(name("o_proj"), &l.o_proj, h, q)?;
+            matrix(name("gate_proj"), &l.gate_proj, f, h)?;
+            matrix(name("up_proj"), &l.up_proj, f, h)?;
+            matrix(name("down_proj"), &l.down_proj, h, f)?;
+        }
+        Ok(())
+    }
+
     /// Bytes of all weights (each unique layer once).
     pub fn weight_bytes(&self) -> u64 {
         let norms = |l: &HostLayer| ((l.input_norm.len() + l.post_norm.len()) * 4) as u64;
@@ -140,6 +187,15 @@ impl HostModel {
     /// matrix. GGUF llama files use the interleaved RoPE layout.
     pub fn from_gguf(file: &GgufFile, convert: Option<WeightType>) -> Result<HostModel> {
         let g = file.llama_config()?;
+        if g.rope_dim != g.head_dim {
+            // Partial rotary embedding is not implemented: running it as full RoPE would be silently wrong.
+            return Err(Error::Config(format!(
+                "{}: llama.rope.dimension_count {} differs from the head dim {}; only full-head RoPE is supported",
+                file.path(),
+                g.rope_dim,
+                g.head_dim
+            )));
+        }
         let config = ModelConfig {
             hidden_size: g.hidden_size,
             intermediate_size: g.intermediate_size,

@@ -227,8 +227,9 @@ fn rows(t: &Tensor, n: usize) -> Result<Tensor> {
 impl Model {
     /// Uploads `host` (weights once per unique layer) and plans the decode step.
     pub fn new(gpu: &Gpu, host: &HostModel, options: &PlanOptions) -> Result<Model> {
+        // Also validates the config: a hand-edited model must not index past its layers below.
+        host.check()?;
         let config = host.config.clone();
-        config.validate()?;
         if options.max_batch == 0 || options.context == 0 {
             return Err(Error::invalid(
                 "plan options",

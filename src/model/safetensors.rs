@@ -18,10 +18,26 @@ pub use ::safetensors::Dtype;
 
 use crate::error::{Error, Result};
 
+/// Where a file's bytes live: a read-only memory map, or bytes owned in memory ([`Safetensors::from_bytes`]).
+enum Backing {
+    Mmap(Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Backing {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            Backing::Mmap(m) => m,
+            Backing::Owned(v) => v,
+        }
+    }
+}
+
 /// One memory-mapped `.safetensors` file with its parsed header.
 struct MappedFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Backing,
     /// Byte offset of the data section (8 + header length).
     data_start: usize,
     tensors: HashMap<String, TensorInfo>,
@@ -38,10 +54,21 @@ impl MappedFile {
         // SAFETY: the map is read-only; like every memory-mapped loader we rely on the checkpoint not being
         // truncated or rewritten by another process while it is open.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: shown.clone(), source })?;
+        Self::parse(Backing::Mmap(mmap), path.to_path_buf())
+    }
+
+    fn parse(bytes: Backing, path: PathBuf) -> Result<Self> {
+        let shown = path.display().to_string();
+        if bytes.len() < 8 {
+            return Err(Error::format(
+                &shown,
+                format!("file is {} bytes, shorter than the 8-byte header length", bytes.len()),
+            ));
+        }
         let (header_len, metadata) =
-            SafeTensors::read_metadata(&mmap).map_err(|e| Error::format(&shown, describe_error(&e, &mmap)))?;
+            SafeTensors::read_metadata(&bytes).map_err(|e| Error::format(&shown, describe_error(&e, &bytes)))?;
         let tensors = tensor_infos(&metadata);
-        Ok(MappedFile { path: path.to_path_buf(), mmap, data_start: 8 + header_len, tensors })
+        Ok(MappedFile { path, mmap: bytes, data_start: 8 + header_len, tensors })
     }
 
     fn bytes(&self, info: &TensorInfo) -> Result<&[u8]> {
@@ -70,7 +97,7 @@ fn describe_error(e: &SafeTensorError, bytes: &[u8]) -> String {
                         .map(|m| m.values().filter_map(|t| t.get("data_offsets")?.get(1)?.as_u64()).max().unwrap_or(0))
                 })
                 .unwrap_or(0);
-            let expected = 8 + header_len + data_end;
+            let expected = 8u64.saturating_add(header_len).saturating_add(data_end);
             format!(
                 "file is {} bytes but its header describes {expected} bytes (8 + {header_len} header + {data_end} data): \
                  truncated or padded",
@@ -84,10 +111,74 @@ fn describe_error(e: &SafeTensorError, bytes: &[u8]) -> String {
         SafeTensorError::HeaderTooLarge => "header length is larger than 100 MB (not a safetensors file?)".into(),
         SafeTensorError::InvalidHeader(u) => format!("header is not UTF-8: {u}"),
         SafeTensorError::InvalidHeaderDeserialization(j) => format!("header is not valid safetensors JSON: {j}"),
-        SafeTensorError::InvalidOffset(name) => format!("tensor `{name}` has data offsets that are out of order"),
-        SafeTensorError::TensorInvalidInfo => "a tensor's data offsets do not match its shape and dtype".into(),
+        SafeTensorError::InvalidOffset(name) => {
+            let detail = offsets_detail(bytes, name).unwrap_or_default();
+            format!(
+                "tensor `{name}` has data offsets{detail} that leave a gap, overlap another tensor or run backwards \
+                 (tensors must tile the data section in order)"
+            )
+        }
+        SafeTensorError::TensorInvalidInfo => match size_mismatch(bytes) {
+            Some((name, dtype, shape, s, e, want)) => format!(
+                "tensor `{name}` ({dtype} {shape:?}) has data offsets [{s}, {e}] = {} bytes, expected {want} bytes",
+                e.saturating_sub(s)
+            ),
+            None => "a tensor's data offsets do not match its shape and dtype".into(),
+        },
+        SafeTensorError::ValidationOverflow => "a tensor's shape has more elements than fit in memory".into(),
+        SafeTensorError::MisalignedSlice => "a tensor of a sub-byte dtype does not end on a byte boundary".into(),
         other => format!("{other:?}"),
     }
+}
+
+/// The header JSON as an object, when the header length and text are sound (only for error messages).
+fn header_object(bytes: &[u8]) -> Option<serde_json::Map<String, Value>> {
+    let header_len = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
+    let end = 8usize.checked_add(usize::try_from(header_len).ok()?)?;
+    match serde_json::from_slice::<Value>(bytes.get(8..end)?).ok()? {
+        Value::Object(m) => Some(m),
+        _ => None,
+    }
+}
+
+fn data_offsets(entry: &Value) -> Option<(u64, u64)> {
+    let o = entry.get("data_offsets")?;
+    Some((o.get(0)?.as_u64()?, o.get(1)?.as_u64()?))
+}
+
+/// ` [s, e] (the previous tensor ends at p)` for the named tensor.
+fn offsets_detail(bytes: &[u8], name: &str) -> Option<String> {
+    let header = header_object(bytes)?;
+    let (s, e) = data_offsets(header.get(name)?)?;
+    let mut all: Vec<(u64, u64)> =
+        header.iter().filter(|(k, _)| *k != "__metadata__").filter_map(|(_, v)| data_offsets(v)).collect();
+    all.sort_unstable();
+    let prev_end = all.iter().take_while(|&&o| o < (s, e)).last().map_or(0, |&(_, pe)| pe);
+    Some(format!(" [{s}, {e}] (the tensor before it ends at {prev_end})"))
+}
+
+/// Bytes per element of a safetensors dtype name; `None` for sub-byte or unknown types.
+fn dtype_bytes(dtype: &str) -> Option<u64> {
+    Some(match dtype {
+        "F64" | "I64" | "U64" => 8,
+        "F32" | "I32" | "U32" => 4,
+        "F16" | "BF16" | "I16" | "U16" => 2,
+        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
+        _ => return None,
+    })
+}
+
+/// The first tensor whose data size differs from its shape times its dtype size:
+/// (name, dtype, shape, start, end, expected bytes).
+fn size_mismatch(bytes: &[u8]) -> Option<(String, String, Vec<u64>, u64, u64, u64)> {
+    let header = header_object(bytes)?;
+    header.iter().filter(|(k, _)| *k != "__metadata__").find_map(|(name, v)| {
+        let dtype = v.get("dtype")?.as_str()?;
+        let shape: Vec<u64> = v.get("shape")?.as_array()?.iter().map(Value::as_u64).collect::<Option<_>>()?;
+        let (s, e) = data_offsets(v)?;
+        let want = shape.iter().try_fold(dtype_bytes(dtype)?, |acc, &d| acc.checked_mul(d))?;
+        (e.checked_sub(s) != Some(want)).then(|| (name.clone(), dtype.to_string(), shape, s, e, want))
+    })
 }
 
 /// A tensor as stored: dtype, shape and its bytes inside the memory map (little-endian, row-major).
@@ -146,6 +237,14 @@ impl Safetensors {
     /// Opens one `.safetensors` file.
     pub fn open_file(path: impl AsRef<Path>) -> Result<Self> {
         let file = MappedFile::open(path.as_ref())?;
+        let location = file.tensors.keys().map(|k| (k.clone(), 0)).collect();
+        Ok(Safetensors { source: file.path.display().to_string(), files: vec![file], location })
+    }
+
+    /// Parses a `.safetensors` file held in memory (tests, fuzzing, embedded models); `name` stands for
+    /// the path in error messages.
+    pub fn from_bytes(bytes: Vec<u8>, name: impl Into<String>) -> Result<Self> {
+        let file = MappedFile::parse(Backing::Owned(bytes), PathBuf::from(name.into()))?;
         let location = file.tensors.keys().map(|k| (k.clone(), 0)).collect();
         Ok(Safetensors { source: file.path.display().to_string(), files: vec![file], location })
     }
