@@ -550,3 +550,126 @@ impl Model {
         }
     }
 }
+
+/// Benchmark hooks: GPU-timestamped steps and a cheap way to reach a long context.
+impl Model {
+    /// Runs one decode step like [`Model::step`] (same dispatches, same state change: `token` goes into
+    /// the KV cache and the position advances), but with every dispatch in its own compute pass whose
+    /// begin and end are GPU timestamps. Returns `(name, milliseconds)` per dispatch, in recording order.
+    ///
+    /// Pass-boundary timestamps need only `TIMESTAMP_QUERY` (no timestamps inside passes); one pass per
+    /// dispatch adds a little overhead per pass, so the sum is slightly above a plain step's GPU time.
+    /// The copy of the last residual row between body and head is not timed (4 bytes × hidden).
+    pub fn profile_step_dispatches(&mut self, token: u32) -> Result<Vec<(String, f64)>> {
+        if !self.gpu.features().timestamps {
+            return Err(Error::Unsupported {
+                what: "TIMESTAMP_QUERY".into(),
+                needed: "profiling a step with GPU timestamps".into(),
+            });
+        }
+        self.check_tokens(&[token])?;
+        self.plan(1, false)?;
+        let params = self.step_params(self.pos, 1, &self.sampling);
+        let plan = self.plans.get(&(1, false)).ok_or_else(|| Error::Device("missing decode plan".into()))?;
+        let body: Vec<&Dispatch> = plan.embedding.dispatches().into_iter().chain(&plan.body).collect();
+        let head: Vec<&Dispatch> = plan.head.iter().chain(plan.sampler.dispatches()).collect();
+        let count = body.len() + head.len();
+        let queries = 2 * count as u32;
+        if queries > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::Capacity {
+                what: "timestamp queries of one profiled step".into(),
+                requested: queries as usize,
+                capacity: wgpu::QUERY_SET_MAX_QUERIES as usize,
+            });
+        }
+        let gpu = &self.gpu;
+        gpu.take_error()?;
+        let set = gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile step"),
+            ty: wgpu::QueryType::Timestamp,
+            count: queries,
+        });
+        let bytes = u64::from(queries) * 8;
+        let resolve = gpu.create_buffer(
+            "profile timestamps",
+            bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        self.step.write(gpu, &params);
+        gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(&[token]));
+        let mut encoder =
+            gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profiled step") });
+        let timed = |encoder: &mut wgpu::CommandEncoder, i: usize, d: &Dispatch| {
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some(d.name()),
+                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                    query_set: &set,
+                    beginning_of_pass_write_index: Some(2 * i as u32),
+                    end_of_pass_write_index: Some(2 * i as u32 + 1),
+                }),
+            });
+            d.record(&mut pass);
+        };
+        for (i, d) in body.iter().enumerate() {
+            timed(&mut encoder, i, d);
+        }
+        let row = (self.config.hidden_size * 4) as u64;
+        encoder.copy_buffer_to_buffer(self.act.x.buffer(), 0, self.act.last.buffer(), 0, row);
+        for (i, d) in head.iter().enumerate() {
+            timed(&mut encoder, body.len() + i, d);
+        }
+        encoder.resolve_query_set(&set, 0..queries, &resolve, 0);
+        gpu.submit_and_wait([encoder.finish()])?;
+        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&read_buffer(gpu, &resolve, 0, bytes)?);
+        let period_ns = f64::from(gpu.queue().get_timestamp_period());
+        let times = body
+            .iter()
+            .chain(&head)
+            .enumerate()
+            .map(|(i, d)| {
+                // A wrapped or reordered pair (seen on some drivers) reads as zero rather than garbage.
+                let ticks = stamps[2 * i + 1].saturating_sub(stamps[2 * i]);
+                (d.name().to_string(), ticks as f64 * period_ns / 1e6)
+            })
+            .collect();
+        self.pos += 1;
+        Ok(times)
+    }
+
+    /// [`Model::profile_step_dispatches`] summed by kernel family (the part of a dispatch name before
+    /// `:`), in order of first appearance: `(family, milliseconds)`.
+    pub fn profile_step(&mut self, token: u32) -> Result<Vec<(String, f64)>> {
+        let mut families: Vec<(String, f64)> = Vec::new();
+        for (name, ms) in self.profile_step_dispatches(token)? {
+            let family = name.split(':').next().unwrap_or(&name).to_string();
+            match families.iter_mut().find(|(f, _)| *f == family) {
+                Some((_, total)) => *total += ms,
+                None => families.push((family, ms)),
+            }
+        }
+        Ok(families)
+    }
+
+    /// Dispatches recorded for the executed layers in one decode step (the part of
+    /// [`Model::decode_dispatches`] between the embedding and the head); divide by
+    /// [`ModelConfig::executed_layers`] for dispatches per layer.
+    pub fn decode_layer_dispatches(&self) -> usize {
+        self.plans.get(&(1, false)).map_or(0, |p| p.body.len())
+    }
+
+    /// Moves the current position to `pos` without computing anything: the KV cache below `pos` keeps
+    /// whatever it holds. For benchmarks, whose decode cost at a context depends on the position and
+    /// not on the cached values, to reach a long context without a long prefill. Errors if `pos`
+    /// exceeds the cache capacity.
+    pub fn seek(&mut self, pos: usize) -> Result<()> {
+        if pos > self.options.context {
+            return Err(Error::Capacity {
+                what: "KV-cache position".into(),
+                requested: pos,
+                capacity: self.options.context,
+            });
+        }
+        self.pos = pos;
+        Ok(())
+    }
+}

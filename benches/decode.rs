@@ -1,0 +1,81 @@
+//! End-to-end decode benchmark: synthetic MobileLLM-125M in q4_0 with and without layer sharing (the
+//! key comparison: LS / plain decode time), plus q8_0, f16 and 350M with `--all`.
+//!
+//! `cargo bench --bench decode -- [--quick] [--all] [--steps N] [--seek]`
+//! - `--quick`: prefill 64, decode at context 64 only, 3 timed steps (a smoke run);
+//! - `--steps N`: timed decode steps per context (default 4, sized for lavapipe, where one 125M step
+//!   takes ~0.3-1 s);
+//! - `--seek`: reach each decode context by [`Model::seek`](mobilellm_kernels::model::planner::Model::seek)
+//!   instead of a prefill (the same decode work without the long prefill).
+//!
+//! Prints a Markdown table; writes `target/bench/decode.json`, `decode.svg` and, when the kernel
+//! benchmark has written `target/bench/kernels.json`, `kernels.svg`.
+
+use std::path::Path;
+
+use mobilellm_kernels::bench::{self, BenchOptions, BenchReport, ContextFill, Synthetic};
+use mobilellm_kernels::quant::WeightType;
+use mobilellm_kernels::{Gpu, Result};
+
+struct Args {
+    quick: bool,
+    all: bool,
+    steps: Option<usize>,
+    seek: bool,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args { quick: false, all: false, steps: None, seek: false };
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--quick" => args.quick = true,
+            "--all" => args.all = true,
+            "--seek" => args.seek = true,
+            "--steps" => args.steps = it.next().and_then(|s| s.parse().ok()),
+            _ => {} // `--bench` from cargo, filters of other harnesses
+        }
+    }
+    args
+}
+
+fn main() -> Result<()> {
+    let args = parse_args();
+    let gpu = Gpu::new()?;
+    eprintln!("bench device: {}", gpu.describe());
+    let mut options =
+        if args.quick { BenchOptions::quick() } else { BenchOptions { decode_steps: 4, ..Default::default() } };
+    if let Some(steps) = args.steps {
+        options.decode_steps = steps.max(1);
+    }
+    if args.seek {
+        options.fill = ContextFill::Seek;
+    }
+    let mut configs = vec![(Synthetic::M125, WeightType::Q4_0)];
+    if args.all {
+        configs.extend([
+            (Synthetic::M125, WeightType::Q8_0),
+            (Synthetic::M125, WeightType::F16),
+            (Synthetic::M350, WeightType::Q4_0),
+        ]);
+    }
+    let mut results = Vec::new();
+    for (size, wtype) in configs {
+        let t0 = std::time::Instant::now();
+        let mut host = bench::synthetic_model(size, wtype, false, 0)?;
+        eprintln!("synthetic {} {wtype}: {:.1} s to generate", size.name(), t0.elapsed().as_secs_f64());
+        for layer_sharing in [false, true] {
+            host.config.layer_sharing = layer_sharing;
+            let r = bench::bench_decode(&gpu, &host, &format!("synthetic {}", size.name()), &options)?;
+            eprintln!("{}: {:.1} s", r.label, r.seconds);
+            results.push(r);
+        }
+    }
+    let report = BenchReport::new(&gpu, results);
+    println!("{}", bench::markdown_table(&report));
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    for path in bench::write_reports(&report, &dir)? {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
