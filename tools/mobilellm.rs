@@ -36,6 +36,36 @@ enum Command {
     Chat(ChatArgs),
     /// Prints the token ids of a text as a JSON array, or with --decode the text of ids.
     Tokenize(TokenizeArgs),
+    /// End-to-end benchmark: prefill and decode tokens/s, the roofline, dispatches, memory, time by kernel family.
+    Bench(BenchArgs),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// A GGUF file or checkpoint directory (else --synthetic).
+    #[arg(long, conflicts_with = "synthetic")]
+    model: Option<PathBuf>,
+    /// A synthetic MobileLLM shape: 125m or 350m.
+    #[arg(long, default_value = "125m")]
+    synthetic: mobilellm_kernels::bench::Synthetic,
+    /// Weight type (synthetic default q4_0; files: as stored unless given).
+    #[arg(long)]
+    dtype: Option<WeightType>,
+    /// Layer sharing for synthetic models: on, off or both.
+    #[arg(long, default_value = "both")]
+    layer_sharing: String,
+    /// A fast smoke run (prefill 64, decode at context 64 only, 3 steps).
+    #[arg(long)]
+    quick: bool,
+    /// Timed decode steps per context.
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Reach long contexts by moving the position instead of a real prefill (same decode work, faster).
+    #[arg(long)]
+    seek: bool,
+    /// Where the JSON and SVG files go.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
 }
 
 #[derive(Args, Clone)]
@@ -152,6 +182,7 @@ fn main() -> ExitCode {
         Command::Generate(a) => generate(&a),
         Command::Chat(a) => chat(&a),
         Command::Tokenize(a) => tokenize(&a),
+        Command::Bench(a) => bench(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -508,4 +539,43 @@ fn demo_synthetic(gpu: &Gpu, prefill: usize, decode: usize) -> Result<()> {
             message: format!("GPU logits differ from the CPU reference by {worst}"),
         })
     }
+}
+
+fn bench(a: &BenchArgs) -> Result<()> {
+    use mobilellm_kernels::bench::{self, BenchOptions, BenchReport, ContextFill};
+    let gpu = Gpu::new()?;
+    eprintln!("bench device: {}", gpu.describe());
+    let mut options = if a.quick { BenchOptions::quick() } else { BenchOptions { decode_steps: 4, ..Default::default() } };
+    if let Some(steps) = a.steps {
+        options.decode_steps = steps.max(1);
+    }
+    if a.seek {
+        options.fill = ContextFill::Seek;
+    }
+    let sharing: Vec<bool> = match a.layer_sharing.as_str() {
+        "on" => vec![true],
+        "off" => vec![false],
+        "both" => vec![false, true],
+        other => return Err(Error::invalid("--layer-sharing", other, "on, off or both")),
+    };
+    let mut results = Vec::new();
+    if let Some(path) = &a.model {
+        let (host, _) = load_host(path, a.dtype)?;
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        results.push(bench::bench_decode(&gpu, &host, &name, &options)?);
+    } else {
+        let wtype = a.dtype.unwrap_or(WeightType::Q4_0);
+        let mut host = bench::synthetic_model(a.synthetic, wtype, false, 0)?;
+        for layer_sharing in sharing {
+            host.config.layer_sharing = layer_sharing;
+            let name = format!("synthetic {}", a.synthetic.name());
+            results.push(bench::bench_decode(&gpu, &host, &name, &options)?);
+        }
+    }
+    let report = BenchReport::new(&gpu, results);
+    println!("{}", bench::markdown_table(&report));
+    for path in bench::write_reports(&report, &a.out)? {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
