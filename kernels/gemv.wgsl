@@ -7,6 +7,10 @@
 //   subgroupAdd: correct for any subgroup size, no workgroup memory, no barriers.
 // - TPR > 1 without SUBGROUPS: TPR consecutive threads per row slot, tree-reduced in workgroup memory.
 // `y` is one read_write binding so the residual add (accumulate) happens in place.
+// NORM: x is RMS-normalised on the fly (x / rms(x) * norm_w; each invocation computes rms of its vector,
+// a few hundred MACs next to RPT rows of weights), so a norm dispatch and its buffer disappear.
+// SWIGLU: W is [gate; up] stacked (2 * out_rows rows); output o = silu(gate_o . x) * (up_o . x): the fused
+// feed-forward first half as one GEMV with the GEMV's tuned mapping.
 
 struct Params {
     w: WeightDesc,
@@ -14,6 +18,11 @@ struct Params {
     y_stride: u32,
     out_offset: u32,
     accumulate: u32,
+    // Rows produced (w.rows, or half of them with SWIGLU) and the first `up` row.
+    out_rows: u32,
+    up_row: u32,
+    eps: f32,
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
@@ -23,26 +32,63 @@ struct Params {
 
 #include weights
 
+#if NORM
+@group(0) @binding(4) var<storage, read> norm_w: array<f32>;
+var<private> inv_rms: f32;
+
+fn prepare_norm(xbase: u32) {
+    var sum_sq = 0.0;
+    for (var k = 0u; k < params.w.cols; k++) {
+        let v = x[xbase + k];
+        sum_sq += v * v;
+    }
+    inv_rms = inverseSqrt(sum_sq / f32(params.w.cols) + params.eps);
+}
+#endif
+
+#if SWIGLU
+const OUTS: u32 = 2u * RPT;
+#else
+const OUTS: u32 = RPT;
+#endif
+
+// The output value of row slot i from its accumulators.
+fn finish(acc: array<f32, OUTS>, i: u32) -> f32 {
+#if SWIGLU
+    let g = acc[i];
+    return g / (1.0 + exp(-g)) * acc[RPT + i];
+#else
+    return acc[i];
+#endif
+}
+
 const SLOTS: u32 = WG / TPR;
 const RPW: u32 = SLOTS * RPT;
 
-var<workgroup> partial: array<f32, WG * RPT>;
+var<workgroup> partial: array<f32, WG * OUTS>;
 
 // x[base + 32*block ..] as 8 vec4, zero past `cols` (only f32/f16 weights have a partial last block).
 fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
     let c0 = block * 32u;
+    var v: array<vec4<f32>, 8>;
     if c0 + 32u <= cols {
         let o = base + c0;
-        return array<vec4<f32>, 8>(x4(o), x4(o + 4u), x4(o + 8u), x4(o + 12u), x4(o + 16u), x4(o + 20u),
-                                   x4(o + 24u), x4(o + 28u));
+        v = array<vec4<f32>, 8>(x4(o), x4(o + 4u), x4(o + 8u), x4(o + 12u), x4(o + 16u), x4(o + 20u),
+                                x4(o + 24u), x4(o + 28u));
+    } else {
+        for (var k = 0u; k < 8u; k++) {
+            let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
+            let ok = c < vec4<u32>(cols);
+            let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
+            v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
+        }
     }
-    var v: array<vec4<f32>, 8>;
+#if NORM
     for (var k = 0u; k < 8u; k++) {
-        let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
-        let ok = c < vec4<u32>(cols);
-        let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
-        v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
+        let c = min(vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(cols - 1u));
+        v[k] *= inv_rms * vec4<f32>(norm_w[c.x], norm_w[c.y], norm_w[c.z], norm_w[c.w]);
     }
+#endif
     return v;
 }
 
@@ -60,15 +106,19 @@ fn store(batch: u32, row: u32, value: f32) {
 }
 
 // Partial dots of rows r0 .. r0+RPT-1 over the blocks first, first+step, ...
-fn dot_rows(r0: u32, batch: u32, first: u32, step: u32) -> array<f32, RPT> {
-    var acc: array<f32, RPT>;
-    let last = params.w.rows - 1u;
+fn dot_rows(r0: u32, batch: u32, first: u32, step: u32) -> array<f32, OUTS> {
+    var acc: array<f32, OUTS>;
+    let last = params.out_rows - 1u;
     let xbase = batch * params.w.cols;
     for (var b = first; b < params.w.blocks; b += step) {
         let xv = load_x(xbase, b, params.w.cols);
         for (var i = 0u; i < RPT; i++) {
             // Rows past the end re-read the last row (never stored): no branch in the hot loop.
-            acc[i] += weight_dot32(params.w, min(r0 + i, last), b, xv);
+            let r = min(r0 + i, last);
+            acc[i] += weight_dot32(params.w, r, b, xv);
+#if SWIGLU
+            acc[RPT + i] += weight_dot32(params.w, r + params.up_row, b, xv);
+#endif
         }
     }
     return acc;
@@ -86,12 +136,15 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 ) {
     let batch = wg.y;
     let row0 = wg.x * RPW;
+#if NORM
+    prepare_norm(batch * params.w.cols);
+#endif
     if TPR == 1u {
         let r0 = row0 + lid * RPT;
         let acc = dot_rows(r0, batch, 0u, 1u);
         for (var i = 0u; i < RPT; i++) {
-            if r0 + i < params.w.rows {
-                store(batch, r0 + i, acc[i]);
+            if r0 + i < params.out_rows {
+                store(batch, r0 + i, finish(acc, i));
             }
         }
         return;
@@ -100,11 +153,13 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
     // The loop bound is uniform within each subgroup, so subgroupAdd sees the whole subgroup.
     for (var slot = sg_id; slot < SLOTS; slot += sg_count) {
         let r0 = row0 + slot * RPT;
-        let acc = dot_rows(r0, batch, sg_lane, sg_size);
+        var acc = dot_rows(r0, batch, sg_lane, sg_size);
+        for (var i = 0u; i < OUTS; i++) {
+            acc[i] = subgroupAdd(acc[i]);
+        }
         for (var i = 0u; i < RPT; i++) {
-            let total = subgroupAdd(acc[i]);
-            if sg_lane == 0u && r0 + i < params.w.rows {
-                store(batch, r0 + i, total);
+            if sg_lane == 0u && r0 + i < params.out_rows {
+                store(batch, r0 + i, finish(acc, i));
             }
         }
     }
@@ -112,22 +167,26 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
     let lane = lid % TPR;
     let r0 = row0 + (lid / TPR) * RPT;
     let acc = dot_rows(r0, batch, lane, TPR);
-    for (var i = 0u; i < RPT; i++) {
-        partial[lid * RPT + i] = acc[i];
+    for (var i = 0u; i < OUTS; i++) {
+        partial[lid * OUTS + i] = acc[i];
     }
     workgroupBarrier();
     for (var s = TPR / 2u; s > 0u; s >>= 1u) {
         if lane < s {
-            for (var i = 0u; i < RPT; i++) {
-                partial[lid * RPT + i] += partial[(lid + s) * RPT + i];
+            for (var i = 0u; i < OUTS; i++) {
+                partial[lid * OUTS + i] += partial[(lid + s) * OUTS + i];
             }
         }
         workgroupBarrier();
     }
     if lane == 0u {
+        var total: array<f32, OUTS>;
+        for (var i = 0u; i < OUTS; i++) {
+            total[i] = partial[lid * OUTS + i];
+        }
         for (var i = 0u; i < RPT; i++) {
-            if r0 + i < params.w.rows {
-                store(batch, r0 + i, partial[lid * RPT + i]);
+            if r0 + i < params.out_rows {
+                store(batch, r0 + i, finish(total, i));
             }
         }
     }

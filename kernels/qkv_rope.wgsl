@@ -132,33 +132,65 @@ fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     }
     workgroupBarrier();
     if lid < PAIRS {
-        let ia = elem_of(grp, lid);
-        let ib = elem_of(grp, lid + PAIRS);
-        var a = y_sh[lid];
-        var b = y_sh[lid + PAIRS];
-        let heads = params.heads;
-        let kvn = params.kv_heads;
-        let is_v = slot >= heads + kvn;
-        if !is_v {
-            let cs = rope_cs[pos * (HD / 2u) + grp * PAIRS + lid];
-            let ra = a * cs.x - b * cs.y;
-            b = a * cs.y + b * cs.x;
-            a = ra;
+        store_pair(slot, r, pos, grp * PAIRS + lid, elem_of(grp, lid), elem_of(grp, lid + PAIRS), y_sh[lid],
+                   y_sh[lid + PAIRS]);
+    }
+}
+
+// RoPE pair `p` (elements ia, ib of head slot `slot`, token row r at position pos) and its destination:
+// Q rows to q_out, K and V rows to the cache (V is not rotated).
+fn store_pair(slot: u32, r: u32, pos: u32, p: u32, ia: u32, ib: u32, a0: f32, b0: f32) {
+    var a = a0;
+    var b = b0;
+    let heads = params.heads;
+    let kvn = params.kv_heads;
+    let is_v = slot >= heads + kvn;
+    if !is_v {
+        let cs = rope_cs[pos * (HD / 2u) + p];
+        let ra = a * cs.x - b * cs.y;
+        b = a * cs.y + b * cs.x;
+        a = ra;
+    }
+    if slot < heads {
+        let base = (r * heads + slot) * HD;
+        q_out[base + ia] = a;
+        q_out[base + ib] = b;
+    } else {
+        var kvh = slot - heads;
+        var part = 0u;
+        if is_v {
+            kvh -= kvn;
+            part = 1u;
         }
-        if slot < heads {
-            let base = (r * heads + slot) * HD;
-            q_out[base + ia] = a;
-            q_out[base + ib] = b;
-        } else {
-            var kvh = slot - heads;
-            var part = 0u;
-            if is_v {
-                kvh -= kvn;
-                part = 1u;
-            }
-            let base = ((part * kvn + kvh) * params.capacity + pos) * HD;
-            kv[base + ia] = kv_t(a);
-            kv[base + ib] = kv_t(b);
-        }
+        let base = ((part * kvn + kvh) * params.capacity + pos) * HD;
+        kv[base + ia] = kv_t(a);
+        kv[base + ib] = kv_t(b);
+    }
+}
+
+// The unfused tail for devices where a tuned GEMV (`gemv` with NORM) computes the projection faster:
+// reads the projected Q|K|V row of each token from `qkv_in` (`[max_n, (heads + 2 kv_heads) * HD]`) and does
+// the RoPE and the cache write. One workgroup per (head slot, token row); one invocation per RoPE pair.
+@group(0) @binding(8) var<storage, read> qkv_in: array<f32>;
+
+@compute @workgroup_size(WG)
+fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let slot = wg.x;
+    let r = wg.y;
+    let pos = step.pos + r;
+    if r >= step.n || pos >= params.capacity {
+        return;
+    }
+    let width = (params.heads + 2u * params.kv_heads) * HD;
+    let base = r * width + slot * HD;
+    for (var p = lid; p < HD / 2u; p += WG) {
+#if ROPE_INTERLEAVED
+        let ia = 2u * p;
+        let ib = 2u * p + 1u;
+#else
+        let ia = p;
+        let ib = p + HD / 2u;
+#endif
+        store_pair(slot, r, pos, p, ia, ib, qkv_in[base + ia], qkv_in[base + ib]);
     }
 }

@@ -545,7 +545,8 @@ fn bench(a: &BenchArgs) -> Result<()> {
     use mobilellm_kernels::bench::{self, BenchOptions, BenchReport, ContextFill};
     let gpu = Gpu::new()?;
     eprintln!("bench device: {}", gpu.describe());
-    let mut options = if a.quick { BenchOptions::quick() } else { BenchOptions { decode_steps: 4, ..Default::default() } };
+    let mut options =
+        if a.quick { BenchOptions::quick() } else { BenchOptions { decode_steps: 4, ..Default::default() } };
     if let Some(steps) = a.steps {
         options.decode_steps = steps.max(1);
     }

@@ -20,6 +20,8 @@ use crate::model::config::ModelConfig;
 use crate::model::host::{HostLayer, HostModel};
 use crate::ops::attention::Split;
 use crate::ops::embedding::Embedding;
+use crate::ops::ffn::fuse_gate_up;
+use crate::ops::gemv::GemvFusion;
 use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
 use crate::ops::sample::{SampleRow, Sampler};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
@@ -109,8 +111,7 @@ struct GpuLayer {
     qkv_proj: GpuWeight,
     o_proj: GpuWeight,
     post_norm: Tensor,
-    gate_proj: GpuWeight,
-    up_proj: GpuWeight,
+    gate_up_proj: GpuWeight,
     down_proj: GpuWeight,
 }
 
@@ -122,17 +123,13 @@ impl GpuLayer {
             qkv_proj: GpuWeight::upload(gpu, &fuse_qkv(&l.q_proj, &l.k_proj, &l.v_proj)?)?,
             o_proj: GpuWeight::upload(gpu, &l.o_proj)?,
             post_norm: norm(&l.post_norm)?,
-            gate_proj: GpuWeight::upload(gpu, &l.gate_proj)?,
-            up_proj: GpuWeight::upload(gpu, &l.up_proj)?,
+            gate_up_proj: GpuWeight::upload(gpu, &fuse_gate_up(&l.gate_proj, &l.up_proj)?)?,
             down_proj: GpuWeight::upload(gpu, &l.down_proj)?,
         })
     }
 
     fn size_bytes(&self) -> u64 {
-        [&self.qkv_proj, &self.o_proj, &self.gate_proj, &self.up_proj, &self.down_proj]
-            .iter()
-            .map(|w| w.size_bytes())
-            .sum::<u64>()
+        [&self.qkv_proj, &self.o_proj, &self.gate_up_proj, &self.down_proj].iter().map(|w| w.size_bytes()).sum::<u64>()
             + self.input_norm.size_bytes()
             + self.post_norm.size_bytes()
     }
@@ -142,6 +139,7 @@ impl GpuLayer {
 struct Activations {
     ids: Tensor,
     x: Tensor,
+    qkv: Tensor,
     q: Tensor,
     attn: Tensor,
     h: Tensor,
@@ -159,6 +157,7 @@ impl Activations {
         Ok(Activations {
             ids: Tensor::zeros_labeled(gpu, "ids", DType::U32, &[b])?,
             x: f("residual", &[b, c.hidden_size])?,
+            qkv: f("qkv", &[b, c.q_dim() + 2 * c.kv_dim()])?,
             q: f("q", &[b, c.q_dim()])?,
             attn: f("attention out", &[b, c.q_dim()])?,
             h: f("ffn hidden", &[b, c.intermediate_size])?,
@@ -175,6 +174,7 @@ impl Activations {
         [
             &self.ids,
             &self.x,
+            &self.qkv,
             &self.q,
             &self.attn,
             &self.h,
@@ -288,6 +288,10 @@ impl Model {
         let eps = c.rms_norm_eps;
         let (ids, x, q, attn, h) =
             (rows(&a.ids, n)?, rows(&a.x, n)?, rows(&a.q, n)?, rows(&a.attn, n)?, rows(&a.h, n)?);
+        let qkv = rows(&a.qkv, n)?;
+        // On CPU drivers the one-dispatch qkv_rope loses to the GEMV's tuned mapping (its 4 threads per row
+        // and workgroup reductions cost more there than a second, tiny dispatch).
+        let split_qkv = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
         let linear = |w: &GpuWeight, input: &Tensor, out: &Tensor, offset: usize, accumulate: bool| {
             if n == 1 {
                 ops::gemv::gemv(gpu, w, input, out, offset, accumulate)
@@ -299,19 +303,35 @@ impl Model {
         let mut body = Vec::new();
         for exec in 0..c.executed_layers() {
             let l = &self.layers[c.unique_layer_of(exec)];
-            body.push(ops::qkv_rope::qkv_rope(
-                gpu,
-                &self.step,
-                &x,
-                &l.input_norm,
-                eps,
-                &l.qkv_proj,
-                &self.rope,
-                c.rope_layout,
-                &q,
-                &self.cache,
-                exec,
-            )?);
+            if split_qkv {
+                // CPU drivers: the tuned GEMV (with the norm folded in) then RoPE + cache write.
+                let fusion = GemvFusion { norm: Some((&l.input_norm, eps)), swiglu: false };
+                body.push(ops::gemv::gemv_fused(gpu, &l.qkv_proj, &x, &qkv, fusion)?);
+                body.push(ops::qkv_rope::rope_cache(
+                    gpu,
+                    &self.step,
+                    &qkv,
+                    &self.rope,
+                    c.rope_layout,
+                    &q,
+                    &self.cache,
+                    exec,
+                )?);
+            } else {
+                body.push(ops::qkv_rope::qkv_rope(
+                    gpu,
+                    &self.step,
+                    &x,
+                    &l.input_norm,
+                    eps,
+                    &l.qkv_proj,
+                    &self.rope,
+                    c.rope_layout,
+                    &q,
+                    &self.cache,
+                    exec,
+                )?);
+            }
             if n == 1 {
                 body.extend(ops::attention::attention_decode(
                     gpu,
@@ -326,7 +346,7 @@ impl Model {
                 body.push(ops::attention::attention_prefill(gpu, &self.step, &q, &self.cache, exec, &attn)?);
             }
             body.push(linear(&l.o_proj, &attn, &x, 0, true)?);
-            body.push(ops::ffn::ffn_gate_up(gpu, &x, &l.post_norm, eps, &l.gate_proj, &l.up_proj, &h)?);
+            body.push(ops::ffn::ffn_swiglu(gpu, &x, &l.post_norm, eps, &l.gate_up_proj, &h)?);
             body.push(linear(&l.down_proj, &h, &x, 0, true)?);
         }
         let head_weights = self.head.as_ref().unwrap_or(&self.embed);

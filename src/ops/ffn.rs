@@ -9,7 +9,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::ops::{base_variant, grid_1d, make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
-use crate::quant::{GpuWeight, WeightDesc};
+use crate::quant::{GpuWeight, HostWeight, WeightDesc};
 use crate::shader::{ShaderVariant, FFN};
 use crate::tensor::{DType, Tensor};
 
@@ -230,4 +230,39 @@ pub fn ffn_block(
     let gate_up = ffn_gate_up(gpu, x, norm_weight, eps, gate, up, h)?;
     let down = crate::ops::gemv::gemv(gpu, down, h, x, 0, true)?;
     Ok(vec![gate_up, down])
+}
+
+/// Stacks `gate` and `up` (`[ffn, hidden]`, one type) row-wise into the `[2 ffn, hidden]` weight that
+/// [`ffn_swiglu`] reads, bit-exactly (through the GGUF block bytes).
+pub fn fuse_gate_up(gate: &HostWeight, up: &HostWeight) -> Result<HostWeight> {
+    if up.wtype != gate.wtype || up.rows != gate.rows || up.cols != gate.cols {
+        return Err(Error::shape(
+            format!("up_proj ({}) stacked with gate_proj ({})", up.wtype, gate.wtype),
+            &[up.rows, up.cols],
+            format!("[{}, {}] of type {}", gate.rows, gate.cols, gate.wtype),
+        ));
+    }
+    let mut bytes = gate.to_gguf_bytes();
+    bytes.extend(up.to_gguf_bytes());
+    HostWeight::from_gguf_bytes(gate.wtype, gate.rows * 2, gate.cols, &bytes)
+}
+
+/// The fused gate/up step on a stacked `[gate; up]` weight ([`fuse_gate_up`]): `h = silu(Wg·n) ⊙ (Wu·n)`
+/// with `n = rmsnorm(x)·norm_weight`, as one dispatch of the GEMV kernel's NORM + SWIGLU variant, so it
+/// runs with the GEMV's tuned mapping. `x` is `[n, hidden]`, `h` `[n, ffn]`.
+pub fn ffn_swiglu(
+    gpu: &Gpu,
+    x: &Tensor,
+    norm_weight: &Tensor,
+    eps: f32,
+    gate_up: &GpuWeight,
+    h: &Tensor,
+) -> Result<Dispatch> {
+    crate::ops::gemv::gemv_fused(
+        gpu,
+        gate_up,
+        x,
+        h,
+        crate::ops::gemv::GemvFusion { norm: Some((norm_weight, eps)), swiglu: true },
+    )
 }

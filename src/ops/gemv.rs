@@ -83,6 +83,10 @@ struct Params {
     y_stride: u32,
     out_offset: u32,
     accumulate: u32,
+    out_rows: u32,
+    up_row: u32,
+    eps: f32,
+    _pad: u32,
 }
 
 /// Checks operands shared by GEMV and GEMM; returns (n, y_stride).
@@ -144,6 +148,10 @@ pub fn gemv_with(
         y_stride: y_stride as u32,
         out_offset: out_offset as u32,
         accumulate: accumulate as u32,
+        out_rows: w.rows() as u32,
+        up_row: 0,
+        eps: 0.0,
+        _pad: 0,
     };
     let params = uniform(gpu, "gemv params", &params)?;
     make_dispatch(
@@ -201,6 +209,10 @@ pub fn gemv_batched(
         y_stride: y_stride as u32,
         out_offset: out_offset as u32,
         accumulate: accumulate as u32,
+        out_rows: w.rows() as u32,
+        up_row: 0,
+        eps: 0.0,
+        _pad: 0,
     };
     let params = uniform(gpu, "gemv params", &params)?;
     make_dispatch(
@@ -216,4 +228,78 @@ pub fn gemv_batched(
         [groups, groups_y as u32, 1],
         vec![params.clone()],
     )
+}
+
+/// What a fused GEMV folds around the product (see `kernels/gemv.wgsl`).
+#[derive(Clone, Copy, Debug)]
+pub struct GemvFusion<'a> {
+    /// RMSNorm `x` first with this weight (`[in]` f32) and eps.
+    pub norm: Option<(&'a Tensor, f32)>,
+    /// `w` is `[gate; up]` stacked: write `silu(gate·x) ⊙ (up·x)` (`w.rows() / 2` outputs).
+    pub swiglu: bool,
+}
+
+/// [`gemv`] with an RMSNorm prologue and/or a SwiGLU epilogue, same mapping table. Used by the planner for
+/// the normed Q/K/V projection and the fused feed-forward (`ops::ffn::ffn_swiglu`).
+pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: GemvFusion<'_>) -> Result<Dispatch> {
+    let out_rows = if fusion.swiglu {
+        if w.rows() % 2 != 0 {
+            return Err(Error::shape("stacked gate/up weight", &[w.rows(), w.cols()], "an even number of rows"));
+        }
+        w.rows() / 2
+    } else {
+        w.rows()
+    };
+    let n = x.expect_rows("x of a fused gemv", DType::F32, w.cols())?;
+    y.expect("y of a fused gemv", DType::F32, &[n, out_rows])?;
+    if n > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::shape("x of gemv", x.shape(), format!("at most {MAX_GROUPS_PER_DIM} vectors")));
+    }
+    if x.buffer() == y.buffer() {
+        return Err(Error::invalid("x and y of a matrix product", "the same buffer", "distinct buffers"));
+    }
+    if let Some((norm_w, eps)) = fusion.norm {
+        norm_w.expect("norm weight of a fused gemv", DType::F32, &[w.cols()])?;
+        if !(eps.is_finite() && eps >= 0.0) {
+            return Err(Error::invalid("rms_norm eps", eps, "a finite value >= 0"));
+        }
+    }
+    let mapping = GemvMapping::choose(gpu, out_rows, w.cols());
+    let groups = (out_rows as u32).div_ceil(mapping.rows_per_group());
+    let variant = base_variant(gpu)
+        .flag(w.wtype().flag())
+        .flag_if("NORM", fusion.norm.is_some())
+        .flag_if("SWIGLU", fusion.swiglu)
+        .constant("WG", mapping.wg)
+        .constant("TPR", mapping.tpr)
+        .constant("RPT", mapping.rpt)
+        .constant("NB", 1);
+    let pipeline = gpu.pipeline(&GEMV, "gemv", &variant)?;
+    let params = Params {
+        w: w.desc(),
+        n: n as u32,
+        y_stride: out_rows as u32,
+        out_offset: 0,
+        accumulate: 0,
+        out_rows: out_rows as u32,
+        up_row: if fusion.swiglu { out_rows as u32 } else { 0 },
+        eps: fusion.norm.map_or(0.0, |n| n.1),
+        _pad: 0,
+    };
+    let params = uniform(gpu, "gemv params", &params)?;
+    let mut bindings = vec![
+        (0, params.as_entire_binding()),
+        (1, w.buffer().as_entire_binding()),
+        (2, x.buffer().as_entire_binding()),
+        (3, y.buffer().as_entire_binding()),
+    ];
+    if let Some((norm_w, _)) = fusion.norm {
+        bindings.push((4, norm_w.buffer().as_entire_binding()));
+    }
+    let name = match (fusion.norm.is_some(), fusion.swiglu) {
+        (_, true) => format!("ffn:swiglu_{}", w.wtype()),
+        (true, false) => format!("gemv:norm_{}", w.wtype()),
+        (false, false) => format!("gemv:{}", w.wtype()),
+    };
+    make_dispatch(gpu, name, pipeline, &bindings, [groups, n as u32, 1], vec![params.clone()])
 }

@@ -15,7 +15,7 @@ use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, StepBuffer, MAX
 use crate::quant::{GpuWeight, HostWeight, WeightDesc};
 use crate::reference::rope_cos_sin;
 pub use crate::reference::RopeLayout;
-use crate::shader::QKV_ROPE;
+use crate::shader::{ShaderVariant, QKV_ROPE};
 use crate::tensor::{DType, Tensor};
 
 /// Threads per workgroup: 16 output rows (8 RoPE pairs) x 4 threads per row.
@@ -204,6 +204,87 @@ pub fn qkv_rope(
             (7, kv.buffer().as_entire_binding()),
         ],
         [((heads + 2 * kvn) * hd / ROWS_PER_GROUP) as u32, max_n as u32, 1],
+        vec![params.clone()],
+    )
+}
+
+/// The tail of an unfused Q/K/V step: `qkv` (`[max_n, (heads + 2 kv_heads) * head_dim]` f32, the output of
+/// `gemv_fused` with the input RMSNorm on the fused Q|K|V weight) gets RoPE, Q goes to `q_out`
+/// (`[max_n, heads * head_dim]`), K and V into cache slot `slot` at the step's positions. The planner uses
+/// this pair (two dispatches) where the tuned GEMV beats the one-dispatch [`qkv_rope`] (CPU drivers).
+#[allow(clippy::too_many_arguments)]
+pub fn rope_cache(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    qkv: &Tensor,
+    rope: &RopeTable,
+    layout: RopeLayout,
+    q_out: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+) -> Result<Dispatch> {
+    let hd = cache.head_dim();
+    let kvn = cache.kv_heads();
+    let width = *q_out.shape().last().unwrap_or(&0);
+    if width == 0 || !width.is_multiple_of(hd) || !(width / hd).is_multiple_of(kvn) || !hd.is_multiple_of(2) {
+        return Err(Error::shape(
+            "rope_cache query output",
+            q_out.shape(),
+            format!("[n, heads * {hd}] with heads a multiple of {kvn} KV heads and an even head_dim"),
+        ));
+    }
+    let heads = width / hd;
+    let max_n = q_out.expect_rows("rope_cache query output", DType::F32, width)?;
+    qkv.expect("rope_cache projected rows", DType::F32, &[max_n, (heads + 2 * kvn) * hd])?;
+    if rope.head_dim() != hd || rope.capacity() < cache.capacity() {
+        return Err(Error::invalid(
+            "rope_cache RoPE table",
+            format!("head_dim {} x {} positions", rope.head_dim(), rope.capacity()),
+            format!("head_dim {hd} and at least the cache's {} positions", cache.capacity()),
+        ));
+    }
+    if max_n > cache.capacity() || max_n > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::Capacity {
+            what: "rope_cache rows per step".into(),
+            requested: max_n,
+            capacity: cache.capacity().min(MAX_GROUPS_PER_DIM as usize),
+        });
+    }
+    let kv = cache.slot(slot)?;
+    let variant = ShaderVariant::new()
+        .flag_if("F16", cache.dtype() == DType::F16)
+        .flag(crate::quant::WeightType::F32.flag())
+        .flag(match layout {
+            RopeLayout::Halves => "ROPE_HALVES",
+            RopeLayout::Interleaved => "ROPE_INTERLEAVED",
+        })
+        .constant("WG", (hd as u32 / 2).next_power_of_two().clamp(8, 64))
+        .constant("HD", hd as u32)
+        .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32);
+    let pipeline = gpu.pipeline(&QKV_ROPE, "rope_cache", &variant)?;
+    let params = Params {
+        desc: Default::default(),
+        heads: heads as u32,
+        kv_heads: kvn as u32,
+        hidden: 0,
+        capacity: cache.capacity() as u32,
+        eps: 0.0,
+        _pad: [0; 3],
+    };
+    let params = uniform(gpu, "rope_cache params", &params)?;
+    make_dispatch(
+        gpu,
+        "qkv_rope:rope_cache".into(),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (5, rope.tensor().buffer().as_entire_binding()),
+            (6, q_out.buffer().as_entire_binding()),
+            (7, kv.buffer().as_entire_binding()),
+            (8, qkv.buffer().as_entire_binding()),
+        ],
+        [(heads + 2 * kvn) as u32, max_n as u32, 1],
         vec![params.clone()],
     )
 }
