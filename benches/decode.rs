@@ -12,7 +12,9 @@
 //!   prefill) or by a real prefill. Default: seek on CPU devices (lavapipe: a 1024-token prefill of
 //!   125M takes minutes), prefill elsewhere.
 //!
-//! Prints a Markdown table; writes `target/bench/decode.json`, `decode.svg` and, when the kernel
+//! The default run takes ~5.5 minutes on lavapipe (2 shared cores, load ~6), `--quick` ~4.
+//!
+//! Prints a Markdown table; writes `target/bench/decode.json`, `decode.md`, `decode.svg` and, when the kernel
 //! benchmark has written `target/bench/kernels.json`, `kernels.svg`.
 
 use std::path::Path;

@@ -114,7 +114,7 @@ fn decode_bench_reports_on_the_tiny_model() {
     std::fs::write(dir.join("kernels.json"), KERNELS_JSON).unwrap();
     let written = bench::write_reports(&report, &dir).unwrap();
     let names: Vec<_> = written.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
-    assert_eq!(names, ["decode.json", "decode.svg", "kernels.svg"]);
+    assert_eq!(names, ["decode.json", "decode.md", "decode.svg", "kernels.svg"]);
     let svg = std::fs::read_to_string(dir.join("decode.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("tiny q8_0 LS @9") && svg.contains("roofline"));
     let json: serde_json::Value =
