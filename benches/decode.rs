@@ -3,12 +3,18 @@
 //!
 //! `cargo bench --bench decode -- [--quick] [--all] [--steps N] [--seek]`
 //! - `--quick`: prefill 64, decode at context 64 only, 3 timed steps (a smoke run);
+//! - `--prefill 64,256` / `--contexts 64,1024`: the prefill lengths and decode contexts (defaults 64,256
+//!   and 64,1024; on CPU devices prefill 64 only, to stay within ~5 minutes);
 //! - `--steps N`: timed decode steps per context (default 4, sized for lavapipe, where one 125M step
 //!   takes ~0.3-1 s);
-//! - `--seek`: reach each decode context by [`Model::seek`](mobilellm_kernels::model::planner::Model::seek)
-//!   instead of a prefill (the same decode work without the long prefill).
+//! - `--seek` / `--prefill-fill`: reach a decode context that is not a prefill length (1024) by
+//!   [`Model::seek`](mobilellm_kernels::model::planner::Model::seek) (the same decode work without the
+//!   prefill) or by a real prefill. Default: seek on CPU devices (lavapipe: a 1024-token prefill of
+//!   125M takes minutes), prefill elsewhere.
 //!
-//! Prints a Markdown table; writes `target/bench/decode.json`, `decode.svg` and, when the kernel
+//! The default run takes ~5.5 minutes on lavapipe (2 shared cores, load ~6), `--quick` ~4.
+//!
+//! Prints a Markdown table; writes `target/bench/decode.json`, `decode.md`, `decode.svg` and, when the kernel
 //! benchmark has written `target/bench/kernels.json`, `kernels.svg`.
 
 use std::path::Path;
@@ -21,18 +27,27 @@ struct Args {
     quick: bool,
     all: bool,
     steps: Option<usize>,
-    seek: bool,
+    seek: Option<bool>,
+    prefill: Option<Vec<usize>>,
+    contexts: Option<Vec<usize>>,
+}
+
+fn list(s: Option<String>) -> Option<Vec<usize>> {
+    s.map(|s| s.split(',').filter_map(|x| x.trim().parse().ok()).collect())
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { quick: false, all: false, steps: None, seek: false };
+    let mut args = Args { quick: false, all: false, steps: None, seek: None, prefill: None, contexts: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--quick" => args.quick = true,
             "--all" => args.all = true,
-            "--seek" => args.seek = true,
+            "--seek" => args.seek = Some(true),
+            "--prefill-fill" => args.seek = Some(false),
             "--steps" => args.steps = it.next().and_then(|s| s.parse().ok()),
+            "--prefill" => args.prefill = list(it.next()),
+            "--contexts" => args.contexts = list(it.next()),
             _ => {} // `--bench` from cargo, filters of other harnesses
         }
     }
@@ -48,9 +63,21 @@ fn main() -> Result<()> {
     if let Some(steps) = args.steps {
         options.decode_steps = steps.max(1);
     }
-    if args.seek {
+    let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    if args.seek.unwrap_or(cpu) {
         options.fill = ContextFill::Seek;
     }
+    if cpu && !args.quick {
+        // lavapipe: prefill runs n GEMVs per matrix (no GEMM yet), ~1 s per token for 125M under load.
+        options.prefill_lengths = vec![64];
+    }
+    if let Some(p) = args.prefill {
+        options.prefill_lengths = p;
+    }
+    if let Some(c) = args.contexts {
+        options.contexts = c;
+    }
+    options.verbose = true;
     let mut configs = vec![(Synthetic::M125, WeightType::Q4_0)];
     if args.all {
         configs.extend([

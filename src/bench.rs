@@ -3,8 +3,8 @@
 //!
 //! For one model configuration (a [`HostModel`]: synthetic MobileLLM-125M/350M or a loaded checkpoint,
 //! in some weight type, with or without layer sharing) [`bench_decode`] measures:
-//! - prefill tokens/s at each length of [`BenchOptions::prefill_lengths`] (one submission each when
-//!   `max_batch` covers the length; a warm-up prefill of the same length first builds its plan);
+//! - prefill tokens/s at each length of [`BenchOptions::prefill_lengths`] (one submission each:
+//!   `max_batch` is the longest length; a short warm-up prefill compiles the prefill pipelines first);
 //! - decode ms/token and tokens/s at each context of [`BenchOptions::contexts`]: the cache is filled to
 //!   that context, then [`BenchOptions::decode_steps`] steps are timed one by one (wall clock around
 //!   [`Model::step`], so submission, GPU work and the 4-byte token readback); the median is reported;
@@ -13,6 +13,10 @@
 //!   ms/token as a multiple of it;
 //! - dispatches per step and per executed layer, GPU memory by category, and (where the device has
 //!   `TIMESTAMP_QUERY`) one step's GPU time by kernel family from [`Model::profile_step`].
+//!
+//! Timings on lavapipe (a CPU) are compute-bound: its copy reaches well under 1 GB/s under load, and a
+//! layer-shared step costs about twice a plain one there, unlike on phones where the repeated layer's
+//! weights are still in cache.
 //!
 //! Reports: [`markdown_table`] for stdout, [`write_json`], and SVG charts ([`plot_decode_svg`],
 //! [`plot_kernels_svg`] for the per-kernel benchmark's `kernels.json`); [`write_reports`] does all.
@@ -91,7 +95,8 @@ pub fn synthetic_model(size: Synthetic, wtype: WeightType, layer_sharing: bool, 
     HostModel::synthetic(size.config().with_layer_sharing(layer_sharing), wtype, seed)
 }
 
-/// How the KV cache is brought to a decode context before the timed steps.
+/// How the KV cache is brought to a decode context before the timed steps. A context equal to a
+/// prefill length always reuses that (timed) prefill.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum ContextFill {
     /// A real prefill of that many tokens (chunks of `max_batch`).
@@ -121,6 +126,8 @@ pub struct BenchOptions {
     pub profile: bool,
     /// KV-cache storage (`None`: the planner's choice).
     pub kv_dtype: Option<DType>,
+    /// Print each phase's timing to stderr as it finishes (default off).
+    pub verbose: bool,
 }
 
 impl Default for BenchOptions {
@@ -134,6 +141,7 @@ impl Default for BenchOptions {
             copy_bytes: COPY_BYTES,
             profile: true,
             kv_dtype: None,
+            verbose: false,
         }
     }
 }
@@ -444,21 +452,38 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     let vocab = c.vocab_size;
     let tokens = prompt(capacity, vocab);
 
-    let mut prefill = Vec::new();
-    for &n in &options.prefill_lengths {
-        // The first prefill of a length builds its plan (pipelines, bind groups): not timed.
+    let say = |what: String| {
+        if options.verbose {
+            eprintln!("  [{:7.1} s] {what}", start.elapsed().as_secs_f64());
+        }
+    };
+    say(format!("planned; copy {:.2} GB/s", copy.gbps));
+
+    // Prefill pipelines compile on the first prefill: warm them up with a short prompt, so a timed
+    // prefill only adds its plan's bind groups (milliseconds).
+    if let Some(&shortest) = options.prefill_lengths.iter().min() {
         model.reset();
-        model.prefill(&tokens[..n])?;
+        model.prefill(&tokens[..shortest.min(2)])?;
+        say("prefill warm-up".into());
+    }
+    let mut prefill: Vec<PrefillPoint> = Vec::new();
+    let timed_prefill = |model: &mut Model, n: usize, prefill: &mut Vec<PrefillPoint>| -> Result<u32> {
         model.reset();
         let t0 = Instant::now();
-        model.prefill(&tokens[..n])?;
+        let next = model.prefill(&tokens[..n])?;
         let seconds = t0.elapsed().as_secs_f64();
+        say(format!("prefill {n}: {seconds:.2} s"));
         prefill.push(PrefillPoint {
             tokens: n,
             submissions: n.div_ceil(max_batch),
             seconds,
             tokens_per_s: n as f64 / seconds,
         });
+        Ok(next)
+    };
+    // Lengths that are also decode contexts are timed as those contexts' fill.
+    for &n in options.prefill_lengths.iter().filter(|n| !options.contexts.contains(n)) {
+        timed_prefill(&mut model, n, &mut prefill)?;
     }
 
     let traffic = weight_traffic(host);
@@ -468,11 +493,14 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     for &context in &options.contexts {
         model.reset();
         let mut token = tokens[context % tokens.len()];
-        if context > 0 {
+        if options.prefill_lengths.contains(&context) {
+            token = timed_prefill(&mut model, context, &mut prefill)?;
+        } else if context > 0 {
             match options.fill {
                 ContextFill::Prefill => token = model.prefill(&tokens[..context])?,
                 ContextFill::Seek => model.seek(context)?,
             }
+            say(format!("filled to {context} ({:?})", options.fill));
         }
         for _ in 0..options.warmup_steps {
             token = model.step(token)?;
@@ -484,6 +512,7 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
             token = model.step(token)?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
+        say(format!("decode at {at}: {times:.0?} ms"));
         let split: Vec<FamilyTime> = if profile {
             model.profile_step(token)?.into_iter().map(|(family, ms)| FamilyTime { family, ms }).collect()
         } else {
@@ -501,6 +530,7 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
             profile: split,
         });
     }
+    prefill.sort_by_key(|p| p.tokens);
 
     let executed = c.executed_layers();
     let tag = if c.layer_sharing { "LS" } else { "plain" };
@@ -694,8 +724,15 @@ fn bar_chart(
     let values = bars.iter().map(|b| b.1).chain(markers.iter().flat_map(|m| m.1.iter().copied()));
     let finite: Vec<f64> = values.filter(|v| v.is_finite() && *v > 0.0).collect();
     let hi = finite.iter().copied().fold(f64::MIN_POSITIVE, f64::max) * 1.3;
+    // Bar i sits in segment n-1-i (the first bar on top). `0..=top` has top+1 segments (the last ends at
+    // `Last`); plotters draws no labels for a one-value range, so one bar gets an empty second slot.
+    let top = n.saturating_sub(1).max(1);
+    let slot = move |i: usize| {
+        let p = n - 1 - i;
+        (SegmentValue::Exact(p), if p < top { SegmentValue::Exact(p + 1) } else { SegmentValue::Last })
+    };
     let label_of = |v: &SegmentValue<usize>| match v {
-        SegmentValue::CenterOf(i) => bars.get(*i).map(|b| b.0.clone()).unwrap_or_default(),
+        SegmentValue::CenterOf(p) if *p < n => bars[n - 1 - p].0.clone(),
         _ => String::new(),
     };
     let mut builder = ChartBuilder::on(&root);
@@ -707,17 +744,15 @@ fn bar_chart(
             chart
                 .configure_mesh()
                 .disable_y_mesh()
-                .y_labels(n)
+                .y_labels(top + 1)
                 .y_label_formatter(&label_of)
                 .x_desc(axis)
                 .draw()
                 .map_err(|e| err(&e))?;
             chart
                 .draw_series(bars.iter().enumerate().map(|(i, (_, v))| {
-                    let mut r = Rectangle::new(
-                        [($lo, SegmentValue::Exact(i)), (v.max($lo), SegmentValue::Exact(i + 1))],
-                        BLUE.mix(0.6).filled(),
-                    );
+                    let (a, b) = slot(i);
+                    let mut r = Rectangle::new([($lo, a), (v.max($lo), b)], BLUE.mix(0.6).filled());
                     r.set_margin(5, 5, 0, 0);
                     r
                 }))
@@ -727,10 +762,8 @@ fn bar_chart(
             if let Some((name, marks)) = markers {
                 chart
                     .draw_series(marks.iter().enumerate().map(|(i, m)| {
-                        PathElement::new(
-                            vec![(m.max($lo), SegmentValue::Exact(i)), (m.max($lo), SegmentValue::Exact(i + 1))],
-                            RED.stroke_width(3),
-                        )
+                        let (a, b) = slot(i);
+                        PathElement::new(vec![(m.max($lo), a), (m.max($lo), b)], RED.stroke_width(3))
                     }))
                     .map_err(|e| err(&e))?
                     .label(name)
@@ -747,10 +780,10 @@ fn bar_chart(
     }
     if log {
         let lo = finite.iter().copied().fold(f64::INFINITY, f64::min).min(hi) / 2.0;
-        let chart = builder.build_cartesian_2d((lo..hi).log_scale(), (0..n).into_segmented()).map_err(|e| err(&e))?;
+        let chart = builder.build_cartesian_2d((lo..hi).log_scale(), (0..top).into_segmented()).map_err(|e| err(&e))?;
         draw!(chart, lo);
     } else {
-        let chart = builder.build_cartesian_2d(0.0..hi, (0..n).into_segmented()).map_err(|e| err(&e))?;
+        let chart = builder.build_cartesian_2d(0.0..hi, (0..top).into_segmented()).map_err(|e| err(&e))?;
         draw!(chart, 0.0);
     }
     root.present().map_err(|e| err(&e))?;
@@ -827,14 +860,18 @@ pub fn plot_kernels_svg(kernels_json: &Path, path: &Path) -> Result<usize> {
     Ok(rows.len())
 }
 
-/// Writes `decode.json` and `decode.svg` into `dir` (created if needed), and `kernels.svg` when
-/// `dir/kernels.json` exists; returns the paths written.
+/// Writes `decode.json`, `decode.md` ([`markdown_table`]) and `decode.svg` into `dir` (created if
+/// needed), and `kernels.svg` when `dir/kernels.json` exists; returns the paths written.
 pub fn write_reports(report: &BenchReport, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.display().to_string(), source })?;
     let mut written = Vec::new();
     let json = dir.join("decode.json");
     write_json(report, &json)?;
     written.push(json);
+    let md = dir.join("decode.md");
+    std::fs::write(&md, markdown_table(report))
+        .map_err(|source| Error::Io { path: md.display().to_string(), source })?;
+    written.push(md);
     if report.results.iter().any(|r| !r.decode.is_empty()) {
         let svg = dir.join("decode.svg");
         plot_decode_svg(report, &svg)?;

@@ -1,0 +1,143 @@
+//! The benchmark machinery on the tiny layer-shared checkpoint (`tests/data/tiny-shared`): a profiled
+//! step is a real step, the per-step counts add up, reports and charts are written, and the reader of
+//! the kernel benchmark's JSON tolerates its variations. Timings themselves are not checked.
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::gpus;
+use mobilellm_kernels::bench::{self, BenchOptions, BenchReport, ContextFill};
+use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
+use mobilellm_kernels::quant::WeightType;
+use mobilellm_kernels::Error;
+
+fn tiny(layer_sharing: bool) -> HostModel {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-shared");
+    let mut host = HostModel::from_safetensors_dir(&dir, WeightType::Q8_0).unwrap();
+    host.config.layer_sharing = layer_sharing;
+    host
+}
+
+fn out_dir(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-bench").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn profiled_step_is_a_real_step() {
+    let host = tiny(true);
+    let options = PlanOptions { context: 32, max_batch: 8, kv_dtype: None };
+    for gpu in gpus() {
+        let mut a = Model::new(gpu, &host, &options).unwrap();
+        let mut b = Model::new(gpu, &host, &options).unwrap();
+        let t1 = a.prefill(&[5, 17, 42]).unwrap();
+        assert_eq!(b.prefill(&[5, 17, 42]).unwrap(), t1);
+        let t2 = a.step(t1).unwrap();
+        if !gpu.features().timestamps {
+            assert!(matches!(b.profile_step(t1), Err(Error::Unsupported { .. })));
+            continue;
+        }
+        let per_dispatch = b.profile_step_dispatches(t1).unwrap();
+        assert_eq!(b.position(), a.position(), "a profiled step advances the position");
+        // Same dispatches as a decode step, in the same order, each timed.
+        let names: Vec<String> = per_dispatch.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names, b.decode_dispatches());
+        assert!(per_dispatch.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));
+        assert!(per_dispatch.iter().map(|(_, ms)| ms).sum::<f64>() > 0.0);
+        // The profiled step wrote the same KV entries: the next step's logits are identical (same kernels
+        // on the same inputs, only split over more passes).
+        let (na, la) = a.step_logits(t2).unwrap();
+        let (nb, lb) = b.step_logits(t2).unwrap();
+        assert_eq!((na, &la), (nb, &lb));
+        // By family: every family of the dispatch list, summing to the same total.
+        let families = b.profile_step(nb).unwrap();
+        for name in b.decode_dispatches() {
+            let family = name.split(':').next().unwrap();
+            assert!(families.iter().any(|(f, _)| f == family), "{family} missing from {families:?}");
+        }
+    }
+}
+
+#[test]
+fn seek_stays_within_the_cache() {
+    let gpu = &gpus()[1];
+    let mut m = Model::new(gpu, &tiny(false), &PlanOptions { context: 16, max_batch: 4, kv_dtype: None }).unwrap();
+    m.seek(12).unwrap();
+    assert_eq!(m.position(), 12);
+    m.step(3).unwrap();
+    assert_eq!(m.position(), 13);
+    assert!(matches!(m.seek(17), Err(Error::Capacity { .. })));
+}
+
+#[test]
+fn weight_traffic_counts_shared_layers_twice() {
+    let (plain, shared) = (bench::weight_traffic(&tiny(false)), bench::weight_traffic(&tiny(true)));
+    assert_eq!(shared.layers, 2 * plain.layers);
+    assert_eq!((shared.embedding_row, shared.head), (plain.embedding_row, plain.head));
+    // Tied head: the whole embedding table is read, plus the final norm (hidden 128 f32).
+    let host = tiny(false);
+    assert_eq!(plain.head, host.embed.size_bytes() + 128 * 4);
+    assert_eq!(plain.embedding_row * 512, host.embed.size_bytes());
+}
+
+#[test]
+fn decode_bench_reports_on_the_tiny_model() {
+    let gpu = &gpus()[0];
+    let options = BenchOptions {
+        prefill_lengths: vec![4, 8],
+        contexts: vec![8, 20],
+        decode_steps: 2,
+        fill: ContextFill::Seek,
+        copy_bytes: 1 << 20,
+        ..BenchOptions::default()
+    };
+    let results: Vec<_> =
+        [false, true].into_iter().map(|ls| bench::bench_decode(gpu, &tiny(ls), "tiny", &options).unwrap()).collect();
+    for r in &results {
+        assert_eq!(r.prefill.iter().map(|p| p.tokens).collect::<Vec<_>>(), [4, 8]);
+        assert!(r.prefill.iter().all(|p| p.submissions == 1 && p.tokens_per_s > 0.0));
+        // Context 8 is reached by the timed prefill of 8, then one warm-up step.
+        assert_eq!(r.decode.iter().map(|d| d.context).collect::<Vec<_>>(), [9, 21]);
+        assert_eq!(r.executed_layers, if r.layer_sharing { 8 } else { 4 });
+        assert!(r.dispatches_per_layer >= 5.0 && r.dispatches_per_layer <= 6.0);
+        assert!(r.dispatches_per_step as f64 > r.dispatches_per_layer * r.executed_layers as f64);
+        assert!(r.roofline_ms > 0.0 && r.copy.gbps > 0.0);
+        assert!(r.decode.iter().all(|d| d.profile.is_empty() != gpu.features().timestamps));
+    }
+    let report = BenchReport::new(gpu, results);
+    assert_eq!(report.sharing.len(), 2);
+    assert!(report.sharing[0].traffic_ratio > 1.0 && report.sharing[0].traffic_ratio < 2.0);
+    let table = bench::markdown_table(&report);
+    assert!(table.contains("tiny q8_0 LS") && table.contains("tiny q8_0 plain"), "{table}");
+    let dir = out_dir("decode");
+    std::fs::write(dir.join("kernels.json"), KERNELS_JSON).unwrap();
+    let written = bench::write_reports(&report, &dir).unwrap();
+    let names: Vec<_> = written.iter().map(|p| p.file_name().unwrap().to_str().unwrap().to_string()).collect();
+    assert_eq!(names, ["decode.json", "decode.md", "decode.svg", "kernels.svg"]);
+    let svg = std::fs::read_to_string(dir.join("decode.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("tiny q8_0 LS @9") && svg.contains("roofline"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("decode.json")).unwrap()).unwrap();
+    assert_eq!(json["results"].as_array().unwrap().len(), 2);
+}
+
+/// Shaped like `benches/kernels.rs` output, with the variations the reader must tolerate.
+const KERNELS_JSON: &str = r#"{"device": "x", "quick": true, "rows": [
+  {"family": "gemv", "name": "q4_0 576x576 n=1", "us": 10.0, "gbps": 2.0, "copy_gbps": 4.0, "frac_of_copy": 0.5},
+  {"family": "gemm", "name": "q8_0 576x576 n=64", "gbps": 3.0, "copy_gbps": 4.0},
+  {"family": "broken", "name": "no numbers"}
+]}"#;
+
+#[test]
+fn kernels_json_reader_is_tolerant() {
+    let dir = out_dir("kernels");
+    let path = dir.join("kernels.json");
+    std::fs::write(&path, KERNELS_JSON).unwrap();
+    let rows = bench::read_kernels_json(&path).unwrap();
+    assert_eq!(rows, [("gemv q4_0 576x576 n=1".to_string(), 0.5), ("gemm q8_0 576x576 n=64".to_string(), 0.75)]);
+    std::fs::write(&path, r#"[{"name": "copy", "frac_of_copy": 1.0}]"#).unwrap();
+    assert_eq!(bench::read_kernels_json(&path).unwrap(), [("copy".to_string(), 1.0)]);
+    assert_eq!(bench::plot_kernels_svg(&path, &dir.join("one.svg")).unwrap(), 1);
+    assert!(bench::read_kernels_json(Path::new("/nonexistent/kernels.json")).is_err());
+}
