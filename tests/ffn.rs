@@ -267,3 +267,30 @@ fn fused_block_equals_unfused_chain() {
         }
     }
 }
+
+/// The planner's FFN: the GEMV kernel's NORM + SWIGLU variant on a stacked [gate; up] weight, against the
+/// same CPU twin and the same argued tolerance, for every type, decode and batched rows.
+#[test]
+fn swiglu_gemv_on_stacked_weight_matches_twin() {
+    for gpu in gpus() {
+        for (hidden, ffn, n) in [(576, 1536, 1), (576, 1536, 5), (96, 33, 3), (960, 2560, 1)] {
+            for wtype in WeightType::ALL {
+                if hidden == 960 && !matches!(wtype, WeightType::Q4_0 | WeightType::Q8_0) {
+                    continue; // keep the file's run time in budget: the big shape for the two decode types
+                }
+                let c = case(hidden, ffn, n, wtype);
+                let (gate, up) = (c.gate.dequantize(), c.up.dequantize());
+                let want = reference::ffn_gate_up(&c.x, &c.norm, EPS, &gate, &up);
+                let tol = tolerance(&reference::rms_norm(&c.x, &c.norm, EPS), &gate, &up, hidden);
+                let stacked = ops::ffn::fuse_gate_up(&c.gate, &c.up).unwrap();
+                let w = GpuWeight::upload(gpu, &stacked).unwrap();
+                let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
+                let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
+                let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
+                ops::run(gpu, &[&ops::ffn::ffn_swiglu(gpu, &x, &norm, EPS, &w, &h).unwrap()]).unwrap();
+                let what = format!("ffn_swiglu {wtype} n={n} {hidden}->{ffn} [{}]", gpu.features());
+                assert_within(&what, &h.read::<f32>(gpu).unwrap(), &want, &tol);
+            }
+        }
+    }
+}

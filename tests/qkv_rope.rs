@@ -13,7 +13,8 @@ mod common;
 
 use common::{assert_close, gpus, random_vec};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
-use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, RopeTable};
+use mobilellm_kernels::ops::gemv::GemvFusion;
+use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, rope_cache, RopeTable};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::reference::{self, QkvShape, RopeLayout};
@@ -35,6 +36,11 @@ struct Case {
 }
 
 fn check(c: &Case) {
+    check_path(c, false);
+}
+
+/// `split`: the planner's CPU-driver path, a normed GEMV into a Q|K|V scratch then `rope_cache`.
+fn check_path(c: &Case, split: bool) {
     let capacity = 160;
     let max_n = c.steps.iter().map(|s| s.1).max().unwrap();
     let s =
@@ -71,14 +77,24 @@ fn check(c: &Case) {
         let x_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, c.hidden]).unwrap();
         let q_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr]).unwrap();
         let buf = StepBuffer::new(gpu).unwrap();
-        let d = qkv_rope(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1).unwrap();
+        let qkv_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr + 2 * kr]).unwrap();
+        let dispatches = if split {
+            let fusion = GemvFusion { norm: Some((&norm_gpu, s.eps)), swiglu: false };
+            vec![
+                ops::gemv::gemv_fused(gpu, &w, &x_gpu, &qkv_gpu, fusion).unwrap(),
+                rope_cache(gpu, &buf, &qkv_gpu, &rope, c.layout, &q_gpu, &cache, 1).unwrap(),
+            ]
+        } else {
+            vec![qkv_rope(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1).unwrap()]
+        };
+        let d: Vec<&ops::Dispatch> = dispatches.iter().collect();
         for &(pos, n) in c.steps {
             let x: Vec<f32> =
                 random_vec(seed + pos as u64 * 3 + n as u64, max_n * c.hidden).iter().map(|v| 2.0 * v).collect();
             x_gpu.write(gpu, &x).unwrap();
             cache.check_step(pos, n).unwrap();
             buf.write(gpu, &StepParams { pos: pos as u32, n: n as u32, ..Default::default() });
-            ops::run(gpu, &[&d]).unwrap();
+            ops::run(gpu, &d).unwrap();
             let (q, k, v) = reference::qkv_rope(&x[..n * c.hidden], &norm, &w_cpu, pos, s);
             let got = q_gpu.read::<f32>(gpu).unwrap();
             assert_close(&format!("{what} q pos {pos} n {n}"), &got[..n * qr], &q, ABS, REL);
@@ -226,4 +242,28 @@ fn rope_layouts_agree_up_to_the_gguf_permutation() {
     let (c, s) = reference::rope_cos_sin(3, 5, 64, 10000.0);
     let angle = 3.0 * 10000f64.powf(-10.0 / 64.0);
     assert!((c as f64 - angle.cos()).abs() < 1e-7 && (s as f64 - angle.sin()).abs() < 1e-7);
+}
+
+#[test]
+fn split_gemv_and_rope_cache_path() {
+    for (wtype, layout) in [
+        (WeightType::Q4_0, RopeLayout::Halves),
+        (WeightType::Q4_1, RopeLayout::Interleaved),
+        (WeightType::Q8_0, RopeLayout::Halves),
+        (WeightType::F16, RopeLayout::Interleaved),
+        (WeightType::F32, RopeLayout::Halves),
+    ] {
+        let c = Case { heads: 9, kv_heads: 3, hd: 64, hidden: 576, wtype, layout, steps: DECODE_AND_PREFILL };
+        check_path(&c, true);
+    }
+    let c = Case {
+        heads: 4,
+        kv_heads: 2,
+        hd: 32,
+        hidden: 128,
+        wtype: WeightType::Q8_0,
+        layout: RopeLayout::Interleaved,
+        steps: DECODE_AND_PREFILL,
+    };
+    check_path(&c, true);
 }

@@ -243,7 +243,7 @@ pub struct GemvFusion<'a> {
 /// the normed Q/K/V projection and the fused feed-forward (`ops::ffn::ffn_swiglu`).
 pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: GemvFusion<'_>) -> Result<Dispatch> {
     let out_rows = if fusion.swiglu {
-        if w.rows() % 2 != 0 {
+        if !w.rows().is_multiple_of(2) {
             return Err(Error::shape("stacked gate/up weight", &[w.rows(), w.cols()], "an even number of rows"));
         }
         w.rows() / 2
