@@ -258,7 +258,7 @@ pub fn rope_cache(
             RopeLayout::Halves => "ROPE_HALVES",
             RopeLayout::Interleaved => "ROPE_INTERLEAVED",
         })
-        .constant("WG", (hd as u32 / 2).next_power_of_two().clamp(8, 64))
+        .constant("WG", WORKGROUP)
         .constant("HD", hd as u32)
         .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32);
     let pipeline = gpu.pipeline(&QKV_ROPE, "rope_cache", &variant)?;
