@@ -16,16 +16,7 @@ struct Params {
 }
 
 #if STEP_N
-struct Step {
-    pos: u32,
-    n: u32,
-    seed: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
+#include step
 @group(0) @binding(4) var<uniform> step: Step;
 #endif
 

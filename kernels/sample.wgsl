@@ -25,16 +25,7 @@ struct Params {
     _pad2: u32,
 }
 
-struct Step {
-    pos: u32,
-    n: u32,
-    seed: u32,
-    top_k: u32,
-    temperature: f32,
-    top_p: f32,
-    _pad0: u32,
-    _pad1: u32,
-}
+#include step
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;

@@ -89,9 +89,25 @@ pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[
 /// Tiled matrix-matrix products (prefill) for every weight type.
 pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FLAGS], consts: &[]);
 
+/// The per-step uniform struct (`#include step`), mirroring `ops::StepParams`.
+pub static STEP: KernelSource = kernel!("step", flags: &[], choices: &[], consts: &[]);
+
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE, &FFN, &GEMM]
+    vec![
+        &REDUCE,
+        &STEP,
+        &RMS_NORM,
+        &ELEMENTWISE,
+        &WEIGHTS,
+        &GEMV,
+        &SAMPLE,
+        &EMBEDDING,
+        &ATTENTION,
+        &QKV_ROPE,
+        &FFN,
+        &GEMM,
+    ]
 }
 
 /// The flags and constants that select one compiled form of a kernel.
