@@ -267,7 +267,6 @@ fn print_model_summary(model: &Model, host: &HostModel) {
     let c = model.config();
     let dispatches = model.decode_dispatches();
     let layers = c.executed_layers();
-    let per_layer = dispatches.iter().filter(|d| !d.starts_with("embedding") && !d.starts_with("sample")).count();
     println!(
         "model: hidden {}, ffn {}, {} unique layers x{} = {} executed, heads {}/{} x {}, vocab {}, rope {:?} theta {}",
         c.hidden_size,
@@ -287,14 +286,12 @@ fn print_model_summary(model: &Model, host: &HostModel) {
         c.parameter_count(),
         mib(host.weight_bytes())
     );
-    let body: usize = dispatches
-        .iter()
-        .filter(|d| !d.starts_with("embedding") && !d.starts_with("sample") && !d.starts_with("rms_norm"))
-        .count();
+    // The planner's own count of the layer dispatches (embedding, head and sampler are outside).
+    let body = model.decode_layer_dispatches();
     println!(
-        "dispatches per decode step: {} ({:.2} per executed layer; {} in total outside the layers)",
+        "dispatches per decode step: {} ({:.2} per executed layer; {} outside the layers)",
         dispatches.len(),
-        body as f64 / layers as f64 - (per_layer - body) as f64 * 0.0,
+        body as f64 / layers as f64,
         dispatches.len() - body
     );
     println!("GPU memory: {}", model.memory());

@@ -90,6 +90,49 @@ struct Params {
 }
 
 /// Checks operands shared by GEMV and GEMM; returns (n, y_stride).
+impl Params {
+    /// A plain product (no norm, no SwiGLU): every row of `w` is an output.
+    fn plain(w: &GpuWeight, n: usize, y_stride: usize, out_offset: usize, accumulate: bool) -> Params {
+        Params {
+            w: w.desc(),
+            n: n as u32,
+            y_stride: y_stride as u32,
+            out_offset: out_offset as u32,
+            accumulate: accumulate as u32,
+            out_rows: w.rows() as u32,
+            up_row: 0,
+            eps: 0.0,
+            _pad: 0,
+        }
+    }
+}
+
+/// Binds the GEMV kernel's buffers (params, weights, x, y, and the norm weight for NORM variants).
+#[allow(clippy::too_many_arguments)]
+fn bind(
+    gpu: &Gpu,
+    name: String,
+    pipeline: std::sync::Arc<wgpu::ComputePipeline>,
+    params: &Params,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    norm: Option<&Tensor>,
+    grid: [u32; 3],
+) -> Result<Dispatch> {
+    let params = uniform(gpu, "gemv params", params)?;
+    let mut bindings = vec![
+        (0, params.as_entire_binding()),
+        (1, w.buffer().as_entire_binding()),
+        (2, x.buffer().as_entire_binding()),
+        (3, y.buffer().as_entire_binding()),
+    ];
+    if let Some(norm) = norm {
+        bindings.push((4, norm.buffer().as_entire_binding()));
+    }
+    make_dispatch(gpu, name, pipeline, &bindings, grid, vec![params.clone()])
+}
+
 pub(crate) fn check_operands(w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize) -> Result<(usize, usize)> {
     let n = x.expect_rows("x of a matrix product", DType::F32, w.cols())?;
     if y.dtype() != DType::F32 {
@@ -142,31 +185,8 @@ pub fn gemv_with(
         .constant("RPT", mapping.rpt)
         .constant("NB", 1);
     let pipeline = gpu.pipeline(&GEMV, "gemv", &variant)?;
-    let params = Params {
-        w: w.desc(),
-        n: n as u32,
-        y_stride: y_stride as u32,
-        out_offset: out_offset as u32,
-        accumulate: accumulate as u32,
-        out_rows: w.rows() as u32,
-        up_row: 0,
-        eps: 0.0,
-        _pad: 0,
-    };
-    let params = uniform(gpu, "gemv params", &params)?;
-    make_dispatch(
-        gpu,
-        format!("gemv:{}", w.wtype()),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, w.buffer().as_entire_binding()),
-            (2, x.buffer().as_entire_binding()),
-            (3, y.buffer().as_entire_binding()),
-        ],
-        [groups, n as u32, 1],
-        vec![params.clone()],
-    )
+    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
+    bind(gpu, format!("gemv:{}", w.wtype()), pipeline, &params, w, x, y, None, [groups, n as u32, 1])
 }
 
 /// The batched GEMV (`gemv_batched` entry): each thread owns `rpt` whole rows and `nb` vectors, sharing
@@ -203,31 +223,8 @@ pub fn gemv_batched(
         .constant("RPT", mapping.rpt)
         .constant("NB", nb);
     let pipeline = gpu.pipeline(&GEMV, "gemv_batched", &variant)?;
-    let params = Params {
-        w: w.desc(),
-        n: n as u32,
-        y_stride: y_stride as u32,
-        out_offset: out_offset as u32,
-        accumulate: accumulate as u32,
-        out_rows: w.rows() as u32,
-        up_row: 0,
-        eps: 0.0,
-        _pad: 0,
-    };
-    let params = uniform(gpu, "gemv params", &params)?;
-    make_dispatch(
-        gpu,
-        format!("gemv_batched:{}", w.wtype()),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, w.buffer().as_entire_binding()),
-            (2, x.buffer().as_entire_binding()),
-            (3, y.buffer().as_entire_binding()),
-        ],
-        [groups, groups_y as u32, 1],
-        vec![params.clone()],
-    )
+    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
+    bind(gpu, format!("gemv_batched:{}", w.wtype()), pipeline, &params, w, x, y, None, [groups, groups_y as u32, 1])
 }
 
 /// What a fused GEMV folds around the product (see `kernels/gemv.wgsl`).
@@ -286,20 +283,10 @@ pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: Gemv
         eps: fusion.norm.map_or(0.0, |n| n.1),
         _pad: 0,
     };
-    let params = uniform(gpu, "gemv params", &params)?;
-    let mut bindings = vec![
-        (0, params.as_entire_binding()),
-        (1, w.buffer().as_entire_binding()),
-        (2, x.buffer().as_entire_binding()),
-        (3, y.buffer().as_entire_binding()),
-    ];
-    if let Some((norm_w, _)) = fusion.norm {
-        bindings.push((4, norm_w.buffer().as_entire_binding()));
-    }
     let name = match (fusion.norm.is_some(), fusion.swiglu) {
         (_, true) => format!("ffn:swiglu_{}", w.wtype()),
         (true, false) => format!("gemv:norm_{}", w.wtype()),
         (false, false) => format!("gemv:{}", w.wtype()),
     };
-    make_dispatch(gpu, name, pipeline, &bindings, [groups, n as u32, 1], vec![params.clone()])
+    bind(gpu, name, pipeline, &params, w, x, y, fusion.norm.map(|n| n.0), [groups, n as u32, 1])
 }

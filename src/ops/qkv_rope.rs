@@ -150,13 +150,7 @@ pub fn qkv_rope(
             format!("[({heads} + 2 * {kvn}) * {hd} = {rows}, {hidden}]"),
         ));
     }
-    if rope.head_dim() != hd || rope.capacity() < cache.capacity() {
-        return Err(Error::invalid(
-            "qkv_rope RoPE table",
-            format!("head_dim {} x {} positions", rope.head_dim(), rope.capacity()),
-            format!("head_dim {hd} and at least the cache's {} positions", cache.capacity()),
-        ));
-    }
+    check_rope_table("qkv_rope", rope, cache)?;
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::invalid("qkv_rope eps", eps, "a finite value >= 0"));
     }
@@ -168,16 +162,7 @@ pub fn qkv_rope(
         });
     }
     let kv = cache.slot(slot)?;
-    let variant = base_variant(gpu)
-        .flag_if("F16", cache.dtype() == DType::F16)
-        .flag(w_qkv.wtype().flag())
-        .flag(match layout {
-            RopeLayout::Halves => "ROPE_HALVES",
-            RopeLayout::Interleaved => "ROPE_INTERLEAVED",
-        })
-        .constant("WG", WORKGROUP)
-        .constant("HD", hd as u32)
-        .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32);
+    let variant = variant_for(base_variant(gpu), w_qkv.wtype(), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
     let params = Params {
         desc: w_qkv.desc(),
@@ -236,13 +221,7 @@ pub fn rope_cache(
     let heads = width / hd;
     let max_n = q_out.expect_rows("rope_cache query output", DType::F32, width)?;
     qkv.expect("rope_cache projected rows", DType::F32, &[max_n, (heads + 2 * kvn) * hd])?;
-    if rope.head_dim() != hd || rope.capacity() < cache.capacity() {
-        return Err(Error::invalid(
-            "rope_cache RoPE table",
-            format!("head_dim {} x {} positions", rope.head_dim(), rope.capacity()),
-            format!("head_dim {hd} and at least the cache's {} positions", cache.capacity()),
-        ));
-    }
+    check_rope_table("rope_cache", rope, cache)?;
     if max_n > cache.capacity() || max_n > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::Capacity {
             what: "rope_cache rows per step".into(),
@@ -251,16 +230,8 @@ pub fn rope_cache(
         });
     }
     let kv = cache.slot(slot)?;
-    let variant = ShaderVariant::new()
-        .flag_if("F16", cache.dtype() == DType::F16)
-        .flag(crate::quant::WeightType::F32.flag())
-        .flag(match layout {
-            RopeLayout::Halves => "ROPE_HALVES",
-            RopeLayout::Interleaved => "ROPE_INTERLEAVED",
-        })
-        .constant("WG", WORKGROUP)
-        .constant("HD", hd as u32)
-        .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32);
+    // rope_cache reads no weights; any weight flag satisfies the shared module.
+    let variant = variant_for(ShaderVariant::new(), crate::quant::WeightType::F32, cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "rope_cache", &variant)?;
     let params = Params {
         desc: Default::default(),
@@ -287,4 +258,34 @@ pub fn rope_cache(
         [(heads + 2 * kvn) as u32, max_n as u32, 1],
         vec![params.clone()],
     )
+}
+
+/// The variant of `kernels/qkv_rope.wgsl` for a cache, a RoPE layout and the weight type of the projection.
+fn variant_for(
+    base: ShaderVariant,
+    wtype: crate::quant::WeightType,
+    cache: &KvCache,
+    layout: RopeLayout,
+) -> ShaderVariant {
+    base.flag_if("F16", cache.dtype() == DType::F16)
+        .flag(wtype.flag())
+        .flag(match layout {
+            RopeLayout::Halves => "ROPE_HALVES",
+            RopeLayout::Interleaved => "ROPE_INTERLEAVED",
+        })
+        .constant("WG", WORKGROUP)
+        .constant("HD", cache.head_dim() as u32)
+        .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32)
+}
+
+/// The RoPE table must match the cache's head_dim and cover its positions.
+fn check_rope_table(what: &str, rope: &RopeTable, cache: &KvCache) -> Result<()> {
+    if rope.head_dim() != cache.head_dim() || rope.capacity() < cache.capacity() {
+        return Err(Error::invalid(
+            format!("{what} RoPE table"),
+            format!("head_dim {} x {} positions", rope.head_dim(), rope.capacity()),
+            format!("head_dim {} and at least the cache's {} positions", cache.head_dim(), cache.capacity()),
+        ));
+    }
+    Ok(())
 }
