@@ -99,7 +99,10 @@ fn measure(gpu: &Gpu, hidden: usize, ffn: usize, wtype: WeightType, reps: usize)
     let gate = HostWeight::quantize(wtype, ffn, hidden, &random(seed, ffn * hidden, 0.05))?;
     let up = HostWeight::quantize(wtype, ffn, hidden, &random(seed + 1, ffn * hidden, 0.05))?;
     let down = HostWeight::quantize(wtype, hidden, ffn, &random(seed + 2, ffn * hidden, 0.05))?;
-    let (gw, uw, dw) = (GpuWeight::upload(gpu, &gate)?, GpuWeight::upload(gpu, &up)?, GpuWeight::upload(gpu, &down)?);
+    // ffn.wgsl reads storage buffers only.
+    let buffer = mobilellm_kernels::WeightStorage::Buffer;
+    let (gw, uw) = (GpuWeight::upload_as(gpu, &gate, buffer)?, GpuWeight::upload_as(gpu, &up, buffer)?);
+    let dw = GpuWeight::upload(gpu, &down)?;
     let x = Tensor::from_slice(gpu, &[1, hidden], &random(seed + 3, hidden, 1.0))?;
     let norm =
         Tensor::from_slice(gpu, &[hidden], &random(seed + 4, hidden, 0.1).iter().map(|v| 1.0 + v).collect::<Vec<_>>())?;

@@ -22,7 +22,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<storage, read> ids: array<u32>;
+#if WTEX
+@group(0) @binding(2) var weights_tex: texture_2d<u32>;
+#else
 @group(0) @binding(2) var<storage, read> weights: array<u32>;
+#endif
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 
 #include weights

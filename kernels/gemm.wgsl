@@ -14,7 +14,11 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+#if WTEX
+@group(0) @binding(1) var weights_tex: texture_2d<u32>;
+#else
 @group(0) @binding(1) var<storage, read> weights: array<u32>;
+#endif
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 

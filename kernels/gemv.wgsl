@@ -26,20 +26,61 @@ struct Params {
 }
 
 @group(0) @binding(0) var<uniform> params: Params;
+#if WTEX
+@group(0) @binding(1) var weights_tex: texture_2d<u32>;
+#else
 @group(0) @binding(1) var<storage, read> weights: array<u32>;
+#endif
+// XUNI: x (and the norm weight) are bound as uniforms, exactly XV4 (NV4) vec4 (launcher: cols % 4 == 0,
+// at most 64 KiB, TPR == 1 so every lane reads the same address). On lavapipe a uniform load at a uniform
+// address is one scalar load, a storage load a per-lane loop; x is read by every thread for its RPT rows.
+#if XUNI
+@group(0) @binding(2) var<uniform> xu: array<vec4<f32>, XV4>;
+#else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
+#endif
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 
 #include weights
 
+// Element i of x.
+fn xval(i: u32) -> f32 {
+#if XUNI
+    return xu[i >> 2u][i & 3u];
+#else
+    return x[i];
+#endif
+}
+
+// x[o .. o+4] (o a multiple of 4 under XUNI).
+fn x4(o: u32) -> vec4<f32> {
+#if XUNI
+    return xu[o >> 2u];
+#else
+    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
+#endif
+}
+
 #if NORM
+#if XUNI
+@group(0) @binding(4) var<uniform> norm_u: array<vec4<f32>, NV4>;
+#else
 @group(0) @binding(4) var<storage, read> norm_w: array<f32>;
+#endif
 var<private> inv_rms: f32;
+
+fn norm_val(i: u32) -> f32 {
+#if XUNI
+    return norm_u[i >> 2u][i & 3u];
+#else
+    return norm_w[i];
+#endif
+}
 
 fn prepare_norm(xbase: u32) {
     var sum_sq = 0.0;
     for (var k = 0u; k < params.w.cols; k++) {
-        let v = x[xbase + k];
+        let v = xval(xbase + k);
         sum_sq += v * v;
     }
     inv_rms = inverseSqrt(sum_sq / f32(params.w.cols) + params.eps);
@@ -80,20 +121,16 @@ fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
             let c = vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u);
             let ok = c < vec4<u32>(cols);
             let o = vec4<u32>(base) + min(c, vec4<u32>(cols - 1u));
-            v[k] = select(vec4<f32>(0.0), vec4<f32>(x[o.x], x[o.y], x[o.z], x[o.w]), ok);
+            v[k] = select(vec4<f32>(0.0), vec4<f32>(xval(o.x), xval(o.y), xval(o.z), xval(o.w)), ok);
         }
     }
 #if NORM
     for (var k = 0u; k < 8u; k++) {
         let c = min(vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(cols - 1u));
-        v[k] *= inv_rms * vec4<f32>(norm_w[c.x], norm_w[c.y], norm_w[c.z], norm_w[c.w]);
+        v[k] *= inv_rms * vec4<f32>(norm_val(c.x), norm_val(c.y), norm_val(c.z), norm_val(c.w));
     }
 #endif
     return v;
-}
-
-fn x4(o: u32) -> vec4<f32> {
-    return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
 }
 
 fn store(batch: u32, row: u32, value: f32) {

@@ -30,7 +30,11 @@ struct Params {
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> norm_w: array<f32>;
+#if WTEX
+@group(0) @binding(4) var weights_tex: texture_2d<u32>;
+#else
 @group(0) @binding(4) var<storage, read> weights: array<u32>;
+#endif
 @group(0) @binding(5) var<storage, read> rope_cs: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> q_out: array<f32>;
 @group(0) @binding(7) var<storage, read_write> kv: array<kv_t>;

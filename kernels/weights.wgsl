@@ -1,7 +1,11 @@
 // Weight-matrix reads for every weight type (`#include weights`), the GPU twin of `src/quant.rs`.
 // Exactly one of W_F32 W_F16 W_Q8_0 W_Q4_0 W_Q4_1 is set. The includer declares
 //     @group(0) @binding(N) var<storage, read> weights: array<u32>;
+// or, with WTEX (weights in an rgba32uint texture, `WeightStorage::Texture`),
+//     @group(0) @binding(N) var weights_tex: texture_2d<u32>;
 // and passes a `WeightDesc` (filled by `GpuWeight::desc()`, usually part of its params uniform).
+// Every read goes through `wquad` (4 aligned words) or `wword`: on lavapipe a texel fetch is a SIMD
+// gather while each storage-buffer word is a per-lane scalar loop, so quads are fetched whole.
 //
 // Layout (see src/quant.rs): block g = row * desc.blocks + b of 32 columns has its quants at word
 // g * WPB (f32 32 words, f16 16, q8_0 8, q4_0/q4_1 4 = GGUF's 16 nibble bytes: byte j = element j low
@@ -11,7 +15,34 @@
 
 #if WEIGHTS_STANDALONE
 // Only for compiling this file on its own (portability test); includers declare `weights` themselves.
+#if WTEX
+@group(0) @binding(0) var weights_tex: texture_2d<u32>;
+#else
 @group(0) @binding(0) var<storage, read> weights: array<u32>;
+#endif
+#endif
+
+#if WTEX
+// Texels per texture row (`quant::TEXTURE_ROW_TEXELS`): word o is component o % 4 of texel o / 4.
+const WTEX_ROW: u32 = 4096u;
+
+fn wquad(t: u32) -> vec4<u32> {
+    return textureLoad(weights_tex, vec2<u32>(t % WTEX_ROW, t / WTEX_ROW), 0);
+}
+
+fn wword(o: u32) -> u32 {
+    return wquad(o >> 2u)[o & 3u];
+}
+#else
+// Words 4t .. 4t+3.
+fn wquad(t: u32) -> vec4<u32> {
+    let o = 4u * t;
+    return vec4<u32>(weights[o], weights[o + 1u], weights[o + 2u], weights[o + 3u]);
+}
+
+fn wword(o: u32) -> u32 {
+    return weights[o];
+}
 #endif
 
 struct WeightDesc {
@@ -34,10 +65,10 @@ const WPB: u32 = 4u;
 // (d, m) of block g: the scale and the additive minimum (m = 0 except Q4_1).
 fn weight_scale(desc: WeightDesc, g: u32) -> vec2<f32> {
 #if W_Q8_0 || W_Q4_0
-    let pair = unpack2x16float(weights[desc.scale_offset + (g >> 1u)]);
+    let pair = unpack2x16float(wword(desc.scale_offset + (g >> 1u)));
     return vec2<f32>(select(pair.x, pair.y, (g & 1u) == 1u), 0.0);
 #elif W_Q4_1
-    return unpack2x16float(weights[desc.scale_offset + g]);
+    return unpack2x16float(wword(desc.scale_offset + g));
 #else
     return vec2<f32>(1.0, 0.0);
 #endif
@@ -56,33 +87,40 @@ fn weight_u4x4(w: u32) -> vec4<f32> {
 // Multiplying by d (and adding m for q4_1) gives the weights.
 fn weight_raw32(g: u32) -> array<vec4<f32>, 8> {
     var v: array<vec4<f32>, 8>;
-    let base = g * WPB;
+    let t = g * (WPB / 4u);
 #if W_F32
     for (var k = 0u; k < 8u; k++) {
-        let o = base + 4u * k;
-        v[k] = bitcast<vec4<f32>>(vec4<u32>(weights[o], weights[o + 1u], weights[o + 2u], weights[o + 3u]));
+        v[k] = bitcast<vec4<f32>>(wquad(t + k));
     }
 #elif W_F16
-    for (var k = 0u; k < 8u; k++) {
-        let o = base + 2u * k;
-        v[k] = vec4<f32>(unpack2x16float(weights[o]), unpack2x16float(weights[o + 1u]));
+    for (var k = 0u; k < 4u; k++) {
+        let w = wquad(t + k);
+        v[2u * k] = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
+        v[2u * k + 1u] = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
     }
 #elif W_Q8_0
-    for (var k = 0u; k < 8u; k++) {
-        v[k] = weight_i8x4(weights[base + k]);
-    }
-#elif W_Q4_0
-    for (var k = 0u; k < 4u; k++) {
-        let w = weights[base + k];
-        v[k] = weight_u4x4(w) - vec4<f32>(8.0);
-        v[k + 4u] = weight_u4x4(w >> 4u) - vec4<f32>(8.0);
+    for (var k = 0u; k < 2u; k++) {
+        let w = wquad(t + k);
+        v[4u * k] = weight_i8x4(w.x);
+        v[4u * k + 1u] = weight_i8x4(w.y);
+        v[4u * k + 2u] = weight_i8x4(w.z);
+        v[4u * k + 3u] = weight_i8x4(w.w);
     }
 #else
-    for (var k = 0u; k < 4u; k++) {
-        let w = weights[base + k];
-        v[k] = weight_u4x4(w);
-        v[k + 4u] = weight_u4x4(w >> 4u);
-    }
+    let w = wquad(t);
+#if W_Q4_0
+    let bias = vec4<f32>(8.0);
+#else
+    let bias = vec4<f32>(0.0);
+#endif
+    v[0] = weight_u4x4(w.x) - bias;
+    v[1] = weight_u4x4(w.y) - bias;
+    v[2] = weight_u4x4(w.z) - bias;
+    v[3] = weight_u4x4(w.w) - bias;
+    v[4] = weight_u4x4(w.x >> 4u) - bias;
+    v[5] = weight_u4x4(w.y >> 4u) - bias;
+    v[6] = weight_u4x4(w.z >> 4u) - bias;
+    v[7] = weight_u4x4(w.w >> 4u) - bias;
 #endif
     return v;
 }
@@ -105,50 +143,53 @@ fn weight_block32(desc: WeightDesc, row: u32, block: u32) -> array<vec4<f32>, 8>
 // Written out without loops: CPU drivers (lavapipe) keep constant-indexed arrays in registers.
 fn weight_dot32(desc: WeightDesc, row: u32, block: u32, x: array<vec4<f32>, 8>) -> f32 {
     let g = row * desc.blocks + block;
-    let o = g * WPB;
+    let t = g * (WPB / 4u);
 #if W_F32
-    var acc = weight_f32x4(o) * x[0];
-    acc = fma(weight_f32x4(o + 4u), x[1], acc);
-    acc = fma(weight_f32x4(o + 8u), x[2], acc);
-    acc = fma(weight_f32x4(o + 12u), x[3], acc);
-    acc = fma(weight_f32x4(o + 16u), x[4], acc);
-    acc = fma(weight_f32x4(o + 20u), x[5], acc);
-    acc = fma(weight_f32x4(o + 24u), x[6], acc);
-    acc = fma(weight_f32x4(o + 28u), x[7], acc);
+    var acc = bitcast<vec4<f32>>(wquad(t)) * x[0];
+    acc = fma(bitcast<vec4<f32>>(wquad(t + 1u)), x[1], acc);
+    acc = fma(bitcast<vec4<f32>>(wquad(t + 2u)), x[2], acc);
+    acc = fma(bitcast<vec4<f32>>(wquad(t + 3u)), x[3], acc);
+    acc = fma(bitcast<vec4<f32>>(wquad(t + 4u)), x[4], acc);
+    acc = fma(bitcast<vec4<f32>>(wquad(t + 5u)), x[5], acc);
+    acc = fma(bitcast<vec4<f32>>(wquad(t + 6u)), x[6], acc);
+    acc = fma(bitcast<vec4<f32>>(wquad(t + 7u)), x[7], acc);
     return acc.x + acc.y + acc.z + acc.w;
 #elif W_F16
-    var acc = weight_f16x4(o) * x[0];
-    acc = fma(weight_f16x4(o + 2u), x[1], acc);
-    acc = fma(weight_f16x4(o + 4u), x[2], acc);
-    acc = fma(weight_f16x4(o + 6u), x[3], acc);
-    acc = fma(weight_f16x4(o + 8u), x[4], acc);
-    acc = fma(weight_f16x4(o + 10u), x[5], acc);
-    acc = fma(weight_f16x4(o + 12u), x[6], acc);
-    acc = fma(weight_f16x4(o + 14u), x[7], acc);
+    let a = wquad(t);
+    let b = wquad(t + 1u);
+    let c = wquad(t + 2u);
+    let d = wquad(t + 3u);
+    var acc = weight_f16x4(a.x, a.y) * x[0];
+    acc = fma(weight_f16x4(a.z, a.w), x[1], acc);
+    acc = fma(weight_f16x4(b.x, b.y), x[2], acc);
+    acc = fma(weight_f16x4(b.z, b.w), x[3], acc);
+    acc = fma(weight_f16x4(c.x, c.y), x[4], acc);
+    acc = fma(weight_f16x4(c.z, c.w), x[5], acc);
+    acc = fma(weight_f16x4(d.x, d.y), x[6], acc);
+    acc = fma(weight_f16x4(d.z, d.w), x[7], acc);
     return acc.x + acc.y + acc.z + acc.w;
 #elif W_Q8_0
-    var acc = weight_i8x4(weights[o]) * x[0];
-    acc = fma(weight_i8x4(weights[o + 1u]), x[1], acc);
-    acc = fma(weight_i8x4(weights[o + 2u]), x[2], acc);
-    acc = fma(weight_i8x4(weights[o + 3u]), x[3], acc);
-    acc = fma(weight_i8x4(weights[o + 4u]), x[4], acc);
-    acc = fma(weight_i8x4(weights[o + 5u]), x[5], acc);
-    acc = fma(weight_i8x4(weights[o + 6u]), x[6], acc);
-    acc = fma(weight_i8x4(weights[o + 7u]), x[7], acc);
+    let a = wquad(t);
+    let b = wquad(t + 1u);
+    var acc = weight_i8x4(a.x) * x[0];
+    acc = fma(weight_i8x4(a.y), x[1], acc);
+    acc = fma(weight_i8x4(a.z), x[2], acc);
+    acc = fma(weight_i8x4(a.w), x[3], acc);
+    acc = fma(weight_i8x4(b.x), x[4], acc);
+    acc = fma(weight_i8x4(b.y), x[5], acc);
+    acc = fma(weight_i8x4(b.z), x[6], acc);
+    acc = fma(weight_i8x4(b.w), x[7], acc);
     return (acc.x + acc.y + acc.z + acc.w) * weight_scale(desc, g).x;
 #else
-    let w0 = weights[o];
-    let w1 = weights[o + 1u];
-    let w2 = weights[o + 2u];
-    let w3 = weights[o + 3u];
-    var acc = weight_u4x4(w0) * x[0];
-    acc = fma(weight_u4x4(w1), x[1], acc);
-    acc = fma(weight_u4x4(w2), x[2], acc);
-    acc = fma(weight_u4x4(w3), x[3], acc);
-    acc = fma(weight_u4x4(w0 >> 4u), x[4], acc);
-    acc = fma(weight_u4x4(w1 >> 4u), x[5], acc);
-    acc = fma(weight_u4x4(w2 >> 4u), x[6], acc);
-    acc = fma(weight_u4x4(w3 >> 4u), x[7], acc);
+    let w = wquad(t);
+    var acc = weight_u4x4(w.x) * x[0];
+    acc = fma(weight_u4x4(w.y), x[1], acc);
+    acc = fma(weight_u4x4(w.z), x[2], acc);
+    acc = fma(weight_u4x4(w.w), x[3], acc);
+    acc = fma(weight_u4x4(w.x >> 4u), x[4], acc);
+    acc = fma(weight_u4x4(w.y >> 4u), x[5], acc);
+    acc = fma(weight_u4x4(w.z >> 4u), x[6], acc);
+    acc = fma(weight_u4x4(w.w >> 4u), x[7], acc);
     let xs = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
     let sum_q = acc.x + acc.y + acc.z + acc.w;
     let sum_x = xs.x + xs.y + xs.z + xs.w;
@@ -162,12 +203,8 @@ fn weight_dot32(desc: WeightDesc, row: u32, block: u32, x: array<vec4<f32>, 8>) 
 #endif
 }
 
-fn weight_f32x4(o: u32) -> vec4<f32> {
-    return bitcast<vec4<f32>>(vec4<u32>(weights[o], weights[o + 1u], weights[o + 2u], weights[o + 3u]));
-}
-
-fn weight_f16x4(o: u32) -> vec4<f32> {
-    return vec4<f32>(unpack2x16float(weights[o]), unpack2x16float(weights[o + 1u]));
+fn weight_f16x4(lo: u32, hi: u32) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(lo), unpack2x16float(hi));
 }
 
 // 4 dequantized weights of `row` at columns 4*col4 .. 4*col4+3 (within the row's padded blocks).
@@ -175,20 +212,19 @@ fn weight_load4(desc: WeightDesc, row: u32, col4: u32) -> vec4<f32> {
     let block = col4 >> 3u;
     let k = col4 & 7u;
     let g = row * desc.blocks + block;
-    let base = g * WPB;
+    let t = g * (WPB / 4u);
 #if W_F32
-    let o = base + 4u * k;
-    return bitcast<vec4<f32>>(vec4<u32>(weights[o], weights[o + 1u], weights[o + 2u], weights[o + 3u]));
+    return bitcast<vec4<f32>>(wquad(t + k));
 #elif W_F16
-    let o = base + 2u * k;
-    return vec4<f32>(unpack2x16float(weights[o]), unpack2x16float(weights[o + 1u]));
+    let w = wquad(t + (k >> 1u));
+    return select(weight_f16x4(w.x, w.y), weight_f16x4(w.z, w.w), (k & 1u) == 1u);
 #elif W_Q8_0
-    return weight_i8x4(weights[base + k]) * weight_scale(desc, g).x;
+    return weight_i8x4(wword(4u * t + k)) * weight_scale(desc, g).x;
 #elif W_Q4_0
-    let q = weight_u4x4(weights[base + (k & 3u)] >> ((k >> 2u) * 4u));
+    let q = weight_u4x4(wword(4u * t + (k & 3u)) >> ((k >> 2u) * 4u));
     return (q - vec4<f32>(8.0)) * weight_scale(desc, g).x;
 #else
-    let q = weight_u4x4(weights[base + (k & 3u)] >> ((k >> 2u) * 4u));
+    let q = weight_u4x4(wword(4u * t + (k & 3u)) >> ((k >> 2u) * 4u));
     let s = weight_scale(desc, g);
     return fma(q, vec4<f32>(s.x), vec4<f32>(s.y));
 #endif

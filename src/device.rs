@@ -115,17 +115,60 @@ pub struct GpuOptions {
     pub backends: wgpu::Backends,
     /// Only adapters whose name contains this (case-insensitive) are considered.
     pub adapter_name: Option<String>,
+    /// Where weight matrices live; `None` picks by device class ([`WeightStorage::for_device`]).
+    pub weight_storage: Option<WeightStorage>,
+}
+
+/// Where a [`crate::quant::GpuWeight`] keeps its words: both hold the same layout and every kernel reads
+/// either (the `WTEX` shader flag), so this is a speed choice per device, never a correctness one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum WeightStorage {
+    /// A storage buffer, `var<storage, read> weights: array<u32>`.
+    Buffer,
+    /// An `rgba32uint` 2D texture read with `textureLoad` (16 bytes per fetch), 4096 texels per texture row.
+    /// On lavapipe (Mesa 22.3) every storage-buffer load is a per-lane scalar loop with a bounds check
+    /// (~4 ns per lane per word under load, uniform address or not), while a texel fetch is one SIMD gather
+    /// (~2 ns per lane for 4 words): a GEMV-shaped pass over 9 MiB took 19 ms from a buffer and 2.6 ms
+    /// from a texture. Mobile engines read weights through the texture path on Adreno/Mali too.
+    Texture,
+}
+
+impl WeightStorage {
+    /// The default for a device class: textures on CPU drivers (measured), buffers on GPUs (unmeasured
+    /// here, so the conventional choice).
+    pub fn for_device(device_type: wgpu::DeviceType) -> WeightStorage {
+        if device_type == wgpu::DeviceType::Cpu {
+            WeightStorage::Texture
+        } else {
+            WeightStorage::Buffer
+        }
+    }
+
+    /// Parses `buffer` or `texture` (as in `MOBILELLM_WEIGHTS`).
+    pub fn parse(text: &str) -> Result<WeightStorage> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "buffer" => Ok(WeightStorage::Buffer),
+            "texture" => Ok(WeightStorage::Texture),
+            other => Err(Error::invalid("weight storage", other, "`buffer` or `texture`")),
+        }
+    }
 }
 
 impl Default for GpuOptions {
     fn default() -> Self {
-        GpuOptions { features: FeatureSet::ALL, backends: wgpu::Backends::all(), adapter_name: None }
+        GpuOptions {
+            features: FeatureSet::ALL,
+            backends: wgpu::Backends::all(),
+            adapter_name: None,
+            weight_storage: None,
+        }
     }
 }
 
 impl GpuOptions {
     /// Defaults, overridden by `MOBILELLM_FEATURES` (`all`, `none`, or e.g. `f16,timestamps`),
-    /// `MOBILELLM_BACKEND` (`vulkan`, `gl`, `metal`, `dx12`) and `MOBILELLM_ADAPTER` (a name substring).
+    /// `MOBILELLM_BACKEND` (`vulkan`, `gl`, `metal`, `dx12`), `MOBILELLM_ADAPTER` (a name substring) and
+    /// `MOBILELLM_WEIGHTS` (`buffer` or `texture`, see [`WeightStorage`]).
     pub fn from_env() -> Result<Self> {
         let mut options = GpuOptions::default();
         if let Ok(text) = std::env::var("MOBILELLM_FEATURES") {
@@ -137,6 +180,11 @@ impl GpuOptions {
         if let Ok(text) = std::env::var("MOBILELLM_ADAPTER") {
             if !text.is_empty() {
                 options.adapter_name = Some(text);
+            }
+        }
+        if let Ok(text) = std::env::var("MOBILELLM_WEIGHTS") {
+            if !text.is_empty() {
+                options.weight_storage = Some(WeightStorage::parse(&text)?);
             }
         }
         Ok(options)
@@ -151,6 +199,12 @@ impl GpuOptions {
     /// Limits the backends considered.
     pub fn backends(mut self, backends: wgpu::Backends) -> Self {
         self.backends = backends;
+        self
+    }
+
+    /// Fixes where weight matrices live instead of choosing by device class.
+    pub fn weight_storage(mut self, storage: WeightStorage) -> Self {
+        self.weight_storage = Some(storage);
         self
     }
 }
@@ -175,6 +229,7 @@ struct GpuInner {
     info: wgpu::AdapterInfo,
     features: FeatureSet,
     limits: wgpu::Limits,
+    weight_storage: WeightStorage,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     // Errors wgpu reports outside an error scope (device loss, late validation), surfaced by the next call.
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -285,7 +340,8 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::Device(format!("request_device on `{}` failed: {e}", adapter.get_info().name)))?;
-        Ok(Gpu::assemble(device, queue, adapter.get_info(), features, limits))
+        let storage = options.weight_storage.unwrap_or(WeightStorage::for_device(adapter.get_info().device_type));
+        Ok(Gpu::assemble(device, queue, adapter.get_info(), features, limits, storage))
     }
 
     async fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
@@ -329,7 +385,8 @@ impl Gpu {
             transient_saves_memory: None,
             limit_bucket: None,
         });
-        Ok(Gpu::assemble(device, queue, info, features, limits))
+        let storage = WeightStorage::for_device(info.device_type);
+        Ok(Gpu::assemble(device, queue, info, features, limits, storage))
     }
 
     fn assemble(
@@ -338,6 +395,7 @@ impl Gpu {
         info: wgpu::AdapterInfo,
         features: FeatureSet,
         limits: wgpu::Limits,
+        weight_storage: WeightStorage,
     ) -> Gpu {
         let uncaptured = Arc::new(Mutex::new(None));
         let sink = uncaptured.clone();
@@ -358,6 +416,7 @@ impl Gpu {
                 info,
                 features,
                 limits,
+                weight_storage,
                 pipelines: Mutex::new(HashMap::new()),
                 uncaptured,
             }),
@@ -388,6 +447,10 @@ impl Gpu {
     pub fn features(&self) -> FeatureSet {
         self.inner.features
     }
+    /// Where [`crate::quant::GpuWeight::upload`] puts weight matrices on this device.
+    pub fn weight_storage(&self) -> WeightStorage {
+        self.inner.weight_storage
+    }
     /// The limits the device was created with.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
@@ -404,13 +467,17 @@ impl Gpu {
     pub fn describe(&self) -> String {
         let (lo, hi) = self.subgroup_size_range();
         format!(
-            "{} ({:?}, {:?}), features: {}, subgroup size {}..={}",
+            "{} ({:?}, {:?}), features: {}, subgroup size {}..={}, weights in {}",
             self.adapter_name(),
             self.backend(),
             self.inner.info.device_type,
             self.features(),
             lo,
-            hi
+            hi,
+            match self.weight_storage() {
+                WeightStorage::Buffer => "buffers",
+                WeightStorage::Texture => "textures",
+            }
         )
     }
 
@@ -460,6 +527,34 @@ impl Gpu {
     fn lock_pipelines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<wgpu::ComputePipeline>>> {
         // A poisoned cache only means another thread panicked mid-insert; the map is still valid.
         self.inner.pipelines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Creates an `rgba32uint` 2D texture for a weight matrix ([`WeightStorage::Texture`]), turning an
+    /// allocation failure into [`Error::OutOfMemory`].
+    pub fn create_texture(&self, label: &str, width: u32, height: u32) -> Result<wgpu::Texture> {
+        let device = &self.inner.device;
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let texture = device.create_texture(&wgpu::TextureDescriptor {
+            label: Some(label),
+            size: wgpu::Extent3d { width, height, depth_or_array_layers: 1 },
+            mip_level_count: 1,
+            sample_count: 1,
+            dimension: wgpu::TextureDimension::D2,
+            format: wgpu::TextureFormat::Rgba32Uint,
+            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            view_formats: &[],
+        });
+        if let Some(err) = pollster::block_on(validation.pop()) {
+            return Err(Error::Gpu {
+                context: format!("creating texture `{label}` of {width}x{height} texels"),
+                message: err.to_string(),
+            });
+        }
+        if pollster::block_on(oom.pop()).is_some() {
+            return Err(Error::OutOfMemory(format!("allocating texture `{label}` of {width}x{height} texels")));
+        }
+        Ok(texture)
     }
 
     /// Creates a buffer, turning an allocation failure into [`Error::OutOfMemory`].

@@ -20,8 +20,9 @@
 
 use half::{bf16, f16};
 
-use crate::device::Gpu;
+use crate::device::{Gpu, WeightStorage};
 use crate::error::{Error, Result};
+use crate::shader::ShaderVariant;
 
 /// Weights per quantization block.
 pub const BLOCK: usize = 32;
@@ -501,10 +502,22 @@ fn nibble(q: &[u32], j: usize) -> u32 {
     }
 }
 
-/// A weight matrix in a GPU storage buffer, in the layout of [`HostWeight`].
+/// Texels per texture row of a [`WeightStorage::Texture`] weight (`kernels/weights.wgsl` `WTEX_ROW`).
+pub const TEXTURE_ROW_TEXELS: usize = 4096;
+
+#[derive(Debug, Clone)]
+enum Storage {
+    Buffer(wgpu::Buffer),
+    // The view alone keeps the texture alive; the handle stays to make ownership plain.
+    Texture { _texture: wgpu::Texture, view: wgpu::TextureView },
+}
+
+/// A weight matrix on the GPU, in the layout of [`HostWeight`], kept in a storage buffer or a texture
+/// ([`WeightStorage`]). Kernels bind it with [`GpuWeight::binding`] and compile the matching variant
+/// ([`GpuWeight::variant`]).
 #[derive(Debug, Clone)]
 pub struct GpuWeight {
-    buffer: wgpu::Buffer,
+    storage: Storage,
     wtype: WeightType,
     rows: usize,
     cols: usize,
@@ -513,29 +526,95 @@ pub struct GpuWeight {
 }
 
 impl GpuWeight {
-    /// Uploads a host weight. Errors with [`Error::Capacity`] when it exceeds one storage binding
-    /// (split it first with [`HostWeight::slice_rows`]).
+    /// Uploads a host weight where the device keeps weights ([`Gpu::weight_storage`]).
     pub fn upload(gpu: &Gpu, host: &HostWeight) -> Result<GpuWeight> {
-        let size = host.size_bytes();
-        if size > gpu.max_binding_bytes() || size > u32::MAX as u64 {
-            return Err(Error::Capacity {
-                what: format!("{} weight [{}, {}] (bytes in one binding)", host.wtype, host.rows, host.cols),
-                requested: size as usize,
-                capacity: gpu.max_binding_bytes() as usize,
-            });
-        }
-        let buffer = gpu.create_buffer(
-            &format!("{} weight {}x{}", host.wtype, host.rows, host.cols),
-            size,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        )?;
-        gpu.queue().write_buffer(&buffer, 0, bytemuck::cast_slice(&host.words));
-        Ok(GpuWeight { buffer, wtype: host.wtype, rows: host.rows, cols: host.cols, desc: host.desc(), size })
+        GpuWeight::upload_as(gpu, host, gpu.weight_storage())
     }
 
-    /// The storage buffer (bind as `var<storage, read> weights: array<u32>`).
-    pub fn buffer(&self) -> &wgpu::Buffer {
-        &self.buffer
+    /// Uploads a host weight into the given storage. Errors with [`Error::Capacity`] when it exceeds one
+    /// storage binding or the largest texture (split it first with [`HostWeight::slice_rows`]).
+    pub fn upload_as(gpu: &Gpu, host: &HostWeight, storage: WeightStorage) -> Result<GpuWeight> {
+        let words = host.words.len();
+        let what = || format!("{} weight [{}, {}]", host.wtype, host.rows, host.cols);
+        let (storage, size) = match storage {
+            WeightStorage::Buffer => {
+                let size = host.size_bytes();
+                if size > gpu.max_binding_bytes() || size > u32::MAX as u64 {
+                    return Err(Error::Capacity {
+                        what: format!("{} (bytes in one binding)", what()),
+                        requested: size as usize,
+                        capacity: gpu.max_binding_bytes() as usize,
+                    });
+                }
+                let buffer = gpu.create_buffer(
+                    &what(),
+                    size,
+                    wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+                )?;
+                gpu.queue().write_buffer(&buffer, 0, bytemuck::cast_slice(&host.words));
+                (Storage::Buffer(buffer), size)
+            }
+            WeightStorage::Texture => {
+                // One texture row of up to TEXTURE_ROW_TEXELS texels; a weight that fits one row gets a
+                // texture exactly as wide as it needs (the shader's `t % WTEX_ROW` is then just `t`).
+                let texels = words.div_ceil(4).max(1);
+                let width = texels.min(TEXTURE_ROW_TEXELS);
+                let height = texels.div_ceil(width);
+                let max = gpu.limits().max_texture_dimension_2d as usize;
+                if height > max || width > max {
+                    return Err(Error::Capacity {
+                        what: format!("{} (texture rows of {TEXTURE_ROW_TEXELS} texels)", what()),
+                        requested: height,
+                        capacity: max,
+                    });
+                }
+                let texture = gpu.create_texture(&what(), width as u32, height as u32)?;
+                let mut padded = host.words.clone();
+                padded.resize(width * height * 4, 0);
+                gpu.queue().write_texture(
+                    texture.as_image_copy(),
+                    bytemuck::cast_slice(&padded),
+                    wgpu::TexelCopyBufferLayout {
+                        offset: 0,
+                        bytes_per_row: Some((width * 16) as u32),
+                        rows_per_image: Some(height as u32),
+                    },
+                    texture.size(),
+                );
+                let view = texture.create_view(&Default::default());
+                (Storage::Texture { _texture: texture, view }, (width * height * 16) as u64)
+            }
+        };
+        Ok(GpuWeight { storage, wtype: host.wtype, rows: host.rows, cols: host.cols, desc: host.desc(), size })
+    }
+
+    /// Where the words live.
+    pub fn storage(&self) -> WeightStorage {
+        match self.storage {
+            Storage::Buffer(_) => WeightStorage::Buffer,
+            Storage::Texture { .. } => WeightStorage::Texture,
+        }
+    }
+
+    /// The storage buffer, when the weight lives in one.
+    pub fn buffer(&self) -> Option<&wgpu::Buffer> {
+        match &self.storage {
+            Storage::Buffer(b) => Some(b),
+            Storage::Texture { .. } => None,
+        }
+    }
+
+    /// The resource to bind where a kernel declares its weights (`weights` or, with `WTEX`, `weights_tex`).
+    pub fn binding(&self) -> wgpu::BindingResource<'_> {
+        match &self.storage {
+            Storage::Buffer(b) => b.as_entire_binding(),
+            Storage::Texture { view, .. } => wgpu::BindingResource::TextureView(view),
+        }
+    }
+
+    /// `variant` with this weight's type flag, and `WTEX` when it lives in a texture.
+    pub fn variant(&self, variant: ShaderVariant) -> ShaderVariant {
+        variant.flag(self.wtype.flag()).flag_if("WTEX", self.storage() == WeightStorage::Texture)
     }
     /// The format.
     pub fn wtype(&self) -> WeightType {
@@ -553,7 +632,7 @@ impl GpuWeight {
     pub fn desc(&self) -> WeightDesc {
         self.desc
     }
-    /// Bytes on the GPU.
+    /// Bytes on the GPU (a texture pads to whole texels, and to a whole row when it spans several).
     pub fn size_bytes(&self) -> u64 {
         self.size
     }

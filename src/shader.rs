@@ -62,32 +62,32 @@ pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], co
 /// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
 /// binding that includers declare themselves.
 pub static WEIGHTS: KernelSource =
-    kernel!("weights", flags: &[], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
+    kernel!("weights", flags: &["WTEX"], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
 /// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write.
 pub static QKV_ROPE: KernelSource = kernel!(
     "qkv_rope",
-    flags: &["SUBGROUPS", "F16"],
+    flags: &["SUBGROUPS", "F16", "WTEX"],
     choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
     consts: &[("WG", 64), ("HD", 64), ("XV4", 400)]
 );
 
-/// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread).
 /// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread;
-/// entry `gemv_batched`: `NB` vectors per thread, for prefill on CPU devices).
-pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "SWIGLU"], choices: &[WEIGHT_FLAGS],
-    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2), ("NB", 4)]);
+/// entry `gemv_batched`: `NB` vectors per thread, for prefill on CPU devices; `XUNI`: x and the norm weight
+/// read as uniforms of `XV4` / `NV4` vec4).
+pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "SWIGLU", "WTEX", "XUNI"], choices: &[WEIGHT_FLAGS],
+    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2), ("NB", 4), ("XV4", 144), ("NV4", 144)]);
 
 /// Embedding lookup: token ids to rows of a weight matrix of any type, over row chunks.
 pub static EMBEDDING: KernelSource =
-    kernel!("embedding", flags: &["STEP_N"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
+    kernel!("embedding", flags: &["STEP_N", "WTEX"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
 
 /// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
 pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4), ("RPT", 2)]);
 
 /// Tiled matrix-matrix products (prefill) for every weight type.
-pub static GEMM: KernelSource = kernel!("gemm", flags: &[], choices: &[WEIGHT_FLAGS], consts: &[]);
+pub static GEMM: KernelSource = kernel!("gemm", flags: &["WTEX"], choices: &[WEIGHT_FLAGS], consts: &[]);
 
 /// The per-step uniform struct (`#include step`), mirroring `ops::StepParams`.
 pub static STEP: KernelSource = kernel!("step", flags: &[], choices: &[], consts: &[]);

@@ -99,7 +99,11 @@ impl Tensor {
         let buffer = gpu.create_buffer(
             label,
             bytes,
-            wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            // UNIFORM too: small activations are read as uniforms where that is faster (gemv's XUNI).
+            wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::UNIFORM
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
         )?;
         Ok(Tensor { buffer, dtype, shape: shape.to_vec() })
     }

@@ -12,7 +12,12 @@ mod common;
 use common::{assert_close, gpus, random_vec};
 use mobilellm_kernels::ops::ffn::FfnMapping;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
-use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
+use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor, WeightStorage};
+
+/// `ffn_gate_up` (kernels/ffn.wgsl) reads its two weights from storage buffers only.
+fn buffer_weight(gpu: &Gpu, host: &HostWeight) -> mobilellm_kernels::Result<GpuWeight> {
+    GpuWeight::upload_as(gpu, host, WeightStorage::Buffer)
+}
 
 const EPS: f32 = 1e-5;
 
@@ -85,8 +90,8 @@ fn check(gpu: &Gpu, hidden: usize, ffn: usize, n: usize, wtype: WeightType, mapp
 
     let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
     let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
-    let gate_gpu = GpuWeight::upload(gpu, &c.gate).unwrap();
-    let up_gpu = GpuWeight::upload(gpu, &c.up).unwrap();
+    let gate_gpu = buffer_weight(gpu, &c.gate).unwrap();
+    let up_gpu = buffer_weight(gpu, &c.up).unwrap();
     let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
     let d = ops::ffn::ffn_gate_up_with(gpu, &x, &norm, EPS, &gate_gpu, &up_gpu, &h, mapping).unwrap();
     ops::run(gpu, &[&d]).unwrap();
@@ -162,15 +167,19 @@ fn rejects_bad_inputs() {
     let x = Tensor::zeros(gpu, DType::F32, &[2, 64]).unwrap();
     let norm = Tensor::zeros(gpu, DType::F32, &[64]).unwrap();
     let h = Tensor::zeros(gpu, DType::F32, &[2, 8]).unwrap();
-    let g = GpuWeight::upload(gpu, &weight(1, 8, 64, WeightType::Q4_0)).unwrap();
-    let u = GpuWeight::upload(gpu, &weight(2, 8, 64, WeightType::Q4_0)).unwrap();
+    let g = buffer_weight(gpu, &weight(1, 8, 64, WeightType::Q4_0)).unwrap();
+    let u = buffer_weight(gpu, &weight(2, 8, 64, WeightType::Q4_0)).unwrap();
     assert!(ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u, &h).is_ok());
 
-    let u8_0 = GpuWeight::upload(gpu, &weight(2, 8, 64, WeightType::Q8_0)).unwrap();
+    let u_tex = GpuWeight::upload_as(gpu, &weight(2, 8, 64, WeightType::Q4_0), WeightStorage::Texture).unwrap();
+    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u_tex, &h).unwrap_err();
+    assert!(matches!(err, Error::Unsupported { .. }) && err.to_string().contains("Texture"), "{err}");
+
+    let u8_0 = buffer_weight(gpu, &weight(2, 8, 64, WeightType::Q8_0)).unwrap();
     let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u8_0, &h).unwrap_err();
     assert!(matches!(err, Error::DType { .. }) && err.to_string().contains("q8_0"), "{err}");
 
-    let u_short = GpuWeight::upload(gpu, &weight(2, 7, 64, WeightType::Q4_0)).unwrap();
+    let u_short = buffer_weight(gpu, &weight(2, 7, 64, WeightType::Q4_0)).unwrap();
     let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u_short, &h).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[7, 64]"), "{err}");
 
@@ -186,8 +195,8 @@ fn rejects_bad_inputs() {
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 
     // f32 accepts any in_features, but the fused kernel reads x in whole blocks of 32.
-    let g48 = GpuWeight::upload(gpu, &weight(1, 8, 48, WeightType::F32)).unwrap();
-    let u48 = GpuWeight::upload(gpu, &weight(2, 8, 48, WeightType::F32)).unwrap();
+    let g48 = buffer_weight(gpu, &weight(1, 8, 48, WeightType::F32)).unwrap();
+    let u48 = buffer_weight(gpu, &weight(2, 8, 48, WeightType::F32)).unwrap();
     let (x48, n48) =
         (Tensor::zeros(gpu, DType::F32, &[2, 48]).unwrap(), Tensor::zeros(gpu, DType::F32, &[48]).unwrap());
     let err = ops::ffn::ffn_gate_up(gpu, &x48, &n48, EPS, &g48, &u48, &h).unwrap_err();
@@ -232,7 +241,7 @@ fn fused_block_equals_unfused_chain() {
 
                 let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
                 let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
-                let (gw, uw) = (GpuWeight::upload(gpu, &c.gate).unwrap(), GpuWeight::upload(gpu, &c.up).unwrap());
+                let (gw, uw) = (buffer_weight(gpu, &c.gate).unwrap(), buffer_weight(gpu, &c.up).unwrap());
                 let dw = GpuWeight::upload(gpu, &down_host).unwrap();
                 let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
                 let fused = ops::ffn::ffn_block(gpu, &x, &norm, EPS, &gw, &uw, &dw, &h).unwrap();

@@ -89,8 +89,9 @@ pub fn upload_table_chunked(gpu: &Gpu, host: &HostWeight, max_chunk_bytes: u64) 
     if host.size_bytes() <= max_chunk_bytes {
         return Ok(vec![GpuWeight::upload(gpu, host)?]);
     }
-    // Bytes per row rounded up, plus a word for a half-used scale word at a chunk's end (q8_0 / q4_0).
-    let per_row = host.size_bytes().div_ceil(host.rows.max(1) as u64) + 4;
+    // Bytes per row rounded up, plus a word for a half-used scale word at a chunk's end (q8_0 / q4_0)
+    // and a texel for a texture's padding.
+    let per_row = host.size_bytes().div_ceil(host.rows.max(1) as u64) + 4 + 16;
     let rows_per_chunk = (max_chunk_bytes / per_row) as usize;
     if rows_per_chunk == 0 {
         return Err(Error::invalid(
@@ -120,11 +121,11 @@ pub fn embedding(
     };
     let (wtype, hidden) = (first.wtype(), first.cols());
     for (i, chunk) in table.iter().enumerate() {
-        if chunk.wtype() != wtype || chunk.cols() != hidden {
+        if chunk.wtype() != wtype || chunk.cols() != hidden || chunk.storage() != first.storage() {
             return Err(Error::invalid(
                 format!("embedding table chunk {i}"),
-                format!("{} with {} columns", chunk.wtype(), chunk.cols()),
-                format!("{wtype} with {hidden} columns like chunk 0"),
+                format!("{} with {} columns in a {:?}", chunk.wtype(), chunk.cols(), chunk.storage()),
+                format!("{wtype} with {hidden} columns in a {:?} like chunk 0", first.storage()),
             ));
         }
     }
@@ -144,7 +145,7 @@ pub fn embedding(
     if vocab > u32::MAX as usize {
         return Err(Error::invalid("embedding vocabulary", vocab, "fewer than 2^32 rows"));
     }
-    let variant = ShaderVariant::new().flag(wtype.flag()).flag_if("STEP_N", step.is_some()).constant("WG", WORKGROUP);
+    let variant = first.variant(ShaderVariant::new()).flag_if("STEP_N", step.is_some()).constant("WG", WORKGROUP);
     let pipeline = gpu.pipeline(&EMBEDDING, "embedding", &variant)?;
     let mut dispatches = Vec::with_capacity(table.len());
     let mut row_start = 0;
@@ -163,7 +164,7 @@ pub fn embedding(
         let mut resources = vec![
             (0, params.as_entire_binding()),
             (1, ids.buffer().as_entire_binding()),
-            (2, chunk.buffer().as_entire_binding()),
+            (2, chunk.binding()),
             (3, out.buffer().as_entire_binding()),
         ];
         if let Some(step) = step {

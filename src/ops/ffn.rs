@@ -125,6 +125,12 @@ pub fn ffn_gate_up_with(
     if !(eps.is_finite() && eps >= 0.0) {
         return Err(Error::invalid("ffn norm eps", eps, "a finite value >= 0"));
     }
+    let (Some(gate_buffer), Some(up_buffer)) = (gate.buffer(), up.buffer()) else {
+        return Err(Error::Unsupported {
+            what: format!("ffn_gate_up on weights in a {:?}", gate.storage().max(up.storage())),
+            needed: "gate and up weights in storage buffers (WeightStorage::Buffer); ffn_swiglu reads either".into(),
+        });
+    };
     let tile = tile_for(n);
     let tiles = n.div_ceil(tile as usize);
     if tiles > MAX_GROUPS_PER_DIM as usize {
@@ -156,8 +162,8 @@ pub fn ffn_gate_up_with(
             (0, params.as_entire_binding()),
             (1, x.buffer().as_entire_binding()),
             (2, norm_weight.buffer().as_entire_binding()),
-            (3, gate.buffer().as_entire_binding()),
-            (4, up.buffer().as_entire_binding()),
+            (3, gate_buffer.as_entire_binding()),
+            (4, up_buffer.as_entire_binding()),
             (5, h.buffer().as_entire_binding()),
         ],
         [(ffn as u32).div_ceil(rows_per_group), tiles as u32, 1],

@@ -55,7 +55,7 @@ pub fn gemm_tiled(
         ));
     }
     let groups_x = w.rows().div_ceil(TILE_ROWS) as u32;
-    let pipeline = gpu.pipeline(&GEMM, "gemm", &ShaderVariant::new().flag(w.wtype().flag()))?;
+    let pipeline = gpu.pipeline(&GEMM, "gemm", &w.variant(ShaderVariant::new()))?;
     let params = Params {
         w: w.desc(),
         n: n as u32,
@@ -70,7 +70,7 @@ pub fn gemm_tiled(
         pipeline,
         &[
             (0, params.as_entire_binding()),
-            (1, w.buffer().as_entire_binding()),
+            (1, w.binding()),
             (2, x.buffer().as_entire_binding()),
             (3, y.buffer().as_entire_binding()),
         ],

@@ -119,18 +119,71 @@ fn bind(
     y: &Tensor,
     norm: Option<&Tensor>,
     grid: [u32; 3],
+    x_uniform: Option<XUniform>,
 ) -> Result<Dispatch> {
     let params = uniform(gpu, "gemv params", params)?;
+    // Under XUNI the uniforms are bound exactly as large as the shader's arrays.
+    let (xv4, nv4) = x_uniform.map_or((0, 0), |u| (u.xv4, u.nv4));
+    let uniform = x_uniform.is_some();
     let mut bindings = vec![
         (0, params.as_entire_binding()),
-        (1, w.buffer().as_entire_binding()),
-        (2, x.buffer().as_entire_binding()),
+        (1, w.binding()),
+        (2, x_binding(x, xv4, uniform)),
         (3, y.buffer().as_entire_binding()),
     ];
     if let Some(norm) = norm {
-        bindings.push((4, norm.buffer().as_entire_binding()));
+        bindings.push((4, x_binding(norm, nv4, uniform)));
     }
     make_dispatch(gpu, name, pipeline, &bindings, grid, vec![params.clone()])
+}
+
+/// The whole buffer, or under XUNI exactly the `vec4s` the shader's uniform array declares.
+fn x_binding(t: &Tensor, vec4s: u32, uniform: bool) -> wgpu::BindingResource<'_> {
+    if uniform {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: t.buffer(),
+            offset: 0,
+            size: std::num::NonZeroU64::new(vec4s as u64 * 16),
+        })
+    } else {
+        t.buffer().as_entire_binding()
+    }
+}
+
+/// Sizes (in vec4) of x and the norm weight when the `gemv` entry reads them as uniforms (XUNI).
+#[derive(Clone, Copy, Debug)]
+struct XUniform {
+    xv4: u32,
+    nv4: u32,
+}
+
+/// Whether the `gemv` entry should read `x` (`[n, cols]`) and the norm weight as uniforms: only with one
+/// thread per row (every lane reads the same x address: one scalar load on CPU drivers; on GPUs a
+/// divergent uniform read would serialise, and TPR > 1 reads diverge) and where they fit one uniform
+/// binding and the buffers allow it.
+fn x_uniform(
+    gpu: &Gpu,
+    mapping: GemvMapping,
+    x: &Tensor,
+    n: usize,
+    cols: usize,
+    norm: Option<&Tensor>,
+) -> Option<XUniform> {
+    let max = (gpu.limits().max_uniform_buffer_binding_size as usize).min(1 << 16);
+    let usable = |t: &Tensor, len: usize| {
+        t.buffer().usage().contains(wgpu::BufferUsages::UNIFORM) && len * 4 <= max && len * 4 <= t.size_bytes() as usize
+    };
+    let ok = mapping.tpr == 1
+        && gpu.adapter_info().device_type == wgpu::DeviceType::Cpu
+        && cols.is_multiple_of(4)
+        && usable(x, n * cols)
+        && norm.is_none_or(|t| usable(t, cols));
+    ok.then_some(XUniform { xv4: (n * cols / 4) as u32, nv4: if norm.is_some() { (cols / 4) as u32 } else { 1 } })
+}
+
+/// Adds the XUNI flag and its array sizes (1 when off, so those variants share one pipeline).
+fn with_x_uniform(variant: crate::shader::ShaderVariant, u: Option<XUniform>) -> crate::shader::ShaderVariant {
+    variant.flag_if("XUNI", u.is_some()).constant("XV4", u.map_or(1, |u| u.xv4)).constant("NV4", u.map_or(1, |u| u.nv4))
 }
 
 pub(crate) fn check_operands(w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize) -> Result<(usize, usize)> {
@@ -178,15 +231,16 @@ pub fn gemv_with(
         return Err(Error::shape("x of gemv", x.shape(), format!("at most {MAX_GROUPS_PER_DIM} vectors (use gemm)")));
     }
     let groups = (w.rows() as u32).div_ceil(mapping.rows_per_group());
-    let variant = base_variant(gpu)
-        .flag(w.wtype().flag())
+    let xu = x_uniform(gpu, mapping, x, n, w.cols(), None);
+    let variant = w
+        .variant(base_variant(gpu))
         .constant("WG", mapping.wg)
         .constant("TPR", mapping.tpr)
         .constant("RPT", mapping.rpt)
         .constant("NB", 1);
-    let pipeline = gpu.pipeline(&GEMV, "gemv", &variant)?;
+    let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
     let params = Params::plain(w, n, y_stride, out_offset, accumulate);
-    bind(gpu, format!("gemv:{}", w.wtype()), pipeline, &params, w, x, y, None, [groups, n as u32, 1])
+    bind(gpu, format!("gemv:{}", w.wtype()), pipeline, &params, w, x, y, None, [groups, n as u32, 1], xu)
 }
 
 /// The batched GEMV (`gemv_batched` entry): each thread owns `rpt` whole rows and `nb` vectors, sharing
@@ -216,15 +270,26 @@ pub fn gemv_batched(
         ));
     }
     let groups = (w.rows() as u32).div_ceil(mapping.rows_per_group());
-    let variant = base_variant(gpu)
-        .flag(w.wtype().flag())
+    let variant = w
+        .variant(base_variant(gpu))
         .constant("WG", mapping.wg)
         .constant("TPR", 1)
         .constant("RPT", mapping.rpt)
         .constant("NB", nb);
-    let pipeline = gpu.pipeline(&GEMV, "gemv_batched", &variant)?;
+    let pipeline = gpu.pipeline(&GEMV, "gemv_batched", &with_x_uniform(variant, None))?;
     let params = Params::plain(w, n, y_stride, out_offset, accumulate);
-    bind(gpu, format!("gemv_batched:{}", w.wtype()), pipeline, &params, w, x, y, None, [groups, groups_y as u32, 1])
+    bind(
+        gpu,
+        format!("gemv_batched:{}", w.wtype()),
+        pipeline,
+        &params,
+        w,
+        x,
+        y,
+        None,
+        [groups, groups_y as u32, 1],
+        None,
+    )
 }
 
 /// What a fused GEMV folds around the product (see `kernels/gemv.wgsl`).
@@ -263,15 +328,16 @@ pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: Gemv
     }
     let mapping = GemvMapping::choose(gpu, out_rows, w.cols());
     let groups = (out_rows as u32).div_ceil(mapping.rows_per_group());
-    let variant = base_variant(gpu)
-        .flag(w.wtype().flag())
+    let variant = w
+        .variant(base_variant(gpu))
         .flag_if("NORM", fusion.norm.is_some())
         .flag_if("SWIGLU", fusion.swiglu)
         .constant("WG", mapping.wg)
         .constant("TPR", mapping.tpr)
         .constant("RPT", mapping.rpt)
         .constant("NB", 1);
-    let pipeline = gpu.pipeline(&GEMV, "gemv", &variant)?;
+    let xu = x_uniform(gpu, mapping, x, n, w.cols(), fusion.norm.map(|n| n.0));
+    let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
     let params = Params {
         w: w.desc(),
         n: n as u32,
@@ -288,5 +354,5 @@ pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: Gemv
         (true, false) => format!("gemv:norm_{}", w.wtype()),
         (false, false) => format!("gemv:{}", w.wtype()),
     };
-    bind(gpu, name, pipeline, &params, w, x, y, fusion.norm.map(|n| n.0), [groups, n as u32, 1])
+    bind(gpu, name, pipeline, &params, w, x, y, fusion.norm.map(|n| n.0), [groups, n as u32, 1], xu)
 }

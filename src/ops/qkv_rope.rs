@@ -162,7 +162,7 @@ pub fn qkv_rope(
         });
     }
     let kv = cache.slot(slot)?;
-    let variant = variant_for(base_variant(gpu), w_qkv.wtype(), cache, layout);
+    let variant = variant_for(w_qkv.variant(base_variant(gpu)), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
     let params = Params {
         desc: w_qkv.desc(),
@@ -183,7 +183,7 @@ pub fn qkv_rope(
             (1, step.buffer().as_entire_binding()),
             (2, x.buffer().as_entire_binding()),
             (3, norm_w.buffer().as_entire_binding()),
-            (4, w_qkv.buffer().as_entire_binding()),
+            (4, w_qkv.binding()),
             (5, rope.tensor().buffer().as_entire_binding()),
             (6, q_out.buffer().as_entire_binding()),
             (7, kv.buffer().as_entire_binding()),
@@ -231,7 +231,7 @@ pub fn rope_cache(
     }
     let kv = cache.slot(slot)?;
     // rope_cache reads no weights; any weight flag satisfies the shared module.
-    let variant = variant_for(ShaderVariant::new(), crate::quant::WeightType::F32, cache, layout);
+    let variant = variant_for(ShaderVariant::new().flag(crate::quant::WeightType::F32.flag()), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "rope_cache", &variant)?;
     let params = Params {
         desc: Default::default(),
@@ -260,15 +260,9 @@ pub fn rope_cache(
     )
 }
 
-/// The variant of `kernels/qkv_rope.wgsl` for a cache, a RoPE layout and the weight type of the projection.
-fn variant_for(
-    base: ShaderVariant,
-    wtype: crate::quant::WeightType,
-    cache: &KvCache,
-    layout: RopeLayout,
-) -> ShaderVariant {
+/// The variant of `kernels/qkv_rope.wgsl` for a cache and a RoPE layout; `base` carries the weight flags.
+fn variant_for(base: ShaderVariant, cache: &KvCache, layout: RopeLayout) -> ShaderVariant {
     base.flag_if("F16", cache.dtype() == DType::F16)
-        .flag(wtype.flag())
         .flag(match layout {
             RopeLayout::Halves => "ROPE_HALVES",
             RopeLayout::Interleaved => "ROPE_INTERLEAVED",

@@ -3,23 +3,29 @@
 
 use std::sync::OnceLock;
 
-use mobilellm_kernels::{FeatureSet, Gpu, GpuOptions};
+use mobilellm_kernels::{FeatureSet, Gpu, GpuOptions, WeightStorage};
 
 /// The two feature sets every kernel is tested under: everything the adapter offers, and nothing.
+/// The first keeps weights where the device prefers them (textures on CPU drivers), the second in storage
+/// buffers, so both weight storages are exercised on every machine (`MOBILELLM_WEIGHTS` fixes both).
 /// Panics (fails the test loudly) when there is no adapter: GPU tests must never pass silently.
 pub fn gpus() -> &'static [Gpu] {
     static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
     GPUS.get_or_init(|| {
         let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
-        [FeatureSet::ALL, FeatureSet::NONE]
-            .into_iter()
-            .map(|features| {
-                let gpu = Gpu::with_options(&base.clone().features(base.features.intersect(features)))
-                    .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-                eprintln!("test device: {}", gpu.describe());
-                gpu
-            })
-            .collect()
+        [
+            (FeatureSet::ALL, base.weight_storage),
+            (FeatureSet::NONE, base.weight_storage.or(Some(WeightStorage::Buffer))),
+        ]
+        .into_iter()
+        .map(|(features, storage)| {
+            let options = GpuOptions { weight_storage: storage, ..base.clone() };
+            let gpu = Gpu::with_options(&options.features(base.features.intersect(features)))
+                .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+            eprintln!("test device: {}", gpu.describe());
+            gpu
+        })
+        .collect()
     })
 }
 
