@@ -189,6 +189,10 @@ struct GpuInner {
 
 /// A wgpu device and queue with the crate's feature choices and pipeline cache. Cheap to clone.
 ///
+/// On the GL backend use one `Gpu` from one thread at a time: wgpu's GL device shares one context behind a
+/// lock that panics after a 1 s wait ("Could not lock adapter context"), which a long submission on a slow
+/// driver (llvmpipe) exceeds. Vulkan, Metal and DX12 devices may be shared between threads freely.
+///
 /// ```no_run
 /// # fn main() -> mobilellm_kernels::Result<()> {
 /// let gpu = mobilellm_kernels::Gpu::new()?;
