@@ -95,12 +95,14 @@ fn out_of_memory_is_typed_and_leaves_the_model_as_it_was() {
     let _serial = common::gpus();
     for features in [FeatureSet::ALL, FeatureSet::NONE] {
         let gpu = &own_gpu(features);
+        let kept = Tensor::from_slice(gpu, &[4], &[1.0f32, 2.0, 3.0, 4.0]).unwrap();
         gpu.simulate_oom(Some(0));
         let err = expect_err(Tensor::zeros_labeled(gpu, "activations", DType::F32, &[1000, 64]), "tensor");
         assert!(matches!(err, Error::OutOfMemory(_)), "{err:?}");
         assert!(err.to_string().contains("`activations` of 256000 bytes"), "{err}");
-        // Only the one allocation failed.
+        // Only the one allocation failed, and the tensor made before it is intact.
         Tensor::zeros(gpu, DType::F32, &[4]).unwrap();
+        assert_eq!(kept.read::<f32>(gpu).unwrap(), [1.0, 2.0, 3.0, 4.0]);
 
         // Model::new fails cleanly wherever the allocation fails (first, a middle one, the last).
         let before = gpu.buffers_created();
