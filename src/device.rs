@@ -6,6 +6,7 @@
 //! (`MOBILELLM_FEATURES=none`, or [`GpuOptions::features`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::error::{Error, Result};
@@ -231,11 +232,21 @@ struct GpuInner {
     limits: wgpu::Limits,
     weight_storage: WeightStorage,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
-    // Errors wgpu reports outside an error scope (device loss, late validation), surfaced by the next call.
+    // Errors wgpu reports outside an error scope (late validation), surfaced by the next call.
     uncaptured: Arc<Mutex<Option<String>>>,
+    // Set once by the device-lost callback; sticky: every later call fails with `Error::DeviceLost`.
+    lost: Arc<Mutex<Option<String>>>,
+    // Successful `create_buffer` calls (every buffer the crate makes goes through it).
+    buffers_created: AtomicU64,
+    // Fault injection: 0 = off, k = the k-th upcoming `create_buffer` call fails as if out of memory.
+    simulated_oom: AtomicUsize,
 }
 
 /// A wgpu device and queue with the crate's feature choices and pipeline cache. Cheap to clone.
+///
+/// On the GL backend use one `Gpu` from one thread at a time: wgpu's GL device shares one context behind a
+/// lock that panics after a 1 s wait ("Could not lock adapter context"), which a long submission on a slow
+/// driver (llvmpipe) exceeds. Vulkan, Metal and DX12 devices may be shared between threads freely.
 ///
 /// ```no_run
 /// # fn main() -> mobilellm_kernels::Result<()> {
@@ -404,10 +415,19 @@ impl Gpu {
             let mut slot = sink.lock().unwrap_or_else(|p| p.into_inner());
             slot.get_or_insert_with(|| e.to_string());
         }));
-        let lost = uncaptured.clone();
+        let lost = Arc::new(Mutex::new(None));
+        let lost_sink = Arc::clone(&lost);
+        // wgpu drops errors caused by a lost device and reports the loss only through this callback, which
+        // it calls from a poll (a destroyed device is lost once its queue is empty).
         device.set_device_lost_callback(move |reason, message| {
-            let mut slot = lost.lock().unwrap_or_else(|p| p.into_inner());
-            slot.get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
+            let mut slot = lost_sink.lock().unwrap_or_else(|p| p.into_inner());
+            slot.get_or_insert_with(|| {
+                if message.is_empty() {
+                    format!("{reason:?}")
+                } else {
+                    format!("{reason:?}: {message}")
+                }
+            });
         });
         Gpu {
             inner: Arc::new(GpuInner {
@@ -419,6 +439,9 @@ impl Gpu {
                 weight_storage,
                 pipelines: Mutex::new(HashMap::new()),
                 uncaptured,
+                lost,
+                buffers_created: AtomicU64::new(0),
+                simulated_oom: AtomicUsize::new(0),
             }),
         }
     }
@@ -492,6 +515,7 @@ impl Gpu {
         if let Some(p) = self.lock_pipelines().get(&key) {
             return Ok(p.clone());
         }
+        self.check_lost()?;
         let source = variant.preprocess(kernel)?;
         let device = &self.inner.device;
         let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -508,6 +532,7 @@ impl Gpu {
             cache: None,
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
+            self.check_lost()?;
             return Err(Error::Shader {
                 kernel: kernel.name.to_string(),
                 variant: format!("{entry} {}", variant.key()),
@@ -532,6 +557,7 @@ impl Gpu {
     /// Creates an `rgba32uint` 2D texture for a weight matrix ([`WeightStorage::Texture`]), turning an
     /// allocation failure into [`Error::OutOfMemory`].
     pub fn create_texture(&self, label: &str, width: u32, height: u32) -> Result<wgpu::Texture> {
+        self.check_lost()?;
         let device = &self.inner.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -557,8 +583,12 @@ impl Gpu {
         Ok(texture)
     }
 
-    /// Creates a buffer, turning an allocation failure into [`Error::OutOfMemory`].
+    /// Creates a buffer, turning an allocation failure into [`Error::OutOfMemory`] (which leaves the device
+    /// and everything on it usable: wgpu 30 treats a failed buffer allocation as non-fatal), a size beyond
+    /// the device's `max_buffer_size` into [`Error::Capacity`], and a lost device into [`Error::DeviceLost`].
+    /// Both messages name `label` and the size.
     pub fn create_buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<wgpu::Buffer> {
+        self.check_lost()?;
         if size > self.inner.limits.max_buffer_size {
             return Err(Error::Capacity {
                 what: format!("buffer `{label}` (bytes)"),
@@ -566,8 +596,13 @@ impl Gpu {
                 capacity: self.inner.limits.max_buffer_size as usize,
             });
         }
+        let oom = || Error::OutOfMemory(format!("allocating buffer `{label}` of {size} bytes"));
+        let countdown = self.inner.simulated_oom.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |k| k.checked_sub(1));
+        if countdown == Ok(1) {
+            return Err(oom());
+        }
         let device = &self.inner.device;
-        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let oom_scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let buffer = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -581,29 +616,69 @@ impl Gpu {
                 message: err.to_string(),
             });
         }
-        if pollster::block_on(oom.pop()).is_some() {
-            return Err(Error::OutOfMemory(format!("allocating buffer `{label}` of {size} bytes")));
+        if pollster::block_on(oom_scope.pop()).is_some() {
+            return Err(oom());
         }
+        // On a lost device wgpu hands out an invalid buffer and reports nothing in the scopes.
+        self.check_lost()?;
+        self.inner.buffers_created.fetch_add(1, Ordering::Relaxed);
         Ok(buffer)
+    }
+
+    /// How many buffers [`Gpu::create_buffer`] has made on this device so far. Every buffer the crate
+    /// allocates (tensors, weights, uniforms, staging) goes through it, so a caller can check that a loop
+    /// allocates nothing: read it before and after.
+    pub fn buffers_created(&self) -> u64 {
+        self.inner.buffers_created.load(Ordering::Relaxed)
+    }
+
+    /// Fault injection for testing error paths: after `Some(after)` more successful calls, one call to
+    /// [`Gpu::create_buffer`] fails with [`Error::OutOfMemory`], as a driver allocation failure would, without
+    /// touching the device (`Some(0)`: the very next call). `None` cancels a pending failure.
+    pub fn simulate_oom(&self, after: Option<usize>) {
+        self.inner.simulated_oom.store(after.map_or(0, |a| a.saturating_add(1)), Ordering::SeqCst);
+    }
+
+    /// Whether the device has been lost (destroyed, driver reset, removed). A lost device stays lost:
+    /// every later call that touches it returns [`Error::DeviceLost`]; recreate the `Gpu` and what was on it.
+    /// Loss is noticed when wgpu polls the device, so this may turn true only after the next wait.
+    pub fn is_lost(&self) -> bool {
+        self.inner.lost.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// [`Error::DeviceLost`] if the device is known to be lost.
+    pub(crate) fn check_lost(&self) -> Result<()> {
+        match self.inner.lost.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(message) => Err(Error::DeviceLost(message.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Submits command buffers and waits for the queue to finish them.
     pub fn submit_and_wait(&self, commands: impl IntoIterator<Item = wgpu::CommandBuffer>) -> Result<()> {
+        self.check_lost()?;
         let index = self.inner.queue.submit(commands);
         self.wait(Some(index))
     }
 
     /// Waits for a submission (or all work) to finish; reports any error wgpu raised meanwhile.
     pub fn wait(&self, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
-        self.inner
-            .device
-            .poll(wgpu::PollType::Wait { submission_index: index, timeout: None })
-            .map_err(|e| Error::Gpu { context: "waiting for the GPU".into(), message: e.to_string() })?;
+        let polled = self.inner.device.poll(wgpu::PollType::Wait { submission_index: index, timeout: None });
+        if polled.is_err() {
+            // On a lost device the submission was dropped, so waiting for it fails before wgpu runs the
+            // maintenance that reports the loss; one plain poll runs it.
+            let _ = self.inner.device.poll(wgpu::PollType::Poll);
+        }
+        // A loss outranks whatever the poll returned.
+        self.check_lost()?;
+        polled.map_err(|e| Error::Gpu { context: "waiting for the GPU".into(), message: e.to_string() })?;
         self.take_error()
     }
 
-    /// Returns (and clears) an error wgpu reported outside any call of ours, e.g. a lost device.
+    /// Returns (and clears) an error wgpu reported outside any call of ours, or [`Error::DeviceLost`]
+    /// (not cleared) if the device is lost.
     pub fn take_error(&self) -> Result<()> {
+        self.check_lost()?;
         let mut slot = self.inner.uncaptured.lock().unwrap_or_else(|p| p.into_inner());
         match slot.take() {
             Some(message) => Err(Error::Gpu { context: "a previous GPU operation".into(), message }),

@@ -87,6 +87,10 @@ pub enum Error {
     /// The GPU ran out of memory.
     #[error("out of GPU memory while {0}")]
     OutOfMemory(String),
+    /// The device was lost (destroyed, driver reset or removed). Sticky: every later call on that device
+    /// fails with this; recreate the [`crate::Gpu`] and what was on it.
+    #[error("GPU device lost ({0}); recreate the Gpu and the models or tensors on it")]
+    DeviceLost(String),
     /// A wgpu validation or runtime error caught at a boundary.
     #[error("GPU error while {context}: {message}")]
     Gpu {

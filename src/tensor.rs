@@ -232,7 +232,10 @@ pub fn map_read(gpu: &Gpu, staging: &wgpu::Buffer, size: u64) -> Result<Vec<u8>>
         let _ = tx.send(r);
     });
     gpu.wait(None)?;
-    match rx.recv() {
+    let mapped = rx.recv();
+    // A map that fails because the device went away is a loss, not a mapping problem.
+    gpu.check_lost()?;
+    match mapped {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(Error::Gpu { context: "mapping a readback buffer".into(), message: e.to_string() }),
         Err(_) => {

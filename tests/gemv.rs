@@ -119,7 +119,8 @@ fn mobilellm_350m_shapes() {
 /// types on the bare one; SmolLM2's 49152 head runs its shipped type (q4_1) and f16 on each device.
 #[test]
 fn lm_head_shapes() {
-    let [all, none] = gpus() else { panic!("two devices") };
+    let gpus = gpus();
+    let [all, none] = &*gpus else { panic!("two devices") };
     for wtype in WeightType::ALL {
         let host = weight(wtype, 32000, 576);
         check(all, &host, &Case::new(wtype, 32000, 576, 1));

@@ -1,5 +1,6 @@
 //! Long-run soak test: decodes many tokens and checks that neither host memory (VmRSS) nor the model's GPU
-//! memory report grows after warm-up (a leak per step, per submission or per reset would show here).
+//! memory report grows after warm-up, and that no GPU buffer is created after it ([`Gpu::buffers_created`]):
+//! a leak or an allocation per step, per submission or per reset would show here.
 //!
 //! Ignored by default (minutes on lavapipe). Run it with
 //!
@@ -12,14 +13,16 @@
 //! - `MOBILELLM_LONG_RUN_TOKENS`: tokens to decode (default 10 000);
 //! - `MOBILELLM_LONG_RUN_SHAPE`: `small` (default: hidden 256, 4 layers, 4/2 heads, vocab 4096, Q4_0) or
 //!   `125m` (the MobileLLM-125M shape with synthetic Q4_0 weights). `small` is the default because the 125M
-//!   shape decodes at ~2 s/token on lavapipe (10 000 tokens would take hours; `small` runs at ~65 ms/token);
-//!   on a real GPU use `125m`.
+//!   shape decodes at ~0.25-0.5 s/token on lavapipe (10 000 tokens: about an hour in release; `small` runs at
+//!   tens of ms/token); on a real GPU use `125m`.
 //!
 //! The context is 512 positions: whenever it fills, the model is reset and the prompt prefilled again, so
 //! resets and prefills are part of the soak (from 505 tokens on). Warm-up is the first 10% of tokens (at
 //! least 50: every plan and pipeline then exists); after it, VmRSS must stay within ±1% of its value at the end
-//! of warm-up (plus a 1 MiB floor for allocator noise on small processes) and `Model::memory()` must not
-//! change at all.
+//! of warm-up (plus a 1 MiB floor for allocator noise on small processes), and neither `Model::memory()` nor
+//! the device's buffer count may change at all.
+//!
+//! [`Gpu::buffers_created`]: mobilellm_kernels::Gpu::buffers_created
 
 mod common;
 
@@ -79,6 +82,7 @@ fn decode_many_tokens_memory_stays_flat() {
 
     let memory = model.memory();
     let (mut baseline, mut max_rss, mut min_rss, mut resets) = (0u64, 0u64, u64::MAX, 0usize);
+    let mut buffers = 0;
     let start = Instant::now();
     let mut warm_start = start;
     let mut next = model.prefill(&prompt).unwrap();
@@ -92,6 +96,7 @@ fn decode_many_tokens_memory_stays_flat() {
         assert!((next as usize) < config.vocab_size);
         if i + 1 == warmup {
             baseline = rss_kib();
+            buffers = gpu.buffers_created();
             warm_start = Instant::now();
             eprintln!("after warm-up ({warmup} tokens): VmRSS {baseline} KiB, GPU {memory}");
         }
@@ -100,6 +105,7 @@ fn decode_many_tokens_memory_stays_flat() {
             max_rss = max_rss.max(rss);
             min_rss = min_rss.min(rss);
             assert_eq!(model.memory(), memory, "GPU memory report changed at token {i}");
+            assert_eq!(gpu.buffers_created(), buffers, "GPU buffers were created by token {i}");
         }
     }
     let measured = tokens - warmup;
@@ -117,4 +123,5 @@ fn decode_many_tokens_memory_stays_flat() {
         "VmRSS moved beyond ±{tolerance} KiB of {baseline} KiB: min {min_rss}, max {max_rss}"
     );
     assert_eq!(model.memory(), memory);
+    assert_eq!(gpu.buffers_created(), buffers, "GPU buffers created after warm-up");
 }

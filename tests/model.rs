@@ -9,7 +9,7 @@ use common::gpus;
 use mobilellm_kernels::model::safetensors::Safetensors;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
 use mobilellm_kernels::quant::WeightType;
-use mobilellm_kernels::{DType, Gpu};
+use mobilellm_kernels::{DType, Gpu, GpuOptions};
 
 fn data_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
@@ -156,6 +156,38 @@ fn wrong_schedule_fails_the_shared_golden() {
     let (_, logits) = model.prefill_logits(&g.ids("prompt_ids")).unwrap();
     let diff = max_diff(&logits, &g.f32("prefill_logits"));
     assert!(diff > 0.1, "no-sharing schedule should miss the shared golden, got max diff {diff}");
+}
+
+/// After warm-up no model call allocates GPU memory: a prefill of a seen length, 20 `step` and 20
+/// `step_logits` (and a profiled step where the device has timestamps) create no buffer (the logits and
+/// timestamp readbacks used to be fresh buffers per call).
+#[test]
+fn decode_allocates_no_buffers_after_warm_up() {
+    // A device of its own: the shared test devices allocate for tests running in parallel.
+    let _serial = gpus();
+    let gpu = Gpu::with_options(&GpuOptions::from_env().unwrap()).unwrap();
+    let mut model = load(&gpu, "tiny-shared", WeightType::F32, DType::F32);
+    let prompt = [13, 218, 116];
+    let mut token = model.prefill_logits(&prompt).unwrap().0;
+    token = model.step(token).unwrap();
+    token = model.step_logits(token).unwrap().0;
+    let timestamps = gpu.features().timestamps;
+    if timestamps {
+        model.profile_step(token).unwrap();
+    }
+    model.reset();
+    let before = gpu.buffers_created();
+    let memory = model.memory();
+    token = model.prefill_logits(&prompt).unwrap().0;
+    for _ in 0..20 {
+        token = model.step(token).unwrap();
+        token = model.step_logits(token).unwrap().0;
+    }
+    if timestamps {
+        model.profile_step(token).unwrap();
+    }
+    assert_eq!(gpu.buffers_created() - before, 0, "buffers created by the calls after warm-up");
+    assert_eq!(model.memory(), memory);
 }
 
 /// `mobilellm run` reproduces tiny-shared's prefill and forced logits from the shell.

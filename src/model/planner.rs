@@ -26,7 +26,7 @@ use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
 use crate::ops::sample::{SampleRow, Sampler};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
 use crate::quant::GpuWeight;
-use crate::tensor::{read_buffer, DType, Tensor};
+use crate::tensor::{map_read, DType, Tensor};
 
 /// Choices made when a model is planned.
 #[derive(Clone, Debug)]
@@ -201,7 +201,20 @@ struct Plan {
     sampler: Sampler,
 }
 
+/// GPU timestamps of a profiled step, made on the first profiled step and reused.
+struct Profiler {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    staging: wgpu::Buffer,
+    queries: u32,
+}
+
 /// A model resident on the GPU, planned once; see the module docs for the dispatch list of a step.
+///
+/// After warm-up (the first call of each kind, and the first prefill of each chunk length) no call
+/// allocates GPU memory: [`Gpu::buffers_created`] stays put. A call that fails leaves the position and the
+/// KV cache as they were, so the next valid call works as if the failed one had not been made (except after
+/// [`Error::DeviceLost`], which is final).
 pub struct Model {
     gpu: Gpu,
     config: ModelConfig,
@@ -215,6 +228,10 @@ pub struct Model {
     act: Activations,
     plans: HashMap<(usize, bool), Plan>,
     token_staging: wgpu::Buffer,
+    // Readback of logits: `vocab` floats after the first `step_logits`, `max_batch * vocab` after the first
+    // multi-row `prefill_logits`; never reallocated after that.
+    logits_staging: Option<wgpu::Buffer>,
+    profiler: Option<Profiler>,
     pos: usize,
     sampling: Sampling,
     options: PlanOptions,
@@ -265,6 +282,8 @@ impl Model {
             act,
             plans: HashMap::new(),
             token_staging,
+            logits_staging: None,
+            profiler: None,
             pos: 0,
             sampling: Sampling::default(),
             options,
@@ -435,7 +454,11 @@ impl Model {
                 + self.final_norm.size_bytes(),
             kv_cache: self.cache.size_bytes(),
             activations: self.act.size_bytes(),
-            scratch: 4 + std::mem::size_of::<StepParams>() as u64 + self.rope.tensor().size_bytes(),
+            scratch: 4
+                + std::mem::size_of::<StepParams>() as u64
+                + self.rope.tensor().size_bytes()
+                + self.logits_staging.as_ref().map_or(0, wgpu::Buffer::size)
+                + self.profiler.as_ref().map_or(0, |p| p.resolve.size() + p.staging.size()),
         }
     }
 
@@ -453,13 +476,31 @@ impl Model {
         self.cache.check_step(self.pos, tokens.len())
     }
 
+    /// Makes sure the logits readback buffer holds `bytes`; allocates at most twice in a model's life.
+    fn ensure_logits_staging(&mut self, bytes: u64) -> Result<()> {
+        if self.logits_staging.as_ref().is_some_and(|b| b.size() >= bytes) {
+            return Ok(());
+        }
+        let row = (self.config.vocab_size * 4) as u64;
+        let size = if bytes <= row { row } else { row * self.options.max_batch as u64 };
+        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        self.logits_staging = Some(self.gpu.create_buffer("logits readback", size, usage)?);
+        Ok(())
+    }
+
     /// Runs `tokens` (at most `max_batch`) at the current position; returns the sampled next token and,
-    /// if `logits` is set, the logits (`[n, vocab]` when `all_logits`, else the last row).
+    /// if `want_logits`, the logits (`[n, vocab]` when `all_logits`, else the last row). The plan and the
+    /// logits readback must exist already (see [`Model::run_chunks`]); the position advances only on success.
     fn run_chunk(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<(u32, Option<Vec<f32>>)> {
         let n = tokens.len();
-        self.plan(n, all_logits)?;
         let params = self.step_params(self.pos, n, &self.sampling);
         let plan = self.plans.get(&(n, all_logits)).ok_or_else(|| Error::Device("missing plan".into()))?;
+        let logits_bytes = (if plan.all_logits { n } else { 1 } * self.config.vocab_size * 4) as u64;
+        let logits_staging = match (want_logits, &self.logits_staging) {
+            (false, _) => None,
+            (true, Some(b)) if b.size() >= logits_bytes => Some(b),
+            (true, _) => return Err(Error::Device("missing logits readback buffer".into())),
+        };
         let gpu = &self.gpu;
         gpu.take_error()?;
         self.step.write(gpu, &params);
@@ -492,56 +533,72 @@ impl Model {
             plan.sampler.record(&mut pass);
         }
         encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, 4);
+        if let Some(staging) = logits_staging {
+            let t = if plan.all_logits { &self.act.logits } else { &self.act.last_logits };
+            encoder.copy_buffer_to_buffer(t.buffer(), 0, staging, 0, logits_bytes);
+        }
         gpu.submit_and_wait([encoder.finish()])?;
-        let bytes = crate::tensor::map_read(gpu, &self.token_staging, 4)?;
+        let bytes = map_read(gpu, &self.token_staging, 4)?;
         let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        let logits = if want_logits {
-            let (t, count) = if plan.all_logits { (&self.act.logits, n) } else { (&self.act.last_logits, 1) };
-            let size = (count * self.config.vocab_size * 4) as u64;
-            Some(bytemuck::pod_collect_to_vec(&read_buffer(gpu, t.buffer(), 0, size)?))
-        } else {
-            None
+        let logits = match logits_staging {
+            Some(staging) => Some(bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes)?)),
+            None => None,
         };
         self.pos += n;
         Ok((token, logits))
     }
 
+    /// Runs `tokens` in chunks of `max_batch`. Everything that may allocate (plans, the logits readback)
+    /// is made before the first chunk runs, and a chunk that fails rewinds the position to where the call
+    /// started: the positions below it are untouched, those at and above it count as empty again.
+    fn run_chunks(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<(u32, Vec<f32>)> {
+        self.check_tokens(tokens)?;
+        let max_batch = self.options.max_batch;
+        for chunk in tokens.chunks(max_batch) {
+            self.plan(chunk.len(), all_logits)?;
+        }
+        if want_logits {
+            let rows = if all_logits { tokens.len().min(max_batch) } else { 1 };
+            self.ensure_logits_staging((rows * self.config.vocab_size * 4) as u64)?;
+        }
+        let start = self.pos;
+        let mut all = Vec::with_capacity(if want_logits { tokens.len() * self.config.vocab_size } else { 0 });
+        let mut next = 0;
+        for chunk in tokens.chunks(max_batch) {
+            match self.run_chunk(chunk, all_logits, want_logits) {
+                Ok((t, logits)) => {
+                    next = t;
+                    all.extend(logits.unwrap_or_default());
+                }
+                Err(e) => {
+                    self.pos = start;
+                    return Err(e);
+                }
+            }
+        }
+        Ok((next, all))
+    }
+
     /// Feeds a prompt (chunked by `max_batch`) and returns the sampled next token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
-        self.check_tokens(tokens)?;
-        let mut next = 0;
-        for chunk in tokens.chunks(self.options.max_batch) {
-            next = self.run_chunk(chunk, false, false)?.0;
-        }
-        Ok(next)
+        Ok(self.run_chunks(tokens, false, false)?.0)
     }
 
     /// Feeds a prompt and returns the logits of every prompt position (`[tokens.len() * vocab]`) and the
     /// sampled next token.
     pub fn prefill_logits(&mut self, tokens: &[u32]) -> Result<(u32, Vec<f32>)> {
-        self.check_tokens(tokens)?;
-        let mut all = Vec::with_capacity(tokens.len() * self.config.vocab_size);
-        let mut next = 0;
-        for chunk in tokens.chunks(self.options.max_batch) {
-            let (t, logits) = self.run_chunk(chunk, true, true)?;
-            next = t;
-            all.extend(logits.unwrap_or_default());
-        }
-        Ok((next, all))
+        self.run_chunks(tokens, true, true)
     }
 
     /// One decode step: feeds `token` at the current position and returns the sampled next token.
     /// One command buffer, one submission, a 4-byte readback.
     pub fn step(&mut self, token: u32) -> Result<u32> {
-        self.check_tokens(&[token])?;
-        Ok(self.run_chunk(&[token], false, false)?.0)
+        Ok(self.run_chunks(&[token], false, false)?.0)
     }
 
     /// A decode step that also returns the logits (`[vocab]`).
     pub fn step_logits(&mut self, token: u32) -> Result<(u32, Vec<f32>)> {
-        self.check_tokens(&[token])?;
-        let (t, logits) = self.run_chunk(&[token], false, true)?;
-        Ok((t, logits.unwrap_or_default()))
+        self.run_chunks(&[token], false, true)
     }
 
     /// Prefills `prompt`, then decodes up to `max_new` tokens, calling `on_token` with each; stops early
@@ -589,32 +646,16 @@ impl Model {
         }
         self.check_tokens(&[token])?;
         self.plan(1, false)?;
+        self.ensure_profiler()?;
         let params = self.step_params(self.pos, 1, &self.sampling);
         let plan = self.plans.get(&(1, false)).ok_or_else(|| Error::Device("missing decode plan".into()))?;
+        let profiler = self.profiler.as_ref().ok_or_else(|| Error::Device("missing profiler".into()))?;
         let body: Vec<&Dispatch> = plan.embedding.dispatches().into_iter().chain(&plan.body).collect();
         let head: Vec<&Dispatch> = plan.head.iter().chain(plan.sampler.dispatches()).collect();
-        let count = body.len() + head.len();
-        let queries = 2 * count as u32;
-        if queries > wgpu::QUERY_SET_MAX_QUERIES {
-            return Err(Error::Capacity {
-                what: "timestamp queries of one profiled step".into(),
-                requested: queries as usize,
-                capacity: wgpu::QUERY_SET_MAX_QUERIES as usize,
-            });
-        }
+        let (set, queries) = (&profiler.set, profiler.queries);
+        let bytes = u64::from(queries) * 8;
         let gpu = &self.gpu;
         gpu.take_error()?;
-        let set = gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("profile step"),
-            ty: wgpu::QueryType::Timestamp,
-            count: queries,
-        });
-        let bytes = u64::from(queries) * 8;
-        let resolve = gpu.create_buffer(
-            "profile timestamps",
-            bytes,
-            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-        )?;
         self.step.write(gpu, &params);
         gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(&[token]));
         let mut encoder =
@@ -623,7 +664,7 @@ impl Model {
             let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                 label: Some(d.name()),
                 timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &set,
+                    query_set: set,
                     beginning_of_pass_write_index: Some(2 * i as u32),
                     end_of_pass_write_index: Some(2 * i as u32 + 1),
                 }),
@@ -638,9 +679,10 @@ impl Model {
         for (i, d) in head.iter().enumerate() {
             timed(&mut encoder, body.len() + i, d);
         }
-        encoder.resolve_query_set(&set, 0..queries, &resolve, 0);
+        encoder.resolve_query_set(set, 0..queries, &profiler.resolve, 0);
+        encoder.copy_buffer_to_buffer(&profiler.resolve, 0, &profiler.staging, 0, bytes);
         gpu.submit_and_wait([encoder.finish()])?;
-        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&read_buffer(gpu, &resolve, 0, bytes)?);
+        let stamps: Vec<u64> = bytemuck::pod_collect_to_vec(&map_read(gpu, &profiler.staging, bytes)?);
         let period_ns = f64::from(gpu.queue().get_timestamp_period());
         let times = body
             .iter()
@@ -654,6 +696,41 @@ impl Model {
             .collect();
         self.pos += 1;
         Ok(times)
+    }
+
+    /// Makes the query set and buffers of a profiled step once (the decode plan's dispatch count is fixed).
+    fn ensure_profiler(&mut self) -> Result<()> {
+        let count = match self.plans.get(&(1, false)) {
+            Some(p) => p.embedding.dispatches().len() + p.body.len() + p.head.len() + p.sampler.dispatches().len(),
+            None => return Err(Error::Device("missing decode plan".into())),
+        };
+        let queries = 2 * count as u32;
+        if self.profiler.as_ref().is_some_and(|p| p.queries == queries) {
+            return Ok(());
+        }
+        if queries > wgpu::QUERY_SET_MAX_QUERIES {
+            return Err(Error::Capacity {
+                what: "timestamp queries of one profiled step".into(),
+                requested: queries as usize,
+                capacity: wgpu::QUERY_SET_MAX_QUERIES as usize,
+            });
+        }
+        let gpu = &self.gpu;
+        let bytes = u64::from(queries) * 8;
+        let resolve = gpu.create_buffer(
+            "profile timestamps",
+            bytes,
+            wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+        )?;
+        let staging =
+            gpu.create_buffer("profile readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        let set = gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile step"),
+            ty: wgpu::QueryType::Timestamp,
+            count: queries,
+        });
+        self.profiler = Some(Profiler { set, resolve, staging, queries });
+        Ok(())
     }
 
     /// [`Model::profile_step_dispatches`] summed by kernel family (the part of a dispatch name before

@@ -94,6 +94,7 @@ pub(crate) fn make_dispatch(
             "at most 65535 per dimension",
         ));
     }
+    gpu.check_lost()?;
     let entries: Vec<wgpu::BindGroupEntry<'_>> = resources
         .iter()
         .map(|(binding, resource)| wgpu::BindGroupEntry { binding: *binding, resource: resource.clone() })

@@ -1,7 +1,8 @@
 //! Shared test helpers: the devices every GPU test runs on, and argued comparisons.
 #![allow(dead_code)]
 
-use std::sync::OnceLock;
+use std::cell::Cell;
+use std::sync::{Condvar, Mutex, OnceLock};
 
 use mobilellm_kernels::{FeatureSet, Gpu, GpuOptions, WeightStorage};
 
@@ -9,9 +10,16 @@ use mobilellm_kernels::{FeatureSet, Gpu, GpuOptions, WeightStorage};
 /// The first keeps weights where the device prefers them (textures on CPU drivers), the second in storage
 /// buffers, so both weight storages are exercised on every machine (`MOBILELLM_WEIGHTS` fixes both).
 /// Panics (fails the test loudly) when there is no adapter: GPU tests must never pass silently.
-pub fn gpus() -> &'static [Gpu] {
+///
+/// On the GL backend the returned guard also holds a process-wide lock until it is dropped (the end of
+/// `for gpu in gpus() { .. }`, or of the block around `let gpu = &gpus()[0];`), so GPU tests run one at a
+/// time while CPU-only tests still run in parallel. wgpu's GL backend shares one EGL context per device
+/// behind a lock that panics after waiting 1 s ("Could not lock adapter context"), and on llvmpipe one
+/// thread's fence wait easily holds it longer. The lock is re-entrant per thread (a test may call
+/// `gpus()` again) and is released on unwinding, so a failing test does not block the others.
+pub fn gpus() -> Gpus {
     static GPUS: OnceLock<Vec<Gpu>> = OnceLock::new();
-    GPUS.get_or_init(|| {
+    let list = GPUS.get_or_init(|| {
         let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
         [
             (FeatureSet::ALL, base.weight_storage),
@@ -26,7 +34,80 @@ pub fn gpus() -> &'static [Gpu] {
             gpu
         })
         .collect()
-    })
+    });
+    let serialize = list.iter().any(|g| g.backend() == wgpu::Backend::Gl);
+    Gpus { list, _guard: serialize.then(GlGuard::acquire) }
+}
+
+/// The test devices, plus (on GL) the process-wide GPU lock; see [`gpus`].
+pub struct Gpus {
+    list: &'static [Gpu],
+    _guard: Option<GlGuard>,
+}
+
+impl std::ops::Deref for Gpus {
+    type Target = [Gpu];
+    fn deref(&self) -> &[Gpu] {
+        self.list
+    }
+}
+
+impl IntoIterator for Gpus {
+    type Item = &'static Gpu;
+    type IntoIter = GpusIter;
+    fn into_iter(self) -> GpusIter {
+        GpusIter { inner: self.list.iter(), _guard: self._guard }
+    }
+}
+
+/// Iterates the test devices, holding the GL lock (if any) until the loop ends.
+pub struct GpusIter {
+    inner: std::slice::Iter<'static, Gpu>,
+    _guard: Option<GlGuard>,
+}
+
+impl Iterator for GpusIter {
+    type Item = &'static Gpu;
+    fn next(&mut self) -> Option<&'static Gpu> {
+        self.inner.next()
+    }
+}
+
+/// Process-wide, per-thread re-entrant lock (a flag + condvar, so it cannot be poisoned).
+struct GlGuard;
+
+static GL_HELD: Mutex<bool> = Mutex::new(false);
+static GL_FREED: Condvar = Condvar::new();
+thread_local! {
+    static GL_DEPTH: Cell<usize> = const { Cell::new(0) };
+}
+
+impl GlGuard {
+    fn acquire() -> GlGuard {
+        GL_DEPTH.with(|depth| {
+            if depth.get() == 0 {
+                let mut held = GL_HELD.lock().unwrap_or_else(|p| p.into_inner());
+                while *held {
+                    held = GL_FREED.wait(held).unwrap_or_else(|p| p.into_inner());
+                }
+                *held = true;
+            }
+            depth.set(depth.get() + 1);
+        });
+        GlGuard
+    }
+}
+
+impl Drop for GlGuard {
+    fn drop(&mut self) {
+        GL_DEPTH.with(|depth| {
+            depth.set(depth.get() - 1);
+            if depth.get() == 0 {
+                *GL_HELD.lock().unwrap_or_else(|p| p.into_inner()) = false;
+                GL_FREED.notify_one();
+            }
+        });
+    }
 }
 
 /// Deterministic pseudo-random values in [-1, 1) (xorshift), so failures reproduce.
