@@ -1,7 +1,19 @@
 //! Per-kernel benchmarks: µs per call, GB/s, and the fraction of a plain copy's GB/s (same bytes, same run).
 //! `cargo bench --bench kernels -- [--quick] [FILTER]`; JSON in `target/bench/kernels.json`.
-//! Other kernel families add their rows in `main` with [`common::Bench::add`].
+//! Every kernel family has rows, at the MobileLLM-125M and -350M shapes (`--quick`: 125M only, fewer
+//! contexts, shorter runs): GEMV, GEMM, RMSNorm, QKV+RoPE+cache write, decode attention, the FFN block
+//! (fused vs unfused), LM head + greedy sampling, embedding. Each row is the median of repeated timed
+//! runs (min and max printed); blocks of several dispatches are timed as one call
+//! ([`common::Bench::add_block`]). A name filter matches `family name` (e.g. `attention 9/3`).
+#[path = "kernels/attention.rs"]
+mod attention;
 mod common;
+#[path = "kernels/head.rs"]
+mod head;
+#[path = "kernels/layer.rs"]
+mod layer;
+#[path = "kernels/shapes.rs"]
+mod shapes;
 
 use common::Bench;
 use mobilellm_kernels::ops::gemm::gemm;
@@ -87,5 +99,10 @@ fn main() {
     }
     bench_gemv(&mut b);
     bench_gemm(&mut b);
+    layer::bench_rms_norm(&mut b);
+    layer::bench_qkv(&mut b);
+    attention::bench_attention(&mut b);
+    layer::bench_ffn(&mut b);
+    head::bench_head(&mut b);
     b.write_json("kernels");
 }
