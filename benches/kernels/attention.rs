@@ -16,7 +16,7 @@ const CAPACITY: usize = 2048;
 
 pub fn bench_attention(b: &mut Bench) {
     let contexts: &[usize] = if b.args.quick { &[128, 2048] } else { &[128, 512, 2048] };
-    let auto = match auto_chunk(CAPACITY) {
+    let auto = match auto_chunk(b.gpu.adapter_info().device_type, CAPACITY) {
         Some(c) => format!("split {c}"),
         None => "unsplit".to_string(),
     };

@@ -73,16 +73,14 @@ pub fn bench_qkv(b: &mut Bench) {
     }
 }
 
-/// The feed-forward block with its residual, per weight type, decode (n = 1), three ways:
-/// - `planner`: `ffn_swiglu` (the GEMV kernel's NORM+SWIGLU variant on the stacked [gate; up] weight)
-///   + the down GEMV accumulating into x: 2 dispatches, what the planner records;
-/// - `ffn.wgsl`: `ops::ffn::ffn_block` (the older fused kernel on separate gate/up weights) + down GEMV:
-///   2 dispatches;
+/// The feed-forward block with its residual, per weight type, decode (n = 1), two ways:
+/// - `fused`: `ops::ffn::ffn_block`, the planner's pair: `ffn_swiglu` (the GEMV kernel's NORM+SWIGLU variant
+///   on the stacked [gate; up] weight) + the down projection accumulating into x: 2 dispatches;
 /// - `chain`: rms_norm, gemv gate, gemv up, silu_mul, gemv down, add: 6 dispatches.
 ///
-/// Every way gets the same byte count (weights + x read and written + h written and read), so GB/s
-/// compare the useful traffic. With `n64` (not `--quick`), q4_0 and q8_0 at the 125M shape also run a
-/// prefill batch of 64 (down projections and the chain's GEMVs as GEMMs, as the planner does for n > 1).
+/// Both get the same byte count (weights + x read and written + h written and read), so GB/s compare
+/// the useful traffic. Without `--quick`, q4_0 and q8_0 at the 125M shape also run a prefill batch of 64
+/// (the projections as GEMMs, as the planner does for n > 1).
 pub fn bench_ffn(b: &mut Bench) {
     let mut cases: Vec<(crate::shapes::Shape, WeightType, usize)> = Vec::new();
     for m in models(b) {
@@ -123,10 +121,7 @@ pub fn bench_ffn(b: &mut Bench) {
             }
             .expect("linear")
         };
-        let planner =
-            [ops::ffn::ffn_swiglu(gpu, &x, &norm, EPS, &sw, &h).expect("ffn_swiglu"), linear(&dw, &h, &x, true)];
-        let old =
-            [ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &gw, &uw, &h).expect("ffn_gate_up"), linear(&dw, &h, &x, true)];
+        let fused = ops::ffn::ffn_block(gpu, &x, &norm, EPS, &sw, &dw, &h).expect("ffn_block");
         let (normed, y, out) = (
             Tensor::zeros(gpu, DType::F32, &[n, hidden]).expect("t"),
             Tensor::zeros(gpu, DType::F32, &[n, hidden]).expect("t"),
@@ -145,20 +140,21 @@ pub fn bench_ffn(b: &mut Bench) {
             ops::elementwise::add(gpu, &x, &y, &out).expect("add"),
         ];
         let bytes = gw.size_bytes() + uw.size_bytes() + dw.size_bytes() + (2 * n * (hidden + ffn) * 4) as u64;
-        let names = [format!("planner {name}"), format!("ffn.wgsl {name}"), format!("chain {name}")];
-        let us = b.add_blocks(
-            "ffn",
-            &[(&names[0], &refs(&planner)), (&names[1], &refs(&old)), (&names[2], &refs(&chain))],
-            bytes,
-        );
-        let (p, o, c) = (us[0], us[1], us[2]);
-        b.note(format!("chain / planner = {:.2}x (6 vs 2 dispatches), ffn.wgsl / planner = {:.2}", c / p, o / p));
-        summary.push((name, p, o, c));
+        let names = [format!("fused {name}"), format!("chain {name}")];
+        let us = b.add_blocks("ffn", &[(&names[0], &refs(&fused)), (&names[1], &refs(&chain))], bytes);
+        let (f, c) = (us[0], us[1]);
+        b.note(format!(
+            "fused speed-up: chain / fused = {:.2}x ({} vs {} dispatches)",
+            c / f,
+            fused.len(),
+            chain.len()
+        ));
+        summary.push((name, f, c));
     }
     if !summary.is_empty() {
-        println!("ffn summary (µs: planner 2d | ffn.wgsl 2d | chain 6d | chain/planner | ffn.wgsl/planner)");
-        for (name, p, o, c) in summary {
-            println!("  {name:<24} {p:>10.1} {o:>10.1} {c:>10.1} {:>6.2}x {:>6.2}", c / p, o / p);
+        println!("ffn summary (µs: fused 2d | chain 6d | chain/fused)");
+        for (name, f, c) in summary {
+            println!("  {name:<24} {f:>10.1} {c:>10.1} {:>6.2}x", c / f);
         }
     }
 }
