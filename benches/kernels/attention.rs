@@ -51,14 +51,15 @@ pub fn bench_attention(b: &mut Bench) {
                 let us = b.add_blocks("attention", &[(&n_off, &refs(&off)), (&n_split, &refs(&split))], bytes);
                 let (u, s) = (us[0], us[1]);
                 b.note(format!("split / unsplit = {:.2} (auto at capacity {CAPACITY}: {auto})", s / u));
-                if s < u && pays_from.is_none() {
+                // Pays: at least 5% faster (closer is within the spread of runs on a shared machine).
+                if s < 0.95 * u && pays_from.is_none() {
                     pays_from = Some(ctx);
                 }
                 summary.push((name, u, s));
             }
             let verdict = match pays_from {
                 Some(ctx) => format!("split pays from ctx {ctx} on"),
-                None => format!("split never pays (ctx {contexts:?}) on"),
+                None => format!("split never pays (by >= 5%; ctx {contexts:?}) on"),
             };
             println!("attention {tag}: {verdict} this device");
         }
