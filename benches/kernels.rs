@@ -97,6 +97,10 @@ fn main() {
         sweep_gemv(&mut b);
         return;
     }
+    if std::env::var("FFN_SWEEP").is_ok() {
+        layer::sweep_ffn(&mut b);
+        return;
+    }
     bench_gemv(&mut b);
     bench_gemm(&mut b);
     layer::bench_rms_norm(&mut b);

@@ -158,3 +158,43 @@ pub fn bench_ffn(b: &mut Bench) {
         }
     }
 }
+
+/// `FFN_SWEEP=1`: the NORM+SWIGLU GEMV (the fused FFN's gate/up step) under several thread mappings at
+/// both FFN shapes, against the two plain GEMVs it replaces, to refill its mapping rule.
+pub fn sweep_ffn(b: &mut Bench) {
+    use mobilellm_kernels::ops::gemv::{gemv_fused_with, GemvMapping};
+    let maps = [(8, 1, 16), (8, 1, 8), (8, 1, 4), (16, 1, 8), (8, 1, 16)];
+    for m in models(b) {
+        for wtype in [WeightType::F16, WeightType::Q8_0, WeightType::Q4_0] {
+            let (hidden, ffn) = (m.hidden, m.ffn);
+            let (gate, up) = (weight(wtype, ffn, hidden, 11), weight(wtype, ffn, hidden, 12));
+            let sw = GpuWeight::upload(&b.gpu, &ops::ffn::fuse_gate_up(&gate, &up).expect("fuse")).expect("upload");
+            let (gw, uw) =
+                (GpuWeight::upload(&b.gpu, &gate).expect("upload"), GpuWeight::upload(&b.gpu, &up).expect("upload"));
+            let x = Tensor::from_slice(&b.gpu, &[1, hidden], &data(14, hidden, 2.0)).expect("x");
+            let norm = Tensor::from_slice(&b.gpu, &[hidden], &norm_weight(15, hidden)).expect("norm");
+            let (h, g, u) = (
+                Tensor::zeros(&b.gpu, DType::F32, &[1, ffn]).expect("h"),
+                Tensor::zeros(&b.gpu, DType::F32, &[1, ffn]).expect("g"),
+                Tensor::zeros(&b.gpu, DType::F32, &[1, ffn]).expect("u"),
+            );
+            let fusion = GemvFusion { norm: Some((&norm, EPS)), swiglu: true };
+            let mut ds = Vec::new();
+            let mut names = Vec::new();
+            for (wg, tpr, rpt) in maps {
+                let mapping = GemvMapping { wg, tpr, rpt };
+                ds.push(vec![gemv_fused_with(&b.gpu, &sw, &x, &h, fusion, mapping).expect("swiglu")]);
+                names.push(format!("swiglu {wtype} {hidden}/{ffn} {wg},{tpr},{rpt}"));
+            }
+            ds.push(vec![
+                ops::gemv::gemv(&b.gpu, &gw, &x, &g, 0, false).expect("gemv"),
+                ops::gemv::gemv(&b.gpu, &uw, &x, &u, 0, false).expect("gemv"),
+            ]);
+            names.push(format!("2 gemvs {wtype} {hidden}/{ffn}"));
+            let lists: Vec<Vec<&Dispatch>> = ds.iter().map(|d| refs(d)).collect();
+            let blocks: Vec<(&str, &[&Dispatch])> =
+                names.iter().zip(&lists).map(|(n, l)| (n.as_str(), l.as_slice())).collect();
+            b.add_blocks("sweep", &blocks, sw.size_bytes());
+        }
+    }
+}
