@@ -15,8 +15,9 @@
 //! On CPU devices (lavapipe and other software drivers) `Auto` never splits: a CPU runs workgroups on a few
 //! host threads, which `kv_heads` workgroups already occupy, so splitting only adds the partials, the merge
 //! pass and the launch of the dead chunks. `cargo bench --bench kernels -- attention` on a 2-core lavapipe
-//! (9/3 heads, capacity 2048): split128 / unsplit = 1.3-2.1 at context 128 and 1.03-1.08 at 2048, for an
-//! f16 and an f32 cache; split never paid.
+//! (capacity 2048, 9/3 and 15/5 heads, f16 and f32 cache, three full runs on a loaded machine):
+//! split128 / unsplit = 1.18-2.07 at context 128, and 0.87-1.15 at 512 and 2048 with no consistent winner,
+//! so the old capacity rule (split at every context once capacity > 256) cost time on CPU devices.
 
 use bytemuck::{Pod, Zeroable};
 
