@@ -4,7 +4,10 @@
 //! contexts, shorter runs): GEMV, GEMM, RMSNorm, QKV+RoPE+cache write, decode attention, the FFN block
 //! (fused vs unfused), LM head + greedy sampling, embedding. Each row is the median of repeated timed
 //! runs (min and max printed); blocks of several dispatches are timed as one call
-//! ([`common::Bench::add_block`]). A name filter matches `family name` (e.g. `attention 9/3`).
+//! ([`common::Bench::add_block`]); rows that compare ways of doing the same work interleave their runs
+//! ([`common::Bench::add_blocks`]). A name filter matches `family name` (e.g. `attention 9/3`).
+//! `MOBILELLM_BENCH_RUNS` sets the timed runs per row; `GEMV_SWEEP=1` / `FFN_SWEEP=1` sweep the GEMV and
+//! the NORM+SWIGLU GEMV thread mappings instead.
 #[path = "kernels/attention.rs"]
 mod attention;
 mod common;
