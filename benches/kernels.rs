@@ -1,7 +1,22 @@
 //! Per-kernel benchmarks: µs per call, GB/s, and the fraction of a plain copy's GB/s (same bytes, same run).
 //! `cargo bench --bench kernels -- [--quick] [FILTER]`; JSON in `target/bench/kernels.json`.
-//! Other kernel families add their rows in `main` with [`common::Bench::add`].
+//! Every kernel family has rows, at the MobileLLM-125M and -350M shapes (`--quick`: 125M only, fewer
+//! contexts, shorter runs): GEMV, GEMM, RMSNorm, QKV+RoPE+cache write, decode attention, the FFN block
+//! (fused vs unfused), LM head + greedy sampling, embedding. Each row is the median of repeated timed
+//! runs (min and max printed); blocks of several dispatches are timed as one call
+//! ([`common::Bench::add_block`]); rows that compare ways of doing the same work interleave their runs
+//! ([`common::Bench::add_blocks`]). A name filter matches `family name` (e.g. `attention 9/3`).
+//! `MOBILELLM_BENCH_RUNS` sets the timed runs per row; `GEMV_SWEEP=1` / `FFN_SWEEP=1` sweep the GEMV and
+//! the NORM+SWIGLU GEMV thread mappings instead.
+#[path = "kernels/attention.rs"]
+mod attention;
 mod common;
+#[path = "kernels/head.rs"]
+mod head;
+#[path = "kernels/layer.rs"]
+mod layer;
+#[path = "kernels/shapes.rs"]
+mod shapes;
 
 use common::Bench;
 use mobilellm_kernels::ops::gemm::gemm;
@@ -85,7 +100,16 @@ fn main() {
         sweep_gemv(&mut b);
         return;
     }
+    if std::env::var("FFN_SWEEP").is_ok() {
+        layer::sweep_ffn(&mut b);
+        return;
+    }
     bench_gemv(&mut b);
     bench_gemm(&mut b);
+    layer::bench_rms_norm(&mut b);
+    layer::bench_qkv(&mut b);
+    attention::bench_attention(&mut b);
+    layer::bench_ffn(&mut b);
+    head::bench_head(&mut b);
     b.write_json("kernels");
 }

@@ -1,4 +1,5 @@
-// Elementwise kernels: the residual add, and the plain copy that benchmarks use as their bandwidth yardstick.
+// Elementwise kernels: the residual add, the unfused FFN chain's silu_mul, and the plain copy that benchmarks use
+// as their bandwidth yardstick.
 // Large counts use a 2-D grid (x up to 65535 workgroups); the linear index folds it back.
 
 struct Params {
@@ -32,5 +33,16 @@ fn copy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: v
     let i = (wg.y * groups.x + wg.x) * WG + lid;
     if i < params.count {
         dst[i] = src[i];
+    }
+}
+
+// The unfused FFN chain's middle step: sum = silu(a) * b, silu(v) = v / (1 + exp(-v)).
+@compute @workgroup_size(WG)
+fn silu_mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * groups.x + wg.x) * WG + lid;
+    if i < params.count {
+        let g = a[i];
+        sum[i] = g / (1.0 + exp(-g)) * b[i];
     }
 }

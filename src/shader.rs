@@ -45,7 +45,7 @@ pub const WEIGHT_FLAGS: &[&str] = &["W_F32", "W_F16", "W_Q8_0", "W_Q4_0", "W_Q4_
 pub static REDUCE: KernelSource = kernel!("reduce", flags: &["SUBGROUPS"], choices: &[], consts: &[("WG", 64)]);
 /// RMSNorm over rows.
 pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], choices: &[], consts: &[("WG", 128)]);
-/// Elementwise add and copy.
+/// Elementwise add, the unfused FFN chain's silu_mul, and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
 /// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill.
@@ -82,10 +82,6 @@ pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "S
 pub static EMBEDDING: KernelSource =
     kernel!("embedding", flags: &["STEP_N", "WTEX"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
 
-/// The fused SwiGLU feed-forward (RMSNorm + gate/up + SiLU·mul) and the unfused chain's `silu_mul` step.
-pub static FFN: KernelSource = kernel!("ffn", flags: &["SUBGROUPS"], choices: &[WEIGHT_FLAGS],
-    consts: &[("WG", 64), ("ROWS", 8), ("TPR", 8), ("TILE", 4), ("RPT", 2)]);
-
 /// Tiled matrix-matrix products (prefill) for every weight type.
 pub static GEMM: KernelSource = kernel!("gemm", flags: &["WTEX"], choices: &[WEIGHT_FLAGS], consts: &[]);
 
@@ -94,20 +90,7 @@ pub static STEP: KernelSource = kernel!("step", flags: &[], choices: &[], consts
 
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![
-        &REDUCE,
-        &STEP,
-        &RMS_NORM,
-        &ELEMENTWISE,
-        &WEIGHTS,
-        &GEMV,
-        &SAMPLE,
-        &EMBEDDING,
-        &ATTENTION,
-        &QKV_ROPE,
-        &FFN,
-        &GEMM,
-    ]
+    vec![&REDUCE, &STEP, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE, &GEMM]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

@@ -14,7 +14,7 @@ mod common;
 
 use common::{assert_close, gpus, random_vec};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
-use mobilellm_kernels::ops::attention::{attention_decode, attention_prefill, Split};
+use mobilellm_kernels::ops::attention::{attention_decode, attention_prefill, Split, DECODE_CHUNK};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
 
@@ -73,14 +73,16 @@ fn check_decode(heads: usize, kv_heads: usize, hd: usize, capacity: usize, conte
 
 #[test]
 fn decode_125m_shape_long_cache() {
-    // 9/3 heads, hd 64, capacity 2048: Auto splits (chunks of 128); Off is one workgroup per KV head.
-    check_decode(9, 3, 64, 2048, &[1, 2, 63, 64, 65, 511, 2048], &[Split::Auto, Split::Off]);
+    // 9/3 heads, hd 64, capacity 2048: chunks of 128 (what Auto picks on GPUs); Off is one workgroup per KV
+    // head (what Auto picks on CPU devices).
+    let splits = [Split::Chunk(DECODE_CHUNK), Split::Off, Split::Auto];
+    check_decode(9, 3, 64, 2048, &[1, 2, 63, 64, 65, 511, 2048], &splits);
 }
 
 #[test]
 fn decode_350m_shape_ragged_capacity() {
     // 15/5 heads; capacity 300 is not a multiple of the 128 chunk (last chunk partial), full context 300.
-    check_decode(15, 5, 64, 300, &[1, 2, 64, 65, 129, 300], &[Split::Auto, Split::Off]);
+    check_decode(15, 5, 64, 300, &[1, 2, 64, 65, 129, 300], &[Split::Chunk(DECODE_CHUNK), Split::Off]);
 }
 
 #[test]
@@ -175,46 +177,6 @@ fn cache_sizes_and_capacity_errors() {
     }
 }
 
-/// Bench rows: decode attention at the 125M shape (9/3 heads, hd 64), split vs unsplit, wall time over
-/// many submissions on this machine. `cargo test --release --test attention -- --ignored --nocapture`.
-#[test]
-#[ignore]
-fn bench_decode_split_vs_unsplit() {
-    for gpu in gpus() {
-        let capacity = 2048;
-        let (cache, _) = filled_cache(gpu, capacity, 3, 64, 1);
-        let buf = StepBuffer::new(gpu).unwrap();
-        let q = Tensor::from_slice(gpu, &[1, 576], &random_vec(2, 576)).unwrap();
-        let out = Tensor::zeros(gpu, DType::F32, &[1, 576]).unwrap();
-        for split in [Split::Off, Split::Auto] {
-            let ds = attention_decode(gpu, &buf, &q, &cache, 0, &out, split).unwrap();
-            let refs: Vec<_> = ds.iter().collect();
-            for ctx in [128usize, 512, 2048] {
-                step(gpu, &buf, ctx - 1, 1);
-                ops::run(gpu, &refs).unwrap();
-                let iters = 20;
-                let t = std::time::Instant::now();
-                // Many launches per submission so submit/wait overhead is amortised.
-                let mut enc = gpu.device().create_command_encoder(&Default::default());
-                {
-                    let mut pass = enc.begin_compute_pass(&Default::default());
-                    for _ in 0..iters {
-                        for d in &refs {
-                            d.record(&mut pass);
-                        }
-                    }
-                }
-                gpu.submit_and_wait([enc.finish()]).unwrap();
-                let us = t.elapsed().as_secs_f64() * 1e6 / iters as f64;
-                println!(
-                    "decode attention 9/3 hd64 cap {capacity} ctx {ctx:5} {split:?}: {us:9.1} us [{}]",
-                    gpu.features()
-                );
-            }
-        }
-    }
-}
-
 /// The whole attention half of a layer as the planner wires it: `qkv_rope` (norm, projection, RoPE,
 /// cache write) -> attention -> `gemv` o_proj with the residual add fused (accumulate), for a prefill of 7
 /// positions and then one decode step (separate 7-row and 1-row plans sharing the cache), vs the CPU twins.
@@ -281,8 +243,14 @@ fn attention_block_chain_with_fused_residual() {
 
 #[test]
 fn split_rule() {
-    use mobilellm_kernels::ops::attention::{auto_chunk, DECODE_CHUNK, SPLIT_ABOVE};
-    assert_eq!(auto_chunk(SPLIT_ABOVE), None);
-    assert_eq!(auto_chunk(SPLIT_ABOVE + 1), Some(DECODE_CHUNK));
-    assert_eq!(auto_chunk(2048), Some(128));
+    use mobilellm_kernels::ops::attention::{auto_chunk, SPLIT_ABOVE};
+    use wgpu::DeviceType;
+    for gpu in [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu, DeviceType::Other] {
+        assert_eq!(auto_chunk(gpu, SPLIT_ABOVE), None);
+        assert_eq!(auto_chunk(gpu, SPLIT_ABOVE + 1), Some(DECODE_CHUNK));
+        assert_eq!(auto_chunk(gpu, 2048), Some(128));
+    }
+    // CPU devices never split (measured in `cargo bench --bench kernels -- attention`).
+    assert_eq!(auto_chunk(DeviceType::Cpu, 2048), None);
+    assert_eq!(auto_chunk(DeviceType::Cpu, 1 << 20), None);
 }

@@ -1,23 +1,18 @@
-//! Fused SwiGLU feed-forward kernel vs its CPU twin, under both feature sets.
+//! The fused SwiGLU feed-forward (the GEMV kernel's NORM+SWIGLU variant on a stacked [gate; up] weight,
+//! `ops::ffn::ffn_swiglu`, and the planner's two-dispatch block `ops::ffn::ffn_block`) vs its CPU twin and
+//! vs the unfused six-dispatch chain, under both feature sets.
 //!
 //! What runs where (lavapipe is 100-400x slower than native code, and every case runs twice):
-//! - the MobileLLM shapes run every weight type under both feature sets at n = 1 (decode, TILE 1) and
-//!   n = 5 (prefill tile of 8 with 3 positions past the end). n = 64 (8 full tiles) runs two types at the
-//!   125M shape only: the decode of a block does not depend on the tile, and the tile loop does not depend
-//!   on the width, so the prefill path needs one unscaled and one scaled type at one MobileLLM width;
-//! - the odd shapes (ffn not a multiple of the 8 rows per workgroup, one block per row, wide rows) run
-//!   every type at n = 1, 5 and 64: they are small.
+//! - the 125M shape runs every weight type at n = 1 (decode) and n = 5 (a short prefill); the 350M shape
+//!   every type at n = 1; n = 64 two types (one unscaled, one nibble-packed) at the 125M shape: the
+//!   kernel's per-position loop does not depend on the type;
+//! - the odd shapes (ffn not a multiple of any rows-per-workgroup, one block per row, wide rows) run every
+//!   type at n = 1, 5 and 64: they are small.
 mod common;
 
 use common::{assert_close, gpus, random_vec};
-use mobilellm_kernels::ops::ffn::FfnMapping;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
-use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor, WeightStorage};
-
-/// `ffn_gate_up` (kernels/ffn.wgsl) reads its two weights from storage buffers only.
-fn buffer_weight(gpu: &Gpu, host: &HostWeight) -> mobilellm_kernels::Result<GpuWeight> {
-    GpuWeight::upload_as(gpu, host, WeightStorage::Buffer)
-}
+use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
 const EPS: f32 = 1e-5;
 
@@ -82,65 +77,51 @@ fn case(hidden: usize, ffn: usize, n: usize, wtype: WeightType) -> Case {
     }
 }
 
-fn check(gpu: &Gpu, hidden: usize, ffn: usize, n: usize, wtype: WeightType, mapping: FfnMapping) {
+/// `ffn_swiglu` on the stacked weight against the CPU twin on the separate dequantized weights.
+fn check(gpu: &Gpu, hidden: usize, ffn: usize, n: usize, wtype: WeightType) {
     let c = case(hidden, ffn, n, wtype);
     let (gate, up) = (c.gate.dequantize(), c.up.dequantize());
     let want = reference::ffn_gate_up(&c.x, &c.norm, EPS, &gate, &up);
     let tol = tolerance(&reference::rms_norm(&c.x, &c.norm, EPS), &gate, &up, hidden);
 
+    let stacked = ops::ffn::fuse_gate_up(&c.gate, &c.up).unwrap();
+    let w = GpuWeight::upload(gpu, &stacked).unwrap();
     let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
     let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
-    let gate_gpu = buffer_weight(gpu, &c.gate).unwrap();
-    let up_gpu = buffer_weight(gpu, &c.up).unwrap();
     let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
-    let d = ops::ffn::ffn_gate_up_with(gpu, &x, &norm, EPS, &gate_gpu, &up_gpu, &h, mapping).unwrap();
-    ops::run(gpu, &[&d]).unwrap();
-    let got = h.read::<f32>(gpu).unwrap();
-    assert_within(
-        &format!("ffn_gate_up {wtype} {mapping:?} n={n} {hidden}->{ffn} [{}]", gpu.features()),
-        &got,
-        &want,
-        &tol,
-    );
+    ops::run(gpu, &[&ops::ffn::ffn_swiglu(gpu, &x, &norm, EPS, &w, &h).unwrap()]).unwrap();
+    let what = format!("ffn_swiglu {wtype} n={n} {hidden}->{ffn} [{}]", gpu.features());
+    assert_within(&what, &h.read::<f32>(gpu).unwrap(), &want, &tol);
 }
 
 #[test]
 fn mobilellm_shapes_every_type() {
     for gpu in gpus() {
-        for (hidden, ffn) in [(576, 1536), (960, 2560)] {
-            for wtype in WeightType::ALL {
-                for n in [1, 5] {
-                    check(gpu, hidden, ffn, n, wtype, FfnMapping::PerRow);
-                }
+        for wtype in WeightType::ALL {
+            for n in [1, 5] {
+                check(gpu, 576, 1536, n, wtype);
             }
-        }
-        // The team mapping (what GPUs run) decodes blocks with the same code as the per-row one: two types
-        // at one MobileLLM width suffice here; the odd shapes run it for every type.
-        for wtype in [WeightType::Q8_0, WeightType::Q4_1] {
-            check(gpu, 576, 1536, 5, wtype, FfnMapping::Teams);
+            check(gpu, 960, 2560, 1, wtype);
         }
         for wtype in [WeightType::F16, WeightType::Q4_1] {
-            check(gpu, 576, 1536, 64, wtype, FfnMapping::PerRow);
+            check(gpu, 576, 1536, 64, wtype);
         }
-        check(gpu, 576, 1536, 64, WeightType::Q4_0, FfnMapping::Teams);
     }
 }
 
 #[test]
-fn odd_shapes_every_type_both_mappings() {
+fn odd_shapes_every_type() {
     for gpu in gpus() {
-        for mapping in [FfnMapping::PerRow, FfnMapping::Teams] {
-            for (hidden, ffn) in [(32, 33), (96, 7), (1600, 20)] {
-                for wtype in WeightType::ALL {
-                    for n in [1, 5, 64] {
-                        check(gpu, hidden, ffn, n, wtype, mapping);
-                    }
+        for (hidden, ffn) in [(32, 33), (96, 7), (1600, 20)] {
+            for wtype in WeightType::ALL {
+                for n in [1, 5, 64] {
+                    check(gpu, hidden, ffn, n, wtype);
                 }
             }
-            // Every tile size and every count of positions past the end of the last tile.
-            for n in 1..=17 {
-                check(gpu, 64, 9, n, WeightType::Q8_0, mapping);
-            }
+        }
+        // Every count of positions up to 17 (rows of the grid's second dimension).
+        for n in 1..=17 {
+            check(gpu, 64, 9, n, WeightType::Q8_0);
         }
     }
 }
@@ -166,41 +147,37 @@ fn rejects_bad_inputs() {
     let gpu = &gpus()[0];
     let x = Tensor::zeros(gpu, DType::F32, &[2, 64]).unwrap();
     let norm = Tensor::zeros(gpu, DType::F32, &[64]).unwrap();
-    let h = Tensor::zeros(gpu, DType::F32, &[2, 8]).unwrap();
-    let g = buffer_weight(gpu, &weight(1, 8, 64, WeightType::Q4_0)).unwrap();
-    let u = buffer_weight(gpu, &weight(2, 8, 64, WeightType::Q4_0)).unwrap();
-    assert!(ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u, &h).is_ok());
+    let h = Tensor::zeros(gpu, DType::F32, &[2, 32]).unwrap();
+    let (g, u) = (weight(1, 32, 64, WeightType::Q4_0), weight(2, 32, 64, WeightType::Q4_0));
+    let gu = GpuWeight::upload(gpu, &ops::ffn::fuse_gate_up(&g, &u).unwrap()).unwrap();
+    let down = GpuWeight::upload(gpu, &weight(3, 64, 32, WeightType::Q4_0)).unwrap();
+    assert!(ops::ffn::ffn_swiglu(gpu, &x, &norm, EPS, &gu, &h).is_ok());
+    assert_eq!(ops::ffn::ffn_block(gpu, &x, &norm, EPS, &gu, &down, &h).unwrap().len(), 2);
 
-    let u_tex = GpuWeight::upload_as(gpu, &weight(2, 8, 64, WeightType::Q4_0), WeightStorage::Texture).unwrap();
-    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u_tex, &h).unwrap_err();
-    assert!(matches!(err, Error::Unsupported { .. }) && err.to_string().contains("Texture"), "{err}");
+    // Stacking needs one type and one shape.
+    let err = ops::ffn::fuse_gate_up(&g, &weight(2, 32, 64, WeightType::Q8_0)).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("q8_0"), "{err}");
+    let err = ops::ffn::fuse_gate_up(&g, &weight(2, 31, 64, WeightType::Q4_0)).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[31, 64]"), "{err}");
 
-    let u8_0 = buffer_weight(gpu, &weight(2, 8, 64, WeightType::Q8_0)).unwrap();
-    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u8_0, &h).unwrap_err();
-    assert!(matches!(err, Error::DType { .. }) && err.to_string().contains("q8_0"), "{err}");
+    // A stacked weight has an even number of rows.
+    let odd = GpuWeight::upload(gpu, &weight(4, 7, 64, WeightType::Q4_0)).unwrap();
+    let err = ops::ffn::ffn_swiglu(gpu, &x, &norm, EPS, &odd, &h).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("even"), "{err}");
 
-    let u_short = buffer_weight(gpu, &weight(2, 7, 64, WeightType::Q4_0)).unwrap();
-    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u_short, &h).unwrap_err();
-    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[7, 64]"), "{err}");
-
-    let h_bad = Tensor::zeros(gpu, DType::F32, &[3, 8]).unwrap();
-    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, EPS, &g, &u, &h_bad).unwrap_err();
-    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[3, 8]"), "{err}");
-
+    let h_bad = Tensor::zeros(gpu, DType::F32, &[3, 32]).unwrap();
+    assert!(matches!(ops::ffn::ffn_swiglu(gpu, &x, &norm, EPS, &gu, &h_bad).unwrap_err(), Error::Shape { .. }));
     let x_bad = Tensor::zeros(gpu, DType::F32, &[2, 63]).unwrap();
-    let err = ops::ffn::ffn_gate_up(gpu, &x_bad, &norm, EPS, &g, &u, &h).unwrap_err();
-    assert!(matches!(err, Error::Shape { .. }), "{err}");
-
-    let err = ops::ffn::ffn_gate_up(gpu, &x, &norm, f32::NAN, &g, &u, &h).unwrap_err();
+    assert!(matches!(ops::ffn::ffn_swiglu(gpu, &x_bad, &norm, EPS, &gu, &h).unwrap_err(), Error::Shape { .. }));
+    let norm_bad = Tensor::zeros(gpu, DType::F32, &[63]).unwrap();
+    assert!(ops::ffn::ffn_swiglu(gpu, &x, &norm_bad, EPS, &gu, &h).is_err());
+    let err = ops::ffn::ffn_swiglu(gpu, &x, &norm, f32::NAN, &gu, &h).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 
-    // f32 accepts any in_features, but the fused kernel reads x in whole blocks of 32.
-    let g48 = buffer_weight(gpu, &weight(1, 8, 48, WeightType::F32)).unwrap();
-    let u48 = buffer_weight(gpu, &weight(2, 8, 48, WeightType::F32)).unwrap();
-    let (x48, n48) =
-        (Tensor::zeros(gpu, DType::F32, &[2, 48]).unwrap(), Tensor::zeros(gpu, DType::F32, &[48]).unwrap());
-    let err = ops::ffn::ffn_gate_up(gpu, &x48, &n48, EPS, &g48, &u48, &h).unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("48"), "{err}");
+    // The down projection must be [hidden, ffn].
+    let down_bad = GpuWeight::upload(gpu, &weight(5, 64, 64, WeightType::Q4_0)).unwrap();
+    let err = ops::ffn::ffn_block(gpu, &x, &norm, EPS, &gu, &down_bad, &h).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("[64, 32]"), "{err}");
 }
 
 /// Bound on |GPU - CPU| for x + Wd·h: the GPU's h is within `tol_h` of the CPU's h (a two-sided bound,
@@ -222,9 +199,12 @@ fn block_tolerance(x: &[f32], h: &[f32], tol_h: &[f32], down: &[f32], hidden: us
     tol
 }
 
-/// The two-dispatch block (fused gate/up, then the down GEMV accumulating into x) equals the unfused
-/// six-dispatch chain on the GPU (rms_norm, gemv gate, gemv up, silu_mul, gemv down, add) and the CPU
-/// twin. Two types (one unscaled, one nibble-packed) at the 125M shape, decode and a short prefill.
+/// The planner's two-dispatch block (`ffn_block`: `ffn_swiglu` on the stacked weight, then the down
+/// projection accumulating into x; a GEMM for n > 1) equals the unfused six-dispatch chain on the GPU
+/// (rms_norm, gemv gate, gemv up, silu_mul, gemv down, add) and the CPU twin. Two types (one unscaled,
+/// one nibble-packed) at the 125M shape, decode and a short prefill, both feature sets. Tolerance: each
+/// side is within [`block_tolerance`] of the CPU twin (the two GPU paths only reorder f32 sums, which that
+/// bound covers), hence within twice it of each other.
 #[test]
 fn fused_block_equals_unfused_chain() {
     let (hidden, ffn) = (576, 1536);
@@ -241,10 +221,11 @@ fn fused_block_equals_unfused_chain() {
 
                 let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
                 let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
-                let (gw, uw) = (buffer_weight(gpu, &c.gate).unwrap(), buffer_weight(gpu, &c.up).unwrap());
+                let stacked = GpuWeight::upload(gpu, &ops::ffn::fuse_gate_up(&c.gate, &c.up).unwrap()).unwrap();
+                let (gw, uw) = (GpuWeight::upload(gpu, &c.gate).unwrap(), GpuWeight::upload(gpu, &c.up).unwrap());
                 let dw = GpuWeight::upload(gpu, &down_host).unwrap();
                 let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
-                let fused = ops::ffn::ffn_block(gpu, &x, &norm, EPS, &gw, &uw, &dw, &h).unwrap();
+                let fused = ops::ffn::ffn_block(gpu, &x, &norm, EPS, &stacked, &dw, &h).unwrap();
                 assert_eq!(fused.len(), 2);
                 ops::run(gpu, &fused.iter().collect::<Vec<_>>()).unwrap();
                 let got_fused = x.read::<f32>(gpu).unwrap();
@@ -269,36 +250,8 @@ fn fused_block_equals_unfused_chain() {
                 let what = format!("ffn_block {wtype} n={n} [{}]", gpu.features());
                 assert_within(&format!("{what} fused vs CPU"), &got_fused, &want, &tol);
                 assert_within(&format!("{what} unfused vs CPU"), &got_chain, &want, &tol);
-                // Each side is within tol of the CPU, so within 2·tol of each other.
                 let tol2: Vec<f32> = tol.iter().map(|t| 2.0 * t).collect();
                 assert_within(&format!("{what} fused vs unfused"), &got_fused, &got_chain, &tol2);
-            }
-        }
-    }
-}
-
-/// The planner's FFN: the GEMV kernel's NORM + SWIGLU variant on a stacked [gate; up] weight, against the
-/// same CPU twin and the same argued tolerance, for every type, decode and batched rows.
-#[test]
-fn swiglu_gemv_on_stacked_weight_matches_twin() {
-    for gpu in gpus() {
-        for (hidden, ffn, n) in [(576, 1536, 1), (576, 1536, 5), (96, 33, 3), (960, 2560, 1)] {
-            for wtype in WeightType::ALL {
-                if hidden == 960 && !matches!(wtype, WeightType::Q4_0 | WeightType::Q8_0) {
-                    continue; // keep the file's run time in budget: the big shape for the two decode types
-                }
-                let c = case(hidden, ffn, n, wtype);
-                let (gate, up) = (c.gate.dequantize(), c.up.dequantize());
-                let want = reference::ffn_gate_up(&c.x, &c.norm, EPS, &gate, &up);
-                let tol = tolerance(&reference::rms_norm(&c.x, &c.norm, EPS), &gate, &up, hidden);
-                let stacked = ops::ffn::fuse_gate_up(&c.gate, &c.up).unwrap();
-                let w = GpuWeight::upload(gpu, &stacked).unwrap();
-                let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
-                let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
-                let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
-                ops::run(gpu, &[&ops::ffn::ffn_swiglu(gpu, &x, &norm, EPS, &w, &h).unwrap()]).unwrap();
-                let what = format!("ffn_swiglu {wtype} n={n} {hidden}->{ffn} [{}]", gpu.features());
-                assert_within(&what, &h.read::<f32>(gpu).unwrap(), &want, &tol);
             }
         }
     }

@@ -1,6 +1,7 @@
-//! A small benchmark harness shared by the bench targets: times a [`Dispatch`] (GPU timestamps when the
-//! device has them, else wall time over many calls in one submission), compares with a plain copy of the
-//! same bytes measured in the same run, prints a table and writes JSON.
+//! A small benchmark harness shared by the bench targets: times a [`Dispatch`] or a block of them (GPU
+//! timestamps when the device has them, else wall time over many calls in one submission; the median of
+//! repeated runs, with min and max), compares with a plain copy of the same bytes measured in the same
+//! run, prints a table and writes JSON.
 #![allow(dead_code)]
 
 use std::time::Instant;
@@ -44,13 +45,23 @@ pub struct Row {
     pub family: String,
     /// e.g. `q4_0 1536x576 n=1`.
     pub name: String,
-    /// Microseconds per call.
+    /// Microseconds per call of the block: the median over the timed runs.
     pub us: f64,
+    /// Fastest timed run (µs per call).
+    pub min_us: f64,
+    /// Slowest timed run (µs per call).
+    pub max_us: f64,
+    /// Timed runs (each records the block `reps` times in one submission).
+    pub runs: usize,
+    /// Repetitions of the block per run.
+    pub reps: usize,
+    /// Dispatches in the block.
+    pub dispatches: usize,
     /// Bytes the call must move (weights, plus activations where they matter).
     pub bytes: u64,
     /// bytes / time.
     pub gbps: f64,
-    /// Microseconds for a plain copy of the same bytes.
+    /// Microseconds for a plain copy of the same bytes (median, same harness).
     pub copy_us: f64,
     /// GB/s of that copy (reads + writes counted as `bytes`, the same convention).
     pub copy_gbps: f64,
@@ -60,6 +71,23 @@ pub struct Row {
     pub clock: String,
     /// Free-form extra (e.g. a ratio to another row).
     pub note: String,
+}
+
+/// What [`Bench::time_block`] measured: µs per call of the block.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// Median over the runs.
+    pub median: f64,
+    /// Fastest run.
+    pub min: f64,
+    /// Slowest run.
+    pub max: f64,
+    /// Timed runs.
+    pub runs: usize,
+    /// Block repetitions per run.
+    pub reps: usize,
+    /// `timestamps` or `wall`.
+    pub clock: &'static str,
 }
 
 /// Times dispatches and collects rows.
@@ -72,6 +100,12 @@ pub struct Bench {
     pub rows: Vec<Row>,
 }
 
+impl Default for Bench {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Bench {
     /// Opens the default device (honours `MOBILELLM_*`).
     pub fn new() -> Bench {
@@ -80,54 +114,107 @@ impl Bench {
         Bench { gpu, args: Args::parse(), rows: Vec::new() }
     }
 
-    /// Microseconds per call of `d` (after a warm-up), and the clock used.
+    /// Microseconds per call of `d` (median of the timed runs, after a warm-up), and the clock used.
     pub fn time(&self, d: &Dispatch) -> (f64, &'static str) {
-        ops::run(&self.gpu, &[d]).expect("warm-up run");
-        let t0 = Instant::now();
-        ops::run(&self.gpu, &[d]).expect("run");
-        let once = t0.elapsed().as_secs_f64();
-        let budget = if self.args.quick { 0.15 } else { 0.6 };
-        let reps = ((budget / once.max(1e-6)) as usize).clamp(2, 200);
-        if self.gpu.features().timestamps {
-            if let Some(us) = self.time_timestamps(d, reps) {
-                return (us, "timestamps");
-            }
-        }
-        let list: Vec<&Dispatch> = std::iter::repeat_n(d, reps).collect();
-        let t0 = Instant::now();
-        ops::run(&self.gpu, &list).expect("run");
-        (t0.elapsed().as_secs_f64() * 1e6 / reps as f64, "wall")
+        let t = self.time_block(&[d]);
+        (t.median, t.clock)
     }
 
-    fn time_timestamps(&self, d: &Dispatch, reps: usize) -> Option<f64> {
-        let device = self.gpu.device();
-        let set = device.create_query_set(&wgpu::QuerySetDescriptor {
-            label: Some("bench"),
-            ty: wgpu::QueryType::Timestamp,
-            count: 2,
-        });
-        let resolve =
-            self.gpu.create_buffer("ts", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC).ok()?;
-        let mut encoder = device.create_command_encoder(&Default::default());
-        {
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                    query_set: &set,
-                    beginning_of_pass_write_index: Some(0),
-                    end_of_pass_write_index: Some(1),
-                }),
-            });
-            for _ in 0..reps {
-                d.record(&mut pass);
+    /// Times a block of dispatches recorded in order (one "call"): a warm-up, then `runs` timed runs
+    /// (`--quick`: 3, else 7; `MOBILELLM_BENCH_RUNS` overrides), each recording the block `reps` times in
+    /// one compute pass, `reps` sized so a run takes about budget / runs (`--quick` 0.15 s, else 0.6 s),
+    /// at least 2 and at most 200. A run's time is the GPU time of the pass (timestamp queries) where the
+    /// device has them, else the wall time of the submission; both divided by `reps`. The median is robust
+    /// to the other tenants of a shared machine; min and max show the spread.
+    pub fn time_block(&self, list: &[&Dispatch]) -> Timing {
+        self.time_blocks(&[list])[0]
+    }
+
+    /// Times several blocks that are to be compared, as [`Bench::time_block`] does, but with their runs
+    /// interleaved (run 1 of each, then run 2 of each, ...), so that load from other tenants drifting over
+    /// time weighs on every block alike and their ratios stay meaningful.
+    pub fn time_blocks(&self, lists: &[&[&Dispatch]]) -> Vec<Timing> {
+        let runs = std::env::var("MOBILELLM_BENCH_RUNS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(if self.args.quick { 3 } else { 7 })
+            .max(1);
+        let budget = if self.args.quick { 0.15 } else { 0.6 } / runs as f64;
+        let reps: Vec<usize> = lists
+            .iter()
+            .map(|list| {
+                ops::run(&self.gpu, list).expect("warm-up run");
+                let t0 = Instant::now();
+                ops::run(&self.gpu, list).expect("run");
+                let once = t0.elapsed().as_secs_f64();
+                ((budget / once.max(1e-6)) as usize).clamp(2, 200)
+            })
+            .collect();
+        let timestamps = self.gpu.features().timestamps;
+        let mut times = vec![Vec::with_capacity(runs); lists.len()];
+        let mut all_ts = vec![timestamps; lists.len()];
+        for _ in 0..runs {
+            for (i, list) in lists.iter().enumerate() {
+                let (us, ts) = self.time_run(list, reps[i], timestamps);
+                all_ts[i] &= ts;
+                times[i].push(us);
             }
         }
-        encoder.resolve_query_set(&set, 0..2, &resolve, 0);
-        self.gpu.submit_and_wait([encoder.finish()]).ok()?;
-        let bytes = mobilellm_kernels::tensor::read_buffer(&self.gpu, &resolve, 0, 16).ok()?;
-        let t: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
-        let ns = t[1].checked_sub(t[0])? as f64 * self.gpu.queue().get_timestamp_period() as f64;
-        (ns > 0.0).then_some(ns / 1e3 / reps as f64)
+        times
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut t)| {
+                t.sort_by(f64::total_cmp);
+                let median = if runs % 2 == 1 { t[runs / 2] } else { (t[runs / 2 - 1] + t[runs / 2]) / 2.0 };
+                let clock = if all_ts[i] { "timestamps" } else { "wall" };
+                Timing { median, min: t[0], max: t[runs - 1], runs, reps: reps[i], clock }
+            })
+            .collect()
+    }
+
+    /// One run: µs per repetition of `list`, and whether the GPU timestamps gave it.
+    fn time_run(&self, list: &[&Dispatch], reps: usize, timestamps: bool) -> (f64, bool) {
+        let device = self.gpu.device();
+        let set = timestamps.then(|| {
+            device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("bench"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2,
+            })
+        });
+        let resolve = self
+            .gpu
+            .create_buffer("ts", 16, wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC)
+            .expect("timestamp buffer");
+        let mut encoder = device.create_command_encoder(&Default::default());
+        {
+            let timestamp_writes = set.as_ref().map(|q| wgpu::ComputePassTimestampWrites {
+                query_set: q,
+                beginning_of_pass_write_index: Some(0),
+                end_of_pass_write_index: Some(1),
+            });
+            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: None, timestamp_writes });
+            for _ in 0..reps {
+                for d in list {
+                    d.record(&mut pass);
+                }
+            }
+        }
+        if let Some(q) = &set {
+            encoder.resolve_query_set(q, 0..2, &resolve, 0);
+        }
+        let t0 = Instant::now();
+        self.gpu.submit_and_wait([encoder.finish()]).expect("submit");
+        let wall_us = t0.elapsed().as_secs_f64() * 1e6 / reps as f64;
+        if set.is_some() {
+            let bytes = mobilellm_kernels::tensor::read_buffer(&self.gpu, &resolve, 0, 16).expect("timestamps");
+            let t: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+            let ns = t[1].saturating_sub(t[0]) as f64 * self.gpu.queue().get_timestamp_period() as f64;
+            if ns > 0.0 {
+                return (ns / 1e3 / reps as f64, true);
+            }
+        }
+        (wall_us, false)
     }
 
     /// µs per plain copy of `bytes` bytes (read + write), measured now on the same device.
@@ -142,27 +229,59 @@ impl Bench {
 
     /// Times `d`, which moves `bytes`, against a copy of the same bytes, records and prints the row.
     pub fn add(&mut self, family: &str, name: &str, d: &Dispatch, bytes: u64) {
-        let (us, clock) = self.time(d);
+        self.add_block(family, name, &[d], bytes);
+    }
+
+    /// Times the block `list` (recorded in order, one call), which moves `bytes`, against a copy of the
+    /// same bytes, records and prints the row; returns the median µs per call.
+    pub fn add_block(&mut self, family: &str, name: &str, list: &[&Dispatch], bytes: u64) -> f64 {
+        self.add_blocks(family, &[(name, list)], bytes)[0]
+    }
+
+    /// Rows for blocks that do the same work different ways (`(name, block)`, each moving `bytes`), timed
+    /// with interleaved runs ([`Bench::time_blocks`]) and against one copy of `bytes`; returns their
+    /// median µs per call in order.
+    pub fn add_blocks(&mut self, family: &str, blocks: &[(&str, &[&Dispatch])], bytes: u64) -> Vec<f64> {
+        let lists: Vec<&[&Dispatch]> = blocks.iter().map(|b| b.1).collect();
+        let timings = self.time_blocks(&lists);
         let copy_us = self.copy_us(bytes);
-        let gbps = bytes as f64 / us / 1e3;
         let copy_gbps = bytes as f64 / copy_us / 1e3;
-        let row = Row {
-            family: family.into(),
-            name: name.into(),
-            us,
-            bytes,
-            gbps,
-            copy_us,
-            copy_gbps,
-            frac_of_copy: gbps / copy_gbps,
-            clock: clock.into(),
-            note: String::new(),
-        };
-        println!(
-            "{:<8} {:<28} {:>11.1} µs {:>8.3} GB/s   copy {:>10.1} µs {:>8.3} GB/s   {:>5.2} of copy  ({})",
-            row.family, row.name, row.us, row.gbps, row.copy_us, row.copy_gbps, row.frac_of_copy, row.clock
-        );
-        self.rows.push(row);
+        for ((name, list), t) in blocks.iter().zip(&timings) {
+            let gbps = bytes as f64 / t.median / 1e3;
+            let row = Row {
+                family: family.into(),
+                name: (*name).into(),
+                us: t.median,
+                min_us: t.min,
+                max_us: t.max,
+                runs: t.runs,
+                reps: t.reps,
+                dispatches: list.len(),
+                bytes,
+                gbps,
+                copy_us,
+                copy_gbps,
+                frac_of_copy: gbps / copy_gbps,
+                clock: t.clock.into(),
+                note: String::new(),
+            };
+            println!(
+                "{:<9} {:<36} {:>10.1} µs [{:>9.1} ..{:>9.1}] {:>2}d {:>7.3} GB/s  copy {:>9.1} µs {:>7.3} GB/s {:>5.2} of copy ({})",
+                row.family,
+                row.name,
+                row.us,
+                row.min_us,
+                row.max_us,
+                row.dispatches,
+                row.gbps,
+                row.copy_us,
+                row.copy_gbps,
+                row.frac_of_copy,
+                row.clock
+            );
+            self.rows.push(row);
+        }
+        timings.iter().map(|t| t.median).collect()
     }
 
     /// Attaches a note to the last row (printed too).

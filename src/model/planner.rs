@@ -5,8 +5,9 @@
 //! 1. `qkv_rope`: input RMSNorm + Q/K/V projections + RoPE + K/V written into this execution's cache slot;
 //! 2. attention (decode: one pass, or two when flash-decoding splits a long cache; prefill: one causal pass);
 //! 3. `gemv`/`gemm` output projection accumulating into the residual stream;
-//! 4. `ffn_gate_up`: post-attention RMSNorm + gate/up projections + SiLU·mul;
-//! 5. `gemv`/`gemm` down projection accumulating into the residual stream.
+//! 4. `ffn_swiglu`: post-attention RMSNorm + gate/up projections + SiLU·mul (the GEMV kernel's NORM+SWIGLU
+//!    variant on the stacked gate/up weight);
+//! 5. `gemv`/`gemm` down projection accumulating into the residual stream (4 and 5 are `ops::ffn::ffn_block`).
 //!
 //! With layer sharing, unique layer `i` runs as executions `2i` and `2i+1`: the same weight buffers are
 //! bound back to back, each execution with its own KV-cache slot.
@@ -365,8 +366,7 @@ impl Model {
                 body.push(ops::attention::attention_prefill(gpu, &self.step, &q, &self.cache, exec, &attn)?);
             }
             body.push(linear(&l.o_proj, &attn, &x, 0, true)?);
-            body.push(ops::ffn::ffn_swiglu(gpu, &x, &l.post_norm, eps, &l.gate_up_proj, &h)?);
-            body.push(linear(&l.down_proj, &h, &x, 0, true)?);
+            body.extend(ops::ffn::ffn_block(gpu, &x, &l.post_norm, eps, &l.gate_up_proj, &l.down_proj, &h)?);
         }
         let head_weights = self.head.as_ref().unwrap_or(&self.embed);
         let mut head = Vec::new();

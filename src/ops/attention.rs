@@ -4,13 +4,20 @@
 //! Both read the step's position and length from the [`StepBuffer`], so the dispatches are built once and
 //! their grids are sized for the cache capacity (decode) or a maximum batch (prefill).
 //!
-//! **Split rule (flash-decoding).** With [`Split::Auto`], decode splits the sequence into chunks of
+//! **Split rule (flash-decoding).** With [`Split::Auto`], decode on a GPU splits the sequence into chunks of
 //! [`DECODE_CHUNK`] (128) positions when the cache capacity exceeds [`SPLIT_ABOVE`] (256) positions, else it
 //! runs one workgroup per KV head over the whole context. Why: unsplit, a decode step has only `kv_heads`
 //! workgroups (3 for MobileLLM-125M), each streaming the whole context: a long context then runs on 3
 //! compute units. Split, the grid is `kv_heads x capacity/128` workgroups; those past the current context
 //! exit at once, and a second tiny pass (one workgroup per query
 //! head) merges the live chunks. For short capacities the extra pass costs more than the parallelism gains.
+//!
+//! On CPU devices (lavapipe and other software drivers) `Auto` never splits: a CPU runs workgroups on a few
+//! host threads, which `kv_heads` workgroups already occupy, so splitting only adds the partials, the merge
+//! pass and the launch of the dead chunks. `cargo bench --bench kernels -- attention` on a 2-core lavapipe
+//! (capacity 2048, 9/3 and 15/5 heads, f16 and f32 cache, three full runs on a loaded machine):
+//! split128 / unsplit = 1.18-2.07 at context 128, and 0.87-1.15 at 512 and 2048 with no consistent winner,
+//! so the old capacity rule (split at every context once capacity > 256) cost time on CPU devices.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -33,7 +40,8 @@ const PREFILL_TILE_BYTES: usize = 8192;
 /// How decode attention divides the sequence.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Split {
-    /// The documented rule: chunks of [`DECODE_CHUNK`] when capacity > [`SPLIT_ABOVE`].
+    /// The documented rule ([`auto_chunk`]): on GPUs, chunks of [`DECODE_CHUNK`] when capacity >
+    /// [`SPLIT_ABOVE`]; on CPU devices, unsplit.
     #[default]
     Auto,
     /// One workgroup per KV head over the whole context, no merge pass.
@@ -105,9 +113,11 @@ fn variant(cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
         .constant("TK", (PREFILL_TILE_BYTES / (2 * 4 * hd)).max(1) as u32)
 }
 
-/// The chunk length [`Split::Auto`] picks for a cache of `capacity` positions (`None`: unsplit).
-pub fn auto_chunk(capacity: usize) -> Option<usize> {
-    (capacity > SPLIT_ABOVE).then_some(DECODE_CHUNK)
+/// The chunk length [`Split::Auto`] picks for a cache of `capacity` positions on a device of class
+/// `device` (`None`: unsplit): [`DECODE_CHUNK`] above [`SPLIT_ABOVE`] positions, never on CPU devices
+/// (see the module docs for the measurements).
+pub fn auto_chunk(device: wgpu::DeviceType, capacity: usize) -> Option<usize> {
+    (device != wgpu::DeviceType::Cpu && capacity > SPLIT_ABOVE).then_some(DECODE_CHUNK)
 }
 
 /// Decode attention for the step's last position: query row `n-1` of `q` (`[rows, heads * head_dim]` f32,
@@ -128,7 +138,7 @@ pub fn attention_decode(
     let hd = cache.head_dim();
     let capacity = cache.capacity();
     let chunk = match split {
-        Split::Auto => auto_chunk(capacity),
+        Split::Auto => auto_chunk(gpu.adapter_info().device_type, capacity),
         Split::Off => None,
         Split::Chunk(0) => return Err(Error::invalid("attention_decode chunk", 0, "at least 1 position")),
         Split::Chunk(c) => Some(c.min(capacity)),

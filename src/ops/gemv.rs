@@ -304,6 +304,21 @@ pub struct GemvFusion<'a> {
 /// [`gemv`] with an RMSNorm prologue and/or a SwiGLU epilogue, same mapping table. Used by the planner for
 /// the normed Q/K/V projection and the fused feed-forward (`ops::ffn::ffn_swiglu`).
 pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: GemvFusion<'_>) -> Result<Dispatch> {
+    let out_rows = if fusion.swiglu { w.rows() / 2 } else { w.rows() };
+    gemv_fused_with(gpu, w, x, y, fusion, GemvMapping::choose(gpu, out_rows, w.cols()))
+}
+
+/// [`gemv_fused`] with an explicit thread mapping (for tests and tuning); with SWIGLU, `rpt` counts output
+/// rows, each reading one gate and one up row.
+pub fn gemv_fused_with(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    fusion: GemvFusion<'_>,
+    mapping: GemvMapping,
+) -> Result<Dispatch> {
+    mapping.check()?;
     let out_rows = if fusion.swiglu {
         if !w.rows().is_multiple_of(2) {
             return Err(Error::shape("stacked gate/up weight", &[w.rows(), w.cols()], "an even number of rows"));
@@ -326,7 +341,6 @@ pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: Gemv
             return Err(Error::invalid("rms_norm eps", eps, "a finite value >= 0"));
         }
     }
-    let mapping = GemvMapping::choose(gpu, out_rows, w.cols());
     let groups = (out_rows as u32).div_ceil(mapping.rows_per_group());
     let variant = w
         .variant(base_variant(gpu))

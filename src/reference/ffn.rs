@@ -1,4 +1,5 @@
-//! CPU twin of `kernels/ffn.wgsl`: the SwiGLU feed-forward block on dequantized (f32) weights.
+//! CPU twin of `ops::ffn` (the GEMV kernel's NORM+SWIGLU variant + down projection): the SwiGLU
+//! feed-forward block on dequantized (f32) weights.
 //!
 //! The GPU reads quantized weights in their own format; the twin takes the same weights already
 //! dequantized (`HostWeight::dequantize`), so the only GPU-vs-CPU differences are summation order.

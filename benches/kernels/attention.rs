@@ -1,0 +1,77 @@
+//! Decode attention rows: unsplit vs split (flash-decoding chunks of `DECODE_CHUNK`) at contexts 128,
+//! 512 and 2048 over a cache of capacity 2048, for 9/3 and 15/5 heads, f16 and f32 KV cache. Bytes: the
+//! K and V read for the context (plus q and the output), so GB/s is the KV stream rate.
+//! (Moved here from the ignored micro-bench in tests/attention.rs.)
+
+use mobilellm_kernels::kv_cache::KvCache;
+use mobilellm_kernels::ops::attention::{attention_decode, auto_chunk, Split, DECODE_CHUNK};
+use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
+use mobilellm_kernels::{DType, Tensor};
+
+use crate::common::Bench;
+use crate::shapes::{data, models};
+
+/// Capacity of the benchmarked cache: a planner with context 2048.
+const CAPACITY: usize = 2048;
+
+pub fn bench_attention(b: &mut Bench) {
+    let contexts: &[usize] = if b.args.quick { &[128, 2048] } else { &[128, 512, 2048] };
+    let auto = match auto_chunk(b.gpu.adapter_info().device_type, CAPACITY) {
+        Some(c) => format!("split {c}"),
+        None => "unsplit".to_string(),
+    };
+    let mut summary = Vec::new();
+    for m in models(b) {
+        for dtype in [DType::F16, DType::F32] {
+            let tag = format!("{}/{} {dtype}", m.heads, m.kv_heads);
+            if !b.args.wants(&format!("attention {tag}")) {
+                continue;
+            }
+            if dtype == DType::F16 && !b.gpu.features().f16 {
+                println!("attention {tag}: skipped (no SHADER_F16 on this device)");
+                continue;
+            }
+            let gpu = &b.gpu;
+            let cache = KvCache::with_dtype(gpu, 1, CAPACITY, m.kv_heads, m.head_dim, dtype).expect("cache");
+            let kv_len = CAPACITY * m.kv_heads * m.head_dim;
+            cache.write(gpu, 0, 0, &data(21, kv_len, 1.0), &data(22, kv_len, 1.0)).expect("fill cache");
+            let step = StepBuffer::new(gpu).expect("step");
+            let width = m.heads * m.head_dim;
+            let q = Tensor::from_slice(gpu, &[1, width], &data(23, width, 1.0)).expect("q");
+            let out = Tensor::zeros(gpu, DType::F32, &[1, width]).expect("out");
+            let off = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Off).expect("decode");
+            let split = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Chunk(DECODE_CHUNK)).expect("decode");
+            let mut pays_from = None;
+            for &ctx in contexts {
+                cache.check_step(ctx - 1, 1).expect("ctx within capacity");
+                step.write(&b.gpu, &StepParams { pos: (ctx - 1) as u32, n: 1, top_p: 1.0, ..Default::default() });
+                let bytes = (2 * ctx * m.kv_heads * m.head_dim * dtype.size() + 2 * width * 4) as u64;
+                let name = format!("{tag} ctx {ctx} cap {CAPACITY}");
+                let (n_off, n_split) = (format!("unsplit {name}"), format!("split{DECODE_CHUNK} {name}"));
+                let us = b.add_blocks("attention", &[(&n_off, &refs(&off)), (&n_split, &refs(&split))], bytes);
+                let (u, s) = (us[0], us[1]);
+                b.note(format!("split / unsplit = {:.2} (auto at capacity {CAPACITY}: {auto})", s / u));
+                // Pays: at least 5% faster (closer is within the spread of runs on a shared machine).
+                if s < 0.95 * u && pays_from.is_none() {
+                    pays_from = Some(ctx);
+                }
+                summary.push((name, u, s));
+            }
+            let verdict = match pays_from {
+                Some(ctx) => format!("split pays from ctx {ctx} on"),
+                None => format!("split never pays (by >= 5%; ctx {contexts:?}) on"),
+            };
+            println!("attention {tag}: {verdict} this device");
+        }
+    }
+    if !summary.is_empty() {
+        println!("attention summary (µs: unsplit | split{DECODE_CHUNK} | split/unsplit)");
+        for (name, u, s) in summary {
+            println!("  {name:<28} {u:>10.1} {s:>10.1} {:>6.2}", s / u);
+        }
+    }
+}
+
+fn refs(ds: &[Dispatch]) -> Vec<&Dispatch> {
+    ds.iter().collect()
+}

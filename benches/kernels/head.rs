@@ -1,0 +1,66 @@
+//! The model's ends: the tied LM head GEMV (vocab x hidden, split in row chunks by
+//! `ops::embedding::upload_table` when it exceeds a binding, as the planner does) followed by greedy
+//! sampling, per weight type; greedy sampling alone; and the embedding lookup.
+
+use mobilellm_kernels::ops::embedding::{embedding, upload_table};
+use mobilellm_kernels::ops::sample::{sample, write_step, SampleRow};
+use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
+use mobilellm_kernels::quant::WeightType;
+use mobilellm_kernels::{DType, Tensor};
+
+use crate::common::Bench;
+use crate::shapes::{data, models};
+
+pub fn bench_head(b: &mut Bench) {
+    let step = StepBuffer::new(&b.gpu).expect("step");
+    // Greedy: temperature 0 (top-k and top-p off).
+    write_step(&b.gpu, &step, &StepParams { temperature: 0.0, top_p: 1.0, ..Default::default() }).expect("step");
+    let token = Tensor::zeros(&b.gpu, DType::U32, &[1]).expect("token");
+    for m in models(b) {
+        let (vocab, hidden) = (m.vocab, m.hidden);
+        let logits = Tensor::from_slice(&b.gpu, &[1, vocab], &data(31, vocab, 4.0)).expect("logits");
+        let sampler = sample(&b.gpu, &logits, SampleRow::Last, &step, &token).expect("sample");
+        if b.args.wants(&format!("sample greedy {vocab}")) {
+            b.add_block("sample", &format!("greedy {vocab}"), &sampler.dispatches(), (vocab * 4) as u64);
+        }
+        let normed = Tensor::from_slice(&b.gpu, &[1, hidden], &data(32, hidden, 1.0)).expect("normed");
+        for wtype in WeightType::ALL {
+            let name = format!("{wtype} {vocab}x{hidden}");
+            let (want_head, want_embed) =
+                (b.args.wants(&format!("lm_head {name}")), b.args.wants(&format!("embedding {name}")));
+            if !want_head && !want_embed {
+                continue;
+            }
+            let host = crate::shapes::weight(wtype, vocab, hidden, 33);
+            let table = upload_table(&b.gpu, &host).expect("upload table");
+            let table_bytes: u64 = table.iter().map(|w| w.size_bytes()).sum();
+            if want_head {
+                let mut offset = 0;
+                let mut ds: Vec<Dispatch> = Vec::new();
+                for piece in &table {
+                    ds.push(
+                        mobilellm_kernels::ops::gemv::gemv(&b.gpu, piece, &normed, &logits, offset, false)
+                            .expect("gemv"),
+                    );
+                    offset += piece.rows();
+                }
+                let mut list: Vec<&Dispatch> = ds.iter().collect();
+                list.extend(sampler.dispatches());
+                let bytes = table_bytes + (hidden * 4 + 2 * vocab * 4) as u64;
+                let label = format!("{name} +argmax ({} piece{})", table.len(), if table.len() > 1 { "s" } else { "" });
+                b.add_block("lm_head", &label, &list, bytes);
+            }
+            if want_embed {
+                for n in [1usize, 64] {
+                    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7919 + 13) % vocab as u32).collect();
+                    let ids = Tensor::from_slice(&b.gpu, &[n], &ids).expect("ids");
+                    let out = Tensor::zeros(&b.gpu, DType::F32, &[n, hidden]).expect("out");
+                    let e = embedding(&b.gpu, &table, &ids, &out, None).expect("embedding");
+                    let row_bytes = table_bytes / vocab as u64;
+                    let bytes = n as u64 * (row_bytes + hidden as u64 * 4 + 4);
+                    b.add_block("embedding", &format!("{name} n={n}"), &e.dispatches(), bytes);
+                }
+            }
+        }
+    }
+}
