@@ -7,6 +7,11 @@
 //   per (KV head, chunk of the sequence): it reads its K/V once for all G query heads of the group. Without
 //   SPLIT there is one chunk (the whole capacity) and it writes the normalised output; with SPLIT it writes
 //   (max, sum, unnormalised acc) partials; chunks past the context exit at once (merge skips them).
+// - `decode_lanes` (CPU drivers): the same result as unsplit `decode`, mapped for SIMD lanes: one workgroup
+//   of WL lanes per KV head, lane j takes positions j, j+WL, ... with its own online softmax (max, sum and
+//   G*HD accumulators in registers), q read from a uniform (one scalar load per value on lavapipe, where
+//   workgroup and storage loads are per-lane loops); the WL partial softmaxes merge in workgroup memory once
+//   at the end. No barrier in the main loop, and each K/V element is read by exactly one lane.
 // - `merge`: combines the chunk partials of one query head (flash-decoding's second pass).
 // - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per
 //   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
@@ -34,10 +39,32 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+#if QUNI
+@group(0) @binding(2) var<uniform> qu: array<vec4<f32>, QV4>;
+#else
 @group(0) @binding(2) var<storage, read> q: array<f32>;
+#endif
 @group(0) @binding(3) var<storage, read> kv: array<kv_t>;
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+
+// Element i of q, and its i4-th vec4 (QUNI: q is a uniform of QV4 vec4, every lane reading the same value).
+fn qval(i: u32) -> f32 {
+#if QUNI
+    return qu[i >> 2u][i & 3u];
+#else
+    return q[i];
+#endif
+}
+
+fn q4(i4: u32) -> vec4<f32> {
+#if QUNI
+    return qu[i4];
+#else
+    let i = 4u * i4;
+    return vec4<f32>(q[i], q[i + 1u], q[i + 2u], q[i + 3u]);
+#endif
+}
 
 // A finite "minus infinity": exp(NEG - finite) is exactly 0 and no inf arithmetic is needed.
 const NEG: f32 = -3.0e38;
@@ -72,7 +99,7 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
     let width = params.heads * HD;
     for (var i = lid; i < G * HD; i += WG) {
-        q_sh[i] = q[row * width + (kvh * G) * HD + i] * params.scale;
+        q_sh[i] = qval(row * width + (kvh * G) * HD + i) * params.scale;
     }
     if lid < G {
         m_sh[lid] = NEG;
@@ -162,6 +189,87 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
 }
 
+var<workgroup> lane_m: array<f32, WL * G>;
+var<workgroup> lane_l: array<f32, WL * G>;
+var<workgroup> lane_acc: array<f32, WL * HD>;
+
+@compute @workgroup_size(WL)
+fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let kvh = wg.x;
+    let ctx = context_len();
+    let width = params.heads * HD;
+    // q of head (kvh*G + g), dims d..d+3, as a vec4 index into the uniform (HD and width are multiples of 4).
+    let q0 = (last_row() * width + kvh * G * HD) / 4u;
+    let k_base = kvh * params.capacity * HD;
+    let v_base = (params.kv_heads + kvh) * params.capacity * HD;
+    var m: array<f32, G>;
+    var l: array<f32, G>;
+    var acc: array<vec4<f32>, G * HD / 4u>;
+    for (var g = 0u; g < G; g++) {
+        m[g] = NEG;
+    }
+    for (var p = lid; p < ctx; p += WL) {
+        let kb = k_base + p * HD;
+        var s: array<f32, G>;
+        for (var d = 0u; d < HD; d += 4u) {
+            let k4 = vec4<f32>(f32(kv[kb + d]), f32(kv[kb + d + 1u]), f32(kv[kb + d + 2u]), f32(kv[kb + d + 3u]));
+            for (var g = 0u; g < G; g++) {
+                s[g] += dot(k4, q4(q0 + (g * HD + d) / 4u));
+            }
+        }
+        var c: array<f32, G>;
+        var e: array<f32, G>;
+        for (var g = 0u; g < G; g++) {
+            let score = s[g] * params.scale;
+            let m_new = max(m[g], score);
+            c[g] = exp(m[g] - m_new);
+            e[g] = exp(score - m_new);
+            l[g] = l[g] * c[g] + e[g];
+            m[g] = m_new;
+        }
+        let vb = v_base + p * HD;
+        for (var d = 0u; d < HD; d += 4u) {
+            let v4 = vec4<f32>(f32(kv[vb + d]), f32(kv[vb + d + 1u]), f32(kv[vb + d + 2u]), f32(kv[vb + d + 3u]));
+            for (var g = 0u; g < G; g++) {
+                let i = (g * HD + d) / 4u;
+                acc[i] = fma(acc[i], vec4<f32>(c[g]), e[g] * v4);
+            }
+        }
+    }
+    // Merge the WL lanes' softmaxes: out = sum_j acc_j exp(m_j - M) / sum_j l_j exp(m_j - M). Lanes that got
+    // no position hold m = NEG, l = 0, acc = 0 and drop out (ctx >= 1, so M is finite).
+    for (var g = 0u; g < G; g++) {
+        lane_m[lid * G + g] = m[g];
+        lane_l[lid * G + g] = l[g];
+    }
+    for (var g = 0u; g < G; g++) {
+        for (var d = 0u; d < HD; d += 4u) {
+            let a = acc[(g * HD + d) / 4u];
+            lane_acc[lid * HD + d] = a.x;
+            lane_acc[lid * HD + d + 1u] = a.y;
+            lane_acc[lid * HD + d + 2u] = a.z;
+            lane_acc[lid * HD + d + 3u] = a.w;
+        }
+        workgroupBarrier();
+        var big = NEG;
+        for (var j = 0u; j < WL; j++) {
+            big = max(big, lane_m[j * G + g]);
+        }
+        var total = 0.0;
+        for (var j = 0u; j < WL; j++) {
+            total += lane_l[j * G + g] * exp(lane_m[j * G + g] - big);
+        }
+        for (var d = lid; d < HD; d += WL) {
+            var sum = 0.0;
+            for (var j = 0u; j < WL; j++) {
+                sum += lane_acc[j * HD + d] * exp(lane_m[j * G + g] - big);
+            }
+            out[last_row() * width + (kvh * G + g) * HD + d] = sum / total;
+        }
+        workgroupBarrier();
+    }
+}
+
 @compute @workgroup_size(WG)
 fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wg.x;
@@ -211,7 +319,7 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     var acc: array<f32, HD>;
     if live {
         for (var d = 0u; d < HD; d++) {
-            qv[d] = q[r * width + h * HD + d] * params.scale;
+            qv[d] = qval(r * width + h * HD + d) * params.scale;
         }
     }
     var m = NEG;

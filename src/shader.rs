@@ -48,12 +48,13 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 /// Elementwise add, the unfused FFN chain's silu_mul, and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
-/// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill.
+/// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill,
+/// and `decode_lanes` for CPU drivers (`WL` lanes per KV head; `QUNI`: q read as a uniform of `QV4` vec4).
 pub static ATTENTION: KernelSource = kernel!(
     "attention",
-    flags: &["F16", "SPLIT"],
+    flags: &["F16", "SPLIT", "QUNI"],
     choices: &[],
-    consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16)]
+    consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16), ("WL", 16), ("QV4", 144)]
 );
 
 /// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).

@@ -12,7 +12,11 @@
 //! exit at once, and a second tiny pass (one workgroup per query
 //! head) merges the live chunks. For short capacities the extra pass costs more than the parallelism gains.
 //!
-//! On CPU devices (lavapipe and other software drivers) `Auto` never splits: a CPU runs workgroups on a few
+//! On CPU devices (lavapipe and other software drivers) `Auto` never splits over workgroups and picks
+//! [`Split::Lanes`] instead: its lanes split the sequence among themselves inside one workgroup per KV
+//! head, with no barrier in the loop and q read as a uniform (on lavapipe each workgroup- or storage-memory
+//! load is a per-lane scalar loop, which the tiled `decode` pays ~4 times per K/V element). Never
+//! splitting over workgroups, because a CPU runs workgroups on a few
 //! host threads, which `kv_heads` workgroups already occupy, so splitting only adds the partials, the merge
 //! pass and the launch of the dead chunks. `cargo bench --bench kernels -- attention` on a 2-core lavapipe
 //! (capacity 2048, 9/3 and 15/5 heads, f16 and f32 cache, three full runs on a loaded machine):
@@ -48,7 +52,15 @@ pub enum Split {
     Off,
     /// Chunks of this many positions (>= 1), plus the merge pass.
     Chunk(usize),
+    /// One workgroup of [`DECODE_LANES`] lanes per KV head, positions strided over the lanes, each lane
+    /// its own online softmax, merged once in workgroup memory (`decode_lanes`; what `Auto` picks on CPU
+    /// devices). Falls back to [`Split::Off`] when `head_dim + 2 * group > 256` (its workgroup memory).
+    Lanes,
 }
+
+/// Lanes per workgroup of [`Split::Lanes`]: two SIMD batches of lavapipe's 8, few enough that the lanes'
+/// partial softmaxes (`lanes * (head_dim + 2 * group)` floats) fit in workgroup memory.
+pub const DECODE_LANES: usize = 16;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -111,6 +123,8 @@ fn variant(cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
         .constant("G", group as u32)
         .constant("HD", hd as u32)
         .constant("TK", (PREFILL_TILE_BYTES / (2 * 4 * hd)).max(1) as u32)
+        .constant("WL", DECODE_LANES as u32)
+        .constant("QV4", 1)
 }
 
 /// The chunk length [`Split::Auto`] picks for a cache of `capacity` positions on a device of class
@@ -137,9 +151,14 @@ pub fn attention_decode(
     let kv = cache.slot(slot)?;
     let hd = cache.head_dim();
     let capacity = cache.capacity();
+    let lanes_fit = hd.is_multiple_of(4) && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
+    let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    if (split == Split::Lanes || (split == Split::Auto && cpu)) && lanes_fit {
+        return decode_lanes(gpu, step, q, cache, slot, out, &shape).map(|d| vec![d]);
+    }
     let chunk = match split {
         Split::Auto => auto_chunk(gpu.adapter_info().device_type, capacity),
-        Split::Off => None,
+        Split::Off | Split::Lanes => None,
         Split::Chunk(0) => return Err(Error::invalid("attention_decode chunk", 0, "at least 1 position")),
         Split::Chunk(c) => Some(c.min(capacity)),
     };
@@ -209,6 +228,60 @@ pub fn attention_decode(
         vec![params.clone(), partials.buffer().clone()],
     )?;
     Ok(vec![first, second])
+}
+
+/// The `decode_lanes` dispatch ([`Split::Lanes`]); q is read as a uniform when it fits one binding.
+fn decode_lanes(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    q: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+    out: &Tensor,
+    shape: &Shape,
+) -> Result<Dispatch> {
+    let kv = cache.slot(slot)?;
+    let hd = cache.head_dim();
+    let q_len = shape.rows * shape.heads * hd;
+    let max_uniform = (gpu.limits().max_uniform_buffer_binding_size as usize).min(1 << 16);
+    let q_uniform = q.buffer().usage().contains(wgpu::BufferUsages::UNIFORM) && q_len * 4 <= max_uniform;
+    let params = Params {
+        heads: shape.heads as u32,
+        kv_heads: cache.kv_heads() as u32,
+        capacity: cache.capacity() as u32,
+        chunk_len: cache.capacity() as u32,
+        n_chunks: 1,
+        scale: 1.0 / (hd as f32).sqrt(),
+        _pad: [0; 2],
+    };
+    let params = uniform(gpu, "attention params", &params)?;
+    let variant = variant(cache, shape.group, false)
+        .flag_if("QUNI", q_uniform)
+        .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
+    let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
+    let q_binding = if q_uniform {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: q.buffer(),
+            offset: 0,
+            size: std::num::NonZeroU64::new(q_len as u64 * 4),
+        })
+    } else {
+        q.buffer().as_entire_binding()
+    };
+    make_dispatch(
+        gpu,
+        "attention:decode_lanes".into(),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (1, step.buffer().as_entire_binding()),
+            (2, q_binding),
+            (3, kv.buffer().as_entire_binding()),
+            (4, out.buffer().as_entire_binding()),
+        ],
+        [cache.kv_heads() as u32, 1, 1],
+        vec![params.clone()],
+    )
 }
 
 /// Prefill (causal) attention: query rows `0..n` of `q` (`[max_n, heads * head_dim]` f32) at positions
