@@ -16,12 +16,6 @@
 // - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per
 //   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
 //   workgroup memory and shared by the WG rows.
-#if F16
-enable f16;
-alias kv_t = f16;
-#else
-alias kv_t = f32;
-#endif
 
 struct Params {
     heads: u32,
@@ -44,7 +38,32 @@ struct Params {
 #else
 @group(0) @binding(2) var<storage, read> q: array<f32>;
 #endif
-@group(0) @binding(3) var<storage, read> kv: array<kv_t>;
+// F16: the cache holds f16, read as u32 pairs with unpack2x16float (half the loads of f16 elements, which
+// lavapipe fetches one per-lane loop each; no shader-f16 needed to read it).
+#if F16
+@group(0) @binding(3) var<storage, read> kv: array<u32>;
+#else
+@group(0) @binding(3) var<storage, read> kv: array<f32>;
+#endif
+
+// Cache element i, and elements i .. i+3 (i a multiple of 4).
+fn kv1(i: u32) -> f32 {
+#if F16
+    let w = unpack2x16float(kv[i >> 1u]);
+    return select(w.x, w.y, (i & 1u) == 1u);
+#else
+    return kv[i];
+#endif
+}
+
+fn kv4(i: u32) -> vec4<f32> {
+#if F16
+    let o = i >> 1u;
+    return vec4<f32>(unpack2x16float(kv[o]), unpack2x16float(kv[o + 1u]));
+#else
+    return vec4<f32>(kv[i], kv[i + 1u], kv[i + 2u], kv[i + 3u]);
+#endif
+}
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
@@ -116,7 +135,7 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         if p < end {
             let kb = k_base + p * HD;
             for (var d = 0u; d < HD; d += 4u) {
-                let k4 = vec4<f32>(f32(kv[kb + d]), f32(kv[kb + d + 1u]), f32(kv[kb + d + 2u]), f32(kv[kb + d + 3u]));
+                let k4 = kv4(kb + d);
                 for (var g = 0u; g < G; g++) {
                     let o = g * HD + d;
                     dots[g] += dot(k4, vec4<f32>(q_sh[o], q_sh[o + 1u], q_sh[o + 2u], q_sh[o + 3u]));
@@ -160,7 +179,7 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                     acc[g * DPT + j] *= c_sh[g];
                 }
                 for (var t = 0u; t < cnt; t++) {
-                    let v = f32(kv[v_base + (t0 + t) * HD + d]);
+                    let v = kv1(v_base + (t0 + t) * HD + d);
                     for (var g = 0u; g < G; g++) {
                         acc[g * DPT + j] += s_sh[g * WG + t] * v;
                     }
@@ -212,7 +231,7 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         let kb = k_base + p * HD;
         var s: array<f32, G>;
         for (var d = 0u; d < HD; d += 4u) {
-            let k4 = vec4<f32>(f32(kv[kb + d]), f32(kv[kb + d + 1u]), f32(kv[kb + d + 2u]), f32(kv[kb + d + 3u]));
+            let k4 = kv4(kb + d);
             for (var g = 0u; g < G; g++) {
                 s[g] += dot(k4, q4(q0 + (g * HD + d) / 4u));
             }
@@ -229,7 +248,7 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         }
         let vb = v_base + p * HD;
         for (var d = 0u; d < HD; d += 4u) {
-            let v4 = vec4<f32>(f32(kv[vb + d]), f32(kv[vb + d + 1u]), f32(kv[vb + d + 2u]), f32(kv[vb + d + 3u]));
+            let v4 = kv4(vb + d);
             for (var g = 0u; g < G; g++) {
                 let i = (g * HD + d) / 4u;
                 acc[i] = fma(acc[i], vec4<f32>(c[g]), e[g] * v4);
@@ -332,8 +351,8 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             var kx = 0.0;
             var vx = 0.0;
             if t < last {
-                kx = f32(kv[k_base + t0 * HD + i]);
-                vx = f32(kv[v_base + t0 * HD + i]);
+                kx = kv1(k_base + t0 * HD + i);
+                vx = kv1(v_base + t0 * HD + i);
             }
             k_tile[i] = kx;
             v_tile[i] = vx;
