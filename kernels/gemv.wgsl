@@ -193,36 +193,168 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 #endif
 }
 
-// Batched form for CPU devices (ops::gemm picks it there): a thread owns RPT whole rows and NB vectors
-// (grid y = ceil(n / NB)); each block of weights is dequantized once and used for all NB vectors, so
-// the per-lane weight loads and unpacking that dominate on a CPU are shared NB ways.
-@compute @workgroup_size(WG)
-fn gemv_batched(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r0 = wg.x * (WG * RPT) + lid * RPT;
-    let v0 = wg.y * NB;
-    let last = params.w.rows - 1u;
-    var acc: array<array<f32, NB>, RPT>;
+// Multi-vector form for CPU devices (prefill: ops::gemm, and the fused NORM / SWIGLU products for n > 1).
+// On a SIMD-lane driver (lavapipe) every storage load inside a loop is a per-lane gather, whatever its
+// address: the cost to cut is loads per multiply-add. Lanes are rows; a thread carries 8 vectors (grid
+// y = ceil(n / 8)) and walks its RPT output rows four weight rows at a time (plain: r..r+3; SWIGLU: gate
+// rows r, r+1 and up rows r + up_row, r + 1 + up_row). Each gathered weight word feeds 8 vectors. With
+// SUBGROUPS (the launcher sets it only where subgroups have at least 8 lanes), lane l loads column
+// c + (l & 7) of each vector and subgroupBroadcast hands it to the others, so one gather brings 8 columns;
+// without, every column is its own load. Register tiles are named values, never indexed by a loop
+// counter, so a CPU driver keeps them in registers.
+// NORM: norm_w scales x as it is loaded and 1/rms of each vector scales its sums at the end.
+var<private> xo_lo: vec4<u32>;
+var<private> xo_hi: vec4<u32>;
+var<private> a0_lo: vec4<f32>;
+var<private> a0_hi: vec4<f32>;
+var<private> a1_lo: vec4<f32>;
+var<private> a1_hi: vec4<f32>;
+var<private> a2_lo: vec4<f32>;
+var<private> a2_hi: vec4<f32>;
+var<private> a3_lo: vec4<f32>;
+var<private> a3_hi: vec4<f32>;
+var<private> last_col: u32;
+var<private> lane8: u32;
+
+// One column: the 4 rows' weights (w) times the 8 vectors' x at that column (lo: vectors 0-3, hi: 4-7).
+fn mac_col(w: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) {
+    a0_lo = fma(vec4<f32>(w.x), lo, a0_lo);
+    a0_hi = fma(vec4<f32>(w.x), hi, a0_hi);
+    a1_lo = fma(vec4<f32>(w.y), lo, a1_lo);
+    a1_hi = fma(vec4<f32>(w.y), hi, a1_hi);
+    a2_lo = fma(vec4<f32>(w.z), lo, a2_lo);
+    a2_hi = fma(vec4<f32>(w.z), hi, a2_hi);
+    a3_lo = fma(vec4<f32>(w.w), lo, a3_lo);
+    a3_hi = fma(vec4<f32>(w.w), hi, a3_hi);
+}
+
+// x (times norm_w with NORM) of the vectors at offsets `o` (4 of them), column `col`.
+fn x_col(o: vec4<u32>, col: u32) -> vec4<f32> {
+    let c = min(col, last_col);
+    let v = vec4<f32>(x[o.x + c], x[o.y + c], x[o.z + c], x[o.w + c]);
+#if NORM
+    return v * norm_w[c];
+#else
+    return v;
+#endif
+}
+
+// Columns c .. c+7 (one chunk); wl / wh: the 4 rows' weights at columns c..c+3 / c+4..c+7, one vec4 per
+// row (w0l = row 0's four columns, etc.).
+fn mac_chunk(c: u32, w0l: vec4<f32>, w1l: vec4<f32>, w2l: vec4<f32>, w3l: vec4<f32>, w0h: vec4<f32>,
+             w1h: vec4<f32>, w2h: vec4<f32>, w3h: vec4<f32>) {
+#if SUBGROUPS
+    let lo = x_col(xo_lo, c + lane8);
+    let hi = x_col(xo_hi, c + lane8);
+    mac_col(vec4<f32>(w0l.x, w1l.x, w2l.x, w3l.x), subgroupBroadcast(lo, 0u), subgroupBroadcast(hi, 0u));
+    mac_col(vec4<f32>(w0l.y, w1l.y, w2l.y, w3l.y), subgroupBroadcast(lo, 1u), subgroupBroadcast(hi, 1u));
+    mac_col(vec4<f32>(w0l.z, w1l.z, w2l.z, w3l.z), subgroupBroadcast(lo, 2u), subgroupBroadcast(hi, 2u));
+    mac_col(vec4<f32>(w0l.w, w1l.w, w2l.w, w3l.w), subgroupBroadcast(lo, 3u), subgroupBroadcast(hi, 3u));
+    mac_col(vec4<f32>(w0h.x, w1h.x, w2h.x, w3h.x), subgroupBroadcast(lo, 4u), subgroupBroadcast(hi, 4u));
+    mac_col(vec4<f32>(w0h.y, w1h.y, w2h.y, w3h.y), subgroupBroadcast(lo, 5u), subgroupBroadcast(hi, 5u));
+    mac_col(vec4<f32>(w0h.z, w1h.z, w2h.z, w3h.z), subgroupBroadcast(lo, 6u), subgroupBroadcast(hi, 6u));
+    mac_col(vec4<f32>(w0h.w, w1h.w, w2h.w, w3h.w), subgroupBroadcast(lo, 7u), subgroupBroadcast(hi, 7u));
+#else
+    mac_col(vec4<f32>(w0l.x, w1l.x, w2l.x, w3l.x), x_col(xo_lo, c), x_col(xo_hi, c));
+    mac_col(vec4<f32>(w0l.y, w1l.y, w2l.y, w3l.y), x_col(xo_lo, c + 1u), x_col(xo_hi, c + 1u));
+    mac_col(vec4<f32>(w0l.z, w1l.z, w2l.z, w3l.z), x_col(xo_lo, c + 2u), x_col(xo_hi, c + 2u));
+    mac_col(vec4<f32>(w0l.w, w1l.w, w2l.w, w3l.w), x_col(xo_lo, c + 3u), x_col(xo_hi, c + 3u));
+    mac_col(vec4<f32>(w0h.x, w1h.x, w2h.x, w3h.x), x_col(xo_lo, c + 4u), x_col(xo_hi, c + 4u));
+    mac_col(vec4<f32>(w0h.y, w1h.y, w2h.y, w3h.y), x_col(xo_lo, c + 5u), x_col(xo_hi, c + 5u));
+    mac_col(vec4<f32>(w0h.z, w1h.z, w2h.z, w3h.z), x_col(xo_lo, c + 6u), x_col(xo_hi, c + 6u));
+    mac_col(vec4<f32>(w0h.w, w1h.w, w2h.w, w3h.w), x_col(xo_lo, c + 7u), x_col(xo_hi, c + 7u));
+#endif
+}
+
+// a0..a3 = rows r.x .. r.w of W times the 8 vectors (before the NORM scale).
+fn dot_quad(r: vec4<u32>) {
+    a0_lo = vec4<f32>(0.0);
+    a0_hi = vec4<f32>(0.0);
+    a1_lo = vec4<f32>(0.0);
+    a1_hi = vec4<f32>(0.0);
+    a2_lo = vec4<f32>(0.0);
+    a2_hi = vec4<f32>(0.0);
+    a3_lo = vec4<f32>(0.0);
+    a3_hi = vec4<f32>(0.0);
     for (var b = 0u; b < params.w.blocks; b++) {
-        var xs: array<array<vec4<f32>, 8>, NB>;
-        for (var v = 0u; v < NB; v++) {
-            xs[v] = load_x(min(v0 + v, params.n - 1u) * params.w.cols, b, params.w.cols);
-        }
-        for (var i = 0u; i < RPT; i++) {
-            let wb = weight_block32(params.w, min(r0 + i, last), b);
-            for (var v = 0u; v < NB; v++) {
-                var s = wb[0] * xs[v][0];
-                for (var k = 1u; k < 8u; k++) {
-                    s = fma(wb[k], xs[v][k], s);
-                }
-                acc[i][v] += s.x + s.y + s.z + s.w;
-            }
+        let w0 = weight_block32(params.w, r.x, b);
+        let w1 = weight_block32(params.w, r.y, b);
+        let w2 = weight_block32(params.w, r.z, b);
+        let w3 = weight_block32(params.w, r.w, b);
+        let c = b * 32u;
+        mac_chunk(c, w0[0], w1[0], w2[0], w3[0], w0[1], w1[1], w2[1], w3[1]);
+        mac_chunk(c + 8u, w0[2], w1[2], w2[2], w3[2], w0[3], w1[3], w2[3], w3[3]);
+        mac_chunk(c + 16u, w0[4], w1[4], w2[4], w3[4], w0[5], w1[5], w2[5], w3[5]);
+        mac_chunk(c + 24u, w0[6], w1[6], w2[6], w3[6], w0[7], w1[7], w2[7], w3[7]);
+    }
+}
+
+fn store8(v0: u32, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if row >= params.out_rows {
+        return;
+    }
+    let vals = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
+    for (var v = 0u; v < 8u; v++) {
+        if v0 + v < params.n {
+            store(v0 + v, row, vals[v]);
         }
     }
-    for (var i = 0u; i < RPT; i++) {
-        for (var v = 0u; v < NB; v++) {
-            if r0 + i < params.w.rows && v0 + v < params.n {
-                store(v0 + v, r0 + i, acc[i][v]);
-            }
-        }
+}
+
+fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
+    return g / (1.0 + exp(-g)) * u;
+}
+
+@compute @workgroup_size(WG)
+fn gemv_multi(@builtin(workgroup_id) wg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+              @builtin(subgroup_invocation_id) sg_lane: u32,
+#endif
+) {
+#if SUBGROUPS
+    lane8 = sg_lane & 7u;
+#endif
+    let r0 = wg.x * (WG * RPT) + lid * RPT;
+    let v0 = wg.y * 8u;
+    let cols = params.w.cols;
+    last_col = cols - 1u;
+    let nv = vec4<u32>(params.n - 1u);
+    xo_lo = min(vec4<u32>(v0) + vec4<u32>(0u, 1u, 2u, 3u), nv) * cols;
+    xo_hi = min(vec4<u32>(v0) + vec4<u32>(4u, 5u, 6u, 7u), nv) * cols;
+#if NORM
+    var ss_lo = vec4<f32>(0.0);
+    var ss_hi = vec4<f32>(0.0);
+    for (var c = 0u; c < cols; c++) {
+        let lo = vec4<f32>(x[xo_lo.x + c], x[xo_lo.y + c], x[xo_lo.z + c], x[xo_lo.w + c]);
+        let hi = vec4<f32>(x[xo_hi.x + c], x[xo_hi.y + c], x[xo_hi.z + c], x[xo_hi.w + c]);
+        ss_lo = fma(lo, lo, ss_lo);
+        ss_hi = fma(hi, hi, ss_hi);
     }
+    let s_lo = inverseSqrt(ss_lo / f32(cols) + params.eps);
+    let s_hi = inverseSqrt(ss_hi / f32(cols) + params.eps);
+#else
+    let s_lo = vec4<f32>(1.0);
+    let s_hi = vec4<f32>(1.0);
+#endif
+    let last = params.out_rows - 1u;
+#if SWIGLU
+    for (var i = 0u; i < RPT; i += 2u) {
+        let r = r0 + i;
+        let ra = min(r, last);
+        let rb = min(r + 1u, last);
+        dot_quad(vec4<u32>(ra, rb, ra + params.up_row, rb + params.up_row));
+        store8(v0, r, swiglu4(a0_lo * s_lo, a2_lo * s_lo), swiglu4(a0_hi * s_hi, a2_hi * s_hi));
+        store8(v0, r + 1u, swiglu4(a1_lo * s_lo, a3_lo * s_lo), swiglu4(a1_hi * s_hi, a3_hi * s_hi));
+    }
+#else
+    for (var i = 0u; i < RPT; i += 4u) {
+        let r = r0 + i;
+        dot_quad(min(vec4<u32>(r) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)));
+        store8(v0, r, a0_lo * s_lo, a0_hi * s_hi);
+        store8(v0, r + 1u, a1_lo * s_lo, a1_hi * s_hi);
+        store8(v0, r + 2u, a2_lo * s_lo, a2_hi * s_hi);
+        store8(v0, r + 3u, a3_lo * s_lo, a3_hi * s_hi);
+    }
+#endif
 }

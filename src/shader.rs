@@ -72,11 +72,10 @@ pub static QKV_ROPE: KernelSource = kernel!(
     consts: &[("WG", 64), ("HD", 64), ("XV4", 400)]
 );
 
-/// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread).
 /// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread;
-/// entry `gemv_batched`: `NB` vectors per thread, for prefill on CPU devices).
+/// entry `gemv_multi`: 8 vectors per thread, for prefill on CPU devices).
 pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "SWIGLU"], choices: &[WEIGHT_FLAGS],
-    consts: &[("WG", 64), ("TPR", 8), ("RPT", 2), ("NB", 4)]);
+    consts: &[("WG", 64), ("TPR", 8), ("RPT", 4)]);
 
 /// Embedding lookup: token ids to rows of a weight matrix of any type, over row chunks.
 pub static EMBEDDING: KernelSource =
