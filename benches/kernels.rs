@@ -97,7 +97,7 @@ fn sweep_gemm(b: &mut Bench) {
             let y1 = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
             let one = b.time(&gemv(&b.gpu, &w, &x1, &y1, 0, true).expect("gemv")).0;
             let name = format!("{wtype} {rows}x{cols}");
-            for (wg, rpt) in [(8, 4), (8, 8), (16, 4), (8, 16)] {
+            for (wg, rpt) in [(8, 8), (16, 8), (8, 16), (16, 16)] {
                 let m = GemvMapping { wg, tpr: 1, rpt };
                 let d = gemv_multi(&b.gpu, &w, &x, &y, 0, true, m).expect("multi");
                 let us = b.time(&d).0;

@@ -196,15 +196,16 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 // Multi-vector form for CPU devices (prefill: ops::gemm, and the fused NORM / SWIGLU products for n > 1).
 // On a SIMD-lane driver (lavapipe) every storage load inside a loop is a per-lane gather, whatever its
 // address: the cost to cut is loads per multiply-add. Lanes are rows; a thread carries 8 vectors (grid
-// y = ceil(n / 8)) and walks its RPT output rows four weight rows at a time (plain: r..r+3; SWIGLU: gate
-// rows r, r+1 and up rows r + up_row, r + 1 + up_row). Each gathered weight word feeds 8 vectors. With
-// SUBGROUPS (the launcher sets it only where subgroups have at least 8 lanes), lane l loads column
-// c + (l & 7) of each vector and subgroupBroadcast hands it to the others, so one gather brings 8 columns;
-// without, every column is its own load. Register tiles are named values, never indexed by a loop
-// counter, so a CPU driver keeps them in registers.
+// y = ceil(n / 8)) and walks its RPT output rows eight weight rows at a time (plain: r..r+7; SWIGLU: gate
+// rows r..r+3 and up rows r + up_row ..), so each gathered weight word feeds 8 vectors and each x value
+// 8 rows. With SUBGROUPS (the launcher sets it only where subgroups have at least 8 lanes), lane l loads
+// column c + (l & 7) of each vector and subgroupBroadcast hands it to the others: one gather brings 8
+// columns; without, every column is its own load. Register tiles are named values or arrays indexed by
+// constants only (after inlining), never by a loop counter, so a CPU driver keeps them in registers.
 // NORM: norm_w scales x as it is loaded and 1/rms of each vector scales its sums at the end.
 var<private> xo_lo: vec4<u32>;
 var<private> xo_hi: vec4<u32>;
+// Accumulators: a{row}_{lo: vectors 0-3, hi: 4-7}.
 var<private> a0_lo: vec4<f32>;
 var<private> a0_hi: vec4<f32>;
 var<private> a1_lo: vec4<f32>;
@@ -213,19 +214,37 @@ var<private> a2_lo: vec4<f32>;
 var<private> a2_hi: vec4<f32>;
 var<private> a3_lo: vec4<f32>;
 var<private> a3_hi: vec4<f32>;
+var<private> a4_lo: vec4<f32>;
+var<private> a4_hi: vec4<f32>;
+var<private> a5_lo: vec4<f32>;
+var<private> a5_hi: vec4<f32>;
+var<private> a6_lo: vec4<f32>;
+var<private> a6_hi: vec4<f32>;
+var<private> a7_lo: vec4<f32>;
+var<private> a7_hi: vec4<f32>;
+// The current block's dequantized weights, [row][column / 4].
+var<private> wt: array<array<vec4<f32>, 8>, 8>;
 var<private> last_col: u32;
 var<private> lane8: u32;
 
-// One column: the 4 rows' weights (w) times the 8 vectors' x at that column (lo: vectors 0-3, hi: 4-7).
-fn mac_col(w: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) {
-    a0_lo = fma(vec4<f32>(w.x), lo, a0_lo);
-    a0_hi = fma(vec4<f32>(w.x), hi, a0_hi);
-    a1_lo = fma(vec4<f32>(w.y), lo, a1_lo);
-    a1_hi = fma(vec4<f32>(w.y), hi, a1_hi);
-    a2_lo = fma(vec4<f32>(w.z), lo, a2_lo);
-    a2_hi = fma(vec4<f32>(w.z), hi, a2_hi);
-    a3_lo = fma(vec4<f32>(w.w), lo, a3_lo);
-    a3_hi = fma(vec4<f32>(w.w), hi, a3_hi);
+// One column: rows 0-3 (w03) and 4-7 (w47) times the 8 vectors' x at that column.
+fn mac_col(w03: vec4<f32>, w47: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) {
+    a0_lo = fma(vec4<f32>(w03.x), lo, a0_lo);
+    a0_hi = fma(vec4<f32>(w03.x), hi, a0_hi);
+    a1_lo = fma(vec4<f32>(w03.y), lo, a1_lo);
+    a1_hi = fma(vec4<f32>(w03.y), hi, a1_hi);
+    a2_lo = fma(vec4<f32>(w03.z), lo, a2_lo);
+    a2_hi = fma(vec4<f32>(w03.z), hi, a2_hi);
+    a3_lo = fma(vec4<f32>(w03.w), lo, a3_lo);
+    a3_hi = fma(vec4<f32>(w03.w), hi, a3_hi);
+    a4_lo = fma(vec4<f32>(w47.x), lo, a4_lo);
+    a4_hi = fma(vec4<f32>(w47.x), hi, a4_hi);
+    a5_lo = fma(vec4<f32>(w47.y), lo, a5_lo);
+    a5_hi = fma(vec4<f32>(w47.y), hi, a5_hi);
+    a6_lo = fma(vec4<f32>(w47.z), lo, a6_lo);
+    a6_hi = fma(vec4<f32>(w47.z), hi, a6_hi);
+    a7_lo = fma(vec4<f32>(w47.w), lo, a7_lo);
+    a7_hi = fma(vec4<f32>(w47.w), hi, a7_hi);
 }
 
 // x (times norm_w with NORM) of the vectors at offsets `o` (4 of them), column `col`.
@@ -239,35 +258,47 @@ fn x_col(o: vec4<u32>, col: u32) -> vec4<f32> {
 #endif
 }
 
-// Columns c .. c+7 (one chunk); wl / wh: the 4 rows' weights at columns c..c+3 / c+4..c+7, one vec4 per
-// row (w0l = row 0's four columns, etc.).
-fn mac_chunk(c: u32, w0l: vec4<f32>, w1l: vec4<f32>, w2l: vec4<f32>, w3l: vec4<f32>, w0h: vec4<f32>,
-             w1h: vec4<f32>, w2h: vec4<f32>, w3h: vec4<f32>) {
+// Column k of the block (0..31) for rows 0-3 / 4-7 (k is a constant after inlining).
+fn w03(k: u32) -> vec4<f32> {
+    let q = k / 4u;
+    let e = k % 4u;
+    return vec4<f32>(wt[0][q][e], wt[1][q][e], wt[2][q][e], wt[3][q][e]);
+}
+
+fn w47(k: u32) -> vec4<f32> {
+    let q = k / 4u;
+    let e = k % 4u;
+    return vec4<f32>(wt[4][q][e], wt[5][q][e], wt[6][q][e], wt[7][q][e]);
+}
+
+// Columns c + 8j .. c + 8j + 7 of the block at column c.
+fn mac_chunk(c: u32, j: u32) {
+    let k = 8u * j;
 #if SUBGROUPS
-    let lo = x_col(xo_lo, c + lane8);
-    let hi = x_col(xo_hi, c + lane8);
-    mac_col(vec4<f32>(w0l.x, w1l.x, w2l.x, w3l.x), subgroupBroadcast(lo, 0u), subgroupBroadcast(hi, 0u));
-    mac_col(vec4<f32>(w0l.y, w1l.y, w2l.y, w3l.y), subgroupBroadcast(lo, 1u), subgroupBroadcast(hi, 1u));
-    mac_col(vec4<f32>(w0l.z, w1l.z, w2l.z, w3l.z), subgroupBroadcast(lo, 2u), subgroupBroadcast(hi, 2u));
-    mac_col(vec4<f32>(w0l.w, w1l.w, w2l.w, w3l.w), subgroupBroadcast(lo, 3u), subgroupBroadcast(hi, 3u));
-    mac_col(vec4<f32>(w0h.x, w1h.x, w2h.x, w3h.x), subgroupBroadcast(lo, 4u), subgroupBroadcast(hi, 4u));
-    mac_col(vec4<f32>(w0h.y, w1h.y, w2h.y, w3h.y), subgroupBroadcast(lo, 5u), subgroupBroadcast(hi, 5u));
-    mac_col(vec4<f32>(w0h.z, w1h.z, w2h.z, w3h.z), subgroupBroadcast(lo, 6u), subgroupBroadcast(hi, 6u));
-    mac_col(vec4<f32>(w0h.w, w1h.w, w2h.w, w3h.w), subgroupBroadcast(lo, 7u), subgroupBroadcast(hi, 7u));
+    let lo = x_col(xo_lo, c + k + lane8);
+    let hi = x_col(xo_hi, c + k + lane8);
+    mac_col(w03(k + 0u), w47(k + 0u), subgroupBroadcast(lo, 0u), subgroupBroadcast(hi, 0u));
+    mac_col(w03(k + 1u), w47(k + 1u), subgroupBroadcast(lo, 1u), subgroupBroadcast(hi, 1u));
+    mac_col(w03(k + 2u), w47(k + 2u), subgroupBroadcast(lo, 2u), subgroupBroadcast(hi, 2u));
+    mac_col(w03(k + 3u), w47(k + 3u), subgroupBroadcast(lo, 3u), subgroupBroadcast(hi, 3u));
+    mac_col(w03(k + 4u), w47(k + 4u), subgroupBroadcast(lo, 4u), subgroupBroadcast(hi, 4u));
+    mac_col(w03(k + 5u), w47(k + 5u), subgroupBroadcast(lo, 5u), subgroupBroadcast(hi, 5u));
+    mac_col(w03(k + 6u), w47(k + 6u), subgroupBroadcast(lo, 6u), subgroupBroadcast(hi, 6u));
+    mac_col(w03(k + 7u), w47(k + 7u), subgroupBroadcast(lo, 7u), subgroupBroadcast(hi, 7u));
 #else
-    mac_col(vec4<f32>(w0l.x, w1l.x, w2l.x, w3l.x), x_col(xo_lo, c), x_col(xo_hi, c));
-    mac_col(vec4<f32>(w0l.y, w1l.y, w2l.y, w3l.y), x_col(xo_lo, c + 1u), x_col(xo_hi, c + 1u));
-    mac_col(vec4<f32>(w0l.z, w1l.z, w2l.z, w3l.z), x_col(xo_lo, c + 2u), x_col(xo_hi, c + 2u));
-    mac_col(vec4<f32>(w0l.w, w1l.w, w2l.w, w3l.w), x_col(xo_lo, c + 3u), x_col(xo_hi, c + 3u));
-    mac_col(vec4<f32>(w0h.x, w1h.x, w2h.x, w3h.x), x_col(xo_lo, c + 4u), x_col(xo_hi, c + 4u));
-    mac_col(vec4<f32>(w0h.y, w1h.y, w2h.y, w3h.y), x_col(xo_lo, c + 5u), x_col(xo_hi, c + 5u));
-    mac_col(vec4<f32>(w0h.z, w1h.z, w2h.z, w3h.z), x_col(xo_lo, c + 6u), x_col(xo_hi, c + 6u));
-    mac_col(vec4<f32>(w0h.w, w1h.w, w2h.w, w3h.w), x_col(xo_lo, c + 7u), x_col(xo_hi, c + 7u));
+    mac_col(w03(k + 0u), w47(k + 0u), x_col(xo_lo, c + k + 0u), x_col(xo_hi, c + k + 0u));
+    mac_col(w03(k + 1u), w47(k + 1u), x_col(xo_lo, c + k + 1u), x_col(xo_hi, c + k + 1u));
+    mac_col(w03(k + 2u), w47(k + 2u), x_col(xo_lo, c + k + 2u), x_col(xo_hi, c + k + 2u));
+    mac_col(w03(k + 3u), w47(k + 3u), x_col(xo_lo, c + k + 3u), x_col(xo_hi, c + k + 3u));
+    mac_col(w03(k + 4u), w47(k + 4u), x_col(xo_lo, c + k + 4u), x_col(xo_hi, c + k + 4u));
+    mac_col(w03(k + 5u), w47(k + 5u), x_col(xo_lo, c + k + 5u), x_col(xo_hi, c + k + 5u));
+    mac_col(w03(k + 6u), w47(k + 6u), x_col(xo_lo, c + k + 6u), x_col(xo_hi, c + k + 6u));
+    mac_col(w03(k + 7u), w47(k + 7u), x_col(xo_lo, c + k + 7u), x_col(xo_hi, c + k + 7u));
 #endif
 }
 
-// a0..a3 = rows r.x .. r.w of W times the 8 vectors (before the NORM scale).
-fn dot_quad(r: vec4<u32>) {
+// a0..a7 = rows r03, r47 of W times the 8 vectors (before the NORM scale).
+fn dot_rows8(r03: vec4<u32>, r47: vec4<u32>) {
     a0_lo = vec4<f32>(0.0);
     a0_hi = vec4<f32>(0.0);
     a1_lo = vec4<f32>(0.0);
@@ -276,16 +307,28 @@ fn dot_quad(r: vec4<u32>) {
     a2_hi = vec4<f32>(0.0);
     a3_lo = vec4<f32>(0.0);
     a3_hi = vec4<f32>(0.0);
+    a4_lo = vec4<f32>(0.0);
+    a4_hi = vec4<f32>(0.0);
+    a5_lo = vec4<f32>(0.0);
+    a5_hi = vec4<f32>(0.0);
+    a6_lo = vec4<f32>(0.0);
+    a6_hi = vec4<f32>(0.0);
+    a7_lo = vec4<f32>(0.0);
+    a7_hi = vec4<f32>(0.0);
     for (var b = 0u; b < params.w.blocks; b++) {
-        let w0 = weight_block32(params.w, r.x, b);
-        let w1 = weight_block32(params.w, r.y, b);
-        let w2 = weight_block32(params.w, r.z, b);
-        let w3 = weight_block32(params.w, r.w, b);
+        wt[0] = weight_block32(params.w, r03.x, b);
+        wt[1] = weight_block32(params.w, r03.y, b);
+        wt[2] = weight_block32(params.w, r03.z, b);
+        wt[3] = weight_block32(params.w, r03.w, b);
+        wt[4] = weight_block32(params.w, r47.x, b);
+        wt[5] = weight_block32(params.w, r47.y, b);
+        wt[6] = weight_block32(params.w, r47.z, b);
+        wt[7] = weight_block32(params.w, r47.w, b);
         let c = b * 32u;
-        mac_chunk(c, w0[0], w1[0], w2[0], w3[0], w0[1], w1[1], w2[1], w3[1]);
-        mac_chunk(c + 8u, w0[2], w1[2], w2[2], w3[2], w0[3], w1[3], w2[3], w3[3]);
-        mac_chunk(c + 16u, w0[4], w1[4], w2[4], w3[4], w0[5], w1[5], w2[5], w3[5]);
-        mac_chunk(c + 24u, w0[6], w1[6], w2[6], w3[6], w0[7], w1[7], w2[7], w3[7]);
+        mac_chunk(c, 0u);
+        mac_chunk(c, 1u);
+        mac_chunk(c, 2u);
+        mac_chunk(c, 3u);
     }
 }
 
@@ -337,24 +380,30 @@ fn gemv_multi(@builtin(workgroup_id) wg: vec3<u32>,
     let s_lo = vec4<f32>(1.0);
     let s_hi = vec4<f32>(1.0);
 #endif
-    let last = params.out_rows - 1u;
+    let last = vec4<u32>(params.out_rows - 1u);
+    let seq = vec4<u32>(0u, 1u, 2u, 3u);
 #if SWIGLU
-    for (var i = 0u; i < RPT; i += 2u) {
-        let r = r0 + i;
-        let ra = min(r, last);
-        let rb = min(r + 1u, last);
-        dot_quad(vec4<u32>(ra, rb, ra + params.up_row, rb + params.up_row));
-        store8(v0, r, swiglu4(a0_lo * s_lo, a2_lo * s_lo), swiglu4(a0_hi * s_hi, a2_hi * s_hi));
-        store8(v0, r + 1u, swiglu4(a1_lo * s_lo, a3_lo * s_lo), swiglu4(a1_hi * s_hi, a3_hi * s_hi));
-    }
-#else
     for (var i = 0u; i < RPT; i += 4u) {
         let r = r0 + i;
-        dot_quad(min(vec4<u32>(r) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(last)));
-        store8(v0, r, a0_lo * s_lo, a0_hi * s_hi);
+        let gate = min(vec4<u32>(r) + seq, last);
+        dot_rows8(gate, gate + vec4<u32>(params.up_row));
+        store8(v0, r, swiglu4(a0_lo * s_lo, a4_lo * s_lo), swiglu4(a0_hi * s_hi, a4_hi * s_hi));
+        store8(v0, r + 1u, swiglu4(a1_lo * s_lo, a5_lo * s_lo), swiglu4(a1_hi * s_hi, a5_hi * s_hi));
+        store8(v0, r + 2u, swiglu4(a2_lo * s_lo, a6_lo * s_lo), swiglu4(a2_hi * s_hi, a6_hi * s_hi));
+        store8(v0, r + 3u, swiglu4(a3_lo * s_lo, a7_lo * s_lo), swiglu4(a3_hi * s_hi, a7_hi * s_hi));
+    }
+#else
+    for (var i = 0u; i < RPT; i += 8u) {
+        let r = r0 + i;
+        dot_rows8(min(vec4<u32>(r) + seq, last), min(vec4<u32>(r + 4u) + seq, last));
+        store8(v0, r + 0u, a0_lo * s_lo, a0_hi * s_hi);
         store8(v0, r + 1u, a1_lo * s_lo, a1_hi * s_hi);
         store8(v0, r + 2u, a2_lo * s_lo, a2_hi * s_hi);
         store8(v0, r + 3u, a3_lo * s_lo, a3_hi * s_hi);
+        store8(v0, r + 4u, a4_lo * s_lo, a4_hi * s_hi);
+        store8(v0, r + 5u, a5_lo * s_lo, a5_hi * s_hi);
+        store8(v0, r + 6u, a6_lo * s_lo, a6_hi * s_hi);
+        store8(v0, r + 7u, a7_lo * s_lo, a7_hi * s_hi);
     }
 #endif
 }

@@ -28,7 +28,7 @@ struct Params {
 /// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`) for `x` `[n, in]`.
 /// GPUs get the tiled kernel ([`gemm_tiled`]); CPU devices (lavapipe), where every storage load in a
 /// loop is a per-lane gather and workgroup memory and barriers are slow, get the multi-vector GEMV
-/// ([`gemv_multi`]: 4 rows x 8 vectors per register tile, x shared through subgroup broadcasts).
+/// ([`gemv_multi`]: 8 rows x 8 vectors per register tile, x shared through subgroup broadcasts).
 pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
     if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
         return gemv_multi(gpu, w, x, y, out_offset, accumulate, multi_mapping(w.rows()));
