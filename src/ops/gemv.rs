@@ -280,6 +280,8 @@ pub struct GemvFusion<'a> {
 
 /// [`gemv`] with an RMSNorm prologue and/or a SwiGLU epilogue, same mapping table. Used by the planner for
 /// the normed Q/K/V projection and the fused feed-forward (`ops::ffn::ffn_swiglu`).
+/// With `n > 1` on CPU devices (prefill) it runs the multi-vector entry ([`gemv_multi`]'s kernel with
+/// [`multi_mapping`]), so each weight is read once per 8 vectors instead of once per vector.
 pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: GemvFusion<'_>) -> Result<Dispatch> {
     let out_rows = if fusion.swiglu {
         if !w.rows().is_multiple_of(2) {
