@@ -230,36 +230,231 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 #endif
 }
 
-// Batched form for CPU devices (ops::gemm picks it there): a thread owns RPT whole rows and NB vectors
-// (grid y = ceil(n / NB)); each block of weights is dequantized once and used for all NB vectors, so
-// the per-lane weight loads and unpacking that dominate on a CPU are shared NB ways.
-@compute @workgroup_size(WG)
-fn gemv_batched(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let r0 = wg.x * (WG * RPT) + lid * RPT;
-    let v0 = wg.y * NB;
-    let last = params.w.rows - 1u;
-    var acc: array<array<f32, NB>, RPT>;
+// Multi-vector form for CPU devices (prefill: ops::gemm, and the fused NORM / SWIGLU products for n > 1).
+// On a SIMD-lane driver (lavapipe) every storage load inside a loop is a per-lane gather, whatever its
+// address: the cost to cut is loads per multiply-add. Lanes are rows; a thread carries 8 vectors (grid
+// y = ceil(n / 8)) and walks its RPT output rows eight weight rows at a time (plain: r..r+7; SWIGLU: gate
+// rows r..r+3 and up rows r + up_row ..), so each gathered weight word feeds 8 vectors and each x value
+// 8 rows. With SUBGROUPS (the launcher sets it only where subgroups have at least 8 lanes), lane l loads
+// column c + (l & 7) of each vector and subgroupBroadcast hands it to the others: one gather brings 8
+// columns; without, every column is its own load. Register tiles are named values or arrays indexed by
+// constants only (after inlining), never by a loop counter, so a CPU driver keeps them in registers.
+// NORM: norm_w scales x as it is loaded and 1/rms of each vector scales its sums at the end.
+var<private> xo_lo: vec4<u32>;
+var<private> xo_hi: vec4<u32>;
+// Accumulators: a{row}_{lo: vectors 0-3, hi: 4-7}.
+var<private> a0_lo: vec4<f32>;
+var<private> a0_hi: vec4<f32>;
+var<private> a1_lo: vec4<f32>;
+var<private> a1_hi: vec4<f32>;
+var<private> a2_lo: vec4<f32>;
+var<private> a2_hi: vec4<f32>;
+var<private> a3_lo: vec4<f32>;
+var<private> a3_hi: vec4<f32>;
+var<private> a4_lo: vec4<f32>;
+var<private> a4_hi: vec4<f32>;
+var<private> a5_lo: vec4<f32>;
+var<private> a5_hi: vec4<f32>;
+var<private> a6_lo: vec4<f32>;
+var<private> a6_hi: vec4<f32>;
+var<private> a7_lo: vec4<f32>;
+var<private> a7_hi: vec4<f32>;
+// The current block's dequantized weights, [row][column / 4].
+var<private> wt: array<array<vec4<f32>, 8>, 8>;
+var<private> last_col: u32;
+var<private> lane8: u32;
+
+// One column: rows 0-3 (w03) and 4-7 (w47) times the 8 vectors' x at that column.
+fn mac_col(w03: vec4<f32>, w47: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) {
+    a0_lo = fma(vec4<f32>(w03.x), lo, a0_lo);
+    a0_hi = fma(vec4<f32>(w03.x), hi, a0_hi);
+    a1_lo = fma(vec4<f32>(w03.y), lo, a1_lo);
+    a1_hi = fma(vec4<f32>(w03.y), hi, a1_hi);
+    a2_lo = fma(vec4<f32>(w03.z), lo, a2_lo);
+    a2_hi = fma(vec4<f32>(w03.z), hi, a2_hi);
+    a3_lo = fma(vec4<f32>(w03.w), lo, a3_lo);
+    a3_hi = fma(vec4<f32>(w03.w), hi, a3_hi);
+    a4_lo = fma(vec4<f32>(w47.x), lo, a4_lo);
+    a4_hi = fma(vec4<f32>(w47.x), hi, a4_hi);
+    a5_lo = fma(vec4<f32>(w47.y), lo, a5_lo);
+    a5_hi = fma(vec4<f32>(w47.y), hi, a5_hi);
+    a6_lo = fma(vec4<f32>(w47.z), lo, a6_lo);
+    a6_hi = fma(vec4<f32>(w47.z), hi, a6_hi);
+    a7_lo = fma(vec4<f32>(w47.w), lo, a7_lo);
+    a7_hi = fma(vec4<f32>(w47.w), hi, a7_hi);
+}
+
+// x (times norm_w with NORM) of the vectors at offsets `o` (4 of them), column `col`.
+fn x_col(o: vec4<u32>, col: u32) -> vec4<f32> {
+    let c = min(col, last_col);
+    let v = vec4<f32>(xval(o.x + c), xval(o.y + c), xval(o.z + c), xval(o.w + c));
+#if NORM
+    return v * norm_val(c);
+#else
+    return v;
+#endif
+}
+
+// Column k of the block (0..31) for rows 0-3 / 4-7 (k is a constant after inlining).
+fn w03(k: u32) -> vec4<f32> {
+    let q = k / 4u;
+    let e = k % 4u;
+    return vec4<f32>(wt[0][q][e], wt[1][q][e], wt[2][q][e], wt[3][q][e]);
+}
+
+fn w47(k: u32) -> vec4<f32> {
+    let q = k / 4u;
+    let e = k % 4u;
+    return vec4<f32>(wt[4][q][e], wt[5][q][e], wt[6][q][e], wt[7][q][e]);
+}
+
+// Columns c + 8j .. c + 8j + 7 of the block at column c.
+fn mac_chunk(c: u32, j: u32) {
+    let k = 8u * j;
+#if SUBGROUPS
+    let lo = x_col(xo_lo, c + k + lane8);
+    let hi = x_col(xo_hi, c + k + lane8);
+    mac_col(w03(k + 0u), w47(k + 0u), subgroupBroadcast(lo, 0u), subgroupBroadcast(hi, 0u));
+    mac_col(w03(k + 1u), w47(k + 1u), subgroupBroadcast(lo, 1u), subgroupBroadcast(hi, 1u));
+    mac_col(w03(k + 2u), w47(k + 2u), subgroupBroadcast(lo, 2u), subgroupBroadcast(hi, 2u));
+    mac_col(w03(k + 3u), w47(k + 3u), subgroupBroadcast(lo, 3u), subgroupBroadcast(hi, 3u));
+    mac_col(w03(k + 4u), w47(k + 4u), subgroupBroadcast(lo, 4u), subgroupBroadcast(hi, 4u));
+    mac_col(w03(k + 5u), w47(k + 5u), subgroupBroadcast(lo, 5u), subgroupBroadcast(hi, 5u));
+    mac_col(w03(k + 6u), w47(k + 6u), subgroupBroadcast(lo, 6u), subgroupBroadcast(hi, 6u));
+    mac_col(w03(k + 7u), w47(k + 7u), subgroupBroadcast(lo, 7u), subgroupBroadcast(hi, 7u));
+#else
+    mac_col(w03(k + 0u), w47(k + 0u), x_col(xo_lo, c + k + 0u), x_col(xo_hi, c + k + 0u));
+    mac_col(w03(k + 1u), w47(k + 1u), x_col(xo_lo, c + k + 1u), x_col(xo_hi, c + k + 1u));
+    mac_col(w03(k + 2u), w47(k + 2u), x_col(xo_lo, c + k + 2u), x_col(xo_hi, c + k + 2u));
+    mac_col(w03(k + 3u), w47(k + 3u), x_col(xo_lo, c + k + 3u), x_col(xo_hi, c + k + 3u));
+    mac_col(w03(k + 4u), w47(k + 4u), x_col(xo_lo, c + k + 4u), x_col(xo_hi, c + k + 4u));
+    mac_col(w03(k + 5u), w47(k + 5u), x_col(xo_lo, c + k + 5u), x_col(xo_hi, c + k + 5u));
+    mac_col(w03(k + 6u), w47(k + 6u), x_col(xo_lo, c + k + 6u), x_col(xo_hi, c + k + 6u));
+    mac_col(w03(k + 7u), w47(k + 7u), x_col(xo_lo, c + k + 7u), x_col(xo_hi, c + k + 7u));
+#endif
+}
+
+// a0..a7 = rows r03, r47 of W times the 8 vectors (before the NORM scale).
+fn dot_rows8(r03: vec4<u32>, r47: vec4<u32>) {
+    a0_lo = vec4<f32>(0.0);
+    a0_hi = vec4<f32>(0.0);
+    a1_lo = vec4<f32>(0.0);
+    a1_hi = vec4<f32>(0.0);
+    a2_lo = vec4<f32>(0.0);
+    a2_hi = vec4<f32>(0.0);
+    a3_lo = vec4<f32>(0.0);
+    a3_hi = vec4<f32>(0.0);
+    a4_lo = vec4<f32>(0.0);
+    a4_hi = vec4<f32>(0.0);
+    a5_lo = vec4<f32>(0.0);
+    a5_hi = vec4<f32>(0.0);
+    a6_lo = vec4<f32>(0.0);
+    a6_hi = vec4<f32>(0.0);
+    a7_lo = vec4<f32>(0.0);
+    a7_hi = vec4<f32>(0.0);
     for (var b = 0u; b < params.w.blocks; b++) {
-        var xs: array<array<vec4<f32>, 8>, NB>;
-        for (var v = 0u; v < NB; v++) {
-            xs[v] = load_x(min(v0 + v, params.n - 1u) * params.w.cols, b, params.w.cols);
-        }
-        for (var i = 0u; i < RPT; i++) {
-            let wb = weight_block32(params.w, min(r0 + i, last), b);
-            for (var v = 0u; v < NB; v++) {
-                var s = wb[0] * xs[v][0];
-                for (var k = 1u; k < 8u; k++) {
-                    s = fma(wb[k], xs[v][k], s);
-                }
-                acc[i][v] += s.x + s.y + s.z + s.w;
-            }
+        wt[0] = weight_block32(params.w, r03.x, b);
+        wt[1] = weight_block32(params.w, r03.y, b);
+        wt[2] = weight_block32(params.w, r03.z, b);
+        wt[3] = weight_block32(params.w, r03.w, b);
+        wt[4] = weight_block32(params.w, r47.x, b);
+        wt[5] = weight_block32(params.w, r47.y, b);
+        wt[6] = weight_block32(params.w, r47.z, b);
+        wt[7] = weight_block32(params.w, r47.w, b);
+        let c = b * 32u;
+        mac_chunk(c, 0u);
+        mac_chunk(c, 1u);
+        mac_chunk(c, 2u);
+        mac_chunk(c, 3u);
+    }
+}
+
+fn store8(v0: u32, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    if row >= params.out_rows {
+        return;
+    }
+    let vals = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
+    for (var v = 0u; v < 8u; v++) {
+        if v0 + v < params.n {
+            store(v0 + v, row, vals[v]);
         }
     }
-    for (var i = 0u; i < RPT; i++) {
-        for (var v = 0u; v < NB; v++) {
-            if r0 + i < params.w.rows && v0 + v < params.n {
-                store(v0 + v, r0 + i, acc[i][v]);
-            }
-        }
+}
+
+fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
+    return g / (1.0 + exp(-g)) * u;
+}
+
+@compute @workgroup_size(WG)
+fn gemv_multi(@builtin(workgroup_id) wg: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+              @builtin(subgroup_invocation_id) sg_lane: u32,
+#endif
+) {
+#if SUBGROUPS
+    lane8 = sg_lane & 7u;
+#endif
+    let r0 = wg.x * (WG * RPT) + lid * RPT;
+    let v0 = wg.y * 8u;
+    let cols = params.w.cols;
+    last_col = cols - 1u;
+    let nv = vec4<u32>(params.n - 1u);
+    xo_lo = min(vec4<u32>(v0) + vec4<u32>(0u, 1u, 2u, 3u), nv) * cols;
+    xo_hi = min(vec4<u32>(v0) + vec4<u32>(4u, 5u, 6u, 7u), nv) * cols;
+#if NORM
+    // Sums of squares of the 8 vectors. With SUBGROUPS lanes 0..7 of each subgroup take every 8th
+    // column and subgroupAdd joins them (other lanes add zero): 8x fewer loads than one lane doing all.
+    var ss_lo = vec4<f32>(0.0);
+    var ss_hi = vec4<f32>(0.0);
+#if SUBGROUPS
+    let first = lane8;
+    let step = 8u;
+#else
+    let first = 0u;
+    let step = 1u;
+#endif
+    for (var c = first; c < cols; c += step) {
+        let lo = vec4<f32>(xval(xo_lo.x + c), xval(xo_lo.y + c), xval(xo_lo.z + c), xval(xo_lo.w + c));
+        let hi = vec4<f32>(xval(xo_hi.x + c), xval(xo_hi.y + c), xval(xo_hi.z + c), xval(xo_hi.w + c));
+        ss_lo = fma(lo, lo, ss_lo);
+        ss_hi = fma(hi, hi, ss_hi);
     }
+#if SUBGROUPS
+    let own = select(0.0, 1.0, sg_lane < 8u);
+    ss_lo = subgroupAdd(ss_lo * own);
+    ss_hi = subgroupAdd(ss_hi * own);
+#endif
+    let s_lo = inverseSqrt(ss_lo / f32(cols) + params.eps);
+    let s_hi = inverseSqrt(ss_hi / f32(cols) + params.eps);
+#else
+    let s_lo = vec4<f32>(1.0);
+    let s_hi = vec4<f32>(1.0);
+#endif
+    let last = vec4<u32>(params.out_rows - 1u);
+    let seq = vec4<u32>(0u, 1u, 2u, 3u);
+#if SWIGLU
+    for (var i = 0u; i < RPT; i += 4u) {
+        let r = r0 + i;
+        let gate = min(vec4<u32>(r) + seq, last);
+        dot_rows8(gate, gate + vec4<u32>(params.up_row));
+        store8(v0, r, swiglu4(a0_lo * s_lo, a4_lo * s_lo), swiglu4(a0_hi * s_hi, a4_hi * s_hi));
+        store8(v0, r + 1u, swiglu4(a1_lo * s_lo, a5_lo * s_lo), swiglu4(a1_hi * s_hi, a5_hi * s_hi));
+        store8(v0, r + 2u, swiglu4(a2_lo * s_lo, a6_lo * s_lo), swiglu4(a2_hi * s_hi, a6_hi * s_hi));
+        store8(v0, r + 3u, swiglu4(a3_lo * s_lo, a7_lo * s_lo), swiglu4(a3_hi * s_hi, a7_hi * s_hi));
+    }
+#else
+    for (var i = 0u; i < RPT; i += 8u) {
+        let r = r0 + i;
+        dot_rows8(min(vec4<u32>(r) + seq, last), min(vec4<u32>(r + 4u) + seq, last));
+        store8(v0, r + 0u, a0_lo * s_lo, a0_hi * s_hi);
+        store8(v0, r + 1u, a1_lo * s_lo, a1_hi * s_hi);
+        store8(v0, r + 2u, a2_lo * s_lo, a2_hi * s_hi);
+        store8(v0, r + 3u, a3_lo * s_lo, a3_hi * s_hi);
+        store8(v0, r + 4u, a4_lo * s_lo, a4_hi * s_hi);
+        store8(v0, r + 5u, a5_lo * s_lo, a5_hi * s_hi);
+        store8(v0, r + 6u, a6_lo * s_lo, a6_hi * s_hi);
+        store8(v0, r + 7u, a7_lo * s_lo, a7_hi * s_hi);
+    }
+#endif
 }

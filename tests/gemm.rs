@@ -6,6 +6,7 @@ mod common;
 
 use common::{gpus, random_vec};
 use mobilellm_kernels::ops::gemm::{gemm, gemm_tiled};
+use mobilellm_kernels::ops::gemv::{gemv_multi, GemvMapping};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
@@ -26,11 +27,13 @@ struct Case {
     extra: usize,
     accumulate: bool,
     tiled: bool,
+    /// Force the multi-vector GEMV with this mapping.
+    multi: Option<GemvMapping>,
 }
 
 impl Case {
     fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
-        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false }
+        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false, multi: None }
     }
 }
 
@@ -52,7 +55,9 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
     let y0 = random_vec(99, n * total);
     let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
     let y_gpu = Tensor::from_slice(gpu, &[n, total], &y0).unwrap();
-    let d = if c.tiled {
+    let d = if let Some(m) = c.multi {
+        gemv_multi(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate, m).unwrap()
+    } else if c.tiled {
         gemm_tiled(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
     } else {
         gemm(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
@@ -62,11 +67,12 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
     let want = reference::gemv(host, &x);
     let deq = host.dequantize();
     let what = format!(
-        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} [{}]",
+        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} multi={:?} [{}]",
         c.wtype,
         c.offset,
         c.accumulate,
         c.tiled,
+        c.multi,
         gpu.features()
     );
     for b in 0..n {
@@ -159,6 +165,43 @@ fn rejects_bad_operands() {
     assert!(matches!(gemm(gpu, &w, &x, &y16, 0, false).unwrap_err(), Error::DType { .. }));
     let err = HostWeight::quantize(WeightType::Q4_1, 2, 100, &[0.0; 200]).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("100"), "{err}");
+}
+
+/// The multi-vector GEMV (what `gemm` runs on CPU devices) in every mapping it accepts, on both devices
+/// (the subgroup-broadcast path and the one without): tails of rows (rows not a multiple of a thread's
+/// 8 or 16 nor of a workgroup's), of vectors (n not a multiple of 8) and of columns (f32/f16).
+#[test]
+fn multi_vector_mappings() {
+    for gpu in gpus() {
+        // `gemm` itself runs (8, 8) and (8, 16) in the other tests; each variant costs a pipeline
+        // compile on lavapipe, so the bare device checks two types.
+        let types: &[WeightType] =
+            if gpu.features().subgroups { &WeightType::ALL } else { &[WeightType::Q4_0, WeightType::F16] };
+        for (wg, rpt) in [(8, 16), (32, 8)] {
+            let multi = Some(GemvMapping { wg, tpr: 1, rpt });
+            for &wtype in types {
+                let host = weight(wtype, 203, 96);
+                check(
+                    gpu,
+                    &host,
+                    &Case { multi, offset: 5, extra: 3, accumulate: true, ..Case::new(wtype, 203, 96, 13) },
+                );
+            }
+            let host = weight(WeightType::F16, 9, 40);
+            check(gpu, &host, &Case { multi, ..Case::new(WeightType::F16, 9, 40, 17) });
+        }
+        let w = GpuWeight::upload(gpu, &weight(WeightType::Q8_0, 8, 64)).unwrap();
+        let x = Tensor::zeros(gpu, DType::F32, &[4, 64]).unwrap();
+        let y = Tensor::zeros(gpu, DType::F32, &[4, 8]).unwrap();
+        for bad in [
+            GemvMapping { wg: 8, tpr: 1, rpt: 4 },
+            GemvMapping { wg: 4, tpr: 1, rpt: 8 },
+            GemvMapping { wg: 8, tpr: 2, rpt: 8 },
+        ] {
+            let err = gemv_multi(gpu, &w, &x, &y, 0, false, bad).unwrap_err();
+            assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
+        }
+    }
 }
 
 /// The tiled kernel (what GPUs run), forced on this device.

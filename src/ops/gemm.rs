@@ -4,7 +4,7 @@
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::gemv::{check_operands, gemv_batched, GemvMapping};
+use crate::ops::gemv::{check_operands, gemv_multi, multi_mapping};
 use crate::ops::{make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::quant::{GpuWeight, WeightDesc};
 use crate::shader::{ShaderVariant, GEMM};
@@ -26,12 +26,12 @@ struct Params {
 }
 
 /// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`) for `x` `[n, in]`.
-/// GPUs get the tiled kernel ([`gemm_tiled`]); CPU devices (lavapipe), where workgroup memory and
-/// barriers are slow, get the batched GEMV ([`gemv_batched`]: 8 rows x 4 vectors per thread).
+/// GPUs get the tiled kernel ([`gemm_tiled`]); CPU devices (lavapipe), where every storage load in a
+/// loop is a per-lane gather and workgroup memory and barriers are slow, get the multi-vector GEMV
+/// ([`gemv_multi`]: 8 rows x 8 vectors per register tile, x shared through subgroup broadcasts).
 pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
     if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
-        let wg = if w.rows() >= 1024 { 32 } else { 16 };
-        return gemv_batched(gpu, w, x, y, out_offset, accumulate, GemvMapping { wg, tpr: 1, rpt: 8 }, 4);
+        return gemv_multi(gpu, w, x, y, out_offset, accumulate, multi_mapping(w.rows()));
     }
     gemm_tiled(gpu, w, x, y, out_offset, accumulate)
 }

@@ -9,7 +9,7 @@ use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::quant::{GpuWeight, WeightDesc};
-use crate::shader::GEMV;
+use crate::shader::{ShaderVariant, GEMV};
 use crate::tensor::{DType, Tensor};
 
 /// How threads map onto rows: `wg` threads per workgroup, `tpr` threads per row (a power of two
@@ -236,17 +236,23 @@ pub fn gemv_with(
         .variant(base_variant(gpu))
         .constant("WG", mapping.wg)
         .constant("TPR", mapping.tpr)
-        .constant("RPT", mapping.rpt)
-        .constant("NB", 1);
+        .constant("RPT", mapping.rpt);
     let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
     let params = Params::plain(w, n, y_stride, out_offset, accumulate);
     bind(gpu, format!("gemv:{}", w.wtype()), pipeline, &params, w, x, y, None, [groups, n as u32, 1], xu)
 }
 
-/// The batched GEMV (`gemv_batched` entry): each thread owns `rpt` whole rows and `nb` vectors, sharing
-/// each dequantized weight block among them. [`crate::ops::gemm::gemm`] uses it on CPU devices.
+/// Vectors each thread of the multi-vector entry (`gemv_multi`) carries.
+pub const MULTI_VECTORS: usize = 8;
+
+/// The multi-vector product (`gemv_multi` entry; CPU devices' prefill): lanes are rows, each thread
+/// carries [`MULTI_VECTORS`] vectors and `mapping.rpt` rows (a multiple of 8), eight weight rows at a
+/// time, so each gathered weight word feeds 8 vectors and each x value 8 rows; with subgroups of 8 or
+/// more lanes one load of x brings 8 columns (shared by subgroup broadcasts). `mapping.tpr` must be 1,
+/// `mapping.wg` a multiple of 8.
+/// Same operands and semantics as [`gemv`]; [`crate::ops::gemm::gemm`] uses it on CPU devices.
 #[allow(clippy::too_many_arguments)]
-pub fn gemv_batched(
+pub fn gemv_multi(
     gpu: &Gpu,
     w: &GpuWeight,
     x: &Tensor,
@@ -254,42 +260,67 @@ pub fn gemv_batched(
     out_offset: usize,
     accumulate: bool,
     mapping: GemvMapping,
-    nb: u32,
+) -> Result<Dispatch> {
+    let (n, y_stride) = check_operands(w, x, y, out_offset)?;
+    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
+    multi(gpu, w, x, y, &params, None, false, mapping)
+}
+
+/// The multi-vector launch shared by [`gemv_multi`] and the fused forms of [`gemv_fused`] for `n > 1`.
+#[allow(clippy::too_many_arguments)]
+fn multi(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    params: &Params,
+    norm: Option<&Tensor>,
+    swiglu: bool,
+    mapping: GemvMapping,
 ) -> Result<Dispatch> {
     mapping.check()?;
-    if mapping.tpr != 1 || !(1..=8).contains(&nb) {
-        return Err(Error::invalid("batched GEMV mapping", format!("{mapping:?}, nb {nb}"), "tpr 1 and nb in 1..=8"));
-    }
-    let (n, y_stride) = check_operands(w, x, y, out_offset)?;
-    let groups_y = n.div_ceil(nb as usize);
-    if groups_y > MAX_GROUPS_PER_DIM as usize {
-        return Err(Error::shape(
-            "x of gemv_batched",
-            x.shape(),
-            format!("at most {} vectors", MAX_GROUPS_PER_DIM * nb),
+    if mapping.tpr != 1 || !mapping.rpt.is_multiple_of(8) || !mapping.wg.is_multiple_of(8) {
+        return Err(Error::invalid(
+            "multi-vector GEMV mapping",
+            format!("{mapping:?}"),
+            "tpr 1, wg a multiple of 8 and rpt 8 or 16",
         ));
     }
-    let groups = (w.rows() as u32).div_ceil(mapping.rows_per_group());
+    let n = params.n as usize;
+    let groups_y = n.div_ceil(MULTI_VECTORS);
+    if groups_y > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::shape(
+            "x of gemv_multi",
+            x.shape(),
+            format!("at most {} vectors", MAX_GROUPS_PER_DIM as usize * MULTI_VECTORS),
+        ));
+    }
+    let groups = params.out_rows.div_ceil(mapping.wg * mapping.rpt);
+    // The subgroup path broadcasts from lanes 0..7 of each subgroup: it needs subgroups of 8 or more
+    // (a workgroup of a multiple of 8 then fills lanes 0..7 of every subgroup).
+    let subgroups = gpu.features().subgroups && gpu.subgroup_size_range().0 >= 8;
     let variant = w
-        .variant(base_variant(gpu))
+        .variant(ShaderVariant::new())
+        .flag_if("SUBGROUPS", subgroups)
+        .flag_if("NORM", norm.is_some())
+        .flag_if("SWIGLU", swiglu)
         .constant("WG", mapping.wg)
         .constant("TPR", 1)
-        .constant("RPT", mapping.rpt)
-        .constant("NB", nb);
-    let pipeline = gpu.pipeline(&GEMV, "gemv_batched", &with_x_uniform(variant, None))?;
-    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
-    bind(
-        gpu,
-        format!("gemv_batched:{}", w.wtype()),
-        pipeline,
-        &params,
-        w,
-        x,
-        y,
-        None,
-        [groups, groups_y as u32, 1],
-        None,
-    )
+        .constant("RPT", mapping.rpt);
+    let pipeline = gpu.pipeline(&GEMV, "gemv_multi", &with_x_uniform(variant, None))?;
+    let name = match (norm.is_some(), swiglu) {
+        (_, true) => format!("ffn:swiglu_multi_{}", w.wtype()),
+        (true, false) => format!("gemv_multi:norm_{}", w.wtype()),
+        (false, false) => format!("gemv_multi:{}", w.wtype()),
+    };
+    bind(gpu, name, pipeline, params, w, x, y, norm, [groups, groups_y as u32, 1], None)
+}
+
+/// The mapping of [`gemv_multi`] on CPU devices: one SIMD batch (8 lanes) per workgroup (larger ones run
+/// as coroutines on lavapipe), 16 rows per lane for tall matrices and 8 otherwise (measured with
+/// `GEMM_SWEEP=1 cargo bench --bench kernels`: 16 beat 8 by up to 1.8x at 1536 rows, on par below).
+pub fn multi_mapping(rows: usize) -> GemvMapping {
+    GemvMapping { wg: 8, tpr: 1, rpt: if rows >= 1024 { 16 } else { 8 } }
 }
 
 /// What a fused GEMV folds around the product (see `kernels/gemv.wgsl`).
@@ -303,6 +334,8 @@ pub struct GemvFusion<'a> {
 
 /// [`gemv`] with an RMSNorm prologue and/or a SwiGLU epilogue, same mapping table. Used by the planner for
 /// the normed Q/K/V projection and the fused feed-forward (`ops::ffn::ffn_swiglu`).
+/// With `n > 1` on CPU devices (prefill) it runs the multi-vector entry ([`gemv_multi`]'s kernel with
+/// [`multi_mapping`]), so each weight is read once per 8 vectors instead of once per vector.
 pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: GemvFusion<'_>) -> Result<Dispatch> {
     let out_rows = if fusion.swiglu { w.rows() / 2 } else { w.rows() };
     gemv_fused_with(gpu, w, x, y, fusion, GemvMapping::choose(gpu, out_rows, w.cols()))
@@ -341,17 +374,6 @@ pub fn gemv_fused_with(
             return Err(Error::invalid("rms_norm eps", eps, "a finite value >= 0"));
         }
     }
-    let groups = (out_rows as u32).div_ceil(mapping.rows_per_group());
-    let variant = w
-        .variant(base_variant(gpu))
-        .flag_if("NORM", fusion.norm.is_some())
-        .flag_if("SWIGLU", fusion.swiglu)
-        .constant("WG", mapping.wg)
-        .constant("TPR", mapping.tpr)
-        .constant("RPT", mapping.rpt)
-        .constant("NB", 1);
-    let xu = x_uniform(gpu, mapping, x, n, w.cols(), fusion.norm.map(|n| n.0));
-    let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
     let params = Params {
         w: w.desc(),
         n: n as u32,
@@ -363,6 +385,20 @@ pub fn gemv_fused_with(
         eps: fusion.norm.map_or(0.0, |n| n.1),
         _pad: 0,
     };
+    if n > 1 && gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        let mapping = multi_mapping(out_rows);
+        return multi(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, mapping);
+    }
+    let groups = (out_rows as u32).div_ceil(mapping.rows_per_group());
+    let variant = w
+        .variant(base_variant(gpu))
+        .flag_if("NORM", fusion.norm.is_some())
+        .flag_if("SWIGLU", fusion.swiglu)
+        .constant("WG", mapping.wg)
+        .constant("TPR", mapping.tpr)
+        .constant("RPT", mapping.rpt);
+    let xu = x_uniform(gpu, mapping, x, n, w.cols(), fusion.norm.map(|n| n.0));
+    let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
     let name = match (fusion.norm.is_some(), fusion.swiglu) {
         (_, true) => format!("ffn:swiglu_{}", w.wtype()),
         (true, false) => format!("gemv:norm_{}", w.wtype()),
