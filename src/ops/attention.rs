@@ -28,7 +28,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::ops::{make_dispatch, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM};
+use crate::ops::{fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM};
 use crate::shader::{ShaderVariant, ATTENTION};
 use crate::tensor::{DType, Tensor};
 
@@ -72,6 +72,20 @@ struct Params {
     n_chunks: u32,
     scale: f32,
     _pad: [u32; 2],
+}
+
+impl Params {
+    fn new(shape: &Shape, cache: &KvCache, chunk_len: usize, n_chunks: usize) -> Params {
+        Params {
+            heads: shape.heads as u32,
+            kv_heads: cache.kv_heads() as u32,
+            capacity: cache.capacity() as u32,
+            chunk_len: chunk_len as u32,
+            n_chunks: n_chunks as u32,
+            scale: 1.0 / (cache.head_dim() as f32).sqrt(),
+            _pad: [0; 2],
+        }
+    }
 }
 
 struct Shape {
@@ -167,16 +181,7 @@ pub fn attention_decode(
     if n_chunks > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::invalid("attention_decode chunks", n_chunks, "at most 65535 (use a longer chunk)"));
     }
-    let params = Params {
-        heads: shape.heads as u32,
-        kv_heads: cache.kv_heads() as u32,
-        capacity: capacity as u32,
-        chunk_len: chunk_len as u32,
-        n_chunks: n_chunks as u32,
-        scale: 1.0 / (hd as f32).sqrt(),
-        _pad: [0; 2],
-    };
-    let params = uniform(gpu, "attention params", &params)?;
+    let params = uniform(gpu, "attention params", &Params::new(&shape, cache, chunk_len, n_chunks))?;
     let grid = [cache.kv_heads() as u32, n_chunks as u32, 1];
     if chunk.is_none() {
         let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, false))?;
@@ -243,31 +248,13 @@ fn decode_lanes(
     let kv = cache.slot(slot)?;
     let hd = cache.head_dim();
     let q_len = shape.rows * shape.heads * hd;
-    let max_uniform = (gpu.limits().max_uniform_buffer_binding_size as usize).min(1 << 16);
-    let q_uniform = q.buffer().usage().contains(wgpu::BufferUsages::UNIFORM) && q_len * 4 <= max_uniform;
-    let params = Params {
-        heads: shape.heads as u32,
-        kv_heads: cache.kv_heads() as u32,
-        capacity: cache.capacity() as u32,
-        chunk_len: cache.capacity() as u32,
-        n_chunks: 1,
-        scale: 1.0 / (hd as f32).sqrt(),
-        _pad: [0; 2],
-    };
-    let params = uniform(gpu, "attention params", &params)?;
+    let q_uniform = fits_uniform(gpu, q, q_len);
+    let params = uniform(gpu, "attention params", &Params::new(shape, cache, cache.capacity(), 1))?;
     let variant = variant(cache, shape.group, false)
         .flag_if("QUNI", q_uniform)
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
-    let q_binding = if q_uniform {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: q.buffer(),
-            offset: 0,
-            size: std::num::NonZeroU64::new(q_len as u64 * 4),
-        })
-    } else {
-        q.buffer().as_entire_binding()
-    };
+    let q_binding = if q_uniform { prefix_binding(q, q_len) } else { q.buffer().as_entire_binding() };
     make_dispatch(
         gpu,
         "attention:decode_lanes".into(),
@@ -297,7 +284,6 @@ pub fn attention_prefill(
 ) -> Result<Dispatch> {
     let shape = check("attention_prefill", q, cache, out)?;
     let kv = cache.slot(slot)?;
-    let hd = cache.head_dim();
     if shape.rows > cache.capacity() {
         return Err(Error::Capacity {
             what: "attention_prefill rows".into(),
@@ -305,16 +291,7 @@ pub fn attention_prefill(
             capacity: cache.capacity(),
         });
     }
-    let params = Params {
-        heads: shape.heads as u32,
-        kv_heads: cache.kv_heads() as u32,
-        capacity: cache.capacity() as u32,
-        chunk_len: cache.capacity() as u32,
-        n_chunks: 1,
-        scale: 1.0 / (hd as f32).sqrt(),
-        _pad: [0; 2],
-    };
-    let params = uniform(gpu, "attention params", &params)?;
+    let params = uniform(gpu, "attention params", &Params::new(&shape, cache, cache.capacity(), 1))?;
     let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(cache, shape.group, false))?;
     make_dispatch(
         gpu,

@@ -7,7 +7,7 @@
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
+use crate::ops::{base_variant, fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::quant::{GpuWeight, WeightDesc};
 use crate::shader::{ShaderVariant, GEMV};
 use crate::tensor::{DType, Tensor};
@@ -140,11 +140,7 @@ fn bind(
 /// The whole buffer, or under XUNI exactly the `vec4s` the shader's uniform array declares.
 fn x_binding(t: &Tensor, vec4s: u32, uniform: bool) -> wgpu::BindingResource<'_> {
     if uniform {
-        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-            buffer: t.buffer(),
-            offset: 0,
-            size: std::num::NonZeroU64::new(vec4s as u64 * 16),
-        })
+        prefix_binding(t, 4 * vec4s as usize)
     } else {
         t.buffer().as_entire_binding()
     }
@@ -169,15 +165,11 @@ fn x_uniform(
     cols: usize,
     norm: Option<&Tensor>,
 ) -> Option<XUniform> {
-    let max = (gpu.limits().max_uniform_buffer_binding_size as usize).min(1 << 16);
-    let usable = |t: &Tensor, len: usize| {
-        t.buffer().usage().contains(wgpu::BufferUsages::UNIFORM) && len * 4 <= max && len * 4 <= t.size_bytes() as usize
-    };
     let ok = mapping.tpr == 1
         && gpu.adapter_info().device_type == wgpu::DeviceType::Cpu
         && cols.is_multiple_of(4)
-        && usable(x, n * cols)
-        && norm.is_none_or(|t| usable(t, cols));
+        && fits_uniform(gpu, x, n * cols)
+        && norm.is_none_or(|t| fits_uniform(gpu, t, cols));
     ok.then_some(XUniform { xv4: (n * cols / 4) as u32, nv4: if norm.is_some() { (cols / 4) as u32 } else { 1 } })
 }
 

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderVariant;
+use crate::tensor::Tensor;
 
 /// The most workgroups one grid dimension may have (WebGPU's default limit).
 pub const MAX_GROUPS_PER_DIM: u32 = 65535;
@@ -79,6 +80,25 @@ pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &Gpu, label: &str, value: &T) -> Re
 }
 
 /// Binds `resources` (binding `i` = `resources[i].0`) and wraps the launch.
+/// Whether the first `floats` f32 of `t` can be bound as a uniform: the buffer has `UNIFORM` usage, holds
+/// them, and they fit one uniform binding (at most 64 KiB, WebGPU's default). Kernels read small
+/// activations this way where every lane reads the same address (one scalar load on CPU drivers).
+pub(crate) fn fits_uniform(gpu: &Gpu, t: &Tensor, floats: usize) -> bool {
+    let max = (gpu.limits().max_uniform_buffer_binding_size as usize).min(1 << 16);
+    t.buffer().usage().contains(wgpu::BufferUsages::UNIFORM)
+        && floats * 4 <= max
+        && floats * 4 <= t.size_bytes() as usize
+}
+
+/// The first `floats` f32 of `t` as a binding: exactly the size of a uniform `array<vec4<f32>, floats / 4>`.
+pub(crate) fn prefix_binding(t: &Tensor, floats: usize) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: t.buffer(),
+        offset: 0,
+        size: std::num::NonZeroU64::new(floats as u64 * 4),
+    })
+}
+
 pub(crate) fn make_dispatch(
     gpu: &Gpu,
     name: String,
