@@ -4,7 +4,7 @@
 //! the full-feature device only and the bare device gets small cases per type.
 mod common;
 
-use common::{gpus, random_vec};
+use common::{assert_product, gpus, random_vec, ProductShape};
 use mobilellm_kernels::ops::gemm::{gemm, gemm_tiled};
 use mobilellm_kernels::ops::gemv::{gemv_multi, GemvMapping};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
@@ -75,26 +75,8 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
         c.multi,
         gpu.features()
     );
-    for b in 0..n {
-        let xr = &x[b * cols..(b + 1) * cols];
-        for t in 0..total {
-            let g = got[b * total + t];
-            let base = y0[b * total + t];
-            if t < c.offset || t >= c.offset + rows {
-                assert_eq!(g, base, "{what}: y[{b}, {t}] outside the slice changed");
-                continue;
-            }
-            let o = t - c.offset;
-            let abs_dot: f32 = deq[o * cols..(o + 1) * cols].iter().zip(xr).map(|(a, v)| (a * v).abs()).sum();
-            let mut w = want[b * rows + o];
-            let mut tol = tolerance(cols, abs_dot);
-            if c.accumulate {
-                w += base;
-                tol += w.abs() * f32::EPSILON;
-            }
-            assert!((g - w).abs() <= tol, "{what}: y[{b}, {t}] got {g} want {w} (tolerance {tol})");
-        }
-    }
+    let shape = ProductShape { n, rows, cols, offset: c.offset, total, accumulate: c.accumulate };
+    assert_product(&what, &shape, (&got, &y0), (&want, &deq, &x), tolerance);
 }
 
 #[test]

@@ -185,20 +185,8 @@ pub fn attention_decode(
     let grid = [cache.kv_heads() as u32, n_chunks as u32, 1];
     if chunk.is_none() {
         let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, false))?;
-        let d = make_dispatch(
-            gpu,
-            "attention:decode".into(),
-            pipeline,
-            &[
-                (0, params.as_entire_binding()),
-                (1, step.buffer().as_entire_binding()),
-                (2, q.buffer().as_entire_binding()),
-                (3, kv.buffer().as_entire_binding()),
-                (4, out.buffer().as_entire_binding()),
-            ],
-            grid,
-            vec![params.clone()],
-        )?;
+        let q_binding = q.buffer().as_entire_binding();
+        let d = single_pass(gpu, "attention:decode", pipeline, &params, step, q_binding, kv, out, grid)?;
         return Ok(vec![d]);
     }
     let partial_len = shape.heads * n_chunks * (hd + 2);
@@ -255,18 +243,35 @@ fn decode_lanes(
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
     let q_binding = if q_uniform { prefix_binding(q, q_len) } else { q.buffer().as_entire_binding() };
+    let grid = [cache.kv_heads() as u32, 1, 1];
+    single_pass(gpu, "attention:decode_lanes", pipeline, &params, step, q_binding, kv, out, grid)
+}
+
+/// A one-pass attention dispatch: params, the step uniform, q, the cache slot, and the output.
+#[allow(clippy::too_many_arguments)]
+fn single_pass(
+    gpu: &Gpu,
+    name: &str,
+    pipeline: std::sync::Arc<wgpu::ComputePipeline>,
+    params: &wgpu::Buffer,
+    step: &StepBuffer,
+    q: wgpu::BindingResource<'_>,
+    kv: &Tensor,
+    out: &Tensor,
+    grid: [u32; 3],
+) -> Result<Dispatch> {
     make_dispatch(
         gpu,
-        "attention:decode_lanes".into(),
+        name.into(),
         pipeline,
         &[
             (0, params.as_entire_binding()),
             (1, step.buffer().as_entire_binding()),
-            (2, q_binding),
+            (2, q),
             (3, kv.buffer().as_entire_binding()),
             (4, out.buffer().as_entire_binding()),
         ],
-        [cache.kv_heads() as u32, 1, 1],
+        grid,
         vec![params.clone()],
     )
 }
@@ -293,18 +298,6 @@ pub fn attention_prefill(
     }
     let params = uniform(gpu, "attention params", &Params::new(&shape, cache, cache.capacity(), 1))?;
     let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(cache, shape.group, false))?;
-    make_dispatch(
-        gpu,
-        "attention:prefill".into(),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
-            (2, q.buffer().as_entire_binding()),
-            (3, kv.buffer().as_entire_binding()),
-            (4, out.buffer().as_entire_binding()),
-        ],
-        [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1],
-        vec![params.clone()],
-    )
+    let grid = [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1];
+    single_pass(gpu, "attention:prefill", pipeline, &params, step, q.buffer().as_entire_binding(), kv, out, grid)
 }

@@ -89,10 +89,10 @@ pub fn upload_table_chunked(gpu: &Gpu, host: &HostWeight, max_chunk_bytes: u64) 
     if host.size_bytes() <= max_chunk_bytes {
         return Ok(vec![GpuWeight::upload(gpu, host)?]);
     }
-    // Bytes per row rounded up, plus a word for a half-used scale word at a chunk's end (q8_0 / q4_0)
-    // and a texel for a texture's padding.
-    let per_row = host.size_bytes().div_ceil(host.rows.max(1) as u64) + 4 + 16;
-    let rows_per_chunk = (max_chunk_bytes / per_row) as usize;
+    // Bytes per row rounded up; once per chunk, a half-used scale word at its end (q8_0 / q4_0) and up to a
+    // texel of a texture's padding.
+    let per_row = host.size_bytes().div_ceil(host.rows.max(1) as u64);
+    let rows_per_chunk = (max_chunk_bytes.saturating_sub(4 + 16) / per_row) as usize;
     if rows_per_chunk == 0 {
         return Err(Error::invalid(
             "embedding chunk size in bytes",

@@ -222,16 +222,44 @@ pub fn gemv_with(
     if n > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::shape("x of gemv", x.shape(), format!("at most {MAX_GROUPS_PER_DIM} vectors (use gemm)")));
     }
-    let groups = (w.rows() as u32).div_ceil(mapping.rows_per_group());
-    let xu = x_uniform(gpu, mapping, x, n, w.cols(), None);
+    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
+    single(gpu, w, x, y, &params, None, false, mapping)
+}
+
+/// The one-vector-per-workgroup launch (`gemv` entry) shared by [`gemv_with`] and [`gemv_fused_with`].
+#[allow(clippy::too_many_arguments)]
+fn single(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    params: &Params,
+    norm: Option<&Tensor>,
+    swiglu: bool,
+    mapping: GemvMapping,
+) -> Result<Dispatch> {
+    let n = params.n as usize;
+    let groups = params.out_rows.div_ceil(mapping.rows_per_group());
     let variant = w
         .variant(base_variant(gpu))
+        .flag_if("NORM", norm.is_some())
+        .flag_if("SWIGLU", swiglu)
         .constant("WG", mapping.wg)
         .constant("TPR", mapping.tpr)
         .constant("RPT", mapping.rpt);
+    let xu = x_uniform(gpu, mapping, x, n, w.cols(), norm);
     let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
-    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
-    bind(gpu, format!("gemv:{}", w.wtype()), pipeline, &params, w, x, y, None, [groups, n as u32, 1], xu)
+    let name = dispatch_name("", w, norm.is_some(), swiglu);
+    bind(gpu, name, pipeline, params, w, x, y, norm, [groups, n as u32, 1], xu)
+}
+
+/// `gemv{entry}:…` or, with SWIGLU, `ffn:swiglu{entry}_…` (the profiler groups dispatches by the prefix).
+fn dispatch_name(entry: &str, w: &GpuWeight, norm: bool, swiglu: bool) -> String {
+    match (norm, swiglu) {
+        (_, true) => format!("ffn:swiglu{entry}_{}", w.wtype()),
+        (true, false) => format!("gemv{entry}:norm_{}", w.wtype()),
+        (false, false) => format!("gemv{entry}:{}", w.wtype()),
+    }
 }
 
 /// Vectors each thread of the multi-vector entry (`gemv_multi`) carries.
@@ -300,11 +328,7 @@ fn multi(
         .constant("TPR", 1)
         .constant("RPT", mapping.rpt);
     let pipeline = gpu.pipeline(&GEMV, "gemv_multi", &with_x_uniform(variant, None))?;
-    let name = match (norm.is_some(), swiglu) {
-        (_, true) => format!("ffn:swiglu_multi_{}", w.wtype()),
-        (true, false) => format!("gemv_multi:norm_{}", w.wtype()),
-        (false, false) => format!("gemv_multi:{}", w.wtype()),
-    };
+    let name = dispatch_name("_multi", w, norm.is_some(), swiglu);
     bind(gpu, name, pipeline, params, w, x, y, norm, [groups, groups_y as u32, 1], None)
 }
 
@@ -381,20 +405,5 @@ pub fn gemv_fused_with(
         let mapping = multi_mapping(out_rows);
         return multi(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, mapping);
     }
-    let groups = (out_rows as u32).div_ceil(mapping.rows_per_group());
-    let variant = w
-        .variant(base_variant(gpu))
-        .flag_if("NORM", fusion.norm.is_some())
-        .flag_if("SWIGLU", fusion.swiglu)
-        .constant("WG", mapping.wg)
-        .constant("TPR", mapping.tpr)
-        .constant("RPT", mapping.rpt);
-    let xu = x_uniform(gpu, mapping, x, n, w.cols(), fusion.norm.map(|n| n.0));
-    let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
-    let name = match (fusion.norm.is_some(), fusion.swiglu) {
-        (_, true) => format!("ffn:swiglu_{}", w.wtype()),
-        (true, false) => format!("gemv:norm_{}", w.wtype()),
-        (false, false) => format!("gemv:{}", w.wtype()),
-    };
-    bind(gpu, name, pipeline, &params, w, x, y, fusion.norm.map(|n| n.0), [groups, n as u32, 1], xu)
+    single(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, mapping)
 }

@@ -142,3 +142,48 @@ pub fn assert_close(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
         panic!("{what}: element {i} got {} want {} (abs {abs}, rel {rel})", got[i], want[i]);
     }
 }
+
+/// The layout of a matrix-product test: `x` `[n, cols]`, a `[rows, cols]` weight, and `y` `[n, total]`
+/// whose columns `offset..offset + rows` receive the product (`accumulate`: added to what was there).
+pub struct ProductShape {
+    pub n: usize,
+    pub rows: usize,
+    pub cols: usize,
+    pub offset: usize,
+    pub total: usize,
+    pub accumulate: bool,
+}
+
+/// Checks a GPU product `got` (`y` after the call; it held `y0` before) against the CPU twin `want`
+/// (`[n, rows]`, computed from the dequantized weights `deq`): columns outside the slice unchanged bit for
+/// bit, each output within `tolerance(cols, sum|w x|)` (the kernel's argued bound), plus one rounding of
+/// the sum when accumulating.
+pub fn assert_product(
+    what: &str,
+    s: &ProductShape,
+    (got, y0): (&[f32], &[f32]),
+    (want, deq, x): (&[f32], &[f32], &[f32]),
+    tolerance: fn(usize, f32) -> f32,
+) {
+    let (rows, cols, total) = (s.rows, s.cols, s.total);
+    for b in 0..s.n {
+        let xr = &x[b * cols..(b + 1) * cols];
+        for t in 0..total {
+            let g = got[b * total + t];
+            let base = y0[b * total + t];
+            if t < s.offset || t >= s.offset + rows {
+                assert_eq!(g, base, "{what}: y[{b}, {t}] outside the slice changed");
+                continue;
+            }
+            let o = t - s.offset;
+            let abs_dot: f32 = deq[o * cols..(o + 1) * cols].iter().zip(xr).map(|(a, v)| (a * v).abs()).sum();
+            let mut w = want[b * rows + o];
+            let mut tol = tolerance(cols, abs_dot);
+            if s.accumulate {
+                w += base;
+                tol += w.abs() * f32::EPSILON;
+            }
+            assert!((g - w).abs() <= tol, "{what}: y[{b}, {t}] got {g} want {w} (tolerance {tol})");
+        }
+    }
+}
