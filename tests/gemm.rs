@@ -4,7 +4,7 @@
 //! the full-feature device only and the bare device gets small cases per type.
 mod common;
 
-use common::{assert_product, gpus, random_vec, ProductShape};
+use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape};
 use mobilellm_kernels::ops::gemm::{gemm, gemm_tiled};
 use mobilellm_kernels::ops::gemv::{gemv_multi, GemvMapping};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
@@ -35,16 +35,6 @@ impl Case {
     fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
         Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false, multi: None }
     }
-}
-
-fn weight(wtype: WeightType, rows: usize, cols: usize) -> HostWeight {
-    // Small-ish weights with a few larger ones, like trained matrices.
-    let data: Vec<f32> = random_vec(rows as u64 * 7919 + cols as u64, rows * cols)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| if i % 97 == 0 { v * 0.5 } else { v * 0.05 })
-        .collect();
-    HostWeight::quantize(wtype, rows, cols, &data).unwrap()
 }
 
 fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {

@@ -1,7 +1,7 @@
 //! GEMV kernel vs its CPU twin (same dequantized weights), every weight type, both feature sets.
 mod common;
 
-use common::{assert_product, gpus, random_vec, ProductShape};
+use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape};
 use mobilellm_kernels::ops::gemv::{gemv, gemv_with, GemvMapping};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
@@ -31,16 +31,6 @@ impl Case {
     fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
         Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, mapping: None }
     }
-}
-
-fn weight(wtype: WeightType, rows: usize, cols: usize) -> HostWeight {
-    // Small-ish weights with a few larger ones, like trained matrices.
-    let data: Vec<f32> = random_vec(rows as u64 * 7919 + cols as u64, rows * cols)
-        .iter()
-        .enumerate()
-        .map(|(i, v)| if i % 97 == 0 { v * 0.5 } else { v * 0.05 })
-        .collect();
-    HostWeight::quantize(wtype, rows, cols, &data).unwrap()
 }
 
 fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {

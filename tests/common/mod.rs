@@ -187,3 +187,18 @@ pub fn assert_product(
         }
     }
 }
+
+/// A `[rows, cols]` test weight of type `wtype`: small values with every 97th ten times larger, like trained
+/// matrices, seeded by the shape.
+pub fn matrix_weight(
+    wtype: mobilellm_kernels::quant::WeightType,
+    rows: usize,
+    cols: usize,
+) -> mobilellm_kernels::quant::HostWeight {
+    let data: Vec<f32> = random_vec(rows as u64 * 7919 + cols as u64, rows * cols)
+        .iter()
+        .enumerate()
+        .map(|(i, v)| if i % 97 == 0 { v * 0.5 } else { v * 0.05 })
+        .collect();
+    mobilellm_kernels::quant::HostWeight::quantize(wtype, rows, cols, &data).unwrap()
+}
