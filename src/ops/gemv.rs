@@ -359,6 +359,7 @@ pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: Gemv
 
 /// [`gemv_fused`] with an explicit thread mapping (for tests and tuning); with SWIGLU, `rpt` counts output
 /// rows, each reading one gate and one up row.
+/// With `n > 1` on CPU devices the multi-vector entry runs with [`multi_mapping`] and `mapping` is unused.
 pub fn gemv_fused_with(
     gpu: &Gpu,
     w: &GpuWeight,
