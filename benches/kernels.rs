@@ -94,13 +94,16 @@ fn bench_gemm(b: &mut Bench) {
     }
 }
 
-/// `GEMM_SWEEP=1`: the CPU-device prefill kernel (multi-vector GEMV) in several mappings at n = 64
-/// against one GEMV; `GEMM_SWEEP=q4_0,...` limits the weight types.
+/// `GEMM_SWEEP=1`: the CPU-device prefill kernel (windowed multi-vector GEMV) with several rows per lane
+/// at n = 64 against one GEMV; `GEMM_SWEEP=q4_0,...` limits the weight types, `GEMM_ROWS=1536` the shapes.
 fn sweep_gemm(b: &mut Bench) {
-    use mobilellm_kernels::ops::gemv::{gemv_multi, GemvMapping};
+    use mobilellm_kernels::ops::gemv::gemv_window;
     let types = std::env::var("GEMM_SWEEP").unwrap_or_default();
     let n = 64;
     for (rows, cols) in [(576, 576), (1536, 576), (960, 2560)] {
+        if std::env::var("GEMM_ROWS").is_ok_and(|r| r != rows.to_string()) {
+            continue;
+        }
         for wtype in WeightType::ALL {
             if types.len() > 1 && !types.split(',').any(|t| t == wtype.to_string()) {
                 continue;
@@ -111,12 +114,14 @@ fn sweep_gemm(b: &mut Bench) {
             let x1 = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
             let y1 = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
             let one = b.time(&gemv(&b.gpu, &w, &x1, &y1, 0, true).expect("gemv")).0;
-            let name = format!("{wtype} {rows}x{cols}");
-            for (wg, rpt) in [(8, 8), (16, 8), (8, 16), (16, 16)] {
-                let m = GemvMapping { wg, tpr: 1, rpt };
-                let d = gemv_multi(&b.gpu, &w, &x, &y, 0, true, m).expect("multi");
+            for rpt in [1, 2, 4, 8] {
+                let Some(d) = gemv_window(&b.gpu, &w, &x, &y, 0, true, rpt).expect("window") else { continue };
                 let us = b.time(&d).0;
-                b.note(format!("{name} multi wg {wg} rpt {rpt}: {:.2}x one gemv ({one:.0} µs)", us / one));
+                b.note(format!(
+                    "{wtype} {rows}x{cols} window rpt {rpt}: {:.2}x one gemv ({one:.0} µs, {} launches)",
+                    us / one,
+                    d.launches()
+                ));
             }
         }
     }

@@ -9,8 +9,8 @@
 //   (max, sum, unnormalised acc) partials; chunks past the context exit at once (merge skips them).
 // - `decode_lanes` (CPU drivers): the same result as unsplit `decode`, mapped for SIMD lanes: one workgroup
 //   of WL lanes per KV head, lane j takes positions j, j+WL, ... with its own online softmax (max, sum and
-//   G*HD accumulators in registers), q read from a uniform (one scalar load per value on lavapipe, where
-//   workgroup and storage loads are per-lane loops); the WL partial softmaxes merge in workgroup memory once
+//   G*HD accumulators in registers), q read from a uniform (a SIMD gather on lavapipe, where workgroup
+//   and storage loads are per-lane loops); the WL partial softmaxes merge in workgroup memory once
 //   at the end. No barrier in the main loop, and each K/V element is read by exactly one lane.
 // - `merge`: combines the chunk partials of one query head (flash-decoding's second pass).
 // - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per

@@ -32,8 +32,9 @@ struct Params {
 @group(0) @binding(1) var<storage, read> weights: array<u32>;
 #endif
 // XUNI: x (and the norm weight) are bound as uniforms, exactly XV4 (NV4) vec4 (launcher: cols % 4 == 0,
-// at most 64 KiB, TPR == 1 so every lane reads the same address). On lavapipe a uniform load at a uniform
-// address is one scalar load, a storage load a per-lane loop; x is read by every thread for its RPT rows.
+// at most 64 KiB, TPR == 1 so every lane reads the same address). On lavapipe (Mesa 22.3) a uniform load is
+// a SIMD gather and a storage load a per-lane loop (only constant uniform addresses become scalar loads);
+// x is read by every thread for its RPT rows.
 #if XUNI
 @group(0) @binding(2) var<uniform> xu: array<vec4<f32>, XV4>;
 #else
@@ -230,231 +231,185 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 #endif
 }
 
-// Multi-vector form for CPU devices (prefill: ops::gemm, and the fused NORM / SWIGLU products for n > 1).
-// On a SIMD-lane driver (lavapipe) every storage load inside a loop is a per-lane gather, whatever its
-// address: the cost to cut is loads per multiply-add. Lanes are rows; a thread carries 8 vectors (grid
-// y = ceil(n / 8)) and walks its RPT output rows eight weight rows at a time (plain: r..r+7; SWIGLU: gate
-// rows r..r+3 and up rows r + up_row ..), so each gathered weight word feeds 8 vectors and each x value
-// 8 rows. With SUBGROUPS (the launcher sets it only where subgroups have at least 8 lanes), lane l loads
-// column c + (l & 7) of each vector and subgroupBroadcast hands it to the others: one gather brings 8
-// columns; without, every column is its own load. Register tiles are named values or arrays indexed by
-// constants only (after inlining), never by a loop counter, so a CPU driver keeps them in registers.
-// NORM: norm_w scales x as it is loaded and 1/rms of each vector scales its sums at the end.
-var<private> xo_lo: vec4<u32>;
-var<private> xo_hi: vec4<u32>;
-// Accumulators: a{row}_{lo: vectors 0-3, hi: 4-7}.
-var<private> a0_lo: vec4<f32>;
-var<private> a0_hi: vec4<f32>;
-var<private> a1_lo: vec4<f32>;
-var<private> a1_hi: vec4<f32>;
-var<private> a2_lo: vec4<f32>;
-var<private> a2_hi: vec4<f32>;
-var<private> a3_lo: vec4<f32>;
-var<private> a3_hi: vec4<f32>;
-var<private> a4_lo: vec4<f32>;
-var<private> a4_hi: vec4<f32>;
-var<private> a5_lo: vec4<f32>;
-var<private> a5_hi: vec4<f32>;
-var<private> a6_lo: vec4<f32>;
-var<private> a6_hi: vec4<f32>;
-var<private> a7_lo: vec4<f32>;
-var<private> a7_hi: vec4<f32>;
-// The current block's dequantized weights, [row][column / 4].
-var<private> wt: array<array<vec4<f32>, 8>, 8>;
-var<private> last_col: u32;
-var<private> lane8: u32;
-
-// One column: rows 0-3 (w03) and 4-7 (w47) times the 8 vectors' x at that column.
-fn mac_col(w03: vec4<f32>, w47: vec4<f32>, lo: vec4<f32>, hi: vec4<f32>) {
-    a0_lo = fma(vec4<f32>(w03.x), lo, a0_lo);
-    a0_hi = fma(vec4<f32>(w03.x), hi, a0_hi);
-    a1_lo = fma(vec4<f32>(w03.y), lo, a1_lo);
-    a1_hi = fma(vec4<f32>(w03.y), hi, a1_hi);
-    a2_lo = fma(vec4<f32>(w03.z), lo, a2_lo);
-    a2_hi = fma(vec4<f32>(w03.z), hi, a2_hi);
-    a3_lo = fma(vec4<f32>(w03.w), lo, a3_lo);
-    a3_hi = fma(vec4<f32>(w03.w), hi, a3_hi);
-    a4_lo = fma(vec4<f32>(w47.x), lo, a4_lo);
-    a4_hi = fma(vec4<f32>(w47.x), hi, a4_hi);
-    a5_lo = fma(vec4<f32>(w47.y), lo, a5_lo);
-    a5_hi = fma(vec4<f32>(w47.y), hi, a5_hi);
-    a6_lo = fma(vec4<f32>(w47.z), lo, a6_lo);
-    a6_hi = fma(vec4<f32>(w47.z), hi, a6_hi);
-    a7_lo = fma(vec4<f32>(w47.w), lo, a7_lo);
-    a7_hi = fma(vec4<f32>(w47.w), hi, a7_hi);
-}
-
-// x (times norm_w with NORM) of the vectors at offsets `o` (4 of them), column `col`.
-fn x_col(o: vec4<u32>, col: u32) -> vec4<f32> {
-    let c = min(col, last_col);
-    let v = vec4<f32>(xval(o.x + c), xval(o.y + c), xval(o.z + c), xval(o.w + c));
-#if NORM
-    return v * norm_val(c);
-#else
-    return v;
-#endif
-}
-
-// Column k of the block (0..31) for rows 0-3 / 4-7 (k is a constant after inlining).
-fn w03(k: u32) -> vec4<f32> {
-    let q = k / 4u;
-    let e = k % 4u;
-    return vec4<f32>(wt[0][q][e], wt[1][q][e], wt[2][q][e], wt[3][q][e]);
-}
-
-fn w47(k: u32) -> vec4<f32> {
-    let q = k / 4u;
-    let e = k % 4u;
-    return vec4<f32>(wt[4][q][e], wt[5][q][e], wt[6][q][e], wt[7][q][e]);
-}
-
-// Columns c + 8j .. c + 8j + 7 of the block at column c.
-fn mac_chunk(c: u32, j: u32) {
-    let k = 8u * j;
-#if SUBGROUPS
-    let lo = x_col(xo_lo, c + k + lane8);
-    let hi = x_col(xo_hi, c + k + lane8);
-    mac_col(w03(k + 0u), w47(k + 0u), subgroupBroadcast(lo, 0u), subgroupBroadcast(hi, 0u));
-    mac_col(w03(k + 1u), w47(k + 1u), subgroupBroadcast(lo, 1u), subgroupBroadcast(hi, 1u));
-    mac_col(w03(k + 2u), w47(k + 2u), subgroupBroadcast(lo, 2u), subgroupBroadcast(hi, 2u));
-    mac_col(w03(k + 3u), w47(k + 3u), subgroupBroadcast(lo, 3u), subgroupBroadcast(hi, 3u));
-    mac_col(w03(k + 4u), w47(k + 4u), subgroupBroadcast(lo, 4u), subgroupBroadcast(hi, 4u));
-    mac_col(w03(k + 5u), w47(k + 5u), subgroupBroadcast(lo, 5u), subgroupBroadcast(hi, 5u));
-    mac_col(w03(k + 6u), w47(k + 6u), subgroupBroadcast(lo, 6u), subgroupBroadcast(hi, 6u));
-    mac_col(w03(k + 7u), w47(k + 7u), subgroupBroadcast(lo, 7u), subgroupBroadcast(hi, 7u));
-#else
-    mac_col(w03(k + 0u), w47(k + 0u), x_col(xo_lo, c + k + 0u), x_col(xo_hi, c + k + 0u));
-    mac_col(w03(k + 1u), w47(k + 1u), x_col(xo_lo, c + k + 1u), x_col(xo_hi, c + k + 1u));
-    mac_col(w03(k + 2u), w47(k + 2u), x_col(xo_lo, c + k + 2u), x_col(xo_hi, c + k + 2u));
-    mac_col(w03(k + 3u), w47(k + 3u), x_col(xo_lo, c + k + 3u), x_col(xo_hi, c + k + 3u));
-    mac_col(w03(k + 4u), w47(k + 4u), x_col(xo_lo, c + k + 4u), x_col(xo_hi, c + k + 4u));
-    mac_col(w03(k + 5u), w47(k + 5u), x_col(xo_lo, c + k + 5u), x_col(xo_hi, c + k + 5u));
-    mac_col(w03(k + 6u), w47(k + 6u), x_col(xo_lo, c + k + 6u), x_col(xo_hi, c + k + 6u));
-    mac_col(w03(k + 7u), w47(k + 7u), x_col(xo_lo, c + k + 7u), x_col(xo_hi, c + k + 7u));
-#endif
-}
-
-// a0..a7 = rows r03, r47 of W times the 8 vectors (before the NORM scale).
-fn dot_rows8(r03: vec4<u32>, r47: vec4<u32>) {
-    a0_lo = vec4<f32>(0.0);
-    a0_hi = vec4<f32>(0.0);
-    a1_lo = vec4<f32>(0.0);
-    a1_hi = vec4<f32>(0.0);
-    a2_lo = vec4<f32>(0.0);
-    a2_hi = vec4<f32>(0.0);
-    a3_lo = vec4<f32>(0.0);
-    a3_hi = vec4<f32>(0.0);
-    a4_lo = vec4<f32>(0.0);
-    a4_hi = vec4<f32>(0.0);
-    a5_lo = vec4<f32>(0.0);
-    a5_hi = vec4<f32>(0.0);
-    a6_lo = vec4<f32>(0.0);
-    a6_hi = vec4<f32>(0.0);
-    a7_lo = vec4<f32>(0.0);
-    a7_hi = vec4<f32>(0.0);
-    for (var b = 0u; b < params.w.blocks; b++) {
-        wt[0] = weight_block32(params.w, r03.x, b);
-        wt[1] = weight_block32(params.w, r03.y, b);
-        wt[2] = weight_block32(params.w, r03.z, b);
-        wt[3] = weight_block32(params.w, r03.w, b);
-        wt[4] = weight_block32(params.w, r47.x, b);
-        wt[5] = weight_block32(params.w, r47.y, b);
-        wt[6] = weight_block32(params.w, r47.z, b);
-        wt[7] = weight_block32(params.w, r47.w, b);
-        let c = b * 32u;
-        mac_chunk(c, 0u);
-        mac_chunk(c, 1u);
-        mac_chunk(c, 2u);
-        mac_chunk(c, 3u);
-    }
-}
-
-fn store8(v0: u32, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    if row >= params.out_rows {
-        return;
-    }
-    let vals = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
-    for (var v = 0u; v < 8u; v++) {
-        if v0 + v < params.n {
-            store(v0 + v, row, vals[v]);
-        }
-    }
-}
+#if XUNI
+// Windowed multi-vector form for CPU devices (prefill GEMM, and the fused NORM / SWIGLU products at n > 1).
+// The launcher binds x and y one window of XN vectors at a time (x as a uniform of XV4 = XN * cols / 4
+// vec4, at most 64 KiB; y from the window's first vector), one launch per window. Lanes are rows: a lane
+// carries 8 vectors (grid y = ceil(XN / 8)) for one row at a time, RPT rows in turn, in 8 accumulators that
+// stay in registers (8 rows x 8 vectors spill on a CPU with 16 vector registers). Each dequantized weight
+// feeds 8 vectors. x reaches the lanes through subgroup broadcasts: with SUBGROUPS, lane l loads vector l's
+// four columns and hands them to the others (on lavapipe a uniform load at a varying address is a per-lane
+// gather: one gather instead of eight); without, every lane loads all eight.
+// NORM: norm_w scales the weights as they are read, and 1/rms of each vector scales its sums at the end.
+var<private> wacc_lo: vec4<f32>;
+var<private> wacc_hi: vec4<f32>;
+// vec4 offsets in the window of this workgroup's 8 vectors (past XN: the window's last vector).
+var<private> wx_lo: vec4<u32>;
+var<private> wx_hi: vec4<u32>;
+// With SUBGROUPS: the offset of the vector this lane loads.
+var<private> wx_lane: u32;
+var<private> wlast_q: u32;
 
 fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
     return g / (1.0 + exp(-g)) * u;
 }
 
-@compute @workgroup_size(WG)
-fn gemv_multi(@builtin(workgroup_id) wg: vec3<u32>,
-              @builtin(local_invocation_index) lid: u32,
+// The 8 vectors' x at vec4 `q` of a row, each loaded by this lane.
+fn window_x8(q: u32) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(xu[wx_lo.x + q], xu[wx_lo.y + q], xu[wx_lo.z + q], xu[wx_lo.w + q], xu[wx_hi.x + q],
+                               xu[wx_hi.y + q], xu[wx_hi.z + q], xu[wx_hi.w + q]);
+}
+
+// Weights `w_in` at columns 4q .. 4q+3 of the current row times the 8 vectors, into wacc.
+fn wmac(w_in: vec4<f32>, q_in: u32) {
+    // Rows are zero-padded to whole blocks; x is not: past the last column, re-read it (times 0).
+    let q = min(q_in, wlast_q);
+#if NORM
+    let w = w_in * norm_u[q];
+#else
+    let w = w_in;
+#endif
 #if SUBGROUPS
-              @builtin(subgroup_invocation_id) sg_lane: u32,
+    let own = xu[wx_lane + q];
+    let a = array<vec4<f32>, 8>(subgroupBroadcast(own, 0u), subgroupBroadcast(own, 1u), subgroupBroadcast(own, 2u),
+                                subgroupBroadcast(own, 3u), subgroupBroadcast(own, 4u), subgroupBroadcast(own, 5u),
+                                subgroupBroadcast(own, 6u), subgroupBroadcast(own, 7u));
+#else
+    let a = window_x8(q);
+#endif
+    wacc_lo = fma(vec4<f32>(w.x), vec4<f32>(a[0].x, a[1].x, a[2].x, a[3].x), wacc_lo);
+    wacc_hi = fma(vec4<f32>(w.x), vec4<f32>(a[4].x, a[5].x, a[6].x, a[7].x), wacc_hi);
+    wacc_lo = fma(vec4<f32>(w.y), vec4<f32>(a[0].y, a[1].y, a[2].y, a[3].y), wacc_lo);
+    wacc_hi = fma(vec4<f32>(w.y), vec4<f32>(a[4].y, a[5].y, a[6].y, a[7].y), wacc_hi);
+    wacc_lo = fma(vec4<f32>(w.z), vec4<f32>(a[0].z, a[1].z, a[2].z, a[3].z), wacc_lo);
+    wacc_hi = fma(vec4<f32>(w.z), vec4<f32>(a[4].z, a[5].z, a[6].z, a[7].z), wacc_hi);
+    wacc_lo = fma(vec4<f32>(w.w), vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), wacc_lo);
+    wacc_hi = fma(vec4<f32>(w.w), vec4<f32>(a[4].w, a[5].w, a[6].w, a[7].w), wacc_hi);
+}
+
+// wacc = row `r` of W times the 8 vectors (before the NORM scale). Each texel is fetched once per block.
+fn window_row(r: u32) {
+    wacc_lo = vec4<f32>(0.0);
+    wacc_hi = vec4<f32>(0.0);
+    for (var b = 0u; b < params.w.blocks; b++) {
+        let g = r * params.w.blocks + b;
+        let t = g * (WPB / 4u);
+        let q = 8u * b;
+#if W_F32
+        wmac(bitcast<vec4<f32>>(wquad(t)), q);
+        wmac(bitcast<vec4<f32>>(wquad(t + 1u)), q + 1u);
+        wmac(bitcast<vec4<f32>>(wquad(t + 2u)), q + 2u);
+        wmac(bitcast<vec4<f32>>(wquad(t + 3u)), q + 3u);
+        wmac(bitcast<vec4<f32>>(wquad(t + 4u)), q + 4u);
+        wmac(bitcast<vec4<f32>>(wquad(t + 5u)), q + 5u);
+        wmac(bitcast<vec4<f32>>(wquad(t + 6u)), q + 6u);
+        wmac(bitcast<vec4<f32>>(wquad(t + 7u)), q + 7u);
+#elif W_F16
+        let a = wquad(t);
+        wmac(weight_f16x4(a.x, a.y), q);
+        wmac(weight_f16x4(a.z, a.w), q + 1u);
+        let c = wquad(t + 1u);
+        wmac(weight_f16x4(c.x, c.y), q + 2u);
+        wmac(weight_f16x4(c.z, c.w), q + 3u);
+        let d = wquad(t + 2u);
+        wmac(weight_f16x4(d.x, d.y), q + 4u);
+        wmac(weight_f16x4(d.z, d.w), q + 5u);
+        let e = wquad(t + 3u);
+        wmac(weight_f16x4(e.x, e.y), q + 6u);
+        wmac(weight_f16x4(e.z, e.w), q + 7u);
+#elif W_Q8_0
+        let s = vec4<f32>(weight_scale(params.w, g).x);
+        let a = wquad(t);
+        wmac(weight_i8x4(a.x) * s, q);
+        wmac(weight_i8x4(a.y) * s, q + 1u);
+        wmac(weight_i8x4(a.z) * s, q + 2u);
+        wmac(weight_i8x4(a.w) * s, q + 3u);
+        let c = wquad(t + 1u);
+        wmac(weight_i8x4(c.x) * s, q + 4u);
+        wmac(weight_i8x4(c.y) * s, q + 5u);
+        wmac(weight_i8x4(c.z) * s, q + 6u);
+        wmac(weight_i8x4(c.w) * s, q + 7u);
+#else
+        // q4: w = d * q + m, with m = -8d for q4_0.
+        let sm = weight_scale(params.w, g);
+        let d = vec4<f32>(sm.x);
+#if W_Q4_0
+        let m = vec4<f32>(-8.0 * sm.x);
+#else
+        let m = vec4<f32>(sm.y);
+#endif
+        let a = wquad(t);
+        wmac(fma(weight_u4x4(a.x), d, m), q);
+        wmac(fma(weight_u4x4(a.y), d, m), q + 1u);
+        wmac(fma(weight_u4x4(a.z), d, m), q + 2u);
+        wmac(fma(weight_u4x4(a.w), d, m), q + 3u);
+        wmac(fma(weight_u4x4(a.x >> 4u), d, m), q + 4u);
+        wmac(fma(weight_u4x4(a.y >> 4u), d, m), q + 5u);
+        wmac(fma(weight_u4x4(a.z >> 4u), d, m), q + 6u);
+        wmac(fma(weight_u4x4(a.w >> 4u), d, m), q + 7u);
+#endif
+    }
+}
+
+// Stores output row `row` of the window's vectors v0 .. v0+7 (those below XN).
+fn window_store(v0: u32, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
+    let vals = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
+    for (var v = 0u; v < 8u; v++) {
+        if v0 + v < XN {
+            store(v0 + v, row, vals[v]);
+        }
+    }
+}
+
+@compute @workgroup_size(WG)
+fn gemv_window(@builtin(workgroup_id) wg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32,
+#if SUBGROUPS
+               @builtin(subgroup_invocation_id) sg_lane: u32,
 #endif
 ) {
-#if SUBGROUPS
-    lane8 = sg_lane & 7u;
-#endif
-    let r0 = wg.x * (WG * RPT) + lid * RPT;
     let v0 = wg.y * 8u;
-    let cols = params.w.cols;
-    last_col = cols - 1u;
-    let nv = vec4<u32>(params.n - 1u);
-    xo_lo = min(vec4<u32>(v0) + vec4<u32>(0u, 1u, 2u, 3u), nv) * cols;
-    xo_hi = min(vec4<u32>(v0) + vec4<u32>(4u, 5u, 6u, 7u), nv) * cols;
+    let cols4 = params.w.cols / 4u;
+    wlast_q = cols4 - 1u;
+    let last_v = vec4<u32>(XN - 1u);
+    wx_lo = min(vec4<u32>(v0) + vec4<u32>(0u, 1u, 2u, 3u), last_v) * cols4;
+    wx_hi = min(vec4<u32>(v0) + vec4<u32>(4u, 5u, 6u, 7u), last_v) * cols4;
+#if SUBGROUPS
+    wx_lane = min(v0 + (sg_lane & 7u), XN - 1u) * cols4;
+#endif
 #if NORM
-    // Sums of squares of the 8 vectors. With SUBGROUPS lanes 0..7 of each subgroup take every 8th
-    // column and subgroupAdd joins them (other lanes add zero): 8x fewer loads than one lane doing all.
     var ss_lo = vec4<f32>(0.0);
     var ss_hi = vec4<f32>(0.0);
-#if SUBGROUPS
-    let first = lane8;
-    let step = 8u;
-#else
-    let first = 0u;
-    let step = 1u;
-#endif
-    for (var c = first; c < cols; c += step) {
-        let lo = vec4<f32>(xval(xo_lo.x + c), xval(xo_lo.y + c), xval(xo_lo.z + c), xval(xo_lo.w + c));
-        let hi = vec4<f32>(xval(xo_hi.x + c), xval(xo_hi.y + c), xval(xo_hi.z + c), xval(xo_hi.w + c));
-        ss_lo = fma(lo, lo, ss_lo);
-        ss_hi = fma(hi, hi, ss_hi);
+    for (var q = 0u; q < cols4; q++) {
+        let a = window_x8(q);
+        ss_lo += vec4<f32>(dot(a[0], a[0]), dot(a[1], a[1]), dot(a[2], a[2]), dot(a[3], a[3]));
+        ss_hi += vec4<f32>(dot(a[4], a[4]), dot(a[5], a[5]), dot(a[6], a[6]), dot(a[7], a[7]));
     }
-#if SUBGROUPS
-    let own = select(0.0, 1.0, sg_lane < 8u);
-    ss_lo = subgroupAdd(ss_lo * own);
-    ss_hi = subgroupAdd(ss_hi * own);
-#endif
-    let s_lo = inverseSqrt(ss_lo / f32(cols) + params.eps);
-    let s_hi = inverseSqrt(ss_hi / f32(cols) + params.eps);
+    let s_lo = inverseSqrt(ss_lo / f32(params.w.cols) + params.eps);
+    let s_hi = inverseSqrt(ss_hi / f32(params.w.cols) + params.eps);
 #else
     let s_lo = vec4<f32>(1.0);
     let s_hi = vec4<f32>(1.0);
 #endif
-    let last = vec4<u32>(params.out_rows - 1u);
-    let seq = vec4<u32>(0u, 1u, 2u, 3u);
+    let last = params.out_rows - 1u;
+    for (var i = 0u; i < RPT; i++) {
+        // Neighbouring lanes take neighbouring rows; rows past the end redo the last (not stored).
+        let row = (wg.x * RPT + i) * WG + lid;
+        let r = min(row, last);
+        window_row(r);
 #if SWIGLU
-    for (var i = 0u; i < RPT; i += 4u) {
-        let r = r0 + i;
-        let gate = min(vec4<u32>(r) + seq, last);
-        dot_rows8(gate, gate + vec4<u32>(params.up_row));
-        store8(v0, r, swiglu4(a0_lo * s_lo, a4_lo * s_lo), swiglu4(a0_hi * s_hi, a4_hi * s_hi));
-        store8(v0, r + 1u, swiglu4(a1_lo * s_lo, a5_lo * s_lo), swiglu4(a1_hi * s_hi, a5_hi * s_hi));
-        store8(v0, r + 2u, swiglu4(a2_lo * s_lo, a6_lo * s_lo), swiglu4(a2_hi * s_hi, a6_hi * s_hi));
-        store8(v0, r + 3u, swiglu4(a3_lo * s_lo, a7_lo * s_lo), swiglu4(a3_hi * s_hi, a7_hi * s_hi));
-    }
+        let g_lo = wacc_lo * s_lo;
+        let g_hi = wacc_hi * s_hi;
+        window_row(r + params.up_row);
+        let lo = swiglu4(g_lo, wacc_lo * s_lo);
+        let hi = swiglu4(g_hi, wacc_hi * s_hi);
 #else
-    for (var i = 0u; i < RPT; i += 8u) {
-        let r = r0 + i;
-        dot_rows8(min(vec4<u32>(r) + seq, last), min(vec4<u32>(r + 4u) + seq, last));
-        store8(v0, r + 0u, a0_lo * s_lo, a0_hi * s_hi);
-        store8(v0, r + 1u, a1_lo * s_lo, a1_hi * s_hi);
-        store8(v0, r + 2u, a2_lo * s_lo, a2_hi * s_hi);
-        store8(v0, r + 3u, a3_lo * s_lo, a3_hi * s_hi);
-        store8(v0, r + 4u, a4_lo * s_lo, a4_hi * s_hi);
-        store8(v0, r + 5u, a5_lo * s_lo, a5_hi * s_hi);
-        store8(v0, r + 6u, a6_lo * s_lo, a6_hi * s_hi);
-        store8(v0, r + 7u, a7_lo * s_lo, a7_hi * s_hi);
-    }
+        let lo = wacc_lo * s_lo;
+        let hi = wacc_hi * s_hi;
 #endif
+        if row <= last {
+            window_store(v0, row, lo, hi);
+        }
+    }
 }
+#endif

@@ -1,12 +1,12 @@
 //! GEMM (prefill) vs its CPU twin (same dequantized weights), every weight type.
-//! `gemm` picks the tiled kernel on GPUs and the batched GEMV on CPU devices, so both are tested here
-//! explicitly. Neither has feature-dependent paths (no subgroups, no f16), so the large cases run on
+//! `gemm` picks the tiled kernel on GPUs and the windowed multi-vector GEMV on CPU devices, so both are
+//! tested here explicitly. Neither has feature-dependent paths (no subgroups, no f16), so the large cases run on
 //! the full-feature device only and the bare device gets small cases per type.
 mod common;
 
 use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape};
 use mobilellm_kernels::ops::gemm::{gemm, gemm_tiled};
-use mobilellm_kernels::ops::gemv::{gemv_multi, GemvMapping};
+use mobilellm_kernels::ops::gemv::gemv_window;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
@@ -27,13 +27,13 @@ struct Case {
     extra: usize,
     accumulate: bool,
     tiled: bool,
-    /// Force the multi-vector GEMV with this mapping.
-    multi: Option<GemvMapping>,
+    /// Force the windowed GEMV with this many rows per lane.
+    window: Option<u32>,
 }
 
 impl Case {
     fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
-        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false, multi: None }
+        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false, window: None }
     }
 }
 
@@ -45,8 +45,8 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
     let y0 = random_vec(99, n * total);
     let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
     let y_gpu = Tensor::from_slice(gpu, &[n, total], &y0).unwrap();
-    let d = if let Some(m) = c.multi {
-        gemv_multi(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate, m).unwrap()
+    let d = if let Some(rpt) = c.window {
+        gemv_window(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate, rpt).unwrap().expect("a windowable shape")
     } else if c.tiled {
         gemm_tiled(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
     } else {
@@ -57,12 +57,12 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
     let want = reference::gemv(host, &x);
     let deq = host.dequantize();
     let what = format!(
-        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} multi={:?} [{}]",
+        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} window={:?} [{}]",
         c.wtype,
         c.offset,
         c.accumulate,
         c.tiled,
-        c.multi,
+        c.window,
         gpu.features()
     );
     let shape = ProductShape { n, rows, cols, offset: c.offset, total, accumulate: c.accumulate };
@@ -139,40 +139,48 @@ fn rejects_bad_operands() {
     assert!(matches!(err, Error::InvalidArgument { .. }) && err.to_string().contains("100"), "{err}");
 }
 
-/// The multi-vector GEMV (what `gemm` runs on CPU devices) in every mapping it accepts, on both devices
-/// (the subgroup-broadcast path and the one without): tails of rows (rows not a multiple of a thread's
-/// 8 or 16 nor of a workgroup's), of vectors (n not a multiple of 8) and of columns (f32/f16).
+/// The windowed GEMV (what `gemm` runs on CPU devices) on both devices (the subgroup-broadcast path and
+/// the one without): tails of rows (rows not a multiple of a lane's turns nor of a workgroup's), of
+/// vectors (n not a multiple of 8) and of columns (f32/f16); several windows; shapes it cannot window.
 #[test]
-fn multi_vector_mappings() {
+fn windowed_gemv() {
     for gpu in gpus() {
-        // `gemm` itself runs (8, 8) and (8, 16) in the other tests; each variant costs a pipeline
-        // compile on lavapipe, so the bare device checks two types.
+        // Each variant costs a pipeline compile on lavapipe, so the bare device checks two types.
         let types: &[WeightType] =
             if gpu.features().subgroups { &WeightType::ALL } else { &[WeightType::Q4_0, WeightType::F16] };
-        for (wg, rpt) in [(8, 16), (32, 8)] {
-            let multi = Some(GemvMapping { wg, tpr: 1, rpt });
+        for rpt in [1, 3] {
+            let window = Some(rpt);
             for &wtype in types {
                 let host = weight(wtype, 203, 96);
                 check(
                     gpu,
                     &host,
-                    &Case { multi, offset: 5, extra: 3, accumulate: true, ..Case::new(wtype, 203, 96, 13) },
+                    &Case { window, offset: 5, extra: 3, accumulate: true, ..Case::new(wtype, 203, 96, 13) },
                 );
             }
             let host = weight(WeightType::F16, 9, 40);
-            check(gpu, &host, &Case { multi, ..Case::new(WeightType::F16, 9, 40, 17) });
+            check(gpu, &host, &Case { window, ..Case::new(WeightType::F16, 9, 40, 17) });
         }
-        let w = GpuWeight::upload(gpu, &weight(WeightType::Q8_0, 8, 64)).unwrap();
-        let x = Tensor::zeros(gpu, DType::F32, &[4, 64]).unwrap();
-        let y = Tensor::zeros(gpu, DType::F32, &[4, 8]).unwrap();
-        for bad in [
-            GemvMapping { wg: 8, tpr: 1, rpt: 4 },
-            GemvMapping { wg: 4, tpr: 1, rpt: 8 },
-            GemvMapping { wg: 8, tpr: 2, rpt: 8 },
-        ] {
-            let err = gemv_multi(gpu, &w, &x, &y, 0, false, bad).unwrap_err();
+        // 4128 columns (16 512 bytes per vector): at most 3 vectors fit a 64 KiB window, and 2 keep every
+        // window's x offset a multiple of 256 bytes, so 37 vectors take 19 windows.
+        let host = weight(WeightType::Q8_0, 64, 4128);
+        check(gpu, &host, &Case { window: Some(2), ..Case::new(WeightType::Q8_0, 64, 4128, 37) });
+        let w = GpuWeight::upload(gpu, &host).unwrap();
+        let x = Tensor::zeros(gpu, DType::F32, &[37, 4128]).unwrap();
+        let y = Tensor::zeros(gpu, DType::F32, &[37, 64]).unwrap();
+        assert_eq!(gemv_window(gpu, &w, &x, &y, 0, false, 2).unwrap().unwrap().launches(), 19);
+        for bad in [0, 17] {
+            let err = gemv_window(gpu, &w, &x, &y, 0, false, bad).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
         }
+        // 33 output rows: no window size puts every window's y at an aligned offset, and 4128 columns fit
+        // only 3 vectors per window, so 40 vectors do not window; `gemm` falls back to one GEMV per vector.
+        let host = weight(WeightType::Q4_1, 33, 4128);
+        let w = GpuWeight::upload(gpu, &host).unwrap();
+        let x = Tensor::zeros(gpu, DType::F32, &[40, 4128]).unwrap();
+        let y = Tensor::zeros(gpu, DType::F32, &[40, 33]).unwrap();
+        assert!(gemv_window(gpu, &w, &x, &y, 0, false, 4).unwrap().is_none());
+        check(gpu, &host, &Case::new(WeightType::Q4_1, 33, 4128, 40));
     }
 }
 

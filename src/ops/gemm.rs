@@ -4,7 +4,7 @@
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::gemv::{check_operands, gemv_multi, multi_mapping};
+use crate::ops::gemv::{check_operands, gemv, gemv_window, WINDOW_RPT};
 use crate::ops::{make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::quant::{GpuWeight, WeightDesc};
 use crate::shader::{ShaderVariant, GEMM};
@@ -26,12 +26,16 @@ struct Params {
 }
 
 /// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`) for `x` `[n, in]`.
-/// GPUs get the tiled kernel ([`gemm_tiled`]); CPU devices (lavapipe), where every storage load in a
-/// loop is a per-lane gather and workgroup memory and barriers are slow, get the multi-vector GEMV
-/// ([`gemv_multi`]: 8 rows x 8 vectors per register tile, x shared through subgroup broadcasts).
+/// GPUs get the tiled kernel ([`gemm_tiled`]). CPU devices (lavapipe), where every storage load in a
+/// loop is a per-lane gather and workgroup memory and barriers are slow, get the windowed multi-vector
+/// GEMV ([`gemv_window`]: lanes are rows, 8 vectors each, x as a uniform shared by subgroup broadcasts),
+/// or, for shapes it cannot window, one GEMV per vector.
 pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
     if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
-        return gemv_multi(gpu, w, x, y, out_offset, accumulate, multi_mapping(w.rows()));
+        return match gemv_window(gpu, w, x, y, out_offset, accumulate, WINDOW_RPT)? {
+            Some(d) => Ok(d),
+            None => gemv(gpu, w, x, y, out_offset, accumulate),
+        };
     }
     gemm_tiled(gpu, w, x, y, out_offset, accumulate)
 }

@@ -146,6 +146,12 @@ fn x_binding(t: &Tensor, vec4s: u32, uniform: bool) -> wgpu::BindingResource<'_>
     }
 }
 
+/// Whether kernels can share x among 8 lanes by subgroup broadcasts: lanes 0..7 of each subgroup load, so
+/// subgroups must have at least 8 lanes (a workgroup of a multiple of 8 then fills them).
+fn broadcasts_of_8(gpu: &Gpu) -> bool {
+    gpu.features().subgroups && gpu.subgroup_size_range().0 >= 8
+}
+
 /// Sizes (in vec4) of x and the norm weight when the `gemv` entry reads them as uniforms (XUNI).
 #[derive(Clone, Copy, Debug)]
 struct XUniform {
@@ -154,9 +160,9 @@ struct XUniform {
 }
 
 /// Whether the `gemv` entry should read `x` (`[n, cols]`) and the norm weight as uniforms: only with one
-/// thread per row (every lane reads the same x address: one scalar load on CPU drivers; on GPUs a
-/// divergent uniform read would serialise, and TPR > 1 reads diverge) and where they fit one uniform
-/// binding and the buffers allow it.
+/// thread per row (every lane reads the same x address; on lavapipe a uniform load is a SIMD gather where a
+/// storage load is a per-lane loop; on GPUs a divergent uniform read would serialise, and TPR > 1 reads
+/// diverge) and where they fit one uniform binding and the buffers allow it.
 fn x_uniform(
     gpu: &Gpu,
     mapping: GemvMapping,
@@ -174,8 +180,13 @@ fn x_uniform(
 }
 
 /// Adds the XUNI flag and its array sizes (1 when off, so those variants share one pipeline).
+/// `XN` (vectors per window of the `gemv_window` entry) is 1 outside that entry.
 fn with_x_uniform(variant: crate::shader::ShaderVariant, u: Option<XUniform>) -> crate::shader::ShaderVariant {
-    variant.flag_if("XUNI", u.is_some()).constant("XV4", u.map_or(1, |u| u.xv4)).constant("NV4", u.map_or(1, |u| u.nv4))
+    variant
+        .flag_if("XUNI", u.is_some())
+        .constant("XV4", u.map_or(1, |u| u.xv4))
+        .constant("NV4", u.map_or(1, |u| u.nv4))
+        .constant("XN", 1)
 }
 
 pub(crate) fn check_operands(w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize) -> Result<(usize, usize)> {
@@ -262,83 +273,6 @@ fn dispatch_name(entry: &str, w: &GpuWeight, norm: bool, swiglu: bool) -> String
     }
 }
 
-/// Vectors each thread of the multi-vector entry (`gemv_multi`) carries.
-pub const MULTI_VECTORS: usize = 8;
-
-/// The multi-vector product (`gemv_multi` entry; CPU devices' prefill): lanes are rows, each thread
-/// carries [`MULTI_VECTORS`] vectors and `mapping.rpt` rows (a multiple of 8), eight weight rows at a
-/// time, so each gathered weight word feeds 8 vectors and each x value 8 rows; with subgroups of 8 or
-/// more lanes one load of x brings 8 columns (shared by subgroup broadcasts). `mapping.tpr` must be 1,
-/// `mapping.wg` a multiple of 8.
-/// Same operands and semantics as [`gemv`]; [`crate::ops::gemm::gemm`] uses it on CPU devices.
-#[allow(clippy::too_many_arguments)]
-pub fn gemv_multi(
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: &Tensor,
-    y: &Tensor,
-    out_offset: usize,
-    accumulate: bool,
-    mapping: GemvMapping,
-) -> Result<Dispatch> {
-    let (n, y_stride) = check_operands(w, x, y, out_offset)?;
-    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
-    multi(gpu, w, x, y, &params, None, false, mapping)
-}
-
-/// The multi-vector launch shared by [`gemv_multi`] and the fused forms of [`gemv_fused`] for `n > 1`.
-#[allow(clippy::too_many_arguments)]
-fn multi(
-    gpu: &Gpu,
-    w: &GpuWeight,
-    x: &Tensor,
-    y: &Tensor,
-    params: &Params,
-    norm: Option<&Tensor>,
-    swiglu: bool,
-    mapping: GemvMapping,
-) -> Result<Dispatch> {
-    mapping.check()?;
-    if mapping.tpr != 1 || !mapping.rpt.is_multiple_of(8) || !mapping.wg.is_multiple_of(8) {
-        return Err(Error::invalid(
-            "multi-vector GEMV mapping",
-            format!("{mapping:?}"),
-            "tpr 1, wg a multiple of 8 and rpt 8 or 16",
-        ));
-    }
-    let n = params.n as usize;
-    let groups_y = n.div_ceil(MULTI_VECTORS);
-    if groups_y > MAX_GROUPS_PER_DIM as usize {
-        return Err(Error::shape(
-            "x of gemv_multi",
-            x.shape(),
-            format!("at most {} vectors", MAX_GROUPS_PER_DIM as usize * MULTI_VECTORS),
-        ));
-    }
-    let groups = params.out_rows.div_ceil(mapping.wg * mapping.rpt);
-    // The subgroup path broadcasts from lanes 0..7 of each subgroup: it needs subgroups of 8 or more
-    // (a workgroup of a multiple of 8 then fills lanes 0..7 of every subgroup).
-    let subgroups = gpu.features().subgroups && gpu.subgroup_size_range().0 >= 8;
-    let variant = w
-        .variant(ShaderVariant::new())
-        .flag_if("SUBGROUPS", subgroups)
-        .flag_if("NORM", norm.is_some())
-        .flag_if("SWIGLU", swiglu)
-        .constant("WG", mapping.wg)
-        .constant("TPR", 1)
-        .constant("RPT", mapping.rpt);
-    let pipeline = gpu.pipeline(&GEMV, "gemv_multi", &with_x_uniform(variant, None))?;
-    let name = dispatch_name("_multi", w, norm.is_some(), swiglu);
-    bind(gpu, name, pipeline, params, w, x, y, norm, [groups, groups_y as u32, 1], None)
-}
-
-/// The mapping of [`gemv_multi`] on CPU devices: one SIMD batch (8 lanes) per workgroup (larger ones run
-/// as coroutines on lavapipe), 16 rows per lane for tall matrices and 8 otherwise (measured with
-/// `GEMM_SWEEP=1 cargo bench --bench kernels`: 16 beat 8 by up to 1.8x at 1536 rows, on par below).
-pub fn multi_mapping(rows: usize) -> GemvMapping {
-    GemvMapping { wg: 8, tpr: 1, rpt: if rows >= 1024 { 16 } else { 8 } }
-}
-
 /// What a fused GEMV folds around the product (see `kernels/gemv.wgsl`).
 #[derive(Clone, Copy, Debug)]
 pub struct GemvFusion<'a> {
@@ -350,8 +284,8 @@ pub struct GemvFusion<'a> {
 
 /// [`gemv`] with an RMSNorm prologue and/or a SwiGLU epilogue, same mapping table. Used by the planner for
 /// the normed Q/K/V projection and the fused feed-forward (`ops::ffn::ffn_swiglu`).
-/// With `n > 1` on CPU devices (prefill) it runs the multi-vector entry ([`gemv_multi`]'s kernel with
-/// [`multi_mapping`]), so each weight is read once per 8 vectors instead of once per vector.
+/// With `n > 1` on CPU devices (prefill) it runs the windowed entry ([`gemv_window`]'s kernel), so each
+/// weight is read once per 8 vectors instead of once per vector.
 pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: GemvFusion<'_>) -> Result<Dispatch> {
     let out_rows = if fusion.swiglu { w.rows() / 2 } else { w.rows() };
     gemv_fused_with(gpu, w, x, y, fusion, GemvMapping::choose(gpu, out_rows, w.cols()))
@@ -359,7 +293,7 @@ pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: Gemv
 
 /// [`gemv_fused`] with an explicit thread mapping (for tests and tuning); with SWIGLU, `rpt` counts output
 /// rows, each reading one gate and one up row.
-/// With `n > 1` on CPU devices the multi-vector entry runs with [`multi_mapping`] and `mapping` is unused.
+/// With `n > 1` on CPU devices the windowed entry runs where the shapes allow it, and `mapping` is unused.
 pub fn gemv_fused_with(
     gpu: &Gpu,
     w: &GpuWeight,
@@ -403,8 +337,122 @@ pub fn gemv_fused_with(
         _pad: 0,
     };
     if n > 1 && gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
-        let mapping = multi_mapping(out_rows);
-        return multi(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, mapping);
+        if let Some(d) = window(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, WINDOW_RPT)? {
+            return Ok(d);
+        }
     }
     single(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, mapping)
+}
+
+/// Rows each lane of the windowed entry computes in turn, by default (see [`gemv_window`]). Measured on
+/// lavapipe (`GEMM_SWEEP=1 cargo bench --bench kernels`): 4 and 8 on par, 2 up to 1.4x slower.
+pub const WINDOW_RPT: u32 = 4;
+
+/// Vectors each lane of the windowed entry carries (grid y covers a window's vectors 8 at a time).
+pub const WINDOW_LANE_VECTORS: usize = 8;
+
+/// The windowed multi-vector product (`gemv_window` entry; CPU devices' prefill): `x` is bound as a
+/// uniform one window of vectors at a time (one launch per window, at most 64 KiB each), lanes are rows,
+/// and each lane carries 8 vectors for `rpt` rows in turn. Same operands and semantics as [`gemv`].
+/// Returns `Ok(None)` where the shapes do not allow windows (a row of x over 16 KiB, or no window size
+/// meeting the device's binding-offset alignment); [`crate::ops::gemm::gemm`] then falls back.
+pub fn gemv_window(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+    rpt: u32,
+) -> Result<Option<Dispatch>> {
+    let (n, y_stride) = check_operands(w, x, y, out_offset)?;
+    let params = Params::plain(w, n, y_stride, out_offset, accumulate);
+    window(gpu, w, x, y, &params, None, false, rpt)
+}
+
+/// How many vectors each window of the `gemv_window` entry holds, or `None` where no window fits.
+/// One window needs no alignment; several start at multiples of the window, so a window's bytes of x and
+/// of y must be multiples of the device's offset alignments. Multiples of 8 (a full lane tile) first.
+fn window_vectors(gpu: &Gpu, x: &Tensor, n: usize, cols: usize, y_stride: usize) -> Option<usize> {
+    let limits = gpu.limits();
+    let max_bytes = (limits.max_uniform_buffer_binding_size as usize).min(1 << 16);
+    let most = max_bytes / (4 * cols.max(1));
+    if !cols.is_multiple_of(4) || most == 0 || !x.buffer().usage().contains(wgpu::BufferUsages::UNIFORM) {
+        return None;
+    }
+    if n <= most {
+        return Some(n);
+    }
+    let aligned = |v: &usize| {
+        (v * cols * 4).is_multiple_of(limits.min_uniform_buffer_offset_alignment as usize)
+            && (v * y_stride * 4).is_multiple_of(limits.min_storage_buffer_offset_alignment as usize)
+    };
+    (1..=most).rev().filter(|v| v.is_multiple_of(8)).find(aligned).or_else(|| (1..=most).rev().find(aligned))
+}
+
+/// The windowed launch shared by [`gemv_window`] and the fused forms for `n > 1` on CPU devices.
+#[allow(clippy::too_many_arguments)]
+fn window(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    params: &Params,
+    norm: Option<&Tensor>,
+    swiglu: bool,
+    rpt: u32,
+) -> Result<Option<Dispatch>> {
+    if !(1..=16).contains(&rpt) {
+        return Err(Error::invalid("rows per lane of gemv_window", rpt, "1..=16"));
+    }
+    let (n, cols, y_stride) = (params.n as usize, w.cols(), params.y_stride as usize);
+    let Some(per_window) = window_vectors(gpu, x, n, cols, y_stride) else {
+        return Ok(None);
+    };
+    if norm.is_some_and(|t| !fits_uniform(gpu, t, cols)) {
+        return Ok(None);
+    }
+    const WG: u32 = 8;
+    let subgroups = broadcasts_of_8(gpu);
+    let groups = params.out_rows.div_ceil(WG * rpt);
+    let params_buffer = uniform(gpu, "gemv params", params)?;
+    let name = dispatch_name("_window", w, norm.is_some(), swiglu);
+    let mut parts = Vec::new();
+    for first in (0..n).step_by(per_window) {
+        let count = per_window.min(n - first);
+        let variant = w
+            .variant(ShaderVariant::new())
+            .flag_if("SUBGROUPS", subgroups)
+            .flag("XUNI")
+            .flag_if("NORM", norm.is_some())
+            .flag_if("SWIGLU", swiglu)
+            .constant("WG", WG)
+            .constant("TPR", 1)
+            .constant("RPT", rpt)
+            .constant("XV4", (count * cols / 4) as u32)
+            .constant("NV4", if norm.is_some() { (cols / 4) as u32 } else { 1 })
+            .constant("XN", count as u32);
+        let pipeline = gpu.pipeline(&GEMV, "gemv_window", &variant)?;
+        let mut bindings = vec![
+            (0, params_buffer.as_entire_binding()),
+            (1, w.binding()),
+            (2, range_binding(x, first * cols, count * cols)),
+            (3, range_binding(y, first * y_stride, count * y_stride)),
+        ];
+        if let Some(norm) = norm {
+            bindings.push((4, prefix_binding(norm, cols)));
+        }
+        let grid = [groups, count.div_ceil(WINDOW_LANE_VECTORS) as u32, 1];
+        parts.push(make_dispatch(gpu, name.clone(), pipeline, &bindings, grid, vec![params_buffer.clone()])?);
+    }
+    Ok(Some(Dispatch::sequence(name, parts)))
+}
+
+/// `floats` f32 of `t` from f32 index `start`.
+fn range_binding(t: &Tensor, start: usize, floats: usize) -> wgpu::BindingResource<'_> {
+    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: t.buffer(),
+        offset: start as u64 * 4,
+        size: std::num::NonZeroU64::new(floats as u64 * 4),
+    })
 }

@@ -29,27 +29,49 @@ pub const MAX_GROUPS_PER_DIM: u32 = 65535;
 #[derive(Debug)]
 pub struct Dispatch {
     name: String,
-    pipeline: Arc<wgpu::ComputePipeline>,
-    bind_group: wgpu::BindGroup,
-    grid: [u32; 3],
-    // Uniform buffers owned by this dispatch (kept alive with the bind group).
+    // Usually one; a kernel that binds its operands a window at a time launches once per window.
+    launches: Vec<Launch>,
+    // Uniform buffers owned by this dispatch (kept alive with the bind groups).
     _owned: Vec<wgpu::Buffer>,
 }
 
+#[derive(Debug)]
+struct Launch {
+    pipeline: Arc<wgpu::ComputePipeline>,
+    bind_group: wgpu::BindGroup,
+    grid: [u32; 3],
+}
+
 impl Dispatch {
-    /// Records the launch into a compute pass.
+    /// Records the launch (or launches, in order) into a compute pass.
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
-        pass.dispatch_workgroups(self.grid[0], self.grid[1], self.grid[2]);
+        for l in &self.launches {
+            pass.set_pipeline(&l.pipeline);
+            pass.set_bind_group(0, &l.bind_group, &[]);
+            pass.dispatch_workgroups(l.grid[0], l.grid[1], l.grid[2]);
+        }
     }
     /// `kernel:entry`, e.g. `rms_norm:rms_norm`.
     pub fn name(&self) -> &str {
         &self.name
     }
-    /// The workgroup grid.
+    /// The workgroup grid of the first launch.
     pub fn grid(&self) -> [u32; 3] {
-        self.grid
+        self.launches[0].grid
+    }
+    /// How many launches [`Dispatch::record`] records (1 unless the kernel runs window by window).
+    pub fn launches(&self) -> usize {
+        self.launches.len()
+    }
+    /// One dispatch that records `parts` in order, under `name` (`parts` must not be empty).
+    pub(crate) fn sequence(name: String, parts: Vec<Dispatch>) -> Dispatch {
+        let mut launches = Vec::new();
+        let mut owned = Vec::new();
+        for p in parts {
+            launches.extend(p.launches);
+            owned.extend(p._owned);
+        }
+        Dispatch { name, launches, _owned: owned }
     }
 }
 
@@ -79,10 +101,10 @@ pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &Gpu, label: &str, value: &T) -> Re
     Ok(buffer)
 }
 
-/// Binds `resources` (binding `i` = `resources[i].0`) and wraps the launch.
 /// Whether the first `floats` f32 of `t` can be bound as a uniform: the buffer has `UNIFORM` usage, holds
 /// them, and they fit one uniform binding (at most 64 KiB, WebGPU's default). Kernels read small
-/// activations this way where every lane reads the same address (one scalar load on CPU drivers).
+/// activations this way where every lane reads the same address (on lavapipe a SIMD gather, where a
+/// storage load is a per-lane loop).
 pub(crate) fn fits_uniform(gpu: &Gpu, t: &Tensor, floats: usize) -> bool {
     let max = (gpu.limits().max_uniform_buffer_binding_size as usize).min(1 << 16);
     t.buffer().usage().contains(wgpu::BufferUsages::UNIFORM)
@@ -99,6 +121,7 @@ pub(crate) fn prefix_binding(t: &Tensor, floats: usize) -> wgpu::BindingResource
     })
 }
 
+/// Binds `resources` (binding `i` = `resources[i].0`) and wraps the launch.
 pub(crate) fn make_dispatch(
     gpu: &Gpu,
     name: String,
@@ -128,7 +151,7 @@ pub(crate) fn make_dispatch(
     if let Some(err) = pollster::block_on(scope.pop()) {
         return Err(Error::Gpu { context: format!("binding buffers for {name}"), message: err.to_string() });
     }
-    Ok(Dispatch { name, pipeline, bind_group, grid, _owned: owned })
+    Ok(Dispatch { name, launches: vec![Launch { pipeline, bind_group, grid }], _owned: owned })
 }
 
 /// A grid for `groups` workgroups in one logical dimension, folded into x and y.
