@@ -146,6 +146,7 @@ fn main() {
     layer::bench_rms_norm(&mut b);
     layer::bench_qkv(&mut b);
     attention::bench_attention(&mut b);
+    attention::bench_attention_prefill(&mut b);
     layer::bench_ffn(&mut b);
     head::bench_head(&mut b);
     b.write_json("kernels");

@@ -16,6 +16,7 @@
 // - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per
 //   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
 //   workgroup memory and shared by the WG rows.
+// - `prefill_lanes` (CPU drivers, SUBGROUPS): the same result as `prefill`, mapped for SIMD lanes (see there).
 
 struct Params {
     heads: u32,
@@ -394,3 +395,129 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         }
     }
 }
+
+#if SUBGROUPS
+// The 8 quads of K or V at cache index i .. i+31 (i a multiple of 32), one loaded by each of lanes 0..7
+// (`lane` = subgroup index & 7) and broadcast to all: each cache element is loaded once per workgroup.
+fn kv_quads8(i: u32, lane: u32) -> array<vec4<f32>, 8> {
+    let own = kv4(i + 4u * lane);
+    return array<vec4<f32>, 8>(subgroupBroadcast(own, 0u), subgroupBroadcast(own, 1u), subgroupBroadcast(own, 2u),
+                               subgroupBroadcast(own, 3u), subgroupBroadcast(own, 4u), subgroupBroadcast(own, 5u),
+                               subgroupBroadcast(own, 6u), subgroupBroadcast(own, 7u));
+}
+
+// `prefill_lanes` (CPU drivers; launcher: subgroups of 8+ lanes, HD a multiple of 32 up to 128): the same
+// result as `prefill`, mapped for SIMD lanes. One workgroup of 8 lanes per (KV head, 8 query rows); a lane
+// owns one row and all G query heads of the group, with q, the online softmax and the G*HD accumulators in
+// registers. The workgroup walks the positions its last row needs; each position's K and V arrive one
+// quad per lane by subgroup broadcasts (on lavapipe every storage load is a per-lane loop: this loads each
+// element once instead of once per row, and there is no workgroup memory and no barrier). Positions past
+// a lane's own (causal) score NEG and leave its softmax unchanged.
+// Every loop here is short enough for the driver to unroll and the 32-dim pieces are separate calls, so
+// each array index is a constant: one index left to a loop counter moves the whole array to memory,
+// which on lavapipe is a per-lane loop per access (measured 4x slower).
+var<private> lq: array<vec4<f32>, G * HD / 4u>;
+var<private> lacc: array<vec4<f32>, G * HD / 4u>;
+var<private> ls: array<f32, G>;
+var<private> lc: array<f32, G>;
+var<private> le: array<f32, G>;
+var<private> lane8: u32;
+
+// ls[g] += q_g . k over dims 32j .. 32j+31 of the K row at cache index kb.
+fn lanes_score32(kb: u32, j: u32) {
+    let k8 = kv_quads8(kb + 32u * j, lane8);
+    for (var i = 0u; i < 8u; i++) {
+        for (var g = 0u; g < G; g++) {
+            ls[g] += dot(k8[i], lq[g * HD / 4u + 8u * j + i]);
+        }
+    }
+}
+
+// lacc_g = lacc_g * lc[g] + le[g] * v over dims 32j .. 32j+31 of the V row at cache index vb.
+fn lanes_accumulate32(vb: u32, j: u32) {
+    let v8 = kv_quads8(vb + 32u * j, lane8);
+    for (var i = 0u; i < 8u; i++) {
+        for (var g = 0u; g < G; g++) {
+            let a = g * HD / 4u + 8u * j + i;
+            lacc[a] = fma(lacc[a], vec4<f32>(lc[g]), le[g] * v8[i]);
+        }
+    }
+}
+
+@compute @workgroup_size(8)
+fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
+    let kvh = wg.x;
+    let n = step.n;
+    let r0 = wg.y * 8u;
+    if r0 >= n {
+        return; // the whole workgroup: uniform
+    }
+    lane8 = sg_lane & 7u;
+    // Rows past n redo the last row (not stored), so every lane runs the same loop.
+    let row = r0 + lane8;
+    let r = min(row, n - 1u);
+    let qpos = step.pos + r;
+    let last = min(step.pos + min(r0 + 8u, n), params.capacity);
+    let width = params.heads * HD;
+    let q0 = (r * width + kvh * G * HD) / 4u;
+    for (var g = 0u; g < G; g++) {
+        for (var d = 0u; d < HD / 4u; d++) {
+            lq[g * HD / 4u + d] = q4(q0 + g * HD / 4u + d) * params.scale;
+        }
+    }
+    var m: array<f32, G>;
+    var l: array<f32, G>;
+    for (var g = 0u; g < G; g++) {
+        m[g] = NEG;
+    }
+    let k_base = kvh * params.capacity * HD;
+    let v_base = (params.kv_heads + kvh) * params.capacity * HD;
+    for (var p = 0u; p < last; p++) {
+        for (var g = 0u; g < G; g++) {
+            ls[g] = 0.0;
+        }
+        let kb = k_base + p * HD;
+        lanes_score32(kb, 0u);
+        if HD > 32u {
+            lanes_score32(kb, 1u);
+        }
+        if HD > 64u {
+            lanes_score32(kb, 2u);
+        }
+        if HD > 96u {
+            lanes_score32(kb, 3u);
+        }
+        for (var g = 0u; g < G; g++) {
+            let score = select(ls[g], NEG, p > qpos);
+            let m_new = max(m[g], score);
+            lc[g] = exp(m[g] - m_new);
+            le[g] = exp(score - m_new);
+            l[g] = l[g] * lc[g] + le[g];
+            m[g] = m_new;
+        }
+        let vb = v_base + p * HD;
+        lanes_accumulate32(vb, 0u);
+        if HD > 32u {
+            lanes_accumulate32(vb, 1u);
+        }
+        if HD > 64u {
+            lanes_accumulate32(vb, 2u);
+        }
+        if HD > 96u {
+            lanes_accumulate32(vb, 3u);
+        }
+    }
+    if row < n {
+        for (var g = 0u; g < G; g++) {
+            let o = r * width + (kvh * G + g) * HD;
+            for (var d = 0u; d < HD / 4u; d++) {
+                let a = lacc[g * HD / 4u + d] / l[g];
+                out[o + 4u * d] = a.x;
+                out[o + 4u * d + 1u] = a.y;
+                out[o + 4u * d + 2u] = a.z;
+                out[o + 4u * d + 3u] = a.w;
+            }
+        }
+    }
+}
+#endif

@@ -49,10 +49,11 @@ pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], c
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 
 /// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill,
-/// and `decode_lanes` for CPU drivers (`WL` lanes per KV head; `QUNI`: q read as a uniform of `QV4` vec4).
+/// and `decode_lanes` for CPU drivers (`WL` lanes per KV head; `QUNI`: q read as a uniform of `QV4` vec4), and
+/// with SUBGROUPS `prefill_lanes` for CPU drivers (8 query rows per workgroup, K/V shared by broadcasts).
 pub static ATTENTION: KernelSource = kernel!(
     "attention",
-    flags: &["F16", "SPLIT", "QUNI"],
+    flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS"],
     choices: &[],
     consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16), ("WL", 16), ("QV4", 144)]
 );

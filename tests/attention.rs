@@ -14,7 +14,9 @@ mod common;
 
 use common::{assert_close, gpus, random_vec};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
-use mobilellm_kernels::ops::attention::{attention_decode, attention_prefill, Split, DECODE_CHUNK};
+use mobilellm_kernels::ops::attention::{
+    attention_decode, attention_prefill, attention_prefill_tiled, Split, DECODE_CHUNK,
+};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
 
@@ -94,13 +96,22 @@ fn decode_small_heads_and_no_grouping() {
 }
 
 /// Prefill of each n onto an empty (pos 0) and a partly filled cache, with the grid sized for `max_n` rows.
+/// The full-feature device runs both kernels (`prefill_lanes`, what `attention_prefill` picks on CPU
+/// devices, and the tiled one); the bare device (no subgroups) has only the tiled one.
 fn check_prefill(heads: usize, kv_heads: usize, hd: usize, capacity: usize, max_n: usize, cases: &[(usize, usize)]) {
-    for gpu in gpus() {
+    for (gpu, tiled) in gpus().iter().flat_map(|g| [(g, false), (g, true)]) {
+        if tiled && !gpu.features().subgroups {
+            continue; // the bare device's default is already the tiled kernel
+        }
         let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 17 + hd) as u64);
         let buf = StepBuffer::new(gpu).unwrap();
         let q = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
         let out = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
-        let d = attention_prefill(gpu, &buf, &q, &cache, 0, &out).unwrap();
+        let d = if tiled {
+            attention_prefill_tiled(gpu, &buf, &q, &cache, 0, &out).unwrap()
+        } else {
+            attention_prefill(gpu, &buf, &q, &cache, 0, &out).unwrap()
+        };
         for &(pos, n) in cases {
             let qv = random_vec((pos * 1000 + n) as u64, max_n * heads * hd);
             q.write(gpu, &qv).unwrap();
@@ -110,7 +121,7 @@ fn check_prefill(heads: usize, kv_heads: usize, hd: usize, capacity: usize, max_
             let want = reference::attention_prefill(&qv[..n * heads * hd], &mirror, pos, n);
             let got = out.read::<f32>(gpu).unwrap();
             assert_close(
-                &format!("prefill {heads}/{kv_heads} hd {hd} pos {pos} n {n} [{}]", gpu.features()),
+                &format!("{} {heads}/{kv_heads} hd {hd} pos {pos} n {n} [{}]", d.name(), gpu.features()),
                 &got[..n * heads * hd],
                 &want,
                 ABS,

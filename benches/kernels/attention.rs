@@ -3,9 +3,13 @@
 //! 512 and 2048 over a cache of capacity 2048, for 9/3 and 15/5 heads, f16 and f32 KV cache. Bytes: the
 //! K and V read for the context (plus q and the output), so GB/s is the KV stream rate.
 //! (Moved here from the ignored micro-bench in tests/attention.rs.)
+//! Prefill rows: the tiled kernel vs `prefill_lanes` (what CPU devices with subgroups use) for n = 64 and
+//! 256 new positions onto an empty f16 cache.
 
 use mobilellm_kernels::kv_cache::KvCache;
-use mobilellm_kernels::ops::attention::{attention_decode, auto_chunk, Split, DECODE_CHUNK};
+use mobilellm_kernels::ops::attention::{
+    attention_decode, attention_prefill, attention_prefill_tiled, auto_chunk, Split, DECODE_CHUNK,
+};
 use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::{DType, Tensor};
 
@@ -80,6 +84,42 @@ pub fn bench_attention(b: &mut Bench) {
         println!("attention summary (µs: unsplit | split{DECODE_CHUNK} | lanes | split/unsplit | lanes/unsplit)");
         for (name, u, s, l) in summary {
             println!("  {name:<28} {u:>10.1} {s:>10.1} {l:>10.1} {:>6.2} {:>6.2}", s / u, l / u);
+        }
+    }
+}
+
+pub fn bench_attention_prefill(b: &mut Bench) {
+    let sizes: &[usize] = if b.args.quick { &[64] } else { &[64, 256] };
+    for m in models(b) {
+        let dtype = if b.gpu.features().f16 { DType::F16 } else { DType::F32 };
+        let tag = format!("{}/{} {dtype}", m.heads, m.kv_heads);
+        if !b.args.wants(&format!("attention prefill {tag}")) {
+            continue;
+        }
+        let gpu = &b.gpu;
+        let max_n = *sizes.last().expect("sizes");
+        let cache = KvCache::with_dtype(gpu, 1, max_n, m.kv_heads, m.head_dim, dtype).expect("cache");
+        let kv_len = max_n * m.kv_heads * m.head_dim;
+        cache.write(gpu, 0, 0, &data(21, kv_len, 1.0), &data(22, kv_len, 1.0)).expect("fill cache");
+        let step = StepBuffer::new(gpu).expect("step");
+        let width = m.heads * m.head_dim;
+        let q = Tensor::from_slice(gpu, &[max_n, width], &data(23, max_n * width, 1.0)).expect("q");
+        let out = Tensor::zeros(gpu, DType::F32, &[max_n, width]).expect("out");
+        let tiled = attention_prefill_tiled(gpu, &step, &q, &cache, 0, &out).expect("prefill");
+        let chosen = attention_prefill(gpu, &step, &q, &cache, 0, &out).expect("prefill");
+        for &n in sizes {
+            step.write(&b.gpu, &StepParams { pos: 0, n: n as u32, top_p: 1.0, ..Default::default() });
+            let bytes = (2 * n * m.kv_heads * m.head_dim * dtype.size() + 2 * n * width * 4) as u64;
+            let (n_tiled, n_chosen) = (format!("tiled {tag} n {n}"), format!("{} {tag} n {n}", chosen.name()));
+            let mut rows: Vec<(&str, Vec<&Dispatch>)> = vec![(&n_tiled, vec![&tiled])];
+            if chosen.name() != tiled.name() {
+                rows.push((&n_chosen, vec![&chosen]));
+            }
+            let blocks: Vec<(&str, &[&Dispatch])> = rows.iter().map(|(n, d)| (*n, d.as_slice())).collect();
+            let us = b.add_blocks("attention", &blocks, bytes);
+            if us.len() == 2 {
+                b.note(format!("tiled / {} = {:.2}", chosen.name(), us[0] / us[1]));
+            }
         }
     }
 }

@@ -279,6 +279,9 @@ fn single_pass(
 /// Prefill (causal) attention: query rows `0..n` of `q` (`[max_n, heads * head_dim]` f32) at positions
 /// `pos..pos+n` over cache positions `0..pos+n` of slot `slot` (which already holds the new K/V), written to
 /// the same rows of `out`. The grid covers `max_n = q rows`; workgroups past the step's `n` exit at once.
+/// CPU devices with subgroups of 8+ lanes run `prefill_lanes` (lanes are query rows, each K/V element
+/// loaded once per 8 rows and broadcast) where `head_dim` is a multiple of 32 up to 128; other devices the tiled
+/// kernel ([`attention_prefill_tiled`]).
 pub fn attention_prefill(
     gpu: &Gpu,
     step: &StepBuffer,
@@ -286,6 +289,36 @@ pub fn attention_prefill(
     cache: &KvCache,
     slot: usize,
     out: &Tensor,
+) -> Result<Dispatch> {
+    let lanes = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu
+        && gpu.features().subgroups
+        && gpu.subgroup_size_range().0 >= 8
+        && cache.head_dim().is_multiple_of(32)
+        && cache.head_dim() <= 128;
+    prefill(gpu, step, q, cache, slot, out, lanes)
+}
+
+/// [`attention_prefill`] with the tiled kernel on any device: one workgroup per (query head, 64 rows),
+/// K/V tiles staged in workgroup memory.
+pub fn attention_prefill_tiled(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    q: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+    out: &Tensor,
+) -> Result<Dispatch> {
+    prefill(gpu, step, q, cache, slot, out, false)
+}
+
+fn prefill(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    q: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+    out: &Tensor,
+    lanes: bool,
 ) -> Result<Dispatch> {
     let shape = check("attention_prefill", q, cache, out)?;
     let kv = cache.slot(slot)?;
@@ -297,7 +330,14 @@ pub fn attention_prefill(
         });
     }
     let params = uniform(gpu, "attention params", &Params::new(&shape, cache, cache.capacity(), 1))?;
+    let q_binding = q.buffer().as_entire_binding();
+    if lanes {
+        let pipeline =
+            gpu.pipeline(&ATTENTION, "prefill_lanes", &variant(cache, shape.group, false).flag("SUBGROUPS"))?;
+        let grid = [cache.kv_heads() as u32, shape.rows.div_ceil(8) as u32, 1];
+        return single_pass(gpu, "attention:prefill_lanes", pipeline, &params, step, q_binding, kv, out, grid);
+    }
     let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(cache, shape.group, false))?;
     let grid = [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1];
-    single_pass(gpu, "attention:prefill", pipeline, &params, step, q.buffer().as_entire_binding(), kv, out, grid)
+    single_pass(gpu, "attention:prefill", pipeline, &params, step, q_binding, kv, out, grid)
 }
