@@ -55,7 +55,7 @@ fn bench_gemv(b: &mut Bench) {
 /// `GEMV_SWEEP=1`: every mapping on a few shapes, to refill the table in `GemvMapping::choose`.
 fn sweep_gemv(b: &mut Bench) {
     use mobilellm_kernels::ops::gemv::{gemv_with, GemvMapping};
-    let maps = [(16, 1, 8), (32, 1, 8), (16, 1, 16), (8, 1, 16), (32, 1, 16), (16, 1, 8)];
+    let maps = [(8, 1, 8), (16, 1, 8), (32, 1, 8), (8, 1, 16), (16, 1, 16), (32, 1, 16)];
     for (rows, cols) in [(1536, 576), (576, 1536)] {
         for wtype in [WeightType::Q4_0, WeightType::Q8_0] {
             let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, cols)).expect("upload");
