@@ -9,9 +9,10 @@
 //   (max, sum, unnormalised acc) partials; chunks past the context exit at once (merge skips them).
 // - `decode_lanes` (CPU drivers): the same result as unsplit `decode`, mapped for SIMD lanes: one workgroup
 //   of WL lanes per KV head, lane j takes positions j, j+WL, ... with its own online softmax (max, sum and
-//   G*HD accumulators in registers), q read from a uniform (a SIMD gather on lavapipe, where workgroup
+//   G*HD accumulators in registers), q read once from a uniform (a SIMD gather on lavapipe, where workgroup
 //   and storage loads are per-lane loops); the WL partial softmaxes merge in workgroup memory once
 //   at the end. No barrier in the main loop, and each K/V element is read by exactly one lane.
+//   (Launcher: HD a multiple of 32 up to 128, for the register layout below.)
 // - `merge`: combines the chunk partials of one query head (flash-decoding's second pass).
 // - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per
 //   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
@@ -41,7 +42,16 @@ struct Params {
 #endif
 // F16: the cache holds f16, read as u32 pairs with unpack2x16float (half the loads of f16 elements, which
 // lavapipe fetches one per-lane loop each; no shader-f16 needed to read it).
-#if F16
+// KVTEX: the slot is an rgba32uint texture of the same bytes (`src/kv_cache.rs`): 16 bytes per texel,
+// KV_ROW texels per row; one texel fetch is one SIMD gather on lavapipe.
+#if KVTEX
+@group(0) @binding(3) var kv_tex: texture_2d<u32>;
+const KV_ROW: u32 = 4096u;
+
+fn kv_texel(t: u32) -> vec4<u32> {
+    return textureLoad(kv_tex, vec2<u32>(t % KV_ROW, t / KV_ROW), 0);
+}
+#elif F16
 @group(0) @binding(3) var<storage, read> kv: array<u32>;
 #else
 @group(0) @binding(3) var<storage, read> kv: array<f32>;
@@ -49,7 +59,12 @@ struct Params {
 
 // Cache element i, and elements i .. i+3 (i a multiple of 4).
 fn kv1(i: u32) -> f32 {
-#if F16
+#if KVTEX && F16
+    let w = unpack2x16float(kv_texel(i >> 3u)[(i >> 1u) & 3u]);
+    return select(w.x, w.y, (i & 1u) == 1u);
+#elif KVTEX
+    return bitcast<f32>(kv_texel(i >> 2u)[i & 3u]);
+#elif F16
     let w = unpack2x16float(kv[i >> 1u]);
     return select(w.x, w.y, (i & 1u) == 1u);
 #else
@@ -58,7 +73,13 @@ fn kv1(i: u32) -> f32 {
 }
 
 fn kv4(i: u32) -> vec4<f32> {
-#if F16
+#if KVTEX && F16
+    let w = kv_texel(i >> 3u);
+    let pair = select(w.xy, w.zw, (i & 4u) == 4u);
+    return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
+#elif KVTEX
+    return bitcast<vec4<f32>>(kv_texel(i >> 2u));
+#elif F16
     let o = i >> 1u;
     return vec4<f32>(unpack2x16float(kv[o]), unpack2x16float(kv[o + 1u]));
 #else
@@ -209,6 +230,43 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
 }
 
+// Register state of the lane kernels (`decode_lanes`, `prefill_lanes`): q, accumulators, the current
+// position's scores and softmax factors. Every loop over them is short enough for the driver to unroll and
+// head dims go in separate 32-dim calls, so each index is a constant: one index left to a loop counter
+// moves the whole array to memory, which on lavapipe is a per-lane loop per access (measured 4x slower).
+var<private> lq: array<vec4<f32>, G * HD / 4u>;
+var<private> lacc: array<vec4<f32>, G * HD / 4u>;
+var<private> ls: array<f32, G>;
+var<private> lc: array<f32, G>;
+var<private> le: array<f32, G>;
+// prefill_lanes: this lane's index among the 8 that load a position's quads.
+var<private> lane8: u32;
+
+// ls[g] += q_g . k over dims 32j .. 32j+31, k given as 8 quads, q from lq.
+fn lanes_score32(k8: array<vec4<f32>, 8>, j: u32) {
+    for (var i = 0u; i < 8u; i++) {
+        for (var g = 0u; g < G; g++) {
+            ls[g] += dot(k8[i], lq[g * HD / 4u + 8u * j + i]);
+        }
+    }
+}
+
+// lacc_g = lacc_g * lc[g] + le[g] * v over dims 32j .. 32j+31, v given as 8 quads.
+fn lanes_accumulate32(v8: array<vec4<f32>, 8>, j: u32) {
+    for (var i = 0u; i < 8u; i++) {
+        for (var g = 0u; g < G; g++) {
+            let a = g * HD / 4u + 8u * j + i;
+            lacc[a] = fma(lacc[a], vec4<f32>(lc[g]), le[g] * v8[i]);
+        }
+    }
+}
+
+// The 8 quads of the cache at index i .. i+31 read by this lane alone (decode_lanes: one position each).
+fn kv_own8(i: u32) -> array<vec4<f32>, 8> {
+    return array<vec4<f32>, 8>(kv4(i), kv4(i + 4u), kv4(i + 8u), kv4(i + 12u), kv4(i + 16u), kv4(i + 20u),
+                               kv4(i + 24u), kv4(i + 28u));
+}
+
 var<workgroup> lane_m: array<f32, WL * G>;
 var<workgroup> lane_l: array<f32, WL * G>;
 var<workgroup> lane_acc: array<f32, WL * HD>;
@@ -222,38 +280,48 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let q0 = (last_row() * width + kvh * G * HD) / 4u;
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
+    for (var g = 0u; g < G; g++) {
+        for (var d = 0u; d < HD / 4u; d++) {
+            lq[g * HD / 4u + d] = q4(q0 + g * HD / 4u + d) * params.scale;
+        }
+    }
     var m: array<f32, G>;
     var l: array<f32, G>;
-    var acc: array<vec4<f32>, G * HD / 4u>;
     for (var g = 0u; g < G; g++) {
         m[g] = NEG;
     }
     for (var p = lid; p < ctx; p += WL) {
-        let kb = k_base + p * HD;
-        var s: array<f32, G>;
-        for (var d = 0u; d < HD; d += 4u) {
-            let k4 = kv4(kb + d);
-            for (var g = 0u; g < G; g++) {
-                s[g] += dot(k4, q4(q0 + (g * HD + d) / 4u));
-            }
-        }
-        var c: array<f32, G>;
-        var e: array<f32, G>;
         for (var g = 0u; g < G; g++) {
-            let score = s[g] * params.scale;
-            let m_new = max(m[g], score);
-            c[g] = exp(m[g] - m_new);
-            e[g] = exp(score - m_new);
-            l[g] = l[g] * c[g] + e[g];
+            ls[g] = 0.0;
+        }
+        let kb = k_base + p * HD;
+        lanes_score32(kv_own8(kb), 0u);
+        if HD > 32u {
+            lanes_score32(kv_own8(kb + 32u), 1u);
+        }
+        if HD > 64u {
+            lanes_score32(kv_own8(kb + 64u), 2u);
+        }
+        if HD > 96u {
+            lanes_score32(kv_own8(kb + 96u), 3u);
+        }
+        for (var g = 0u; g < G; g++) {
+            let m_new = max(m[g], ls[g]);
+            lc[g] = exp(m[g] - m_new);
+            le[g] = exp(ls[g] - m_new);
+            l[g] = l[g] * lc[g] + le[g];
             m[g] = m_new;
         }
         let vb = v_base + p * HD;
-        for (var d = 0u; d < HD; d += 4u) {
-            let v4 = kv4(vb + d);
-            for (var g = 0u; g < G; g++) {
-                let i = (g * HD + d) / 4u;
-                acc[i] = fma(acc[i], vec4<f32>(c[g]), e[g] * v4);
-            }
+        lanes_accumulate32(kv_own8(vb), 0u);
+        if HD > 32u {
+            lanes_accumulate32(kv_own8(vb + 32u), 1u);
+        }
+        if HD > 64u {
+            lanes_accumulate32(kv_own8(vb + 64u), 2u);
+        }
+        if HD > 96u {
+            lanes_accumulate32(kv_own8(vb + 96u), 3u);
         }
     }
     // Merge the WL lanes' softmaxes: out = sum_j acc_j exp(m_j - M) / sum_j l_j exp(m_j - M). Lanes that got
@@ -264,7 +332,7 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     }
     for (var g = 0u; g < G; g++) {
         for (var d = 0u; d < HD; d += 4u) {
-            let a = acc[(g * HD + d) / 4u];
+            let a = lacc[(g * HD + d) / 4u];
             lane_acc[lid * HD + d] = a.x;
             lane_acc[lid * HD + d + 1u] = a.y;
             lane_acc[lid * HD + d + 2u] = a.z;
@@ -412,38 +480,7 @@ fn kv_quads8(i: u32, lane: u32) -> array<vec4<f32>, 8> {
 // registers. The workgroup walks the positions its last row needs; each position's K and V arrive one
 // quad per lane by subgroup broadcasts (on lavapipe every storage load is a per-lane loop: this loads each
 // element once instead of once per row, and there is no workgroup memory and no barrier). Positions past
-// a lane's own (causal) score NEG and leave its softmax unchanged.
-// Every loop here is short enough for the driver to unroll and the 32-dim pieces are separate calls, so
-// each array index is a constant: one index left to a loop counter moves the whole array to memory,
-// which on lavapipe is a per-lane loop per access (measured 4x slower).
-var<private> lq: array<vec4<f32>, G * HD / 4u>;
-var<private> lacc: array<vec4<f32>, G * HD / 4u>;
-var<private> ls: array<f32, G>;
-var<private> lc: array<f32, G>;
-var<private> le: array<f32, G>;
-var<private> lane8: u32;
-
-// ls[g] += q_g . k over dims 32j .. 32j+31 of the K row at cache index kb.
-fn lanes_score32(kb: u32, j: u32) {
-    let k8 = kv_quads8(kb + 32u * j, lane8);
-    for (var i = 0u; i < 8u; i++) {
-        for (var g = 0u; g < G; g++) {
-            ls[g] += dot(k8[i], lq[g * HD / 4u + 8u * j + i]);
-        }
-    }
-}
-
-// lacc_g = lacc_g * lc[g] + le[g] * v over dims 32j .. 32j+31 of the V row at cache index vb.
-fn lanes_accumulate32(vb: u32, j: u32) {
-    let v8 = kv_quads8(vb + 32u * j, lane8);
-    for (var i = 0u; i < 8u; i++) {
-        for (var g = 0u; g < G; g++) {
-            let a = g * HD / 4u + 8u * j + i;
-            lacc[a] = fma(lacc[a], vec4<f32>(lc[g]), le[g] * v8[i]);
-        }
-    }
-}
-
+// a lane's own (causal) score NEG and leave its softmax unchanged. Register state: see `lq` above.
 @compute @workgroup_size(8)
 fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocation_id) sg_lane: u32) {
     let kvh = wg.x;
@@ -477,15 +514,15 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocat
             ls[g] = 0.0;
         }
         let kb = k_base + p * HD;
-        lanes_score32(kb, 0u);
+        lanes_score32(kv_quads8(kb + 0u, lane8), 0u);
         if HD > 32u {
-            lanes_score32(kb, 1u);
+            lanes_score32(kv_quads8(kb + 32u, lane8), 1u);
         }
         if HD > 64u {
-            lanes_score32(kb, 2u);
+            lanes_score32(kv_quads8(kb + 64u, lane8), 2u);
         }
         if HD > 96u {
-            lanes_score32(kb, 3u);
+            lanes_score32(kv_quads8(kb + 96u, lane8), 3u);
         }
         for (var g = 0u; g < G; g++) {
             let score = select(ls[g], NEG, p > qpos);
@@ -496,15 +533,15 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocat
             m[g] = m_new;
         }
         let vb = v_base + p * HD;
-        lanes_accumulate32(vb, 0u);
+        lanes_accumulate32(kv_quads8(vb + 0u, lane8), 0u);
         if HD > 32u {
-            lanes_accumulate32(vb, 1u);
+            lanes_accumulate32(kv_quads8(vb + 32u, lane8), 1u);
         }
         if HD > 64u {
-            lanes_accumulate32(vb, 2u);
+            lanes_accumulate32(kv_quads8(vb + 64u, lane8), 2u);
         }
         if HD > 96u {
-            lanes_accumulate32(vb, 3u);
+            lanes_accumulate32(kv_quads8(vb + 96u, lane8), 3u);
         }
     }
     if row < n {

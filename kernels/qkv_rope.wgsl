@@ -37,7 +37,14 @@ struct Params {
 #endif
 @group(0) @binding(5) var<storage, read> rope_cs: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> q_out: array<f32>;
+// KVTEX: the slot is an rgba32uint texture of the same bytes (`src/kv_cache.rs`), written whole texels at
+// a time (K/V rows of a workgroup's RoPE pairs, or of a `rope_cache` row).
+#if KVTEX
+@group(0) @binding(7) var kv_store: texture_storage_2d<rgba32uint, write>;
+const KV_ROW: u32 = 4096u;
+#else
 @group(0) @binding(7) var<storage, read_write> kv: array<kv_t>;
+#endif
 
 #include reduce
 #include weights
@@ -126,26 +133,45 @@ fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
         y_sh[lid] = sum;
     }
     workgroupBarrier();
+#if KVTEX
+    // K/V rows go to the texture slot whole texels at a time: rotate into rot_sh, then write texels.
+    if slot >= params.heads {
+        if lid < PAIRS {
+            let ab = rotate_pair(slot, pos, grp * PAIRS + lid, y_sh[lid], y_sh[lid + PAIRS]);
+            rot_sh[lid] = ab.x;
+            rot_sh[lid + PAIRS] = ab.y;
+        }
+        workgroupBarrier();
+        if lid < RPW / EPT {
+            store_group_texel(slot, pos, grp, lid);
+        }
+        return;
+    }
+#endif
     if lid < PAIRS {
         store_pair(slot, r, pos, grp * PAIRS + lid, elem_of(grp, lid), elem_of(grp, lid + PAIRS), y_sh[lid],
                    y_sh[lid + PAIRS]);
     }
 }
 
+// RoPE pair `p` (first element a, second b) of head slot `slot` at position pos, rotated (V: unchanged).
+fn rotate_pair(slot: u32, pos: u32, p: u32, a: f32, b: f32) -> vec2<f32> {
+    if slot >= params.heads + params.kv_heads {
+        return vec2<f32>(a, b);
+    }
+    let cs = rope_cs[pos * (HD / 2u) + p];
+    return vec2<f32>(a * cs.x - b * cs.y, a * cs.y + b * cs.x);
+}
+
 // RoPE pair `p` (elements ia, ib of head slot `slot`, token row r at position pos) and its destination:
 // Q rows to q_out, K and V rows to the cache (V is not rotated).
 fn store_pair(slot: u32, r: u32, pos: u32, p: u32, ia: u32, ib: u32, a0: f32, b0: f32) {
-    var a = a0;
-    var b = b0;
+    let ab = rotate_pair(slot, pos, p, a0, b0);
+    let a = ab.x;
+    let b = ab.y;
     let heads = params.heads;
     let kvn = params.kv_heads;
     let is_v = slot >= heads + kvn;
-    if !is_v {
-        let cs = rope_cs[pos * (HD / 2u) + p];
-        let ra = a * cs.x - b * cs.y;
-        b = a * cs.y + b * cs.x;
-        a = ra;
-    }
     if slot < heads {
         let base = (r * heads + slot) * HD;
         q_out[base + ia] = a;
@@ -157,15 +183,96 @@ fn store_pair(slot: u32, r: u32, pos: u32, p: u32, ia: u32, ib: u32, a0: f32, b0
             kvh -= kvn;
             part = 1u;
         }
+#if !KVTEX
         let base = ((part * kvn + kvh) * params.capacity + pos) * HD;
         kv[base + ia] = kv_t(a);
         kv[base + ib] = kv_t(b);
+#endif
     }
 }
 
+#if KVTEX
+#if F16
+const EPT: u32 = 8u; // elements per texel
+#else
+const EPT: u32 = 4u;
+#endif
+
+// Element e of K/V head slot `slot` (K rotated) for the row at `base` of qkv_in, at position pos.
+fn rope_elem(slot: u32, pos: u32, base: u32, e: u32) -> f32 {
+    let x = qkv_in[base + e];
+    if slot >= params.heads + params.kv_heads {
+        return x; // V
+    }
+#if ROPE_INTERLEAVED
+    let p = e / 2u;
+    let first = (e & 1u) == 0u;
+    let partner = qkv_in[base + (e ^ 1u)];
+#else
+    let first = e < HD / 2u;
+    let p = select(e - HD / 2u, e, first);
+    let partner = qkv_in[base + select(e - HD / 2u, e + HD / 2u, first)];
+#endif
+    let cs = rope_cs[pos * (HD / 2u) + p];
+    // first of the pair: a cos - b sin; second: a sin + b cos (a the first element, b the second).
+    return select(partner * cs.y + x * cs.x, x * cs.x - partner * cs.y, first);
+}
+
+// Elements first .. first+EPT-1 (`v`) of K/V head slot `slot` at position pos: one texel of the slot.
+fn write_texel(slot: u32, pos: u32, first: u32, v: array<f32, EPT>) {
+    var kvh = slot - params.heads;
+    var part = 0u;
+    if kvh >= params.kv_heads {
+        kvh -= params.kv_heads;
+        part = 1u;
+    }
+#if F16
+    let w = vec4<u32>(pack2x16float(vec2<f32>(v[0], v[1])), pack2x16float(vec2<f32>(v[2], v[3])),
+                      pack2x16float(vec2<f32>(v[4], v[5])), pack2x16float(vec2<f32>(v[6], v[7])));
+#else
+    let w = bitcast<vec4<u32>>(vec4<f32>(v[0], v[1], v[2], v[3]));
+#endif
+    let texel = (((part * params.kv_heads + kvh) * params.capacity + pos) * HD + first) / EPT;
+    textureStore(kv_store, vec2<u32>(texel % KV_ROW, texel / KV_ROW), w);
+}
+
+// Texel t of a K/V head row, from the row at `base` of qkv_in (rope_cache).
+fn store_texel(slot: u32, pos: u32, base: u32, t: u32) {
+    var v: array<f32, EPT>;
+    for (var k = 0u; k < EPT; k++) {
+        v[k] = rope_elem(slot, pos, base, t * EPT + k);
+    }
+    write_texel(slot, pos, t * EPT, v);
+}
+
+// The qkv_rope workgroup's rotated K/V rows (local row order, as y_sh), for its texel writers.
+var<workgroup> rot_sh: array<f32, RPW>;
+
+// Texel t (< RPW / EPT) of the workgroup's elements: halves, two runs of PAIRS consecutive elements (local
+// rows 0..PAIRS and PAIRS..RPW); interleaved, RPW consecutive elements alternating the two halves of y_sh.
+fn store_group_texel(slot: u32, pos: u32, grp: u32, t: u32) {
+    var v: array<f32, EPT>;
+    for (var k = 0u; k < EPT; k++) {
+        let m = t * EPT + k;
+#if ROPE_INTERLEAVED
+        v[k] = rot_sh[select(PAIRS + m / 2u, m / 2u, (m & 1u) == 0u)];
+#else
+        v[k] = rot_sh[m];
+#endif
+    }
+#if ROPE_INTERLEAVED
+    let first = 2u * grp * PAIRS + t * EPT;
+#else
+    let first = elem_of(grp, t * EPT);
+#endif
+    write_texel(slot, pos, first, v);
+}
+#endif
+
 // The unfused tail for devices where a tuned GEMV (`gemv` with NORM) computes the projection faster:
 // reads the projected Q|K|V row of each token from `qkv_in` (`[max_n, (heads + 2 kv_heads) * HD]`) and does
-// the RoPE and the cache write. One workgroup per (head slot, token row); one invocation per RoPE pair.
+// the RoPE and the cache write. One workgroup per (head slot, token row); one invocation per RoPE pair
+// (KVTEX: per texel of a K/V row, each element with its RoPE partner).
 @group(0) @binding(8) var<storage, read> qkv_in: array<f32>;
 
 @compute @workgroup_size(WG)
@@ -178,6 +285,14 @@ fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     }
     let width = (params.heads + 2u * params.kv_heads) * HD;
     let base = r * width + slot * HD;
+#if KVTEX
+    if slot >= params.heads {
+        for (var t = lid; t < HD / EPT; t += WG) {
+            store_texel(slot, pos, base, t);
+        }
+        return;
+    }
+#endif
     for (var p = lid; p < HD / 2u; p += WG) {
 #if ROPE_INTERLEAVED
         let ia = 2u * p;

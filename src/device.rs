@@ -557,6 +557,22 @@ impl Gpu {
     /// Creates an `rgba32uint` 2D texture for a weight matrix ([`WeightStorage::Texture`]), turning an
     /// allocation failure into [`Error::OutOfMemory`].
     pub fn create_texture(&self, label: &str, width: u32, height: u32) -> Result<wgpu::Texture> {
+        self.create_texture_with(
+            label,
+            width,
+            height,
+            wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+        )
+    }
+
+    /// [`Gpu::create_texture`] with explicit usages (the KV cache's textures are also written by shaders).
+    pub(crate) fn create_texture_with(
+        &self,
+        label: &str,
+        width: u32,
+        height: u32,
+        usage: wgpu::TextureUsages,
+    ) -> Result<wgpu::Texture> {
         self.check_lost()?;
         let device = &self.inner.device;
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
@@ -568,7 +584,7 @@ impl Gpu {
             sample_count: 1,
             dimension: wgpu::TextureDimension::D2,
             format: wgpu::TextureFormat::Rgba32Uint,
-            usage: wgpu::TextureUsages::TEXTURE_BINDING | wgpu::TextureUsages::COPY_DST,
+            usage,
             view_formats: &[],
         });
         if let Some(err) = pollster::block_on(validation.pop()) {

@@ -1,18 +1,32 @@
 //! The KV cache: one slot per *executed* layer (with block-wise layer sharing a unique layer runs twice
 //! and each execution has its own slot), f16 where the device has SHADER_F16, else f32.
 //!
-//! Layout of one slot (one buffer, so one binding): `[2][kv_heads][capacity][head_dim]`: all of K, then
-//! all of V; within each, one KV head's positions are contiguous, so a decode workgroup that owns a KV
-//! head streams one contiguous range of memory.
+//! Layout of one slot (one binding): `[2][kv_heads][capacity][head_dim]`: all of K, then all of V; within
+//! each, one KV head's positions are contiguous, so a decode workgroup that owns a KV head streams one
+//! contiguous range of memory.
+//!
+//! Storage follows the device's [`WeightStorage`]: a storage buffer, or (CPU drivers) an `rgba32uint`
+//! texture holding the same bytes in order, 16 per texel and [`TEXTURE_ROW_TEXELS`] texels per row, read
+//! with `textureLoad` (on lavapipe one SIMD gather per 16 bytes, where a storage load is a per-lane loop
+//! per word: measured 9x faster) and written whole texels at a time by `rope_cache`. A texture slot needs
+//! each head row to fill whole texels (head_dim a multiple of 8 in f16, 4 in f32).
 
-use crate::device::Gpu;
+use crate::device::{Gpu, WeightStorage};
 use crate::error::{Error, Result};
-use crate::tensor::{read_buffer, DType, Tensor};
+use crate::quant::TEXTURE_ROW_TEXELS;
+use crate::tensor::{map_read, read_buffer, DType, Tensor};
+
+/// One slot's storage.
+#[derive(Debug, Clone)]
+enum Slot {
+    Buffer(Tensor),
+    Texture { texture: wgpu::Texture, view: wgpu::TextureView },
+}
 
 /// GPU KV cache for a whole model: `slots` executed layers, `capacity` positions each.
 #[derive(Debug, Clone)]
 pub struct KvCache {
-    slots: Vec<Tensor>,
+    slots: Vec<Slot>,
     capacity: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -116,9 +130,37 @@ impl KvCache {
         if head_dim == 0 || !head_dim.is_multiple_of(4) || head_dim > 256 {
             return Err(Error::invalid("KV cache head_dim", head_dim, "a multiple of 4 in 4..=256"));
         }
+        let slot_bytes = [2, kv_heads, capacity, head_dim, dtype.size()]
+            .iter()
+            .try_fold(1usize, |a, &b| a.checked_mul(b))
+            .unwrap_or(usize::MAX);
+        // One binding's worth per slot whatever the storage, so a context that plans on one device plans on all.
+        if slot_bytes as u64 > gpu.max_binding_bytes() {
+            return Err(Error::Capacity {
+                what: format!("kv cache slot 0 [2, {kv_heads}, {capacity}, {head_dim}] ({dtype}) in bytes"),
+                requested: slot_bytes,
+                capacity: gpu.max_binding_bytes() as usize,
+            });
+        }
+        let texels = slot_bytes / 16;
+        let texture = gpu.weight_storage() == WeightStorage::Texture
+            && (head_dim * dtype.size()).is_multiple_of(16)
+            && texels.div_ceil(TEXTURE_ROW_TEXELS) <= gpu.limits().max_texture_dimension_2d as usize;
         let slots = (0..slots)
             .map(|i| {
-                Tensor::zeros_labeled(gpu, &format!("kv cache slot {i}"), dtype, &[2, kv_heads, capacity, head_dim])
+                let label = format!("kv cache slot {i}");
+                if !texture {
+                    return Tensor::zeros_labeled(gpu, &label, dtype, &[2, kv_heads, capacity, head_dim])
+                        .map(Slot::Buffer);
+                }
+                let (width, height) = (texels.min(TEXTURE_ROW_TEXELS), texels.div_ceil(TEXTURE_ROW_TEXELS));
+                let usage = wgpu::TextureUsages::TEXTURE_BINDING
+                    | wgpu::TextureUsages::STORAGE_BINDING
+                    | wgpu::TextureUsages::COPY_DST
+                    | wgpu::TextureUsages::COPY_SRC;
+                let texture = gpu.create_texture_with(&label, width as u32, height as u32, usage)?;
+                let view = texture.create_view(&wgpu::TextureViewDescriptor::default());
+                Ok(Slot::Texture { texture, view })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(KvCache { slots, capacity, kv_heads, head_dim, dtype })
@@ -146,11 +188,104 @@ impl KvCache {
     }
     /// GPU memory used by the whole cache.
     pub fn size_bytes(&self) -> u64 {
-        self.slots.iter().map(Tensor::size_bytes).sum()
+        self.slots
+            .iter()
+            .map(|s| match s {
+                Slot::Buffer(t) => t.size_bytes(),
+                Slot::Texture { texture, .. } => texture.width() as u64 * texture.height() as u64 * 16,
+            })
+            .sum()
     }
-    /// The buffer of slot `i`: shape `[2, kv_heads, capacity, head_dim]` (K then V).
-    pub fn slot(&self, i: usize) -> Result<&Tensor> {
+    /// Whether the slots are textures (see the module docs) rather than storage buffers.
+    pub fn is_texture(&self) -> bool {
+        matches!(self.slots.first(), Some(Slot::Texture { .. }))
+    }
+    /// Slot `i` as a binding: its buffer (`[2, kv_heads, capacity, head_dim]`, K then V) or its texture view
+    /// (for `texture_2d<u32>` reads and `texture_storage_2d<rgba32uint, write>` writes).
+    pub fn binding(&self, i: usize) -> Result<wgpu::BindingResource<'_>> {
+        Ok(match self.slot(i)? {
+            Slot::Buffer(t) => t.buffer().as_entire_binding(),
+            Slot::Texture { view, .. } => wgpu::BindingResource::TextureView(view),
+        })
+    }
+
+    fn slot(&self, i: usize) -> Result<&Slot> {
         self.slots.get(i).ok_or_else(|| Error::invalid("KV cache slot", i, format!("below {}", self.slots.len())))
+    }
+
+    /// Writes `bytes` at byte `offset` of slot `slot` (texture slots: offset and length multiples of 16).
+    fn write_bytes(&self, gpu: &Gpu, slot: usize, offset: usize, bytes: &[u8]) -> Result<()> {
+        match self.slot(slot)? {
+            Slot::Buffer(t) => gpu.queue().write_buffer(t.buffer(), offset as u64, bytes),
+            Slot::Texture { texture, .. } => {
+                // Texel runs split at texture rows.
+                let mut texel = offset / 16;
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let x = texel % TEXTURE_ROW_TEXELS;
+                    let run = (TEXTURE_ROW_TEXELS - x).min(rest.len() / 16);
+                    let (head, tail) = rest.split_at(run * 16);
+                    gpu.queue().write_texture(
+                        wgpu::TexelCopyTextureInfo {
+                            texture,
+                            mip_level: 0,
+                            origin: wgpu::Origin3d { x: x as u32, y: (texel / TEXTURE_ROW_TEXELS) as u32, z: 0 },
+                            aspect: wgpu::TextureAspect::All,
+                        },
+                        head,
+                        wgpu::TexelCopyBufferLayout {
+                            offset: 0,
+                            bytes_per_row: Some(head.len() as u32),
+                            rows_per_image: None,
+                        },
+                        wgpu::Extent3d { width: run as u32, height: 1, depth_or_array_layers: 1 },
+                    );
+                    texel += run;
+                    rest = tail;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The bytes of slot `slot`, in layout order.
+    fn read_bytes(&self, gpu: &Gpu, slot: usize) -> Result<Vec<u8>> {
+        match self.slot(slot)? {
+            Slot::Buffer(t) => read_buffer(gpu, t.buffer(), 0, t.size_bytes()),
+            Slot::Texture { texture, .. } => {
+                let (width, height) = (texture.width(), texture.height());
+                // Rows of a texture-to-buffer copy are padded to 256 bytes.
+                let row = (width as u64 * 16).next_multiple_of(256);
+                let staging = gpu.create_buffer(
+                    "kv readback",
+                    row * height as u64,
+                    wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                )?;
+                let mut encoder =
+                    gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kv readback") });
+                encoder.copy_texture_to_buffer(
+                    texture.as_image_copy(),
+                    wgpu::TexelCopyBufferInfo {
+                        buffer: &staging,
+                        layout: wgpu::TexelCopyBufferLayout {
+                            offset: 0,
+                            bytes_per_row: Some(row as u32),
+                            rows_per_image: None,
+                        },
+                    },
+                    texture.size(),
+                );
+                gpu.submit_and_wait([encoder.finish()])?;
+                let padded = map_read(gpu, &staging, row * height as u64)?;
+                let slot_bytes = 2 * self.kv_heads * self.capacity * self.head_dim * self.dtype.size();
+                let mut bytes = Vec::with_capacity(slot_bytes);
+                for r in padded.chunks(row as usize) {
+                    bytes.extend_from_slice(&r[..width as usize * 16]);
+                }
+                bytes.truncate(slot_bytes);
+                Ok(bytes)
+            }
+        }
     }
 
     /// Checks that a step writing `n` positions from `pos` stays inside the cache; call before writing the
@@ -176,7 +311,7 @@ impl KvCache {
         }
         let n = k.len() / width;
         self.check_step(pos, n)?;
-        let buffer = self.slot(slot)?.buffer();
+        self.slot(slot)?;
         let es = self.dtype.size();
         for (part, rows) in [(0usize, k), (1, v)] {
             for h in 0..self.kv_heads {
@@ -193,8 +328,9 @@ impl KvCache {
                     }
                 }
                 let elem = ((part * self.kv_heads + h) * self.capacity + pos) * self.head_dim;
-                // head_dim is a multiple of 4, so offsets and sizes are 4-byte aligned for both types.
-                gpu.queue().write_buffer(buffer, (elem * es) as u64, &bytes);
+                // head_dim is a multiple of 4, so offsets and sizes are 4-byte aligned for both types (and
+                // whole texels where the slots are textures).
+                self.write_bytes(gpu, slot, elem * es, &bytes)?;
             }
         }
         Ok(())
@@ -202,8 +338,7 @@ impl KvCache {
 
     /// Reads slot `slot` back to the host, widened to f32.
     pub fn read(&self, gpu: &Gpu, slot: usize) -> Result<KvMirror> {
-        let t = self.slot(slot)?;
-        let bytes = read_buffer(gpu, t.buffer(), 0, t.size_bytes())?;
+        let bytes = self.read_bytes(gpu, slot)?;
         let all: Vec<f32> = match self.dtype {
             DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             _ => bytemuck::pod_collect_to_vec(&bytes),

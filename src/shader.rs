@@ -53,7 +53,7 @@ pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choice
 /// with SUBGROUPS `prefill_lanes` for CPU drivers (8 query rows per workgroup, K/V shared by broadcasts).
 pub static ATTENTION: KernelSource = kernel!(
     "attention",
-    flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS"],
+    flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS", "KVTEX"],
     choices: &[],
     consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16), ("WL", 16), ("QV4", 144)]
 );
@@ -69,7 +69,7 @@ pub static WEIGHTS: KernelSource =
 /// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write.
 pub static QKV_ROPE: KernelSource = kernel!(
     "qkv_rope",
-    flags: &["SUBGROUPS", "F16", "WTEX"],
+    flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX"],
     choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
     consts: &[("WG", 64), ("HD", 64), ("XV4", 400)]
 );

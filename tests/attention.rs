@@ -174,7 +174,7 @@ fn cache_sizes_and_capacity_errors() {
         assert!(matches!(err, Error::Capacity { requested: 257, capacity: 256, .. }), "{err}");
         let err = cache.write(gpu, 0, 256, &[0.0; 192], &[0.0; 192]).unwrap_err();
         assert!(matches!(err, Error::Capacity { .. }), "{err}");
-        assert!(cache.slot(60).is_err());
+        assert!(cache.binding(60).is_err());
         // A prefill grid larger than the cache is refused when planned.
         let q = Tensor::zeros(gpu, DType::F32, &[257, 576]).unwrap();
         let buf = StepBuffer::new(gpu).unwrap();

@@ -54,7 +54,8 @@ pub enum Split {
     Chunk(usize),
     /// One workgroup of [`DECODE_LANES`] lanes per KV head, positions strided over the lanes, each lane
     /// its own online softmax, merged once in workgroup memory (`decode_lanes`; what `Auto` picks on CPU
-    /// devices). Falls back to [`Split::Off`] when `head_dim + 2 * group > 256` (its workgroup memory).
+    /// devices). Falls back to [`Split::Off`] unless `head_dim` is a multiple of 32 up to 128 and
+    /// `head_dim + 2 * group <= 256` (its workgroup memory).
     Lanes,
 }
 
@@ -132,6 +133,7 @@ fn variant(cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
     let hd = cache.head_dim();
     ShaderVariant::new()
         .flag_if("F16", cache.dtype() == DType::F16)
+        .flag_if("KVTEX", cache.is_texture())
         .flag_if("SPLIT", split)
         .constant("WG", WORKGROUP)
         .constant("G", group as u32)
@@ -162,10 +164,10 @@ pub fn attention_decode(
     split: Split,
 ) -> Result<Vec<Dispatch>> {
     let shape = check("attention_decode", q, cache, out)?;
-    let kv = cache.slot(slot)?;
+    let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let capacity = cache.capacity();
-    let lanes_fit = hd.is_multiple_of(4) && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
+    let lanes_fit = hd.is_multiple_of(32) && hd <= 128 && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
     let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
     if (split == Split::Lanes || (split == Split::Auto && cpu)) && lanes_fit {
         return decode_lanes(gpu, step, q, cache, slot, out, &shape).map(|d| vec![d]);
@@ -200,7 +202,7 @@ pub fn attention_decode(
             (0, params.as_entire_binding()),
             (1, step.buffer().as_entire_binding()),
             (2, q.buffer().as_entire_binding()),
-            (3, kv.buffer().as_entire_binding()),
+            (3, kv),
             (5, partials.buffer().as_entire_binding()),
         ],
         grid,
@@ -233,7 +235,7 @@ fn decode_lanes(
     out: &Tensor,
     shape: &Shape,
 ) -> Result<Dispatch> {
-    let kv = cache.slot(slot)?;
+    let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let q_len = shape.rows * shape.heads * hd;
     let q_uniform = fits_uniform(gpu, q, q_len);
@@ -256,7 +258,7 @@ fn single_pass(
     params: &wgpu::Buffer,
     step: &StepBuffer,
     q: wgpu::BindingResource<'_>,
-    kv: &Tensor,
+    kv: wgpu::BindingResource<'_>,
     out: &Tensor,
     grid: [u32; 3],
 ) -> Result<Dispatch> {
@@ -268,7 +270,7 @@ fn single_pass(
             (0, params.as_entire_binding()),
             (1, step.buffer().as_entire_binding()),
             (2, q),
-            (3, kv.buffer().as_entire_binding()),
+            (3, kv),
             (4, out.buffer().as_entire_binding()),
         ],
         grid,
@@ -321,7 +323,7 @@ fn prefill(
     lanes: bool,
 ) -> Result<Dispatch> {
     let shape = check("attention_prefill", q, cache, out)?;
-    let kv = cache.slot(slot)?;
+    let kv = cache.binding(slot)?;
     if shape.rows > cache.capacity() {
         return Err(Error::Capacity {
             what: "attention_prefill rows".into(),

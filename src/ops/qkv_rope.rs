@@ -161,7 +161,7 @@ pub fn qkv_rope(
             capacity: cache.capacity().min(MAX_GROUPS_PER_DIM as usize),
         });
     }
-    let kv = cache.slot(slot)?;
+    let kv = cache.binding(slot)?;
     let variant = variant_for(w_qkv.variant(base_variant(gpu)), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
     let params = Params {
@@ -186,7 +186,7 @@ pub fn qkv_rope(
             (4, w_qkv.binding()),
             (5, rope.tensor().buffer().as_entire_binding()),
             (6, q_out.buffer().as_entire_binding()),
-            (7, kv.buffer().as_entire_binding()),
+            (7, kv),
         ],
         [((heads + 2 * kvn) * hd / ROWS_PER_GROUP) as u32, max_n as u32, 1],
         vec![params.clone()],
@@ -229,7 +229,7 @@ pub fn rope_cache(
             capacity: cache.capacity().min(MAX_GROUPS_PER_DIM as usize),
         });
     }
-    let kv = cache.slot(slot)?;
+    let kv = cache.binding(slot)?;
     // rope_cache reads no weights; any weight flag satisfies the shared module.
     let variant = variant_for(ShaderVariant::new().flag(crate::quant::WeightType::F32.flag()), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "rope_cache", &variant)?;
@@ -252,7 +252,7 @@ pub fn rope_cache(
             (1, step.buffer().as_entire_binding()),
             (5, rope.tensor().buffer().as_entire_binding()),
             (6, q_out.buffer().as_entire_binding()),
-            (7, kv.buffer().as_entire_binding()),
+            (7, kv),
             (8, qkv.buffer().as_entire_binding()),
         ],
         [(heads + 2 * kvn) as u32, max_n as u32, 1],
@@ -263,6 +263,7 @@ pub fn rope_cache(
 /// The variant of `kernels/qkv_rope.wgsl` for a cache and a RoPE layout; `base` carries the weight flags.
 fn variant_for(base: ShaderVariant, cache: &KvCache, layout: RopeLayout) -> ShaderVariant {
     base.flag_if("F16", cache.dtype() == DType::F16)
+        .flag_if("KVTEX", cache.is_texture())
         .flag(match layout {
             RopeLayout::Halves => "ROPE_HALVES",
             RopeLayout::Interleaved => "ROPE_INTERLEAVED",
