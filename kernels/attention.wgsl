@@ -239,8 +239,68 @@ var<private> lacc: array<vec4<f32>, G * HD / 4u>;
 var<private> ls: array<f32, G>;
 var<private> lc: array<f32, G>;
 var<private> le: array<f32, G>;
+// Running max and sum of each head's online softmax.
+var<private> lm: array<f32, G>;
+var<private> ll: array<f32, G>;
 // prefill_lanes: this lane's index among the 8 that load a position's quads.
 var<private> lane8: u32;
+
+// Starts a lane's softmax: q of heads G of its group from vec4 q0 (scaled) into lq, lm = NEG.
+fn lanes_begin(q0: u32) {
+    for (var g = 0u; g < G; g++) {
+        for (var d = 0u; d < HD / 4u; d++) {
+            lq[g * HD / 4u + d] = q4(q0 + g * HD / 4u + d) * params.scale;
+        }
+        lm[g] = NEG;
+    }
+}
+
+// The 8 quads of the cache at index i .. i+31: `broadcast`, one loaded by each of lanes 0..7 and broadcast
+// (prefill_lanes, every lane at the same position); else each lane's own (decode_lanes, own positions).
+fn lanes_quads(i: u32, broadcast: bool) -> array<vec4<f32>, 8> {
+#if SUBGROUPS
+    if broadcast {
+        return kv_quads8(i, lane8);
+    }
+#endif
+    return kv_own8(i);
+}
+
+// One position into the lane's softmax: K row at kb, V row at vb. `masked` (past the lane's row, causal):
+// score NEG, leaving the softmax as it was.
+fn lanes_position(kb: u32, vb: u32, broadcast: bool, masked: bool) {
+    for (var g = 0u; g < G; g++) {
+        ls[g] = 0.0;
+    }
+    lanes_score32(lanes_quads(kb, broadcast), 0u);
+    if HD > 32u {
+        lanes_score32(lanes_quads(kb + 32u, broadcast), 1u);
+    }
+    if HD > 64u {
+        lanes_score32(lanes_quads(kb + 64u, broadcast), 2u);
+    }
+    if HD > 96u {
+        lanes_score32(lanes_quads(kb + 96u, broadcast), 3u);
+    }
+    for (var g = 0u; g < G; g++) {
+        let score = select(ls[g], NEG, masked);
+        let m_new = max(lm[g], score);
+        lc[g] = exp(lm[g] - m_new);
+        le[g] = exp(score - m_new);
+        ll[g] = ll[g] * lc[g] + le[g];
+        lm[g] = m_new;
+    }
+    lanes_accumulate32(lanes_quads(vb, broadcast), 0u);
+    if HD > 32u {
+        lanes_accumulate32(lanes_quads(vb + 32u, broadcast), 1u);
+    }
+    if HD > 64u {
+        lanes_accumulate32(lanes_quads(vb + 64u, broadcast), 2u);
+    }
+    if HD > 96u {
+        lanes_accumulate32(lanes_quads(vb + 96u, broadcast), 3u);
+    }
+}
 
 // ls[g] += q_g . k over dims 32j .. 32j+31, k given as 8 quads, q from lq.
 fn lanes_score32(k8: array<vec4<f32>, 8>, j: u32) {
@@ -280,55 +340,15 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let q0 = (last_row() * width + kvh * G * HD) / 4u;
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
-    for (var g = 0u; g < G; g++) {
-        for (var d = 0u; d < HD / 4u; d++) {
-            lq[g * HD / 4u + d] = q4(q0 + g * HD / 4u + d) * params.scale;
-        }
-    }
-    var m: array<f32, G>;
-    var l: array<f32, G>;
-    for (var g = 0u; g < G; g++) {
-        m[g] = NEG;
-    }
+    lanes_begin(q0);
     for (var p = lid; p < ctx; p += WL) {
-        for (var g = 0u; g < G; g++) {
-            ls[g] = 0.0;
-        }
-        let kb = k_base + p * HD;
-        lanes_score32(kv_own8(kb), 0u);
-        if HD > 32u {
-            lanes_score32(kv_own8(kb + 32u), 1u);
-        }
-        if HD > 64u {
-            lanes_score32(kv_own8(kb + 64u), 2u);
-        }
-        if HD > 96u {
-            lanes_score32(kv_own8(kb + 96u), 3u);
-        }
-        for (var g = 0u; g < G; g++) {
-            let m_new = max(m[g], ls[g]);
-            lc[g] = exp(m[g] - m_new);
-            le[g] = exp(ls[g] - m_new);
-            l[g] = l[g] * lc[g] + le[g];
-            m[g] = m_new;
-        }
-        let vb = v_base + p * HD;
-        lanes_accumulate32(kv_own8(vb), 0u);
-        if HD > 32u {
-            lanes_accumulate32(kv_own8(vb + 32u), 1u);
-        }
-        if HD > 64u {
-            lanes_accumulate32(kv_own8(vb + 64u), 2u);
-        }
-        if HD > 96u {
-            lanes_accumulate32(kv_own8(vb + 96u), 3u);
-        }
+        lanes_position(k_base + p * HD, v_base + p * HD, false, false);
     }
     // Merge the WL lanes' softmaxes: out = sum_j acc_j exp(m_j - M) / sum_j l_j exp(m_j - M). Lanes that got
     // no position hold m = NEG, l = 0, acc = 0 and drop out (ctx >= 1, so M is finite).
     for (var g = 0u; g < G; g++) {
-        lane_m[lid * G + g] = m[g];
-        lane_l[lid * G + g] = l[g];
+        lane_m[lid * G + g] = lm[g];
+        lane_l[lid * G + g] = ll[g];
     }
     for (var g = 0u; g < G; g++) {
         for (var d = 0u; d < HD; d += 4u) {
@@ -497,58 +517,17 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocat
     let last = min(step.pos + min(r0 + 8u, n), params.capacity);
     let width = params.heads * HD;
     let q0 = (r * width + kvh * G * HD) / 4u;
-    for (var g = 0u; g < G; g++) {
-        for (var d = 0u; d < HD / 4u; d++) {
-            lq[g * HD / 4u + d] = q4(q0 + g * HD / 4u + d) * params.scale;
-        }
-    }
-    var m: array<f32, G>;
-    var l: array<f32, G>;
-    for (var g = 0u; g < G; g++) {
-        m[g] = NEG;
-    }
+    lanes_begin(q0);
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
     for (var p = 0u; p < last; p++) {
-        for (var g = 0u; g < G; g++) {
-            ls[g] = 0.0;
-        }
-        let kb = k_base + p * HD;
-        lanes_score32(kv_quads8(kb + 0u, lane8), 0u);
-        if HD > 32u {
-            lanes_score32(kv_quads8(kb + 32u, lane8), 1u);
-        }
-        if HD > 64u {
-            lanes_score32(kv_quads8(kb + 64u, lane8), 2u);
-        }
-        if HD > 96u {
-            lanes_score32(kv_quads8(kb + 96u, lane8), 3u);
-        }
-        for (var g = 0u; g < G; g++) {
-            let score = select(ls[g], NEG, p > qpos);
-            let m_new = max(m[g], score);
-            lc[g] = exp(m[g] - m_new);
-            le[g] = exp(score - m_new);
-            l[g] = l[g] * lc[g] + le[g];
-            m[g] = m_new;
-        }
-        let vb = v_base + p * HD;
-        lanes_accumulate32(kv_quads8(vb + 0u, lane8), 0u);
-        if HD > 32u {
-            lanes_accumulate32(kv_quads8(vb + 32u, lane8), 1u);
-        }
-        if HD > 64u {
-            lanes_accumulate32(kv_quads8(vb + 64u, lane8), 2u);
-        }
-        if HD > 96u {
-            lanes_accumulate32(kv_quads8(vb + 96u, lane8), 3u);
-        }
+        lanes_position(k_base + p * HD, v_base + p * HD, true, p > qpos);
     }
     if row < n {
         for (var g = 0u; g < G; g++) {
             let o = r * width + (kvh * G + g) * HD;
             for (var d = 0u; d < HD / 4u; d++) {
-                let a = lacc[g * HD / 4u + d] / l[g];
+                let a = lacc[g * HD / 4u + d] / ll[g];
                 out[o + 4u * d] = a.x;
                 out[o + 4u * d + 1u] = a.y;
                 out[o + 4u * d + 2u] = a.z;

@@ -200,22 +200,19 @@ const EPT: u32 = 4u;
 
 // Element e of K/V head slot `slot` (K rotated) for the row at `base` of qkv_in, at position pos.
 fn rope_elem(slot: u32, pos: u32, base: u32, e: u32) -> f32 {
-    let x = qkv_in[base + e];
-    if slot >= params.heads + params.kv_heads {
-        return x; // V
-    }
 #if ROPE_INTERLEAVED
-    let p = e / 2u;
     let first = (e & 1u) == 0u;
-    let partner = qkv_in[base + (e ^ 1u)];
+    let p = e / 2u;
+    let partner = e ^ 1u;
 #else
     let first = e < HD / 2u;
     let p = select(e - HD / 2u, e, first);
-    let partner = qkv_in[base + select(e - HD / 2u, e + HD / 2u, first)];
+    let partner = select(e - HD / 2u, e + HD / 2u, first);
 #endif
-    let cs = rope_cs[pos * (HD / 2u) + p];
-    // first of the pair: a cos - b sin; second: a sin + b cos (a the first element, b the second).
-    return select(partner * cs.y + x * cs.x, x * cs.x - partner * cs.y, first);
+    let x = qkv_in[base + e];
+    let y = qkv_in[base + partner];
+    let ab = rotate_pair(slot, pos, p, select(y, x, first), select(x, y, first));
+    return select(ab.y, ab.x, first);
 }
 
 // Elements first .. first+EPT-1 (`v`) of K/V head slot `slot` at position pos: one texel of the slot.

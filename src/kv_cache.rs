@@ -209,6 +209,11 @@ impl KvCache {
         })
     }
 
+    /// Bytes of one slot's contents (a texture slot may hold padding past them).
+    fn slot_bytes(&self) -> usize {
+        2 * self.kv_heads * self.capacity * self.head_dim * self.dtype.size()
+    }
+
     fn slot(&self, i: usize) -> Result<&Slot> {
         self.slots.get(i).ok_or_else(|| Error::invalid("KV cache slot", i, format!("below {}", self.slots.len())))
     }
@@ -277,7 +282,7 @@ impl KvCache {
                 );
                 gpu.submit_and_wait([encoder.finish()])?;
                 let padded = map_read(gpu, &staging, row * height as u64)?;
-                let slot_bytes = 2 * self.kv_heads * self.capacity * self.head_dim * self.dtype.size();
+                let slot_bytes = self.slot_bytes();
                 let mut bytes = Vec::with_capacity(slot_bytes);
                 for r in padded.chunks(row as usize) {
                     bytes.extend_from_slice(&r[..width as usize * 16]);

@@ -266,17 +266,7 @@ fn gguf_model_missing_misshaped_unknown_and_truncated() {
 }
 
 fn tiny_config() -> ModelConfig {
-    ModelConfig {
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        vocab_size: 96,
-        max_position_embeddings: 16,
-        ..ModelConfig::mobilellm_125m()
-    }
+    ModelConfig { max_position_embeddings: 16, ..common::tiny_config() }
 }
 
 #[test]

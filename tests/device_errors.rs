@@ -11,7 +11,6 @@
 
 mod common;
 
-use mobilellm_kernels::model::config::ModelConfig;
 use mobilellm_kernels::model::host::HostModel;
 use mobilellm_kernels::model::planner::{Model, PlanOptions};
 use mobilellm_kernels::ops;
@@ -20,18 +19,7 @@ use mobilellm_kernels::{DType, Error, FeatureSet, Gpu, GpuOptions, Tensor};
 
 /// A tiny model (hidden 64, 2 layers, vocab 96) so the file runs in seconds on lavapipe.
 fn tiny_host() -> HostModel {
-    let config = ModelConfig {
-        hidden_size: 64,
-        intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 16,
-        vocab_size: 96,
-        max_position_embeddings: 64,
-        ..ModelConfig::mobilellm_125m()
-    };
-    HostModel::synthetic(config, WeightType::Q8_0, 5).unwrap()
+    HostModel::synthetic(common::tiny_config(), WeightType::Q8_0, 5).unwrap()
 }
 
 /// A device of its own for a test that injects faults or destroys it (the shared test devices are used by

@@ -28,7 +28,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::ops::{fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM};
+use crate::ops::{
+    broadcasts_of_8, fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM,
+};
 use crate::shader::{ShaderVariant, ATTENTION};
 use crate::tensor::{DType, Tensor};
 
@@ -143,6 +145,12 @@ fn variant(cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
         .constant("QV4", 1)
 }
 
+/// Whether the lane kernels (`decode_lanes`, `prefill_lanes`) take this head_dim: their registers hold it
+/// in 32-dim pieces, at most four.
+fn lanes_head_dim(hd: usize) -> bool {
+    hd.is_multiple_of(32) && hd <= 128
+}
+
 /// The chunk length [`Split::Auto`] picks for a cache of `capacity` positions on a device of class
 /// `device` (`None`: unsplit): [`DECODE_CHUNK`] above [`SPLIT_ABOVE`] positions, never on CPU devices
 /// (see the module docs for the measurements).
@@ -167,7 +175,7 @@ pub fn attention_decode(
     let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let capacity = cache.capacity();
-    let lanes_fit = hd.is_multiple_of(32) && hd <= 128 && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
+    let lanes_fit = lanes_head_dim(hd) && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
     let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
     if (split == Split::Lanes || (split == Split::Auto && cpu)) && lanes_fit {
         return decode_lanes(gpu, step, q, cache, slot, out, &shape).map(|d| vec![d]);
@@ -293,10 +301,8 @@ pub fn attention_prefill(
     out: &Tensor,
 ) -> Result<Dispatch> {
     let lanes = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu
-        && gpu.features().subgroups
-        && gpu.subgroup_size_range().0 >= 8
-        && cache.head_dim().is_multiple_of(32)
-        && cache.head_dim() <= 128;
+        && broadcasts_of_8(gpu)
+        && lanes_head_dim(cache.head_dim());
     prefill(gpu, step, q, cache, slot, out, lanes)
 }
 

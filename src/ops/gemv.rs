@@ -7,7 +7,9 @@
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::{base_variant, fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, MAX_GROUPS_PER_DIM};
+use crate::ops::{
+    base_variant, broadcasts_of_8, fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, MAX_GROUPS_PER_DIM,
+};
 use crate::quant::{GpuWeight, WeightDesc};
 use crate::shader::{ShaderVariant, GEMV};
 use crate::tensor::{DType, Tensor};
@@ -144,12 +146,6 @@ fn x_binding(t: &Tensor, vec4s: u32, uniform: bool) -> wgpu::BindingResource<'_>
     } else {
         t.buffer().as_entire_binding()
     }
-}
-
-/// Whether kernels can share x among 8 lanes by subgroup broadcasts: lanes 0..7 of each subgroup load, so
-/// subgroups must have at least 8 lanes (a workgroup of a multiple of 8 then fills them).
-fn broadcasts_of_8(gpu: &Gpu) -> bool {
-    gpu.features().subgroups && gpu.subgroup_size_range().0 >= 8
 }
 
 /// Sizes (in vec4) of x and the norm weight when the `gemv` entry reads them as uniforms (XUNI).

@@ -92,6 +92,12 @@ pub(crate) fn base_variant(gpu: &Gpu) -> ShaderVariant {
     ShaderVariant::new().flag_if("SUBGROUPS", gpu.features().subgroups)
 }
 
+/// Whether kernels can share loads among 8 lanes by subgroup broadcasts: lanes 0..7 of each subgroup load,
+/// so subgroups must have at least 8 lanes (a workgroup of a multiple of 8 then fills them).
+pub(crate) fn broadcasts_of_8(gpu: &Gpu) -> bool {
+    gpu.features().subgroups && gpu.subgroup_size_range().0 >= 8
+}
+
 /// A uniform buffer holding `value`.
 pub(crate) fn uniform<T: bytemuck::Pod>(gpu: &Gpu, label: &str, value: &T) -> Result<wgpu::Buffer> {
     let bytes = bytemuck::bytes_of(value);

@@ -202,3 +202,19 @@ pub fn matrix_weight(
         .collect();
     mobilellm_kernels::quant::HostWeight::quantize(wtype, rows, cols, &data).unwrap()
 }
+
+/// A tiny model configuration (hidden 64, 2 layers, 4/2 heads of 16, vocab 96, 64 positions) for tests that
+/// build whole models and must run in seconds on lavapipe.
+pub fn tiny_config() -> mobilellm_kernels::model::config::ModelConfig {
+    mobilellm_kernels::model::config::ModelConfig {
+        hidden_size: 64,
+        intermediate_size: 128,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        vocab_size: 96,
+        max_position_embeddings: 64,
+        ..mobilellm_kernels::model::config::ModelConfig::mobilellm_125m()
+    }
+}
