@@ -292,7 +292,7 @@ fn window_row(r: u32) {
     wacc_lo = vec4<f32>(0.0);
     wacc_hi = vec4<f32>(0.0);
     for (var b = 0u; b < params.w.blocks; b++) {
-        let g = r * params.w.blocks + b;
+        let g = weight_block(params.w, r, b);
         let t = g * (WPB / 4u);
         let q = 8u * b;
 #if W_F32

@@ -7,7 +7,7 @@
 // Every read goes through `wquad` (4 aligned words) or `wword`: on lavapipe a texel fetch is a SIMD
 // gather while each storage-buffer word is a per-lane scalar loop, so quads are fetched whole.
 //
-// Layout (see src/quant.rs): block g = row * desc.blocks + b of 32 columns has its quants at word
+// Layout (see src/quant.rs): block g = weight_block(desc, row, b) of 32 columns has its quants at word
 // g * WPB (f32 32 words, f16 16, q8_0 8, q4_0/q4_1 4 = GGUF's 16 nibble bytes: byte j = element j low
 // nibble, element j+16 high nibble); scales start at word desc.scale_offset (q8_0/q4_0: f16 d, two per
 // word, low half for even g; q4_1: one word d | m << 16). f32/f16 rows are zero-padded to whole blocks.
@@ -83,6 +83,26 @@ fn weight_u4x4(w: u32) -> vec4<f32> {
     return vec4<f32>((vec4<u32>(w) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(15u));
 }
 
+#if WTEX
+// Rows per tile of a texture weight (`quant::TEXTURE_TILE_ROWS`).
+const WTILE: u32 = 128u;
+#endif
+
+// Index of the block of `row` at columns 32*block.. in the quant and scale regions.
+// Buffers keep each row's blocks together (GPU threads of a row read neighbouring blocks, coalesced).
+// Textures (CPU drivers) are tiled: within each WTILE rows, block b of every row, then block b+1, so a
+// workgroup walking its rows block by block reads one sequential stream (the hardware prefetcher keeps
+// up; row-major was a stream per row and ran 1.4x slower once the weights left the CPU's cache).
+fn weight_block(desc: WeightDesc, row: u32, block: u32) -> u32 {
+#if WTEX
+    let tile0 = row - row % WTILE;
+    let height = min(WTILE, desc.rows - tile0);
+    return tile0 * desc.blocks + block * height + (row - tile0);
+#else
+    return row * desc.blocks + block;
+#endif
+}
+
 // The 8 vec4 of raw values of block `g` before scaling: f32/f16 the weights; q8_0 q; q4_0 q-8; q4_1 q.
 // Multiplying by d (and adding m for q4_1) gives the weights.
 fn weight_raw32(g: u32) -> array<vec4<f32>, 8> {
@@ -127,7 +147,7 @@ fn weight_raw32(g: u32) -> array<vec4<f32>, 8> {
 
 // The 32 dequantized weights of `row` at columns 32*block .. 32*block+31.
 fn weight_block32(desc: WeightDesc, row: u32, block: u32) -> array<vec4<f32>, 8> {
-    let g = row * desc.blocks + block;
+    let g = weight_block(desc, row, block);
     var v = weight_raw32(g);
 #if W_Q8_0 || W_Q4_0 || W_Q4_1
     let s = weight_scale(desc, g);
@@ -142,7 +162,7 @@ fn weight_block32(desc: WeightDesc, row: u32, block: u32) -> array<vec4<f32>, 8>
 // Quantized types sum q*x first and scale once: d * sum(q x) (+ m * sum(x) for q4_1).
 // Written out without loops: CPU drivers (lavapipe) keep constant-indexed arrays in registers.
 fn weight_dot32(desc: WeightDesc, row: u32, block: u32, x: array<vec4<f32>, 8>) -> f32 {
-    let g = row * desc.blocks + block;
+    let g = weight_block(desc, row, block);
     let t = g * (WPB / 4u);
 #if W_F32
     var acc = bitcast<vec4<f32>>(wquad(t)) * x[0];
@@ -211,7 +231,7 @@ fn weight_f16x4(lo: u32, hi: u32) -> vec4<f32> {
 fn weight_load4(desc: WeightDesc, row: u32, col4: u32) -> vec4<f32> {
     let block = col4 >> 3u;
     let k = col4 & 7u;
-    let g = row * desc.blocks + block;
+    let g = weight_block(desc, row, block);
     let t = g * (WPB / 4u);
 #if W_F32
     return bitcast<vec4<f32>>(wquad(t + k));

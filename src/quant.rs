@@ -16,6 +16,10 @@
 //!   - `q4_1`: word `scale_offset + g` = `d | m << 16` (both f16);
 //!   - `f32` / `f16`: none.
 //!
+//! A weight kept in a texture ([`WeightStorage::Texture`], CPU drivers) is **tiled**: the same words with
+//! the blocks reordered so that, within each [`TEXTURE_TILE_ROWS`] rows, block 0 of every row comes first,
+//! then block 1, and so on ([`tiled_block`]); the scales follow the same order.
+//!
 //! [`WeightDesc`] carries these numbers to `kernels/weights.wgsl`.
 
 use half::{bf16, f16};
@@ -472,6 +476,24 @@ impl HostWeight {
         Ok(Self::assemble(self.wtype, end - start, self.cols, quants, &scales))
     }
 
+    /// The words of the texture layout: blocks (and their scales) in [`tiled_block`] order.
+    pub fn tiled_words(&self) -> Vec<u32> {
+        let blocks = self.blocks();
+        let wpb = self.wtype.words_per_block();
+        let count = self.rows * blocks;
+        let mut quants = vec![0u32; count * wpb];
+        let mut scales = vec![0u32; count];
+        for row in 0..self.rows {
+            for b in 0..blocks {
+                let g = row * blocks + b;
+                let t = tiled_block(self.rows, blocks, row, b);
+                quants[t * wpb..(t + 1) * wpb].copy_from_slice(&self.words[g * wpb..(g + 1) * wpb]);
+                scales[t] = self.scale_bits(g);
+            }
+        }
+        Self::assemble(self.wtype, self.rows, self.cols, quants, &scales).words
+    }
+
     /// The layout numbers for kernels.
     pub fn desc(&self) -> WeightDesc {
         WeightDesc {
@@ -504,6 +526,18 @@ fn nibble(q: &[u32], j: usize) -> u32 {
 
 /// Texels per texture row of a [`WeightStorage::Texture`] weight (`kernels/weights.wgsl` `WTEX_ROW`).
 pub const TEXTURE_ROW_TEXELS: usize = 4096;
+
+/// Rows per tile of a texture weight (`kernels/weights.wgsl` `WTILE`): a CPU driver's workgroup covers
+/// up to 128 rows, and with the tiled order it reads them as one sequential stream.
+pub const TEXTURE_TILE_ROWS: usize = 128;
+
+/// Where block `block` of `row` goes in the texture layout of a `[rows, blocks * 32]` weight: tiles of
+/// [`TEXTURE_TILE_ROWS`] rows (the last one shorter), block-major within a tile.
+pub fn tiled_block(rows: usize, blocks: usize, row: usize, block: usize) -> usize {
+    let tile0 = row - row % TEXTURE_TILE_ROWS;
+    let height = TEXTURE_TILE_ROWS.min(rows - tile0);
+    tile0 * blocks + block * height + (row - tile0)
+}
 
 #[derive(Debug, Clone)]
 enum Storage {
@@ -569,7 +603,7 @@ impl GpuWeight {
                     });
                 }
                 let texture = gpu.create_texture(&what(), width as u32, height as u32)?;
-                let mut padded = host.words.clone();
+                let mut padded = host.tiled_words();
                 padded.resize(width * height * 4, 0);
                 gpu.queue().write_texture(
                     texture.as_image_copy(),
@@ -658,5 +692,36 @@ mod tests {
         assert!(HostWeight::quantize(WeightType::Q4_0, 1, 33, &[0.0; 33]).is_err());
         let w = HostWeight::quantize(WeightType::F16, 1, 33, &x[..33]).unwrap();
         assert_eq!(w.dequantize().len(), 33);
+    }
+
+    #[test]
+    fn tiled_order_is_a_permutation_that_keeps_blocks_and_scales() {
+        // 300 rows: two whole tiles and a short one of 44 rows.
+        let (rows, cols) = (300, 96);
+        let x: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.01).collect();
+        for t in WeightType::ALL {
+            let w = HostWeight::quantize(t, rows, cols, &x).unwrap();
+            let tiled = w.tiled_words();
+            assert_eq!(tiled.len(), w.words().len(), "{t}");
+            let mut seen = vec![false; rows * 3];
+            let wpb = t.words_per_block();
+            let tiled_weight = HostWeight { words: tiled.clone(), ..w.clone() };
+            for row in 0..rows {
+                for b in 0..3 {
+                    let (g, k) = (row * 3 + b, tiled_block(rows, 3, row, b));
+                    assert!(!seen[k], "{t}: block {k} taken twice");
+                    seen[k] = true;
+                    assert_eq!(tiled[k * wpb..(k + 1) * wpb], w.words()[g * wpb..(g + 1) * wpb], "{t}");
+                    assert_eq!(tiled_weight.scale_bits(k), w.scale_bits(g), "{t}");
+                }
+            }
+        }
+        // The shader's constants are these.
+        let wgsl = include_str!("../kernels/weights.wgsl");
+        assert!(wgsl.contains(&format!("const WTILE: u32 = {TEXTURE_TILE_ROWS}u;")));
+        assert!(wgsl.contains(&format!("const WTEX_ROW: u32 = {TEXTURE_ROW_TEXELS}u;")));
+        // Block 1 of row 0 follows block 0 of every row in the first tile.
+        assert_eq!(tiled_block(300, 3, 0, 1), TEXTURE_TILE_ROWS);
+        assert_eq!(tiled_block(300, 3, 299, 2), 300 * 3 - 1);
     }
 }
