@@ -7,8 +7,8 @@
 //   per (KV head, chunk of the sequence): it reads its K/V once for all G query heads of the group. Without
 //   SPLIT there is one chunk (the whole capacity) and it writes the normalised output; with SPLIT it writes
 //   (max, sum, unnormalised acc) partials; chunks past the context exit at once (merge skips them).
-// - `decode_lanes` (CPU drivers): the same result as unsplit `decode`, mapped for SIMD lanes: one workgroup
-//   of WL lanes per KV head, lane j takes positions j, j+WL, ... with its own online softmax (max, sum and
+// - `decode_lanes` (CPU drivers): the same result as `decode`, mapped for SIMD lanes: one workgroup
+//   of WL lanes per KV head (with SPLIT, per KV head and chunk, writing partials for `merge`), lane j takes positions j, j+WL, ... with its own online softmax (max, sum and
 //   G*HD accumulators in registers), q read once from a uniform (a SIMD gather on lavapipe, where workgroup
 //   and storage loads are per-lane loops); the WL partial softmaxes merge in workgroup memory once
 //   at the end. No barrier in the main loop, and each K/V element is read by exactly one lane.
@@ -126,14 +126,20 @@ fn last_row() -> u32 {
     return max(step.n, 1u) - 1u;
 }
 
+// Positions per chunk: params.chunk_len, or with chunk_len = 0 the context cut into n_chunks even chunks
+// (`decode_lanes` with SPLIT, where the point is equal work per workgroup at every context).
+fn chunk_length(ctx: u32) -> u32 {
+    return select(params.chunk_len, (ctx + params.n_chunks - 1u) / params.n_chunks, params.chunk_len == 0u);
+}
+
 @compute @workgroup_size(WG)
 fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let kvh = wg.x;
     let chunk = wg.y;
     let ctx = context_len();
     let row = last_row();
-    let start = chunk * params.chunk_len;
-    let end = min(start + params.chunk_len, ctx);
+    let start = chunk * chunk_length(ctx);
+    let end = min(start + chunk_length(ctx), ctx);
     // Chunks past the context do nothing: `merge` reads only the chunks the context reaches.
     if start >= ctx {
         return;
@@ -335,13 +341,24 @@ var<workgroup> lane_acc: array<f32, WL * HD>;
 fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let kvh = wg.x;
     let ctx = context_len();
+#if SPLIT
+    let chunk = wg.y;
+    let start = chunk * chunk_length(ctx);
+    let end = min(start + chunk_length(ctx), ctx);
+    if start >= ctx {
+        return;
+    }
+#else
+    let start = 0u;
+    let end = ctx;
+#endif
     let width = params.heads * HD;
     // q of head (kvh*G + g), dims d..d+3, as a vec4 index into the uniform (HD and width are multiples of 4).
     let q0 = (last_row() * width + kvh * G * HD) / 4u;
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
     lanes_begin(q0);
-    for (var p = lid; p < ctx; p += WL) {
+    for (var p = start + lid; p < end; p += WL) {
         lanes_position(k_base + p * HD, v_base + p * HD, false, false);
     }
     // Merge the WL lanes' softmaxes: out = sum_j acc_j exp(m_j - M) / sum_j l_j exp(m_j - M). Lanes that got
@@ -372,7 +389,17 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
             for (var j = 0u; j < WL; j++) {
                 sum += lane_acc[j * HD + d] * exp(lane_m[j * G + g] - big);
             }
+#if SPLIT
+            // This chunk's (max, sum, unnormalised acc) for `merge`, as `decode` writes them.
+            let base = ((kvh * G + g) * params.n_chunks + chunk) * (HD + 2u);
+            partials[base + 2u + d] = sum;
+            if d == 0u {
+                partials[base] = big;
+                partials[base + 1u] = total;
+            }
+#else
             out[last_row() * width + (kvh * G + g) * HD + d] = sum / total;
+#endif
         }
         workgroupBarrier();
     }
@@ -382,7 +409,7 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wg.x;
     let ctx = context_len();
-    let used = min((ctx + params.chunk_len - 1u) / params.chunk_len, params.n_chunks);
+    let used = min((ctx + chunk_length(ctx) - 1u) / chunk_length(ctx), params.n_chunks);
     let first = h * params.n_chunks;
     var m = NEG;
     for (var c = 0u; c < used; c++) {

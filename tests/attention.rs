@@ -77,20 +77,22 @@ fn check_decode(heads: usize, kv_heads: usize, hd: usize, capacity: usize, conte
 fn decode_125m_shape_long_cache() {
     // 9/3 heads, hd 64, capacity 2048: chunks of 128 (what Auto picks on GPUs); Off is one workgroup per KV
     // head; Lanes is what Auto picks on CPU devices.
-    let splits = [Split::Chunk(DECODE_CHUNK), Split::Off, Split::Auto, Split::Lanes];
+    let splits = [Split::Chunk(DECODE_CHUNK), Split::Off, Split::Auto, Split::Lanes, Split::LanesChunks(2)];
     check_decode(9, 3, 64, 2048, &[1, 2, 63, 64, 65, 511, 2048], &splits);
 }
 
 #[test]
 fn decode_350m_shape_ragged_capacity() {
     // 15/5 heads; capacity 300 is not a multiple of the 128 chunk (last chunk partial), full context 300.
-    check_decode(15, 5, 64, 300, &[1, 2, 64, 65, 129, 300], &[Split::Chunk(DECODE_CHUNK), Split::Off, Split::Lanes]);
+    let splits = [Split::Chunk(DECODE_CHUNK), Split::Off, Split::Lanes, Split::LanesChunks(3)];
+    check_decode(15, 5, 64, 300, &[1, 2, 64, 65, 129, 300], &splits);
 }
 
 #[test]
 fn decode_small_heads_and_no_grouping() {
     // 4/2 heads hd 32, odd chunk and tile boundaries; 8/8 (group of 1).
-    check_decode(4, 2, 32, 65, &[1, 2, 63, 64, 65], &[Split::Chunk(16), Split::Off, Split::Auto, Split::Lanes]);
+    let splits = [Split::Chunk(16), Split::Off, Split::Auto, Split::Lanes, Split::LanesChunks(4)];
+    check_decode(4, 2, 32, 65, &[1, 2, 3, 63, 64, 65], &splits);
     check_decode(8, 8, 32, 128, &[1, 65, 128], &[Split::Auto, Split::Chunk(64), Split::Lanes]);
     check_decode(8, 8, 64, 96, &[1, 33, 96], &[Split::Chunk(40), Split::Lanes]);
 }

@@ -48,6 +48,10 @@ pub fn bench_attention(b: &mut Bench) {
             let off = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Off).expect("decode");
             let split = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Chunk(DECODE_CHUNK)).expect("decode");
             let lanes = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Lanes).expect("decode");
+            // Two even chunks: balances 3 KV heads over 2 host threads (1.5 rounds instead of 2).
+            let chunks = 2;
+            let lanes_split = Split::LanesChunks(chunks);
+            let lanes_split = attention_decode(gpu, &step, &q, &cache, 0, &out, lanes_split).expect("decode");
             let mut pays_from = None;
             for &ctx in contexts {
                 cache.check_step(ctx - 1, 1).expect("ctx within capacity");
@@ -55,23 +59,30 @@ pub fn bench_attention(b: &mut Bench) {
                 let bytes = (2 * ctx * m.kv_heads * m.head_dim * dtype.size() + 2 * width * 4) as u64;
                 let name = format!("{tag} ctx {ctx} cap {CAPACITY}");
                 let (n_off, n_split) = (format!("unsplit {name}"), format!("split{DECODE_CHUNK} {name}"));
-                let n_lanes = format!("lanes {name}");
+                let (n_lanes, n_lanes_split) = (format!("lanes {name}"), format!("lanes/{chunks} {name}"));
                 let us = b.add_blocks(
                     "attention",
-                    &[(&n_off, &refs(&off)), (&n_split, &refs(&split)), (&n_lanes, &refs(&lanes))],
+                    &[
+                        (&n_off, &refs(&off)),
+                        (&n_split, &refs(&split)),
+                        (&n_lanes, &refs(&lanes)),
+                        (&n_lanes_split, &refs(&lanes_split)),
+                    ],
                     bytes,
                 );
-                let (u, s, l) = (us[0], us[1], us[2]);
+                let (u, s, l, ls) = (us[0], us[1], us[2], us[3]);
                 b.note(format!(
-                    "split / unsplit = {:.2}, lanes / unsplit = {:.2} (auto at capacity {CAPACITY}: {auto})",
+                    "split / unsplit = {:.2}, lanes / unsplit = {:.2}, lanes/{chunks} / lanes = {:.2} (auto at \
+                     capacity {CAPACITY}: {auto})",
                     s / u,
-                    l / u
+                    l / u,
+                    ls / l
                 ));
                 // Pays: at least 5% faster (closer is within the spread of runs on a shared machine).
                 if s < 0.95 * u && pays_from.is_none() {
                     pays_from = Some(ctx);
                 }
-                summary.push((name, u, s, l));
+                summary.push((name, u, s, l, ls));
             }
             let verdict = match pays_from {
                 Some(ctx) => format!("split pays from ctx {ctx} on"),
@@ -81,9 +92,17 @@ pub fn bench_attention(b: &mut Bench) {
         }
     }
     if !summary.is_empty() {
-        println!("attention summary (µs: unsplit | split{DECODE_CHUNK} | lanes | split/unsplit | lanes/unsplit)");
-        for (name, u, s, l) in summary {
-            println!("  {name:<28} {u:>10.1} {s:>10.1} {l:>10.1} {:>6.2} {:>6.2}", s / u, l / u);
+        println!(
+            "attention summary (µs: unsplit | split{DECODE_CHUNK} | lanes | lanes in chunks | split/unsplit | \
+             lanes/unsplit | chunks/lanes)"
+        );
+        for (name, u, s, l, ls) in summary {
+            println!(
+                "  {name:<28} {u:>10.1} {s:>10.1} {l:>10.1} {ls:>10.1} {:>6.2} {:>6.2} {:>6.2}",
+                s / u,
+                l / u,
+                ls / l
+            );
         }
     }
 }

@@ -12,16 +12,16 @@
 //! exit at once, and a second tiny pass (one workgroup per query
 //! head) merges the live chunks. For short capacities the extra pass costs more than the parallelism gains.
 //!
-//! On CPU devices (lavapipe and other software drivers) `Auto` never splits over workgroups and picks
-//! [`Split::Lanes`] instead: its lanes split the sequence among themselves inside one workgroup per KV
-//! head, with no barrier in the loop and q read as a uniform (on lavapipe each workgroup- or storage-memory
-//! load is a per-lane scalar loop, which the tiled `decode` pays ~4 times per K/V element). Never
-//! splitting over workgroups, because a CPU runs workgroups on a few
-//! host threads, which `kv_heads` workgroups already occupy, so splitting only adds the partials, the merge
-//! pass and the launch of the dead chunks. `cargo bench --bench kernels -- attention` on a 2-core lavapipe
-//! (capacity 2048, 9/3 and 15/5 heads, f16 and f32 cache, three full runs on a loaded machine):
-//! split128 / unsplit = 1.18-2.07 at context 128, and 0.87-1.15 at 512 and 2048 with no consistent winner,
-//! so the old capacity rule (split at every context once capacity > 256) cost time on CPU devices.
+//! On CPU devices (lavapipe and other software drivers) `Auto` picks the lane kernel (`decode_lanes`,
+//! one workgroup per KV head): its lanes split the sequence among themselves, with no barrier in the loop
+//! and q read as a uniform (on lavapipe each workgroup- or storage-memory load is a per-lane scalar loop,
+//! which the tiled `decode` pays ~4 times per K/V element). It does not split over workgroups, measured
+//! with `cargo bench --bench kernels -- attention` on a 2-core lavapipe (capacity 2048, 9/3 heads, f16):
+//! fixed 128-position chunks (split128 / unsplit = 1.90 at context 128, 1.59 at 512, 0.79 at 2048, all far
+//! behind lanes) and the lane kernel in 2 even chunks ([`Split::LanesChunks`], which should balance 3 KV
+//! heads over 2 host threads: 1.5 rounds instead of 2) at 1.53x / 1.15x / 1.16x the unsplit lane kernel at
+//! contexts 128 / 512 / 2048: the merge pass and the per-workgroup setup and lane merge cost more than
+//! the balance gains here.
 
 use bytemuck::{Pod, Zeroable};
 
@@ -59,6 +59,11 @@ pub enum Split {
     /// devices). Falls back to [`Split::Off`] unless `head_dim` is a multiple of 32 up to 128 and
     /// `head_dim + 2 * group <= 256` (its workgroup memory).
     Lanes,
+    /// [`Split::Lanes`] with each KV head's context cut into this many even chunks (>= 1; even, not fixed
+    /// length, so the work per workgroup is equal at every context), one workgroup per (KV head, chunk),
+    /// plus the merge pass. For hosts with more threads than KV heads; `Auto` does not pick it (see the
+    /// module docs).
+    LanesChunks(usize),
 }
 
 /// Lanes per workgroup of [`Split::Lanes`]: one SIMD batch of lavapipe (8 lanes), so the final merge's
@@ -177,12 +182,24 @@ pub fn attention_decode(
     let capacity = cache.capacity();
     let lanes_fit = lanes_head_dim(hd) && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
     let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
-    if (split == Split::Lanes || (split == Split::Auto && cpu)) && lanes_fit {
-        return decode_lanes(gpu, step, q, cache, slot, out, &shape).map(|d| vec![d]);
+    let lanes = match split {
+        Split::Lanes => Some(1),
+        Split::LanesChunks(0) => {
+            return Err(Error::invalid("attention_decode lane chunks", 0, "at least 1 chunk"));
+        }
+        Split::LanesChunks(n) if n > MAX_GROUPS_PER_DIM as usize => {
+            return Err(Error::invalid("attention_decode lane chunks", n, "at most 65535"));
+        }
+        Split::LanesChunks(n) => Some(n.min(capacity)),
+        Split::Auto if cpu => Some(1),
+        _ => None,
+    };
+    if let (Some(n_chunks), true) = (lanes, lanes_fit) {
+        return decode_lanes(gpu, step, q, cache, slot, out, &shape, n_chunks);
     }
     let chunk = match split {
         Split::Auto => auto_chunk(gpu.adapter_info().device_type, capacity),
-        Split::Off | Split::Lanes => None,
+        Split::Off | Split::Lanes | Split::LanesChunks(_) => None,
         Split::Chunk(0) => return Err(Error::invalid("attention_decode chunk", 0, "at least 1 position")),
         Split::Chunk(c) => Some(c.min(capacity)),
     };
@@ -196,31 +213,41 @@ pub fn attention_decode(
     if chunk.is_none() {
         let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, false))?;
         let q_binding = q.buffer().as_entire_binding();
-        let d = single_pass(gpu, "attention:decode", pipeline, &params, step, q_binding, kv, out, grid)?;
+        let d = single_pass(
+            gpu,
+            Pass { name: "attention:decode", pipeline, params: &params, step, q: q_binding, kv, grid },
+            out,
+        )?;
         return Ok(vec![d]);
     }
-    let partial_len = shape.heads * n_chunks * (hd + 2);
-    let partials = Tensor::zeros_labeled(gpu, "attention partials", DType::F32, &[partial_len])?;
     let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, true))?;
-    let first = make_dispatch(
-        gpu,
-        "attention:decode(split)".into(),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
-            (2, q.buffer().as_entire_binding()),
-            (3, kv),
-            (5, partials.buffer().as_entire_binding()),
-        ],
-        grid,
-        vec![params.clone(), partials.buffer().clone()],
-    )?;
-    let pipeline = gpu.pipeline(&ATTENTION, "merge", &variant(cache, shape.group, true))?;
+    let q_binding = q.buffer().as_entire_binding();
+    let pass = Pass { name: "attention:decode(split)", pipeline, params: &params, step, q: q_binding, kv, grid };
+    split_passes(gpu, pass, cache, out, &shape)
+}
+
+/// What every attention pass binds: params, the step uniform, q and the cache slot, on a grid.
+struct Pass<'a> {
+    name: &'a str,
+    pipeline: std::sync::Arc<wgpu::ComputePipeline>,
+    params: &'a wgpu::Buffer,
+    step: &'a StepBuffer,
+    q: wgpu::BindingResource<'a>,
+    kv: wgpu::BindingResource<'a>,
+    grid: [u32; 3],
+}
+
+/// A chunked pass writing partials, then `merge` (one workgroup per query head) into `out`.
+fn split_passes(gpu: &Gpu, pass: Pass<'_>, cache: &KvCache, out: &Tensor, shape: &Shape) -> Result<Vec<Dispatch>> {
+    let partial_len = shape.heads * pass.grid[1] as usize * (cache.head_dim() + 2);
+    let partials = Tensor::zeros_labeled(gpu, "attention partials", DType::F32, &[partial_len])?;
+    let (params, step) = (pass.params, pass.step);
+    let first = pass_dispatch(gpu, pass, 5, &partials)?;
+    let merge = gpu.pipeline(&ATTENTION, "merge", &variant(cache, shape.group, true))?;
     let second = make_dispatch(
         gpu,
         "attention:merge".into(),
-        pipeline,
+        merge,
         &[
             (0, params.as_entire_binding()),
             (1, step.buffer().as_entire_binding()),
@@ -233,7 +260,9 @@ pub fn attention_decode(
     Ok(vec![first, second])
 }
 
-/// The `decode_lanes` dispatch ([`Split::Lanes`]); q is read as a uniform when it fits one binding.
+/// The `decode_lanes` dispatch ([`Split::Lanes`]), or with `n_chunks > 1` its chunked form and the merge
+/// ([`Split::LanesChunks`]); q is read as a uniform when it fits one binding.
+#[allow(clippy::too_many_arguments)]
 fn decode_lanes(
     gpu: &Gpu,
     step: &StepBuffer,
@@ -242,47 +271,51 @@ fn decode_lanes(
     slot: usize,
     out: &Tensor,
     shape: &Shape,
-) -> Result<Dispatch> {
+    n_chunks: usize,
+) -> Result<Vec<Dispatch>> {
     let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let q_len = shape.rows * shape.heads * hd;
     let q_uniform = fits_uniform(gpu, q, q_len);
-    let params = uniform(gpu, "attention params", &Params::new(shape, cache, cache.capacity(), 1))?;
-    let variant = variant(cache, shape.group, false)
+    let split = n_chunks > 1;
+    // chunk_len 0: the kernel cuts each step's context into n_chunks even chunks.
+    let chunk_len = if split { 0 } else { cache.capacity() };
+    let params = uniform(gpu, "attention params", &Params::new(shape, cache, chunk_len, n_chunks))?;
+    let variant = variant(cache, shape.group, split)
         .flag_if("QUNI", q_uniform)
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
     let q_binding = if q_uniform { prefix_binding(q, q_len) } else { q.buffer().as_entire_binding() };
-    let grid = [cache.kv_heads() as u32, 1, 1];
-    single_pass(gpu, "attention:decode_lanes", pipeline, &params, step, q_binding, kv, out, grid)
+    let grid = [cache.kv_heads() as u32, n_chunks as u32, 1];
+    if split {
+        let pass =
+            Pass { name: "attention:decode_lanes(split)", pipeline, params: &params, step, q: q_binding, kv, grid };
+        return split_passes(gpu, pass, cache, out, shape);
+    }
+    let pass = Pass { name: "attention:decode_lanes", pipeline, params: &params, step, q: q_binding, kv, grid };
+    single_pass(gpu, pass, out).map(|d| vec![d])
 }
 
-/// A one-pass attention dispatch: params, the step uniform, q, the cache slot, and the output.
-#[allow(clippy::too_many_arguments)]
-fn single_pass(
-    gpu: &Gpu,
-    name: &str,
-    pipeline: std::sync::Arc<wgpu::ComputePipeline>,
-    params: &wgpu::Buffer,
-    step: &StepBuffer,
-    q: wgpu::BindingResource<'_>,
-    kv: wgpu::BindingResource<'_>,
-    out: &Tensor,
-    grid: [u32; 3],
-) -> Result<Dispatch> {
+/// A one-pass attention dispatch writing `out`.
+fn single_pass(gpu: &Gpu, pass: Pass<'_>, out: &Tensor) -> Result<Dispatch> {
+    pass_dispatch(gpu, pass, 4, out)
+}
+
+/// The pass with its result bound at `slot` (4: the output, 5: the partials).
+fn pass_dispatch(gpu: &Gpu, pass: Pass<'_>, slot: u32, result: &Tensor) -> Result<Dispatch> {
     make_dispatch(
         gpu,
-        name.into(),
-        pipeline,
+        pass.name.into(),
+        pass.pipeline,
         &[
-            (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
-            (2, q),
-            (3, kv),
-            (4, out.buffer().as_entire_binding()),
+            (0, pass.params.as_entire_binding()),
+            (1, pass.step.buffer().as_entire_binding()),
+            (2, pass.q),
+            (3, pass.kv),
+            (slot, result.buffer().as_entire_binding()),
         ],
-        grid,
-        vec![params.clone()],
+        pass.grid,
+        vec![pass.params.clone(), result.buffer().clone()],
     )
 }
 
@@ -343,9 +376,13 @@ fn prefill(
         let pipeline =
             gpu.pipeline(&ATTENTION, "prefill_lanes", &variant(cache, shape.group, false).flag("SUBGROUPS"))?;
         let grid = [cache.kv_heads() as u32, shape.rows.div_ceil(8) as u32, 1];
-        return single_pass(gpu, "attention:prefill_lanes", pipeline, &params, step, q_binding, kv, out, grid);
+        return single_pass(
+            gpu,
+            Pass { name: "attention:prefill_lanes", pipeline, params: &params, step, q: q_binding, kv, grid },
+            out,
+        );
     }
     let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(cache, shape.group, false))?;
     let grid = [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1];
-    single_pass(gpu, "attention:prefill", pipeline, &params, step, q_binding, kv, out, grid)
+    single_pass(gpu, Pass { name: "attention:prefill", pipeline, params: &params, step, q: q_binding, kv, grid }, out)
 }
