@@ -294,8 +294,10 @@ impl Bench {
 
     /// Writes `target/bench/<file>.json`.
     pub fn write_json(&self, file: &str) {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench");
-        std::fs::create_dir_all(dir).expect("create target/bench");
+        // MOBILELLM_BENCH_DIR: where a prebuilt bench binary runs outside its source tree (tools/device-bench.sh).
+        let dir = std::env::var("MOBILELLM_BENCH_DIR")
+            .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench").to_string());
+        std::fs::create_dir_all(&dir).expect("create the bench output directory");
         let json = serde_json::json!({
             "device": self.gpu.describe(),
             "quick": self.args.quick,
