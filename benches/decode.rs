@@ -63,7 +63,7 @@ fn main() -> Result<()> {
     if let Some(steps) = args.steps {
         options.decode_steps = steps.max(1);
     }
-    let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let cpu = gpu.is_cpu_class();
     if args.seek.unwrap_or(cpu) {
         options.fill = ContextFill::Seek;
     }

@@ -116,8 +116,42 @@ pub struct GpuOptions {
     pub backends: wgpu::Backends,
     /// Only adapters whose name contains this (case-insensitive) are considered.
     pub adapter_name: Option<String>,
-    /// Where weight matrices live; `None` picks by device class ([`WeightStorage::for_device`]).
+    /// Where weight matrices live; `None` picks by device class ([`WeightStorage::for_class`]).
     pub weight_storage: Option<WeightStorage>,
+    /// Which launch rules to follow; `None` takes the adapter's ([`DeviceClass::of`]). Forcing
+    /// [`DeviceClass::Gpu`] on a CPU driver runs the GPU plans there (how the tests check them end to end).
+    pub device_class: Option<DeviceClass>,
+}
+
+/// Which kernels and plans the crate picks for a device. The two classes differ in how memory accesses
+/// become code, so each gets its own launch rules (GEMV mapping, weight storage, attention kernel, QKV
+/// fusion, prefill GEMM); both sets are correct on every device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DeviceClass {
+    /// A CPU driver (lavapipe, SwiftShader): invocations are SIMD lanes, workgroups run on host threads.
+    Cpu,
+    /// A GPU: threads of a workgroup share coalesced loads, workgroup memory is fast.
+    Gpu,
+}
+
+impl DeviceClass {
+    /// The class of an adapter type: [`DeviceClass::Cpu`] for `wgpu::DeviceType::Cpu`, else GPU.
+    pub fn of(device_type: wgpu::DeviceType) -> DeviceClass {
+        if device_type == wgpu::DeviceType::Cpu {
+            DeviceClass::Cpu
+        } else {
+            DeviceClass::Gpu
+        }
+    }
+
+    /// Parses `cpu` or `gpu` (as in `MOBILELLM_DEVICE_CLASS`).
+    pub fn parse(text: &str) -> Result<DeviceClass> {
+        match text.trim().to_ascii_lowercase().as_str() {
+            "cpu" => Ok(DeviceClass::Cpu),
+            "gpu" => Ok(DeviceClass::Gpu),
+            other => Err(Error::invalid("device class", other, "`cpu` or `gpu`")),
+        }
+    }
 }
 
 /// Where a [`crate::quant::GpuWeight`] keeps its words: both hold the same layout and every kernel reads
@@ -137,11 +171,10 @@ pub enum WeightStorage {
 impl WeightStorage {
     /// The default for a device class: textures on CPU drivers (measured), buffers on GPUs (unmeasured
     /// here, so the conventional choice).
-    pub fn for_device(device_type: wgpu::DeviceType) -> WeightStorage {
-        if device_type == wgpu::DeviceType::Cpu {
-            WeightStorage::Texture
-        } else {
-            WeightStorage::Buffer
+    pub fn for_class(class: DeviceClass) -> WeightStorage {
+        match class {
+            DeviceClass::Cpu => WeightStorage::Texture,
+            DeviceClass::Gpu => WeightStorage::Buffer,
         }
     }
 
@@ -162,6 +195,7 @@ impl Default for GpuOptions {
             backends: wgpu::Backends::all(),
             adapter_name: None,
             weight_storage: None,
+            device_class: None,
         }
     }
 }
@@ -169,7 +203,8 @@ impl Default for GpuOptions {
 impl GpuOptions {
     /// Defaults, overridden by `MOBILELLM_FEATURES` (`all`, `none`, or e.g. `f16,timestamps`),
     /// `MOBILELLM_BACKEND` (`vulkan`, `gl`, `metal`, `dx12`), `MOBILELLM_ADAPTER` (a name substring) and
-    /// `MOBILELLM_WEIGHTS` (`buffer` or `texture`, see [`WeightStorage`]).
+    /// `MOBILELLM_WEIGHTS` (`buffer` or `texture`, see [`WeightStorage`]) and `MOBILELLM_DEVICE_CLASS`
+    /// (`cpu` or `gpu`, see [`DeviceClass`]).
     pub fn from_env() -> Result<Self> {
         let mut options = GpuOptions::default();
         if let Ok(text) = std::env::var("MOBILELLM_FEATURES") {
@@ -186,6 +221,11 @@ impl GpuOptions {
         if let Ok(text) = std::env::var("MOBILELLM_WEIGHTS") {
             if !text.is_empty() {
                 options.weight_storage = Some(WeightStorage::parse(&text)?);
+            }
+        }
+        if let Ok(text) = std::env::var("MOBILELLM_DEVICE_CLASS") {
+            if !text.is_empty() {
+                options.device_class = Some(DeviceClass::parse(&text)?);
             }
         }
         Ok(options)
@@ -206,6 +246,12 @@ impl GpuOptions {
     /// Fixes where weight matrices live instead of choosing by device class.
     pub fn weight_storage(mut self, storage: WeightStorage) -> Self {
         self.weight_storage = Some(storage);
+        self
+    }
+
+    /// Follows the launch rules of `class` instead of the adapter's.
+    pub fn device_class(mut self, class: DeviceClass) -> Self {
+        self.device_class = Some(class);
         self
     }
 }
@@ -231,6 +277,7 @@ struct GpuInner {
     features: FeatureSet,
     limits: wgpu::Limits,
     weight_storage: WeightStorage,
+    class: DeviceClass,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
     // Errors wgpu reports outside an error scope (late validation), surfaced by the next call.
     uncaptured: Arc<Mutex<Option<String>>>,
@@ -351,8 +398,9 @@ impl Gpu {
             })
             .await
             .map_err(|e| Error::Device(format!("request_device on `{}` failed: {e}", adapter.get_info().name)))?;
-        let storage = options.weight_storage.unwrap_or(WeightStorage::for_device(adapter.get_info().device_type));
-        Ok(Gpu::assemble(device, queue, adapter.get_info(), features, limits, storage))
+        let class = options.device_class.unwrap_or(DeviceClass::of(adapter.get_info().device_type));
+        let storage = options.weight_storage.unwrap_or(WeightStorage::for_class(class));
+        Ok(Gpu::assemble(device, queue, adapter.get_info(), features, limits, storage, class))
     }
 
     async fn adapters(backends: wgpu::Backends) -> Vec<wgpu::Adapter> {
@@ -396,8 +444,8 @@ impl Gpu {
             transient_saves_memory: None,
             limit_bucket: None,
         });
-        let storage = WeightStorage::for_device(info.device_type);
-        Ok(Gpu::assemble(device, queue, info, features, limits, storage))
+        let class = DeviceClass::of(info.device_type);
+        Ok(Gpu::assemble(device, queue, info, features, limits, WeightStorage::for_class(class), class))
     }
 
     fn assemble(
@@ -407,6 +455,7 @@ impl Gpu {
         features: FeatureSet,
         limits: wgpu::Limits,
         weight_storage: WeightStorage,
+        class: DeviceClass,
     ) -> Gpu {
         let uncaptured = Arc::new(Mutex::new(None));
         let sink = uncaptured.clone();
@@ -437,6 +486,7 @@ impl Gpu {
                 features,
                 limits,
                 weight_storage,
+                class,
                 pipelines: Mutex::new(HashMap::new()),
                 uncaptured,
                 lost,
@@ -444,6 +494,16 @@ impl Gpu {
                 simulated_oom: AtomicUsize::new(0),
             }),
         }
+    }
+
+    /// The launch rules this device follows ([`GpuOptions::device_class`]).
+    pub fn device_class(&self) -> DeviceClass {
+        self.inner.class
+    }
+
+    /// Whether this device follows the CPU-driver launch rules.
+    pub fn is_cpu_class(&self) -> bool {
+        self.inner.class == DeviceClass::Cpu
     }
 
     /// The wgpu device.
@@ -501,7 +561,11 @@ impl Gpu {
                 WeightStorage::Buffer => "buffers",
                 WeightStorage::Texture => "textures",
             }
-        )
+        ) + &if self.inner.class == DeviceClass::of(self.inner.info.device_type) {
+            String::new()
+        } else {
+            format!(", {:?} launch rules (forced)", self.inner.class)
+        }
     }
 
     /// The pipeline for `entry` of `kernel` in `variant`, compiled once per device and cached.

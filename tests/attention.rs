@@ -257,13 +257,11 @@ fn attention_block_chain_with_fused_residual() {
 #[test]
 fn split_rule() {
     use mobilellm_kernels::ops::attention::{auto_chunk, SPLIT_ABOVE};
-    use wgpu::DeviceType;
-    for gpu in [DeviceType::DiscreteGpu, DeviceType::IntegratedGpu, DeviceType::Other] {
-        assert_eq!(auto_chunk(gpu, SPLIT_ABOVE), None);
-        assert_eq!(auto_chunk(gpu, SPLIT_ABOVE + 1), Some(DECODE_CHUNK));
-        assert_eq!(auto_chunk(gpu, 2048), Some(128));
-    }
+    use mobilellm_kernels::DeviceClass;
+    assert_eq!(auto_chunk(DeviceClass::Gpu, SPLIT_ABOVE), None);
+    assert_eq!(auto_chunk(DeviceClass::Gpu, SPLIT_ABOVE + 1), Some(DECODE_CHUNK));
+    assert_eq!(auto_chunk(DeviceClass::Gpu, 2048), Some(128));
     // CPU devices never split (measured in `cargo bench --bench kernels -- attention`).
-    assert_eq!(auto_chunk(DeviceType::Cpu, 2048), None);
-    assert_eq!(auto_chunk(DeviceType::Cpu, 1 << 20), None);
+    assert_eq!(auto_chunk(DeviceClass::Cpu, 2048), None);
+    assert_eq!(auto_chunk(DeviceClass::Cpu, 1 << 20), None);
 }

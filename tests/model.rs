@@ -44,14 +44,21 @@ fn max_diff(a: &[f32], b: &[f32]) -> f32 {
 }
 
 fn load(gpu: &Gpu, name: &str, wtype: WeightType, kv_dtype: DType) -> Model {
+    load_with_context(gpu, name, wtype, kv_dtype, 64)
+}
+
+fn load_with_context(gpu: &Gpu, name: &str, wtype: WeightType, kv_dtype: DType, context: usize) -> Model {
     let host = HostModel::from_safetensors_dir(&data_dir(name), wtype).unwrap();
-    Model::new(gpu, &host, &PlanOptions { context: 64, max_batch: 16, kv_dtype: Some(kv_dtype) }).unwrap()
+    Model::new(gpu, &host, &PlanOptions { context, max_batch: 16, kv_dtype: Some(kv_dtype) }).unwrap()
 }
 
 /// Runs every golden case of `name` on `gpu` in `wtype`; returns the largest logit difference.
 fn run_golden(gpu: &Gpu, name: &str, wtype: WeightType, kv_dtype: DType) -> f32 {
+    run_golden_model(&mut load(gpu, name, wtype, kv_dtype), name)
+}
+
+fn run_golden_model(model: &mut Model, name: &str) -> f32 {
     let g = Golden::open(name);
-    let mut model = load(gpu, name, wtype, kv_dtype);
     let mut worst = 0.0f32;
     for prefix in ["", "single_"] {
         let prompt = g.ids(&format!("{prefix}prompt_ids"));
@@ -107,6 +114,29 @@ fn check(name: &str) {
 #[test]
 fn tiny_plain_f32_matches_transformers() {
     check("tiny-plain");
+}
+
+/// The GPU launch rules run end to end on the test adapter too (`DeviceClass::Gpu` forced): weights in
+/// buffers, the one-dispatch `qkv_rope`, GEMVs with threads sharing a row, the tiled GEMM and prefill
+/// attention, and, with a cache of 300 positions, flash-decoding's split + merge at every decode step.
+/// Both feature sets; f32 weights and KV cache, so the f32 bound holds.
+#[test]
+fn gpu_launch_rules_match_the_goldens() {
+    use mobilellm_kernels::{DeviceClass, FeatureSet};
+    let serial = gpus();
+    for features in [FeatureSet::ALL, FeatureSet::NONE] {
+        let base = GpuOptions::from_env().unwrap();
+        let options = base.clone().features(base.features.intersect(features)).device_class(DeviceClass::Gpu);
+        let gpu = Gpu::with_options(&options).unwrap();
+        assert!(!gpu.is_cpu_class());
+        for name in ["tiny-plain", "tiny-shared"] {
+            let mut model = load_with_context(&gpu, name, WeightType::F32, DType::F32, 300);
+            let worst = run_golden_model(&mut model, name);
+            eprintln!("{name} under GPU rules [{}]: max |logit diff| {worst:.2e}", gpu.describe());
+            assert!(worst <= F32_BOUND, "{name} under GPU rules [{}]: {worst}", gpu.features());
+        }
+    }
+    drop(serial);
 }
 
 #[test]

@@ -21,9 +21,9 @@ const CAPACITY: usize = 2048;
 
 pub fn bench_attention(b: &mut Bench) {
     let contexts: &[usize] = if b.args.quick { &[128, 2048] } else { &[128, 512, 2048] };
-    let auto = match auto_chunk(b.gpu.adapter_info().device_type, CAPACITY) {
+    let auto = match auto_chunk(b.gpu.device_class(), CAPACITY) {
         Some(c) => format!("split {c}"),
-        None if b.gpu.adapter_info().device_type == wgpu::DeviceType::Cpu => "lanes".to_string(),
+        None if b.gpu.is_cpu_class() => "lanes".to_string(),
         None => "unsplit".to_string(),
     };
     let mut summary = Vec::new();

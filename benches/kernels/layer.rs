@@ -37,7 +37,7 @@ pub fn bench_rms_norm(b: &mut Bench) {
 /// planner's CPU-driver path (`gemv_fused` with the norm, then `rope_cache`: 2 dispatches) and the
 /// one-dispatch `qkv_rope` (the planner's GPU path). Bytes: the fused weight, x, q and the new K/V.
 pub fn bench_qkv(b: &mut Bench) {
-    let cpu = b.gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let cpu = b.gpu.is_cpu_class();
     for m in models(b) {
         let rows = (m.heads + 2 * m.kv_heads) * m.head_dim;
         let capacity = 512;

@@ -311,7 +311,7 @@ impl Model {
         let qkv = rows(&a.qkv, n)?;
         // On CPU drivers the one-dispatch qkv_rope loses to the GEMV's tuned mapping (its 4 threads per row
         // and workgroup reductions cost more there than a second, tiny dispatch).
-        let split_qkv = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let split_qkv = gpu.is_cpu_class();
         let linear = |w: &GpuWeight, input: &Tensor, out: &Tensor, offset: usize, accumulate: bool| {
             if n == 1 {
                 ops::gemv::gemv(gpu, w, input, out, offset, accumulate)

@@ -25,7 +25,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::device::Gpu;
+use crate::device::{DeviceClass, Gpu};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::ops::{
@@ -157,10 +157,10 @@ fn lanes_head_dim(hd: usize) -> bool {
 }
 
 /// The chunk length [`Split::Auto`] picks for a cache of `capacity` positions on a device of class
-/// `device` (`None`: unsplit): [`DECODE_CHUNK`] above [`SPLIT_ABOVE`] positions, never on CPU devices
+/// `class` (`None`: unsplit): [`DECODE_CHUNK`] above [`SPLIT_ABOVE`] positions, never on CPU devices
 /// (see the module docs for the measurements).
-pub fn auto_chunk(device: wgpu::DeviceType, capacity: usize) -> Option<usize> {
-    (device != wgpu::DeviceType::Cpu && capacity > SPLIT_ABOVE).then_some(DECODE_CHUNK)
+pub fn auto_chunk(class: DeviceClass, capacity: usize) -> Option<usize> {
+    (class == DeviceClass::Gpu && capacity > SPLIT_ABOVE).then_some(DECODE_CHUNK)
 }
 
 /// Decode attention for the step's last position: query row `n-1` of `q` (`[rows, heads * head_dim]` f32,
@@ -181,7 +181,7 @@ pub fn attention_decode(
     let hd = cache.head_dim();
     let capacity = cache.capacity();
     let lanes_fit = lanes_head_dim(hd) && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
-    let cpu = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu;
+    let cpu = gpu.is_cpu_class();
     let lanes = match split {
         Split::Lanes => Some(1),
         Split::LanesChunks(0) => {
@@ -198,7 +198,7 @@ pub fn attention_decode(
         return decode_lanes(gpu, step, q, cache, slot, out, &shape, n_chunks);
     }
     let chunk = match split {
-        Split::Auto => auto_chunk(gpu.adapter_info().device_type, capacity),
+        Split::Auto => auto_chunk(gpu.device_class(), capacity),
         Split::Off | Split::Lanes | Split::LanesChunks(_) => None,
         Split::Chunk(0) => return Err(Error::invalid("attention_decode chunk", 0, "at least 1 position")),
         Split::Chunk(c) => Some(c.min(capacity)),
@@ -333,9 +333,7 @@ pub fn attention_prefill(
     slot: usize,
     out: &Tensor,
 ) -> Result<Dispatch> {
-    let lanes = gpu.adapter_info().device_type == wgpu::DeviceType::Cpu
-        && broadcasts_of_8(gpu)
-        && lanes_head_dim(cache.head_dim());
+    let lanes = gpu.is_cpu_class() && broadcasts_of_8(gpu) && lanes_head_dim(cache.head_dim());
     prefill(gpu, step, q, cache, slot, out, lanes)
 }
 

@@ -31,7 +31,7 @@ struct Params {
 /// GEMV ([`gemv_window`]: lanes are rows, 8 vectors each, x as a uniform shared by subgroup broadcasts),
 /// or, for shapes it cannot window, one GEMV per vector.
 pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
-    if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+    if gpu.is_cpu_class() {
         return match gemv_window(gpu, w, x, y, out_offset, accumulate, WINDOW_RPT)? {
             Some(d) => Ok(d),
             None => gemv(gpu, w, x, y, out_offset, accumulate),

@@ -40,7 +40,7 @@ impl GemvMapping {
     ///   blocks (coalesced); short rows (in = 576 is 18 blocks) get 8 threads, long rows 32.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
         let blocks = cols.div_ceil(32);
-        if gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+        if gpu.is_cpu_class() {
             // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1; a loaded shared machine, so only
             // large differences count): more rows per thread win (each x load feeds them all: 8 beat 4 by
             // 1.5-2x, 4 beat 1 by 3x), and a workgroup of 8 = one SIMD batch of lavapipe avoids running
@@ -168,7 +168,7 @@ fn x_uniform(
     norm: Option<&Tensor>,
 ) -> Option<XUniform> {
     let ok = mapping.tpr == 1
-        && gpu.adapter_info().device_type == wgpu::DeviceType::Cpu
+        && gpu.is_cpu_class()
         && cols.is_multiple_of(4)
         && fits_uniform(gpu, x, n * cols)
         && norm.is_none_or(|t| fits_uniform(gpu, t, cols));
@@ -332,7 +332,7 @@ pub fn gemv_fused_with(
         eps: fusion.norm.map_or(0.0, |n| n.1),
         _pad: 0,
     };
-    if n > 1 && gpu.adapter_info().device_type == wgpu::DeviceType::Cpu {
+    if n > 1 && gpu.is_cpu_class() {
         if let Some(d) = window(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, WINDOW_RPT)? {
             return Ok(d);
         }
