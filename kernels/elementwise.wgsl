@@ -1,10 +1,11 @@
-// Elementwise kernels: the residual add, the unfused FFN chain's silu_mul, and the plain copy that benchmarks use
-// as their bandwidth yardstick.
+// Elementwise kernels: the residual add, the unfused FFN chain's silu_mul, the batched FFN's swiglu_stacked,
+// and the plain copy that benchmarks use as their bandwidth yardstick.
 // Large counts use a 2-D grid (x up to 65535 workgroups); the linear index folds it back.
 
 struct Params {
     count: u32,
-    _pad0: u32,
+    // swiglu_stacked: the FFN width (half a row of the stacked gate|up product).
+    width: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -44,5 +45,18 @@ fn silu_mul(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) group
     if i < params.count {
         let g = a[i];
         sum[i] = g / (1.0 + exp(-g)) * b[i];
+    }
+}
+
+// The batched FFN's middle step on the stacked product of a GEMM with the `[gate; up]` weight: row r of `a`
+// is gate (width values) then up (width values); sum[r, j] = silu(gate[r, j]) * up[r, j].
+@compute @workgroup_size(WG)
+fn swiglu_stacked(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * groups.x + wg.x) * WG + lid;
+    if i < params.count {
+        let r = i / params.width;
+        let g = a[i + r * params.width];
+        sum[i] = g / (1.0 + exp(-g)) * a[i + (r + 1u) * params.width];
     }
 }

@@ -199,6 +199,25 @@ fn block_tolerance(x: &[f32], h: &[f32], tol_h: &[f32], down: &[f32], hidden: us
     tol
 }
 
+/// A whole-block case: inputs, the down weight, the CPU twin's output and its [`block_tolerance`].
+struct BlockCase {
+    c: Case,
+    down_host: HostWeight,
+    want: Vec<f32>,
+    tol: Vec<f32>,
+}
+
+fn block_case(hidden: usize, ffn: usize, n: usize, wtype: WeightType, down_seed: u64) -> BlockCase {
+    let c = case(hidden, ffn, n, wtype);
+    let down_host = weight(down_seed, hidden, ffn, wtype);
+    let (gate, up, down) = (c.gate.dequantize(), c.up.dequantize(), down_host.dequantize());
+    let want = reference::ffn_block(&c.x, &c.norm, EPS, &gate, &up, &down);
+    let h_cpu = reference::ffn_gate_up(&c.x, &c.norm, EPS, &gate, &up);
+    let tol_h = tolerance(&reference::rms_norm(&c.x, &c.norm, EPS), &gate, &up, hidden);
+    let tol = block_tolerance(&c.x, &h_cpu, &tol_h, &down, hidden);
+    BlockCase { c, down_host, want, tol }
+}
+
 /// The planner's two-dispatch block (`ffn_block`: `ffn_swiglu` on the stacked weight, then the down
 /// projection accumulating into x; a GEMM for n > 1) equals the unfused six-dispatch chain on the GPU
 /// (rms_norm, gemv gate, gemv up, silu_mul, gemv down, add) and the CPU twin. Two types (one unscaled,
@@ -211,13 +230,7 @@ fn fused_block_equals_unfused_chain() {
     for gpu in gpus() {
         for wtype in [WeightType::F16, WeightType::Q4_0] {
             for n in [1, 5] {
-                let c = case(hidden, ffn, n, wtype);
-                let down_host = weight(99, hidden, ffn, wtype);
-                let (gate, up, down) = (c.gate.dequantize(), c.up.dequantize(), down_host.dequantize());
-                let want = reference::ffn_block(&c.x, &c.norm, EPS, &gate, &up, &down);
-                let h_cpu = reference::ffn_gate_up(&c.x, &c.norm, EPS, &gate, &up);
-                let tol_h = tolerance(&reference::rms_norm(&c.x, &c.norm, EPS), &gate, &up, hidden);
-                let tol = block_tolerance(&c.x, &h_cpu, &tol_h, &down, hidden);
+                let BlockCase { c, down_host, want, tol } = block_case(hidden, ffn, n, wtype, 99);
 
                 let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
                 let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
@@ -255,4 +268,48 @@ fn fused_block_equals_unfused_chain() {
             }
         }
     }
+}
+
+/// The batched block the planner runs for prefill on GPUs (`ffn_block_batched`: rms_norm, GEMM on the
+/// stacked weight, `swiglu_stacked`, down GEMM) against the CPU twin, within [`block_tolerance`] (the same
+/// sums in other orders). Run on the test devices under their own rules and with the GPU rules forced
+/// (tiled GEMM), for two types and a batch that spans a GEMM tile edge.
+#[test]
+fn batched_block_matches_twin() {
+    use mobilellm_kernels::{DeviceClass, GpuOptions};
+    let (hidden, ffn) = (576, 1536);
+    let serial = gpus();
+    let base = GpuOptions::from_env().unwrap();
+    let forced = Gpu::with_options(&base.clone().device_class(DeviceClass::Gpu)).unwrap();
+    for gpu in serial.iter().chain([&forced]) {
+        for wtype in [WeightType::F16, WeightType::Q4_0] {
+            let n = 33;
+            let BlockCase { c, down_host, want, tol } = block_case(hidden, ffn, n, wtype, 98);
+
+            let x = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
+            let norm = Tensor::from_slice(gpu, &[hidden], &c.norm).unwrap();
+            let stacked = GpuWeight::upload(gpu, &ops::ffn::fuse_gate_up(&c.gate, &c.up).unwrap()).unwrap();
+            let dw = GpuWeight::upload(gpu, &down_host).unwrap();
+            let normed = Tensor::zeros(gpu, DType::F32, &[n, hidden]).unwrap();
+            let gate_up = Tensor::zeros(gpu, DType::F32, &[n, 2 * ffn]).unwrap();
+            let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
+            let scratch = ops::ffn::BatchedFfnScratch { normed: &normed, gate_up: &gate_up, h: &h };
+            let block = ops::ffn::ffn_block_batched(gpu, &x, &norm, EPS, &stacked, &dw, &scratch).unwrap();
+            assert_eq!(block.len(), 4);
+            ops::run(gpu, &block.iter().collect::<Vec<_>>()).unwrap();
+            let what = format!("ffn_block_batched {wtype} n={n} [{}]", gpu.describe());
+            assert_within(&what, &x.read::<f32>(gpu).unwrap(), &want, &tol);
+            // The middle step alone is exact up to exp's rounding: against the twin on the GPU's own gate|up.
+            let gu = gate_up.read::<f32>(gpu).unwrap();
+            let (g, u): (Vec<f32>, Vec<f32>) =
+                gu.chunks(2 * ffn).flat_map(|row| (0..ffn).map(move |j| (row[j], row[ffn + j]))).unzip();
+            let mid = reference::silu_mul(&g, &u);
+            let mid_tol: Vec<f32> = mid.iter().map(|v| v.abs() * 8.0 * f32::EPSILON + 1e-6).collect();
+            assert_within(&format!("{what} swiglu_stacked"), &h.read::<f32>(gpu).unwrap(), &mid, &mid_tol);
+        }
+    }
+    // A gate|up product whose width is not twice h's is a shape error.
+    let gpu = &serial[0];
+    let (gu, h) = (Tensor::zeros(gpu, DType::F32, &[2, 6]).unwrap(), Tensor::zeros(gpu, DType::F32, &[2, 4]).unwrap());
+    assert!(matches!(ops::ffn::swiglu_stacked(gpu, &gu, &h), Err(Error::Shape { .. })));
 }

@@ -9,6 +9,11 @@
 //!    variant on the stacked gate/up weight);
 //! 5. `gemv`/`gemm` down projection accumulating into the residual stream (4 and 5 are `ops::ffn::ffn_block`).
 //!
+//! CPU drivers split step 1 into the tuned GEMV (norm folded in) and `rope_cache`. A prefill on a GPU
+//! (`n > 1`) runs steps 1 and 4 through the tiled GEMM instead of a fused GEMV per row: `rms_norm`, `gemm`
+//! on the Q/K/V weight, `rope_cache`; and `ops::ffn::ffn_block_batched` (`rms_norm`, `gemm` on the stacked
+//! gate/up weight, `swiglu_stacked`, the down `gemm`), so each weight is dequantized once per tile of rows.
+//!
 //! With layer sharing, unique layer `i` runs as executions `2i` and `2i+1`: the same weight buffers are
 //! bound back to back, each execution with its own KV-cache slot.
 
@@ -145,6 +150,8 @@ struct Activations {
     attn: Tensor,
     h: Tensor,
     normed: Tensor,
+    // GPUs' batched FFN: the GEMM's gate|up product, [b, 2 ffn] (None on CPU drivers or for b = 1).
+    gate_up: Option<Tensor>,
     logits: Tensor,
     last: Tensor,
     last_normed: Tensor,
@@ -162,7 +169,12 @@ impl Activations {
             q: f("q", &[b, c.q_dim()])?,
             attn: f("attention out", &[b, c.q_dim()])?,
             h: f("ffn hidden", &[b, c.intermediate_size])?,
-            normed: f("final normed", &[b, c.hidden_size])?,
+            normed: f("normed", &[b, c.hidden_size])?,
+            gate_up: if gpu.is_cpu_class() || b < 2 {
+                None
+            } else {
+                Some(f("ffn gate|up", &[b, 2 * c.intermediate_size])?)
+            },
             logits: f("logits", &[b, c.vocab_size])?,
             last: f("last residual", &[1, c.hidden_size])?,
             last_normed: f("last normed", &[1, c.hidden_size])?,
@@ -188,7 +200,8 @@ impl Activations {
         ]
         .iter()
         .map(|t| t.size_bytes())
-        .sum()
+        .sum::<u64>()
+            + self.gate_up.as_ref().map_or(0, Tensor::size_bytes)
     }
 }
 
@@ -312,6 +325,12 @@ impl Model {
         // On CPU drivers the one-dispatch qkv_rope loses to the GEMV's tuned mapping (its 4 threads per row
         // and workgroup reductions cost more there than a second, tiny dispatch).
         let split_qkv = gpu.is_cpu_class();
+        // GPU prefill: Q/K/V and the FFN's gate|up through the tiled GEMM (each weight dequantized once per
+        // tile of 32 rows) instead of one fused GEMV per row; the norm and SwiGLU become their own steps.
+        let batched = match &a.gate_up {
+            Some(gate_up) if n > 1 && !split_qkv => Some((rows(&a.normed, n)?, rows(gate_up, n)?)),
+            _ => None,
+        };
         let linear = |w: &GpuWeight, input: &Tensor, out: &Tensor, offset: usize, accumulate: bool| {
             if n == 1 {
                 ops::gemv::gemv(gpu, w, input, out, offset, accumulate)
@@ -323,10 +342,15 @@ impl Model {
         let mut body = Vec::new();
         for exec in 0..c.executed_layers() {
             let l = &self.layers[c.unique_layer_of(exec)];
-            if split_qkv {
-                // CPU drivers: the tuned GEMV (with the norm folded in) then RoPE + cache write.
-                let fusion = GemvFusion { norm: Some((&l.input_norm, eps)), swiglu: false };
-                body.push(ops::gemv::gemv_fused(gpu, &l.qkv_proj, &x, &qkv, fusion)?);
+            if split_qkv || batched.is_some() {
+                if let Some((normed, _)) = &batched {
+                    body.push(ops::rms_norm::rms_norm(gpu, &x, &l.input_norm, normed, eps)?);
+                    body.push(ops::gemm::gemm(gpu, &l.qkv_proj, normed, &qkv, 0, false)?);
+                } else {
+                    // CPU drivers: the tuned GEMV (with the norm folded in) then RoPE + cache write.
+                    let fusion = GemvFusion { norm: Some((&l.input_norm, eps)), swiglu: false };
+                    body.push(ops::gemv::gemv_fused(gpu, &l.qkv_proj, &x, &qkv, fusion)?);
+                }
                 body.push(ops::qkv_rope::rope_cache(
                     gpu,
                     &self.step,
@@ -366,7 +390,13 @@ impl Model {
                 body.push(ops::attention::attention_prefill(gpu, &self.step, &q, &self.cache, exec, &attn)?);
             }
             body.push(linear(&l.o_proj, &attn, &x, 0, true)?);
-            body.extend(ops::ffn::ffn_block(gpu, &x, &l.post_norm, eps, &l.gate_up_proj, &l.down_proj, &h)?);
+            if let Some((normed, gate_up)) = &batched {
+                let scratch = ops::ffn::BatchedFfnScratch { normed, gate_up, h: &h };
+                let (norm, gu, down) = (&l.post_norm, &l.gate_up_proj, &l.down_proj);
+                body.extend(ops::ffn::ffn_block_batched(gpu, &x, norm, eps, gu, down, &scratch)?);
+            } else {
+                body.extend(ops::ffn::ffn_block(gpu, &x, &l.post_norm, eps, &l.gate_up_proj, &l.down_proj, &h)?);
+            }
         }
         let head_weights = self.head.as_ref().unwrap_or(&self.embed);
         let mut head = Vec::new();

@@ -25,7 +25,8 @@ use crate::tensor::{DType, Tensor};
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct SiluMulParams {
     count: u32,
-    _pad: [u32; 3],
+    width: u32,
+    _pad: [u32; 2],
 }
 
 /// `out = silu(gate) ⊙ up`, elementwise over f32 tensors of one shape (the unfused chain's middle step).
@@ -37,7 +38,7 @@ pub fn silu_mul(gpu: &Gpu, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<D
     let count = gate.len() as u32;
     const WG: u32 = 256;
     let pipeline = gpu.pipeline(&ELEMENTWISE, "silu_mul", &ShaderVariant::new().constant("WG", WG))?;
-    let params = uniform(gpu, "silu_mul params", &SiluMulParams { count, _pad: [0; 3] })?;
+    let params = uniform(gpu, "silu_mul params", &SiluMulParams { count, width: 0, _pad: [0; 2] })?;
     make_dispatch(
         gpu,
         "elementwise:silu_mul".into(),
@@ -51,6 +52,76 @@ pub fn silu_mul(gpu: &Gpu, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<D
         grid_1d(count.div_ceil(WG)),
         vec![params.clone()],
     )
+}
+
+/// `h[r, j] = silu(gu[r, j]) ⊙ gu[r, ffn + j]`: the middle step of [`ffn_block_batched`], on the product
+/// `gu` (`[n, 2 ffn]` f32) of a GEMM with the stacked `[gate; up]` weight; `h` is `[n, ffn]`.
+pub fn swiglu_stacked(gpu: &Gpu, gu: &Tensor, h: &Tensor) -> Result<Dispatch> {
+    let (n, width) = match h.shape() {
+        [n, w] if *w > 0 => (*n, *w),
+        other => return Err(Error::shape("swiglu_stacked output", other, "[n, ffn] with ffn > 0")),
+    };
+    h.expect("swiglu_stacked output", DType::F32, &[n, width])?;
+    gu.expect("swiglu_stacked input (gate | up)", DType::F32, &[n, 2 * width])?;
+    let count = (n * width) as u32;
+    const WG: u32 = 256;
+    let pipeline = gpu.pipeline(&ELEMENTWISE, "swiglu_stacked", &ShaderVariant::new().constant("WG", WG))?;
+    let params = SiluMulParams { count, width: width as u32, _pad: [0; 2] };
+    let params = uniform(gpu, "swiglu_stacked params", &params)?;
+    make_dispatch(
+        gpu,
+        "elementwise:swiglu_stacked".into(),
+        pipeline,
+        &[(0, params.as_entire_binding()), (1, gu.buffer().as_entire_binding()), (3, h.buffer().as_entire_binding())],
+        grid_1d(count.div_ceil(WG)),
+        vec![params.clone()],
+    )
+}
+
+/// Scratch for [`ffn_block_batched`]: the normalised input `[n, hidden]` and the gate|up product `[n, 2 ffn]`
+/// (f32); `h` (`[n, ffn]`) as for [`ffn_block`].
+pub struct BatchedFfnScratch<'a> {
+    /// `rms_norm(x)·norm_weight`.
+    pub normed: &'a Tensor,
+    /// The GEMM's output on the stacked weight.
+    pub gate_up: &'a Tensor,
+    /// `silu(gate) ⊙ up`.
+    pub h: &'a Tensor,
+}
+
+/// The feed-forward block for a batch of rows on a GPU, reading each weight once per tile of vectors:
+/// `rms_norm`, the tiled GEMM on the stacked `[gate; up]` weight, [`swiglu_stacked`], and the down GEMM
+/// accumulating into `x` (four dispatches). [`ffn_block`]'s fused first step is a GEMV per row, which on a
+/// GPU dequantizes every weight once per row; the planner takes this form for prefill on GPUs.
+pub fn ffn_block_batched(
+    gpu: &Gpu,
+    x: &Tensor,
+    norm_weight: &Tensor,
+    eps: f32,
+    gate_up: &GpuWeight,
+    down: &GpuWeight,
+    scratch: &BatchedFfnScratch<'_>,
+) -> Result<Vec<Dispatch>> {
+    check_down(gate_up, down)?;
+    Ok(vec![
+        crate::ops::rms_norm::rms_norm(gpu, x, norm_weight, scratch.normed, eps)?,
+        crate::ops::gemm::gemm(gpu, gate_up, scratch.normed, scratch.gate_up, 0, false)?,
+        swiglu_stacked(gpu, scratch.gate_up, scratch.h)?,
+        crate::ops::gemm::gemm(gpu, down, scratch.h, x, 0, true)?,
+    ])
+}
+
+/// `down` must be `[hidden, ffn]` for the stacked `gate_up` `[2 ffn, hidden]`.
+fn check_down(gate_up: &GpuWeight, down: &GpuWeight) -> Result<()> {
+    let (hidden, ffn) = (gate_up.cols(), gate_up.rows() / 2);
+    if down.rows() != hidden || down.cols() != ffn {
+        return Err(Error::shape(
+            "ffn down_proj weight",
+            &[down.rows(), down.cols()],
+            format!("[{hidden}, {ffn}] (hidden, ffn of the stacked gate/up weight)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Stacks `gate` and `up` (`[ffn, hidden]`, one type) row-wise into the `[2 ffn, hidden]` weight that
@@ -102,14 +173,7 @@ pub fn ffn_block(
     down: &GpuWeight,
     h: &Tensor,
 ) -> Result<Vec<Dispatch>> {
-    let (hidden, ffn) = (gate_up.cols(), gate_up.rows() / 2);
-    if down.rows() != hidden || down.cols() != ffn {
-        return Err(Error::shape(
-            "ffn down_proj weight",
-            &[down.rows(), down.cols()],
-            format!("[{hidden}, {ffn}] (hidden, ffn of the stacked gate/up weight)"),
-        ));
-    }
+    check_down(gate_up, down)?;
     let gate_up = ffn_swiglu(gpu, x, norm_weight, eps, gate_up, h)?;
     let rows = x.shape().first().copied().unwrap_or(0);
     let down = if rows == 1 {
