@@ -8,7 +8,7 @@
 //! - [`shader`]: the kernel sources in `kernels/*.wgsl` and the variant mechanism;
 //! - [`tensor`]: GPU buffers with dtype and shape;
 //! - [`ops`]: one launcher per kernel family, returning reusable [`ops::Dispatch`]es;
-//! - [`reference`]: the CPU twin of every kernel family, for tests and checks.
+//! - [`reference`](mod@reference): the CPU twin of every kernel family, for tests and checks.
 //!
 //! ```no_run
 //! use mobilellm_kernels::{ops, reference, Gpu, Tensor, DType};
