@@ -300,10 +300,7 @@ fn batched_block_matches_twin() {
             let what = format!("ffn_block_batched {wtype} n={n} [{}]", gpu.describe());
             assert_within(&what, &x.read::<f32>(gpu).unwrap(), &want, &tol);
             // The middle step alone is exact up to exp's rounding: against the twin on the GPU's own gate|up.
-            let gu = gate_up.read::<f32>(gpu).unwrap();
-            let (g, u): (Vec<f32>, Vec<f32>) =
-                gu.chunks(2 * ffn).flat_map(|row| (0..ffn).map(move |j| (row[j], row[ffn + j]))).unzip();
-            let mid = reference::silu_mul(&g, &u);
+            let mid = reference::swiglu_stacked(&gate_up.read::<f32>(gpu).unwrap(), ffn);
             let mid_tol: Vec<f32> = mid.iter().map(|v| v.abs() * 8.0 * f32::EPSILON + 1e-6).collect();
             assert_within(&format!("{what} swiglu_stacked"), &h.read::<f32>(gpu).unwrap(), &mid, &mid_tol);
         }

@@ -1,5 +1,5 @@
-//! The SwiGLU feed-forward block, CPU twins [`crate::reference::ffn_gate_up`] and
-//! [`crate::reference::ffn_block`].
+//! The SwiGLU feed-forward block, CPU twins [`crate::reference::ffn_gate_up`],
+//! [`crate::reference::ffn_block`] and [`crate::reference::swiglu_stacked`].
 //!
 //! One fused FFN: [`ffn_swiglu`] runs `h = silu(Wg·n) ⊙ (Wu·n)` with `n = rms_norm(x)·w_norm` as one
 //! dispatch of the GEMV kernel's NORM + SWIGLU variant (`kernels/gemv.wgsl`) on the stacked `[gate; up]`

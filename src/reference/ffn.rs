@@ -14,6 +14,12 @@ pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
     gate.iter().zip(up).map(|(&g, &u)| silu(g) * u).collect()
 }
 
+/// `h[r, j] = silu(gu[r, j]) * gu[r, ffn + j]` on rows of `2 ffn` values (gate then up): the batched
+/// FFN's middle step (`ops::ffn::swiglu_stacked`).
+pub fn swiglu_stacked(gate_up: &[f32], ffn: usize) -> Vec<f32> {
+    gate_up.chunks(2 * ffn).flat_map(|row| silu_mul(&row[..ffn], &row[ffn..])).collect()
+}
+
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }

@@ -13,7 +13,7 @@ mod sample;
 pub use attention::{attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, QkvShape, RopeLayout};
 pub use elementwise::add;
 pub use embedding::embedding;
-pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul};
+pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul, swiglu_stacked};
 pub use gemv::gemv;
 pub use rms_norm::rms_norm;
 pub use sample::{sample, sample_order_key, sample_trace, sample_uniform, SampleTrace};
