@@ -92,7 +92,7 @@ const WTILE: u32 = 128u;
 // Buffers keep each row's blocks together (GPU threads of a row read neighbouring blocks, coalesced).
 // Textures (CPU drivers) are tiled: within each WTILE rows, block b of every row, then block b+1, so a
 // workgroup walking its rows block by block reads one sequential stream (the hardware prefetcher keeps
-// up; row-major was a stream per row and ran 1.4x slower once the weights left the CPU's cache).
+// up; row-major was a stream per row and ran 1.28x slower once the weights left the CPU's cache).
 fn weight_block(desc: WeightDesc, row: u32, block: u32) -> u32 {
 #if WTEX
     let tile0 = row - row % WTILE;

@@ -50,8 +50,8 @@ pub fn bench_attention(b: &mut Bench) {
             let lanes = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Lanes).expect("decode");
             // Two even chunks: balances 3 KV heads over 2 host threads (1.5 rounds instead of 2).
             let chunks = 2;
-            let lanes_split = Split::LanesChunks(chunks);
-            let lanes_split = attention_decode(gpu, &step, &q, &cache, 0, &out, lanes_split).expect("decode");
+            let split_lanes = Split::LanesChunks(chunks);
+            let lanes_split = attention_decode(gpu, &step, &q, &cache, 0, &out, split_lanes).expect("decode");
             let mut pays_from = None;
             for &ctx in contexts {
                 cache.check_step(ctx - 1, 1).expect("ctx within capacity");

@@ -342,15 +342,17 @@ impl Model {
         let mut body = Vec::new();
         for exec in 0..c.executed_layers() {
             let l = &self.layers[c.unique_layer_of(exec)];
+            if let Some((normed, _)) = &batched {
+                // GPU prefill: the norm, then the tiled GEMM on the Q/K/V weight.
+                body.push(ops::rms_norm::rms_norm(gpu, &x, &l.input_norm, normed, eps)?);
+                body.push(ops::gemm::gemm(gpu, &l.qkv_proj, normed, &qkv, 0, false)?);
+            } else if split_qkv {
+                // CPU drivers: the tuned GEMV with the norm folded in.
+                let fusion = GemvFusion { norm: Some((&l.input_norm, eps)), swiglu: false };
+                body.push(ops::gemv::gemv_fused(gpu, &l.qkv_proj, &x, &qkv, fusion)?);
+            }
             if split_qkv || batched.is_some() {
-                if let Some((normed, _)) = &batched {
-                    body.push(ops::rms_norm::rms_norm(gpu, &x, &l.input_norm, normed, eps)?);
-                    body.push(ops::gemm::gemm(gpu, &l.qkv_proj, normed, &qkv, 0, false)?);
-                } else {
-                    // CPU drivers: the tuned GEMV (with the norm folded in) then RoPE + cache write.
-                    let fusion = GemvFusion { norm: Some((&l.input_norm, eps)), swiglu: false };
-                    body.push(ops::gemv::gemv_fused(gpu, &l.qkv_proj, &x, &qkv, fusion)?);
-                }
+                // Then RoPE + the cache write.
                 body.push(ops::qkv_rope::rope_cache(
                     gpu,
                     &self.step,

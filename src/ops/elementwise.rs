@@ -1,4 +1,5 @@
-//! Elementwise launchers (`kernels/elementwise.wgsl`): residual add and the bandwidth-yardstick copy.
+//! Elementwise launchers (`kernels/elementwise.wgsl`): residual add and the bandwidth-yardstick copy, and
+//! the one launcher every entry of that file goes through (the FFN's `silu_mul` and `swiglu_stacked` too).
 //! CPU twin: [`crate::reference::add`].
 
 use bytemuck::{Pod, Zeroable};
@@ -11,11 +12,37 @@ use crate::tensor::{DType, Tensor};
 
 const WORKGROUP: u32 = 256;
 
+/// Mirrors `Params` in `kernels/elementwise.wgsl`.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct Params {
     count: u32,
-    _pad: [u32; 3],
+    width: u32,
+    _pad: [u32; 2],
+}
+
+/// One dispatch of elementwise entry `entry` over `count` invocations (`width`: the row width the entry
+/// reads, where it has rows), with `resources` after the params at binding 0. The shared launcher of every
+/// entry of `kernels/elementwise.wgsl`.
+pub(crate) fn launch(
+    gpu: &Gpu,
+    entry: &str,
+    count: u32,
+    width: u32,
+    resources: &[(u32, wgpu::BindingResource<'_>)],
+) -> Result<Dispatch> {
+    let pipeline = gpu.pipeline(&ELEMENTWISE, entry, &ShaderVariant::new().constant("WG", WORKGROUP))?;
+    let params = uniform(gpu, &format!("{entry} params"), &Params { count, width, _pad: [0; 2] })?;
+    let mut bindings = vec![(0, params.as_entire_binding())];
+    bindings.extend(resources.iter().cloned());
+    make_dispatch(
+        gpu,
+        format!("elementwise:{entry}"),
+        pipeline,
+        &bindings,
+        grid_1d(count.div_ceil(WORKGROUP)),
+        vec![params.clone()],
+    )
 }
 
 /// `sum = a + b`, elementwise over f32 tensors of one shape. `sum` may alias neither input.
@@ -23,22 +50,12 @@ pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor, sum: &Tensor) -> Result<Dispatch> 
     a.expect("add lhs", DType::F32, a.shape())?;
     b.expect("add rhs", DType::F32, a.shape())?;
     sum.expect("add output", DType::F32, a.shape())?;
-    let count = a.len() as u32;
-    let pipeline = gpu.pipeline(&ELEMENTWISE, "add", &ShaderVariant::new().constant("WG", WORKGROUP))?;
-    let params = uniform(gpu, "add params", &Params { count, _pad: [0; 3] })?;
-    make_dispatch(
-        gpu,
-        "elementwise:add".into(),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, a.buffer().as_entire_binding()),
-            (2, b.buffer().as_entire_binding()),
-            (3, sum.buffer().as_entire_binding()),
-        ],
-        grid_1d(count.div_ceil(WORKGROUP)),
-        vec![params.clone()],
-    )
+    let resources = [
+        (1, a.buffer().as_entire_binding()),
+        (2, b.buffer().as_entire_binding()),
+        (3, sum.buffer().as_entire_binding()),
+    ];
+    launch(gpu, "add", a.len() as u32, 0, &resources)
 }
 
 /// Copies the first `bytes` bytes of `src` to `dst` (a multiple of 16, within both buffers).
@@ -52,32 +69,8 @@ pub fn copy_buffer(gpu: &Gpu, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64
         ));
     }
     let words = (bytes / 16) as u32;
-    let pipeline = gpu.pipeline(&ELEMENTWISE, "copy", &ShaderVariant::new().constant("WG", WORKGROUP))?;
-    let params = uniform(gpu, "copy params", &Params { count: words, _pad: [0; 3] })?;
-    make_dispatch(
-        gpu,
-        "elementwise:copy".into(),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (
-                4,
-                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: src,
-                    offset: 0,
-                    size: std::num::NonZeroU64::new(bytes),
-                }),
-            ),
-            (
-                5,
-                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: dst,
-                    offset: 0,
-                    size: std::num::NonZeroU64::new(bytes),
-                }),
-            ),
-        ],
-        grid_1d(words.div_ceil(WORKGROUP)),
-        vec![params.clone()],
-    )
+    let first_bytes = |buffer| {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer, offset: 0, size: std::num::NonZeroU64::new(bytes) })
+    };
+    launch(gpu, "copy", words, 0, &[(4, first_bytes(src)), (5, first_bytes(dst))])
 }

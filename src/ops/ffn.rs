@@ -12,22 +12,12 @@
 //! weight type, so it was retired; at a prefill of 64 its 8-position weight-tile reuse was 0.72-0.86x the
 //! time of this path, which is the case for a GEMM with a SWIGLU epilogue, not for a second FFN kernel.)
 
-use bytemuck::{Pod, Zeroable};
-
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::{grid_1d, make_dispatch, uniform, Dispatch};
+use crate::ops::elementwise::launch;
+use crate::ops::Dispatch;
 use crate::quant::{GpuWeight, HostWeight};
-use crate::shader::{ShaderVariant, ELEMENTWISE};
 use crate::tensor::{DType, Tensor};
-
-#[repr(C)]
-#[derive(Clone, Copy, Pod, Zeroable)]
-struct SiluMulParams {
-    count: u32,
-    width: u32,
-    _pad: [u32; 2],
-}
 
 /// `out = silu(gate) ⊙ up`, elementwise over f32 tensors of one shape (the unfused chain's middle step).
 /// `out` may alias neither input.
@@ -35,23 +25,12 @@ pub fn silu_mul(gpu: &Gpu, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<D
     gate.expect("silu_mul gate", DType::F32, gate.shape())?;
     up.expect("silu_mul up", DType::F32, gate.shape())?;
     out.expect("silu_mul output", DType::F32, gate.shape())?;
-    let count = gate.len() as u32;
-    const WG: u32 = 256;
-    let pipeline = gpu.pipeline(&ELEMENTWISE, "silu_mul", &ShaderVariant::new().constant("WG", WG))?;
-    let params = uniform(gpu, "silu_mul params", &SiluMulParams { count, width: 0, _pad: [0; 2] })?;
-    make_dispatch(
-        gpu,
-        "elementwise:silu_mul".into(),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, gate.buffer().as_entire_binding()),
-            (2, up.buffer().as_entire_binding()),
-            (3, out.buffer().as_entire_binding()),
-        ],
-        grid_1d(count.div_ceil(WG)),
-        vec![params.clone()],
-    )
+    let resources = [
+        (1, gate.buffer().as_entire_binding()),
+        (2, up.buffer().as_entire_binding()),
+        (3, out.buffer().as_entire_binding()),
+    ];
+    launch(gpu, "silu_mul", gate.len() as u32, 0, &resources)
 }
 
 /// `h[r, j] = silu(gu[r, j]) ⊙ gu[r, ffn + j]`: the middle step of [`ffn_block_batched`], on the product
@@ -63,19 +42,8 @@ pub fn swiglu_stacked(gpu: &Gpu, gu: &Tensor, h: &Tensor) -> Result<Dispatch> {
     };
     h.expect("swiglu_stacked output", DType::F32, &[n, width])?;
     gu.expect("swiglu_stacked input (gate | up)", DType::F32, &[n, 2 * width])?;
-    let count = (n * width) as u32;
-    const WG: u32 = 256;
-    let pipeline = gpu.pipeline(&ELEMENTWISE, "swiglu_stacked", &ShaderVariant::new().constant("WG", WG))?;
-    let params = SiluMulParams { count, width: width as u32, _pad: [0; 2] };
-    let params = uniform(gpu, "swiglu_stacked params", &params)?;
-    make_dispatch(
-        gpu,
-        "elementwise:swiglu_stacked".into(),
-        pipeline,
-        &[(0, params.as_entire_binding()), (1, gu.buffer().as_entire_binding()), (3, h.buffer().as_entire_binding())],
-        grid_1d(count.div_ceil(WG)),
-        vec![params.clone()],
-    )
+    let resources = [(1, gu.buffer().as_entire_binding()), (3, h.buffer().as_entire_binding())];
+    launch(gpu, "swiglu_stacked", (n * width) as u32, width as u32, &resources)
 }
 
 /// Scratch for [`ffn_block_batched`]: the normalised input `[n, hidden]` and the gate|up product `[n, 2 ffn]`
