@@ -43,7 +43,7 @@ use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::model::config::ModelConfig;
 use crate::model::host::{HostLayer, HostModel};
-use crate::model::planner::{MemoryReport, Model, PlanOptions};
+use crate::model::planner::{by_family, MemoryReport, Model, PlanOptions};
 use crate::ops;
 use crate::quant::{HostWeight, WeightType};
 use crate::tensor::{read_buffer, DType};
@@ -368,6 +368,20 @@ pub struct DecodePoint {
     pub profile: Vec<FamilyTime>,
     /// Sum of `profile` (GPU milliseconds of one step, one pass per dispatch).
     pub profile_total_ms: f64,
+    /// The same profiled step by executed layer (GPU milliseconds, execution order; empty when not profiled).
+    pub layer_ms: Vec<f64>,
+    /// GPU time of executed layers `2i + 1` over that of layers `2i`, summed over `i` (from `layer_ms`).
+    /// With layer sharing these are the second and first executions of the same weights, so a value
+    /// under 1 is what the repeat gains from weights still in cache; without, they are neighbouring
+    /// layers with different weights: the control, about 1.
+    pub pair_ratio: Option<f64>,
+}
+
+/// `sum(layer_ms[2i + 1]) / sum(layer_ms[2i])` over whole pairs; `None` with fewer than two layers.
+pub fn pair_ratio(layer_ms: &[f64]) -> Option<f64> {
+    let pairs = layer_ms.chunks_exact(2);
+    let (first, second) = pairs.fold((0.0, 0.0), |(a, b), p| (a + p[0], b + p[1]));
+    (first > 0.0).then(|| second / first)
 }
 
 /// Everything [`bench_decode`] measured for one configuration.
@@ -393,6 +407,10 @@ pub struct DecodeBench {
     pub prefill: Vec<PrefillPoint>,
     /// Decode timings.
     pub decode: Vec<DecodePoint>,
+    /// One profiled prefill of the shortest prefill length by kernel family (empty when not profiled).
+    pub prefill_profile: Vec<FamilyTime>,
+    /// Its prompt length (0 when not profiled).
+    pub prefill_profile_tokens: usize,
     /// Weight bytes one decode step reads.
     pub weight_traffic: WeightTraffic,
     /// The copy measured before this configuration.
@@ -489,6 +507,15 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     let traffic = weight_traffic(host);
     let roofline_ms = traffic.total() as f64 / (copy.gbps * 1e9) * 1e3;
     let profile = options.profile && gpu.features().timestamps;
+    let profiled_prefill = options.prefill_lengths.iter().copied().min().filter(|_| profile);
+    let prefill_profile = match profiled_prefill {
+        Some(n) => {
+            model.reset();
+            let split = by_family(&model.profile_prefill_dispatches(&tokens[..n])?);
+            split.into_iter().map(|(family, ms)| FamilyTime { family, ms }).collect()
+        }
+        None => Vec::new(),
+    };
     let mut decode = Vec::new();
     for &context in &options.contexts {
         model.reset();
@@ -513,10 +540,13 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
         say(format!("decode at {at}: {times:.0?} ms"));
-        let split: Vec<FamilyTime> = if profile {
-            model.profile_step(token)?.into_iter().map(|(family, ms)| FamilyTime { family, ms }).collect()
+        let (split, layer_ms) = if profile {
+            let dispatches = model.profile_step_dispatches(token)?;
+            let families = by_family(&dispatches).into_iter().map(|(family, ms)| FamilyTime { family, ms }).collect();
+            let layers = model.decode_layer_ranges().into_iter().map(|r| dispatches[r].iter().map(|d| d.1).sum());
+            (families, layers.collect::<Vec<f64>>())
         } else {
-            Vec::new()
+            (Vec::new(), Vec::new())
         };
         let ms = median(&times);
         decode.push(DecodePoint {
@@ -528,6 +558,8 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
             roofline_multiple: ms / roofline_ms,
             profile_total_ms: split.iter().map(|f| f.ms).sum(),
             profile: split,
+            pair_ratio: pair_ratio(&layer_ms),
+            layer_ms,
         });
     }
     prefill.sort_by_key(|p| p.tokens);
@@ -546,6 +578,8 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         max_batch,
         prefill,
         decode,
+        prefill_profile,
+        prefill_profile_tokens: profiled_prefill.unwrap_or(0),
         weight_traffic: traffic,
         copy,
         roofline_ms,
@@ -573,6 +607,10 @@ pub struct SharingRatio {
     pub ratio: f64,
     /// LS weight traffic ÷ plain weight traffic: the ratio if nothing were cached.
     pub traffic_ratio: f64,
+    /// The LS step's second / first execution GPU time ([`DecodePoint::pair_ratio`]), where profiled.
+    pub second_execution: Option<f64>,
+    /// The plain step's odd / even layer GPU time, the control for `second_execution`.
+    pub plain_pairs: Option<f64>,
 }
 
 /// Pairs each layer-sharing result with the plain result of the same model and weight type and
@@ -591,6 +629,8 @@ pub fn sharing_ratios(results: &[DecodeBench]) -> Vec<SharingRatio> {
                 context: b.context,
                 ratio: a.ms_per_token / b.ms_per_token,
                 traffic_ratio: ls.weight_traffic.total() as f64 / plain.weight_traffic.total().max(1) as f64,
+                second_execution: a.pair_ratio,
+                plain_pairs: b.pair_ratio,
             });
         }
     }
@@ -664,11 +704,24 @@ pub fn markdown_table(report: &BenchReport) -> String {
         }
     }
     if !report.sharing.is_empty() {
-        let _ = writeln!(s, "\n| layer sharing | ctx | LS / plain ms/token | LS / plain weight bytes |");
-        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "\n| layer sharing | ctx | LS / plain ms/token | LS / plain weight bytes | LS 2nd / 1st execution (GPU) | plain odd / even layers (GPU) |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+        let ratio = |r: Option<f64>| r.map_or("-".to_string(), |r| format!("{r:.3}"));
         for x in &report.sharing {
-            let _ =
-                writeln!(s, "| {} {} | {} | {:.3} | {:.3} |", x.model, x.wtype, x.context, x.ratio, x.traffic_ratio);
+            let _ = writeln!(
+                s,
+                "| {} {} | {} | {:.3} | {:.3} | {} | {} |",
+                x.model,
+                x.wtype,
+                x.context,
+                x.ratio,
+                x.traffic_ratio,
+                ratio(x.second_execution),
+                ratio(x.plain_pairs)
+            );
         }
     }
     let profiled: Vec<_> = report
@@ -677,18 +730,21 @@ pub fn markdown_table(report: &BenchReport) -> String {
         .flat_map(|r| r.decode.iter().map(move |d| (r, d)))
         .filter(|(_, d)| !d.profile.is_empty())
         .collect();
+    let split_text = |families: &[FamilyTime]| {
+        let total = families.iter().map(|f| f.ms).sum::<f64>().max(f64::MIN_POSITIVE);
+        let parts: Vec<String> =
+            families.iter().map(|f| format!("{} {:.1} ({:.0}%)", f.family, f.ms, 100.0 * f.ms / total)).collect();
+        parts.join(", ")
+    };
     if !profiled.is_empty() {
-        let _ = writeln!(s, "\n| config | ctx | GPU time by kernel family (ms, share) |");
-        let _ = writeln!(s, "|---|---:|---|");
+        let _ = writeln!(s, "\n| config | step | GPU time by kernel family (ms, share) |");
+        let _ = writeln!(s, "|---|---|---|");
+        for r in report.results.iter().filter(|r| !r.prefill_profile.is_empty()) {
+            let step = format!("prefill of {}", r.prefill_profile_tokens);
+            let _ = writeln!(s, "| {} | {step} | {} |", r.label, split_text(&r.prefill_profile));
+        }
         for (r, d) in profiled {
-            let total = d.profile_total_ms.max(f64::MIN_POSITIVE);
-            let split = d
-                .profile
-                .iter()
-                .map(|f| format!("{} {:.1} ({:.0}%)", f.family, f.ms, 100.0 * f.ms / total))
-                .collect::<Vec<_>>()
-                .join(", ");
-            let _ = writeln!(s, "| {} | {} | {} |", r.label, d.context, split);
+            let _ = writeln!(s, "| {} | decode at ctx {} | {} |", r.label, d.context, split_text(&d.profile));
         }
     }
     let _ = writeln!(s, "\nLoad average at the end: {}", load_text(report.loadavg_end));

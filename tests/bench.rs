@@ -45,6 +45,15 @@ fn profiled_step_is_a_real_step() {
         assert_eq!(names, b.decode_dispatches());
         assert!(per_dispatch.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));
         assert!(per_dispatch.iter().map(|(_, ms)| ms).sum::<f64>() > 0.0);
+        // One range per executed layer, back to back over the layer dispatches; the two executions of a
+        // shared layer run the same kernels.
+        let ranges = b.decode_layer_ranges();
+        assert_eq!(ranges.len(), host.config.executed_layers());
+        assert_eq!(ranges[ranges.len() - 1].end - ranges[0].start, b.decode_layer_dispatches());
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        for pair in ranges.chunks_exact(2) {
+            assert_eq!(names[pair[0].clone()], names[pair[1].clone()]);
+        }
         // The profiled step wrote the same KV entries: the next step's logits are identical (same kernels
         // on the same inputs, only split over more passes).
         let (na, la) = a.step_logits(t2).unwrap();
@@ -57,6 +66,33 @@ fn profiled_step_is_a_real_step() {
             assert!(families.iter().any(|(f, _)| f == family), "{family} missing from {families:?}");
         }
     }
+}
+
+#[test]
+fn profiled_prefill_is_a_real_prefill() {
+    let host = tiny(false);
+    let options = PlanOptions { context: 32, max_batch: 8, kv_dtype: None };
+    let gpu = gpus().into_iter().find(|g| g.features().timestamps).expect("a device with timestamps");
+    let mut a = Model::new(gpu, &host, &options).unwrap();
+    let mut b = Model::new(gpu, &host, &options).unwrap();
+    let prompt = [5, 17, 42, 7, 99];
+    let t1 = a.prefill(&prompt).unwrap();
+    let per_dispatch = b.profile_prefill_dispatches(&prompt).unwrap();
+    assert_eq!(b.position(), a.position());
+    assert!(per_dispatch.iter().all(|(_, ms)| ms.is_finite() && *ms >= 0.0));
+    // Same cache contents: the next step agrees exactly.
+    assert_eq!(a.step_logits(t1).unwrap(), b.step_logits(t1).unwrap());
+    // One submission at most: a longer prompt is refused and changes nothing.
+    assert!(matches!(b.profile_prefill_dispatches(&[1; 9]), Err(Error::InvalidArgument { .. })));
+    assert_eq!(b.position(), a.position());
+}
+
+#[test]
+fn pair_ratio_compares_odd_with_even_layers() {
+    // Whole pairs only: the fifth layer has no partner.
+    assert_eq!(bench::pair_ratio(&[1.0, 0.5, 3.0, 1.5, 7.0]), Some(0.5));
+    assert_eq!(bench::pair_ratio(&[2.0]), None);
+    assert_eq!(bench::pair_ratio(&[]), None);
 }
 
 #[test]

@@ -211,6 +211,8 @@ struct Plan {
     all_logits: bool,
     embedding: Embedding,
     body: Vec<Dispatch>,
+    // Index in `body` of each executed layer's first dispatch.
+    layer_starts: Vec<usize>,
     head: Vec<Dispatch>,
     sampler: Sampler,
 }
@@ -340,7 +342,9 @@ impl Model {
         };
         let embedding = ops::embedding::embedding(gpu, &self.embed, &ids, &x, Some(&self.step))?;
         let mut body = Vec::new();
+        let mut layer_starts = Vec::with_capacity(c.executed_layers());
         for exec in 0..c.executed_layers() {
+            layer_starts.push(body.len());
             let l = &self.layers[c.unique_layer_of(exec)];
             if let Some((normed, _)) = &batched {
                 // GPU prefill: the norm, then the tiled GEMM on the Q/K/V weight.
@@ -418,7 +422,7 @@ impl Model {
             offset += piece.rows();
         }
         let sampler = ops::sample::sample(gpu, &logits, SampleRow::Last, &self.step, &a.token)?;
-        Ok(Plan { n, all_logits, embedding, body, head, sampler })
+        Ok(Plan { n, all_logits, embedding, body, layer_starts, head, sampler })
     }
 
     /// The model's configuration.
@@ -670,17 +674,36 @@ impl Model {
     /// dispatch adds a little overhead per pass, so the sum is slightly above a plain step's GPU time.
     /// The copy of the last residual row between body and head is not timed (4 bytes × hidden).
     pub fn profile_step_dispatches(&mut self, token: u32) -> Result<Vec<(String, f64)>> {
+        self.profile_chunk(&[token])
+    }
+
+    /// [`Model::profile_step_dispatches`] for one prefill submission: feeds `tokens` (at most
+    /// `max_batch`) like [`Model::prefill`] with every dispatch timed, and returns `(name, milliseconds)`
+    /// per dispatch of that plan, in recording order.
+    pub fn profile_prefill_dispatches(&mut self, tokens: &[u32]) -> Result<Vec<(String, f64)>> {
+        if tokens.len() > self.options.max_batch {
+            return Err(Error::invalid(
+                "tokens of a profiled prefill",
+                tokens.len(),
+                format!("at most max_batch = {} (one submission)", self.options.max_batch),
+            ));
+        }
+        self.profile_chunk(tokens)
+    }
+
+    fn profile_chunk(&mut self, tokens: &[u32]) -> Result<Vec<(String, f64)>> {
         if !self.gpu.features().timestamps {
             return Err(Error::Unsupported {
                 what: "TIMESTAMP_QUERY".into(),
                 needed: "profiling a step with GPU timestamps".into(),
             });
         }
-        self.check_tokens(&[token])?;
-        self.plan(1, false)?;
-        self.ensure_profiler()?;
-        let params = self.step_params(self.pos, 1, &self.sampling);
-        let plan = self.plans.get(&(1, false)).ok_or_else(|| Error::Device("missing decode plan".into()))?;
+        self.check_tokens(tokens)?;
+        let n = tokens.len();
+        self.plan(n, false)?;
+        self.ensure_profiler(n)?;
+        let params = self.step_params(self.pos, n, &self.sampling);
+        let plan = self.plans.get(&(n, false)).ok_or_else(|| Error::Device("missing plan".into()))?;
         let profiler = self.profiler.as_ref().ok_or_else(|| Error::Device("missing profiler".into()))?;
         let body: Vec<&Dispatch> = plan.embedding.dispatches().into_iter().chain(&plan.body).collect();
         let head: Vec<&Dispatch> = plan.head.iter().chain(plan.sampler.dispatches()).collect();
@@ -689,7 +712,7 @@ impl Model {
         let gpu = &self.gpu;
         gpu.take_error()?;
         self.step.write(gpu, &params);
-        gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(&[token]));
+        gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(tokens));
         let mut encoder =
             gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("profiled step") });
         let timed = |encoder: &mut wgpu::CommandEncoder, i: usize, d: &Dispatch| {
@@ -707,7 +730,7 @@ impl Model {
             timed(&mut encoder, i, d);
         }
         let row = (self.config.hidden_size * 4) as u64;
-        encoder.copy_buffer_to_buffer(self.act.x.buffer(), 0, self.act.last.buffer(), 0, row);
+        encoder.copy_buffer_to_buffer(self.act.x.buffer(), row * (n as u64 - 1), self.act.last.buffer(), 0, row);
         for (i, d) in head.iter().enumerate() {
             timed(&mut encoder, body.len() + i, d);
         }
@@ -726,15 +749,15 @@ impl Model {
                 (d.name().to_string(), ticks as f64 * period_ns / 1e6)
             })
             .collect();
-        self.pos += 1;
+        self.pos += n;
         Ok(times)
     }
 
-    /// Makes the query set and buffers of a profiled step once (the decode plan's dispatch count is fixed).
-    fn ensure_profiler(&mut self) -> Result<()> {
-        let count = match self.plans.get(&(1, false)) {
+    /// Makes the query set and buffers of a profiled `n`-token step, kept while the dispatch count stays.
+    fn ensure_profiler(&mut self, n: usize) -> Result<()> {
+        let count = match self.plans.get(&(n, false)) {
             Some(p) => p.embedding.dispatches().len() + p.body.len() + p.head.len() + p.sampler.dispatches().len(),
-            None => return Err(Error::Device("missing decode plan".into())),
+            None => return Err(Error::Device("missing plan".into())),
         };
         let queries = 2 * count as u32;
         if self.profiler.as_ref().is_some_and(|p| p.queries == queries) {
@@ -768,15 +791,19 @@ impl Model {
     /// [`Model::profile_step_dispatches`] summed by kernel family (the part of a dispatch name before
     /// `:`), in order of first appearance: `(family, milliseconds)`.
     pub fn profile_step(&mut self, token: u32) -> Result<Vec<(String, f64)>> {
-        let mut families: Vec<(String, f64)> = Vec::new();
-        for (name, ms) in self.profile_step_dispatches(token)? {
-            let family = name.split(':').next().unwrap_or(&name).to_string();
-            match families.iter_mut().find(|(f, _)| *f == family) {
-                Some((_, total)) => *total += ms,
-                None => families.push((family, ms)),
-            }
-        }
-        Ok(families)
+        Ok(by_family(&self.profile_step_dispatches(token)?))
+    }
+
+    /// Where each executed layer's dispatches lie in [`Model::profile_step_dispatches`]' list (which
+    /// starts with the embedding's): one range per executed layer, in execution order. With layer sharing,
+    /// ranges `2i` and `2i + 1` are the two executions of unique layer `i` (same weights, back to back).
+    pub fn decode_layer_ranges(&self) -> Vec<std::ops::Range<usize>> {
+        let Some(plan) = self.plans.get(&(1, false)) else {
+            return Vec::new();
+        };
+        let first = plan.embedding.dispatches().len();
+        let ends = plan.layer_starts.iter().skip(1).copied().chain([plan.body.len()]);
+        plan.layer_starts.iter().zip(ends).map(|(&a, b)| first + a..first + b).collect()
     }
 
     /// Dispatches recorded for the executed layers in one decode step (the part of
@@ -801,4 +828,18 @@ impl Model {
         self.pos = pos;
         Ok(())
     }
+}
+
+/// Per-dispatch times summed by kernel family (the part of a dispatch name before `:`), in order of first
+/// appearance.
+pub fn by_family(dispatches: &[(String, f64)]) -> Vec<(String, f64)> {
+    let mut families: Vec<(String, f64)> = Vec::new();
+    for (name, ms) in dispatches {
+        let family = name.split(':').next().unwrap_or(name);
+        match families.iter_mut().find(|(f, _)| f == family) {
+            Some((_, total)) => *total += ms,
+            None => families.push((family.to_string(), *ms)),
+        }
+    }
+    families
 }
