@@ -270,10 +270,11 @@ fn fused_block_equals_unfused_chain() {
     }
 }
 
-/// The batched block the planner runs for prefill on GPUs (`ffn_block_batched`: rms_norm, GEMM on the
-/// stacked weight, `swiglu_stacked`, down GEMM) against the CPU twin, within [`block_tolerance`] (the same
-/// sums in other orders). Run on the test devices under their own rules and with the GPU rules forced
-/// (tiled GEMM), for two types and a batch that spans a GEMM tile edge.
+/// The batched block the planner runs for prefill (`ffn_block_batched`: rms_norm, then GEMM on the stacked
+/// weight + `swiglu_stacked` as on GPUs, or the fused SWIGLU product as on CPU drivers, then the down GEMM)
+/// against the CPU twin, within [`block_tolerance`] (the same sums in other orders). Both forms run on the
+/// test devices under their own rules and with the GPU rules forced (tiled GEMM), for two types and a
+/// batch that spans a GEMM tile edge.
 #[test]
 fn batched_block_matches_twin() {
     use mobilellm_kernels::{DeviceClass, GpuOptions};
@@ -293,11 +294,19 @@ fn batched_block_matches_twin() {
             let normed = Tensor::zeros(gpu, DType::F32, &[n, hidden]).unwrap();
             let gate_up = Tensor::zeros(gpu, DType::F32, &[n, 2 * ffn]).unwrap();
             let h = Tensor::zeros(gpu, DType::F32, &[n, ffn]).unwrap();
-            let scratch = ops::ffn::BatchedFfnScratch { normed: &normed, gate_up: &gate_up, h: &h };
+            // Without the product buffer: the fused SWIGLU form, on a copy of x.
+            let x_fused = Tensor::from_slice(gpu, &[n, hidden], &c.x).unwrap();
+            let scratch = ops::ffn::BatchedFfnScratch { normed: &normed, gate_up: None, h: &h };
+            let block = ops::ffn::ffn_block_batched(gpu, &x_fused, &norm, EPS, &stacked, &dw, &scratch).unwrap();
+            assert_eq!(block.len(), 3);
+            ops::run(gpu, &block.iter().collect::<Vec<_>>()).unwrap();
+            let what = format!("ffn_block_batched {wtype} n={n} [{}]", gpu.describe());
+            assert_within(&format!("{what} fused swiglu"), &x_fused.read::<f32>(gpu).unwrap(), &want, &tol);
+
+            let scratch = ops::ffn::BatchedFfnScratch { normed: &normed, gate_up: Some(&gate_up), h: &h };
             let block = ops::ffn::ffn_block_batched(gpu, &x, &norm, EPS, &stacked, &dw, &scratch).unwrap();
             assert_eq!(block.len(), 4);
             ops::run(gpu, &block.iter().collect::<Vec<_>>()).unwrap();
-            let what = format!("ffn_block_batched {wtype} n={n} [{}]", gpu.describe());
             assert_within(&what, &x.read::<f32>(gpu).unwrap(), &want, &tol);
             // The middle step alone is exact up to exp's rounding: against the twin on the GPU's own gate|up.
             let mid = reference::swiglu_stacked(&gate_up.read::<f32>(gpu).unwrap(), ffn);

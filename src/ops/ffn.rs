@@ -46,21 +46,26 @@ pub fn swiglu_stacked(gpu: &Gpu, gu: &Tensor, h: &Tensor) -> Result<Dispatch> {
     launch(gpu, "swiglu_stacked", (n * width) as u32, width as u32, &resources)
 }
 
-/// Scratch for [`ffn_block_batched`]: the normalised input `[n, hidden]` and the gate|up product `[n, 2 ffn]`
-/// (f32); `h` (`[n, ffn]`) as for [`ffn_block`].
+/// Scratch for [`ffn_block_batched`]: the normalised input `[n, hidden]`, optionally the gate|up product
+/// `[n, 2 ffn]` (f32), and `h` (`[n, ffn]`) as for [`ffn_block`].
 pub struct BatchedFfnScratch<'a> {
     /// `rms_norm(x)·norm_weight`.
     pub normed: &'a Tensor,
-    /// The GEMM's output on the stacked weight.
-    pub gate_up: &'a Tensor,
+    /// The GEMM's output on the stacked weight: given, gate|up runs as that GEMM plus [`swiglu_stacked`]
+    /// (GPUs); `None`, as the fused SWIGLU product on the normalised rows (CPU drivers).
+    pub gate_up: Option<&'a Tensor>,
     /// `silu(gate) ⊙ up`.
     pub h: &'a Tensor,
 }
 
-/// The feed-forward block for a batch of rows on a GPU, reading each weight once per tile of vectors:
-/// `rms_norm`, the tiled GEMM on the stacked `[gate; up]` weight, [`swiglu_stacked`], and the down GEMM
-/// accumulating into `x` (four dispatches). [`ffn_block`]'s fused first step is a GEMV per row, which on a
-/// GPU dequantizes every weight once per row; the planner takes this form for prefill on GPUs.
+/// The feed-forward block for a batch of rows (prefill), reading each weight once per tile of vectors:
+/// `rms_norm` into `scratch.normed`, then gate|up, then the down product accumulating into `x`.
+/// - With `scratch.gate_up` (GPUs): the tiled GEMM on the stacked `[gate; up]` weight and
+///   [`swiglu_stacked`]; four dispatches. [`ffn_block`]'s fused first step is a GEMV per row, which on a
+///   GPU dequantizes every weight once per row.
+/// - Without (CPU drivers): the SWIGLU product of [`crate::ops::gemv::gemv_fused`] on the normalised rows
+///   (the windowed GEMV, 8 rows per weight read); three dispatches. Folding the norm into that product
+///   instead made every workgroup recompute each row's RMS and scale every weight it read: 1.4x the time.
 pub fn ffn_block_batched(
     gpu: &Gpu,
     x: &Tensor,
@@ -71,12 +76,19 @@ pub fn ffn_block_batched(
     scratch: &BatchedFfnScratch<'_>,
 ) -> Result<Vec<Dispatch>> {
     check_down(gate_up, down)?;
-    Ok(vec![
-        crate::ops::rms_norm::rms_norm(gpu, x, norm_weight, scratch.normed, eps)?,
-        crate::ops::gemm::gemm(gpu, gate_up, scratch.normed, scratch.gate_up, 0, false)?,
-        swiglu_stacked(gpu, scratch.gate_up, scratch.h)?,
-        crate::ops::gemm::gemm(gpu, down, scratch.h, x, 0, true)?,
-    ])
+    let mut dispatches = vec![crate::ops::rms_norm::rms_norm(gpu, x, norm_weight, scratch.normed, eps)?];
+    match scratch.gate_up {
+        Some(product) => {
+            dispatches.push(crate::ops::gemm::gemm(gpu, gate_up, scratch.normed, product, 0, false)?);
+            dispatches.push(swiglu_stacked(gpu, product, scratch.h)?);
+        }
+        None => {
+            let fusion = crate::ops::gemv::GemvFusion { norm: None, swiglu: true };
+            dispatches.push(crate::ops::gemv::gemv_fused(gpu, gate_up, scratch.normed, scratch.h, fusion)?);
+        }
+    }
+    dispatches.push(crate::ops::gemm::gemm(gpu, down, scratch.h, x, 0, true)?);
+    Ok(dispatches)
 }
 
 /// `down` must be `[hidden, ffn]` for the stacked `gate_up` `[2 ffn, hidden]`.
