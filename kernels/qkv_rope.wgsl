@@ -268,11 +268,11 @@ fn store_group_texel(slot: u32, pos: u32, grp: u32, t: u32) {
 
 // The unfused tail for devices where a tuned GEMV (`gemv` with NORM) computes the projection faster:
 // reads the projected Q|K|V row of each token from `qkv_in` (`[max_n, (heads + 2 kv_heads) * HD]`) and does
-// the RoPE and the cache write. One workgroup per (head slot, token row); one invocation per RoPE pair
-// (KVTEX: per texel of a K/V row, each element with its RoPE partner).
+// the RoPE and the cache write. One workgroup of RWG threads per (head slot, token row); one invocation per
+// RoPE pair (KVTEX: per texel of a K/V row, each element with its RoPE partner).
 @group(0) @binding(8) var<storage, read> qkv_in: array<f32>;
 
-@compute @workgroup_size(WG)
+@compute @workgroup_size(RWG)
 fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let slot = wg.x;
     let r = wg.y;
@@ -284,13 +284,13 @@ fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
     let base = r * width + slot * HD;
 #if KVTEX
     if slot >= params.heads {
-        for (var t = lid; t < HD / EPT; t += WG) {
+        for (var t = lid; t < HD / EPT; t += RWG) {
             store_texel(slot, pos, base, t);
         }
         return;
     }
 #endif
-    for (var p = lid; p < HD / 2u; p += WG) {
+    for (var p = lid; p < HD / 2u; p += RWG) {
 #if ROPE_INTERLEAVED
         let ia = 2u * p;
         let ib = 2u * p + 1u;

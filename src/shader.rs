@@ -71,7 +71,7 @@ pub static QKV_ROPE: KernelSource = kernel!(
     "qkv_rope",
     flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX"],
     choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
-    consts: &[("WG", 64), ("HD", 64), ("XV4", 400)]
+    consts: &[("WG", 64), ("RWG", 8), ("HD", 64), ("XV4", 400)]
 );
 
 /// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread;

@@ -162,7 +162,7 @@ pub fn qkv_rope(
         });
     }
     let kv = cache.binding(slot)?;
-    let variant = variant_for(w_qkv.variant(base_variant(gpu)), cache, layout);
+    let variant = variant_for(gpu, w_qkv.variant(base_variant(gpu)), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
     let params = Params {
         desc: w_qkv.desc(),
@@ -231,7 +231,7 @@ pub fn rope_cache(
     }
     let kv = cache.binding(slot)?;
     // rope_cache reads no weights; any weight flag satisfies the shared module.
-    let variant = variant_for(ShaderVariant::new().flag(crate::quant::WeightType::F32.flag()), cache, layout);
+    let variant = variant_for(gpu, ShaderVariant::new().flag(crate::quant::WeightType::F32.flag()), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "rope_cache", &variant)?;
     let params = Params {
         desc: Default::default(),
@@ -261,7 +261,9 @@ pub fn rope_cache(
 }
 
 /// The variant of `kernels/qkv_rope.wgsl` for a cache and a RoPE layout; `base` carries the weight flags.
-fn variant_for(base: ShaderVariant, cache: &KvCache, layout: RopeLayout) -> ShaderVariant {
+/// `rope_cache` runs 8 threads per workgroup on CPU drivers (one lavapipe SIMD batch, a head's 32 pairs in 4
+/// steps, instead of 8 batches mostly masked off) and 64 elsewhere.
+fn variant_for(gpu: &Gpu, base: ShaderVariant, cache: &KvCache, layout: RopeLayout) -> ShaderVariant {
     base.flag_if("F16", cache.dtype() == DType::F16)
         .flag_if("KVTEX", cache.is_texture())
         .flag(match layout {
@@ -269,6 +271,7 @@ fn variant_for(base: ShaderVariant, cache: &KvCache, layout: RopeLayout) -> Shad
             RopeLayout::Interleaved => "ROPE_INTERLEAVED",
         })
         .constant("WG", WORKGROUP)
+        .constant("RWG", if gpu.is_cpu_class() { 8 } else { WORKGROUP })
         .constant("HD", cache.head_dim() as u32)
         .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32)
 }
