@@ -40,7 +40,8 @@ const SENTINEL: vec2<u32> = vec2<u32>(0u, 0xFFFFFFFFu);
 // Ranks before every real candidate (no logit has key u32::MAX): the threshold before round 0.
 const BEFORE_ALL: vec2<u32> = vec2<u32>(0xFFFFFFFFu, 0u);
 
-var<workgroup> red: array<vec2<u32>, WG>;
+// Reduction slots for the larger of the two entries' workgroups (WG for pass 1, MAX_GROUPS for pass 2).
+var<workgroup> red: array<vec2<u32>, max(WG, MAX_GROUPS)>;
 var<workgroup> top: array<vec2<u32>, MAX_K>;
 
 // Monotonic map f32 -> u32 (larger logit, larger key). NaN maps to 0, below -inf; -0 maps like +0.
