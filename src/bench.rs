@@ -637,6 +637,75 @@ pub fn sharing_ratios(results: &[DecodeBench]) -> Vec<SharingRatio> {
     out
 }
 
+/// Layer sharing's cost with both models resident and their decode steps alternating, so the host's drift
+/// (on lavapipe, ±20-40% over minutes) hits both alike; see [`bench_sharing_interleaved`].
+#[derive(Clone, Debug, Serialize)]
+pub struct InterleavedSharing {
+    /// Model source.
+    pub model: String,
+    /// Weight types.
+    pub wtype: String,
+    /// Cache position when the timed steps begin.
+    pub context: usize,
+    /// Timed steps of each model.
+    pub steps: usize,
+    /// Median wall milliseconds per step, plain.
+    pub plain_ms: f64,
+    /// Median wall milliseconds per step, layer-shared.
+    pub shared_ms: f64,
+    /// `shared_ms / plain_ms`.
+    pub ratio: f64,
+}
+
+/// Plans `host` twice, without and with layer sharing (the same weights; each model uploads its own copy),
+/// and at each of `options.contexts` (reached with [`Model::seek`]) times `options.decode_steps` decode
+/// steps of each, alternating which model goes first.
+pub fn bench_sharing_interleaved(
+    gpu: &Gpu,
+    host: &HostModel,
+    name: &str,
+    options: &BenchOptions,
+) -> Result<Vec<InterleavedSharing>> {
+    options.validate()?;
+    let plan = PlanOptions { context: options.capacity(), max_batch: 1, kv_dtype: options.kv_dtype };
+    let mut plain_host = host.clone();
+    plain_host.config.layer_sharing = false;
+    let mut shared_host = host.clone();
+    shared_host.config.layer_sharing = true;
+    let mut models = [Model::new(gpu, &plain_host, &plan)?, Model::new(gpu, &shared_host, &plan)?];
+    let token = prompt(1, host.config.vocab_size)[0];
+    let mut out = Vec::new();
+    for &context in &options.contexts {
+        for m in &mut models {
+            m.reset();
+            m.seek(context)?;
+            for _ in 0..options.warmup_steps {
+                m.step(token)?;
+            }
+        }
+        let at = models[0].position();
+        let mut times = [Vec::new(), Vec::new()];
+        for i in 0..options.decode_steps {
+            for k in [i % 2, 1 - i % 2] {
+                let t0 = Instant::now();
+                models[k].step(token)?;
+                times[k].push(t0.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+        let (plain_ms, shared_ms) = (median(&times[0]), median(&times[1]));
+        out.push(InterleavedSharing {
+            model: name.to_string(),
+            wtype: weight_types(host),
+            context: at,
+            steps: options.decode_steps,
+            plain_ms,
+            shared_ms,
+            ratio: shared_ms / plain_ms,
+        });
+    }
+    Ok(out)
+}
+
 /// A whole run: device, results, and the layer-sharing comparison.
 #[derive(Clone, Debug, Serialize)]
 pub struct BenchReport {
@@ -646,6 +715,8 @@ pub struct BenchReport {
     pub results: Vec<DecodeBench>,
     /// [`sharing_ratios`] of `results`.
     pub sharing: Vec<SharingRatio>,
+    /// [`bench_sharing_interleaved`], where it was run.
+    pub sharing_interleaved: Vec<InterleavedSharing>,
     /// Load averages when the report was made.
     pub loadavg_end: Option<[f64; 3]>,
 }
@@ -654,7 +725,13 @@ impl BenchReport {
     /// Collects `results` measured on `gpu`.
     pub fn new(gpu: &Gpu, results: Vec<DecodeBench>) -> BenchReport {
         let sharing = sharing_ratios(&results);
-        BenchReport { device: gpu.describe(), results, sharing, loadavg_end: loadavg() }
+        BenchReport {
+            device: gpu.describe(),
+            results,
+            sharing,
+            sharing_interleaved: Vec::new(),
+            loadavg_end: loadavg(),
+        }
     }
 }
 
@@ -730,6 +807,20 @@ pub fn markdown_table(report: &BenchReport) -> String {
         .flat_map(|r| r.decode.iter().map(move |d| (r, d)))
         .filter(|(_, d)| !d.profile.is_empty())
         .collect();
+    if !report.sharing_interleaved.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n| layer sharing, steps interleaved | ctx | steps | plain ms/token | LS ms/token | LS / plain |"
+        );
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+        for x in &report.sharing_interleaved {
+            let _ = writeln!(
+                s,
+                "| {} {} | {} | {} | {:.1} | {:.1} | {:.3} |",
+                x.model, x.wtype, x.context, x.steps, x.plain_ms, x.shared_ms, x.ratio
+            );
+        }
+    }
     let split_text = |families: &[FamilyTime]| {
         let total = families.iter().map(|f| f.ms).sum::<f64>().max(f64::MIN_POSITIVE);
         let parts: Vec<String> =

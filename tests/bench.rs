@@ -141,11 +141,17 @@ fn decode_bench_reports_on_the_tiny_model() {
         assert!(r.roofline_ms > 0.0 && r.copy.gbps > 0.0);
         assert!(r.decode.iter().all(|d| d.profile.is_empty() != gpu.features().timestamps));
     }
-    let report = BenchReport::new(gpu, results);
+    let mut report = BenchReport::new(gpu, results);
     assert_eq!(report.sharing.len(), 2);
     assert!(report.sharing[0].traffic_ratio > 1.0 && report.sharing[0].traffic_ratio < 2.0);
+    // Interleaved: both models at each context (seeked, then the warm-up step), every step timed.
+    report.sharing_interleaved = bench::bench_sharing_interleaved(gpu, &tiny(false), "tiny", &options).unwrap();
+    let contexts: Vec<usize> = report.sharing_interleaved.iter().map(|x| x.context).collect();
+    assert_eq!(contexts, [9, 21]);
+    assert!(report.sharing_interleaved.iter().all(|x| x.steps == 2 && x.ratio > 0.0 && x.ratio.is_finite()));
     let table = bench::markdown_table(&report);
     assert!(table.contains("tiny q8_0 LS") && table.contains("tiny q8_0 plain"), "{table}");
+    assert!(table.contains("steps interleaved"), "{table}");
     let dir = out_dir("decode");
     std::fs::write(dir.join("kernels.json"), KERNELS_JSON).unwrap();
     let written = bench::write_reports(&report, &dir).unwrap();

@@ -557,6 +557,7 @@ fn bench(a: &BenchArgs) -> Result<()> {
         other => return Err(Error::invalid("--layer-sharing", other, "on, off or both")),
     };
     let mut results = Vec::new();
+    let mut interleaved = Vec::new();
     if let Some(path) = &a.model {
         let (host, _) = load_host(path, a.dtype)?;
         let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -564,13 +565,18 @@ fn bench(a: &BenchArgs) -> Result<()> {
     } else {
         let wtype = a.dtype.unwrap_or(WeightType::Q4_0);
         let mut host = bench::synthetic_model(a.synthetic, wtype, false, 0)?;
-        for layer_sharing in sharing {
+        let name = format!("synthetic {}", a.synthetic.name());
+        for &layer_sharing in &sharing {
             host.config.layer_sharing = layer_sharing;
-            let name = format!("synthetic {}", a.synthetic.name());
             results.push(bench::bench_decode(&gpu, &host, &name, &options)?);
         }
+        if sharing.len() == 2 {
+            // LS / plain from alternating steps: separate runs minutes apart see the host drift.
+            interleaved = bench::bench_sharing_interleaved(&gpu, &host, &name, &options)?;
+        }
     }
-    let report = BenchReport::new(&gpu, results);
+    let mut report = BenchReport::new(&gpu, results);
+    report.sharing_interleaved = interleaved;
     println!("{}", bench::markdown_table(&report));
     for path in bench::write_reports(&report, &a.out)? {
         eprintln!("wrote {}", path.display());
