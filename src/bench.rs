@@ -9,14 +9,15 @@
 //!   that context, then [`BenchOptions::decode_steps`] steps are timed one by one (wall clock around
 //!   [`Model::step`], so submission, GPU work and the 4-byte token readback); the median is reported;
 //! - the roofline: the weight bytes one decode step must read ([`weight_traffic`]) divided by the
-//!   bandwidth of a plain copy ([`copy_bandwidth`], ≥ 64 MiB, same run, same device), and the measured
-//!   ms/token as a multiple of it;
+//!   bandwidth of a plain copy ([`CopyProbe`], ≥ 64 MiB, one copy after each timed step, so both see
+//!   the same stretch of host speed), and the measured ms/token as a multiple of it;
 //! - dispatches per step and per executed layer, GPU memory by category, and (where the device has
-//!   `TIMESTAMP_QUERY`) one step's GPU time by kernel family from [`Model::profile_step`].
+//!   `TIMESTAMP_QUERY`) one step's and one prefill's GPU time by kernel family, and the step's time per
+//!   executed layer ([`DecodePoint::pair_ratio`]: a shared layer's second run against its first).
 //!
-//! Timings on lavapipe (a CPU) are compute-bound: its copy reaches well under 1 GB/s under load, and a
-//! layer-shared step costs about twice a plain one there, unlike on phones where the repeated layer's
-//! weights are still in cache.
+//! [`bench_sharing_interleaved`] compares layer sharing with plain decode by alternating their steps.
+//! Timings on lavapipe (a CPU) are compute-bound: a layer-shared step costs about twice a plain one
+//! there, unlike on phones where the repeated layer's weights are still in cache.
 //!
 //! Reports: [`markdown_table`] for stdout, [`write_json`], and SVG charts ([`plot_decode_svg`],
 //! [`plot_kernels_svg`] for the per-kernel benchmark's `kernels.json`); [`write_reports`] does all.
@@ -187,34 +188,57 @@ pub struct CopyBandwidth {
     pub clock: &'static str,
 }
 
-/// Measures [`ops::elementwise::copy_buffer`] over `bytes` (rounded up to 16): a warm-up, then the
-/// best of 5 single-copy submissions, timed with GPU timestamps where the device has them.
+/// A plain copy kernel ([`ops::elementwise::copy_buffer`]) over `bytes` (rounded up to 16), kept to time
+/// single copies: between decode steps, so the roofline sees the same host speed as the steps.
+pub struct CopyProbe {
+    bytes: u64,
+    copy: ops::Dispatch,
+    // The dispatch's bind group holds the buffers; these keep them plainly owned.
+    _buffers: [wgpu::Buffer; 2],
+}
+
+impl CopyProbe {
+    /// Allocates the two buffers and runs one warm-up copy.
+    pub fn new(gpu: &Gpu, bytes: u64) -> Result<CopyProbe> {
+        let bytes = bytes.max(16).next_multiple_of(16);
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let src = gpu.create_buffer("bench copy src", bytes, usage)?;
+        let dst = gpu.create_buffer("bench copy dst", bytes, usage)?;
+        let copy = ops::elementwise::copy_buffer(gpu, &src, &dst, bytes)?;
+        ops::run(gpu, &[&copy])?;
+        Ok(CopyProbe { bytes, copy, _buffers: [src, dst] })
+    }
+
+    /// Seconds of one copy: GPU timestamps where the device has them, else submit to completion.
+    pub fn seconds(&self, gpu: &Gpu) -> Result<f64> {
+        if gpu.features().timestamps {
+            if let Some(s) = time_with_timestamps(gpu, &self.copy)? {
+                return Ok(s);
+            }
+        }
+        let t0 = Instant::now();
+        ops::run(gpu, &[&self.copy])?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+
+    /// `2 * bytes / seconds / 1e9` (reads plus writes).
+    pub fn gbps(&self, seconds: f64) -> f64 {
+        2.0 * self.bytes as f64 / seconds / 1e9
+    }
+}
+
+/// Measures a [`CopyProbe`] of `bytes`: a warm-up, then the best of 5 single-copy submissions.
 pub fn copy_bandwidth(gpu: &Gpu, bytes: u64) -> Result<CopyBandwidth> {
-    let bytes = bytes.max(16).next_multiple_of(16);
-    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-    let src = gpu.create_buffer("bench copy src", bytes, usage)?;
-    let dst = gpu.create_buffer("bench copy dst", bytes, usage)?;
-    let copy = ops::elementwise::copy_buffer(gpu, &src, &dst, bytes)?;
-    ops::run(gpu, &[&copy])?;
-    let timestamps = gpu.features().timestamps;
+    let probe = CopyProbe::new(gpu, bytes)?;
     let mut best = f64::INFINITY;
     for _ in 0..5 {
-        let seconds = if timestamps { time_with_timestamps(gpu, &copy)? } else { None };
-        let seconds = match seconds {
-            Some(s) => s,
-            None => {
-                let t0 = Instant::now();
-                ops::run(gpu, &[&copy])?;
-                t0.elapsed().as_secs_f64()
-            }
-        };
-        best = best.min(seconds);
+        best = best.min(probe.seconds(gpu)?);
     }
     Ok(CopyBandwidth {
-        bytes,
+        bytes: probe.bytes,
         seconds: best,
-        gbps: 2.0 * bytes as f64 / best / 1e9,
-        clock: if timestamps { "timestamps" } else { "wall" },
+        gbps: probe.gbps(best),
+        clock: if gpu.features().timestamps { "timestamps" } else { "wall" },
     })
 }
 
@@ -362,7 +386,11 @@ pub struct DecodePoint {
     pub ms_min: f64,
     /// `1000 / ms_per_token`.
     pub tokens_per_s: f64,
-    /// `ms_per_token / roofline_ms`.
+    /// Copy GB/s from one copy after each timed step (median): the same stretch of host speed as the steps.
+    pub copy_gbps: f64,
+    /// Weight bytes per step ÷ `copy_gbps`, in milliseconds.
+    pub roofline_ms: f64,
+    /// `ms_per_token / roofline_ms` (both from the same interleaved stretch).
     pub roofline_multiple: f64,
     /// One profiled step by kernel family (empty without timestamps or with profiling off).
     pub profile: Vec<FamilyTime>,
@@ -415,7 +443,8 @@ pub struct DecodeBench {
     pub weight_traffic: WeightTraffic,
     /// The copy measured before this configuration.
     pub copy: CopyBandwidth,
-    /// `weight_traffic.total() / copy.gbps`, in milliseconds: the bandwidth floor of one token.
+    /// `weight_traffic.total() / copy.gbps`, in milliseconds: the bandwidth floor of one token (each
+    /// decode point has its own, [`DecodePoint::roofline_ms`], from copies between its steps).
     pub roofline_ms: f64,
     /// Dispatches in one decode step.
     pub dispatches_per_step: usize,
@@ -466,6 +495,7 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     let capacity = options.capacity();
     let plan = PlanOptions { context: capacity, max_batch, kv_dtype: options.kv_dtype };
     let copy = copy_bandwidth(gpu, options.copy_bytes)?;
+    let probe = CopyProbe::new(gpu, options.copy_bytes)?;
     let mut model = Model::new(gpu, host, &plan)?;
     let vocab = c.vocab_size;
     let tokens = prompt(capacity, vocab);
@@ -534,10 +564,12 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         }
         let at = model.position();
         let mut times = Vec::with_capacity(options.decode_steps);
+        let mut copies = Vec::with_capacity(options.decode_steps);
         for _ in 0..options.decode_steps {
             let t0 = Instant::now();
             token = model.step(token)?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
+            copies.push(probe.seconds(gpu)?);
         }
         say(format!("decode at {at}: {times:.0?} ms"));
         let (split, layer_ms) = if profile {
@@ -549,13 +581,17 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
             (Vec::new(), Vec::new())
         };
         let ms = median(&times);
+        let copy_gbps = probe.gbps(median(&copies));
+        let point_roofline_ms = traffic.total() as f64 / (copy_gbps * 1e9) * 1e3;
         decode.push(DecodePoint {
             context: at,
             steps: times.len(),
             ms_per_token: ms,
             ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
             tokens_per_s: 1e3 / ms,
-            roofline_multiple: ms / roofline_ms,
+            copy_gbps,
+            roofline_ms: point_roofline_ms,
+            roofline_multiple: ms / point_roofline_ms,
             profile_total_ms: split.iter().map(|f| f.ms).sum(),
             profile: split,
             pair_ratio: pair_ratio(&layer_ms),
@@ -767,7 +803,7 @@ pub fn markdown_table(report: &BenchReport) -> String {
                 d.context,
                 d.ms_per_token,
                 d.tokens_per_s,
-                r.roofline_ms,
+                d.roofline_ms,
                 d.roofline_multiple,
                 gpu_ms,
                 r.dispatches_per_step,
@@ -775,7 +811,7 @@ pub fn markdown_table(report: &BenchReport) -> String {
                 mib(r.memory.weights),
                 mib(r.memory.kv_cache),
                 mib(r.memory.activations),
-                r.copy.gbps,
+                d.copy_gbps,
                 load_text(r.loadavg),
             );
         }
@@ -937,15 +973,15 @@ fn bar_chart(
     Ok(())
 }
 
-/// An SVG of decode ms/token per configuration and context (log axis), with each configuration's
-/// roofline (weight bytes ÷ copy bandwidth) drawn across its bar.
+/// An SVG of decode ms/token per configuration and context (log axis), with each point's roofline
+/// (weight bytes ÷ the copy bandwidth measured between its steps) drawn across its bar.
 pub fn plot_decode_svg(report: &BenchReport, path: &Path) -> Result<()> {
     let mut bars = Vec::new();
     let mut roof = Vec::new();
     for r in &report.results {
         for d in &r.decode {
             bars.push((format!("{} @{}", r.label, d.context), d.ms_per_token));
-            roof.push(r.roofline_ms);
+            roof.push(d.roofline_ms);
         }
     }
     if bars.is_empty() {

@@ -139,6 +139,11 @@ fn decode_bench_reports_on_the_tiny_model() {
         assert!(r.dispatches_per_layer >= 5.0 && r.dispatches_per_layer <= 6.0);
         assert!(r.dispatches_per_step as f64 > r.dispatches_per_layer * r.executed_layers as f64);
         assert!(r.roofline_ms > 0.0 && r.copy.gbps > 0.0);
+        // Each point's roofline comes from the copies timed between its own steps.
+        for d in &r.decode {
+            assert!(d.copy_gbps > 0.0 && d.roofline_ms > 0.0);
+            assert!((d.roofline_multiple * d.roofline_ms - d.ms_per_token).abs() <= 1e-9 * d.ms_per_token);
+        }
         assert!(r.decode.iter().all(|d| d.profile.is_empty() != gpu.features().timestamps));
     }
     let mut report = BenchReport::new(gpu, results);
