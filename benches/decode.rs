@@ -1,5 +1,6 @@
 //! End-to-end decode benchmark: synthetic MobileLLM-125M in q4_0 with and without layer sharing (the
-//! key comparison: LS / plain decode time), plus q8_0, f16 and 350M with `--all`.
+//! key comparison: LS / plain decode time, also measured with the two models' steps interleaved), plus
+//! q8_0, f16 and 350M with `--all`.
 //!
 //! `cargo bench --bench decode -- [--quick] [--all] [--steps N] [--seek]`
 //! - `--quick`: prefill 64, decode at context 64 only, 3 timed steps (a smoke run);
@@ -68,7 +69,7 @@ fn main() -> Result<()> {
         options.fill = ContextFill::Seek;
     }
     if cpu && !args.quick {
-        // lavapipe: prefill runs n GEMVs per matrix (no GEMM yet), ~1 s per token for 125M under load.
+        // lavapipe: a 256-token prefill of 125M takes ~5 s per configuration; 64 shows the same rate.
         options.prefill_lengths = vec![64];
     }
     if let Some(p) = args.prefill {
@@ -87,18 +88,23 @@ fn main() -> Result<()> {
         ]);
     }
     let mut results = Vec::new();
+    let mut interleaved = Vec::new();
     for (size, wtype) in configs {
         let t0 = std::time::Instant::now();
         let mut host = bench::synthetic_model(size, wtype, false, 0)?;
         eprintln!("synthetic {} {wtype}: {:.1} s to generate", size.name(), t0.elapsed().as_secs_f64());
+        let name = format!("synthetic {}", size.name());
         for layer_sharing in [false, true] {
             host.config.layer_sharing = layer_sharing;
-            let r = bench::bench_decode(&gpu, &host, &format!("synthetic {}", size.name()), &options)?;
+            let r = bench::bench_decode(&gpu, &host, &name, &options)?;
             eprintln!("{}: {:.1} s", r.label, r.seconds);
             results.push(r);
         }
+        // The LS / plain ratio from alternating steps, robust to the host's drift between the two runs.
+        interleaved.extend(bench::bench_sharing_interleaved(&gpu, &host, &name, &options)?);
     }
-    let report = BenchReport::new(&gpu, results);
+    let mut report = BenchReport::new(&gpu, results);
+    report.sharing_interleaved = interleaved;
     println!("{}", bench::markdown_table(&report));
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     for path in bench::write_reports(&report, &dir)? {
