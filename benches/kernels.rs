@@ -85,11 +85,13 @@ fn bench_gemm(b: &mut Bench) {
             let d = gemm(&b.gpu, &w, &x, &y, 0, true).expect("gemm");
             let bytes = w.size_bytes() + (n * cols + 2 * n * rows) as u64 * 4;
             b.add("gemm", &name, &d, bytes);
-            let gemm_us = b.rows.last().map(|r| r.us).unwrap_or(0.0);
             let x1 = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
             let y1 = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
-            let one = b.time(&gemv(&b.gpu, &w, &x1, &y1, 0, true).expect("gemv")).0;
-            b.note(format!("gemm n={n} = {:.2}x one gemv ({one:.1} µs)", gemm_us / one));
+            let g = gemv(&b.gpu, &w, &x1, &y1, 0, true).expect("gemv");
+            // The ratio from interleaved runs of both, so the host's drift cancels.
+            let t = b.time_blocks(&[&[&d], &[&g]]);
+            let (gemm_us, one) = (t[0].median, t[1].median);
+            b.note(format!("gemm n={n} = {:.2}x one gemv ({gemm_us:.1} vs {one:.1} µs, interleaved)", gemm_us / one));
         }
     }
 }
