@@ -329,9 +329,27 @@ fn lanes_accumulate32(v8: array<vec4<f32>, 8>, j: u32) {
 
 // The 8 quads of the cache at index i .. i+31 read by this lane alone (decode_lanes: one position each).
 fn kv_own8(i: u32) -> array<vec4<f32>, 8> {
+#if KVTEX && F16
+    // i is a multiple of 32: four whole texels of 8 f16, each fetched once (kv4 per quad fetched each
+    // texel twice, and a texel fetch is a ~100-instruction call on lavapipe that LLVM does not merge).
+    let t = i >> 3u;
+    let a = kv_texel(t);
+    let b = kv_texel(t + 1u);
+    let c = kv_texel(t + 2u);
+    let d = kv_texel(t + 3u);
+    return array<vec4<f32>, 8>(kv_f16x4(a.xy), kv_f16x4(a.zw), kv_f16x4(b.xy), kv_f16x4(b.zw), kv_f16x4(c.xy),
+                               kv_f16x4(c.zw), kv_f16x4(d.xy), kv_f16x4(d.zw));
+#else
     return array<vec4<f32>, 8>(kv4(i), kv4(i + 4u), kv4(i + 8u), kv4(i + 12u), kv4(i + 16u), kv4(i + 20u),
                                kv4(i + 24u), kv4(i + 28u));
+#endif
 }
+
+#if KVTEX && F16
+fn kv_f16x4(pair: vec2<u32>) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
+}
+#endif
 
 var<workgroup> lane_m: array<f32, WL * G>;
 var<workgroup> lane_l: array<f32, WL * G>;
