@@ -225,21 +225,25 @@ impl CopyProbe {
     pub fn gbps(&self, seconds: f64) -> f64 {
         2.0 * self.bytes as f64 / seconds / 1e9
     }
+
+    /// The best of 5 single-copy submissions.
+    pub fn bandwidth(&self, gpu: &Gpu) -> Result<CopyBandwidth> {
+        let mut best = f64::INFINITY;
+        for _ in 0..5 {
+            best = best.min(self.seconds(gpu)?);
+        }
+        Ok(CopyBandwidth {
+            bytes: self.bytes,
+            seconds: best,
+            gbps: self.gbps(best),
+            clock: if gpu.features().timestamps { "timestamps" } else { "wall" },
+        })
+    }
 }
 
 /// Measures a [`CopyProbe`] of `bytes`: a warm-up, then the best of 5 single-copy submissions.
 pub fn copy_bandwidth(gpu: &Gpu, bytes: u64) -> Result<CopyBandwidth> {
-    let probe = CopyProbe::new(gpu, bytes)?;
-    let mut best = f64::INFINITY;
-    for _ in 0..5 {
-        best = best.min(probe.seconds(gpu)?);
-    }
-    Ok(CopyBandwidth {
-        bytes: probe.bytes,
-        seconds: best,
-        gbps: probe.gbps(best),
-        clock: if gpu.features().timestamps { "timestamps" } else { "wall" },
-    })
+    CopyProbe::new(gpu, bytes)?.bandwidth(gpu)
 }
 
 /// Seconds of one dispatch between pass-boundary timestamps; `None` if the stamps make no sense.
@@ -494,8 +498,8 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     let max_batch = options.prefill_lengths.iter().copied().max().unwrap_or(64).max(1);
     let capacity = options.capacity();
     let plan = PlanOptions { context: capacity, max_batch, kv_dtype: options.kv_dtype };
-    let copy = copy_bandwidth(gpu, options.copy_bytes)?;
     let probe = CopyProbe::new(gpu, options.copy_bytes)?;
+    let copy = probe.bandwidth(gpu)?;
     let mut model = Model::new(gpu, host, &plan)?;
     let vocab = c.vocab_size;
     let tokens = prompt(capacity, vocab);

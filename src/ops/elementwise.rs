@@ -45,17 +45,30 @@ pub(crate) fn launch(
     )
 }
 
-/// `sum = a + b`, elementwise over f32 tensors of one shape. `sum` may alias neither input.
-pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor, sum: &Tensor) -> Result<Dispatch> {
-    a.expect("add lhs", DType::F32, a.shape())?;
-    b.expect("add rhs", DType::F32, a.shape())?;
-    sum.expect("add output", DType::F32, a.shape())?;
+/// A two-input entry (`add`, `silu_mul`): `out[i] = f(a[i], b[i])` over f32 tensors of one shape, checked
+/// under the names in `what` (a, b, out).
+pub(crate) fn binary(
+    gpu: &Gpu,
+    entry: &str,
+    what: [&str; 3],
+    a: &Tensor,
+    b: &Tensor,
+    out: &Tensor,
+) -> Result<Dispatch> {
+    a.expect(what[0], DType::F32, a.shape())?;
+    b.expect(what[1], DType::F32, a.shape())?;
+    out.expect(what[2], DType::F32, a.shape())?;
     let resources = [
         (1, a.buffer().as_entire_binding()),
         (2, b.buffer().as_entire_binding()),
-        (3, sum.buffer().as_entire_binding()),
+        (3, out.buffer().as_entire_binding()),
     ];
-    launch(gpu, "add", a.len() as u32, 0, &resources)
+    launch(gpu, entry, a.len() as u32, 0, &resources)
+}
+
+/// `sum = a + b`, elementwise over f32 tensors of one shape. `sum` may alias neither input.
+pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor, sum: &Tensor) -> Result<Dispatch> {
+    binary(gpu, "add", ["add lhs", "add rhs", "add output"], a, b, sum)
 }
 
 /// Copies the first `bytes` bytes of `src` to `dst` (a multiple of 16, within both buffers).

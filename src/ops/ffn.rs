@@ -14,7 +14,7 @@
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::elementwise::launch;
+use crate::ops::elementwise::{binary, launch};
 use crate::ops::Dispatch;
 use crate::quant::{GpuWeight, HostWeight};
 use crate::tensor::{DType, Tensor};
@@ -22,15 +22,7 @@ use crate::tensor::{DType, Tensor};
 /// `out = silu(gate) ⊙ up`, elementwise over f32 tensors of one shape (the unfused chain's middle step).
 /// `out` may alias neither input.
 pub fn silu_mul(gpu: &Gpu, gate: &Tensor, up: &Tensor, out: &Tensor) -> Result<Dispatch> {
-    gate.expect("silu_mul gate", DType::F32, gate.shape())?;
-    up.expect("silu_mul up", DType::F32, gate.shape())?;
-    out.expect("silu_mul output", DType::F32, gate.shape())?;
-    let resources = [
-        (1, gate.buffer().as_entire_binding()),
-        (2, up.buffer().as_entire_binding()),
-        (3, out.buffer().as_entire_binding()),
-    ];
-    launch(gpu, "silu_mul", gate.len() as u32, 0, &resources)
+    binary(gpu, "silu_mul", ["silu_mul gate", "silu_mul up", "silu_mul output"], gate, up, out)
 }
 
 /// `h[r, j] = silu(gu[r, j]) ⊙ gu[r, ffn + j]`: the middle step of [`ffn_block_batched`], on the product

@@ -11,7 +11,9 @@ use bytemuck::{Pod, Zeroable};
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM};
+use crate::ops::{
+    base_variant, make_dispatch, small_kernel_workgroup, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM,
+};
 use crate::quant::{GpuWeight, HostWeight, WeightDesc};
 use crate::reference::rope_cos_sin;
 pub use crate::reference::RopeLayout;
@@ -261,8 +263,8 @@ pub fn rope_cache(
 }
 
 /// The variant of `kernels/qkv_rope.wgsl` for a cache and a RoPE layout; `base` carries the weight flags.
-/// `rope_cache` runs 8 threads per workgroup on CPU drivers (one lavapipe SIMD batch, a head's 32 pairs in 4
-/// steps, instead of 8 batches mostly masked off) and 64 elsewhere.
+/// `rope_cache` runs `ops::small_kernel_workgroup` threads (on CPU drivers a head's 32 pairs in 4 steps of one
+/// SIMD batch, instead of 8 batches mostly masked off).
 fn variant_for(gpu: &Gpu, base: ShaderVariant, cache: &KvCache, layout: RopeLayout) -> ShaderVariant {
     base.flag_if("F16", cache.dtype() == DType::F16)
         .flag_if("KVTEX", cache.is_texture())
@@ -271,7 +273,7 @@ fn variant_for(gpu: &Gpu, base: ShaderVariant, cache: &KvCache, layout: RopeLayo
             RopeLayout::Interleaved => "ROPE_INTERLEAVED",
         })
         .constant("WG", WORKGROUP)
-        .constant("RWG", if gpu.is_cpu_class() { 8 } else { WORKGROUP })
+        .constant("RWG", small_kernel_workgroup(gpu, WORKGROUP))
         .constant("HD", cache.head_dim() as u32)
         .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32)
 }

@@ -4,20 +4,13 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
+use crate::ops::{base_variant, make_dispatch, small_kernel_workgroup, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::shader::RMS_NORM;
 use crate::tensor::{DType, Tensor};
 
-/// Threads per row. Rows are short (576..1600): 128 threads read 4-13 values each.
-/// Threads per row: 128 on GPUs; 8 on CPU drivers, one SIMD batch of lavapipe, whose barriers then cost
-/// nothing (at 128 every barrier switches among 16 batches: a 64-row prefill norm took 1.7 ms, not 0.1).
-fn workgroup(gpu: &Gpu) -> u32 {
-    if gpu.is_cpu_class() {
-        8
-    } else {
-        128
-    }
-}
+/// Threads per row on GPUs (CPU drivers: `ops::small_kernel_workgroup`). Rows are short (576..1600):
+/// 128 threads read 4-13 values each.
+const WORKGROUP: u32 = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -41,7 +34,7 @@ pub fn rms_norm(gpu: &Gpu, x: &Tensor, weight: &Tensor, y: &Tensor, eps: f32) ->
     if rows > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::invalid("rms_norm rows", rows, "at most 65535"));
     }
-    let variant = base_variant(gpu).constant("WG", workgroup(gpu));
+    let variant = base_variant(gpu).constant("WG", small_kernel_workgroup(gpu, WORKGROUP));
     let pipeline = gpu.pipeline(&RMS_NORM, "rms_norm", &variant)?;
     let params = uniform(gpu, "rms_norm params", &Params { cols: cols as u32, rows: rows as u32, eps, _pad: 0 })?;
     make_dispatch(

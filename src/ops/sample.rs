@@ -28,23 +28,16 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::{make_dispatch, uniform, Dispatch, StepBuffer, StepParams};
+use crate::ops::{make_dispatch, small_kernel_workgroup, uniform, Dispatch, StepBuffer, StepParams};
 use crate::shader::{ShaderVariant, SAMPLE};
 use crate::tensor::{DType, Tensor};
 
 /// The largest `top_k` the kernel supports; `top_k == 0` (off) samples among this many candidates.
 pub const MAX_TOP_K: u32 = 64;
 
-/// Invocations per pass-1 workgroup (a power of two for the tree reduction): 256 on GPUs, 8 on CPU drivers
-/// (one lavapipe SIMD batch, so the argmax tree's barriers cost nothing instead of switching among 32
-/// batches: the greedy pass over 32000 logits went from ~1.6 ms to ~0.2 ms).
-fn workgroup(gpu: &Gpu) -> u32 {
-    if gpu.is_cpu_class() {
-        8
-    } else {
-        256
-    }
-}
+/// Invocations per pass-1 workgroup on GPUs (a power of two for the tree reduction; CPU drivers:
+/// `ops::small_kernel_workgroup`).
+const WORKGROUP: u32 = 256;
 /// Pass 1 covers the row with at most this many workgroups; pass 2 is one workgroup of this size holding one
 /// list head per invocation (a power of two).
 const MAX_GROUPS: u32 = 64;
@@ -144,7 +137,7 @@ pub fn sample(gpu: &Gpu, logits: &Tensor, row: SampleRow, step: &StepBuffer, tok
         }
         SampleRow::LastOfStep => LAST_OF_STEP,
     };
-    let wg = workgroup(gpu);
+    let wg = small_kernel_workgroup(gpu, WORKGROUP);
     let chunk = (vocab as u32).div_ceil(MAX_GROUPS).next_multiple_of(wg).max(MIN_CHUNK);
     let groups = (vocab as u32).div_ceil(chunk);
     let variant = ShaderVariant::new()
