@@ -44,7 +44,11 @@ fn scratch_dir() -> std::path::PathBuf {
 
 /// A two-tensor safetensors file (`a` f32 [2, 3], `ids` i32 [4]) and its header length.
 fn small_safetensors() -> (Vec<u8>, usize) {
-    let path = scratch_dir().join("small.safetensors");
+    // One file per call: tests run in parallel, and one test's write truncating the file another is reading
+    // failed the read (seen on a 16-core machine).
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path = scratch_dir().join(format!("small-{call}.safetensors"));
     let a: Vec<f32> = (0..6).map(|i| i as f32).collect();
     write_safetensors(&path, &[("a", &[2, 3], TensorData::F32(&a)), ("ids", &[4], TensorData::I32(&[1, 2, 3, 4]))])
         .unwrap();
