@@ -55,13 +55,23 @@ fn bench_gemv(b: &mut Bench) {
 /// `GEMV_SWEEP=1`: every mapping on a few shapes, to refill the table in `GemvMapping::choose`.
 fn sweep_gemv(b: &mut Bench) {
     use mobilellm_kernels::ops::gemv::{gemv_with, GemvMapping};
-    let maps = [(8, 1, 8), (16, 1, 8), (32, 1, 8), (8, 1, 16), (16, 1, 16), (32, 1, 16)];
-    for (rows, cols) in [(1536, 576), (576, 1536)] {
+    let maps: &[(u32, u32, u32)] = if b.gpu.is_cpu_class() {
+        &[(8, 1, 8), (16, 1, 8), (32, 1, 8), (8, 1, 16), (16, 1, 16), (32, 1, 16)]
+    } else {
+        // GPUs: a subgroup (or tree) of `tpr` threads per row slot, few rows per thread.
+        &[(128, 8, 2), (128, 16, 2), (128, 32, 1), (128, 32, 2), (128, 32, 4), (64, 32, 2), (256, 32, 2), (32, 32, 2)]
+    };
+    let shapes: &[(usize, usize)] = if b.gpu.is_cpu_class() {
+        &[(1536, 576), (576, 1536)]
+    } else {
+        &[(576, 576), (1536, 576), (576, 1536), (32000, 576)]
+    };
+    for &(rows, cols) in shapes {
         for wtype in [WeightType::Q4_0, WeightType::Q8_0] {
             let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, cols)).expect("upload");
             let x = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
             let y = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
-            for (wg, tpr, rpt) in maps {
+            for &(wg, tpr, rpt) in maps {
                 let d = gemv_with(&b.gpu, &w, &x, &y, 0, true, GemvMapping { wg, tpr, rpt }).expect("gemv");
                 b.add("sweep", &format!("{wtype} {rows}x{cols} {wg},{tpr},{rpt}"), &d, w.size_bytes());
             }

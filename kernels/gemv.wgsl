@@ -78,6 +78,22 @@ fn norm_val(i: u32) -> f32 {
 #endif
 }
 
+fn set_inv_rms(sum_sq: f32) {
+    inv_rms = inverseSqrt(sum_sq / f32(params.w.cols) + params.eps);
+}
+
+// Sum of squares of x[xbase + first], x[xbase + first + step], ... (a share of one vector's).
+fn norm_share(xbase: u32, first: u32, step: u32) -> f32 {
+    var sum_sq = 0.0;
+    for (var k = first; k < params.w.cols; k += step) {
+        let v = xval(xbase + k);
+        sum_sq = fma(v, v, sum_sq);
+    }
+    return sum_sq;
+}
+
+// One thread derives the whole vector's RMS alone (TPR == 1, where threads are SIMD lanes of a CPU and
+// a cross-lane reduction costs more than the loads it saves).
 fn prepare_norm(xbase: u32) {
     var sum_sq = 0.0;
 #if XUNI
@@ -89,12 +105,9 @@ fn prepare_norm(xbase: u32) {
     }
     sum_sq = (sum4.x + sum4.y) + (sum4.z + sum4.w);
 #else
-    for (var k = 0u; k < params.w.cols; k++) {
-        let v = xval(xbase + k);
-        sum_sq += v * v;
-    }
+    sum_sq = norm_share(xbase, 0u, 1u);
 #endif
-    inv_rms = inverseSqrt(sum_sq / f32(params.w.cols) + params.eps);
+    set_inv_rms(sum_sq);
 }
 #endif
 
@@ -185,7 +198,27 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
     let batch = wg.y;
     let row0 = wg.x * RPW;
 #if NORM
-    prepare_norm(batch * params.w.cols);
+    // With TPR > 1 (GPUs) the threads share the sum of squares: one thread alone would make ~cols
+    // dependent loads before its first weight, the latency every workgroup of the dispatch then waits on.
+    if TPR == 1u {
+        prepare_norm(batch * params.w.cols);
+    } else {
+#if SUBGROUPS
+        set_inv_rms(subgroupAdd(norm_share(batch * params.w.cols, sg_lane, sg_size)));
+#else
+        partial[lid] = norm_share(batch * params.w.cols, lid, WG);
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if lid < s {
+                partial[lid] += partial[lid + s];
+            }
+            workgroupBarrier();
+        }
+        set_inv_rms(partial[0]);
+        // `partial` is reused by the row reduction below.
+        workgroupBarrier();
+#endif
+    }
 #endif
     if TPR == 1u {
         let r0 = row0 + lid * RPT;

@@ -141,6 +141,49 @@ fn every_mapping() {
     }
 }
 
+/// The RMSNorm prologue under every reduction path: one thread alone (TPR = 1), a subgroup or a
+/// workgroup-memory tree sharing the sum of squares. The CPU normalises first, then multiplies.
+/// On top of [`tolerance`]: the sum of squares of `cols` terms errs by at most cols*eps relative, its
+/// inverse square root by half that plus 2 ulp (WGSL's inverseSqrt bound), and x * inv_rms * w adds two
+/// roundings: each normalised x is within (cols / 2 + 6) * eps relative of the CPU's, so the dot within
+/// that times sum|w x|.
+fn norm_tolerance(cols: usize, abs_dot: f32) -> f32 {
+    tolerance(cols, abs_dot) + (cols / 2 + 6) as f32 * f32::EPSILON * abs_dot
+}
+
+#[test]
+fn fused_norm_every_mapping() {
+    use mobilellm_kernels::ops::gemv::{gemv_fused_with, GemvFusion};
+    let mappings = [(8, 1, 16), (128, 8, 2), (64, 4, 1), (128, 32, 2), (32, 32, 8)];
+    let eps = 1e-5;
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            for (rows, cols, n) in [(70, 576, 1), (9, 1088, 2)] {
+                let host = weight(wtype, rows, cols);
+                let w = GpuWeight::upload(gpu, &host).unwrap();
+                let x: Vec<f32> = random_vec(cols as u64 * 5 + 1, n * cols).iter().map(|v| 3.0 * v).collect();
+                let norm: Vec<f32> = random_vec(cols as u64 + 17, cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let normed: Vec<f32> = x.chunks(cols).flat_map(|row| reference::rms_norm(row, &norm, eps)).collect();
+                let want = reference::gemv(&host, &normed);
+                let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
+                let norm_gpu = Tensor::from_slice(gpu, &[cols], &norm).unwrap();
+                let y0 = vec![0.0; n * rows];
+                for (wg, tpr, rpt) in mappings {
+                    let m = GemvMapping { wg, tpr, rpt };
+                    let y_gpu = Tensor::from_slice(gpu, &[n, rows], &y0).unwrap();
+                    let fusion = GemvFusion { norm: Some((&norm_gpu, eps)), swiglu: false };
+                    let d = gemv_fused_with(gpu, &w, &x_gpu, &y_gpu, fusion, m).unwrap();
+                    ops::run(gpu, &[&d]).unwrap();
+                    let got = y_gpu.read::<f32>(gpu).unwrap();
+                    let what = format!("norm+gemv {wtype} {rows}x{cols} n={n} {m:?} [{}]", gpu.features());
+                    let shape = ProductShape { n, rows, cols, offset: 0, total: rows, accumulate: false };
+                    assert_product(&what, &shape, (&got, &y0), (&want, &host.dequantize(), &normed), norm_tolerance);
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn offset_and_accumulate() {
     for gpu in gpus() {

@@ -37,7 +37,15 @@ impl GemvMapping {
     /// - CPU devices (lavapipe): invocations are SIMD lanes of one core, so cross-lane reductions and
     ///   barriers cost more than they save: a thread owns 8-16 whole rows (one uniform x load feeds them all).
     /// - GPUs: threads of a row stride over its blocks, so neighbours read neighbouring 16..128-byte
-    ///   blocks (coalesced); short rows (in = 576 is 18 blocks) get 8 threads, long rows 32.
+    ///   blocks (coalesced). With subgroups a whole subgroup shares a row slot, so each subgroup owns exactly
+    ///   one slot and loops over none: on an H100 the table before this (8 threads per row slot, so each
+    ///   32-wide subgroup took 4 slots in turn) spent ~13 µs on any GEMV up to 1536x576, against 2.4 µs for
+    ///   a copy, every slot waiting out its own memory latency. The H100 sweep (`GEMV_SWEEP=1`,
+    ///   `benches/results/`) then picked one subgroup per workgroup and 2 rows per thread for the layer
+    ///   matrices (q4_0 576x576: 4.7 µs, against 5.2 with 4 subgroups per workgroup and 14.5 with the old
+    ///   table), and 4 subgroups of 4 rows per thread for LM heads (32000x576: 30.8 µs against 44.0).
+    ///   Without subgroups (a workgroup-memory tree), short rows (in = 576 is 18 blocks) get 8 threads, long
+    ///   rows 32.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
         let blocks = cols.div_ceil(32);
         if gpu.is_cpu_class() {
@@ -47,6 +55,14 @@ impl GemvMapping {
             // several batches as coroutines (8x16 beat 16x8 by up to 2x). Small matrices keep 2+ workgroups.
             let (wg, rpt) = if rows >= 256 { (8, 16) } else { (8, 8) };
             return GemvMapping { wg, tpr: 1, rpt };
+        }
+        if gpu.features().subgroups {
+            let tpr = gpu.subgroup_size_range().1.clamp(4, 128).next_power_of_two();
+            return if rows >= 8192 {
+                GemvMapping { wg: (4 * tpr).min(256), tpr, rpt: 4 }
+            } else {
+                GemvMapping { wg: tpr.max(32), tpr, rpt: 2 }
+            };
         }
         let tpr = if blocks <= 24 {
             8
