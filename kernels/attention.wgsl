@@ -109,14 +109,22 @@ fn q4(i4: u32) -> vec4<f32> {
 
 // A finite "minus infinity": exp(NEG - finite) is exactly 0 and no inf arithmetic is needed.
 const NEG: f32 = -3.0e38;
-// Head dimensions each decode thread accumulates (thread lid owns d = lid + j * WG).
-const DPT: u32 = (HD + WG - 1u) / WG;
+// The V pass of `decode` maps threads to (position lane, head-dim quad): VQ quads of a row side by side
+// (coalesced 16-byte loads), PL position lanes taking positions t = lane, lane + PL, ... of each tile, so a
+// tile's V rows are read in WG / PL rounds by all threads at once (one thread per dimension looped over all
+// WG positions: on an H100 that serial chain of loads cost ~30 µs per tile). QPT quads per thread when a row
+// has more quads than the workgroup has threads.
+const HQ: u32 = HD / 4u;
+const VQ: u32 = min(HQ, WG);
+const PL: u32 = WG / VQ;
+const QPT: u32 = (HQ + WG - 1u) / WG;
 
 var<workgroup> q_sh: array<f32, G * HD>;
 var<workgroup> s_sh: array<f32, G * WG>;
 var<workgroup> m_sh: array<f32, G>;
 var<workgroup> c_sh: array<f32, G>;
-var<workgroup> l_sh: array<f32, G>;
+// The position lanes' partial V sums, merged once per workgroup.
+var<workgroup> v_sh: array<vec4<f32>, WG>;
 
 fn context_len() -> u32 {
     return min(step.pos + step.n, params.capacity);
@@ -150,13 +158,20 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
     if lid < G {
         m_sh[lid] = NEG;
-        l_sh[lid] = 0.0;
     }
-    var acc: array<f32, G * DPT>;
+    // This thread's V slot: quads vq + j * WG of the positions lane, lane + PL, ... (threads past PL * VQ,
+    // when VQ does not divide WG, only score keys).
+    let lane = lid / VQ;
+    let vq = lid % VQ;
+    let v_live = lane < PL;
+    var acc: array<vec4<f32>, G * QPT>;
+    // Unnormalised softmax sums of this thread's positions (equal across a lane's threads).
+    var lsum: array<f32, G>;
     workgroupBarrier();
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
     for (var t0 = start; t0 < end; t0 += WG) {
+        let cnt = min(WG, end - t0);
         // 1. One key per thread, scored against all G query heads (the key is read once).
         let p = t0 + lid;
         var dots: array<f32, G>;
@@ -177,7 +192,7 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         // 2. New running max per head, and the factor that rescales what was accumulated so far.
         if lid < G {
             var tmax = NEG;
-            for (var j = 0u; j < WG; j++) {
+            for (var j = 0u; j < cnt; j++) {
                 tmax = max(tmax, s_sh[lid * WG + j]);
             }
             let m_old = m_sh[lid];
@@ -191,47 +206,76 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             s_sh[g * WG + lid] = select(0.0, exp(s_sh[g * WG + lid] - m_sh[g]), p < end);
         }
         workgroupBarrier();
-        // 4. Running sums, and V accumulated by dimension (coalesced V rows, read once for all heads).
-        if lid < G {
-            var sum = 0.0;
-            for (var j = 0u; j < WG; j++) {
-                sum += s_sh[lid * WG + j];
+        // 4. V accumulated by (position lane, quad), read once for all G heads; four positions per round so
+        // four loads are in flight (past `cnt`: the last position again, times probability 0).
+        for (var g = 0u; g < G; g++) {
+            lsum[g] *= c_sh[g];
+            for (var j = 0u; j < QPT; j++) {
+                acc[g * QPT + j] *= c_sh[g];
             }
-            l_sh[lid] = l_sh[lid] * c_sh[lid] + sum;
         }
-        let cnt = min(WG, end - t0);
-        for (var j = 0u; j < DPT; j++) {
-            let d = lid + j * WG;
-            if d < HD {
-                for (var g = 0u; g < G; g++) {
-                    acc[g * DPT + j] *= c_sh[g];
+        if v_live {
+            for (var t = lane; t < cnt; t += 4u * PL) {
+                var ts: array<u32, 4>;
+                for (var u = 0u; u < 4u; u++) {
+                    ts[u] = min(t + u * PL, cnt - 1u);
                 }
-                for (var t = 0u; t < cnt; t++) {
-                    let v = kv1(v_base + (t0 + t) * HD + d);
-                    for (var g = 0u; g < G; g++) {
-                        acc[g * DPT + j] += s_sh[g * WG + t] * v;
+                for (var j = 0u; j < QPT; j++) {
+                    let d4 = vq + j * WG;
+                    if d4 < HQ {
+                        var v: array<vec4<f32>, 4>;
+                        for (var u = 0u; u < 4u; u++) {
+                            v[u] = kv4(v_base + (t0 + ts[u]) * HD + 4u * d4);
+                        }
+                        for (var u = 0u; u < 4u; u++) {
+                            let live = t + u * PL < cnt;
+                            for (var g = 0u; g < G; g++) {
+                                let pr = select(0.0, s_sh[g * WG + ts[u]], live);
+                                acc[g * QPT + j] = fma(vec4<f32>(pr), v[u], acc[g * QPT + j]);
+                                if j == 0u {
+                                    lsum[g] += pr;
+                                }
+                            }
+                        }
                     }
                 }
             }
         }
         workgroupBarrier();
     }
-    for (var j = 0u; j < DPT; j++) {
-        let d = lid + j * WG;
-        if d < HD {
-            for (var g = 0u; g < G; g++) {
-                let h = kvh * G + g;
+    // 5. Merge the position lanes, one head at a time through v_sh (s_sh carries the sums).
+    for (var g = 0u; g < G; g++) {
+        let h = kvh * G + g;
+        for (var j = 0u; j < QPT; j++) {
+            v_sh[lid] = acc[g * QPT + j];
+            if vq == 0u && v_live {
+                s_sh[lane] = lsum[g];
+            }
+            workgroupBarrier();
+            let d4 = vq + j * WG;
+            if lane == 0u && d4 < HQ {
+                var total = v_sh[vq];
+                var l = s_sh[0];
+                for (var r = 1u; r < PL; r++) {
+                    total += v_sh[r * VQ + vq];
+                    l += s_sh[r];
+                }
 #if SPLIT
                 let base = (h * params.n_chunks + chunk) * (HD + 2u);
-                partials[base + 2u + d] = acc[g * DPT + j];
-                if d == 0u {
+                for (var c = 0u; c < 4u; c++) {
+                    partials[base + 2u + 4u * d4 + c] = total[c];
+                }
+                if d4 == 0u {
                     partials[base] = m_sh[g];
-                    partials[base + 1u] = l_sh[g];
+                    partials[base + 1u] = l;
                 }
 #else
-                out[row * width + h * HD + d] = acc[g * DPT + j] / l_sh[g];
+                for (var c = 0u; c < 4u; c++) {
+                    out[row * width + h * HD + 4u * d4 + c] = total[c] / l;
+                }
 #endif
             }
+            workgroupBarrier();
         }
     }
 }
@@ -429,24 +473,63 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     let ctx = context_len();
     let used = min((ctx + chunk_length(ctx) - 1u) / chunk_length(ctx), params.n_chunks);
     let first = h * params.n_chunks;
+    // The chunks spread over the threads at every step (a thread looping over all of them waits out one
+    // load latency per chunk, three times): the maxima and the sums by trees in s_sh, the weighted V rows by
+    // (chunk lane, quad) like `decode`'s V pass, the lanes merged through v_sh.
     var m = NEG;
-    for (var c = 0u; c < used; c++) {
+    for (var c = lid; c < used; c += WG) {
         m = max(m, partials[(first + c) * (HD + 2u)]);
     }
+    s_sh[lid] = m;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            s_sh[lid] = max(s_sh[lid], s_sh[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    m = s_sh[0];
+    workgroupBarrier();
     var l = 0.0;
-    for (var c = 0u; c < used; c++) {
+    for (var c = lid; c < used; c += WG) {
         let base = (first + c) * (HD + 2u);
         l += partials[base + 1u] * exp(partials[base] - m);
     }
+    s_sh[lid] = l;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if lid < s {
+            s_sh[lid] += s_sh[lid + s];
+        }
+        workgroupBarrier();
+    }
+    l = s_sh[0];
+    let lane = lid / VQ;
+    let vq = lid % VQ;
     let width = params.heads * HD;
     let row = last_row();
-    for (var d = lid; d < HD; d += WG) {
-        var sum = 0.0;
-        for (var c = 0u; c < used; c++) {
-            let base = (first + c) * (HD + 2u);
-            sum += partials[base + 2u + d] * exp(partials[base] - m);
+    for (var j = 0u; j < QPT; j++) {
+        let d = 4u * (vq + j * WG);
+        var sum = vec4<f32>(0.0);
+        if lane < PL && d < HD {
+            for (var c = lane; c < used; c += PL) {
+                let base = (first + c) * (HD + 2u);
+                let o = base + 2u + d;
+                let v = vec4<f32>(partials[o], partials[o + 1u], partials[o + 2u], partials[o + 3u]);
+                sum = fma(vec4<f32>(exp(partials[base] - m)), v, sum);
+            }
         }
-        out[row * width + h * HD + d] = sum / l;
+        v_sh[lid] = sum;
+        workgroupBarrier();
+        if lane == 0u && d < HD {
+            for (var r = 1u; r < PL; r++) {
+                sum += v_sh[r * VQ + vq];
+            }
+            for (var c = 0u; c < 4u; c++) {
+                out[row * width + h * HD + d + c] = sum[c] / l;
+            }
+        }
+        workgroupBarrier();
     }
 }
 

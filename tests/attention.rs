@@ -260,7 +260,7 @@ fn split_rule() {
     use mobilellm_kernels::DeviceClass;
     assert_eq!(auto_chunk(DeviceClass::Gpu, SPLIT_ABOVE), None);
     assert_eq!(auto_chunk(DeviceClass::Gpu, SPLIT_ABOVE + 1), Some(DECODE_CHUNK));
-    assert_eq!(auto_chunk(DeviceClass::Gpu, 2048), Some(128));
+    assert_eq!(auto_chunk(DeviceClass::Gpu, 2048), Some(64));
     // CPU devices never split (measured in `cargo bench --bench kernels -- attention`).
     assert_eq!(auto_chunk(DeviceClass::Cpu, 2048), None);
     assert_eq!(auto_chunk(DeviceClass::Cpu, 1 << 20), None);

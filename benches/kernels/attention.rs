@@ -1,5 +1,5 @@
 //! Decode attention rows: unsplit vs split (flash-decoding chunks of `DECODE_CHUNK`) vs lanes
-//! (`decode_lanes`, what CPU devices use) at contexts 128,
+//! (`decode_lanes`, what CPU devices use) at contexts 64, 128,
 //! 512 and 2048 over a cache of capacity 2048, for 9/3 and 15/5 heads, f16 and f32 KV cache. Bytes: the
 //! K and V read for the context (plus q and the output), so GB/s is the KV stream rate.
 //! (Moved here from the ignored micro-bench in tests/attention.rs.)
@@ -20,7 +20,7 @@ use crate::shapes::{data, models};
 const CAPACITY: usize = 2048;
 
 pub fn bench_attention(b: &mut Bench) {
-    let contexts: &[usize] = if b.args.quick { &[128, 2048] } else { &[128, 512, 2048] };
+    let contexts: &[usize] = if b.args.quick { &[128, 2048] } else { &[64, 128, 512, 2048] };
     let auto = match auto_chunk(b.gpu.device_class(), CAPACITY) {
         Some(c) => format!("split {c}"),
         None if b.gpu.is_cpu_class() => "lanes".to_string(),

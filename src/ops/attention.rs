@@ -5,12 +5,14 @@
 //! their grids are sized for the cache capacity (decode) or a maximum batch (prefill).
 //!
 //! **Split rule (flash-decoding).** With [`Split::Auto`], decode on a GPU splits the sequence into chunks of
-//! [`DECODE_CHUNK`] (128) positions when the cache capacity exceeds [`SPLIT_ABOVE`] (256) positions, else it
-//! runs one workgroup per KV head over the whole context. Why: unsplit, a decode step has only `kv_heads`
-//! workgroups (3 for MobileLLM-125M), each streaming the whole context: a long context then runs on 3
-//! compute units. Split, the grid is `kv_heads x capacity/128` workgroups; those past the current context
-//! exit at once, and a second tiny pass (one workgroup per query
-//! head) merges the live chunks. For short capacities the extra pass costs more than the parallelism gains.
+//! [`DECODE_CHUNK`] (64, one tile of the `decode` kernel) positions when the cache capacity exceeds
+//! [`SPLIT_ABOVE`] (128) positions, else it runs one workgroup per KV head over the whole context. Why:
+//! unsplit, a decode step has only `kv_heads` workgroups (3 for MobileLLM-125M), each walking the whole
+//! context tile by tile: a long context then runs on 3 compute units, one tile's latency after another.
+//! Split, the grid is `kv_heads x capacity/64` workgroups; those past the current context exit at once, and a
+//! second tiny pass (one workgroup per query head) merges the live chunks. On an H100 (Vulkan) one tile cost
+//! ~30 µs before the V pass was spread over position lanes (`benches/results/h100-685ec14`: unsplit 67.8 /
+//! 261.8 / 1039.4 µs at contexts 128 / 512 / 2048, split in 128-position chunks 73.3 / 75.3 / 82.4 µs).
 //!
 //! On CPU devices (lavapipe and other software drivers) `Auto` picks the lane kernel (`decode_lanes`,
 //! one workgroup per KV head): its lanes split the sequence among themselves, with no barrier in the loop
@@ -37,9 +39,9 @@ use crate::tensor::{DType, Tensor};
 /// Threads per workgroup: decode keys per tile, prefill query rows per workgroup.
 const WORKGROUP: u32 = 64;
 /// Decode chunk length (positions per workgroup) when split.
-pub const DECODE_CHUNK: usize = 128;
+pub const DECODE_CHUNK: usize = 64;
 /// Capacity above which [`Split::Auto`] splits.
-pub const SPLIT_ABOVE: usize = 256;
+pub const SPLIT_ABOVE: usize = 128;
 /// Workgroup memory budget for the prefill K and V tiles together (bytes); leaves room for the rest.
 const PREFILL_TILE_BYTES: usize = 8192;
 
@@ -124,13 +126,15 @@ fn check(what: &str, q: &Tensor, cache: &KvCache, out: &Tensor) -> Result<Shape>
     out.expect(&format!("{what} output"), DType::F32, q.shape())?;
     let group = heads / cache.kv_heads();
     let hd_tile = PREFILL_TILE_BYTES / (2 * 4 * hd);
-    // Workgroup memory: q and scores of the group (decode), K/V tiles (prefill): stay well inside 16 KiB.
-    let bytes = 4 * (group * hd + group * WORKGROUP as usize + 3 * group) + PREFILL_TILE_BYTES;
+    // Workgroup memory: q, scores and softmax state of the group plus one vec4 per thread (decode), K/V tiles
+    // (prefill): counted together, so every entry stays inside 16 KiB.
+    let bytes =
+        4 * (group * hd + group * WORKGROUP as usize + 2 * group) + 16 * WORKGROUP as usize + PREFILL_TILE_BYTES;
     if hd_tile == 0 || bytes > 16384 {
         return Err(Error::invalid(
             format!("{what} group size x head_dim"),
             format!("{group} x {hd}"),
-            "group * (head_dim + 67) * 4 + 8192 <= 16384 bytes of workgroup memory, head_dim <= 1024",
+            "group * (head_dim + 66) * 4 + 9216 <= 16384 bytes of workgroup memory, head_dim <= 1024",
         ));
     }
     Ok(Shape { heads, group, rows })
