@@ -533,8 +533,11 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
-var<workgroup> k_tile: array<f32, TK * HD>;
-var<workgroup> v_tile: array<f32, TK * HD>;
+// Tiles and per-thread state in vec4: a thread's q and accumulator rows are indexed by a loop counter, so a
+// driver that does not unroll the loop keeps them in memory (not registers), one access per element; vec4
+// quarters those accesses and the tile loads.
+var<workgroup> k_tile: array<vec4<f32>, TK * HQ>;
+var<workgroup> v_tile: array<vec4<f32>, TK * HQ>;
 
 @compute @workgroup_size(WG)
 fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -551,11 +554,12 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     // Keys this workgroup needs: up to its last row's position (causal).
     let last = min(step.pos + min(r0 + WG, n), params.capacity);
     let width = params.heads * HD;
-    var qv: array<f32, HD>;
-    var acc: array<f32, HD>;
+    var qv: array<vec4<f32>, HQ>;
+    var acc: array<vec4<f32>, HQ>;
     if live {
-        for (var d = 0u; d < HD; d++) {
-            qv[d] = qval(r * width + h * HD + d) * params.scale;
+        let q0 = (r * width + h * HD) / 4u;
+        for (var d4 = 0u; d4 < HQ; d4++) {
+            qv[d4] = q4(q0 + d4) * params.scale;
         }
     }
     var m = NEG;
@@ -563,13 +567,13 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
     for (var t0 = 0u; t0 < last; t0 += TK) {
-        for (var i = lid; i < TK * HD; i += WG) {
-            let t = t0 + i / HD;
-            var kx = 0.0;
-            var vx = 0.0;
+        for (var i = lid; i < TK * HQ; i += WG) {
+            let t = t0 + i / HQ;
+            var kx = vec4<f32>(0.0);
+            var vx = vec4<f32>(0.0);
             if t < last {
-                kx = kv1(k_base + t0 * HD + i);
-                vx = kv1(v_base + t0 * HD + i);
+                kx = kv4(k_base + t0 * HD + 4u * i);
+                vx = kv4(v_base + t0 * HD + 4u * i);
             }
             k_tile[i] = kx;
             v_tile[i] = vx;
@@ -581,10 +585,11 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         for (var t = 0u; t < cnt; t++) {
             var sc = NEG;
             if t0 + t <= qpos {
-                sc = 0.0;
-                for (var d = 0u; d < HD; d++) {
-                    sc += qv[d] * k_tile[t * HD + d];
+                var sc4 = vec4<f32>(0.0);
+                for (var d4 = 0u; d4 < HQ; d4++) {
+                    sc4 = fma(qv[d4], k_tile[t * HQ + d4], sc4);
                 }
+                sc = (sc4.x + sc4.y) + (sc4.z + sc4.w);
             }
             s[t] = sc;
             tmax = max(tmax, sc);
@@ -592,22 +597,27 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
         let m_new = max(m, tmax);
         let c = exp(m - m_new);
         l *= c;
-        for (var d = 0u; d < HD; d++) {
-            acc[d] *= c;
+        for (var d4 = 0u; d4 < HQ; d4++) {
+            acc[d4] *= c;
         }
         for (var t = 0u; t < cnt; t++) {
             let p = select(0.0, exp(s[t] - m_new), t0 + t <= qpos);
             l += p;
-            for (var d = 0u; d < HD; d++) {
-                acc[d] += p * v_tile[t * HD + d];
+            for (var d4 = 0u; d4 < HQ; d4++) {
+                acc[d4] = fma(vec4<f32>(p), v_tile[t * HQ + d4], acc[d4]);
             }
         }
         m = m_new;
         workgroupBarrier();
     }
     if live {
-        for (var d = 0u; d < HD; d++) {
-            out[r * width + h * HD + d] = acc[d] / l;
+        for (var d4 = 0u; d4 < HQ; d4++) {
+            let o = acc[d4] / l;
+            let i = r * width + h * HD + 4u * d4;
+            out[i] = o.x;
+            out[i + 1u] = o.y;
+            out[i + 2u] = o.z;
+            out[i + 3u] = o.w;
         }
     }
 }
