@@ -119,7 +119,7 @@ const VQ: u32 = min(HQ, WG);
 const PL: u32 = WG / VQ;
 const QPT: u32 = (HQ + WG - 1u) / WG;
 
-var<workgroup> q_sh: array<f32, G * HD>;
+var<workgroup> q_sh: array<vec4<f32>, G * HQ>;
 var<workgroup> s_sh: array<f32, G * WG>;
 var<workgroup> m_sh: array<f32, G>;
 var<workgroup> c_sh: array<f32, G>;
@@ -153,8 +153,9 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         return;
     }
     let width = params.heads * HD;
-    for (var i = lid; i < G * HD; i += WG) {
-        q_sh[i] = qval(row * width + (kvh * G) * HD + i) * params.scale;
+    let q0 = (row * width + (kvh * G) * HD) / 4u;
+    for (var i = lid; i < G * HQ; i += WG) {
+        q_sh[i] = q4(q0 + i) * params.scale;
     }
     if lid < G {
         m_sh[lid] = NEG;
@@ -180,8 +181,7 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             for (var d = 0u; d < HD; d += 4u) {
                 let k4 = kv4(kb + d);
                 for (var g = 0u; g < G; g++) {
-                    let o = g * HD + d;
-                    dots[g] += dot(k4, vec4<f32>(q_sh[o], q_sh[o + 1u], q_sh[o + 2u], q_sh[o + 3u]));
+                    dots[g] += dot(k4, q_sh[g * HQ + d / 4u]);
                 }
             }
         }
