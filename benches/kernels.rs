@@ -1,5 +1,6 @@
 //! Per-kernel benchmarks: µs per call, GB/s, and the fraction of a plain copy's GB/s (same bytes, same run).
-//! `cargo bench --bench kernels -- [--quick] [FILTER]`; JSON in `target/bench/kernels.json`.
+//! `cargo bench --bench kernels -- [--quick] [FILTER]`; JSON in `target/bench/kernels.json` (with a FILTER,
+//! `kernels-filtered.json`).
 //! Every kernel family has rows, at the MobileLLM-125M and -350M shapes (`--quick`: 125M only, fewer
 //! contexts, shorter runs): GEMV, GEMM, RMSNorm, QKV+RoPE+cache write, decode attention, the FFN block
 //! (fused vs unfused), LM head + greedy sampling, embedding. Each row is the median of repeated timed

@@ -292,8 +292,10 @@ impl Bench {
         }
     }
 
-    /// Writes `target/bench/<file>.json`.
+    /// Writes `target/bench/<file>.json`, or `<file>-filtered.json` for a run with a row filter, so a run of a
+    /// few rows never replaces the full table that `mobilellm bench` charts.
     pub fn write_json(&self, file: &str) {
+        let file = if self.args.filter.is_some() { format!("{file}-filtered") } else { file.to_string() };
         // MOBILELLM_BENCH_DIR: where a prebuilt bench binary runs outside its source tree (tools/device-bench.sh).
         let dir = std::env::var("MOBILELLM_BENCH_DIR")
             .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench").to_string());
