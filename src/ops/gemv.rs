@@ -5,7 +5,7 @@
 //! binding) writes its slice of a wider output. `accumulate` adds into `y` in place (the residual add),
 //! through one read_write binding.
 
-use crate::device::Gpu;
+use crate::device::{DeviceClass, Gpu};
 use crate::error::{Error, Result};
 use crate::ops::{
     base_variant, broadcasts_of_8, fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, MAX_GROUPS_PER_DIM,
@@ -47,8 +47,16 @@ impl GemvMapping {
     ///   Without subgroups (a workgroup-memory tree), short rows (in = 576 is 18 blocks) get 8 threads, long
     ///   rows 32.
     pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> GemvMapping {
+        let subgroup_max = gpu.features().subgroups.then(|| gpu.subgroup_size_range().1);
+        GemvMapping::for_device(gpu.device_class(), subgroup_max, rows, cols)
+    }
+
+    /// [`GemvMapping::choose`] from the device's facts alone: its class and, where subgroups are enabled,
+    /// its largest subgroup size (any value: sizes outside 4..=128 are clamped, and the kernel is correct for
+    /// subgroups smaller than the one a mapping was sized for).
+    pub fn for_device(class: DeviceClass, subgroup_max: Option<u32>, rows: usize, cols: usize) -> GemvMapping {
         let blocks = cols.div_ceil(32);
-        if gpu.is_cpu_class() {
+        if class == DeviceClass::Cpu {
             // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1; a loaded shared machine, so only
             // large differences count): more rows per thread win (each x load feeds them all: 8 beat 4 by
             // 1.5-2x, 4 beat 1 by 3x), and a workgroup of 8 = one SIMD batch of lavapipe avoids running
@@ -56,8 +64,8 @@ impl GemvMapping {
             let (wg, rpt) = if rows >= 256 { (8, 16) } else { (8, 8) };
             return GemvMapping { wg, tpr: 1, rpt };
         }
-        if gpu.features().subgroups {
-            let tpr = gpu.subgroup_size_range().1.clamp(4, 128).next_power_of_two();
+        if let Some(subgroup_max) = subgroup_max {
+            let tpr = subgroup_max.clamp(4, 128).next_power_of_two();
             return if rows >= 8192 {
                 GemvMapping { wg: (4 * tpr).min(256), tpr, rpt: 4 }
             } else {
@@ -467,4 +475,28 @@ fn range_binding(t: &Tensor, start: usize, floats: usize) -> wgpu::BindingResour
         offset: start as u64 * 4,
         size: std::num::NonZeroU64::new(floats as u64 * 4),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table entry is a valid mapping, for every device class and any subgroup size a driver may
+    /// report (Mali 16, Adreno 64 or 128, Intel 8..32, NVIDIA 32, software drivers 1 or 8).
+    #[test]
+    fn every_table_entry_is_valid() {
+        let subgroups = [None, Some(0), Some(1), Some(4), Some(8), Some(16), Some(24), Some(32), Some(64), Some(128)];
+        for class in [DeviceClass::Cpu, DeviceClass::Gpu] {
+            for subgroup_max in subgroups.into_iter().chain([Some(256), Some(u32::MAX)]) {
+                for (rows, cols) in [(1, 32), (192, 576), (1536, 576), (576, 1536), (960, 2560), (32000, 576)] {
+                    let m = GemvMapping::for_device(class, subgroup_max, rows, cols);
+                    assert!(m.check().is_ok(), "{class:?} subgroups {subgroup_max:?} {rows}x{cols}: {m:?}");
+                    if let (DeviceClass::Gpu, Some(size)) = (class, subgroup_max) {
+                        // One row slot per subgroup of the reported size: no slot loop.
+                        assert_eq!(m.tpr, size.clamp(4, 128).next_power_of_two(), "{m:?}");
+                    }
+                }
+            }
+        }
+    }
 }
