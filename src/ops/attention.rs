@@ -19,11 +19,12 @@
 //! and q read as a uniform (on lavapipe each workgroup- or storage-memory load is a per-lane scalar loop,
 //! which the tiled `decode` pays ~4 times per K/V element). It does not split over workgroups, measured
 //! with `cargo bench --bench kernels -- attention` on a 2-core lavapipe (capacity 2048, 9/3 heads, f16):
-//! fixed 128-position chunks (split128 / unsplit = 1.90 at context 128, 1.59 at 512, 0.79 at 2048, all far
-//! behind lanes) and the lane kernel in 2 even chunks ([`Split::LanesChunks`], which should balance 3 KV
-//! heads over 2 host threads: 1.5 rounds instead of 2) at 1.53x / 1.15x / 1.16x the unsplit lane kernel at
-//! contexts 128 / 512 / 2048: the merge pass and the per-workgroup setup and lane merge cost more than
-//! the balance gains here.
+//! fixed 64-position chunks (split64 / unsplit = 2.74 at context 128, 2.03 at 512, 0.93 at 2048, and even
+//! there 7x the lane kernel) and the lane kernel in 2 even chunks ([`Split::LanesChunks`], which should
+//! balance 3 KV heads over 2 host threads: 1.5 rounds instead of 2) at 2.00x / 1.56x / 1.41x the unsplit
+//! lane kernel at contexts 128 / 512 / 2048: the merge pass and the per-workgroup setup and lane merge cost
+//! more than the balance gains here. (Session 6's kernels; 128-position chunks and the older `decode`
+//! measured the same way: split / unsplit 1.90 / 1.59 / 0.79, lanes in 2 chunks 1.53x / 1.15x / 1.16x.)
 
 use bytemuck::{Pod, Zeroable};
 
