@@ -75,7 +75,7 @@ fn check_decode(heads: usize, kv_heads: usize, hd: usize, capacity: usize, conte
 
 #[test]
 fn decode_125m_shape_long_cache() {
-    // 9/3 heads, hd 64, capacity 2048: chunks of 128 (what Auto picks on GPUs); Off is one workgroup per KV
+    // 9/3 heads, hd 64, capacity 2048: chunks of 64 (what Auto picks on GPUs); Off is one workgroup per KV
     // head; Lanes is what Auto picks on CPU devices.
     let splits = [Split::Chunk(DECODE_CHUNK), Split::Off, Split::Auto, Split::Lanes, Split::LanesChunks(2)];
     check_decode(9, 3, 64, 2048, &[1, 2, 63, 64, 65, 511, 2048], &splits);
@@ -83,7 +83,7 @@ fn decode_125m_shape_long_cache() {
 
 #[test]
 fn decode_350m_shape_ragged_capacity() {
-    // 15/5 heads; capacity 300 is not a multiple of the 128 chunk (last chunk partial), full context 300.
+    // 15/5 heads; capacity 300 is not a multiple of the 64 chunk (last chunk partial), full context 300.
     let splits = [Split::Chunk(DECODE_CHUNK), Split::Off, Split::Lanes, Split::LanesChunks(3)];
     check_decode(15, 5, 64, 300, &[1, 2, 64, 65, 129, 300], &splits);
 }
@@ -95,6 +95,17 @@ fn decode_small_heads_and_no_grouping() {
     check_decode(4, 2, 32, 65, &[1, 2, 3, 63, 64, 65], &splits);
     check_decode(8, 8, 32, 128, &[1, 65, 128], &[Split::Auto, Split::Chunk(64), Split::Lanes]);
     check_decode(8, 8, 64, 96, &[1, 33, 96], &[Split::Chunk(40), Split::Lanes]);
+}
+
+/// Head dims that do not tile the decode kernel's 64 threads evenly: 80 (20 quads a row, so 3 position
+/// lanes and 4 threads idle in the V pass), 256 (64 quads: one lane), 12 (3 quads: 21 lanes, 1 idle thread).
+/// The lane kernels take only multiples of 32, so `Lanes` runs the tiled kernel for 80 and 12.
+#[test]
+fn decode_head_dims_off_the_tile() {
+    let splits = [Split::Off, Split::Chunk(DECODE_CHUNK), Split::Chunk(16), Split::Auto, Split::Lanes];
+    check_decode(6, 2, 80, 150, &[1, 64, 65, 150], &splits);
+    check_decode(4, 2, 256, 100, &[1, 63, 100], &splits);
+    check_decode(6, 3, 12, 130, &[1, 2, 64, 129, 130], &splits);
 }
 
 /// Prefill of each n onto an empty (pos 0) and a partly filled cache, with the grid sized for `max_n` rows.
