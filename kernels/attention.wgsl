@@ -467,7 +467,13 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     }
 }
 
-@compute @workgroup_size(WG)
+// `merge` runs MWG threads (the launcher: 8 on CPU drivers, where a wider workgroup runs its SIMD batches as
+// coroutines that switch at every barrier of the trees below; 64 on GPUs), mapped like `decode`'s V pass.
+const MVQ: u32 = min(HQ, MWG);
+const MPL: u32 = MWG / MVQ;
+const MQPT: u32 = (HQ + MWG - 1u) / MWG;
+
+@compute @workgroup_size(MWG)
 fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wg.x;
     let ctx = context_len();
@@ -477,12 +483,12 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     // load latency per chunk, three times): the maxima and the sums by trees in s_sh, the weighted V rows by
     // (chunk lane, quad) like `decode`'s V pass, the lanes merged through v_sh.
     var m = NEG;
-    for (var c = lid; c < used; c += WG) {
+    for (var c = lid; c < used; c += MWG) {
         m = max(m, partials[(first + c) * (HD + 2u)]);
     }
     s_sh[lid] = m;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    for (var s = MWG / 2u; s > 0u; s >>= 1u) {
         if lid < s {
             s_sh[lid] = max(s_sh[lid], s_sh[lid + s]);
         }
@@ -491,28 +497,28 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     m = s_sh[0];
     workgroupBarrier();
     var l = 0.0;
-    for (var c = lid; c < used; c += WG) {
+    for (var c = lid; c < used; c += MWG) {
         let base = (first + c) * (HD + 2u);
         l += partials[base + 1u] * exp(partials[base] - m);
     }
     s_sh[lid] = l;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+    for (var s = MWG / 2u; s > 0u; s >>= 1u) {
         if lid < s {
             s_sh[lid] += s_sh[lid + s];
         }
         workgroupBarrier();
     }
     l = s_sh[0];
-    let lane = lid / VQ;
-    let vq = lid % VQ;
+    let lane = lid / MVQ;
+    let vq = lid % MVQ;
     let width = params.heads * HD;
     let row = last_row();
-    for (var j = 0u; j < QPT; j++) {
-        let d = 4u * (vq + j * WG);
+    for (var j = 0u; j < MQPT; j++) {
+        let d = 4u * (vq + j * MVQ);
         var sum = vec4<f32>(0.0);
-        if lane < PL && d < HD {
-            for (var c = lane; c < used; c += PL) {
+        if lane < MPL && d < HD {
+            for (var c = lane; c < used; c += MPL) {
                 let base = (first + c) * (HD + 2u);
                 let o = base + 2u + d;
                 let v = vec4<f32>(partials[o], partials[o + 1u], partials[o + 2u], partials[o + 3u]);
@@ -522,8 +528,8 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         v_sh[lid] = sum;
         workgroupBarrier();
         if lane == 0u && d < HD {
-            for (var r = 1u; r < PL; r++) {
-                sum += v_sh[r * VQ + vq];
+            for (var r = 1u; r < MPL; r++) {
+                sum += v_sh[r * MVQ + vq];
             }
             for (var c = 0u; c < 4u; c++) {
                 out[row * width + h * HD + d + c] = sum[c] / l;

@@ -32,7 +32,8 @@ use crate::device::{DeviceClass, Gpu};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::ops::{
-    broadcasts_of_8, fits_uniform, make_dispatch, prefix_binding, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM,
+    broadcasts_of_8, fits_uniform, make_dispatch, prefix_binding, small_kernel_workgroup, uniform, Dispatch,
+    StepBuffer, MAX_GROUPS_PER_DIM,
 };
 use crate::shader::{ShaderVariant, ATTENTION};
 use crate::tensor::{DType, Tensor};
@@ -141,13 +142,14 @@ fn check(what: &str, q: &Tensor, cache: &KvCache, out: &Tensor) -> Result<Shape>
     Ok(Shape { heads, group, rows })
 }
 
-fn variant(cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
+fn variant(gpu: &Gpu, cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
     let hd = cache.head_dim();
     ShaderVariant::new()
         .flag_if("F16", cache.dtype() == DType::F16)
         .flag_if("KVTEX", cache.is_texture())
         .flag_if("SPLIT", split)
         .constant("WG", WORKGROUP)
+        .constant("MWG", small_kernel_workgroup(gpu, WORKGROUP))
         .constant("G", group as u32)
         .constant("HD", hd as u32)
         .constant("TK", (PREFILL_TILE_BYTES / (2 * 4 * hd)).max(1) as u32)
@@ -216,7 +218,7 @@ pub fn attention_decode(
     let params = uniform(gpu, "attention params", &Params::new(&shape, cache, chunk_len, n_chunks))?;
     let grid = [cache.kv_heads() as u32, n_chunks as u32, 1];
     if chunk.is_none() {
-        let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, false))?;
+        let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(gpu, cache, shape.group, false))?;
         let q_binding = q.buffer().as_entire_binding();
         let d = single_pass(
             gpu,
@@ -225,7 +227,7 @@ pub fn attention_decode(
         )?;
         return Ok(vec![d]);
     }
-    let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(cache, shape.group, true))?;
+    let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(gpu, cache, shape.group, true))?;
     let q_binding = q.buffer().as_entire_binding();
     let pass = Pass { name: "attention:decode(split)", pipeline, params: &params, step, q: q_binding, kv, grid };
     split_passes(gpu, pass, cache, out, &shape)
@@ -248,7 +250,7 @@ fn split_passes(gpu: &Gpu, pass: Pass<'_>, cache: &KvCache, out: &Tensor, shape:
     let partials = Tensor::zeros_labeled(gpu, "attention partials", DType::F32, &[partial_len])?;
     let (params, step) = (pass.params, pass.step);
     let first = pass_dispatch(gpu, pass, 5, &partials)?;
-    let merge = gpu.pipeline(&ATTENTION, "merge", &variant(cache, shape.group, true))?;
+    let merge = gpu.pipeline(&ATTENTION, "merge", &variant(gpu, cache, shape.group, true))?;
     let second = make_dispatch(
         gpu,
         "attention:merge".into(),
@@ -286,7 +288,7 @@ fn decode_lanes(
     // chunk_len 0: the kernel cuts each step's context into n_chunks even chunks.
     let chunk_len = if split { 0 } else { cache.capacity() };
     let params = uniform(gpu, "attention params", &Params::new(shape, cache, chunk_len, n_chunks))?;
-    let variant = variant(cache, shape.group, split)
+    let variant = variant(gpu, cache, shape.group, split)
         .flag_if("QUNI", q_uniform)
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
@@ -377,7 +379,7 @@ fn prefill(
     let q_binding = q.buffer().as_entire_binding();
     if lanes {
         let pipeline =
-            gpu.pipeline(&ATTENTION, "prefill_lanes", &variant(cache, shape.group, false).flag("SUBGROUPS"))?;
+            gpu.pipeline(&ATTENTION, "prefill_lanes", &variant(gpu, cache, shape.group, false).flag("SUBGROUPS"))?;
         let grid = [cache.kv_heads() as u32, shape.rows.div_ceil(8) as u32, 1];
         return single_pass(
             gpu,
@@ -385,7 +387,7 @@ fn prefill(
             out,
         );
     }
-    let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(cache, shape.group, false))?;
+    let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(gpu, cache, shape.group, false))?;
     let grid = [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1];
     single_pass(gpu, Pass { name: "attention:prefill", pipeline, params: &params, step, q: q_binding, kv, grid }, out)
 }
