@@ -55,7 +55,7 @@ pub static ATTENTION: KernelSource = kernel!(
     "attention",
     flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS", "KVTEX"],
     choices: &[],
-    consts: &[("WG", 64), ("G", 3), ("HD", 64), ("TK", 16), ("WL", 16), ("QV4", 144)]
+    consts: &[("WG", 64), ("MWG", 64), ("G", 3), ("HD", 64), ("TK", 16), ("WL", 16), ("QV4", 144)]
 );
 
 /// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
