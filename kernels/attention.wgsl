@@ -57,31 +57,23 @@ fn kv_texel(t: u32) -> vec4<u32> {
 @group(0) @binding(3) var<storage, read> kv: array<f32>;
 #endif
 
-// Cache element i, and elements i .. i+3 (i a multiple of 4).
-fn kv1(i: u32) -> f32 {
-#if KVTEX && F16
-    let w = unpack2x16float(kv_texel(i >> 3u)[(i >> 1u) & 3u]);
-    return select(w.x, w.y, (i & 1u) == 1u);
-#elif KVTEX
-    return bitcast<f32>(kv_texel(i >> 2u)[i & 3u]);
-#elif F16
-    let w = unpack2x16float(kv[i >> 1u]);
-    return select(w.x, w.y, (i & 1u) == 1u);
-#else
-    return kv[i];
-#endif
+#if F16
+// Four f16 from a pair of words.
+fn kv_f16x4(pair: vec2<u32>) -> vec4<f32> {
+    return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
 }
+#endif
 
+// Cache elements i .. i+3 (i a multiple of 4).
 fn kv4(i: u32) -> vec4<f32> {
 #if KVTEX && F16
     let w = kv_texel(i >> 3u);
-    let pair = select(w.xy, w.zw, (i & 4u) == 4u);
-    return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
+    return kv_f16x4(select(w.xy, w.zw, (i & 4u) == 4u));
 #elif KVTEX
     return bitcast<vec4<f32>>(kv_texel(i >> 2u));
 #elif F16
     let o = i >> 1u;
-    return vec4<f32>(unpack2x16float(kv[o]), unpack2x16float(kv[o + 1u]));
+    return kv_f16x4(vec2<u32>(kv[o], kv[o + 1u]));
 #else
     return vec4<f32>(kv[i], kv[i + 1u], kv[i + 2u], kv[i + 3u]);
 #endif
@@ -89,15 +81,7 @@ fn kv4(i: u32) -> vec4<f32> {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
 
-// Element i of q, and its i4-th vec4 (QUNI: q is a uniform of QV4 vec4, every lane reading the same value).
-fn qval(i: u32) -> f32 {
-#if QUNI
-    return qu[i >> 2u][i & 3u];
-#else
-    return q[i];
-#endif
-}
-
+// The i4-th vec4 of q (QUNI: q is a uniform of QV4 vec4, every lane reading the same value).
 fn q4(i4: u32) -> vec4<f32> {
 #if QUNI
     return qu[i4];
@@ -388,12 +372,6 @@ fn kv_own8(i: u32) -> array<vec4<f32>, 8> {
                                kv4(i + 24u), kv4(i + 28u));
 #endif
 }
-
-#if KVTEX && F16
-fn kv_f16x4(pair: vec2<u32>) -> vec4<f32> {
-    return vec4<f32>(unpack2x16float(pair.x), unpack2x16float(pair.y));
-}
-#endif
 
 var<workgroup> lane_m: array<f32, WL * G>;
 var<workgroup> lane_l: array<f32, WL * G>;

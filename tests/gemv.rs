@@ -165,6 +165,7 @@ fn fused_norm_every_mapping() {
                 let norm: Vec<f32> = random_vec(cols as u64 + 17, cols).iter().map(|v| 1.0 + 0.5 * v).collect();
                 let normed: Vec<f32> = x.chunks(cols).flat_map(|row| reference::rms_norm(row, &norm, eps)).collect();
                 let want = reference::gemv(&host, &normed);
+                let deq = host.dequantize();
                 let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
                 let norm_gpu = Tensor::from_slice(gpu, &[cols], &norm).unwrap();
                 let y0 = vec![0.0; n * rows];
@@ -177,7 +178,7 @@ fn fused_norm_every_mapping() {
                     let got = y_gpu.read::<f32>(gpu).unwrap();
                     let what = format!("norm+gemv {wtype} {rows}x{cols} n={n} {m:?} [{}]", gpu.features());
                     let shape = ProductShape { n, rows, cols, offset: 0, total: rows, accumulate: false };
-                    assert_product(&what, &shape, (&got, &y0), (&want, &host.dequantize(), &normed), norm_tolerance);
+                    assert_product(&what, &shape, (&got, &y0), (&want, &deq, &normed), norm_tolerance);
                 }
             }
         }

@@ -108,17 +108,18 @@ checks() {
     # benchmarks must still run after a hung test.
     local failed=0 deadline=$((SECONDS + ${DEVICE_BENCH_CHECK_S:-240}))
     left() { local s=$((deadline - SECONDS)); [ "$s" -gt 100 ] && s=100; echo "$s"; }
-    for t in $GPU_TESTS; do
-        [ "$(left)" -gt 5 ] || { say "check budget spent: skipping test $t"; failed=1; continue; }
-        say "test $t"
-        timeout "$(left)" "$tests/$t" -q 2>&1 | grep -E "^test result|FAILED|panicked|failed|test device" | sort -u ||
-            failed=1
-    done
+    # One test binary within what is left of the budget; further arguments are environment assignments.
+    one() {
+        local t=$1 label=$2
+        shift 2
+        [ "$(left)" -gt 5 ] || { say "check budget spent: skipping test $label"; failed=1; return; }
+        say "test $label"
+        env "$@" timeout "$(left)" "$tests/$t" -q 2>&1 | grep -E "^test result|FAILED|panicked|failed|test device" |
+            sort -u || failed=1
+    }
+    for t in $GPU_TESTS; do one "$t" "$t"; done
     for t in gemv gemm model; do
-        [[ " $GPU_TESTS " == *" $t "* ]] || continue
-        [ "$(left)" -gt 5 ] || { say "check budget spent: skipping test $t (textures)"; failed=1; continue; }
-        say "test $t (weights in textures)"
-        MOBILELLM_WEIGHTS=texture timeout "$(left)" "$tests/$t" -q 2>&1 | grep -E "^test result|FAILED|panicked" || failed=1
+        if [[ " $GPU_TESTS " == *" $t "* ]]; then one "$t" "$t (weights in textures)" MOBILELLM_WEIGHTS=texture; fi
     done
     say "demo check (synthetic 125M-LS vs the CPU reference)"
     local decode=128
