@@ -166,8 +166,52 @@ fn store(batch: u32, row: u32, value: f32) {
     }
 }
 
+#if GROUP8
+// acc[base .. base+8] += v.
+fn add8(acc: ptr<function, array<f32, OUTS>>, base: u32, v: array<f32, 8>) {
+    (*acc)[base] += v[0];
+    (*acc)[base + 1u] += v[1];
+    (*acc)[base + 2u] += v[2];
+    (*acc)[base + 3u] += v[3];
+    (*acc)[base + 4u] += v[4];
+    (*acc)[base + 5u] += v[5];
+    (*acc)[base + 6u] += v[6];
+    (*acc)[base + 7u] += v[7];
+}
+
+// dot_rows for one thread owning whole rows (TPR == 1, RPT 8 or 16) of a texture weight whose row count and
+// out_rows are multiples of 8 (launcher): each group of 8 rows is one `weight_dot32_x8` per block, its
+// scales one texel. Written out: the loop over RPT with a loop-indexed accumulator kept `acc` in memory on
+// lavapipe, and per-row scale fetches were a second texel fetch per block and row.
+fn dot_rows_x8(r0: u32, batch: u32) -> array<f32, OUTS> {
+    var acc: array<f32, OUTS>;
+    // Groups past the end redo the last group (never stored).
+    let last8 = params.out_rows - 8u;
+    let ra = min(r0, last8);
+    let rb = min(r0 + 8u, last8);
+    let xbase = batch * params.w.cols;
+    for (var b = 0u; b < params.w.blocks; b++) {
+        let xv = load_x(xbase, b, params.w.cols);
+        add8(&acc, 0u, weight_dot32_x8(params.w, weight_block(params.w, ra, b), xv));
+        if RPT == 16u {
+            add8(&acc, 8u, weight_dot32_x8(params.w, weight_block(params.w, rb, b), xv));
+        }
+#if SWIGLU
+        add8(&acc, RPT, weight_dot32_x8(params.w, weight_block(params.w, ra + params.up_row, b), xv));
+        if RPT == 16u {
+            add8(&acc, RPT + 8u, weight_dot32_x8(params.w, weight_block(params.w, rb + params.up_row, b), xv));
+        }
+#endif
+    }
+    return acc;
+}
+#endif
+
 // Partial dots of rows r0 .. r0+RPT-1 over the blocks first, first+step, ...
 fn dot_rows(r0: u32, batch: u32, first: u32, step: u32) -> array<f32, OUTS> {
+#if GROUP8
+    return dot_rows_x8(r0, batch);
+#else
     var acc: array<f32, OUTS>;
     let last = params.out_rows - 1u;
     let xbase = batch * params.w.cols;
@@ -183,6 +227,7 @@ fn dot_rows(r0: u32, batch: u32, first: u32, step: u32) -> array<f32, OUTS> {
         }
     }
     return acc;
+#endif
 }
 
 @compute @workgroup_size(WG)

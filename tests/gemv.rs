@@ -34,16 +34,20 @@ impl Case {
 }
 
 fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
+    check_uploaded(gpu, host, &GpuWeight::upload(gpu, host).unwrap(), c);
+}
+
+/// [`check`] with the weight already uploaded (`w` holds `host`).
+fn check_uploaded(gpu: &Gpu, host: &HostWeight, w: &GpuWeight, c: &Case) {
     let (rows, cols, n) = (c.rows, c.cols, c.n);
-    let w = GpuWeight::upload(gpu, host).unwrap();
     let x = random_vec(cols as u64 + n as u64 * 13, n * cols);
     let total = c.offset + rows + c.extra;
     let y0 = random_vec(99, n * total);
     let x_gpu = Tensor::from_slice(gpu, &[n, cols], &x).unwrap();
     let y_gpu = Tensor::from_slice(gpu, &[n, total], &y0).unwrap();
     let d = match c.mapping {
-        Some(m) => gemv_with(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate, m).unwrap(),
-        None => gemv(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap(),
+        Some(m) => gemv_with(gpu, w, &x_gpu, &y_gpu, c.offset, c.accumulate, m).unwrap(),
+        None => gemv(gpu, w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap(),
     };
     ops::run(gpu, &[&d]).unwrap();
     let got = y_gpu.read::<f32>(gpu).unwrap();
@@ -136,6 +140,28 @@ fn every_mapping() {
                 let m = Some(GemvMapping { wg, tpr, rpt });
                 check(gpu, &host, &Case { mapping: m, ..Case::new(wtype, 70, 576, 2) });
                 check(gpu, &host_odd, &Case { mapping: m, ..Case::new(wtype, 9, 1088, 1) });
+            }
+        }
+    }
+}
+
+/// Rows taken 8 at a time (`GROUP8`: one thread owns 8 or 16 rows of a texture weight whose rows are a
+/// multiple of 8): row counts that end in a short texture tile (136 = 128 + 8, 200 = 128 + 72), that leave a
+/// thread's second group (24 at 16 rows per thread) or every group of some threads (8) past the end, on
+/// both devices with the weights forced into textures.
+#[test]
+fn groups_of_eight_rows() {
+    use mobilellm_kernels::WeightStorage;
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            for (rows, cols) in [(8, 64), (24, 576), (136, 96), (200, 576)] {
+                let host = weight(wtype, rows, cols);
+                let w = GpuWeight::upload_as(gpu, &host, WeightStorage::Texture).unwrap();
+                for (wg, rpt) in [(8, 8), (16, 16)] {
+                    let m = GemvMapping { wg, tpr: 1, rpt };
+                    let case = Case { mapping: Some(m), accumulate: true, ..Case::new(wtype, rows, cols, 2) };
+                    check_uploaded(gpu, &host, &w, &case);
+                }
             }
         }
     }
