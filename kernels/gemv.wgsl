@@ -78,6 +78,15 @@ fn norm_val(i: u32) -> f32 {
 #endif
 }
 
+// norm_w[c .. c+4] (c + 3 < cols; under XUNI c is a multiple of 4, as cols is).
+fn norm4(c: u32) -> vec4<f32> {
+#if XUNI
+    return norm_u[c >> 2u];
+#else
+    return vec4<f32>(norm_w[c], norm_w[c + 1u], norm_w[c + 2u], norm_w[c + 3u]);
+#endif
+}
+
 fn set_inv_rms(sum_sq: f32) {
     inv_rms = inverseSqrt(sum_sq / f32(params.w.cols) + params.eps);
 }
@@ -132,10 +141,30 @@ const RPW: u32 = SLOTS * RPT;
 
 var<workgroup> partial: array<f32, WG * OUTS>;
 
+#if XBCAST && SUBGROUPS
+// This thread's lane within its group of 8 (XBCAST: x shared by subgroup broadcasts).
+var<private> x_lane: u32;
+#endif
+
 // x[base + 32*block ..] as 8 vec4, zero past `cols` (only f32/f16 weights have a partial last block).
 fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
     let c0 = block * 32u;
     var v: array<vec4<f32>, 8>;
+#if XBCAST && SUBGROUPS
+    // Every lane needs the same 32 values (TPR == 1, XUNI): lane l of each 8 loads columns 4l .. 4l+3 and
+    // subgroup broadcasts hand them to the others, one uniform gather instead of eight (on lavapipe a
+    // uniform load at a varying address is a SIMD gather, a broadcast a register shuffle).
+    let c = c0 + 4u * x_lane;
+    let at = min(c, cols - 4u);
+    var mine = select(vec4<f32>(0.0), x4(base + at), c < cols);
+#if NORM
+    // The norm weight travels with x: applied before the broadcasts.
+    mine *= inv_rms * norm4(at);
+#endif
+    return array<vec4<f32>, 8>(subgroupBroadcast(mine, 0u), subgroupBroadcast(mine, 1u), subgroupBroadcast(mine, 2u),
+                               subgroupBroadcast(mine, 3u), subgroupBroadcast(mine, 4u), subgroupBroadcast(mine, 5u),
+                               subgroupBroadcast(mine, 6u), subgroupBroadcast(mine, 7u));
+#else
     if c0 + 32u <= cols {
         let o = base + c0;
         v = array<vec4<f32>, 8>(x4(o), x4(o + 4u), x4(o + 8u), x4(o + 12u), x4(o + 16u), x4(o + 20u),
@@ -149,12 +178,25 @@ fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
         }
     }
 #if NORM
-    for (var k = 0u; k < 8u; k++) {
-        let c = min(vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(cols - 1u));
-        v[k] *= inv_rms * vec4<f32>(norm_val(c.x), norm_val(c.y), norm_val(c.z), norm_val(c.w));
+    if c0 + 32u <= cols {
+        // Written out: a loop-indexed `v` would live in memory on a CPU driver.
+        v[0] *= inv_rms * norm4(c0);
+        v[1] *= inv_rms * norm4(c0 + 4u);
+        v[2] *= inv_rms * norm4(c0 + 8u);
+        v[3] *= inv_rms * norm4(c0 + 12u);
+        v[4] *= inv_rms * norm4(c0 + 16u);
+        v[5] *= inv_rms * norm4(c0 + 20u);
+        v[6] *= inv_rms * norm4(c0 + 24u);
+        v[7] *= inv_rms * norm4(c0 + 28u);
+    } else {
+        for (var k = 0u; k < 8u; k++) {
+            let c = min(vec4<u32>(c0 + 4u * k) + vec4<u32>(0u, 1u, 2u, 3u), vec4<u32>(cols - 1u));
+            v[k] *= inv_rms * vec4<f32>(norm_val(c.x), norm_val(c.y), norm_val(c.z), norm_val(c.w));
+        }
     }
 #endif
     return v;
+#endif
 }
 
 fn store(batch: u32, row: u32, value: f32) {
@@ -242,6 +284,9 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 ) {
     let batch = wg.y;
     let row0 = wg.x * RPW;
+#if XBCAST && SUBGROUPS
+    x_lane = sg_lane & 7u;
+#endif
 #if NORM
     // With TPR > 1 (GPUs) the threads share the sum of squares: one thread alone would make ~cols
     // dependent loads before its first weight, the latency every workgroup of the dispatch then waits on.
