@@ -45,11 +45,19 @@ struct Params {
 // KVTEX: the slot is an rgba32uint texture of the same bytes (`src/kv_cache.rs`): 16 bytes per texel,
 // KV_ROW texels per row; one texel fetch is one SIMD gather on lavapipe.
 #if KVTEX
+#if IMGREAD
+@group(0) @binding(3) var kv_tex: texture_storage_2d<rgba32uint, read>;
+#else
 @group(0) @binding(3) var kv_tex: texture_2d<u32>;
+#endif
 const KV_ROW: u32 = 4096u;
 
 fn kv_texel(t: u32) -> vec4<u32> {
+#if IMGREAD
+    return textureLoad(kv_tex, vec2<u32>(t % KV_ROW, t / KV_ROW));
+#else
     return textureLoad(kv_tex, vec2<u32>(t % KV_ROW, t / KV_ROW), 0);
+#endif
 }
 #elif F16
 @group(0) @binding(3) var<storage, read> kv: array<u32>;

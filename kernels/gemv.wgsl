@@ -27,7 +27,11 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 #if WTEX
+#if IMGREAD
+@group(0) @binding(1) var weights_tex: texture_storage_2d<rgba32uint, read>;
+#else
 @group(0) @binding(1) var weights_tex: texture_2d<u32>;
+#endif
 #else
 @group(0) @binding(1) var<storage, read> weights: array<u32>;
 #endif

@@ -31,7 +31,11 @@ struct Params {
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> norm_w: array<f32>;
 #if WTEX
+#if IMGREAD
+@group(0) @binding(4) var weights_tex: texture_storage_2d<rgba32uint, read>;
+#else
 @group(0) @binding(4) var weights_tex: texture_2d<u32>;
+#endif
 #else
 @group(0) @binding(4) var<storage, read> weights: array<u32>;
 #endif

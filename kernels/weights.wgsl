@@ -3,6 +3,7 @@
 //     @group(0) @binding(N) var<storage, read> weights: array<u32>;
 // or, with WTEX (weights in an rgba32uint texture, `WeightStorage::Texture`),
 //     @group(0) @binding(N) var weights_tex: texture_2d<u32>;
+// (with IMGREAD `texture_storage_2d<rgba32uint, read>`: a read-only storage texture, `TextureReads::Storage`)
 // and passes a `WeightDesc` (filled by `GpuWeight::desc()`, usually part of its params uniform).
 // Every read goes through `wquad` (4 aligned words) or `wword`: on lavapipe a texel fetch is a SIMD
 // gather while each storage-buffer word is a per-lane scalar loop, so quads are fetched whole.
@@ -16,7 +17,11 @@
 #if WEIGHTS_STANDALONE
 // Only for compiling this file on its own (portability test); includers declare `weights` themselves.
 #if WTEX
+#if IMGREAD
+@group(0) @binding(0) var weights_tex: texture_storage_2d<rgba32uint, read>;
+#else
 @group(0) @binding(0) var weights_tex: texture_2d<u32>;
+#endif
 #else
 @group(0) @binding(0) var<storage, read> weights: array<u32>;
 #endif
@@ -27,7 +32,11 @@
 const WTEX_ROW: u32 = 4096u;
 
 fn wquad(t: u32) -> vec4<u32> {
+#if IMGREAD
+    return textureLoad(weights_tex, vec2<u32>(t % WTEX_ROW, t / WTEX_ROW));
+#else
     return textureLoad(weights_tex, vec2<u32>(t % WTEX_ROW, t / WTEX_ROW), 0);
+#endif
 }
 
 fn wword(o: u32) -> u32 {

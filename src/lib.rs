@@ -41,7 +41,7 @@ pub mod shader;
 pub mod tensor;
 pub mod tokenizer;
 
-pub use device::{DeviceClass, FeatureSet, Gpu, GpuOptions, WeightStorage};
+pub use device::{DeviceClass, FeatureSet, Gpu, GpuOptions, TextureReads, WeightStorage};
 pub use error::{Error, Result};
 pub use tensor::{DType, Tensor};
 

@@ -53,7 +53,7 @@ pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choice
 /// with SUBGROUPS `prefill_lanes` for CPU drivers (8 query rows per workgroup, K/V shared by broadcasts).
 pub static ATTENTION: KernelSource = kernel!(
     "attention",
-    flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS", "KVTEX"],
+    flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS", "KVTEX", "IMGREAD"],
     choices: &[],
     consts: &[("WG", 64), ("MWG", 64), ("G", 3), ("HD", 64), ("TK", 16), ("WL", 16), ("QV4", 144)]
 );
@@ -64,12 +64,12 @@ pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], co
 /// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
 /// binding that includers declare themselves.
 pub static WEIGHTS: KernelSource =
-    kernel!("weights", flags: &["WTEX"], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
+    kernel!("weights", flags: &["WTEX", "IMGREAD"], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
 /// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write.
 pub static QKV_ROPE: KernelSource = kernel!(
     "qkv_rope",
-    flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX"],
+    flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX", "IMGREAD"],
     choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
     consts: &[("WG", 64), ("RWG", 8), ("HD", 64), ("XV4", 400)]
 );
@@ -78,15 +78,15 @@ pub static QKV_ROPE: KernelSource = kernel!(
 /// `XUNI`: x and the norm weight read as uniforms of `XV4` / `NV4` vec4; entry `gemv_window` (needs XUNI):
 /// a window of `XN` vectors, 8 per lane, for prefill on CPU devices; `GROUP8`: a thread's rows 8 at a time
 /// with one scale texel per group; `XBCAST`: x shared among lanes by subgroup broadcasts).
-pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "SWIGLU", "WTEX", "XUNI", "GROUP8", "XBCAST"], choices: &[WEIGHT_FLAGS],
+pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "SWIGLU", "WTEX", "XUNI", "GROUP8", "XBCAST", "IMGREAD"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("TPR", 8), ("RPT", 4), ("XV4", 144), ("NV4", 144), ("XN", 1)]);
 
 /// Embedding lookup: token ids to rows of a weight matrix of any type, over row chunks.
 pub static EMBEDDING: KernelSource =
-    kernel!("embedding", flags: &["STEP_N", "WTEX"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
+    kernel!("embedding", flags: &["STEP_N", "WTEX", "IMGREAD"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
 
 /// Tiled matrix-matrix products (prefill) for every weight type.
-pub static GEMM: KernelSource = kernel!("gemm", flags: &["WTEX"], choices: &[WEIGHT_FLAGS], consts: &[]);
+pub static GEMM: KernelSource = kernel!("gemm", flags: &["WTEX", "IMGREAD"], choices: &[WEIGHT_FLAGS], consts: &[]);
 
 /// The per-step uniform struct (`#include step`), mirroring `ops::StepParams`.
 pub static STEP: KernelSource = kernel!("step", flags: &[], choices: &[], consts: &[]);

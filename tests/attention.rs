@@ -12,7 +12,7 @@
 //! rel 1e-4.
 mod common;
 
-use common::{assert_close, gpus, random_vec};
+use common::{assert_close, gpus, other_texture_reads_gpu, random_vec};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::attention::{
     attention_decode, attention_prefill, attention_prefill_tiled, Split, DECODE_CHUNK,
@@ -43,7 +43,7 @@ fn step(gpu: &Gpu, buf: &StepBuffer, pos: usize, n: usize) {
 
 /// Builds the decode dispatches once per split mode and reuses them for every context (as the planner does).
 fn check_decode(heads: usize, kv_heads: usize, hd: usize, capacity: usize, contexts: &[usize], splits: &[Split]) {
-    for gpu in gpus() {
+    for gpu in gpus().iter().chain(other_texture_reads_gpu()) {
         let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 131 + capacity) as u64);
         assert_eq!(cache.dtype(), if gpu.features().f16 { DType::F16 } else { DType::F32 });
         let buf = StepBuffer::new(gpu).unwrap();
@@ -112,7 +112,7 @@ fn decode_head_dims_off_the_tile() {
 /// The full-feature device runs both kernels (`prefill_lanes`, what `attention_prefill` picks on CPU
 /// devices, and the tiled one); the bare device (no subgroups) has only the tiled one.
 fn check_prefill(heads: usize, kv_heads: usize, hd: usize, capacity: usize, max_n: usize, cases: &[(usize, usize)]) {
-    for (gpu, tiled) in gpus().iter().flat_map(|g| [(g, false), (g, true)]) {
+    for (gpu, tiled) in gpus().iter().chain(other_texture_reads_gpu()).flat_map(|g| [(g, false), (g, true)]) {
         if tiled && !gpu.features().subgroups {
             continue; // the bare device's default is already the tiled kernel
         }

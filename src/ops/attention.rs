@@ -28,7 +28,7 @@
 
 use bytemuck::{Pod, Zeroable};
 
-use crate::device::{DeviceClass, Gpu};
+use crate::device::{DeviceClass, Gpu, TextureReads};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::ops::{
@@ -147,6 +147,7 @@ fn variant(gpu: &Gpu, cache: &KvCache, group: usize, split: bool) -> ShaderVaria
     ShaderVariant::new()
         .flag_if("F16", cache.dtype() == DType::F16)
         .flag_if("KVTEX", cache.is_texture())
+        .flag_if("IMGREAD", cache.is_texture() && gpu.texture_reads() == TextureReads::Storage)
         .flag_if("SPLIT", split)
         .constant("WG", WORKGROUP)
         .constant("MWG", small_kernel_workgroup(gpu, WORKGROUP))

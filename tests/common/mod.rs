@@ -4,11 +4,14 @@
 use std::cell::Cell;
 use std::sync::{Condvar, Mutex, OnceLock};
 
-use mobilellm_kernels::{FeatureSet, Gpu, GpuOptions, WeightStorage};
+use mobilellm_kernels::{FeatureSet, Gpu, GpuOptions, TextureReads, WeightStorage};
 
 /// The two feature sets every kernel is tested under: everything the adapter offers, and nothing.
-/// The first keeps weights where the device prefers them (textures on CPU drivers), the second in storage
-/// buffers, so both weight storages are exercised on every machine (`MOBILELLM_WEIGHTS` fixes both).
+/// The first keeps weights where the device prefers them (textures on CPU drivers) and reads textures its
+/// preferred way (storage reads where offered), the second keeps weights in storage buffers and reads
+/// textures (its KV cache, and weights a test puts in textures) as sampled textures, so both weight storages
+/// and both texture reads are exercised on every machine (`MOBILELLM_WEIGHTS` / `MOBILELLM_TEXTURE_READS`
+/// fix both).
 /// Panics (fails the test loudly) when there is no adapter: GPU tests must never pass silently.
 ///
 /// On the GL backend the returned guard also holds a process-wide lock until it is dropped (the end of
@@ -22,12 +25,16 @@ pub fn gpus() -> Gpus {
     let list = GPUS.get_or_init(|| {
         let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
         [
-            (FeatureSet::ALL, base.weight_storage),
-            (FeatureSet::NONE, base.weight_storage.or(Some(WeightStorage::Buffer))),
+            (FeatureSet::ALL, base.weight_storage, base.texture_reads),
+            (
+                FeatureSet::NONE,
+                base.weight_storage.or(Some(WeightStorage::Buffer)),
+                base.texture_reads.or(Some(TextureReads::Sampled)),
+            ),
         ]
         .into_iter()
-        .map(|(features, storage)| {
-            let options = GpuOptions { weight_storage: storage, ..base.clone() };
+        .map(|(features, storage, texture_reads)| {
+            let options = GpuOptions { weight_storage: storage, texture_reads, ..base.clone() };
             let gpu = Gpu::with_options(&options.features(base.features.intersect(features)))
                 .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
             eprintln!("test device: {}", gpu.describe());
@@ -37,6 +44,30 @@ pub fn gpus() -> Gpus {
     });
     let serialize = list.iter().any(|g| g.backend() == wgpu::Backend::Gl);
     Gpus { list, _guard: serialize.then(GlGuard::acquire) }
+}
+
+/// A third device for kernels that read KV-cache textures: weights (and so the KV cache) in textures, read
+/// the way the first of [`gpus`] does not (sampled where that one reads storage textures, and the reverse
+/// where the adapter offers storage reads), so both texture reads of the attention kernels are checked.
+/// `None` on GL (its tests run one device at a time) or where the adapter offers only sampled reads and the
+/// first device already uses them.
+pub fn other_texture_reads_gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let first = &gpus()[0];
+        if first.backend() == wgpu::Backend::Gl {
+            return None;
+        }
+        let reads = match first.texture_reads() {
+            TextureReads::Storage => TextureReads::Sampled,
+            TextureReads::Sampled => TextureReads::Storage,
+        };
+        let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
+        let gpu = Gpu::with_options(&base.weight_storage(WeightStorage::Texture).texture_reads(reads)).ok()?;
+        eprintln!("test device: {}", gpu.describe());
+        Some(gpu)
+    })
+    .as_ref()
 }
 
 /// The test devices, plus (on GL) the process-wide GPU lock; see [`gpus`].
