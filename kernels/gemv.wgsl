@@ -153,7 +153,6 @@ var<private> x_lane: u32;
 // x[base + 32*block ..] as 8 vec4, zero past `cols` (only f32/f16 weights have a partial last block).
 fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
     let c0 = block * 32u;
-    var v: array<vec4<f32>, 8>;
 #if XBCAST && SUBGROUPS
     // Every lane needs the same 32 values (TPR == 1, XUNI): lane l of each 8 loads columns 4l .. 4l+3 and
     // subgroup broadcasts hand them to the others, one uniform gather instead of eight (on lavapipe a
@@ -169,6 +168,7 @@ fn load_x(base: u32, block: u32, cols: u32) -> array<vec4<f32>, 8> {
                                subgroupBroadcast(mine, 3u), subgroupBroadcast(mine, 4u), subgroupBroadcast(mine, 5u),
                                subgroupBroadcast(mine, 6u), subgroupBroadcast(mine, 7u));
 #else
+    var v: array<vec4<f32>, 8>;
     if c0 + 32u <= cols {
         let o = base + c0;
         v = array<vec4<f32>, 8>(x4(o), x4(o + 4u), x4(o + 8u), x4(o + 12u), x4(o + 16u), x4(o + 20u),

@@ -24,7 +24,7 @@
 
 use half::{bf16, f16};
 
-use crate::device::{Gpu, TextureReads, WeightStorage};
+use crate::device::{Gpu, WeightStorage};
 use crate::error::{Error, Result};
 use crate::shader::ShaderVariant;
 
@@ -542,9 +542,8 @@ pub fn tiled_block(rows: usize, blocks: usize, row: usize, block: usize) -> usiz
 #[derive(Debug, Clone)]
 enum Storage {
     Buffer(wgpu::Buffer),
-    // The view alone keeps the texture alive; the handle stays to make ownership plain.
-    // `storage_reads`: bound as a read-only storage texture (`TextureReads::Storage`), else sampled.
-    Texture { _texture: wgpu::Texture, view: wgpu::TextureView, storage_reads: bool },
+    // Its usage says how kernels read it: STORAGE_BINDING (`TextureReads::Storage`) or TEXTURE_BINDING.
+    Texture { texture: wgpu::Texture, view: wgpu::TextureView },
 }
 
 /// A weight matrix on the GPU, in the layout of [`HostWeight`], kept in a storage buffer or a texture
@@ -617,8 +616,7 @@ impl GpuWeight {
                     texture.size(),
                 );
                 let view = texture.create_view(&Default::default());
-                let storage_reads = gpu.texture_reads() == TextureReads::Storage;
-                (Storage::Texture { _texture: texture, view, storage_reads }, (width * height * 16) as u64)
+                (Storage::Texture { texture, view }, (width * height * 16) as u64)
             }
         };
         Ok(GpuWeight { storage, wtype: host.wtype, rows: host.rows, cols: host.cols, desc: host.desc(), size })
@@ -651,7 +649,8 @@ impl GpuWeight {
     /// `variant` with this weight's type flag, `WTEX` when it lives in a texture and `IMGREAD` when that
     /// texture is read as a storage texture.
     pub fn variant(&self, variant: ShaderVariant) -> ShaderVariant {
-        let storage_reads = matches!(self.storage, Storage::Texture { storage_reads: true, .. });
+        let storage_reads = matches!(&self.storage,
+            Storage::Texture { texture, .. } if texture.usage().contains(wgpu::TextureUsages::STORAGE_BINDING));
         variant
             .flag(self.wtype.flag())
             .flag_if("WTEX", self.storage() == WeightStorage::Texture)
