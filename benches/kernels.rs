@@ -8,7 +8,8 @@
 //! ([`common::Bench::add_block`]); rows that compare ways of doing the same work interleave their runs
 //! ([`common::Bench::add_blocks`]). A name filter matches `family name` (e.g. `attention 9/3`).
 //! `MOBILELLM_BENCH_RUNS` sets the timed runs per row; `GEMV_SWEEP=1` / `FFN_SWEEP=1` sweep the GEMV and
-//! the NORM+SWIGLU GEMV thread mappings instead.
+//! the NORM+SWIGLU GEMV thread mappings instead, `GEMM_SWEEP=1` the prefill product's, and `ATTN_SWEEP=1`
+//! times one decode-attention tile at 1..128 positions.
 #[path = "kernels/attention.rs"]
 mod attention;
 mod common;
@@ -152,6 +153,10 @@ fn main() {
     }
     if std::env::var("GEMV_SWEEP").is_ok() {
         sweep_gemv(&mut b);
+        return;
+    }
+    if std::env::var("ATTN_SWEEP").is_ok() {
+        attention::sweep_attention(&mut b);
         return;
     }
     if std::env::var("FFN_SWEEP").is_ok() {

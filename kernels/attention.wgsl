@@ -169,11 +169,20 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         let p = t0 + lid;
         var dots: array<f32, G>;
         if p < end {
+            // Four quads of the key per turn, all loaded before any is used: a GPU keeps the four loads in
+            // flight whether or not its compiler unrolls the loop (one quad per turn cost a memory round
+            // trip each: on an H100 ~10 µs of a one-position step).
             let kb = k_base + p * HD;
-            for (var d = 0u; d < HD; d += 4u) {
-                let k4 = kv4(kb + d);
+            for (var d4 = 0u; d4 < HQ; d4 += 4u) {
+                let k0 = kv4(kb + 4u * d4);
+                let k1 = select(vec4<f32>(0.0), kv4(kb + 4u * min(d4 + 1u, HQ - 1u)), d4 + 1u < HQ);
+                let k2 = select(vec4<f32>(0.0), kv4(kb + 4u * min(d4 + 2u, HQ - 1u)), d4 + 2u < HQ);
+                let k3 = select(vec4<f32>(0.0), kv4(kb + 4u * min(d4 + 3u, HQ - 1u)), d4 + 3u < HQ);
                 for (var g = 0u; g < G; g++) {
-                    dots[g] += dot(k4, q_sh[g * HQ + d / 4u]);
+                    let qb = g * HQ;
+                    let qe = qb + HQ - 1u;
+                    dots[g] += (dot(k0, q_sh[qb + d4]) + dot(k1, q_sh[min(qb + d4 + 1u, qe)]))
+                        + (dot(k2, q_sh[min(qb + d4 + 2u, qe)]) + dot(k3, q_sh[min(qb + d4 + 3u, qe)]));
                 }
             }
         }
@@ -183,10 +192,14 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         workgroupBarrier();
         // 2. New running max per head, and the factor that rescales what was accumulated so far.
         if lid < G {
-            var tmax = NEG;
-            for (var j = 0u; j < cnt; j++) {
-                tmax = max(tmax, s_sh[lid * WG + j]);
+            // Four running maxima (positions past cnt repeat the last): a quarter of the dependent steps.
+            var m4 = vec4<f32>(NEG);
+            let sb = lid * WG;
+            for (var j = 0u; j < cnt; j += 4u) {
+                m4 = max(m4, vec4<f32>(s_sh[sb + j], s_sh[sb + min(j + 1u, cnt - 1u)], s_sh[sb + min(j + 2u, cnt - 1u)],
+                                       s_sh[sb + min(j + 3u, cnt - 1u)]));
             }
+            let tmax = max(max(m4.x, m4.y), max(m4.z, m4.w));
             let m_old = m_sh[lid];
             let m_new = max(m_old, tmax);
             c_sh[lid] = exp(m_old - m_new);
@@ -208,25 +221,28 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
         }
         if v_live {
             for (var t = lane; t < cnt; t += 4u * PL) {
-                var ts: array<u32, 4>;
-                for (var u = 0u; u < 4u; u++) {
-                    ts[u] = min(t + u * PL, cnt - 1u);
-                }
+                // Written out: the four loads are in flight together (see the key pass).
+                let t1 = min(t + PL, cnt - 1u);
+                let t2 = min(t + 2u * PL, cnt - 1u);
+                let t3 = min(t + 3u * PL, cnt - 1u);
                 for (var j = 0u; j < QPT; j++) {
                     let d4 = vq + j * WG;
                     if d4 < HQ {
-                        var v: array<vec4<f32>, 4>;
-                        for (var u = 0u; u < 4u; u++) {
-                            v[u] = kv4(v_base + (t0 + ts[u]) * HD + 4u * d4);
-                        }
-                        for (var u = 0u; u < 4u; u++) {
-                            let live = t + u * PL < cnt;
-                            for (var g = 0u; g < G; g++) {
-                                let pr = select(0.0, s_sh[g * WG + ts[u]], live);
-                                acc[g * QPT + j] = fma(vec4<f32>(pr), v[u], acc[g * QPT + j]);
-                                if j == 0u {
-                                    lsum[g] += pr;
-                                }
+                        let o = v_base + t0 * HD + 4u * d4;
+                        let v0 = kv4(o + t * HD);
+                        let v1 = kv4(o + t1 * HD);
+                        let v2 = kv4(o + t2 * HD);
+                        let v3 = kv4(o + t3 * HD);
+                        for (var g = 0u; g < G; g++) {
+                            let sg = g * WG;
+                            let p0 = s_sh[sg + t];
+                            let p1 = select(0.0, s_sh[sg + t1], t + PL < cnt);
+                            let p2 = select(0.0, s_sh[sg + t2], t + 2u * PL < cnt);
+                            let p3 = select(0.0, s_sh[sg + t3], t + 3u * PL < cnt);
+                            let a = fma(vec4<f32>(p0), v0, acc[g * QPT + j]);
+                            acc[g * QPT + j] = fma(vec4<f32>(p3), v3, fma(vec4<f32>(p2), v2, fma(vec4<f32>(p1), v1, a)));
+                            if j == 0u {
+                                lsum[g] += (p0 + p1) + (p2 + p3);
                             }
                         }
                     }

@@ -14,7 +14,7 @@ use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::{DType, Tensor};
 
 use crate::common::Bench;
-use crate::shapes::{data, models};
+use crate::shapes::{data, models, Shape};
 
 /// Capacity of the benchmarked cache: a planner with context 2048.
 const CAPACITY: usize = 2048;
@@ -38,13 +38,8 @@ pub fn bench_attention(b: &mut Bench) {
                 continue;
             }
             let gpu = &b.gpu;
-            let cache = KvCache::with_dtype(gpu, 1, CAPACITY, m.kv_heads, m.head_dim, dtype).expect("cache");
-            let kv_len = CAPACITY * m.kv_heads * m.head_dim;
-            cache.write(gpu, 0, 0, &data(21, kv_len, 1.0), &data(22, kv_len, 1.0)).expect("fill cache");
-            let step = StepBuffer::new(gpu).expect("step");
             let width = m.heads * m.head_dim;
-            let q = Tensor::from_slice(gpu, &[1, width], &data(23, width, 1.0)).expect("q");
-            let out = Tensor::zeros(gpu, DType::F32, &[1, width]).expect("out");
+            let (cache, step, q, out) = decode_operands(b, m, dtype);
             let off = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Off).expect("decode");
             let split = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Chunk(DECODE_CHUNK)).expect("decode");
             let lanes = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Lanes).expect("decode");
@@ -145,4 +140,37 @@ pub fn bench_attention_prefill(b: &mut Bench) {
 
 fn refs(ds: &[Dispatch]) -> Vec<&Dispatch> {
     ds.iter().collect()
+}
+
+/// `ATTN_SWEEP=1`: how one decode tile's time grows with the positions in it (unsplit, 9/3 heads, the
+/// device's KV dtype, contexts 1..128 over a cache of capacity 2048): a flat line is per-tile latency (the
+/// barriers and serial steps), a slope the per-position work.
+pub fn sweep_attention(b: &mut Bench) {
+    let Some(m) = models(b).first() else { return };
+    let dtype = if b.gpu.features().f16 { DType::F16 } else { DType::F32 };
+    let gpu = &b.gpu;
+    let width = m.heads * m.head_dim;
+    let (cache, step, q, out) = decode_operands(b, m, dtype);
+    let off = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Off).expect("decode");
+    let split = attention_decode(gpu, &step, &q, &cache, 0, &out, Split::Chunk(DECODE_CHUNK)).expect("decode");
+    for ctx in [1, 2, 8, 16, 32, 48, 64, 65, 96, 128] {
+        step.write(&b.gpu, &StepParams { pos: (ctx - 1) as u32, n: 1, top_p: 1.0, ..Default::default() });
+        let bytes = (2 * ctx * m.kv_heads * m.head_dim * dtype.size() + 2 * width * 4) as u64;
+        let name = format!("{}/{} {dtype} ctx {ctx}", m.heads, m.kv_heads);
+        let (n_off, n_split) = (format!("sweep unsplit {name}"), format!("sweep split{DECODE_CHUNK} {name}"));
+        b.add_blocks("attention", &[(&n_off, &refs(&off)), (&n_split, &refs(&split))], bytes);
+    }
+}
+
+/// A filled cache of capacity [`CAPACITY`], a step buffer, one query row and its output for shape `m`.
+fn decode_operands(b: &Bench, m: &Shape, dtype: DType) -> (KvCache, StepBuffer, Tensor, Tensor) {
+    let gpu = &b.gpu;
+    let cache = KvCache::with_dtype(gpu, 1, CAPACITY, m.kv_heads, m.head_dim, dtype).expect("cache");
+    let kv_len = CAPACITY * m.kv_heads * m.head_dim;
+    cache.write(gpu, 0, 0, &data(21, kv_len, 1.0), &data(22, kv_len, 1.0)).expect("fill cache");
+    let step = StepBuffer::new(gpu).expect("step");
+    let width = m.heads * m.head_dim;
+    let q = Tensor::from_slice(gpu, &[1, width], &data(23, width, 1.0)).expect("q");
+    let out = Tensor::zeros(gpu, DType::F32, &[1, width]).expect("out");
+    (cache, step, q, out)
 }
