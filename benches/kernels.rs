@@ -21,7 +21,7 @@ mod layer;
 mod shapes;
 
 use common::Bench;
-use mobilellm_kernels::ops::gemm::gemm;
+use mobilellm_kernels::ops::gemm::{gemm, gemm_rows_with, gemm_tiled, RowSlots};
 use mobilellm_kernels::ops::gemv::gemv;
 use mobilellm_kernels::ops::Dispatch;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
@@ -108,12 +108,23 @@ fn bench_gemm(b: &mut Bench) {
             let t = b.time_blocks(&[&[&d], &[&g]]);
             let (gemm_us, one) = (t[0].median, t[1].median);
             b.note(format!("gemm n={n} = {:.2}x one gemv ({gemm_us:.1} vs {one:.1} µs, interleaved)", gemm_us / one));
+            if !b.gpu.is_cpu_class() {
+                // GPUs run the row-slot kernel; the tiled one it replaced, interleaved with it.
+                let tiled = gemm_tiled(&b.gpu, &w, &x, &y, 0, true).expect("gemm_tiled");
+                let t = b.time_blocks(&[&[&d], &[&tiled]]);
+                b.note(format!(
+                    "gemm_rows = {:.2}x the tiled gemm ({:.1} vs {:.1} µs, interleaved)",
+                    t[0].median / t[1].median,
+                    t[0].median,
+                    t[1].median
+                ));
+            }
         }
     }
 }
 
-/// `GEMM_SWEEP=1`: the CPU-device prefill kernel (windowed multi-vector GEMV) with several rows per lane
-/// at n = 64 against one GEMV; `GEMM_SWEEP=q4_0,...` limits the weight types, `GEMM_ROWS=1536` the shapes.
+/// `GEMM_SWEEP=1`: the prefill kernel at n = 64 against one GEMV: on CPU devices the windowed multi-vector
+/// GEMV with several rows per lane, on GPUs `gemm_rows` with 1, 2 and 4 row slots per workgroup; `GEMM_SWEEP=q4_0,...` limits the weight types, `GEMM_ROWS=1536` the shapes.
 fn sweep_gemm(b: &mut Bench) {
     use mobilellm_kernels::ops::gemv::gemv_window;
     let types = std::env::var("GEMM_SWEEP").unwrap_or_default();
@@ -132,6 +143,20 @@ fn sweep_gemm(b: &mut Bench) {
             let x1 = Tensor::zeros(&b.gpu, DType::F32, &[1, cols]).expect("x");
             let y1 = Tensor::zeros(&b.gpu, DType::F32, &[1, rows]).expect("y");
             let one = b.time(&gemv(&b.gpu, &w, &x1, &y1, 0, true).expect("gemv")).0;
+            if !b.gpu.is_cpu_class() {
+                // GPUs: the row-slot kernel with 1, 2 and 4 subgroup-sized slots per workgroup.
+                let base = RowSlots::choose(&b.gpu, rows, cols);
+                for slots in [1, 2, 4] {
+                    let mapping = RowSlots { wg: (base.tpr * slots).min(256), ..base };
+                    let Ok(d) = gemm_rows_with(&b.gpu, &w, &x, &y, 0, true, mapping) else { continue };
+                    let us = b.time(&d).0;
+                    b.note(format!(
+                        "{wtype} {rows}x{cols} rows {mapping:?}: {us:.1} µs, {:.2}x one gemv ({one:.1} µs)",
+                        us / one
+                    ));
+                }
+                continue;
+            }
             for rpt in [1, 2, 4, 8] {
                 let Some(d) = gemv_window(&b.gpu, &w, &x, &y, 0, true, rpt).expect("window") else { continue };
                 let us = b.time(&d).0;

@@ -85,8 +85,10 @@ pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "S
 pub static EMBEDDING: KernelSource =
     kernel!("embedding", flags: &["STEP_N", "WTEX", "IMGREAD"], choices: &[WEIGHT_FLAGS], consts: &[("WG", 64)]);
 
-/// Tiled matrix-matrix products (prefill) for every weight type.
-pub static GEMM: KernelSource = kernel!("gemm", flags: &["WTEX", "IMGREAD"], choices: &[WEIGHT_FLAGS], consts: &[]);
+/// Matrix-matrix products (prefill) for every weight type: the tiled `gemm` entry, and with ROWS the
+/// `gemm_rows` entry (`WG` threads, `TPR` per row slot; 2 rows x 4 vectors per thread).
+pub static GEMM: KernelSource = kernel!("gemm", flags: &["WTEX", "IMGREAD", "ROWS", "SUBGROUPS"], choices: &[WEIGHT_FLAGS],
+    consts: &[("WG", 64), ("TPR", 8)]);
 
 /// The per-step uniform struct (`#include step`), mirroring `ops::StepParams`.
 pub static STEP: KernelSource = kernel!("step", flags: &[], choices: &[], consts: &[]);

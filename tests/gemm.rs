@@ -1,11 +1,11 @@
 //! GEMM (prefill) vs its CPU twin (same dequantized weights), every weight type.
-//! `gemm` picks the tiled kernel on GPUs and the windowed multi-vector GEMV on CPU devices, so both are
-//! tested here explicitly. Neither has feature-dependent paths (no subgroups, no f16), so the large cases run on
+//! `gemm` picks the row-slot kernel (`gemm_rows`) on GPUs and the windowed multi-vector GEMV on CPU devices,
+//! so each form (and the tiled kernel) is tested here explicitly. Neither has feature-dependent paths (no subgroups, no f16), so the large cases run on
 //! the full-feature device only and the bare device gets small cases per type.
 mod common;
 
 use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape};
-use mobilellm_kernels::ops::gemm::{gemm, gemm_tiled};
+use mobilellm_kernels::ops::gemm::{gemm, gemm_rows, gemm_rows_with, gemm_tiled, RowSlots};
 use mobilellm_kernels::ops::gemv::gemv_window;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
@@ -29,11 +29,13 @@ struct Case {
     tiled: bool,
     /// Force the windowed GEMV with this many rows per lane.
     window: Option<u32>,
+    /// Force `gemm_rows` with this mapping (`None` inside: its default).
+    slots: Option<Option<RowSlots>>,
 }
 
 impl Case {
     fn new(wtype: WeightType, rows: usize, cols: usize, n: usize) -> Case {
-        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false, window: None }
+        Case { wtype, rows, cols, n, offset: 0, extra: 0, accumulate: false, tiled: false, window: None, slots: None }
     }
 }
 
@@ -47,6 +49,11 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
     let y_gpu = Tensor::from_slice(gpu, &[n, total], &y0).unwrap();
     let d = if let Some(rpt) = c.window {
         gemv_window(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate, rpt).unwrap().expect("a windowable shape")
+    } else if let Some(slots) = c.slots {
+        match slots {
+            Some(slots) => gemm_rows_with(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate, slots).unwrap(),
+            None => gemm_rows(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap(),
+        }
     } else if c.tiled {
         gemm_tiled(gpu, &w, &x_gpu, &y_gpu, c.offset, c.accumulate).unwrap()
     } else {
@@ -57,12 +64,13 @@ fn check(gpu: &Gpu, host: &HostWeight, c: &Case) {
     let want = reference::gemv(host, &x);
     let deq = host.dequantize();
     let what = format!(
-        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} window={:?} [{}]",
+        "gemm {} {rows}x{cols} n={n} off={} acc={} tiled={} window={:?} slots={:?} [{}]",
         c.wtype,
         c.offset,
         c.accumulate,
         c.tiled,
         c.window,
+        c.slots,
         gpu.features()
     );
     let shape = ProductShape { n, rows, cols, offset: c.offset, total, accumulate: c.accumulate };
@@ -199,5 +207,41 @@ fn tiled_kernel() {
     check(gpu, &weight(WeightType::Q4_0, 576, 576), &tiled(WeightType::Q4_0, 576, 576, 257));
     for wtype in [WeightType::F32, WeightType::F16] {
         check(gpu, &weight(wtype, 17, 100), &tiled(wtype, 17, 100, 5));
+    }
+}
+
+/// The row-slot kernel (what GPUs run), forced here on both devices (subgroup reductions, and the
+/// workgroup-memory tree without them): its default mapping at a MobileLLM shape, one and several slots per
+/// workgroup and per subgroup, with tails of rows (odd counts: a thread's second row past the end), of
+/// vectors (n not a multiple of 4) and of columns (f32/f16), offsets and accumulation.
+#[test]
+fn row_slot_kernel() {
+    let slots = |wtype, rows, cols, n, s| Case { slots: Some(s), ..Case::new(wtype, rows, cols, n) };
+    for gpu in gpus() {
+        let types: &[WeightType] =
+            if gpu.features().subgroups { &WeightType::ALL } else { &[WeightType::Q4_0, WeightType::F16] };
+        for &wtype in types {
+            check(gpu, &weight(wtype, 192, 576), &slots(wtype, 192, 576, 64, None));
+            let host = weight(wtype, 101, 576);
+            let mapping = Some(RowSlots { wg: 64, tpr: 8 });
+            check(gpu, &host, &Case { offset: 37, extra: 11, accumulate: true, ..slots(wtype, 101, 576, 35, mapping) });
+            let mapping = Some(RowSlots { wg: 32, tpr: 32 });
+            check(gpu, &weight(wtype, 33, 4128), &slots(wtype, 33, 4128, 3, mapping));
+        }
+        for wtype in [WeightType::F32, WeightType::F16] {
+            let mapping = Some(RowSlots { wg: 16, tpr: 4 });
+            check(gpu, &weight(wtype, 17, 100), &slots(wtype, 17, 100, 5, mapping));
+            check(gpu, &weight(wtype, 3, 7), &slots(wtype, 3, 7, 9, mapping));
+        }
+    }
+    let gpu = &gpus()[0];
+    check(gpu, &weight(WeightType::Q4_0, 576, 576), &slots(WeightType::Q4_0, 576, 576, 257, None));
+    // Mappings the kernel cannot hold are typed errors, not launches.
+    let w = GpuWeight::upload(gpu, &weight(WeightType::Q8_0, 8, 64)).unwrap();
+    let x = Tensor::zeros(gpu, DType::F32, &[4, 64]).unwrap();
+    let y = Tensor::zeros(gpu, DType::F32, &[4, 8]).unwrap();
+    for bad in [RowSlots { wg: 512, tpr: 8 }, RowSlots { wg: 48, tpr: 8 }, RowSlots { wg: 32, tpr: 64 }] {
+        let err = gemm_rows_with(gpu, &w, &x, &y, 0, false, bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{bad:?}: {err}");
     }
 }

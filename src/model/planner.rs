@@ -329,8 +329,8 @@ impl Model {
         // On CPU drivers the one-dispatch qkv_rope loses to the GEMV's tuned mapping (its 4 threads per row
         // and workgroup reductions cost more there than a second, tiny dispatch).
         let split_qkv = gpu.is_cpu_class();
-        // Prefill normalises each row once into `normed` and multiplies with the batched product (GPUs: the
-        // tiled GEMM, each weight dequantized once per tile of 32 rows, SwiGLU its own step; CPU drivers: the
+        // Prefill normalises each row once into `normed` and multiplies with the batched product (GPUs:
+        // `gemm_rows`, each weight quad dequantized once per 4 rows, SwiGLU its own step; CPU drivers: the
         // windowed GEMV, SwiGLU fused). Decode folds the norm into its GEMV (CPU drivers) or qkv_rope (GPUs).
         let prenormed = if n > 1 { Some(rows(&a.normed, n)?) } else { None };
         let gate_up = match &a.gate_up {

@@ -52,7 +52,7 @@ pub struct BatchedFfnScratch<'a> {
 
 /// The feed-forward block for a batch of rows (prefill), reading each weight once per tile of vectors:
 /// `rms_norm` into `scratch.normed`, then gate|up, then the down product accumulating into `x`.
-/// - With `scratch.gate_up` (GPUs): the tiled GEMM on the stacked `[gate; up]` weight and
+/// - With `scratch.gate_up` (GPUs): the batched product ([`crate::ops::gemm::gemm`]) on the stacked `[gate; up]` weight and
 ///   [`swiglu_stacked`]; four dispatches. [`ffn_block`]'s fused first step is a GEMV per row, which on a
 ///   GPU dequantizes every weight once per row.
 /// - Without (CPU drivers): the SWIGLU product of [`crate::ops::gemv::gemv_fused`] on the normalised rows

@@ -1,11 +1,13 @@
 //! Matrix-matrix products for a batch of vectors (prefill), every weight type (`kernels/gemm.wgsl`).
 //! Same semantics as [`crate::ops::gemv::gemv`]: `x` `[n, in]`, `y` `[n, total_out]`, output column
-//! offset, optional in-place accumulate. Tiles of 64 rows x 32 vectors within 12 KiB of workgroup memory.
+//! offset, optional in-place accumulate. Three forms: [`gemm_rows`] (GPUs: the GEMV's mapping, 2 rows x 4
+//! vectors per thread), [`gemm_tiled`] (tiles of 64 rows x 32 vectors within 12 KiB of workgroup memory) and, on CPU
+//! devices, the windowed multi-vector GEMV ([`gemv_window`]).
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::gemv::{check_operands, gemv, gemv_window, WINDOW_RPT};
-use crate::ops::{make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
+use crate::ops::gemv::{check_operands, gemv, gemv_window, GemvMapping, WINDOW_RPT};
+use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::quant::{GpuWeight, WeightDesc};
 use crate::shader::{ShaderVariant, GEMM};
 use crate::tensor::Tensor;
@@ -14,6 +16,30 @@ use crate::tensor::Tensor;
 pub const TILE_ROWS: usize = 64;
 /// Vectors of `x` per workgroup tile.
 pub const TILE_VECTORS: usize = 32;
+
+/// Rows each thread of [`gemm_rows`] carries (fixed in the kernel, written out).
+pub const ROWS_PER_THREAD: u32 = 2;
+/// Vectors each thread of [`gemm_rows`] carries (fixed in the kernel, written out): each block's quants
+/// and scale, read once per row, feed 4 vectors.
+pub const ROWS_VECTORS: u32 = 4;
+
+/// How [`gemm_rows`] maps threads: `wg` threads per workgroup, `tpr` threads per row slot (powers of two,
+/// `tpr <= wg <= 256`). With subgroups a subgroup takes whole slots whatever its size, as in the GEMV.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowSlots {
+    /// Threads per workgroup.
+    pub wg: u32,
+    /// Threads sharing one row slot (striding over its blocks).
+    pub tpr: u32,
+}
+
+impl RowSlots {
+    /// The GEMV's table ([`GemvMapping::choose`]) for this device and shape.
+    pub fn choose(gpu: &Gpu, rows: usize, cols: usize) -> RowSlots {
+        let m = GemvMapping::choose(gpu, rows, cols);
+        RowSlots { wg: m.wg, tpr: m.tpr }
+    }
+}
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -26,7 +52,7 @@ struct Params {
 }
 
 /// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`) for `x` `[n, in]`.
-/// GPUs get the tiled kernel ([`gemm_tiled`]). CPU devices (lavapipe), where every storage load in a
+/// GPUs get [`gemm_rows`]. CPU devices (lavapipe), where every storage load in a
 /// loop is a per-lane gather and workgroup memory and barriers are slow, get the windowed multi-vector
 /// GEMV ([`gemv_window`]: lanes are rows, 8 vectors each, x as a uniform shared by subgroup broadcasts),
 /// or, for shapes it cannot window, one GEMV per vector.
@@ -37,7 +63,46 @@ pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize,
             None => gemv(gpu, w, x, y, out_offset, accumulate),
         };
     }
-    gemm_tiled(gpu, w, x, y, out_offset, accumulate)
+    gemm_rows(gpu, w, x, y, out_offset, accumulate)
+}
+
+/// The GEMV's mapping over a batch (`gemm_rows` entry): the threads of a row slot stride over its 4-column
+/// quads (coalesced reads of x and of the quants), each carrying [`ROWS_PER_THREAD`] rows for
+/// [`ROWS_VECTORS`] vectors, so the grid is thousands of small workgroups. On an H100 the tiled kernel's few
+/// dozen workgroups each walked every block of their rows behind two barriers (576x576 at n = 64: 18
+/// workgroups, 88 µs, 19x one GEMV; this kernel: 14.5 µs).
+pub fn gemm_rows(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+) -> Result<Dispatch> {
+    gemm_rows_with(gpu, w, x, y, out_offset, accumulate, RowSlots::choose(gpu, w.rows(), w.cols()))
+}
+
+/// [`gemm_rows`] with an explicit thread mapping (for tests and tuning).
+pub fn gemm_rows_with(
+    gpu: &Gpu,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+    slots: RowSlots,
+) -> Result<Dispatch> {
+    let RowSlots { wg, tpr } = slots;
+    if !(wg.is_power_of_two() && wg <= 256 && tpr.is_power_of_two() && tpr <= wg) {
+        return Err(Error::invalid(
+            "gemm_rows mapping",
+            format!("{slots:?}"),
+            "wg a power of two <= 256, tpr a power of two <= wg",
+        ));
+    }
+    let variant = w.variant(base_variant(gpu)).flag("ROWS").constant("WG", wg).constant("TPR", tpr);
+    let tile = ((wg / tpr * ROWS_PER_THREAD) as usize, ROWS_VECTORS as usize);
+    launch(gpu, "gemm_rows", &variant, w, x, y, out_offset, accumulate, tile)
 }
 
 /// The tiled kernel on any device (64 rows x 32 vectors per workgroup).
@@ -49,28 +114,51 @@ pub fn gemm_tiled(
     out_offset: usize,
     accumulate: bool,
 ) -> Result<Dispatch> {
+    // The tiled entry has fixed tiles; the mapping constants belong to `gemm_rows` (unused here).
+    let variant = w.variant(ShaderVariant::new()).constant("WG", 64).constant("TPR", 1);
+    launch(gpu, "gemm", &variant, w, x, y, out_offset, accumulate, (TILE_ROWS, TILE_VECTORS))
+}
+
+impl Params {
+    fn new(w: &GpuWeight, n: usize, y_stride: usize, out_offset: usize, accumulate: bool) -> Params {
+        Params {
+            w: w.desc(),
+            n: n as u32,
+            y_stride: y_stride as u32,
+            out_offset: out_offset as u32,
+            accumulate: accumulate as u32,
+        }
+    }
+}
+
+/// Checks the operands and launches either entry on a grid of `(rows, vectors)` tiles.
+#[allow(clippy::too_many_arguments)]
+fn launch(
+    gpu: &Gpu,
+    entry: &str,
+    variant: &ShaderVariant,
+    w: &GpuWeight,
+    x: &Tensor,
+    y: &Tensor,
+    out_offset: usize,
+    accumulate: bool,
+    (tile_rows, tile_vectors): (usize, usize),
+) -> Result<Dispatch> {
     let (n, y_stride) = check_operands(w, x, y, out_offset)?;
-    let groups_y = n.div_ceil(TILE_VECTORS);
+    let groups_y = n.div_ceil(tile_vectors);
     if groups_y > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::shape(
             "x of gemm",
             x.shape(),
-            format!("at most {} vectors", MAX_GROUPS_PER_DIM as usize * TILE_VECTORS),
+            format!("at most {} vectors", MAX_GROUPS_PER_DIM as usize * tile_vectors),
         ));
     }
-    let groups_x = w.rows().div_ceil(TILE_ROWS) as u32;
-    let pipeline = gpu.pipeline(&GEMM, "gemm", &w.variant(ShaderVariant::new()))?;
-    let params = Params {
-        w: w.desc(),
-        n: n as u32,
-        y_stride: y_stride as u32,
-        out_offset: out_offset as u32,
-        accumulate: accumulate as u32,
-    };
-    let params = uniform(gpu, "gemm params", &params)?;
+    let grid = [w.rows().div_ceil(tile_rows) as u32, groups_y as u32, 1];
+    let pipeline = gpu.pipeline(&GEMM, entry, variant)?;
+    let params = uniform(gpu, "gemm params", &Params::new(w, n, y_stride, out_offset, accumulate))?;
     make_dispatch(
         gpu,
-        format!("gemm:{}", w.wtype()),
+        format!("gemm:{}{}", if entry == "gemm" { "" } else { "rows_" }, w.wtype()),
         pipeline,
         &[
             (0, params.as_entire_binding()),
@@ -78,7 +166,7 @@ pub fn gemm_tiled(
             (2, x.buffer().as_entire_binding()),
             (3, y.buffer().as_entire_binding()),
         ],
-        [groups_x, groups_y as u32, 1],
+        grid,
         vec![params.clone()],
     )
 }
