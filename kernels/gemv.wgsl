@@ -298,7 +298,7 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
         prepare_norm(batch * params.w.cols);
     } else {
 #if SUBGROUPS
-        set_inv_rms(subgroupAdd(norm_share(batch * params.w.cols, sg_lane, sg_size)));
+        set_inv_rms(subgroupAdd(norm_share(batch * params.w.cols, sg_lane, min(sg_size, WG))));
 #else
         partial[lid] = norm_share(batch * params.w.cols, lid, WG);
         workgroupBarrier();
@@ -328,7 +328,8 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
     // The loop bound is uniform within each subgroup, so subgroupAdd sees the whole subgroup.
     for (var slot = sg_id; slot < SLOTS; slot += sg_count) {
         let r0 = row0 + slot * RPT;
-        var acc = dot_rows(r0, batch, sg_lane, sg_size);
+        // A workgroup smaller than the subgroup fills only WG of its lanes.
+        var acc = dot_rows(r0, batch, sg_lane, min(sg_size, WG));
         for (var i = 0u; i < OUTS; i++) {
             acc[i] = subgroupAdd(acc[i]);
         }
