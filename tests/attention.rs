@@ -116,31 +116,43 @@ fn check_prefill(heads: usize, kv_heads: usize, hd: usize, capacity: usize, max_
         if tiled && !gpu.features().subgroups {
             continue; // the bare device's default is already the tiled kernel
         }
-        let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 17 + hd) as u64);
-        let buf = StepBuffer::new(gpu).unwrap();
-        let q = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
-        let out = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
-        let d = if tiled {
-            attention_prefill_tiled(gpu, &buf, &q, &cache, 0, &out).unwrap()
-        } else {
-            attention_prefill(gpu, &buf, &q, &cache, 0, &out).unwrap()
-        };
-        for &(pos, n) in cases {
-            let qv = random_vec((pos * 1000 + n) as u64, max_n * heads * hd);
-            q.write(gpu, &qv).unwrap();
-            cache.check_step(pos, n).unwrap();
-            step(gpu, &buf, pos, n);
-            ops::run(gpu, &[&d]).unwrap();
-            let want = reference::attention_prefill(&qv[..n * heads * hd], &mirror, pos, n);
-            let got = out.read::<f32>(gpu).unwrap();
-            assert_close(
-                &format!("{} {heads}/{kv_heads} hd {hd} pos {pos} n {n} [{}]", d.name(), gpu.features()),
-                &got[..n * heads * hd],
-                &want,
-                ABS,
-                REL,
-            );
-        }
+        prefill_cases(gpu, tiled, (heads, kv_heads, hd), capacity, max_n, cases);
+    }
+}
+
+/// [`check_prefill`] on one device and kernel; `shape` is (heads, kv_heads, head_dim).
+fn prefill_cases(
+    gpu: &Gpu,
+    tiled: bool,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    capacity: usize,
+    max_n: usize,
+    cases: &[(usize, usize)],
+) {
+    let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 17 + hd) as u64);
+    let buf = StepBuffer::new(gpu).unwrap();
+    let q = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
+    let out = Tensor::zeros(gpu, DType::F32, &[max_n, heads * hd]).unwrap();
+    let d = if tiled {
+        attention_prefill_tiled(gpu, &buf, &q, &cache, 0, &out).unwrap()
+    } else {
+        attention_prefill(gpu, &buf, &q, &cache, 0, &out).unwrap()
+    };
+    for &(pos, n) in cases {
+        let qv = random_vec((pos * 1000 + n) as u64, max_n * heads * hd);
+        q.write(gpu, &qv).unwrap();
+        cache.check_step(pos, n).unwrap();
+        step(gpu, &buf, pos, n);
+        ops::run(gpu, &[&d]).unwrap();
+        let want = reference::attention_prefill(&qv[..n * heads * hd], &mirror, pos, n);
+        let got = out.read::<f32>(gpu).unwrap();
+        assert_close(
+            &format!("{} {heads}/{kv_heads} hd {hd} pos {pos} n {n} [{}]", d.name(), gpu.features()),
+            &got[..n * heads * hd],
+            &want,
+            ABS,
+            REL,
+        );
     }
 }
 
@@ -154,6 +166,16 @@ fn prefill_other_groupings() {
     check_prefill(4, 2, 32, 80, 65, &[(0, 1), (0, 7), (0, 65), (15, 65), (79, 1)]);
     check_prefill(8, 8, 64, 40, 7, &[(0, 7), (33, 7)]);
     check_prefill(15, 5, 64, 72, 8, &[(0, 8), (64, 8)]);
+}
+
+/// The tiled kernel (what GPUs run) at head dims of 3 and 4 register pieces, and at 48 (not a multiple of
+/// 32), which takes its loop-indexed fallback. One device: each head dim is a pipeline compile per device.
+#[test]
+fn prefill_head_dims() {
+    let gpu = &gpus()[0];
+    prefill_cases(gpu, true, (4, 2, 96), 40, 9, &[(0, 9), (20, 9)]);
+    prefill_cases(gpu, true, (2, 1, 128), 24, 5, &[(0, 5), (11, 5)]);
+    prefill_cases(gpu, true, (6, 3, 48), 40, 9, &[(0, 9), (20, 9)]);
 }
 
 /// Decode equals the last row of a prefill of the same step (the two kernels agree on the cache).
