@@ -95,14 +95,20 @@ fn set_inv_rms(sum_sq: f32) {
     inv_rms = inverseSqrt(sum_sq / f32(params.w.cols) + params.eps);
 }
 
-// Sum of squares of x[xbase + first], x[xbase + first + step], ... (a share of one vector's).
+// Sum of squares of x[xbase + first], x[xbase + first + step], ... (a share of one vector's). Four loads
+// per turn, all issued before any is used: one per turn was a memory round trip each on a GPU (18 turns
+// for 576 columns over 32 lanes).
 fn norm_share(xbase: u32, first: u32, step: u32) -> f32 {
-    var sum_sq = 0.0;
-    for (var k = first; k < params.w.cols; k += step) {
-        let v = xval(xbase + k);
-        sum_sq = fma(v, v, sum_sq);
+    let cols = params.w.cols;
+    var s4 = vec4<f32>(0.0);
+    for (var k = first; k < cols; k += 4u * step) {
+        let v = vec4<f32>(xval(xbase + k), xval(xbase + min(k + step, cols - 1u)),
+                          xval(xbase + min(k + 2u * step, cols - 1u)), xval(xbase + min(k + 3u * step, cols - 1u)));
+        let live = vec4<u32>(k) + vec4<u32>(0u, step, 2u * step, 3u * step) < vec4<u32>(cols);
+        let w = select(vec4<f32>(0.0), v, live);
+        s4 = fma(w, w, s4);
     }
-    return sum_sq;
+    return (s4.x + s4.y) + (s4.z + s4.w);
 }
 
 // One thread derives the whole vector's RMS alone (TPR == 1, where threads are SIMD lanes of a CPU and
