@@ -222,13 +222,17 @@ fn block_case(hidden: usize, ffn: usize, n: usize, wtype: WeightType, down_seed:
 /// The planner's two-dispatch block (`ffn_block`: `ffn_swiglu` on the stacked weight, then the down
 /// projection accumulating into x; a GEMM for n > 1) equals the unfused six-dispatch chain on the GPU
 /// (rms_norm, gemv gate, gemv up, silu_mul, gemv down, add) and the CPU twin. Two types (one unscaled,
-/// one nibble-packed) at the 125M shape, decode and a short prefill, both feature sets. Tolerance: each
-/// side is within [`block_tolerance`] of the CPU twin (the two GPU paths only reorder f32 sums, which that
-/// bound covers), hence within twice it of each other.
+/// one nibble-packed) at the 125M shape, decode and a short prefill, both feature sets, and with the GPU
+/// rules forced (several threads per row; the stacked 3072-row weight strides over quads, `QUADS`).
+/// Tolerance: each side is within [`block_tolerance`] of the CPU twin (the two GPU paths only reorder f32
+/// sums, which that bound covers), hence within twice it of each other.
 #[test]
 fn fused_block_equals_unfused_chain() {
+    use mobilellm_kernels::{DeviceClass, GpuOptions};
     let (hidden, ffn) = (576, 1536);
-    for gpu in gpus() {
+    let base = GpuOptions::from_env().unwrap();
+    let forced = Gpu::with_options(&base.device_class(DeviceClass::Gpu)).unwrap();
+    for gpu in gpus().iter().chain([&forced]) {
         for wtype in [WeightType::F16, WeightType::Q4_0] {
             for n in [1, 5] {
                 let BlockCase { c, down_host, want, tol } = block_case(hidden, ffn, n, wtype, 99);

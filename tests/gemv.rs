@@ -145,6 +145,41 @@ fn every_mapping() {
     }
 }
 
+/// Row slots striding over 4-column quads (`QUADS`: several threads per row and at least 2048 rows), plain
+/// and with the norm folded in, on both devices: rows past a workgroup's last slot, a partial last block
+/// (f32/f16: the quads past `cols`), and the smallest quadded row count.
+#[test]
+fn quads() {
+    use mobilellm_kernels::ops::gemv::{gemv_fused_with, GemvFusion, QUADS_FROM_ROWS};
+    let eps = 1e-5;
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            let cols = if matches!(wtype, WeightType::F32 | WeightType::F16) { 100 } else { 96 };
+            for (rows, (wg, tpr, rpt)) in [(QUADS_FROM_ROWS + 3, (64, 8, 2)), (QUADS_FROM_ROWS, (32, 32, 1))] {
+                let host = weight(wtype, rows, cols);
+                let m = Some(GemvMapping { wg, tpr, rpt });
+                check(gpu, &host, &Case { mapping: m, ..Case::new(wtype, rows, cols, 2) });
+                let w = GpuWeight::upload(gpu, &host).unwrap();
+                let x: Vec<f32> = random_vec(cols as u64 * 3 + 1, cols).iter().map(|v| 3.0 * v).collect();
+                let norm: Vec<f32> = random_vec(cols as u64 + 5, cols).iter().map(|v| 1.0 + 0.5 * v).collect();
+                let normed = reference::rms_norm(&x, &norm, eps);
+                let x_gpu = Tensor::from_slice(gpu, &[1, cols], &x).unwrap();
+                let norm_gpu = Tensor::from_slice(gpu, &[cols], &norm).unwrap();
+                let y0 = vec![0.0; rows];
+                let y_gpu = Tensor::from_slice(gpu, &[1, rows], &y0).unwrap();
+                let fusion = GemvFusion { norm: Some((&norm_gpu, eps)), swiglu: false };
+                let d = gemv_fused_with(gpu, &w, &x_gpu, &y_gpu, fusion, GemvMapping { wg, tpr, rpt }).unwrap();
+                ops::run(gpu, &[&d]).unwrap();
+                let got = y_gpu.read::<f32>(gpu).unwrap();
+                let what = format!("quads norm+gemv {wtype} {rows}x{cols} [{}]", gpu.features());
+                let shape = ProductShape { n: 1, rows, cols, offset: 0, total: rows, accumulate: false };
+                let want = reference::gemv(&host, &normed);
+                assert_product(&what, &shape, (&got, &y0), (&want, &host.dequantize(), &normed), norm_tolerance);
+            }
+        }
+    }
+}
+
 /// Rows taken 8 at a time (`GROUP8`: one thread owns 8 or 16 rows of a texture weight whose rows are a
 /// multiple of 8): row counts that end in a short texture tile (136 = 128 + 8, 200 = 128 + 72), that leave a
 /// thread's second group (24 at 16 rows per thread) or every group of some threads (8) past the end, on

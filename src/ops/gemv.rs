@@ -276,6 +276,7 @@ fn single(
         .flag_if("NORM", norm.is_some())
         .flag_if("SWIGLU", swiglu)
         .flag_if("GROUP8", groups_of_8(w, mapping, params.out_rows as usize))
+        .flag_if("QUADS", by_quads(w, mapping))
         .constant("WG", mapping.wg)
         .constant("TPR", mapping.tpr)
         .constant("RPT", mapping.rpt);
@@ -300,6 +301,18 @@ fn groups_of_8(w: &GpuWeight, mapping: GemvMapping, out_rows: usize) -> bool {
         && w.rows().is_multiple_of(8)
         && out_rows.is_multiple_of(8)
 }
+
+/// Whether the `gemv` entry's row slots stride over 4-column quads (`QUADS`) instead of 32-column blocks:
+/// with several threads per row (GPUs) and at least [`QUADS_FROM_ROWS`] weight rows. Measured on an H100:
+/// the LM head (32000x576 q4_0 30.7 -> 21.9 µs), 2560x960 (9.0 -> 7.9) and the fused FFN's stacked gate/up
+/// (3072x576 f32 31.3 -> 20.6, 5120x960 q4_0 35.0 -> 30.8) gain; below 2048 rows every shape lost
+/// (576x1536 7.1 -> 9.2 µs, 960x2560 10.5 -> 13.5), and 1536x576 was level.
+fn by_quads(w: &GpuWeight, mapping: GemvMapping) -> bool {
+    mapping.tpr > 1 && w.rows() >= QUADS_FROM_ROWS
+}
+
+/// The smallest weight (in rows) whose GEMV strides over quads on GPUs (see `by_quads`).
+pub const QUADS_FROM_ROWS: usize = 2048;
 
 /// `gemv{entry}:…` or, with SWIGLU, `ffn:swiglu{entry}_…` (the profiler groups dispatches by the prefix).
 fn dispatch_name(entry: &str, w: &GpuWeight, norm: bool, swiglu: bool) -> String {
