@@ -278,7 +278,7 @@ fn fused_block_equals_unfused_chain() {
 /// The batched block the planner runs for prefill (`ffn_block_batched`: rms_norm, then GEMM on the stacked
 /// weight + `swiglu_stacked` as on GPUs, or the fused SWIGLU product as on CPU drivers, then the down GEMM)
 /// against the CPU twin, within [`block_tolerance`] (the same sums in other orders). Both forms run on the
-/// test devices under their own rules and with the GPU rules forced (tiled GEMM), for two types and a
+/// test devices under their own rules and with the GPU rules forced (`gemm_rows`), for two types and a
 /// batch that spans a GEMM tile edge.
 #[test]
 fn batched_block_matches_twin() {

@@ -117,7 +117,7 @@ fn tiny_plain_f32_matches_transformers() {
 }
 
 /// The GPU launch rules run end to end on the test adapter too (`DeviceClass::Gpu` forced): weights in
-/// buffers, the one-dispatch `qkv_rope`, GEMVs with threads sharing a row, the tiled GEMM and prefill
+/// buffers, the one-dispatch `qkv_rope`, GEMVs with threads sharing a row, `gemm_rows`, the tiled prefill
 /// attention, and, with a cache of 300 positions, flash-decoding's split + merge at every decode step.
 /// Both feature sets; f32 weights and KV cache, so the f32 bound holds.
 #[test]
