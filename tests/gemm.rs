@@ -244,4 +244,12 @@ fn row_slot_kernel() {
         let err = gemm_rows_with(gpu, &w, &x, &y, 0, false, bad).unwrap_err();
         assert!(matches!(err, Error::InvalidArgument { .. }), "{bad:?}: {err}");
     }
+    // One thread per workgroup covers 2 rows: 131072 rows would need 65536 workgroups, one past the limit.
+    let rows = 131_072;
+    let w = GpuWeight::upload(gpu, &weight(WeightType::F16, rows, 32)).unwrap();
+    let x = Tensor::zeros(gpu, DType::F32, &[1, 32]).unwrap();
+    let y = Tensor::zeros(gpu, DType::F32, &[1, rows]).unwrap();
+    let err = gemm_rows_with(gpu, &w, &x, &y, 0, false, RowSlots { wg: 1, tpr: 1 }).unwrap_err();
+    assert!(matches!(err, Error::Shape { .. }) && err.to_string().contains("131070"), "{err}");
+    assert!(gemm_rows_with(gpu, &w, &x, &y, 0, false, RowSlots { wg: 2, tpr: 1 }).is_ok());
 }

@@ -29,7 +29,7 @@ pub const ROWS_VECTORS: u32 = 4;
 pub struct RowSlots {
     /// Threads per workgroup.
     pub wg: u32,
-    /// Threads sharing one row slot (striding over its blocks).
+    /// Threads sharing one row slot (striding over its 4-column quads).
     pub tpr: u32,
 }
 
@@ -153,7 +153,15 @@ fn launch(
             format!("at most {} vectors", MAX_GROUPS_PER_DIM as usize * tile_vectors),
         ));
     }
-    let grid = [w.rows().div_ceil(tile_rows) as u32, groups_y as u32, 1];
+    let groups_x = w.rows().div_ceil(tile_rows);
+    if groups_x > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::shape(
+            "weight of gemm",
+            &[w.rows(), w.cols()],
+            format!("at most {} rows for {tile_rows} rows per workgroup", MAX_GROUPS_PER_DIM as usize * tile_rows),
+        ));
+    }
+    let grid = [groups_x as u32, groups_y as u32, 1];
     let pipeline = gpu.pipeline(&GEMM, entry, variant)?;
     let params = uniform(gpu, "gemm params", &Params::new(w, n, y_stride, out_offset, accumulate))?;
     make_dispatch(
