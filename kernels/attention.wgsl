@@ -132,9 +132,11 @@ fn chunk_length(ctx: u32) -> u32 {
     return select(params.chunk_len, (ctx + params.n_chunks - 1u) / params.n_chunks, params.chunk_len == 0u);
 }
 
-// Quad d4 of the key row at kb, zero past the row (HQ need not be a multiple of 8).
-fn key_quad(kb: u32, d4: u32) -> vec4<f32> {
-    return select(vec4<f32>(0.0), kv4(kb + 4u * min(d4, HQ - 1u)), d4 < HQ);
+// Quad i of the cache stream at index `base`, zero at and past quad `end` (a key row's end, when HQ is not
+// a multiple of the quads read per turn; a tile's positions past the context). The clamped address keeps
+// the load in bounds, so every lane issues its loads unconditionally.
+fn kv_quad(base: u32, i: u32, end: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), kv4(base + 4u * min(i, end - 1u)), i < end);
 }
 
 @compute @workgroup_size(WG)
@@ -179,9 +181,9 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
             // trip each: on an H100 ~10 µs of a one-position step; four per turn halved the step's time).
             let kb = k_base + p * HD;
             for (var d4 = 0u; d4 < HQ; d4 += 8u) {
-                let k = array<vec4<f32>, 8>(kv4(kb + 4u * d4), key_quad(kb, d4 + 1u), key_quad(kb, d4 + 2u),
-                                            key_quad(kb, d4 + 3u), key_quad(kb, d4 + 4u), key_quad(kb, d4 + 5u),
-                                            key_quad(kb, d4 + 6u), key_quad(kb, d4 + 7u));
+                let k = array<vec4<f32>, 8>(kv_quad(kb, d4, HQ), kv_quad(kb, d4 + 1u, HQ), kv_quad(kb, d4 + 2u, HQ),
+                                            kv_quad(kb, d4 + 3u, HQ), kv_quad(kb, d4 + 4u, HQ), kv_quad(kb, d4 + 5u, HQ),
+                                            kv_quad(kb, d4 + 6u, HQ), kv_quad(kb, d4 + 7u, HQ));
                 for (var g = 0u; g < G; g++) {
                     let qb = g * HQ;
                     let qe = qb + HQ - 1u;
@@ -548,9 +550,9 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
-// Tiles and per-thread state in vec4: a thread's q and accumulator rows are indexed by a loop counter, so a
-// driver that does not unroll the loop keeps them in memory (not registers), one access per element; vec4
-// quarters those accesses and the tile loads.
+// Tiles and the fallback's per-thread state in vec4: where a thread's q and accumulator rows are indexed by
+// a loop counter (head dims PRE_REGS does not take), a driver that does not unroll the loop keeps them in
+// memory (not registers), one access per element; vec4 quarters those accesses and the tile loads.
 var<workgroup> k_tile: array<vec4<f32>, TK * HQ>;
 var<workgroup> v_tile: array<vec4<f32>, TK * HQ>;
 
@@ -689,33 +691,33 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
     for (var t0 = 0u; t0 < last; t0 += TK) {
         // Four quads of K and of V per thread per turn, loaded before any is stored (eight loads in flight).
+        // Quads of positions past `last` are zero, never read by a live position.
+        let kb = k_base + t0 * HD;
+        let vb = v_base + t0 * HD;
+        let end = min(TK, last - t0) * HQ;
         for (var i0 = lid; i0 < TK * HQ; i0 += 4u * WG) {
-            let i1 = min(i0 + WG, TK * HQ - 1u);
-            let i2 = min(i0 + 2u * WG, TK * HQ - 1u);
-            let i3 = min(i0 + 3u * WG, TK * HQ - 1u);
-            let kb = k_base + t0 * HD;
-            let vb = v_base + t0 * HD;
-            // Past `last` (or the cache): zero, never read by a live position.
-            let zero = vec4<f32>(0.0);
-            let k0 = select(zero, kv4(kb + 4u * min(i0, (last - t0) * HQ - 1u)), t0 + i0 / HQ < last);
-            let k1 = select(zero, kv4(kb + 4u * min(i1, (last - t0) * HQ - 1u)), t0 + i1 / HQ < last);
-            let k2 = select(zero, kv4(kb + 4u * min(i2, (last - t0) * HQ - 1u)), t0 + i2 / HQ < last);
-            let k3 = select(zero, kv4(kb + 4u * min(i3, (last - t0) * HQ - 1u)), t0 + i3 / HQ < last);
-            let v0 = select(zero, kv4(vb + 4u * min(i0, (last - t0) * HQ - 1u)), t0 + i0 / HQ < last);
-            let v1 = select(zero, kv4(vb + 4u * min(i1, (last - t0) * HQ - 1u)), t0 + i1 / HQ < last);
-            let v2 = select(zero, kv4(vb + 4u * min(i2, (last - t0) * HQ - 1u)), t0 + i2 / HQ < last);
-            let v3 = select(zero, kv4(vb + 4u * min(i3, (last - t0) * HQ - 1u)), t0 + i3 / HQ < last);
+            let i1 = i0 + WG;
+            let i2 = i0 + 2u * WG;
+            let i3 = i0 + 3u * WG;
+            let k0 = kv_quad(kb, i0, end);
+            let k1 = kv_quad(kb, i1, end);
+            let k2 = kv_quad(kb, i2, end);
+            let k3 = kv_quad(kb, i3, end);
+            let v0 = kv_quad(vb, i0, end);
+            let v1 = kv_quad(vb, i1, end);
+            let v2 = kv_quad(vb, i2, end);
+            let v3 = kv_quad(vb, i3, end);
             k_tile[i0] = k0;
             v_tile[i0] = v0;
-            if i0 + WG < TK * HQ {
+            if i1 < TK * HQ {
                 k_tile[i1] = k1;
                 v_tile[i1] = v1;
             }
-            if i0 + 2u * WG < TK * HQ {
+            if i2 < TK * HQ {
                 k_tile[i2] = k2;
                 v_tile[i2] = v2;
             }
-            if i0 + 3u * WG < TK * HQ {
+            if i3 < TK * HQ {
                 k_tile[i3] = k3;
                 v_tile[i3] = v3;
             }
