@@ -8,11 +8,13 @@
 //   SPLIT there is one chunk (the whole capacity) and it writes the normalised output; with SPLIT it writes
 //   (max, sum, unnormalised acc) partials; chunks past the context exit at once (merge skips them).
 // - `decode_lanes` (CPU drivers): the same result as `decode`, mapped for SIMD lanes: one workgroup
-//   of WL lanes per KV head (with SPLIT, per KV head and chunk, writing partials for `merge`), lane j takes positions j, j+WL, ... with its own online softmax (max, sum and
-//   G*HD accumulators in registers), q read once from a uniform (a SIMD gather on lavapipe, where workgroup
-//   and storage loads are per-lane loops); the WL partial softmaxes merge in workgroup memory once
-//   at the end. No barrier in the main loop, and each K/V element is read by exactly one lane.
-//   (Launcher: HD a multiple of 32 up to 128, for the register layout below.)
+//   of WL lanes per KV head (with SPLIT, per KV head and chunk, writing partials for `merge`), lane j takes
+//   positions j, j+WL, ... with its own online softmax (max, sum and G*HD accumulators in registers), q read
+//   once from a uniform (a SIMD gather on lavapipe, where workgroup and storage loads are per-lane loops);
+//   the WL partial softmaxes merge once at the end, by subgroup reductions (SUBGROUPS, launcher: the WL
+//   lanes are one subgroup) or in workgroup memory. No barrier in the main loop, and each K/V element is
+//   read by exactly one lane. (Launcher: HD a multiple of 32 up to 128 and G <= 8, for the register
+//   layout below.)
 // - `merge`: combines the chunk partials of one query head (flash-decoding's second pass).
 // - `prefill`: n query rows at positions pos..pos+n, causal over cache positions 0..pos+n. One workgroup per
 //   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
@@ -297,29 +299,174 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     }
 }
 
-// Register state of the lane kernels (`decode_lanes`, `prefill_lanes`): q, accumulators, the current
-// position's scores and softmax factors. Every loop over them is short enough for the driver to unroll and
-// head dims go in separate 32-dim calls, so each index is a constant: one index left to a loop counter
-// moves the whole array to memory, which on lavapipe is a per-lane loop per access (measured 4x slower).
-var<private> lq: array<vec4<f32>, G * HD / 4u>;
-var<private> lacc: array<vec4<f32>, G * HD / 4u>;
-var<private> ls: array<f32, G>;
-var<private> lc: array<f32, G>;
-var<private> le: array<f32, G>;
-// Running max and sum of each head's online softmax.
-var<private> lm: array<f32, G>;
-var<private> ll: array<f32, G>;
-// prefill_lanes: this lane's index among the 8 that load a position's quads.
-var<private> lane8: u32;
+// Register state of the lane kernels (`decode_lanes`, `prefill_lanes`): each lane's q, accumulators and
+// online softmax for the G heads of its group. lavapipe moves a function's array to per-lane scratch memory
+// (a masked scalar store per lane and element) when any access to it is indexed by a loop counter: it
+// decides before it unrolls loops. So no loop touches this state: heads go through the written-out ladder
+// in `lanes_heads` (launcher: G <= 8, `LANES_MAX_GROUP`), head dims in 32-dim pieces of 8 written-out
+// quads, and every index is a constant once calls are inlined (9/3 heads: decode 3.0-5.9x faster at
+// contexts 64-2048 than the same kernel with loops over heads and quads, prefill 1.8-4.3x).
+struct LaneState {
+    q: array<vec4<f32>, G * HD / 4u>,
+    acc: array<vec4<f32>, G * HD / 4u>,
+    // Running max and sum of each head's online softmax.
+    m: array<f32, G>,
+    l: array<f32, G>,
+}
 
-// Starts a lane's softmax: q of heads G of its group from vec4 q0 (scaled) into lq, lm = NEG.
-fn lanes_begin(q0: u32) {
-    for (var g = 0u; g < G; g++) {
-        for (var d = 0u; d < HD / 4u; d++) {
-            lq[g * HD / 4u + d] = q4(q0 + g * HD / 4u + d) * params.scale;
+// One position's K or V row as up to four 32-dim pieces of 8 quads (pieces past HD unused).
+struct LaneRow {
+    p0: array<vec4<f32>, 8>,
+    p1: array<vec4<f32>, 8>,
+    p2: array<vec4<f32>, 8>,
+    p3: array<vec4<f32>, 8>,
+}
+
+// What `lanes_heads` does for each head.
+const LANE_BEGIN: u32 = 0u;
+const LANE_POSITION: u32 = 1u;
+const LANE_MERGE: u32 = 2u;
+const LANE_STORE: u32 = 3u;
+const LANE_SHARE: u32 = 4u;
+
+// The lane operation `op` for each head g < G, written out (a loop over g would index the state by its counter).
+fn lanes_heads(st: ptr<function, LaneState>, op: u32, a: u32, k: LaneRow, v: LaneRow, masked: bool) {
+    lanes_head(st, op, 0u, a, k, v, masked);
+    if G > 1u { lanes_head(st, op, 1u, a, k, v, masked); }
+    if G > 2u { lanes_head(st, op, 2u, a, k, v, masked); }
+    if G > 3u { lanes_head(st, op, 3u, a, k, v, masked); }
+    if G > 4u { lanes_head(st, op, 4u, a, k, v, masked); }
+    if G > 5u { lanes_head(st, op, 5u, a, k, v, masked); }
+    if G > 6u { lanes_head(st, op, 6u, a, k, v, masked); }
+    if G > 7u { lanes_head(st, op, 7u, a, k, v, masked); }
+}
+
+// Head g: LANE_BEGIN loads q (vec4 index a) scaled; LANE_POSITION folds in one position (K row k, V row v;
+// `masked`: score NEG, the softmax unchanged); LANE_MERGE, LANE_STORE and LANE_SHARE hand it on (`lanes_out`).
+fn lanes_head(st: ptr<function, LaneState>, op: u32, g: u32, a: u32, k: LaneRow, v: LaneRow, masked: bool) {
+    let o = g * HD / 4u;
+    if op == LANE_BEGIN {
+        (*st).m[g] = NEG;
+        lanes_q8(st, o, a + o);
+        if HD > 32u { lanes_q8(st, o + 8u, a + o + 8u); }
+        if HD > 64u { lanes_q8(st, o + 16u, a + o + 16u); }
+        if HD > 96u { lanes_q8(st, o + 24u, a + o + 24u); }
+    } else if op == LANE_POSITION {
+        var score = lanes_dot8(st, o, k.p0);
+        if HD > 32u { score += lanes_dot8(st, o + 8u, k.p1); }
+        if HD > 64u { score += lanes_dot8(st, o + 16u, k.p2); }
+        if HD > 96u { score += lanes_dot8(st, o + 24u, k.p3); }
+        score = select(score, NEG, masked);
+        let m_new = max((*st).m[g], score);
+        let c = exp((*st).m[g] - m_new);
+        let e = exp(score - m_new);
+        (*st).l[g] = (*st).l[g] * c + e;
+        (*st).m[g] = m_new;
+        lanes_acc8(st, o, v.p0, c, e);
+        if HD > 32u { lanes_acc8(st, o + 8u, v.p1, c, e); }
+        if HD > 64u { lanes_acc8(st, o + 16u, v.p2, c, e); }
+        if HD > 96u { lanes_acc8(st, o + 24u, v.p3, c, e); }
+    } else if op == LANE_SHARE {
+#if !SUBGROUPS
+        lane_m[lane_id * G + g] = (*st).m[g];
+        lane_l[lane_id * G + g] = (*st).l[g];
+#endif
+    } else {
+        // LANE_STORE: acc / l. LANE_MERGE: the lanes' acc weighted by exp(m - M), summed over the lanes.
+        var w = 1.0 / (*st).l[g];
+        var big = 0.0;
+        var total = 0.0;
+#if SUBGROUPS
+        if op == LANE_MERGE {
+            big = subgroupMax((*st).m[g]);
+            w = exp((*st).m[g] - big);
+            total = subgroupAdd((*st).l[g] * w);
         }
-        lm[g] = NEG;
+#endif
+        lanes_out8(st, op, g, o, a, w, vec2<f32>(big, total));
+        if HD > 32u { lanes_out8(st, op, g, o + 8u, a, w, vec2<f32>(big, total)); }
+        if HD > 64u { lanes_out8(st, op, g, o + 16u, a, w, vec2<f32>(big, total)); }
+        if HD > 96u { lanes_out8(st, op, g, o + 24u, a, w, vec2<f32>(big, total)); }
     }
+}
+
+fn lanes_q8(st: ptr<function, LaneState>, o: u32, q_at: u32) {
+    (*st).q[o] = q4(q_at) * params.scale;
+    (*st).q[o + 1u] = q4(q_at + 1u) * params.scale;
+    (*st).q[o + 2u] = q4(q_at + 2u) * params.scale;
+    (*st).q[o + 3u] = q4(q_at + 3u) * params.scale;
+    (*st).q[o + 4u] = q4(q_at + 4u) * params.scale;
+    (*st).q[o + 5u] = q4(q_at + 5u) * params.scale;
+    (*st).q[o + 6u] = q4(q_at + 6u) * params.scale;
+    (*st).q[o + 7u] = q4(q_at + 7u) * params.scale;
+}
+
+// q quads o .. o+7 dot the 8 quads of k.
+fn lanes_dot8(st: ptr<function, LaneState>, o: u32, k: array<vec4<f32>, 8>) -> f32 {
+    let a = dot(k[0], (*st).q[o]) + dot(k[1], (*st).q[o + 1u]);
+    let b = dot(k[2], (*st).q[o + 2u]) + dot(k[3], (*st).q[o + 3u]);
+    let c = dot(k[4], (*st).q[o + 4u]) + dot(k[5], (*st).q[o + 5u]);
+    let d = dot(k[6], (*st).q[o + 6u]) + dot(k[7], (*st).q[o + 7u]);
+    return (a + b) + (c + d);
+}
+
+// acc quads o .. o+7 = acc * c + e * v.
+fn lanes_acc8(st: ptr<function, LaneState>, o: u32, v: array<vec4<f32>, 8>, c: f32, e: f32) {
+    (*st).acc[o] = fma((*st).acc[o], vec4<f32>(c), e * v[0]);
+    (*st).acc[o + 1u] = fma((*st).acc[o + 1u], vec4<f32>(c), e * v[1]);
+    (*st).acc[o + 2u] = fma((*st).acc[o + 2u], vec4<f32>(c), e * v[2]);
+    (*st).acc[o + 3u] = fma((*st).acc[o + 3u], vec4<f32>(c), e * v[3]);
+    (*st).acc[o + 4u] = fma((*st).acc[o + 4u], vec4<f32>(c), e * v[4]);
+    (*st).acc[o + 5u] = fma((*st).acc[o + 5u], vec4<f32>(c), e * v[5]);
+    (*st).acc[o + 6u] = fma((*st).acc[o + 6u], vec4<f32>(c), e * v[6]);
+    (*st).acc[o + 7u] = fma((*st).acc[o + 7u], vec4<f32>(c), e * v[7]);
+}
+
+fn lanes_out8(st: ptr<function, LaneState>, op: u32, g: u32, o: u32, a: u32, w: f32, mt: vec2<f32>) {
+    lanes_out(st, op, g, o, a, w, mt);
+    lanes_out(st, op, g, o + 1u, a, w, mt);
+    lanes_out(st, op, g, o + 2u, a, w, mt);
+    lanes_out(st, op, g, o + 3u, a, w, mt);
+    lanes_out(st, op, g, o + 4u, a, w, mt);
+    lanes_out(st, op, g, o + 5u, a, w, mt);
+    lanes_out(st, op, g, o + 6u, a, w, mt);
+    lanes_out(st, op, g, o + 7u, a, w, mt);
+}
+
+// Accumulator quad i (of head g) out of the registers, times w. LANE_STORE (prefill_lanes): to out at
+// element a + g * HD + 4 * (i - head start). LANE_MERGE (decode_lanes): with SUBGROUPS summed over the
+// lanes and written (or its partial, mt = (M, total)) by one lane; else this lane's quad into workgroup
+// memory for the merge there (a = the head being merged: only its quads).
+fn lanes_out(st: ptr<function, LaneState>, op: u32, g: u32, i: u32, a: u32, w: f32, mt: vec2<f32>) {
+    let d4 = i - g * HD / 4u;
+#if !SPLIT
+    // (The split variant binds no `out`.)
+    if op == LANE_STORE {
+        store4(a + g * HD + 4u * d4, (*st).acc[i] * w);
+        return;
+    }
+#endif
+#if SUBGROUPS
+    let sum = subgroupAdd((*st).acc[i] * w);
+    if lane_id == d4 % WL {
+        lanes_result(g, 4u * d4, sum, mt.x, mt.y);
+    }
+#else
+    if g == a {
+        let x = (*st).acc[i];
+        lane_acc[lane_id * HD + 4u * d4] = x.x;
+        lane_acc[lane_id * HD + 4u * d4 + 1u] = x.y;
+        lane_acc[lane_id * HD + 4u * d4 + 2u] = x.z;
+        lane_acc[lane_id * HD + 4u * d4 + 3u] = x.w;
+    }
+#endif
+}
+
+fn store4(at: u32, x: vec4<f32>) {
+    out[at] = x.x;
+    out[at + 1u] = x.y;
+    out[at + 2u] = x.z;
+    out[at + 3u] = x.w;
 }
 
 // The 8 quads of the cache at index i .. i+31: `broadcast`, one loaded by each of lanes 0..7 and broadcast
@@ -327,65 +474,26 @@ fn lanes_begin(q0: u32) {
 fn lanes_quads(i: u32, broadcast: bool) -> array<vec4<f32>, 8> {
 #if SUBGROUPS
     if broadcast {
-        return kv_quads8(i, lane8);
+        return kv_quads8(i, lane_id);
     }
 #endif
     return kv_own8(i);
 }
 
+// The cache row at index i (HD elements) as 32-dim pieces.
+fn lanes_row(i: u32, broadcast: bool) -> LaneRow {
+    var r: LaneRow;
+    r.p0 = lanes_quads(i, broadcast);
+    if HD > 32u { r.p1 = lanes_quads(i + 32u, broadcast); }
+    if HD > 64u { r.p2 = lanes_quads(i + 64u, broadcast); }
+    if HD > 96u { r.p3 = lanes_quads(i + 96u, broadcast); }
+    return r;
+}
+
 // One position into the lane's softmax: K row at kb, V row at vb. `masked` (past the lane's row, causal):
 // score NEG, leaving the softmax as it was.
-fn lanes_position(kb: u32, vb: u32, broadcast: bool, masked: bool) {
-    for (var g = 0u; g < G; g++) {
-        ls[g] = 0.0;
-    }
-    lanes_score32(lanes_quads(kb, broadcast), 0u);
-    if HD > 32u {
-        lanes_score32(lanes_quads(kb + 32u, broadcast), 1u);
-    }
-    if HD > 64u {
-        lanes_score32(lanes_quads(kb + 64u, broadcast), 2u);
-    }
-    if HD > 96u {
-        lanes_score32(lanes_quads(kb + 96u, broadcast), 3u);
-    }
-    for (var g = 0u; g < G; g++) {
-        let score = select(ls[g], NEG, masked);
-        let m_new = max(lm[g], score);
-        lc[g] = exp(lm[g] - m_new);
-        le[g] = exp(score - m_new);
-        ll[g] = ll[g] * lc[g] + le[g];
-        lm[g] = m_new;
-    }
-    lanes_accumulate32(lanes_quads(vb, broadcast), 0u);
-    if HD > 32u {
-        lanes_accumulate32(lanes_quads(vb + 32u, broadcast), 1u);
-    }
-    if HD > 64u {
-        lanes_accumulate32(lanes_quads(vb + 64u, broadcast), 2u);
-    }
-    if HD > 96u {
-        lanes_accumulate32(lanes_quads(vb + 96u, broadcast), 3u);
-    }
-}
-
-// ls[g] += q_g . k over dims 32j .. 32j+31, k given as 8 quads, q from lq.
-fn lanes_score32(k8: array<vec4<f32>, 8>, j: u32) {
-    for (var i = 0u; i < 8u; i++) {
-        for (var g = 0u; g < G; g++) {
-            ls[g] += dot(k8[i], lq[g * HD / 4u + 8u * j + i]);
-        }
-    }
-}
-
-// lacc_g = lacc_g * lc[g] + le[g] * v over dims 32j .. 32j+31, v given as 8 quads.
-fn lanes_accumulate32(v8: array<vec4<f32>, 8>, j: u32) {
-    for (var i = 0u; i < 8u; i++) {
-        for (var g = 0u; g < G; g++) {
-            let a = g * HD / 4u + 8u * j + i;
-            lacc[a] = fma(lacc[a], vec4<f32>(lc[g]), le[g] * v8[i]);
-        }
-    }
+fn lanes_position(st: ptr<function, LaneState>, kb: u32, vb: u32, broadcast: bool, masked: bool) {
+    lanes_heads(st, LANE_POSITION, 0u, lanes_row(kb, broadcast), lanes_row(vb, broadcast), masked);
 }
 
 // The 8 quads of the cache at index i .. i+31 read by this lane alone (decode_lanes: one position each).
@@ -406,16 +514,46 @@ fn kv_own8(i: u32) -> array<vec4<f32>, 8> {
 #endif
 }
 
+// This lane's index in its workgroup (decode_lanes) or among the 8 that load a position's quads (prefill_lanes).
+var<private> lane_id: u32;
+// decode_lanes' workgroup and its start of the output row.
+var<private> lane_kvh: u32;
+var<private> lane_chunk: u32;
+
+// Head g's merged quad at dim d of this workgroup (`decode_lanes`): M = big, sum of l exp(m - M) = total.
+fn lanes_result(g: u32, d: u32, sum: vec4<f32>, big: f32, total: f32) {
+    let width = params.heads * HD;
+#if SPLIT
+    // This chunk's (max, sum, unnormalised acc) for `merge`, as `decode` writes them.
+    let base = ((lane_kvh * G + g) * params.n_chunks + lane_chunk) * (HD + 2u);
+    partials[base + 2u + d] = sum.x;
+    partials[base + 3u + d] = sum.y;
+    partials[base + 4u + d] = sum.z;
+    partials[base + 5u + d] = sum.w;
+    if d == 0u {
+        partials[base] = big;
+        partials[base + 1u] = total;
+    }
+#else
+    store4(last_row() * width + (lane_kvh * G + g) * HD + d, sum / total);
+#endif
+}
+
+#if !SUBGROUPS
 var<workgroup> lane_m: array<f32, WL * G>;
 var<workgroup> lane_l: array<f32, WL * G>;
 var<workgroup> lane_acc: array<f32, WL * HD>;
+#endif
 
 @compute @workgroup_size(WL)
 fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let kvh = wg.x;
+    lane_kvh = kvh;
+    lane_id = lid;
     let ctx = context_len();
 #if SPLIT
     let chunk = wg.y;
+    lane_chunk = chunk;
     let start = chunk * chunk_length(ctx);
     let end = min(start + chunk_length(ctx), ctx);
     if start >= ctx {
@@ -430,24 +568,22 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let q0 = (last_row() * width + kvh * G * HD) / 4u;
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
-    lanes_begin(q0);
+    var st: LaneState;
+    var none: LaneRow;
+    lanes_heads(&st, LANE_BEGIN, q0, none, none, false);
     for (var p = start + lid; p < end; p += WL) {
-        lanes_position(k_base + p * HD, v_base + p * HD, false, false);
+        lanes_position(&st, k_base + p * HD, v_base + p * HD, false, false);
     }
     // Merge the WL lanes' softmaxes: out = sum_j acc_j exp(m_j - M) / sum_j l_j exp(m_j - M). Lanes that got
     // no position hold m = NEG, l = 0, acc = 0 and drop out (ctx >= 1, so M is finite).
+#if SUBGROUPS
+    // Launcher: the WL lanes are one subgroup. No barrier, so the driver needs no coroutine frame either.
+    lanes_heads(&st, LANE_MERGE, 0u, none, none, false);
+#else
+    lanes_heads(&st, LANE_SHARE, 0u, none, none, false);
     for (var g = 0u; g < G; g++) {
-        lane_m[lid * G + g] = lm[g];
-        lane_l[lid * G + g] = ll[g];
-    }
-    for (var g = 0u; g < G; g++) {
-        for (var d = 0u; d < HD; d += 4u) {
-            let a = lacc[(g * HD + d) / 4u];
-            lane_acc[lid * HD + d] = a.x;
-            lane_acc[lid * HD + d + 1u] = a.y;
-            lane_acc[lid * HD + d + 2u] = a.z;
-            lane_acc[lid * HD + d + 3u] = a.w;
-        }
+        // Each lane's state goes through workgroup memory one head at a time (lane_acc holds one head).
+        lanes_heads(&st, LANE_MERGE, g, none, none, false);
         workgroupBarrier();
         var big = NEG;
         for (var j = 0u; j < WL; j++) {
@@ -457,25 +593,18 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
         for (var j = 0u; j < WL; j++) {
             total += lane_l[j * G + g] * exp(lane_m[j * G + g] - big);
         }
-        for (var d = lid; d < HD; d += WL) {
-            var sum = 0.0;
+        for (var d = 4u * lid; d < HD; d += 4u * WL) {
+            var sum = vec4<f32>(0.0);
             for (var j = 0u; j < WL; j++) {
-                sum += lane_acc[j * HD + d] * exp(lane_m[j * G + g] - big);
+                let x = vec4<f32>(lane_acc[j * HD + d], lane_acc[j * HD + d + 1u], lane_acc[j * HD + d + 2u],
+                                  lane_acc[j * HD + d + 3u]);
+                sum = fma(x, vec4<f32>(exp(lane_m[j * G + g] - big)), sum);
             }
-#if SPLIT
-            // This chunk's (max, sum, unnormalised acc) for `merge`, as `decode` writes them.
-            let base = ((kvh * G + g) * params.n_chunks + chunk) * (HD + 2u);
-            partials[base + 2u + d] = sum;
-            if d == 0u {
-                partials[base] = big;
-                partials[base + 1u] = total;
-            }
-#else
-            out[last_row() * width + (kvh * G + g) * HD + d] = sum / total;
-#endif
+            lanes_result(g, d, sum, big, total);
         }
         workgroupBarrier();
     }
+#endif
 }
 
 // `merge` runs MWG threads (the launcher: 8 on CPU drivers, where a wider workgroup runs its SIMD batches as
@@ -556,11 +685,13 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
 var<workgroup> k_tile: array<vec4<f32>, TK * HQ>;
 var<workgroup> v_tile: array<vec4<f32>, TK * HQ>;
 
-// Where HD is a multiple of 32 up to 128, `prefill` keeps its row's q and accumulator in `lq` / `lacc` (the
-// lane kernels' register state) touched only at constant indices, 8 quads per written-out call, and folds
+// Where HD is a multiple of 32 up to 128, `prefill` keeps its row's q and accumulator in `lq` / `lacc`,
+// touched only at constant indices, 8 quads per written-out call, and folds
 // each position into the softmax as it is scored (no score array indexed by a position counter). On an
 // H100 the loop-indexed form cost ~140 µs per layer for a 64-token prefill, half the prefill.
 const PRE_REGS: bool = HD % 32u == 0u && HD <= 128u;
+var<private> lq: array<vec4<f32>, HD / 4u>;
+var<private> lacc: array<vec4<f32>, HD / 4u>;
 
 // q quads o .. o+7 (o constant at every call) from vec4 q0 + o, scaled.
 fn pre_load8(o: u32, q0: u32) {
@@ -808,31 +939,24 @@ fn prefill_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(subgroup_invocat
     if r0 >= n {
         return; // the whole workgroup: uniform
     }
-    lane8 = sg_lane & 7u;
+    lane_id = sg_lane & 7u;
     // Rows past n redo the last row (not stored), so every lane runs the same loop.
-    let row = r0 + lane8;
+    let row = r0 + lane_id;
     let r = min(row, n - 1u);
     let qpos = step.pos + r;
     let last = min(step.pos + min(r0 + 8u, n), params.capacity);
     let width = params.heads * HD;
     let q0 = (r * width + kvh * G * HD) / 4u;
-    lanes_begin(q0);
+    var st: LaneState;
+    var none: LaneRow;
+    lanes_heads(&st, LANE_BEGIN, q0, none, none, false);
     let k_base = kvh * params.capacity * HD;
     let v_base = (params.kv_heads + kvh) * params.capacity * HD;
     for (var p = 0u; p < last; p++) {
-        lanes_position(k_base + p * HD, v_base + p * HD, true, p > qpos);
+        lanes_position(&st, k_base + p * HD, v_base + p * HD, true, p > qpos);
     }
     if row < n {
-        for (var g = 0u; g < G; g++) {
-            let o = r * width + (kvh * G + g) * HD;
-            for (var d = 0u; d < HD / 4u; d++) {
-                let a = lacc[g * HD / 4u + d] / ll[g];
-                out[o + 4u * d] = a.x;
-                out[o + 4u * d + 1u] = a.y;
-                out[o + 4u * d + 2u] = a.z;
-                out[o + 4u * d + 3u] = a.w;
-            }
-        }
+        lanes_heads(&st, LANE_STORE, r * width + kvh * G * HD, none, none, false);
     }
 }
 #endif

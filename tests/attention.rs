@@ -95,6 +95,10 @@ fn decode_small_heads_and_no_grouping() {
     check_decode(4, 2, 32, 65, &[1, 2, 3, 63, 64, 65], &splits);
     check_decode(8, 8, 32, 128, &[1, 65, 128], &[Split::Auto, Split::Chunk(64), Split::Lanes]);
     check_decode(8, 8, 64, 96, &[1, 33, 96], &[Split::Chunk(40), Split::Lanes]);
+    // The lane kernels' written-out head ladder at its longest (8 heads a group), and one past it, where
+    // Lanes falls back to the workgroup kernel.
+    check_decode(8, 1, 32, 70, &[1, 9, 70], &[Split::Lanes, Split::LanesChunks(2)]);
+    check_decode(9, 1, 32, 40, &[1, 17, 40], &[Split::Lanes]);
 }
 
 /// Head dims that do not tile the decode kernel's 64 threads evenly: 80 (20 quads a row, so 3 position
@@ -106,6 +110,13 @@ fn decode_head_dims_off_the_tile() {
     check_decode(6, 2, 80, 150, &[1, 64, 65, 150], &splits);
     check_decode(4, 2, 256, 100, &[1, 63, 100], &splits);
     check_decode(6, 3, 12, 130, &[1, 2, 64, 129, 130], &splits);
+}
+
+/// The lane kernels at head dims of 4 (decode) and 3 (prefill) register pieces.
+#[test]
+fn lanes_head_dims() {
+    check_decode(2, 1, 128, 40, &[1, 9, 40], &[Split::Lanes, Split::LanesChunks(3)]);
+    check_prefill(4, 2, 96, 24, 9, &[(0, 9), (15, 9)]);
 }
 
 /// Prefill of each n onto an empty (pos 0) and a partly filled cache, with the grid sized for `max_n` rows.
@@ -166,6 +177,9 @@ fn prefill_other_groupings() {
     check_prefill(4, 2, 32, 80, 65, &[(0, 1), (0, 7), (0, 65), (15, 65), (79, 1)]);
     check_prefill(8, 8, 64, 40, 7, &[(0, 7), (33, 7)]);
     check_prefill(15, 5, 64, 72, 8, &[(0, 8), (64, 8)]);
+    // The lane kernel's longest head ladder (8 heads a group), and one past it (the tiled kernel).
+    check_prefill(8, 1, 32, 24, 9, &[(0, 9), (15, 9)]);
+    check_prefill(9, 1, 32, 24, 9, &[(0, 9), (15, 9)]);
 }
 
 /// The tiled kernel (what GPUs run) at head dims of 3 and 4 register pieces, and at 48 (not a multiple of

@@ -21,10 +21,18 @@
 //! with `cargo bench --bench kernels -- attention` on a 2-core lavapipe (capacity 2048, 9/3 heads, f16):
 //! fixed 64-position chunks (split64 / unsplit = 2.74 at context 128, 2.03 at 512, 0.93 at 2048, and even
 //! there 7x the lane kernel) and the lane kernel in 2 even chunks ([`Split::LanesChunks`], which should
-//! balance 3 KV heads over 2 host threads: 1.5 rounds instead of 2) at 2.00x / 1.56x / 1.41x the unsplit
-//! lane kernel at contexts 128 / 512 / 2048: the merge pass and the per-workgroup setup and lane merge cost
-//! more than the balance gains here. (Session 6's kernels; 128-position chunks and the older `decode`
-//! measured the same way: split / unsplit 1.90 / 1.59 / 0.79, lanes in 2 chunks 1.53x / 1.15x / 1.16x.)
+//! balance 3 KV heads over 2 host threads: 1.5 rounds instead of 2) at 2.37x / 1.26x / 1.19x the unsplit
+//! lane kernel at contexts 128 / 512 / 2048: the merge pass and the per-workgroup setup cost more than the
+//! balance gains here.
+//!
+//! The lane kernels keep every lane's state (q, accumulators, softmax of the group's heads) at indices
+//! that are constants in the source, heads through a written-out ladder of [`LANES_MAX_GROUP`] calls: lavapipe
+//! (Mesa 22.3) moves any array that a loop counter indexes to per-lane scratch memory before it unrolls the
+//! loop, and then each store is a masked scalar store per lane (two thirds of the instructions of a decode
+//! position, found in the JIT code). Written out, with the decode merge through subgroup reductions (no
+//! barrier, so no coroutine frame either): 9/3 heads f16, decode 205.7 -> 67.8 / 278.8 -> 47.6 / 409.6 ->
+//! 115.7 / 1377.6 -> 353.4 µs at contexts 64 / 128 / 512 / 2048, `prefill_lanes` 2585 -> 1429 µs (n = 64)
+//! and 22600 -> 5263 µs (n = 256).
 
 use bytemuck::{Pod, Zeroable};
 
@@ -59,9 +67,10 @@ pub enum Split {
     /// Chunks of this many positions (>= 1), plus the merge pass.
     Chunk(usize),
     /// One workgroup of [`DECODE_LANES`] lanes per KV head, positions strided over the lanes, each lane
-    /// its own online softmax, merged once in workgroup memory (`decode_lanes`; what `Auto` picks on CPU
-    /// devices). Falls back to [`Split::Off`] unless `head_dim` is a multiple of 32 up to 128 and
-    /// `head_dim + 2 * group <= 256` (its workgroup memory).
+    /// its own online softmax, merged once by subgroup reductions where the lanes are one subgroup, else
+    /// in workgroup memory (`decode_lanes`; what `Auto` picks on CPU devices). Falls back to
+    /// [`Split::Off`] unless `head_dim` is a multiple of 32 up to 128, the group at most
+    /// [`LANES_MAX_GROUP`] query heads, and `head_dim + 2 * group <= 256` (its workgroup memory).
     Lanes,
     /// [`Split::Lanes`] with each KV head's context cut into this many even chunks (>= 1; even, not fixed
     /// length, so the work per workgroup is equal at every context), one workgroup per (KV head, chunk),
@@ -70,8 +79,9 @@ pub enum Split {
     LanesChunks(usize),
 }
 
-/// Lanes per workgroup of [`Split::Lanes`]: one SIMD batch of lavapipe (8 lanes), so the final merge's
-/// barriers switch no coroutines; 16 lanes measured 1.6x slower at context 128 and level at 2048.
+/// Lanes per workgroup of [`Split::Lanes`]: one SIMD batch of lavapipe (8 lanes), so the final merge is
+/// one subgroup's reductions (without subgroups, its barriers switch no coroutines); 16 lanes measured 1.6x
+/// slower at context 128 and level at 2048.
 pub const DECODE_LANES: usize = 8;
 
 #[repr(C)]
@@ -158,10 +168,14 @@ fn variant(gpu: &Gpu, cache: &KvCache, group: usize, split: bool) -> ShaderVaria
         .constant("QV4", 1)
 }
 
-/// Whether the lane kernels (`decode_lanes`, `prefill_lanes`) take this head_dim: their registers hold it
-/// in 32-dim pieces, at most four.
-fn lanes_head_dim(hd: usize) -> bool {
-    hd.is_multiple_of(32) && hd <= 128
+/// Most query heads per KV head the lane kernels take: their heads go through a written-out ladder of
+/// this many calls (`lanes_heads` in `kernels/attention.wgsl`).
+pub const LANES_MAX_GROUP: usize = 8;
+
+/// Whether the lane kernels (`decode_lanes`, `prefill_lanes`) take this head_dim and group size: their
+/// registers hold a head in 32-dim pieces, at most four, for at most [`LANES_MAX_GROUP`] heads.
+fn lanes_fit(hd: usize, group: usize) -> bool {
+    hd.is_multiple_of(32) && hd <= 128 && group <= LANES_MAX_GROUP
 }
 
 /// The chunk length [`Split::Auto`] picks for a cache of `capacity` positions on a device of class
@@ -188,7 +202,7 @@ pub fn attention_decode(
     let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let capacity = cache.capacity();
-    let lanes_fit = lanes_head_dim(hd) && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
+    let lanes_fit = lanes_fit(hd, shape.group) && DECODE_LANES * (hd + 2 * shape.group) * 4 <= 16384;
     let cpu = gpu.is_cpu_class();
     let lanes = match split {
         Split::Lanes => Some(1),
@@ -289,7 +303,10 @@ fn decode_lanes(
     // chunk_len 0: the kernel cuts each step's context into n_chunks even chunks.
     let chunk_len = if split { 0 } else { cache.capacity() };
     let params = uniform(gpu, "attention params", &Params::new(shape, cache, chunk_len, n_chunks))?;
+    // The lanes merge through subgroup reductions when all WL lanes are one subgroup.
+    let lane_subgroup = gpu.features().subgroups && gpu.subgroup_size_range().0 as usize >= DECODE_LANES;
     let variant = variant(gpu, cache, shape.group, split)
+        .flag_if("SUBGROUPS", lane_subgroup)
         .flag_if("QUNI", q_uniform)
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
@@ -341,7 +358,8 @@ pub fn attention_prefill(
     slot: usize,
     out: &Tensor,
 ) -> Result<Dispatch> {
-    let lanes = gpu.is_cpu_class() && broadcasts_of_8(gpu) && lanes_head_dim(cache.head_dim());
+    let shape = check("attention_prefill", q, cache, out)?;
+    let lanes = gpu.is_cpu_class() && broadcasts_of_8(gpu) && lanes_fit(cache.head_dim(), shape.group);
     prefill(gpu, step, q, cache, slot, out, lanes)
 }
 
