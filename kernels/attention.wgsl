@@ -462,6 +462,7 @@ fn lanes_out(st: ptr<function, LaneState>, op: u32, g: u32, i: u32, a: u32, w: f
 #endif
 }
 
+// out[at .. at+4] = x.
 fn store4(at: u32, x: vec4<f32>) {
     out[at] = x.x;
     out[at + 1u] = x.y;
@@ -516,7 +517,7 @@ fn kv_own8(i: u32) -> array<vec4<f32>, 8> {
 
 // This lane's index in its workgroup (decode_lanes) or among the 8 that load a position's quads (prefill_lanes).
 var<private> lane_id: u32;
-// decode_lanes' workgroup and its start of the output row.
+// decode_lanes' KV head and (SPLIT) chunk, for `lanes_result` at the end of the head ladder.
 var<private> lane_kvh: u32;
 var<private> lane_chunk: u32;
 
@@ -732,21 +733,14 @@ fn pre_acc8(o: u32, c: f32, p: f32, vt: u32) {
 
 // out quads o .. o+7 of the row at float index i = accumulator / l.
 fn pre_store8(o: u32, i: u32, l: f32) {
-    pre_store4(i + 4u * o, lacc[o] / l);
-    pre_store4(i + 4u * (o + 1u), lacc[o + 1u] / l);
-    pre_store4(i + 4u * (o + 2u), lacc[o + 2u] / l);
-    pre_store4(i + 4u * (o + 3u), lacc[o + 3u] / l);
-    pre_store4(i + 4u * (o + 4u), lacc[o + 4u] / l);
-    pre_store4(i + 4u * (o + 5u), lacc[o + 5u] / l);
-    pre_store4(i + 4u * (o + 6u), lacc[o + 6u] / l);
-    pre_store4(i + 4u * (o + 7u), lacc[o + 7u] / l);
-}
-
-fn pre_store4(j: u32, v: vec4<f32>) {
-    out[j] = v.x;
-    out[j + 1u] = v.y;
-    out[j + 2u] = v.z;
-    out[j + 3u] = v.w;
+    store4(i + 4u * o, lacc[o] / l);
+    store4(i + 4u * (o + 1u), lacc[o + 1u] / l);
+    store4(i + 4u * (o + 2u), lacc[o + 2u] / l);
+    store4(i + 4u * (o + 3u), lacc[o + 3u] / l);
+    store4(i + 4u * (o + 4u), lacc[o + 4u] / l);
+    store4(i + 4u * (o + 5u), lacc[o + 5u] / l);
+    store4(i + 4u * (o + 6u), lacc[o + 6u] / l);
+    store4(i + 4u * (o + 7u), lacc[o + 7u] / l);
 }
 
 // One position (its K and V at tile quad t * HQ) into the row's softmax (m, l) held in pre_ml.
@@ -908,7 +902,7 @@ fn prefill(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
             }
         } else {
             for (var d4 = 0u; d4 < HQ; d4++) {
-                pre_store4(i + 4u * d4, acc[d4] / l);
+                store4(i + 4u * d4, acc[d4] / l);
             }
         }
     }

@@ -83,6 +83,8 @@ pub enum Split {
 /// one subgroup's reductions (without subgroups, its barriers switch no coroutines); 16 lanes measured 1.6x
 /// slower at context 128 and level at 2048.
 pub const DECODE_LANES: usize = 8;
+// `decode_lanes` merges by subgroup reductions where `broadcasts_of_8` holds: its lanes must be 8.
+const _: () = assert!(DECODE_LANES == 8);
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -303,10 +305,9 @@ fn decode_lanes(
     // chunk_len 0: the kernel cuts each step's context into n_chunks even chunks.
     let chunk_len = if split { 0 } else { cache.capacity() };
     let params = uniform(gpu, "attention params", &Params::new(shape, cache, chunk_len, n_chunks))?;
-    // The lanes merge through subgroup reductions when all WL lanes are one subgroup.
-    let lane_subgroup = gpu.features().subgroups && gpu.subgroup_size_range().0 as usize >= DECODE_LANES;
+    // The lanes merge through subgroup reductions when all DECODE_LANES (8) lanes are one subgroup.
     let variant = variant(gpu, cache, shape.group, split)
-        .flag_if("SUBGROUPS", lane_subgroup)
+        .flag_if("SUBGROUPS", broadcasts_of_8(gpu))
         .flag_if("QUNI", q_uniform)
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
@@ -358,9 +359,7 @@ pub fn attention_prefill(
     slot: usize,
     out: &Tensor,
 ) -> Result<Dispatch> {
-    let shape = check("attention_prefill", q, cache, out)?;
-    let lanes = gpu.is_cpu_class() && broadcasts_of_8(gpu) && lanes_fit(cache.head_dim(), shape.group);
-    prefill(gpu, step, q, cache, slot, out, lanes)
+    prefill(gpu, step, q, cache, slot, out, true)
 }
 
 /// [`attention_prefill`] with the tiled kernel on any device: one workgroup per (query head, 64 rows),
@@ -383,9 +382,11 @@ fn prefill(
     cache: &KvCache,
     slot: usize,
     out: &Tensor,
-    lanes: bool,
+    lanes_where_they_fit: bool,
 ) -> Result<Dispatch> {
-    let shape = check("attention_prefill", q, cache, out)?;
+    let shape = &check("attention_prefill", q, cache, out)?;
+    let lanes =
+        lanes_where_they_fit && gpu.is_cpu_class() && broadcasts_of_8(gpu) && lanes_fit(cache.head_dim(), shape.group);
     let kv = cache.binding(slot)?;
     if shape.rows > cache.capacity() {
         return Err(Error::Capacity {
@@ -394,7 +395,7 @@ fn prefill(
             capacity: cache.capacity(),
         });
     }
-    let params = uniform(gpu, "attention params", &Params::new(&shape, cache, cache.capacity(), 1))?;
+    let params = uniform(gpu, "attention params", &Params::new(shape, cache, cache.capacity(), 1))?;
     let q_binding = q.buffer().as_entire_binding();
     if lanes {
         let pipeline =
