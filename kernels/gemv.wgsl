@@ -243,7 +243,7 @@ fn dot_rows_x8(r0: u32, batch: u32) -> array<f32, OUTS> {
     let rb = min(r0 + 8u, last8);
     let xbase = batch * params.w.cols;
     for (var b = 0u; b < params.w.blocks; b++) {
-        let xv = load_x(xbase, b, params.w.cols);
+        let xv = weight_block_x(load_x(xbase, b, params.w.cols));
         add8(&acc, 0u, weight_dot32_x8(params.w, weight_block(params.w, ra, b), xv));
         if RPT == 16u {
             add8(&acc, 8u, weight_dot32_x8(params.w, weight_block(params.w, rb, b), xv));
@@ -318,7 +318,7 @@ fn dot_rows(r0: u32, batch: u32, first: u32, step: u32) -> array<f32, OUTS> {
     let last = params.out_rows - 1u;
     let xbase = batch * params.w.cols;
     for (var b = first; b < params.w.blocks; b += step) {
-        let xv = load_x(xbase, b, params.w.cols);
+        let xv = weight_block_x(load_x(xbase, b, params.w.cols));
         for (var i = 0u; i < RPT; i++) {
             // Rows past the end re-read the last row (never stored): no branch in the hot loop.
             let r = min(r0 + i, last);
@@ -525,22 +525,24 @@ fn window_row(r: u32) {
         wmac(weight_i8x4(c.w) * s, q + 7u);
 #else
         // q4: w = d * q + m, with m = -8d for q4_0.
+        // The nibbles are read in place (`weight_u4x4_lo/hi`), their powers of two divided out of d.
         let sm = weight_scale(params.w, g);
-        let d = vec4<f32>(sm.x);
+        let d_lo = sm.x * Q4_LO_SCALE;
+        let d_hi = sm.x * Q4_HI_SCALE;
 #if W_Q4_0
         let m = vec4<f32>(-8.0 * sm.x);
 #else
         let m = vec4<f32>(sm.y);
 #endif
         let a = wquad(t);
-        wmac(fma(weight_u4x4(a.x), d, m), q);
-        wmac(fma(weight_u4x4(a.y), d, m), q + 1u);
-        wmac(fma(weight_u4x4(a.z), d, m), q + 2u);
-        wmac(fma(weight_u4x4(a.w), d, m), q + 3u);
-        wmac(fma(weight_u4x4(a.x >> 4u), d, m), q + 4u);
-        wmac(fma(weight_u4x4(a.y >> 4u), d, m), q + 5u);
-        wmac(fma(weight_u4x4(a.z >> 4u), d, m), q + 6u);
-        wmac(fma(weight_u4x4(a.w >> 4u), d, m), q + 7u);
+        wmac(fma(weight_u4x4_lo(a.x), d_lo, m), q);
+        wmac(fma(weight_u4x4_lo(a.y), d_lo, m), q + 1u);
+        wmac(fma(weight_u4x4_lo(a.z), d_lo, m), q + 2u);
+        wmac(fma(weight_u4x4_lo(a.w), d_lo, m), q + 3u);
+        wmac(fma(weight_u4x4_hi(a.x), d_hi, m), q + 4u);
+        wmac(fma(weight_u4x4_hi(a.y), d_hi, m), q + 5u);
+        wmac(fma(weight_u4x4_hi(a.z), d_hi, m), q + 6u);
+        wmac(fma(weight_u4x4_hi(a.w), d_hi, m), q + 7u);
 #endif
     }
 }

@@ -121,11 +121,10 @@ fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let row = slot * HD + elem_of(grp, j);
     var acc = 0.0;
     for (var b = lane; b < params.desc.blocks; b += TPR) {
-        var xb: array<vec4<f32>, 8>;
-        for (var k = 0u; k < 8u; k++) {
-            xb[k] = x_sh[b * 8u + k];
-        }
-        acc += weight_dot32(params.desc, row, b, xb);
+        let o = b * 8u;
+        let xb = array<vec4<f32>, 8>(x_sh[o], x_sh[o + 1u], x_sh[o + 2u], x_sh[o + 3u], x_sh[o + 4u], x_sh[o + 5u],
+                                     x_sh[o + 6u], x_sh[o + 7u]);
+        acc += weight_dot32(params.desc, row, b, weight_block_x(xb));
     }
     part_sh[lid] = acc;
     workgroupBarrier();

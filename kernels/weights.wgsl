@@ -112,72 +112,56 @@ fn weight_block(desc: WeightDesc, row: u32, block: u32) -> u32 {
 #endif
 }
 
-// The 8 vec4 of raw values of block `g` before scaling: f32/f16 the weights; q8_0 q; q4_0 q-8; q4_1 q.
-// Multiplying by d (and adding m for q4_1) gives the weights.
-fn weight_raw32(g: u32) -> array<vec4<f32>, 8> {
-    var v: array<vec4<f32>, 8>;
-    let t = g * (WPB / 4u);
-#if W_F32
-    for (var k = 0u; k < 8u; k++) {
-        v[k] = bitcast<vec4<f32>>(wquad(t + k));
-    }
-#elif W_F16
-    for (var k = 0u; k < 4u; k++) {
-        let w = wquad(t + k);
-        v[2u * k] = vec4<f32>(unpack2x16float(w.x), unpack2x16float(w.y));
-        v[2u * k + 1u] = vec4<f32>(unpack2x16float(w.z), unpack2x16float(w.w));
-    }
-#elif W_Q8_0
-    for (var k = 0u; k < 2u; k++) {
-        let w = wquad(t + k);
-        v[4u * k] = weight_i8x4(w.x);
-        v[4u * k + 1u] = weight_i8x4(w.y);
-        v[4u * k + 2u] = weight_i8x4(w.z);
-        v[4u * k + 3u] = weight_i8x4(w.w);
-    }
-#else
-    let w = wquad(t);
-#if W_Q4_0
-    let bias = vec4<f32>(8.0);
-#else
-    let bias = vec4<f32>(0.0);
-#endif
-    v[0] = weight_u4x4(w.x) - bias;
-    v[1] = weight_u4x4(w.y) - bias;
-    v[2] = weight_u4x4(w.z) - bias;
-    v[3] = weight_u4x4(w.w) - bias;
-    v[4] = weight_u4x4(w.x >> 4u) - bias;
-    v[5] = weight_u4x4(w.y >> 4u) - bias;
-    v[6] = weight_u4x4(w.z >> 4u) - bias;
-    v[7] = weight_u4x4(w.w >> 4u) - bias;
-#endif
-    return v;
+// One block of x (32 columns) as the dot products below read it: prepared once per block
+// (`weight_block_x`) for every row that uses it. The q4 types read each nibble where it lies, with one mask
+// and no shift: the element at bits 8c (low nibbles) or 8c + 4 (high nibbles) comes out times 2^(8c) or
+// 2^(8c+4), so `v` holds x divided by those powers of two (exact), leaving every product q*x as it was; the
+// top nibble is shifted down instead (its mask would exceed i32). On lavapipe each shift is one SIMD
+// instruction per weight (~1 in 7 of the GEMV's loop); on GPUs this is a multiply per column per block.
+// `sum` is sum(x), the q4 types' offset term. f32/f16/q8_0 use x as it is.
+struct BlockX {
+    v: array<vec4<f32>, 8>,
+    sum: f32,
 }
 
-// The 32 dequantized weights of `row` at columns 32*block .. 32*block+31.
-fn weight_block32(desc: WeightDesc, row: u32, block: u32) -> array<vec4<f32>, 8> {
-    let g = weight_block(desc, row, block);
-    var v = weight_raw32(g);
-#if W_Q8_0 || W_Q4_0 || W_Q4_1
-    let s = weight_scale(desc, g);
-    for (var k = 0u; k < 8u; k++) {
-        v[k] = fma(v[k], vec4<f32>(s.x), vec4<f32>(s.y));
-    }
+#if W_Q4_0 || W_Q4_1
+// Powers of two divided out of x for the in-place nibbles of `weight_u4x4_lo` / `weight_u4x4_hi`.
+const Q4_LO_SCALE = vec4<f32>(1.0, 0.00390625, 1.52587890625e-05, 5.9604644775390625e-08);
+const Q4_HI_SCALE = vec4<f32>(0.0625, 0.000244140625, 9.5367431640625e-07, 1.0);
+
+// Low nibbles of the 4 bytes of w, each times 2^(8c).
+fn weight_u4x4_lo(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w) & vec4<u32>(0xFu, 0xF00u, 0xF0000u, 0xF000000u));
+}
+
+// High nibbles of the 4 bytes of w, each times 2^(8c+4) except the top one (c = 3: times 1).
+fn weight_u4x4_hi(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w & 0xF0u, w & 0xF000u, w & 0xF00000u, w >> 28u));
+}
 #endif
-    return v;
+
+fn weight_block_x(x: array<vec4<f32>, 8>) -> BlockX {
+#if W_Q4_0 || W_Q4_1
+    let xs = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
+    return BlockX(array<vec4<f32>, 8>(x[0] * Q4_LO_SCALE, x[1] * Q4_LO_SCALE, x[2] * Q4_LO_SCALE, x[3] * Q4_LO_SCALE,
+                                      x[4] * Q4_HI_SCALE, x[5] * Q4_HI_SCALE, x[6] * Q4_HI_SCALE, x[7] * Q4_HI_SCALE),
+                  (xs.x + xs.y) + (xs.z + xs.w));
+#else
+    return BlockX(x, 0.0);
+#endif
 }
 
 // Dot product of the 32 weights of `row` at columns 32*block.. with x (f32 accumulation).
-fn weight_dot32(desc: WeightDesc, row: u32, block: u32, x: array<vec4<f32>, 8>) -> f32 {
+fn weight_dot32(desc: WeightDesc, row: u32, block: u32, x: BlockX) -> f32 {
     return weight_dot32_at(desc, weight_block(desc, row, block), x);
 }
 
 // The same for block g. Quantized types sum q*x first and scale once: d * sum(q x) (+ m * sum(x) for q4_1).
-fn weight_dot32_at(desc: WeightDesc, g: u32, x: array<vec4<f32>, 8>) -> f32 {
+fn weight_dot32_at(desc: WeightDesc, g: u32, x: BlockX) -> f32 {
 #if W_F32 || W_F16
-    return weight_dot32_plain(g, x);
+    return weight_dot32_plain(g, x.v);
 #else
-    return weight_scaled(weight_qsum32(g, x), weight_xsum32(x), weight_scale(desc, g));
+    return weight_scaled(weight_qsum32(g, x.v), x.sum, weight_scale(desc, g));
 #endif
 }
 
@@ -185,13 +169,14 @@ fn weight_dot32_at(desc: WeightDesc, g: u32, x: array<vec4<f32>, 8>) -> f32 {
 // rows when the row count is a multiple of 8) the same block of 8 consecutive rows, whose 8 scales are
 // one aligned texel (q4_1: two), fetched once instead of once per row. Written out without loops, so a
 // CPU driver keeps all of it in registers.
-fn weight_dot32_x8(desc: WeightDesc, g: u32, x: array<vec4<f32>, 8>) -> array<f32, 8> {
+fn weight_dot32_x8(desc: WeightDesc, g: u32, bx: BlockX) -> array<f32, 8> {
+    let x = bx.v;
 #if W_F32 || W_F16
     return array<f32, 8>(weight_dot32_plain(g, x), weight_dot32_plain(g + 1u, x), weight_dot32_plain(g + 2u, x),
                          weight_dot32_plain(g + 3u, x), weight_dot32_plain(g + 4u, x), weight_dot32_plain(g + 5u, x),
                          weight_dot32_plain(g + 6u, x), weight_dot32_plain(g + 7u, x));
 #else
-    let xs = weight_xsum32(x);
+    let xs = bx.sum;
     let s = weight_scales8(desc, g);
     return array<f32, 8>(weight_scaled(weight_qsum32(g, x), xs, s[0]), weight_scaled(weight_qsum32(g + 1u, x), xs, s[1]),
                          weight_scaled(weight_qsum32(g + 2u, x), xs, s[2]), weight_scaled(weight_qsum32(g + 3u, x), xs, s[3]),
@@ -230,7 +215,7 @@ fn weight_dot32_plain(g: u32, x: array<vec4<f32>, 8>) -> f32 {
     return (acc.x + acc.y) + (acc.z + acc.w);
 }
 #else
-// sum(q x) over block g before scaling: q8_0 signed q, q4 the stored nibble (0..15).
+// sum(q x) over block g before scaling: q8_0 signed q, q4 the stored nibble (0..15); x as `BlockX.v`.
 fn weight_qsum32(g: u32, x: array<vec4<f32>, 8>) -> f32 {
     let t = g * (WPB / 4u);
 #if W_Q8_0
@@ -246,26 +231,16 @@ fn weight_qsum32(g: u32, x: array<vec4<f32>, 8>) -> f32 {
     acc = fma(weight_i8x4(b.w), x[7], acc);
 #else
     let w = wquad(t);
-    var acc = weight_u4x4(w.x) * x[0];
-    acc = fma(weight_u4x4(w.y), x[1], acc);
-    acc = fma(weight_u4x4(w.z), x[2], acc);
-    acc = fma(weight_u4x4(w.w), x[3], acc);
-    acc = fma(weight_u4x4(w.x >> 4u), x[4], acc);
-    acc = fma(weight_u4x4(w.y >> 4u), x[5], acc);
-    acc = fma(weight_u4x4(w.z >> 4u), x[6], acc);
-    acc = fma(weight_u4x4(w.w >> 4u), x[7], acc);
+    var acc = weight_u4x4_lo(w.x) * x[0];
+    acc = fma(weight_u4x4_lo(w.y), x[1], acc);
+    acc = fma(weight_u4x4_lo(w.z), x[2], acc);
+    acc = fma(weight_u4x4_lo(w.w), x[3], acc);
+    acc = fma(weight_u4x4_hi(w.x), x[4], acc);
+    acc = fma(weight_u4x4_hi(w.y), x[5], acc);
+    acc = fma(weight_u4x4_hi(w.z), x[6], acc);
+    acc = fma(weight_u4x4_hi(w.w), x[7], acc);
 #endif
     return (acc.x + acc.y) + (acc.z + acc.w);
-}
-
-// sum(x) over a block (the q4 types' offset term).
-fn weight_xsum32(x: array<vec4<f32>, 8>) -> f32 {
-#if W_Q8_0
-    return 0.0;
-#else
-    let xs = ((x[0] + x[1]) + (x[2] + x[3])) + ((x[4] + x[5]) + (x[6] + x[7]));
-    return (xs.x + xs.y) + (xs.z + xs.w);
-#endif
 }
 
 // The block's dot product from sum(q x), sum(x) and its (d, m).
