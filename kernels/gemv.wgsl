@@ -429,14 +429,19 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 // Windowed multi-vector form for CPU devices (prefill GEMM, and the fused NORM / SWIGLU products at n > 1).
 // The launcher binds x and y one window of XN vectors at a time (x as a uniform of XV4 = XN * cols / 4
 // vec4, at most 64 KiB; y from the window's first vector), one launch per window. Lanes are rows: a lane
-// carries 8 vectors (grid y = ceil(XN / 8)) for one row at a time, RPT rows in turn, in 8 accumulators that
-// stay in registers (8 rows x 8 vectors spill on a CPU with 16 vector registers). Each dequantized weight
-// feeds 8 vectors. x reaches the lanes through subgroup broadcasts: with SUBGROUPS, lane l loads vector l's
-// four columns and hands them to the others (on lavapipe a uniform load at a varying address is a per-lane
-// gather: one gather instead of eight); without, every lane loads all eight.
+// carries 8 vectors (grid y = ceil(XN / 8)) for RPT rows, two rows per pass (A and B: two of its rows, or
+// with SWIGLU one output's gate and up rows). Each dequantized weight feeds 8 vectors. x reaches the lanes
+// through subgroup broadcasts: with SUBGROUPS, lane l loads vector l's four columns and hands them to the
+// others (on lavapipe a uniform load at a varying address is a per-lane gather: one gather instead of
+// eight); without, every lane loads all eight. Those loads and broadcasts cost as much as one row's
+// multiply-adds (lavapipe: ~70 scalar loads and lane extracts plus 32 broadcasts per 4-column quad, against
+// 64 multiplies and adds), hence two rows per pass; their 16 accumulators fit a CPU's 32 vector registers
+// (AVX-512), and more rows per pass would spill.
 // NORM: norm_w scales the weights as they are read, and 1/rms of each vector scales its sums at the end.
-var<private> wacc_lo: vec4<f32>;
-var<private> wacc_hi: vec4<f32>;
+var<private> wacc_a_lo: vec4<f32>;
+var<private> wacc_a_hi: vec4<f32>;
+var<private> wacc_b_lo: vec4<f32>;
+var<private> wacc_b_hi: vec4<f32>;
 // vec4 offsets in the window of this workgroup's 8 vectors (past XN: the window's last vector).
 var<private> wx_lo: vec4<u32>;
 var<private> wx_hi: vec4<u32>;
@@ -454,106 +459,139 @@ fn window_x8(q: u32) -> array<vec4<f32>, 8> {
                                xu[wx_hi.y + q], xu[wx_hi.z + q], xu[wx_hi.w + q]);
 }
 
-// Weights `w_in` at columns 4q .. 4q+3 of the current row times the 8 vectors, into wacc.
-fn wmac(w_in: vec4<f32>, q_in: u32) {
+// Weights of rows A (`wa_in`) and B (`wb_in`) at columns 4q .. 4q+3 times the 8 vectors, into the accumulators.
+fn wmac2(wa_in: vec4<f32>, wb_in: vec4<f32>, q_in: u32) {
     // Rows are zero-padded to whole blocks; x is not: past the last column, re-read it (times 0).
     let q = min(q_in, wlast_q);
 #if NORM
-    let w = w_in * norm_u[q];
+    let nw = norm_u[q];
+    let wa = wa_in * nw;
+    let wb = wb_in * nw;
 #else
-    let w = w_in;
+    let wa = wa_in;
+    let wb = wb_in;
 #endif
 #if SUBGROUPS
+    // Broadcast one column at a time, right where it is used: all 32 values at once spilled on lavapipe.
     let own = xu[wx_lane + q];
-    let a = array<vec4<f32>, 8>(subgroupBroadcast(own, 0u), subgroupBroadcast(own, 1u), subgroupBroadcast(own, 2u),
-                                subgroupBroadcast(own, 3u), subgroupBroadcast(own, 4u), subgroupBroadcast(own, 5u),
-                                subgroupBroadcast(own, 6u), subgroupBroadcast(own, 7u));
+    wmac2_column(wa.x, wb.x, wbcast_lo(own.x), wbcast_hi(own.x));
+    wmac2_column(wa.y, wb.y, wbcast_lo(own.y), wbcast_hi(own.y));
+    wmac2_column(wa.z, wb.z, wbcast_lo(own.z), wbcast_hi(own.z));
+    wmac2_column(wa.w, wb.w, wbcast_lo(own.w), wbcast_hi(own.w));
 #else
     let a = window_x8(q);
+    wmac2_column(wa.x, wb.x, vec4<f32>(a[0].x, a[1].x, a[2].x, a[3].x), vec4<f32>(a[4].x, a[5].x, a[6].x, a[7].x));
+    wmac2_column(wa.y, wb.y, vec4<f32>(a[0].y, a[1].y, a[2].y, a[3].y), vec4<f32>(a[4].y, a[5].y, a[6].y, a[7].y));
+    wmac2_column(wa.z, wb.z, vec4<f32>(a[0].z, a[1].z, a[2].z, a[3].z), vec4<f32>(a[4].z, a[5].z, a[6].z, a[7].z));
+    wmac2_column(wa.w, wb.w, vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), vec4<f32>(a[4].w, a[5].w, a[6].w, a[7].w));
 #endif
-    wacc_lo = fma(vec4<f32>(w.x), vec4<f32>(a[0].x, a[1].x, a[2].x, a[3].x), wacc_lo);
-    wacc_hi = fma(vec4<f32>(w.x), vec4<f32>(a[4].x, a[5].x, a[6].x, a[7].x), wacc_hi);
-    wacc_lo = fma(vec4<f32>(w.y), vec4<f32>(a[0].y, a[1].y, a[2].y, a[3].y), wacc_lo);
-    wacc_hi = fma(vec4<f32>(w.y), vec4<f32>(a[4].y, a[5].y, a[6].y, a[7].y), wacc_hi);
-    wacc_lo = fma(vec4<f32>(w.z), vec4<f32>(a[0].z, a[1].z, a[2].z, a[3].z), wacc_lo);
-    wacc_hi = fma(vec4<f32>(w.z), vec4<f32>(a[4].z, a[5].z, a[6].z, a[7].z), wacc_hi);
-    wacc_lo = fma(vec4<f32>(w.w), vec4<f32>(a[0].w, a[1].w, a[2].w, a[3].w), wacc_lo);
-    wacc_hi = fma(vec4<f32>(w.w), vec4<f32>(a[4].w, a[5].w, a[6].w, a[7].w), wacc_hi);
 }
 
-// wacc = row `r` of W times the 8 vectors (before the NORM scale). Each texel is fetched once per block.
-fn window_row(r: u32) {
-    wacc_lo = vec4<f32>(0.0);
-    wacc_hi = vec4<f32>(0.0);
+#if SUBGROUPS
+// Lanes 0..3's (`wbcast_lo`) or 4..7's (`wbcast_hi`) `v`, to every lane.
+fn wbcast_lo(v: f32) -> vec4<f32> {
+    return vec4<f32>(subgroupBroadcast(v, 0u), subgroupBroadcast(v, 1u), subgroupBroadcast(v, 2u), subgroupBroadcast(v, 3u));
+}
+
+fn wbcast_hi(v: f32) -> vec4<f32> {
+    return vec4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
+}
+#endif
+
+// One column: weights `wa`, `wb` of rows A and B times that column of vectors 0..3 (`x_lo`) and 4..7 (`x_hi`).
+fn wmac2_column(wa: f32, wb: f32, x_lo: vec4<f32>, x_hi: vec4<f32>) {
+    wacc_a_lo = fma(vec4<f32>(wa), x_lo, wacc_a_lo);
+    wacc_a_hi = fma(vec4<f32>(wa), x_hi, wacc_a_hi);
+    wacc_b_lo = fma(vec4<f32>(wb), x_lo, wacc_b_lo);
+    wacc_b_hi = fma(vec4<f32>(wb), x_hi, wacc_b_hi);
+}
+
+// The accumulators = rows `ra` and `rb` of W times the 8 vectors (before the NORM scale). Each texel is
+// fetched once per block and row.
+fn window_rows(ra: u32, rb: u32) {
+    wacc_a_lo = vec4<f32>(0.0);
+    wacc_a_hi = vec4<f32>(0.0);
+    wacc_b_lo = vec4<f32>(0.0);
+    wacc_b_hi = vec4<f32>(0.0);
     for (var b = 0u; b < params.w.blocks; b++) {
-        let g = weight_block(params.w, r, b);
-        let t = g * (WPB / 4u);
+        let ga = weight_block(params.w, ra, b);
+        let gb = weight_block(params.w, rb, b);
+        let ta = ga * (WPB / 4u);
+        let tb = gb * (WPB / 4u);
         let q = 8u * b;
 #if W_F32
-        wmac(bitcast<vec4<f32>>(wquad(t)), q);
-        wmac(bitcast<vec4<f32>>(wquad(t + 1u)), q + 1u);
-        wmac(bitcast<vec4<f32>>(wquad(t + 2u)), q + 2u);
-        wmac(bitcast<vec4<f32>>(wquad(t + 3u)), q + 3u);
-        wmac(bitcast<vec4<f32>>(wquad(t + 4u)), q + 4u);
-        wmac(bitcast<vec4<f32>>(wquad(t + 5u)), q + 5u);
-        wmac(bitcast<vec4<f32>>(wquad(t + 6u)), q + 6u);
-        wmac(bitcast<vec4<f32>>(wquad(t + 7u)), q + 7u);
+        wmac2(bitcast<vec4<f32>>(wquad(ta)), bitcast<vec4<f32>>(wquad(tb)), q);
+        wmac2(bitcast<vec4<f32>>(wquad(ta + 1u)), bitcast<vec4<f32>>(wquad(tb + 1u)), q + 1u);
+        wmac2(bitcast<vec4<f32>>(wquad(ta + 2u)), bitcast<vec4<f32>>(wquad(tb + 2u)), q + 2u);
+        wmac2(bitcast<vec4<f32>>(wquad(ta + 3u)), bitcast<vec4<f32>>(wquad(tb + 3u)), q + 3u);
+        wmac2(bitcast<vec4<f32>>(wquad(ta + 4u)), bitcast<vec4<f32>>(wquad(tb + 4u)), q + 4u);
+        wmac2(bitcast<vec4<f32>>(wquad(ta + 5u)), bitcast<vec4<f32>>(wquad(tb + 5u)), q + 5u);
+        wmac2(bitcast<vec4<f32>>(wquad(ta + 6u)), bitcast<vec4<f32>>(wquad(tb + 6u)), q + 6u);
+        wmac2(bitcast<vec4<f32>>(wquad(ta + 7u)), bitcast<vec4<f32>>(wquad(tb + 7u)), q + 7u);
 #elif W_F16
-        let a = wquad(t);
-        wmac(weight_f16x4(a.x, a.y), q);
-        wmac(weight_f16x4(a.z, a.w), q + 1u);
-        let c = wquad(t + 1u);
-        wmac(weight_f16x4(c.x, c.y), q + 2u);
-        wmac(weight_f16x4(c.z, c.w), q + 3u);
-        let d = wquad(t + 2u);
-        wmac(weight_f16x4(d.x, d.y), q + 4u);
-        wmac(weight_f16x4(d.z, d.w), q + 5u);
-        let e = wquad(t + 3u);
-        wmac(weight_f16x4(e.x, e.y), q + 6u);
-        wmac(weight_f16x4(e.z, e.w), q + 7u);
+        for (var k = 0u; k < 4u; k++) {
+            let a = wquad(ta + k);
+            let c = wquad(tb + k);
+            wmac2(weight_f16x4(a.x, a.y), weight_f16x4(c.x, c.y), q + 2u * k);
+            wmac2(weight_f16x4(a.z, a.w), weight_f16x4(c.z, c.w), q + 2u * k + 1u);
+        }
 #elif W_Q8_0
-        let s = vec4<f32>(weight_scale(params.w, g).x);
-        let a = wquad(t);
-        wmac(weight_i8x4(a.x) * s, q);
-        wmac(weight_i8x4(a.y) * s, q + 1u);
-        wmac(weight_i8x4(a.z) * s, q + 2u);
-        wmac(weight_i8x4(a.w) * s, q + 3u);
-        let c = wquad(t + 1u);
-        wmac(weight_i8x4(c.x) * s, q + 4u);
-        wmac(weight_i8x4(c.y) * s, q + 5u);
-        wmac(weight_i8x4(c.z) * s, q + 6u);
-        wmac(weight_i8x4(c.w) * s, q + 7u);
+        let sa = weight_scale(params.w, ga).x;
+        let sb = weight_scale(params.w, gb).x;
+        for (var k = 0u; k < 2u; k++) {
+            let a = wquad(ta + k);
+            let c = wquad(tb + k);
+            wmac2(weight_i8x4(a.x) * sa, weight_i8x4(c.x) * sb, q + 4u * k);
+            wmac2(weight_i8x4(a.y) * sa, weight_i8x4(c.y) * sb, q + 4u * k + 1u);
+            wmac2(weight_i8x4(a.z) * sa, weight_i8x4(c.z) * sb, q + 4u * k + 2u);
+            wmac2(weight_i8x4(a.w) * sa, weight_i8x4(c.w) * sb, q + 4u * k + 3u);
+        }
 #else
-        // q4: w = d * q + m, with m = -8d for q4_0.
-        // The nibbles are read in place (`weight_u4x4_lo/hi`), their powers of two divided out of d.
-        let sm = weight_scale(params.w, g);
-        let d_lo = sm.x * Q4_LO_SCALE;
-        let d_hi = sm.x * Q4_HI_SCALE;
+        // q4: w = d * q + m (m = -8d for q4_0), the nibbles read in place (`weight_u4x4_lo/hi`), their
+        // powers of two divided out of d.
+        let a = wquad(ta);
+        let c = wquad(tb);
+        let sa = weight_scale(params.w, ga);
+        let sb = weight_scale(params.w, gb);
+        let da_lo = sa.x * Q4_LO_SCALE;
+        let da_hi = sa.x * Q4_HI_SCALE;
+        let db_lo = sb.x * Q4_LO_SCALE;
+        let db_hi = sb.x * Q4_HI_SCALE;
 #if W_Q4_0
-        let m = vec4<f32>(-8.0 * sm.x);
+        let ma = vec4<f32>(-8.0 * sa.x);
+        let mb = vec4<f32>(-8.0 * sb.x);
 #else
-        let m = vec4<f32>(sm.y);
+        let ma = vec4<f32>(sa.y);
+        let mb = vec4<f32>(sb.y);
 #endif
-        let a = wquad(t);
-        wmac(fma(weight_u4x4_lo(a.x), d_lo, m), q);
-        wmac(fma(weight_u4x4_lo(a.y), d_lo, m), q + 1u);
-        wmac(fma(weight_u4x4_lo(a.z), d_lo, m), q + 2u);
-        wmac(fma(weight_u4x4_lo(a.w), d_lo, m), q + 3u);
-        wmac(fma(weight_u4x4_hi(a.x), d_hi, m), q + 4u);
-        wmac(fma(weight_u4x4_hi(a.y), d_hi, m), q + 5u);
-        wmac(fma(weight_u4x4_hi(a.z), d_hi, m), q + 6u);
-        wmac(fma(weight_u4x4_hi(a.w), d_hi, m), q + 7u);
+        wmac2(fma(weight_u4x4_lo(a.x), da_lo, ma), fma(weight_u4x4_lo(c.x), db_lo, mb), q);
+        wmac2(fma(weight_u4x4_lo(a.y), da_lo, ma), fma(weight_u4x4_lo(c.y), db_lo, mb), q + 1u);
+        wmac2(fma(weight_u4x4_lo(a.z), da_lo, ma), fma(weight_u4x4_lo(c.z), db_lo, mb), q + 2u);
+        wmac2(fma(weight_u4x4_lo(a.w), da_lo, ma), fma(weight_u4x4_lo(c.w), db_lo, mb), q + 3u);
+        wmac2(fma(weight_u4x4_hi(a.x), da_hi, ma), fma(weight_u4x4_hi(c.x), db_hi, mb), q + 4u);
+        wmac2(fma(weight_u4x4_hi(a.y), da_hi, ma), fma(weight_u4x4_hi(c.y), db_hi, mb), q + 5u);
+        wmac2(fma(weight_u4x4_hi(a.z), da_hi, ma), fma(weight_u4x4_hi(c.z), db_hi, mb), q + 6u);
+        wmac2(fma(weight_u4x4_hi(a.w), da_hi, ma), fma(weight_u4x4_hi(c.w), db_hi, mb), q + 7u);
 #endif
     }
 }
 
-// Stores output row `row` of the window's vectors v0 .. v0+7 (those below XN).
+// Stores output row `row` of the window's vectors v0 .. v0+7 (those below XN), `lo` vectors 0..3, `hi` 4..7.
+// Written out: a loop-indexed array of the 8 values would live in scratch memory on a CPU driver.
 fn window_store(v0: u32, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
-    let vals = array<f32, 8>(lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w);
-    for (var v = 0u; v < 8u; v++) {
-        if v0 + v < XN {
-            store(v0 + v, row, vals[v]);
-        }
+    window_store1(v0, row, lo.x);
+    window_store1(v0 + 1u, row, lo.y);
+    window_store1(v0 + 2u, row, lo.z);
+    window_store1(v0 + 3u, row, lo.w);
+    window_store1(v0 + 4u, row, hi.x);
+    window_store1(v0 + 5u, row, hi.y);
+    window_store1(v0 + 6u, row, hi.z);
+    window_store1(v0 + 7u, row, hi.w);
+}
+
+fn window_store1(v: u32, row: u32, value: f32) {
+    if v < XN {
+        store(v, row, value);
     }
 }
 
@@ -588,24 +626,32 @@ fn gemv_window(@builtin(workgroup_id) wg: vec3<u32>,
     let s_hi = vec4<f32>(1.0);
 #endif
     let last = params.out_rows - 1u;
-    for (var i = 0u; i < RPT; i++) {
-        // Neighbouring lanes take neighbouring rows; rows past the end redo the last (not stored).
-        let row = (wg.x * RPT + i) * WG + lid;
-        let r = min(row, last);
-        window_row(r);
+    // Neighbouring lanes take neighbouring rows; rows past the end redo the last (not stored).
+    let first = wg.x * RPT * WG + lid;
 #if SWIGLU
-        let g_lo = wacc_lo * s_lo;
-        let g_hi = wacc_hi * s_hi;
-        window_row(r + params.up_row);
-        let lo = swiglu4(g_lo, wacc_lo * s_lo);
-        let hi = swiglu4(g_hi, wacc_hi * s_hi);
-#else
-        let lo = wacc_lo * s_lo;
-        let hi = wacc_hi * s_hi;
-#endif
+    // One output per pass: its gate row (A) and up row (B).
+    for (var i = 0u; i < RPT; i++) {
+        let row = first + i * WG;
+        let r = min(row, last);
+        window_rows(r, r + params.up_row);
         if row <= last {
-            window_store(v0, row, lo, hi);
+            window_store(v0, row, swiglu4(wacc_a_lo * s_lo, wacc_b_lo * s_lo),
+                         swiglu4(wacc_a_hi * s_hi, wacc_b_hi * s_hi));
         }
     }
+#else
+    // Two of the lane's rows per pass (an odd RPT's last pass redoes its row as B, not stored).
+    for (var i = 0u; i < RPT; i += 2u) {
+        let row_a = first + i * WG;
+        let row_b = first + min(i + 1u, RPT - 1u) * WG;
+        window_rows(min(row_a, last), min(row_b, last));
+        if row_a <= last {
+            window_store(v0, row_a, wacc_a_lo * s_lo, wacc_a_hi * s_hi);
+        }
+        if i + 1u < RPT && row_b <= last {
+            window_store(v0, row_b, wacc_b_lo * s_lo, wacc_b_hi * s_hi);
+        }
+    }
+#endif
 }
 #endif
