@@ -28,8 +28,15 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
+#if LANES
+// x (XUV4 vec4: the dispatch's token rows) and the norm weight (NUV4 vec4) as uniforms: on lavapipe a
+// uniform load is a SIMD gather, a storage load a per-lane loop.
+@group(0) @binding(2) var<uniform> xu: array<vec4<f32>, XUV4>;
+@group(0) @binding(3) var<uniform> norm_u: array<vec4<f32>, NUV4>;
+#else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
 @group(0) @binding(3) var<storage, read> norm_w: array<f32>;
+#endif
 #if WTEX
 #if IMGREAD
 @group(0) @binding(4) var weights_tex: texture_storage_2d<rgba32uint, read>;
@@ -77,6 +84,7 @@ fn elem_of(grp: u32, j: u32) -> u32 {
 #endif
 }
 
+#if !LANES
 @compute @workgroup_size(WG)
 fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let lid = lanes.lid;
@@ -156,6 +164,7 @@ fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
                    y_sh[lid + PAIRS]);
     }
 }
+#endif
 
 // RoPE pair `p` (first element a, second b) of head slot `slot` at position pos, rotated (V: unchanged).
 fn rotate_pair(slot: u32, pos: u32, p: u32, a: f32, b: f32) -> vec2<f32> {
@@ -172,22 +181,13 @@ fn store_pair(slot: u32, r: u32, pos: u32, p: u32, ia: u32, ib: u32, a0: f32, b0
     let ab = rotate_pair(slot, pos, p, a0, b0);
     let a = ab.x;
     let b = ab.y;
-    let heads = params.heads;
-    let kvn = params.kv_heads;
-    let is_v = slot >= heads + kvn;
-    if slot < heads {
-        let base = (r * heads + slot) * HD;
+    if slot < params.heads {
+        let base = (r * params.heads + slot) * HD;
         q_out[base + ia] = a;
         q_out[base + ib] = b;
     } else {
-        var kvh = slot - heads;
-        var part = 0u;
-        if is_v {
-            kvh -= kvn;
-            part = 1u;
-        }
 #if !KVTEX
-        let base = ((part * kvn + kvh) * params.capacity + pos) * HD;
+        let base = kv_row(slot, pos);
         kv[base + ia] = kv_t(a);
         kv[base + ib] = kv_t(b);
 #endif
@@ -203,36 +203,54 @@ const EPT: u32 = 4u;
 
 // Element e of K/V head slot `slot` (K rotated) for the row at `base` of qkv_in, at position pos.
 fn rope_elem(slot: u32, pos: u32, base: u32, e: u32) -> f32 {
+    return rope_rotated(slot, pos, e, qkv_in[base + e], qkv_in[base + rope_partner(e)]);
+}
+#endif
+
+// The element that element e of a head forms its RoPE pair with.
+fn rope_partner(e: u32) -> u32 {
+#if ROPE_INTERLEAVED
+    return e ^ 1u;
+#else
+    return select(e - HD / 2u, e + HD / 2u, e < HD / 2u);
+#endif
+}
+
+// Element e of head slot `slot` at position pos after RoPE (V: unchanged), from its value `own` and its
+// partner's `other`.
+fn rope_rotated(slot: u32, pos: u32, e: u32, own: f32, other: f32) -> f32 {
 #if ROPE_INTERLEAVED
     let first = (e & 1u) == 0u;
     let p = e / 2u;
-    let partner = e ^ 1u;
 #else
     let first = e < HD / 2u;
     let p = select(e - HD / 2u, e, first);
-    let partner = select(e - HD / 2u, e + HD / 2u, first);
 #endif
-    let x = qkv_in[base + e];
-    let y = qkv_in[base + partner];
-    let ab = rotate_pair(slot, pos, p, select(y, x, first), select(x, y, first));
+    let ab = rotate_pair(slot, pos, p, select(other, own, first), select(own, other, first));
     return select(ab.y, ab.x, first);
 }
 
-// Elements first .. first+EPT-1 (`v`) of K/V head slot `slot` at position pos: one texel of the slot.
-fn write_texel(slot: u32, pos: u32, first: u32, v: array<f32, EPT>) {
+// Offset in the cache slot (in elements) of K/V head slot `slot`'s row at position pos.
+fn kv_row(slot: u32, pos: u32) -> u32 {
     var kvh = slot - params.heads;
     var part = 0u;
     if kvh >= params.kv_heads {
         kvh -= params.kv_heads;
         part = 1u;
     }
+    return ((part * params.kv_heads + kvh) * params.capacity + pos) * HD;
+}
+
+#if KVTEX
+// Elements first .. first+EPT-1 (`v`) of K/V head slot `slot` at position pos: one texel of the slot.
+fn write_texel(slot: u32, pos: u32, first: u32, v: array<f32, EPT>) {
 #if F16
     let w = vec4<u32>(pack2x16float(vec2<f32>(v[0], v[1])), pack2x16float(vec2<f32>(v[2], v[3])),
                       pack2x16float(vec2<f32>(v[4], v[5])), pack2x16float(vec2<f32>(v[6], v[7])));
 #else
     let w = bitcast<vec4<u32>>(vec4<f32>(v[0], v[1], v[2], v[3]));
 #endif
-    let texel = (((part * params.kv_heads + kvh) * params.capacity + pos) * HD + first) / EPT;
+    let texel = (kv_row(slot, pos) + first) / EPT;
     textureStore(kv_store, vec2<u32>(texel % KV_ROW, texel / KV_ROW), w);
 }
 
@@ -304,3 +322,116 @@ fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
         store_pair(slot, r, pos, p, ia, ib, qkv_in[base + ia], qkv_in[base + ib]);
     }
 }
+
+#if LANES
+// CPU drivers' decode: the projection the way the tuned GEMV computes it there (`kernels/gemv.wgsl`, TPR 1,
+// GROUP8: each lane owns 8 whole rows, x bound as a uniform and RMS-normalised by every lane alone), then
+// RoPE and the stores of `rope_cache` as its epilogue: one dispatch per layer execution where the split
+// path takes two, and no Q|K|V scratch. One workgroup of LWG = HD / 8 lanes per (head slot, token row),
+// so a head's RoPE partners meet in workgroup memory.
+var<workgroup> head_sh: array<f32, HD>;
+#if XBCAST && SUBGROUPS
+// This lane's index within its group of 8 (XBCAST: x shared by subgroup broadcasts).
+var<private> x_lane: u32;
+#endif
+
+// Block b of token row r's x, normalised (`scale` = 1 / rms), as 8 vec4.
+fn lanes_x(r: u32, b: u32, scale: f32) -> array<vec4<f32>, 8> {
+    let o = r * (params.hidden / 4u) + 8u * b;
+    let n = 8u * b;
+#if XBCAST && SUBGROUPS
+    // Lane l loads quad l, broadcasts hand it to the others: one gather instead of eight (as gemv's XBCAST).
+    let mine = xu[o + x_lane] * scale * norm_u[n + x_lane];
+    return array<vec4<f32>, 8>(subgroupBroadcast(mine, 0u), subgroupBroadcast(mine, 1u), subgroupBroadcast(mine, 2u),
+                               subgroupBroadcast(mine, 3u), subgroupBroadcast(mine, 4u), subgroupBroadcast(mine, 5u),
+                               subgroupBroadcast(mine, 6u), subgroupBroadcast(mine, 7u));
+#else
+    return array<vec4<f32>, 8>(xu[o] * scale * norm_u[n], xu[o + 1u] * scale * norm_u[n + 1u],
+                               xu[o + 2u] * scale * norm_u[n + 2u], xu[o + 3u] * scale * norm_u[n + 3u],
+                               xu[o + 4u] * scale * norm_u[n + 4u], xu[o + 5u] * scale * norm_u[n + 5u],
+                               xu[o + 6u] * scale * norm_u[n + 6u], xu[o + 7u] * scale * norm_u[n + 7u]);
+#endif
+}
+
+// Rows row0 .. row0+7 of the weight times block b of x.
+fn lanes_dot8(row0: u32, b: u32, xv: BlockX) -> array<f32, 8> {
+#if WTEX
+    // The tiled texture layout puts an aligned group of 8 rows' blocks side by side, scales in one texel.
+    return weight_dot32_x8(params.desc, weight_block(params.desc, row0, b), xv);
+#else
+    let d = params.desc;
+    return array<f32, 8>(weight_dot32(d, row0, b, xv), weight_dot32(d, row0 + 1u, b, xv),
+                         weight_dot32(d, row0 + 2u, b, xv), weight_dot32(d, row0 + 3u, b, xv),
+                         weight_dot32(d, row0 + 4u, b, xv), weight_dot32(d, row0 + 5u, b, xv),
+                         weight_dot32(d, row0 + 6u, b, xv), weight_dot32(d, row0 + 7u, b, xv));
+#endif
+}
+
+@compute @workgroup_size(LWG)
+fn qkv_rope_lanes(@builtin(workgroup_id) wg: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32,
+#if XBCAST && SUBGROUPS
+                  @builtin(subgroup_invocation_id) sg_lane: u32,
+#endif
+) {
+    let slot = wg.x;
+    let r = wg.y;
+    let pos = step.pos + r;
+    if r >= step.n || pos >= params.capacity {
+        return;
+    }
+#if XBCAST && SUBGROUPS
+    x_lane = sg_lane & 7u;
+#endif
+    let hv4 = params.hidden / 4u;
+    var s4 = vec4<f32>(0.0);
+    for (var k = 0u; k < hv4; k++) {
+        let v = xu[r * hv4 + k];
+        s4 = fma(v, v, s4);
+    }
+    let scale = inverseSqrt(((s4.x + s4.y) + (s4.z + s4.w)) / f32(params.hidden) + params.eps);
+    let first = 8u * lid;
+    let row0 = slot * HD + first;
+    // Written out: a loop-indexed accumulator array lives in memory on a CPU driver.
+    var acc = array<f32, 8>();
+    for (var b = 0u; b < params.desc.blocks; b++) {
+        let d = lanes_dot8(row0, b, weight_block_x(lanes_x(r, b, scale)));
+        acc = array<f32, 8>(acc[0] + d[0], acc[1] + d[1], acc[2] + d[2], acc[3] + d[3], acc[4] + d[4],
+                            acc[5] + d[5], acc[6] + d[6], acc[7] + d[7]);
+    }
+    head_sh[first] = acc[0];
+    head_sh[first + 1u] = acc[1];
+    head_sh[first + 2u] = acc[2];
+    head_sh[first + 3u] = acc[3];
+    head_sh[first + 4u] = acc[4];
+    head_sh[first + 5u] = acc[5];
+    head_sh[first + 6u] = acc[6];
+    head_sh[first + 7u] = acc[7];
+    workgroupBarrier();
+    var v: array<f32, 8>;
+    for (var k = 0u; k < 8u; k++) {
+        let e = first + k;
+        v[k] = rope_rotated(slot, pos, e, head_sh[e], head_sh[rope_partner(e)]);
+    }
+    if slot < params.heads {
+        let base = (r * params.heads + slot) * HD + first;
+        for (var k = 0u; k < 8u; k++) {
+            q_out[base + k] = v[k];
+        }
+        return;
+    }
+#if KVTEX
+#if F16
+    write_texel(slot, pos, first, v);
+#else
+    write_texel(slot, pos, first, array<f32, 4>(v[0], v[1], v[2], v[3]));
+    write_texel(slot, pos, first + 4u, array<f32, 4>(v[4], v[5], v[6], v[7]));
+#endif
+#else
+    let base = kv_row(slot, pos) + first;
+    for (var k = 0u; k < 8u; k++) {
+        kv[base + k] = kv_t(v[k]);
+    }
+#endif
+}
+#endif

@@ -66,12 +66,14 @@ pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], co
 pub static WEIGHTS: KernelSource =
     kernel!("weights", flags: &["WTEX", "IMGREAD"], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
-/// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write.
+/// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write: the `qkv_rope` entry, `rope_cache` (the tail
+/// after a separate GEMV), and with LANES the `qkv_rope_lanes` entry for CPU drivers (`LWG` lanes of 8 rows
+/// per head; x and the norm weight as uniforms of `XUV4` / `NUV4` vec4; `XBCAST`: x shared by broadcasts).
 pub static QKV_ROPE: KernelSource = kernel!(
     "qkv_rope",
-    flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX", "IMGREAD"],
+    flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX", "IMGREAD", "LANES", "XBCAST"],
     choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
-    consts: &[("WG", 64), ("RWG", 8), ("HD", 64), ("XV4", 400)]
+    consts: &[("WG", 64), ("RWG", 8), ("HD", 64), ("XV4", 400), ("LWG", 8), ("XUV4", 144), ("NUV4", 144)]
 );
 
 /// Matrix-vector products for every weight type (`WG` threads, `TPR` threads per row, `RPT` rows per thread;

@@ -14,7 +14,7 @@ mod common;
 use common::{assert_close, gpus, random_vec};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::gemv::GemvFusion;
-use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, rope_cache, RopeTable};
+use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, qkv_rope_lanes, rope_cache, RopeTable};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::reference::{self, QkvShape, RopeLayout};
@@ -35,12 +35,22 @@ struct Case {
     steps: &'static [(usize, usize)],
 }
 
-fn check(c: &Case) {
-    check_path(c, false);
+/// The three ways to the same result.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    /// `qkv_rope`, one dispatch (GPUs).
+    Fused,
+    /// A normed GEMV into a Q|K|V scratch, then `rope_cache` (the CPU-driver prefill).
+    Split,
+    /// `qkv_rope_lanes`, one dispatch (the CPU-driver decode).
+    Lanes,
 }
 
-/// `split`: the planner's CPU-driver path, a normed GEMV into a Q|K|V scratch then `rope_cache`.
-fn check_path(c: &Case, split: bool) {
+fn check(c: &Case) {
+    check_path(c, Path::Fused);
+}
+
+fn check_path(c: &Case, path: Path) {
     let capacity = 160;
     let max_n = c.steps.iter().map(|s| s.1).max().unwrap();
     let s =
@@ -78,14 +88,21 @@ fn check_path(c: &Case, split: bool) {
         let q_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr]).unwrap();
         let buf = StepBuffer::new(gpu).unwrap();
         let qkv_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr + 2 * kr]).unwrap();
-        let dispatches = if split {
-            let fusion = GemvFusion { norm: Some((&norm_gpu, s.eps)), swiglu: false };
-            vec![
-                ops::gemv::gemv_fused(gpu, &w, &x_gpu, &qkv_gpu, fusion).unwrap(),
-                rope_cache(gpu, &buf, &qkv_gpu, &rope, c.layout, &q_gpu, &cache, 1).unwrap(),
-            ]
-        } else {
-            vec![qkv_rope(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1).unwrap()]
+        let dispatches = match path {
+            Path::Split => {
+                let fusion = GemvFusion { norm: Some((&norm_gpu, s.eps)), swiglu: false };
+                vec![
+                    ops::gemv::gemv_fused(gpu, &w, &x_gpu, &qkv_gpu, fusion).unwrap(),
+                    rope_cache(gpu, &buf, &qkv_gpu, &rope, c.layout, &q_gpu, &cache, 1).unwrap(),
+                ]
+            }
+            Path::Fused => {
+                vec![qkv_rope(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1).unwrap()]
+            }
+            Path::Lanes => {
+                let d = qkv_rope_lanes(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1);
+                vec![d.unwrap().unwrap_or_else(|| panic!("{what}: qkv_rope_lanes declined the shape"))]
+            }
         };
         let d: Vec<&ops::Dispatch> = dispatches.iter().collect();
         for &(pos, n) in c.steps {
@@ -113,6 +130,28 @@ fn check_path(c: &Case, split: bool) {
 }
 
 const DECODE_AND_PREFILL: &[(usize, usize)] = &[(0, 7), (7, 1), (8, 1), (100, 3), (159, 1)];
+
+/// MobileLLM-350M's attention shape.
+const WIDTH_350M: Case = Case {
+    heads: 15,
+    kv_heads: 5,
+    hd: 64,
+    hidden: 960,
+    wtype: WeightType::Q4_0,
+    layout: RopeLayout::Halves,
+    steps: &[(0, 7), (31, 1)],
+};
+
+/// head_dim 32: 4 lanes per workgroup in the lanes entry.
+const SMALL_HEAD: Case = Case {
+    heads: 4,
+    kv_heads: 2,
+    hd: 32,
+    hidden: 128,
+    wtype: WeightType::Q8_0,
+    layout: RopeLayout::Interleaved,
+    steps: DECODE_AND_PREFILL,
+};
 
 #[test]
 fn every_weight_type_125m_shape_halves() {
@@ -159,15 +198,7 @@ fn interleaved_rope_and_other_shapes() {
         layout: RopeLayout::Halves,
         steps: &[(5, 2), (0, 1)],
     });
-    check(&Case {
-        heads: 15,
-        kv_heads: 5,
-        hd: 64,
-        hidden: 960,
-        wtype: WeightType::Q4_0,
-        layout: RopeLayout::Halves,
-        steps: &[(0, 7), (31, 1)],
-    });
+    check(&WIDTH_350M);
 }
 
 #[test]
@@ -244,8 +275,8 @@ fn rope_layouts_agree_up_to_the_gguf_permutation() {
     assert!((c as f64 - angle.cos()).abs() < 1e-7 && (s as f64 - angle.sin()).abs() < 1e-7);
 }
 
-#[test]
-fn split_gemv_and_rope_cache_path() {
+/// Every weight type at the 125M shape, both RoPE layouts among them, and a small head_dim 32 case.
+fn every_type_and_a_small_head(path: Path) {
     for (wtype, layout) in [
         (WeightType::Q4_0, RopeLayout::Halves),
         (WeightType::Q4_1, RopeLayout::Interleaved),
@@ -254,16 +285,51 @@ fn split_gemv_and_rope_cache_path() {
         (WeightType::F32, RopeLayout::Halves),
     ] {
         let c = Case { heads: 9, kv_heads: 3, hd: 64, hidden: 576, wtype, layout, steps: DECODE_AND_PREFILL };
-        check_path(&c, true);
+        check_path(&c, path);
     }
+    check_path(&SMALL_HEAD, path);
+}
+
+#[test]
+fn split_gemv_and_rope_cache_path() {
+    every_type_and_a_small_head(Path::Split);
+}
+
+#[test]
+fn lanes_entry_every_type_both_layouts_and_widths() {
+    every_type_and_a_small_head(Path::Lanes);
+    // 350M width; head_dim 32 (4 lanes per workgroup: no broadcasts) with halves too; head_dim 128.
+    check_path(&WIDTH_350M, Path::Lanes);
+    let c = Case { layout: RopeLayout::Halves, wtype: WeightType::Q4_0, ..SMALL_HEAD };
+    check_path(&c, Path::Lanes);
     let c = Case {
-        heads: 4,
-        kv_heads: 2,
-        hd: 32,
-        hidden: 128,
-        wtype: WeightType::Q8_0,
-        layout: RopeLayout::Interleaved,
-        steps: DECODE_AND_PREFILL,
+        heads: 2,
+        kv_heads: 1,
+        hd: 128,
+        hidden: 64,
+        wtype: WeightType::Q4_1,
+        layout: RopeLayout::Halves,
+        steps: &[(3, 1), (4, 2)],
     };
-    check_path(&c, true);
+    check_path(&c, Path::Lanes);
+}
+
+#[test]
+fn lanes_entry_declines_shapes_it_cannot_take() {
+    let gpu = &gpus()[0];
+    let (heads, kvn, hd, capacity) = (2, 1, 32, 8);
+    let cache = KvCache::new(gpu, 1, capacity, kvn, hd).unwrap();
+    let rope = RopeTable::new(gpu, capacity, hd, 10000.0).unwrap();
+    let buf = StepBuffer::new(gpu).unwrap();
+    let q = Tensor::zeros(gpu, DType::F32, &[1, heads * hd]).unwrap();
+    let lanes = |hidden: usize| {
+        let w = HostWeight::quantize(WeightType::F32, (heads + 2 * kvn) * hd, hidden, &random_vec(1, 128 * hidden));
+        let w = GpuWeight::upload(gpu, &w.unwrap()).unwrap();
+        let x = Tensor::zeros(gpu, DType::F32, &[1, hidden]).unwrap();
+        let norm = Tensor::zeros(gpu, DType::F32, &[hidden]).unwrap();
+        qkv_rope_lanes(gpu, &buf, &x, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q, &cache, 0).unwrap().is_some()
+    };
+    assert!(lanes(64), "hidden 64 fits");
+    // hidden 100 leaves a partial 32-column block (an f32 weight allows it; the lanes entry does not).
+    assert!(!lanes(100), "hidden 100 must be declined, for the caller's fallback");
 }

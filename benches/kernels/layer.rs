@@ -3,7 +3,7 @@
 
 use mobilellm_kernels::kv_cache::KvCache;
 use mobilellm_kernels::ops::gemv::{gemv_fused, GemvFusion};
-use mobilellm_kernels::ops::qkv_rope::{qkv_rope, rope_cache, RopeTable};
+use mobilellm_kernels::ops::qkv_rope::{qkv_rope, qkv_rope_lanes, rope_cache, RopeTable};
 use mobilellm_kernels::ops::{self, Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, WeightType};
 use mobilellm_kernels::reference::RopeLayout;
@@ -64,11 +64,21 @@ pub fn bench_qkv(b: &mut Bench) {
             ];
             let one = qkv_rope(&b.gpu, &step, &x, &norm, EPS, &w, &rope, RopeLayout::Halves, &q, &cache, 0)
                 .expect("qkv_rope");
-            let (n_two, n_one) = (format!("gemv+rope {name}"), format!("fused {name}"));
-            let us = b.add_blocks("qkv_rope", &[(&n_two, &refs(&two)), (&n_one, &[&one])], bytes);
-            let (us_two, us_one) = (us[0], us[1]);
-            let planner = if cpu { "gemv+rope" } else { "fused" };
-            b.note(format!("fused / gemv+rope = {:.2} (the planner runs {planner} on this device)", us_one / us_two));
+            let lanes = qkv_rope_lanes(&b.gpu, &step, &x, &norm, EPS, &w, &rope, RopeLayout::Halves, &q, &cache, 0)
+                .expect("qkv_rope_lanes")
+                .expect("the lanes entry takes MobileLLM shapes");
+            let (n_two, n_one, n_lanes) =
+                (format!("gemv+rope {name}"), format!("fused {name}"), format!("lanes {name}"));
+            let blocks = [(&n_two, &refs(&two)[..]), (&n_one, &[&one][..]), (&n_lanes, &[&lanes][..])];
+            let blocks: Vec<(&str, &[&Dispatch])> = blocks.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+            let us = b.add_blocks("qkv_rope", &blocks, bytes);
+            let (us_two, us_one, us_lanes) = (us[0], us[1], us[2]);
+            let planner = if cpu { "lanes" } else { "fused" };
+            b.note(format!(
+                "fused / gemv+rope = {:.2}, lanes / gemv+rope = {:.2} (the planner runs {planner} on this device)",
+                us_one / us_two,
+                us_lanes / us_two
+            ));
         }
     }
 }

@@ -9,7 +9,8 @@
 //!    variant on the stacked gate/up weight);
 //! 5. `gemv`/`gemm` down projection accumulating into the residual stream (4 and 5 are `ops::ffn::ffn_block`).
 //!
-//! CPU drivers decode with step 1 split into the tuned GEMV (norm folded in) and `rope_cache`. A prefill
+//! CPU drivers decode with step 1 as `qkv_rope_lanes` (the tuned GEMV's mapping, RoPE and the cache write as
+//! its epilogue; where the shapes do not suit it, the tuned GEMV with the norm folded in, then `rope_cache`). A prefill
 //! (`n > 1`) normalises each row once and runs steps 1 and 4 as batched products: `rms_norm`, `gemm` on the
 //! Q/K/V weight, `rope_cache`; and `ops::ffn::ffn_block_batched` (`rms_norm`, then on GPUs `gemm` on the
 //! stacked gate/up weight and `swiglu_stacked`, on CPU drivers the windowed SWIGLU product; the down
@@ -327,8 +328,9 @@ impl Model {
             (rows(&a.ids, n)?, rows(&a.x, n)?, rows(&a.q, n)?, rows(&a.attn, n)?, rows(&a.h, n)?);
         let qkv = rows(&a.qkv, n)?;
         // On CPU drivers the one-dispatch qkv_rope loses to the GEMV's tuned mapping (its 4 threads per row
-        // and workgroup reductions cost more there than a second, tiny dispatch).
-        let split_qkv = gpu.is_cpu_class();
+        // and workgroup reductions cost ~6x the GEMV + rope_cache pair on lavapipe): decode there takes the
+        // lanes entry, which maps the product the GEMV's way.
+        let cpu_qkv = gpu.is_cpu_class();
         // Prefill normalises each row once into `normed` and multiplies with the batched product (GPUs:
         // `gemm_rows`, each weight quad dequantized once per 4 rows, SwiGLU its own step; CPU drivers: the
         // windowed GEMV, SwiGLU fused). Decode folds the norm into its GEMV (CPU drivers) or qkv_rope (GPUs).
@@ -350,41 +352,28 @@ impl Model {
         for exec in 0..c.executed_layers() {
             layer_starts.push(body.len());
             let l = &self.layers[c.unique_layer_of(exec)];
+            // RoPE + the cache write after a separate product into the Q|K|V scratch.
+            let rope_cache =
+                || ops::qkv_rope::rope_cache(gpu, &self.step, &qkv, &self.rope, c.rope_layout, &q, &self.cache, exec);
+            let (norm, w, rope, layout, cache, st) =
+                (&l.input_norm, &l.qkv_proj, &self.rope, c.rope_layout, &self.cache, &self.step);
             if let Some(normed) = &prenormed {
                 // Prefill: the norm, then the batched product on the Q/K/V weight.
-                body.push(ops::rms_norm::rms_norm(gpu, &x, &l.input_norm, normed, eps)?);
-                body.push(ops::gemm::gemm(gpu, &l.qkv_proj, normed, &qkv, 0, false)?);
-            } else if split_qkv {
-                // CPU drivers' decode: the tuned GEMV with the norm folded in.
-                let fusion = GemvFusion { norm: Some((&l.input_norm, eps)), swiglu: false };
-                body.push(ops::gemv::gemv_fused(gpu, &l.qkv_proj, &x, &qkv, fusion)?);
-            }
-            if split_qkv || prenormed.is_some() {
-                // Then RoPE + the cache write.
-                body.push(ops::qkv_rope::rope_cache(
-                    gpu,
-                    &self.step,
-                    &qkv,
-                    &self.rope,
-                    c.rope_layout,
-                    &q,
-                    &self.cache,
-                    exec,
-                )?);
+                body.push(ops::rms_norm::rms_norm(gpu, &x, norm, normed, eps)?);
+                body.push(ops::gemm::gemm(gpu, w, normed, &qkv, 0, false)?);
+                body.push(rope_cache()?);
+            } else if !cpu_qkv {
+                body.push(ops::qkv_rope::qkv_rope(gpu, st, &x, norm, eps, w, rope, layout, &q, cache, exec)?);
+            } else if let Some(d) =
+                ops::qkv_rope::qkv_rope_lanes(gpu, st, &x, norm, eps, w, rope, layout, &q, cache, exec)?
+            {
+                // CPU drivers' decode: the tuned GEMV's mapping with RoPE and the cache write as its epilogue.
+                body.push(d);
             } else {
-                body.push(ops::qkv_rope::qkv_rope(
-                    gpu,
-                    &self.step,
-                    &x,
-                    &l.input_norm,
-                    eps,
-                    &l.qkv_proj,
-                    &self.rope,
-                    c.rope_layout,
-                    &q,
-                    &self.cache,
-                    exec,
-                )?);
+                // Shapes the lanes entry declines: the tuned GEMV with the norm folded in, then RoPE.
+                let fusion = GemvFusion { norm: Some((norm, eps)), swiglu: false };
+                body.push(ops::gemv::gemv_fused(gpu, w, &x, &qkv, fusion)?);
+                body.push(rope_cache()?);
             }
             if n == 1 {
                 body.extend(ops::attention::attention_decode(

