@@ -385,11 +385,22 @@ fn qkv_rope_lanes(@builtin(workgroup_id) wg: vec3<u32>,
 #endif
     let hv4 = params.hidden / 4u;
     var s4 = vec4<f32>(0.0);
+#if XBCAST && SUBGROUPS
+    // Lanes 0..7 of each subgroup take every 8th quad, a subgroup sum adds their shares: an eighth of the
+    // gathers of every lane reading all of x.
+    for (var k = x_lane; k < hv4; k += 8u) {
+        let v = xu[r * hv4 + k];
+        s4 = fma(v, v, s4);
+    }
+    let sum_sq = subgroupAdd(select(0.0, (s4.x + s4.y) + (s4.z + s4.w), sg_lane < 8u));
+#else
     for (var k = 0u; k < hv4; k++) {
         let v = xu[r * hv4 + k];
         s4 = fma(v, v, s4);
     }
-    let scale = inverseSqrt(((s4.x + s4.y) + (s4.z + s4.w)) / f32(params.hidden) + params.eps);
+    let sum_sq = (s4.x + s4.y) + (s4.z + s4.w);
+#endif
+    let scale = inverseSqrt(sum_sq / f32(params.hidden) + params.eps);
     let first = 8u * lid;
     let row0 = slot * HD + first;
     // Written out: a loop-indexed accumulator array lives in memory on a CPU driver.

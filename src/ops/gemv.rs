@@ -282,8 +282,9 @@ fn single(
         .constant("RPT", mapping.rpt);
     let xu = x_uniform(gpu, mapping, x, n, w.cols(), norm);
     // XBCAST: where every lane reads the same x (XUNI), lanes 0..7 load a block's x once between them and
-    // subgroup broadcasts share it (on lavapipe q4_0 GEMVs 1.13-1.47x faster than eight gathers each).
-    let variant = variant.flag_if("XBCAST", xu.is_some() && broadcasts_of_8(gpu));
+    // subgroup broadcasts share it (on lavapipe q4_0 GEMVs 1.13-1.47x faster than eight gathers each); the
+    // workgroup must fill those 8 lanes.
+    let variant = variant.flag_if("XBCAST", xu.is_some() && broadcasts_of_8(gpu) && mapping.wg.is_multiple_of(8));
     let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
     let name = dispatch_name("", w, norm.is_some(), swiglu);
     bind(gpu, name, pipeline, params, w, x, y, norm, [groups, n as u32, 1], xu)
