@@ -4,6 +4,8 @@
 // K from a precomputed cos/sin table, Q to a scratch tensor [n, heads*HD], K and V straight into the KV
 // cache slot (`[2][kv_heads][capacity][HD]`, f16 under F16) at their positions.
 // One workgroup per (16 rows = 8 RoPE pairs of a Q|K|V head, token row); 4 threads per output row.
+// Also here: `rope_cache` (the tail after a separate GEMV/GEMM) and, with LANES, `qkv_rope_lanes` (CPU
+// drivers: lanes own whole rows; see the end of the file).
 #if F16
 enable f16;
 alias kv_t = f16;

@@ -1,5 +1,7 @@
 //! Fused pre-attention launcher (`kernels/qkv_rope.wgsl`): RMSNorm + Q|K|V projection + RoPE + KV-cache
-//! write, one dispatch per layer execution. CPU twin: [`crate::reference::qkv_rope`].
+//! write, one dispatch per layer execution. CPU twin: [`crate::reference::qkv_rope`]. Three entries:
+//! [`qkv_rope`] (GPUs), [`qkv_rope_lanes`] (CPU drivers' decode: the same work mapped as their tuned GEMV),
+//! and [`rope_cache`] (the tail after a separate product, for prefill and the shapes the lanes entry declines).
 //!
 //! RoPE reads `(cos, sin)` from a [`RopeTable`] computed on the host in f64: GPU `sin`/`cos` are only
 //! specified to 2^-11 absolute on [-pi, pi] (and phones are that loose), while angles reach thousands of
