@@ -60,8 +60,11 @@ impl GemvMapping {
             // Measured on lavapipe (benches/kernels.rs, GEMV_SWEEP=1; a loaded shared machine, so only
             // large differences count): more rows per thread win (each x load feeds them all: 8 beat 4 by
             // 1.5-2x, 4 beat 1 by 3x), and a workgroup of 8 = one SIMD batch of lavapipe avoids running
-            // several batches as coroutines (8x16 beat 16x8 by up to 2x). Small matrices keep 2+ workgroups.
-            let (wg, rpt) = if rows >= 256 { (8, 16) } else { (8, 8) };
+            // several batches as coroutines (8x16 beat 16x8 by up to 2x). Under 1024 rows, 8 rows per
+            // thread: a 576-row matrix is then 9 workgroups rather than 5 for the driver's host threads to
+            // share (the 125M step's o/down GEMVs 0.92-0.93x the time, two plans alternated in one process,
+            // against 0.97-0.98x for the unchanged FFN kernel between the same plans).
+            let (wg, rpt) = if rows >= 1024 { (8, 16) } else { (8, 8) };
             return GemvMapping { wg, tpr: 1, rpt };
         }
         if let Some(subgroup_max) = subgroup_max {
