@@ -329,9 +329,10 @@ fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 // CPU drivers' decode: the projection the way the tuned GEMV computes it there (`kernels/gemv.wgsl`, TPR 1,
 // GROUP8: each lane owns 8 whole rows, x bound as a uniform and RMS-normalised by every lane alone), then
 // RoPE and the stores of `rope_cache` as its epilogue: one dispatch per layer execution where the split
-// path takes two, and no Q|K|V scratch. One workgroup of LWG = HD / 8 lanes per (head slot, token row),
-// so a head's RoPE partners meet in workgroup memory.
-var<workgroup> head_sh: array<f32, HD>;
+// path takes two, and no Q|K|V scratch. One workgroup of LWG = HD / 8 lanes per (two head slots, token
+// row): each x block loaded serves 16 rows per lane, and a head's RoPE partners meet in workgroup memory.
+// Two head slots' sums (slot A's rows, then slot B's).
+var<workgroup> head_sh: array<f32, 2u * HD>;
 #if XBCAST && SUBGROUPS
 // This lane's index within its group of 8 (XBCAST: x shared by subgroup broadcasts).
 var<private> x_lane: u32;
@@ -376,7 +377,10 @@ fn qkv_rope_lanes(@builtin(workgroup_id) wg: vec3<u32>,
                   @builtin(subgroup_invocation_id) sg_lane: u32,
 #endif
 ) {
-    let slot = wg.x;
+    // Head slots A and B of this workgroup (an odd count's last workgroup redoes A as B, never stored).
+    let slots = params.heads + 2u * params.kv_heads;
+    let slot_a = 2u * wg.x;
+    let slot_b = min(slot_a + 1u, slots - 1u);
     let r = wg.y;
     let pos = step.pos + r;
     if r >= step.n || pos >= params.capacity {
@@ -404,32 +408,53 @@ fn qkv_rope_lanes(@builtin(workgroup_id) wg: vec3<u32>,
 #endif
     let scale = inverseSqrt(sum_sq / f32(params.hidden) + params.eps);
     let first = 8u * lid;
-    let row0 = slot * HD + first;
+    let row_a = slot_a * HD + first;
+    let row_b = slot_b * HD + first;
     // Written out: a loop-indexed accumulator array lives in memory on a CPU driver.
-    var acc = array<f32, 8>();
+    var acc_a = array<f32, 8>();
+    var acc_b = array<f32, 8>();
     for (var b = 0u; b < params.desc.blocks; b++) {
-        let d = lanes_dot8(row0, b, weight_block_x(lanes_x(r, b, scale)));
-        acc = array<f32, 8>(acc[0] + d[0], acc[1] + d[1], acc[2] + d[2], acc[3] + d[3], acc[4] + d[4],
-                            acc[5] + d[5], acc[6] + d[6], acc[7] + d[7]);
+        let xv = weight_block_x(lanes_x(r, b, scale));
+        let da = lanes_dot8(row_a, b, xv);
+        acc_a = array<f32, 8>(acc_a[0] + da[0], acc_a[1] + da[1], acc_a[2] + da[2], acc_a[3] + da[3],
+                              acc_a[4] + da[4], acc_a[5] + da[5], acc_a[6] + da[6], acc_a[7] + da[7]);
+        let db = lanes_dot8(row_b, b, xv);
+        acc_b = array<f32, 8>(acc_b[0] + db[0], acc_b[1] + db[1], acc_b[2] + db[2], acc_b[3] + db[3],
+                              acc_b[4] + db[4], acc_b[5] + db[5], acc_b[6] + db[6], acc_b[7] + db[7]);
     }
-    head_sh[first] = acc[0];
-    head_sh[first + 1u] = acc[1];
-    head_sh[first + 2u] = acc[2];
-    head_sh[first + 3u] = acc[3];
-    head_sh[first + 4u] = acc[4];
-    head_sh[first + 5u] = acc[5];
-    head_sh[first + 6u] = acc[6];
-    head_sh[first + 7u] = acc[7];
+    lanes_share(first, acc_a);
+    lanes_share(HD + first, acc_b);
     workgroupBarrier();
+    lanes_store(slot_a, r, pos, first, 0u);
+    if slot_b != slot_a {
+        lanes_store(slot_b, r, pos, first, HD);
+    }
+}
+
+// A lane's 8 sums into head_sh from `at`, where the epilogue finds their RoPE partners.
+fn lanes_share(at: u32, acc: array<f32, 8>) {
+    head_sh[at] = acc[0];
+    head_sh[at + 1u] = acc[1];
+    head_sh[at + 2u] = acc[2];
+    head_sh[at + 3u] = acc[3];
+    head_sh[at + 4u] = acc[4];
+    head_sh[at + 5u] = acc[5];
+    head_sh[at + 6u] = acc[6];
+    head_sh[at + 7u] = acc[7];
+}
+
+// Elements first .. first+7 of head slot `slot` (its rows at `base` in head_sh) after RoPE, to q_out or the
+// cache slot.
+fn lanes_store(slot: u32, r: u32, pos: u32, first: u32, base: u32) {
     var v: array<f32, 8>;
     for (var k = 0u; k < 8u; k++) {
         let e = first + k;
-        v[k] = rope_rotated(slot, pos, e, head_sh[e], head_sh[rope_partner(e)]);
+        v[k] = rope_rotated(slot, pos, e, head_sh[base + e], head_sh[base + rope_partner(e)]);
     }
     if slot < params.heads {
-        let base = (r * params.heads + slot) * HD + first;
+        let at = (r * params.heads + slot) * HD + first;
         for (var k = 0u; k < 8u; k++) {
-            q_out[base + k] = v[k];
+            q_out[at + k] = v[k];
         }
         return;
     }
@@ -441,9 +466,9 @@ fn qkv_rope_lanes(@builtin(workgroup_id) wg: vec3<u32>,
     write_texel(slot, pos, first + 4u, array<f32, 4>(v[4], v[5], v[6], v[7]));
 #endif
 #else
-    let base = kv_row(slot, pos) + first;
+    let at = kv_row(slot, pos) + first;
     for (var k = 0u; k < 8u; k++) {
-        kv[base + k] = kv_t(v[k]);
+        kv[at + k] = kv_t(v[k]);
     }
 #endif
 }

@@ -235,8 +235,8 @@ fn projection_bindings<'a>(
 }
 
 /// [`qkv_rope`] for CPU drivers (`qkv_rope_lanes` entry): the same operands and results in one dispatch,
-/// with the projection mapped the way the tuned GEMV maps it there (each lane owns 8 whole rows, x and the
-/// norm weight read as uniforms) and RoPE plus the cache write as its epilogue. On lavapipe the planner's
+/// with the projection mapped the way the tuned GEMV maps it there (each lane owns 8 whole rows of each of
+/// two head slots, x and the norm weight read as uniforms) and RoPE plus the cache write as its epilogue. On lavapipe the planner's
 /// decode uses it in place of the GEMV + [`rope_cache`] pair (one dispatch per layer execution fewer) and
 /// of [`qkv_rope`] (whose 4 threads per row and workgroup reductions cost ~6x the pair there).
 ///
@@ -280,7 +280,8 @@ pub fn qkv_rope_lanes(
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope_lanes", &variant)?;
     let params = uniform(gpu, "qkv_rope_lanes params", &params)?;
     let inputs = [prefix_binding(x, max_n * hidden), prefix_binding(norm_w, hidden)];
-    let grid = [(heads + 2 * cache.kv_heads()) as u32, max_n as u32, 1];
+    // Two head slots per workgroup.
+    let grid = [(heads + 2 * cache.kv_heads()).div_ceil(2) as u32, max_n as u32, 1];
     let bindings = projection_bindings(&params, step, inputs, w_qkv, rope, q_out, kv);
     make_dispatch(gpu, "qkv_rope:qkv_rope_lanes".into(), pipeline, &bindings, grid, vec![params.clone()]).map(Some)
 }
