@@ -7,8 +7,8 @@
 //   subgroupAdd: correct for any subgroup size, no workgroup memory, no barriers.
 // - TPR > 1 without SUBGROUPS: TPR consecutive threads per row slot, tree-reduced in workgroup memory.
 // `y` is one read_write binding so the residual add (accumulate) happens in place.
-// NORM: x is RMS-normalised on the fly (x / rms(x) * norm_w; each invocation computes rms of its vector,
-// a few hundred MACs next to RPT rows of weights), so a norm dispatch and its buffer disappear.
+// NORM: x is RMS-normalised on the fly (x / rms(x) * norm_w; each workgroup computes rms of its vector,
+// a few hundred MACs next to its rows of weights), so a norm dispatch and its buffer disappear.
 // SWIGLU: W is [gate; up] stacked (2 * out_rows rows); output o = silu(gate_o . x) * (up_o . x): the fused
 // feed-forward first half as one GEMV with the GEMV's tuned mapping.
 
@@ -111,8 +111,9 @@ fn norm_share(xbase: u32, first: u32, step: u32) -> f32 {
     return (s4.x + s4.y) + (s4.z + s4.w);
 }
 
-// One thread derives the whole vector's RMS alone (TPR == 1, where threads are SIMD lanes of a CPU and
-// a cross-lane reduction costs more than the loads it saves).
+// The vector's RMS where a thread owns whole rows (TPR == 1, threads are SIMD lanes of a CPU): with XBCAST
+// the lanes of a subgroup share the gathers out and add them with one subgroup sum (a shuffle tree there);
+// otherwise each thread reads all of x alone, rather than a workgroup-memory reduction with barriers.
 fn prepare_norm(xbase: u32) {
     var sum_sq = 0.0;
 #if XUNI && XBCAST && SUBGROUPS

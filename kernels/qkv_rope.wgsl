@@ -327,7 +327,7 @@ fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_in
 
 #if LANES
 // CPU drivers' decode: the projection the way the tuned GEMV computes it there (`kernels/gemv.wgsl`, TPR 1,
-// GROUP8: each lane owns 8 whole rows, x bound as a uniform and RMS-normalised by every lane alone), then
+// GROUP8, XBCAST: each lane owns 8 whole rows, x bound as a uniform, its sum of squares shared out), then
 // RoPE and the stores of `rope_cache` as its epilogue: one dispatch per layer execution where the split
 // path takes two, and no Q|K|V scratch. One workgroup of LWG = HD / 8 lanes per (two head slots, token
 // row): each x block loaded serves 16 rows per lane, and a head's RoPE partners meet in workgroup memory.

@@ -67,8 +67,9 @@ pub static WEIGHTS: KernelSource =
     kernel!("weights", flags: &["WTEX", "IMGREAD"], choices: &[WEIGHT_FLAGS, &["WEIGHTS_STANDALONE"]], consts: &[]);
 
 /// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write: the `qkv_rope` entry, `rope_cache` (the tail
-/// after a separate GEMV), and with LANES the `qkv_rope_lanes` entry for CPU drivers (`LWG` lanes of 8 rows
-/// per head; x and the norm weight as uniforms of `XUV4` / `NUV4` vec4; `XBCAST`: x shared by broadcasts).
+/// after a separate GEMV), and with LANES the `qkv_rope_lanes` entry for CPU drivers (`LWG` lanes, each 8 rows
+/// of each of two head slots; x and the norm weight as uniforms of `XUV4` / `NUV4` vec4; `XBCAST`: x shared
+/// by broadcasts).
 pub static QKV_ROPE: KernelSource = kernel!(
     "qkv_rope",
     flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX", "IMGREAD", "LANES", "XBCAST"],

@@ -236,9 +236,10 @@ fn projection_bindings<'a>(
 
 /// [`qkv_rope`] for CPU drivers (`qkv_rope_lanes` entry): the same operands and results in one dispatch,
 /// with the projection mapped the way the tuned GEMV maps it there (each lane owns 8 whole rows of each of
-/// two head slots, x and the norm weight read as uniforms) and RoPE plus the cache write as its epilogue. On lavapipe the planner's
-/// decode uses it in place of the GEMV + [`rope_cache`] pair (one dispatch per layer execution fewer) and
-/// of [`qkv_rope`] (whose 4 threads per row and workgroup reductions cost ~6x the pair there).
+/// two head slots, x and the norm weight read as uniforms) and RoPE plus the cache write as its epilogue.
+/// On lavapipe the planner's decode uses it in place of the GEMV + [`rope_cache`] pair (one dispatch per
+/// layer execution fewer) and of [`qkv_rope`] (whose 4 threads per row and workgroup reductions cost ~6x
+/// the pair there).
 ///
 /// Returns `Ok(None)` where the shapes do not suit it, for the caller to fall back: head_dim not a multiple
 /// of 8 or over 2048 (a workgroup of head_dim / 8 lanes), hidden not a multiple of 32, or `x`'s `max_n` rows
