@@ -14,7 +14,7 @@ mod common;
 use common::{assert_close, gpus, random_vec};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::gemv::GemvFusion;
-use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, qkv_rope_lanes, rope_cache, RopeTable};
+use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, qkv_rope_lanes, rope_cache, QkvRopeOperands, RopeTable};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::reference::{self, QkvShape, RopeLayout};
@@ -88,6 +88,18 @@ fn check_path(c: &Case, path: Path) {
         let q_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr]).unwrap();
         let buf = StepBuffer::new(gpu).unwrap();
         let qkv_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr + 2 * kr]).unwrap();
+        let operands = QkvRopeOperands {
+            step: &buf,
+            x: &x_gpu,
+            norm_w: &norm_gpu,
+            eps: s.eps,
+            w_qkv: &w,
+            rope: &rope,
+            layout: c.layout,
+            q_out: &q_gpu,
+            cache: &cache,
+            slot: 1,
+        };
         let dispatches = match path {
             Path::Split => {
                 let fusion = GemvFusion { norm: Some((&norm_gpu, s.eps)), swiglu: false };
@@ -96,11 +108,9 @@ fn check_path(c: &Case, path: Path) {
                     rope_cache(gpu, &buf, &qkv_gpu, &rope, c.layout, &q_gpu, &cache, 1).unwrap(),
                 ]
             }
-            Path::Fused => {
-                vec![qkv_rope(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1).unwrap()]
-            }
+            Path::Fused => vec![qkv_rope(gpu, &operands).unwrap()],
             Path::Lanes => {
-                let d = qkv_rope_lanes(gpu, &buf, &x_gpu, &norm_gpu, s.eps, &w, &rope, c.layout, &q_gpu, &cache, 1);
+                let d = qkv_rope_lanes(gpu, &operands);
                 vec![d.unwrap().unwrap_or_else(|| panic!("{what}: qkv_rope_lanes declined the shape"))]
             }
         };
@@ -212,6 +222,19 @@ fn fuse_is_bit_exact_and_rejects_mismatch() {
     assert!(matches!(fuse_qkv(&a, &c, &b).unwrap_err(), Error::Shape { .. }));
 }
 
+/// Operands with eps 1e-5, the halves layout and cache slot 0, for the shape checks.
+fn plain_operands<'a>(
+    step: &'a StepBuffer,
+    x: &'a Tensor,
+    norm_w: &'a Tensor,
+    w_qkv: &'a GpuWeight,
+    rope: &'a RopeTable,
+    q_out: &'a Tensor,
+    cache: &'a KvCache,
+) -> QkvRopeOperands<'a> {
+    QkvRopeOperands { step, x, norm_w, eps: 1e-5, w_qkv, rope, layout: RopeLayout::Halves, q_out, cache, slot: 0 }
+}
+
 #[test]
 fn rejects_bad_shapes() {
     let gpu = &gpus()[0];
@@ -224,19 +247,20 @@ fn rejects_bad_shapes() {
     let buf = StepBuffer::new(gpu).unwrap();
     let x = Tensor::zeros(gpu, DType::F32, &[4, 64]).unwrap();
     let q = Tensor::zeros(gpu, DType::F32, &[4, 4 * 32]).unwrap();
-    assert!(qkv_rope(gpu, &buf, &x, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q, &cache, 0).is_ok());
+    let ok = plain_operands(&buf, &x, &norm, &w, &rope, &q, &cache);
+    assert!(qkv_rope(gpu, &ok).is_ok());
     // Weight rows for 6 query heads, but q_out has 4.
     let q6 = Tensor::zeros(gpu, DType::F32, &[4, 6 * 32]).unwrap();
-    let err = qkv_rope(gpu, &buf, &x, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q6, &cache, 0).unwrap_err();
+    let err = qkv_rope(gpu, &QkvRopeOperands { q_out: &q6, ..ok }).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     // More rows per step than the cache holds.
     let x17 = Tensor::zeros(gpu, DType::F32, &[17, 64]).unwrap();
     let q17 = Tensor::zeros(gpu, DType::F32, &[17, 4 * 32]).unwrap();
-    let err = qkv_rope(gpu, &buf, &x17, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q17, &cache, 0).unwrap_err();
+    let err = qkv_rope(gpu, &QkvRopeOperands { x: &x17, q_out: &q17, ..ok }).unwrap_err();
     assert!(matches!(err, Error::Capacity { .. }), "{err}");
     // RoPE table shorter than the cache.
     let short = RopeTable::new(gpu, 8, 32, 10000.0).unwrap();
-    let err = qkv_rope(gpu, &buf, &x, &norm, 1e-5, &w, &short, RopeLayout::Halves, &q, &cache, 0).unwrap_err();
+    let err = qkv_rope(gpu, &QkvRopeOperands { rope: &short, ..ok }).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
 
@@ -327,7 +351,7 @@ fn lanes_entry_declines_shapes_it_cannot_take() {
         let w = GpuWeight::upload(gpu, &w.unwrap()).unwrap();
         let x = Tensor::zeros(gpu, DType::F32, &[1, hidden]).unwrap();
         let norm = Tensor::zeros(gpu, DType::F32, &[hidden]).unwrap();
-        qkv_rope_lanes(gpu, &buf, &x, &norm, 1e-5, &w, &rope, RopeLayout::Halves, &q, &cache, 0).unwrap().is_some()
+        qkv_rope_lanes(gpu, &plain_operands(&buf, &x, &norm, &w, &rope, &q, &cache)).unwrap().is_some()
     };
     assert!(lanes(64), "hidden 64 fits");
     // hidden 100 leaves a partial 32-column block (an f32 weight allows it; the lanes entry does not).

@@ -3,7 +3,7 @@
 
 use mobilellm_kernels::kv_cache::KvCache;
 use mobilellm_kernels::ops::gemv::{gemv_fused, GemvFusion};
-use mobilellm_kernels::ops::qkv_rope::{qkv_rope, qkv_rope_lanes, rope_cache, RopeTable};
+use mobilellm_kernels::ops::qkv_rope::{qkv_rope, qkv_rope_lanes, rope_cache, QkvRopeOperands, RopeTable};
 use mobilellm_kernels::ops::{self, Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, WeightType};
 use mobilellm_kernels::reference::RopeLayout;
@@ -62,9 +62,20 @@ pub fn bench_qkv(b: &mut Bench) {
                 gemv_fused(&b.gpu, &w, &x, &qkv, fusion).expect("gemv_fused"),
                 rope_cache(&b.gpu, &step, &qkv, &rope, RopeLayout::Halves, &q, &cache, 0).expect("rope_cache"),
             ];
-            let one = qkv_rope(&b.gpu, &step, &x, &norm, EPS, &w, &rope, RopeLayout::Halves, &q, &cache, 0)
-                .expect("qkv_rope");
-            let lanes = qkv_rope_lanes(&b.gpu, &step, &x, &norm, EPS, &w, &rope, RopeLayout::Halves, &q, &cache, 0)
+            let operands = QkvRopeOperands {
+                step: &step,
+                x: &x,
+                norm_w: &norm,
+                eps: EPS,
+                w_qkv: &w,
+                rope: &rope,
+                layout: RopeLayout::Halves,
+                q_out: &q,
+                cache: &cache,
+                slot: 0,
+            };
+            let one = qkv_rope(&b.gpu, &operands).expect("qkv_rope");
+            let lanes = qkv_rope_lanes(&b.gpu, &operands)
                 .expect("qkv_rope_lanes")
                 .expect("the lanes entry takes MobileLLM shapes");
             let (n_two, n_one, n_lanes) =

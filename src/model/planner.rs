@@ -355,18 +355,27 @@ impl Model {
             // RoPE + the cache write after a separate product into the Q|K|V scratch.
             let rope_cache =
                 || ops::qkv_rope::rope_cache(gpu, &self.step, &qkv, &self.rope, c.rope_layout, &q, &self.cache, exec);
-            let (norm, w, rope, layout, cache, st) =
-                (&l.input_norm, &l.qkv_proj, &self.rope, c.rope_layout, &self.cache, &self.step);
+            let (norm, w) = (&l.input_norm, &l.qkv_proj);
+            let operands = ops::qkv_rope::QkvRopeOperands {
+                step: &self.step,
+                x: &x,
+                norm_w: norm,
+                eps,
+                w_qkv: w,
+                rope: &self.rope,
+                layout: c.rope_layout,
+                q_out: &q,
+                cache: &self.cache,
+                slot: exec,
+            };
             if let Some(normed) = &prenormed {
                 // Prefill: the norm, then the batched product on the Q/K/V weight.
                 body.push(ops::rms_norm::rms_norm(gpu, &x, norm, normed, eps)?);
                 body.push(ops::gemm::gemm(gpu, w, normed, &qkv, 0, false)?);
                 body.push(rope_cache()?);
             } else if !cpu_qkv {
-                body.push(ops::qkv_rope::qkv_rope(gpu, st, &x, norm, eps, w, rope, layout, &q, cache, exec)?);
-            } else if let Some(d) =
-                ops::qkv_rope::qkv_rope_lanes(gpu, st, &x, norm, eps, w, rope, layout, &q, cache, exec)?
-            {
+                body.push(ops::qkv_rope::qkv_rope(gpu, &operands)?);
+            } else if let Some(d) = ops::qkv_rope::qkv_rope_lanes(gpu, &operands)? {
                 // CPU drivers' decode: the tuned GEMV's mapping with RoPE and the cache write as its epilogue.
                 body.push(d);
             } else {

@@ -107,25 +107,42 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// The operands of [`qkv_rope`] and [`qkv_rope_lanes`], checked.
-struct QkvOperands {
+/// The operands of [`qkv_rope`] and [`qkv_rope_lanes`]: the step's input rows, the layer's input norm and
+/// fused Q|K|V weight, RoPE, and where Q, K and V go.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvRopeOperands<'a> {
+    /// The per-step uniform: the step's first position `pos` and row count `n`.
+    pub step: &'a StepBuffer,
+    /// Input rows, `[max_n, hidden]` f32 (rows `0..n` are the step's).
+    pub x: &'a Tensor,
+    /// RMSNorm weight, `[hidden]` f32.
+    pub norm_w: &'a Tensor,
+    /// RMSNorm epsilon (finite, >= 0).
+    pub eps: f32,
+    /// The fused `[(heads + 2 kv_heads) * head_dim, hidden]` projection (see [`fuse_qkv`]; any weight type).
+    pub w_qkv: &'a GpuWeight,
+    /// `(cos, sin)` per position and pair.
+    pub rope: &'a RopeTable,
+    /// Which elements RoPE pairs.
+    pub layout: RopeLayout,
+    /// Query output, `[max_n, heads * head_dim]` f32.
+    pub q_out: &'a Tensor,
+    /// The KV cache K and V are written to.
+    pub cache: &'a KvCache,
+    /// The cache slot (layer execution) of this projection.
+    pub slot: usize,
+}
+
+/// The shapes [`check_qkv_operands`] derived, and the kernel's parameters.
+struct QkvShapes {
     heads: usize,
     hidden: usize,
     max_n: usize,
     params: Params,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn check_qkv_operands(
-    what: &str,
-    x: &Tensor,
-    norm_w: &Tensor,
-    eps: f32,
-    w_qkv: &GpuWeight,
-    rope: &RopeTable,
-    q_out: &Tensor,
-    cache: &KvCache,
-) -> Result<QkvOperands> {
+fn check_qkv_operands(what: &str, op: &QkvRopeOperands<'_>) -> Result<QkvShapes> {
+    let QkvRopeOperands { x, norm_w, eps, w_qkv, rope, q_out, cache, .. } = *op;
     let hd = cache.head_dim();
     let kvn = cache.kv_heads();
     let hidden = *norm_w.shape().last().unwrap_or(&0);
@@ -172,34 +189,21 @@ fn check_qkv_operands(
         eps,
         _pad: [0; 3],
     };
-    Ok(QkvOperands { heads, hidden, max_n, params })
+    Ok(QkvShapes { heads, hidden, max_n, params })
 }
 
-/// For the step's rows `0..n` of `x` (`[max_n, hidden]` f32, positions `pos..pos+n`): RMSNorm with `norm_w`
-/// (`[hidden]`) and `eps`, the fused projection `w_qkv` (see [`fuse_qkv`]; any weight type), RoPE on Q and K
-/// (`layout`, angles from `rope`), Q to rows `0..n` of `q_out` (`[max_n, heads * head_dim]` f32), K and V to
-/// cache slot `slot` at positions `pos..pos+n`. Grid: `(heads + 2 kv_heads) * head_dim / 16 x max_n`; rows past the step's
-/// `n` exit at once. head_dim must be a multiple of 16. The caller checks `pos + n <= capacity` ([`KvCache::check_step`]) before submitting.
-#[allow(clippy::too_many_arguments)]
-pub fn qkv_rope(
-    gpu: &Gpu,
-    step: &StepBuffer,
-    x: &Tensor,
-    norm_w: &Tensor,
-    eps: f32,
-    w_qkv: &GpuWeight,
-    rope: &RopeTable,
-    layout: RopeLayout,
-    q_out: &Tensor,
-    cache: &KvCache,
-    slot: usize,
-) -> Result<Dispatch> {
+/// For the step's rows `0..n` of `op.x` (positions `pos..pos+n`): RMSNorm with `op.norm_w` and `op.eps`,
+/// the fused projection `op.w_qkv`, RoPE on Q and K (`op.layout`, angles from `op.rope`), Q to rows `0..n` of
+/// `op.q_out`, K and V to cache slot `op.slot` at positions `pos..pos+n`. Grid:
+/// `(heads + 2 kv_heads) * head_dim / 16 x max_n`; rows past the step's `n` exit at once. head_dim must be a
+/// multiple of 16. The caller checks `pos + n <= capacity` ([`KvCache::check_step`]) before submitting.
+pub fn qkv_rope(gpu: &Gpu, op: &QkvRopeOperands<'_>) -> Result<Dispatch> {
+    let QkvRopeOperands { step, x, norm_w, w_qkv, rope, layout, q_out, cache, slot, .. } = *op;
     let hd = cache.head_dim();
     if !hd.is_multiple_of(ROWS_PER_GROUP) {
         return Err(Error::invalid("qkv_rope head_dim", hd, "a multiple of 16 (8 RoPE pairs per workgroup)"));
     }
-    let QkvOperands { heads, max_n, params, .. } =
-        check_qkv_operands("qkv_rope", x, norm_w, eps, w_qkv, rope, q_out, cache)?;
+    let QkvShapes { heads, max_n, params, .. } = check_qkv_operands("qkv_rope", op)?;
     let kv = cache.binding(slot)?;
     let variant = variant_for(gpu, w_qkv.variant(base_variant(gpu)), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
@@ -244,23 +248,10 @@ fn projection_bindings<'a>(
 /// Returns `Ok(None)` where the shapes do not suit it, for the caller to fall back: head_dim not a multiple
 /// of 8 or over 2048 (a workgroup of head_dim / 8 lanes), hidden not a multiple of 32, or `x`'s `max_n` rows
 /// or `norm_w` not bindable as a uniform (at most 64 KiB, buffers with `UNIFORM` usage).
-#[allow(clippy::too_many_arguments)]
-pub fn qkv_rope_lanes(
-    gpu: &Gpu,
-    step: &StepBuffer,
-    x: &Tensor,
-    norm_w: &Tensor,
-    eps: f32,
-    w_qkv: &GpuWeight,
-    rope: &RopeTable,
-    layout: RopeLayout,
-    q_out: &Tensor,
-    cache: &KvCache,
-    slot: usize,
-) -> Result<Option<Dispatch>> {
+pub fn qkv_rope_lanes(gpu: &Gpu, op: &QkvRopeOperands<'_>) -> Result<Option<Dispatch>> {
+    let QkvRopeOperands { step, x, norm_w, w_qkv, rope, layout, q_out, cache, slot, .. } = *op;
     let hd = cache.head_dim();
-    let QkvOperands { heads, hidden, max_n, params } =
-        check_qkv_operands("qkv_rope_lanes", x, norm_w, eps, w_qkv, rope, q_out, cache)?;
+    let QkvShapes { heads, hidden, max_n, params } = check_qkv_operands("qkv_rope_lanes", op)?;
     let lanes = hd / 8;
     let fits = hd.is_multiple_of(8)
         && lanes <= 256
