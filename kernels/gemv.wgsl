@@ -649,6 +649,17 @@ fn gemv_window(@builtin(workgroup_id) wg: vec3<u32>,
     wx_lane = min(v0 + (sg_lane & 7u), XN - 1u) * cols4;
 #endif
 #if NORM
+#if SUBGROUPS
+    // Lane l sums the squares of vector l (one gather per quad, where reading all eight vectors was
+    // eight) and broadcasts hand the eight sums to every lane.
+    var ss = 0.0;
+    for (var q = 0u; q < cols4; q++) {
+        let v = xu[wx_lane + q];
+        ss += dot(v, v);
+    }
+    let ss_lo = wbcast_lo(ss);
+    let ss_hi = wbcast_hi(ss);
+#else
     var ss_lo = vec4<f32>(0.0);
     var ss_hi = vec4<f32>(0.0);
     for (var q = 0u; q < cols4; q++) {
@@ -656,6 +667,7 @@ fn gemv_window(@builtin(workgroup_id) wg: vec3<u32>,
         ss_lo += vec4<f32>(dot(a[0], a[0]), dot(a[1], a[1]), dot(a[2], a[2]), dot(a[3], a[3]));
         ss_hi += vec4<f32>(dot(a[4], a[4]), dot(a[5], a[5]), dot(a[6], a[6]), dot(a[7], a[7]));
     }
+#endif
     let s_lo = inverseSqrt(ss_lo / f32(params.w.cols) + params.eps);
     let s_hi = inverseSqrt(ss_hi / f32(params.w.cols) + params.eps);
 #else

@@ -57,7 +57,9 @@ pub struct BatchedFfnScratch<'a> {
 ///   GPU dequantizes every weight once per row.
 /// - Without (CPU drivers): the SWIGLU product of [`crate::ops::gemv::gemv_fused`] on the normalised rows
 ///   (the windowed GEMV, 8 rows per weight read); three dispatches. Folding the norm into that product
-///   instead made every workgroup recompute each row's RMS and scale every weight it read: 1.4x the time.
+///   instead makes every workgroup recompute its rows' RMS and scale every weight it reads: callgrind on
+///   lavapipe, q4_0 3072x576 at n = 64, 147M instructions against 114M without the norm (1.4x the time
+///   when first measured, before the RMS was shared out among the lanes).
 pub fn ffn_block_batched(
     gpu: &Gpu,
     x: &Tensor,
