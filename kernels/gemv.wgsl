@@ -479,22 +479,28 @@ var<private> wacc_a_lo: vec4<f32>;
 var<private> wacc_a_hi: vec4<f32>;
 var<private> wacc_b_lo: vec4<f32>;
 var<private> wacc_b_hi: vec4<f32>;
-// vec4 offsets in the window of this workgroup's 8 vectors (past XN: the window's last vector).
+#if SUBGROUPS
+// The vec4 offset in the window of the vector this lane loads (past XN: the window's last vector).
+var<private> wx_lane: u32;
+#else
+// vec4 offsets in the window of this workgroup's 8 vectors (past XN: the window's last vector), which
+// every lane loads itself.
 var<private> wx_lo: vec4<u32>;
 var<private> wx_hi: vec4<u32>;
-// With SUBGROUPS: the offset of the vector this lane loads.
-var<private> wx_lane: u32;
+#endif
 var<private> wlast_q: u32;
 
 fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
     return g / (1.0 + exp(-g)) * u;
 }
 
+#if !SUBGROUPS
 // The 8 vectors' x at vec4 `q` of a row, each loaded by this lane.
 fn window_x8(q: u32) -> array<vec4<f32>, 8> {
     return array<vec4<f32>, 8>(xu[wx_lo.x + q], xu[wx_lo.y + q], xu[wx_lo.z + q], xu[wx_lo.w + q], xu[wx_hi.x + q],
                                xu[wx_hi.y + q], xu[wx_hi.z + q], xu[wx_hi.w + q]);
 }
+#endif
 
 // Weights of rows A (`wa_in`) and B (`wb_in`) at columns 4q .. 4q+3 times the 8 vectors, into the accumulators.
 fn wmac2(wa_in: vec4<f32>, wb_in: vec4<f32>, q_in: u32) {
@@ -642,11 +648,12 @@ fn gemv_window(@builtin(workgroup_id) wg: vec3<u32>,
     let v0 = wg.y * 8u;
     let cols4 = params.w.cols / 4u;
     wlast_q = cols4 - 1u;
+#if SUBGROUPS
+    wx_lane = min(v0 + (sg_lane & 7u), XN - 1u) * cols4;
+#else
     let last_v = vec4<u32>(XN - 1u);
     wx_lo = min(vec4<u32>(v0) + vec4<u32>(0u, 1u, 2u, 3u), last_v) * cols4;
     wx_hi = min(vec4<u32>(v0) + vec4<u32>(4u, 5u, 6u, 7u), last_v) * cols4;
-#if SUBGROUPS
-    wx_lane = min(v0 + (sg_lane & 7u), XN - 1u) * cols4;
 #endif
 #if NORM
 #if SUBGROUPS
