@@ -11,13 +11,17 @@
 //! - the roofline: the weight bytes one decode step must read ([`weight_traffic`]) divided by the
 //!   bandwidth of a plain copy ([`CopyProbe`], ≥ 64 MiB, one copy after each timed step, so both see
 //!   the same stretch of host speed), and the measured ms/token as a multiple of it;
+//! - the dispatch floor: the wall time of as many near-empty dispatches as the step records
+//!   ([`DispatchProbe`], also one after each timed step), and ms/token as a multiple of the two floors'
+//!   sum (drivers that run dispatches one after another, as lavapipe does, pay both in turn);
 //! - dispatches per step and per executed layer, GPU memory by category, and (where the device has
 //!   `TIMESTAMP_QUERY`) one step's and one prefill's GPU time by kernel family, and the step's time per
 //!   executed layer ([`DecodePoint::pair_ratio`]: a shared layer's second run against its first).
 //!
 //! [`bench_sharing_interleaved`] compares layer sharing with plain decode by alternating their steps.
-//! Timings on lavapipe (a CPU) are compute-bound: a layer-shared step costs about twice a plain one
-//! there, unlike on phones where the repeated layer's weights are still in cache.
+//! On lavapipe (a CPU) a step's kernels are compute-bound and each dispatch pays a fixed launch cost,
+//! so a layer-shared step costs about twice a plain one there, unlike on phones where the repeated
+//! layer's weights are still in cache.
 //!
 //! Reports: [`markdown_table`] for stdout, [`write_json`], and SVG charts ([`plot_decode_svg`],
 //! [`plot_kernels_svg`] for the per-kernel benchmark's `kernels.json`); [`write_reports`] does all.
@@ -246,6 +250,39 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: u64) -> Result<CopyBandwidth> {
     CopyProbe::new(gpu, bytes)?.bandwidth(gpu)
 }
 
+/// A chain of minimal dispatches, as many as a decode step records: a 16-byte copy (one workgroup), each
+/// ordered after the one before as the step's are. Its wall time, submit to completion, is what the
+/// driver charges for launching and ordering that many dispatches with next to no work in them: the
+/// other floor of a decode step besides the bandwidth one. On lavapipe it is the thread pool waking and
+/// joining its workers once per dispatch.
+pub struct DispatchProbe {
+    count: usize,
+    copy: ops::Dispatch,
+    // The dispatch's bind group holds the buffers; these keep them plainly owned.
+    _buffers: [wgpu::Buffer; 2],
+}
+
+impl DispatchProbe {
+    /// A chain of `count` dispatches (at least 1), run once to warm up.
+    pub fn new(gpu: &Gpu, count: usize) -> Result<DispatchProbe> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let src = gpu.create_buffer("bench dispatch probe src", 16, usage)?;
+        let dst = gpu.create_buffer("bench dispatch probe dst", 16, usage)?;
+        let copy = ops::elementwise::copy_buffer(gpu, &src, &dst, 16)?;
+        let probe = DispatchProbe { count: count.max(1), copy, _buffers: [src, dst] };
+        probe.seconds(gpu)?;
+        Ok(probe)
+    }
+
+    /// Wall seconds of the chain: recorded into one compute pass, submitted once, waited for.
+    pub fn seconds(&self, gpu: &Gpu) -> Result<f64> {
+        let chain = vec![&self.copy; self.count];
+        let t0 = Instant::now();
+        ops::run(gpu, &chain)?;
+        Ok(t0.elapsed().as_secs_f64())
+    }
+}
+
 /// Seconds of one dispatch between pass-boundary timestamps; `None` if the stamps make no sense.
 fn time_with_timestamps(gpu: &Gpu, d: &ops::Dispatch) -> Result<Option<f64>> {
     let set = gpu.device().create_query_set(&wgpu::QuerySetDescriptor {
@@ -396,6 +433,12 @@ pub struct DecodePoint {
     pub roofline_ms: f64,
     /// `ms_per_token / roofline_ms` (both from the same interleaved stretch).
     pub roofline_multiple: f64,
+    /// Wall milliseconds of a [`DispatchProbe`] as long as the step (median, one after each timed step):
+    /// the launch cost of the step's dispatches alone.
+    pub dispatch_floor_ms: f64,
+    /// `ms_per_token / (roofline_ms + dispatch_floor_ms)`: the step against both floors, for drivers
+    /// (lavapipe's) that run dispatches one after another, so the two add up.
+    pub floors_multiple: f64,
     /// One profiled step by kernel family (empty without timestamps or with profiling off).
     pub profile: Vec<FamilyTime>,
     /// Sum of `profile` (GPU milliseconds of one step, one pass per dispatch).
@@ -501,6 +544,7 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     let probe = CopyProbe::new(gpu, options.copy_bytes)?;
     let copy = probe.bandwidth(gpu)?;
     let mut model = Model::new(gpu, host, &plan)?;
+    let dispatch_probe = DispatchProbe::new(gpu, model.decode_dispatches().len())?;
     let vocab = c.vocab_size;
     let tokens = prompt(capacity, vocab);
 
@@ -569,11 +613,13 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         let at = model.position();
         let mut times = Vec::with_capacity(options.decode_steps);
         let mut copies = Vec::with_capacity(options.decode_steps);
+        let mut floors = Vec::with_capacity(options.decode_steps);
         for _ in 0..options.decode_steps {
             let t0 = Instant::now();
             token = model.step(token)?;
             times.push(t0.elapsed().as_secs_f64() * 1e3);
             copies.push(probe.seconds(gpu)?);
+            floors.push(dispatch_probe.seconds(gpu)? * 1e3);
         }
         say(format!("decode at {at}: {times:.0?} ms"));
         let (split, layer_ms) = if profile {
@@ -587,6 +633,7 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         let ms = median(&times);
         let copy_gbps = probe.gbps(median(&copies));
         let point_roofline_ms = traffic.total() as f64 / (copy_gbps * 1e9) * 1e3;
+        let dispatch_floor_ms = median(&floors);
         decode.push(DecodePoint {
             context: at,
             steps: times.len(),
@@ -596,6 +643,8 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
             copy_gbps,
             roofline_ms: point_roofline_ms,
             roofline_multiple: ms / point_roofline_ms,
+            dispatch_floor_ms,
+            floors_multiple: ms / (point_roofline_ms + dispatch_floor_ms),
             profile_total_ms: split.iter().map(|f| f.ms).sum(),
             profile: split,
             pair_ratio: pair_ratio(&layer_ms),
@@ -791,9 +840,9 @@ pub fn markdown_table(report: &BenchReport) -> String {
     let _ = writeln!(s, "Device: {}\n", report.device);
     let _ = writeln!(
         s,
-        "| config | prefill tok/s | ctx | ms/token | tok/s | roofline ms | x roofline | GPU ms (ts) | dispatches/step (/layer) | weights / KV / act MiB | copy GB/s | load |"
+        "| config | prefill tok/s | ctx | ms/token | tok/s | roofline ms | x roofline | dispatch floor ms | x (roofline + floor) | GPU ms (ts) | dispatches/step (/layer) | weights / KV / act MiB | copy GB/s | load |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
     for r in &report.results {
         let prefill =
             r.prefill.iter().map(|p| format!("{:.1} (n={})", p.tokens_per_s, p.tokens)).collect::<Vec<_>>().join(", ");
@@ -801,7 +850,7 @@ pub fn markdown_table(report: &BenchReport) -> String {
             let gpu_ms = if d.profile.is_empty() { "-".into() } else { format!("{:.1}", d.profile_total_ms) };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {} | {} ({:.1}) | {:.1} / {:.1} / {:.1} | {:.2} | {} |",
+                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} ({:.1}) | {:.1} / {:.1} / {:.1} | {:.2} | {} |",
                 r.label,
                 prefill,
                 d.context,
@@ -809,6 +858,8 @@ pub fn markdown_table(report: &BenchReport) -> String {
                 d.tokens_per_s,
                 d.roofline_ms,
                 d.roofline_multiple,
+                d.dispatch_floor_ms,
+                d.floors_multiple,
                 gpu_ms,
                 r.dispatches_per_step,
                 r.dispatches_per_layer,

@@ -143,6 +143,12 @@ fn decode_bench_reports_on_the_tiny_model() {
         for d in &r.decode {
             assert!(d.copy_gbps > 0.0 && d.roofline_ms > 0.0);
             assert!((d.roofline_multiple * d.roofline_ms - d.ms_per_token).abs() <= 1e-9 * d.ms_per_token);
+            // The dispatch floor is a real timing, and the two floors together bound the step from below
+            // more tightly than the roofline alone.
+            assert!(d.dispatch_floor_ms > 0.0 && d.dispatch_floor_ms.is_finite(), "{}", d.dispatch_floor_ms);
+            let floors = d.roofline_ms + d.dispatch_floor_ms;
+            assert!((d.floors_multiple * floors - d.ms_per_token).abs() <= 1e-9 * d.ms_per_token);
+            assert!(d.floors_multiple < d.roofline_multiple);
         }
         assert!(r.decode.iter().all(|d| d.profile.is_empty() != gpu.features().timestamps));
     }
@@ -157,6 +163,7 @@ fn decode_bench_reports_on_the_tiny_model() {
     let table = bench::markdown_table(&report);
     assert!(table.contains("tiny q8_0 LS") && table.contains("tiny q8_0 plain"), "{table}");
     assert!(table.contains("steps interleaved"), "{table}");
+    assert!(table.contains("dispatch floor ms"), "{table}");
     let dir = out_dir("decode");
     std::fs::write(dir.join("kernels.json"), KERNELS_JSON).unwrap();
     let written = bench::write_reports(&report, &dir).unwrap();
