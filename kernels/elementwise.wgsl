@@ -1,5 +1,5 @@
 // Elementwise kernels: the residual add, the unfused FFN chain's silu_mul, the batched FFN's swiglu_stacked,
-// and the plain copy that benchmarks use as their bandwidth yardstick.
+// the plain copy that benchmarks use as their bandwidth yardstick, and rows copied into texels.
 // Large counts use a 2-D grid (x up to 65535 workgroups); the linear index folds it back.
 
 struct Params {
@@ -34,6 +34,20 @@ fn copy(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: v
     let i = (wg.y * groups.x + wg.x) * WG + lid;
     if i < params.count {
         dst[i] = src[i];
+    }
+}
+
+// Copies `count` 16-byte words of `src` into the texels of `texels`, `width` per texel row (word i to
+// texel (i % width, i / width)): rows of activations put where a CPU driver's windowed product reads them
+// as texels (`gemv_window` with XTEX).
+@group(0) @binding(6) var texels: texture_storage_2d<rgba32uint, write>;
+
+@compute @workgroup_size(WG)
+fn to_texels(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) groups: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let i = (wg.y * groups.x + wg.x) * WG + lid;
+    if i < params.count {
+        textureStore(texels, vec2<u32>(i % params.width, i / params.width), src[i]);
     }
 }
 

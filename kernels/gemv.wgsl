@@ -39,7 +39,15 @@ struct Params {
 // at most 64 KiB, TPR == 1 so every lane reads the same address). On lavapipe (Mesa 22.3) a uniform load is
 // a SIMD gather and a storage load a per-lane loop (only constant uniform addresses become scalar loads);
 // x is read by every thread for its RPT rows.
-#if XUNI
+// XTEX (with XUNI, for the windowed form): x as rgba32uint texels instead, vector v's quad q at texel
+// (q, v), all of a product's vectors in one binding (written by `elementwise:to_texels`). On lavapipe a
+// texel fetch at lane-varying coordinates is one SIMD gather of 16 bytes per lane, where a uniform load
+// at a lane-varying address is a gather of 4-byte lanes plus their reassembly.
+#if XTEX && IMGREAD
+@group(0) @binding(2) var x_tex: texture_storage_2d<rgba32uint, read>;
+#elif XTEX
+@group(0) @binding(2) var x_tex: texture_2d<u32>;
+#elif XUNI
 @group(0) @binding(2) var<uniform> xu: array<vec4<f32>, XV4>;
 #else
 @group(0) @binding(2) var<storage, read> x: array<f32>;
@@ -48,9 +56,22 @@ struct Params {
 
 #include weights
 
+#if XTEX
+// Quad q (columns 4q .. 4q+3) of vector v.
+fn x_texel(v: u32, q: u32) -> vec4<f32> {
+#if IMGREAD
+    return bitcast<vec4<f32>>(textureLoad(x_tex, vec2<u32>(q, v)));
+#else
+    return bitcast<vec4<f32>>(textureLoad(x_tex, vec2<u32>(q, v), 0));
+#endif
+}
+#endif
+
 // Element i of x.
 fn xval(i: u32) -> f32 {
-#if XUNI
+#if XTEX
+    return x4(i & ~3u)[i & 3u];
+#elif XUNI
     return xu[i >> 2u][i & 3u];
 #else
     return x[i];
@@ -59,7 +80,11 @@ fn xval(i: u32) -> f32 {
 
 // x[o .. o+4] (o a multiple of 4 under XUNI).
 fn x4(o: u32) -> vec4<f32> {
-#if XUNI
+#if XTEX
+    let q = o >> 2u;
+    let cols4 = params.w.cols >> 2u;
+    return x_texel(q / cols4, q % cols4);
+#elif XUNI
     return xu[o >> 2u];
 #else
     return vec4<f32>(x[o], x[o + 1u], x[o + 2u], x[o + 3u]);
@@ -465,7 +490,8 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 #if XUNI
 // Windowed multi-vector form for CPU devices (prefill GEMM, and the fused NORM / SWIGLU products at n > 1).
 // The launcher binds x and y one window of XN vectors at a time (x as a uniform of XV4 = XN * cols / 4
-// vec4, at most 64 KiB; y from the window's first vector), one launch per window. Lanes are rows: a lane
+// vec4, at most 64 KiB; y from the window's first vector), one launch per window; with XTEX (x in
+// texels) the window is every vector of the product, one launch. Lanes are rows: a lane
 // carries 8 vectors (grid y = ceil(XN / 8)) for RPT rows, two rows per pass (A and B: two of its rows, or
 // with SWIGLU one output's gate and up rows). Each dequantized weight feeds 8 vectors. x reaches the lanes
 // through subgroup broadcasts: with SUBGROUPS, lane l loads vector l's four columns and hands them to the
@@ -480,15 +506,33 @@ var<private> wacc_a_hi: vec4<f32>;
 var<private> wacc_b_lo: vec4<f32>;
 var<private> wacc_b_hi: vec4<f32>;
 #if SUBGROUPS
-// The vec4 offset in the window of the vector this lane loads (past XN: the window's last vector).
+// Where the vector this lane loads starts (see `window_stride`; past XN: the window's last vector).
 var<private> wx_lane: u32;
 #else
-// vec4 offsets in the window of this workgroup's 8 vectors (past XN: the window's last vector), which
+// Where this workgroup's 8 vectors start (see `window_stride`; past XN: the window's last vector), which
 // every lane loads itself.
 var<private> wx_lo: vec4<u32>;
 var<private> wx_hi: vec4<u32>;
 #endif
 var<private> wlast_q: u32;
+
+// Vector v of the window starts at v * window_stride: its vec4 offset in the uniform, or its texel row.
+fn window_stride(cols4: u32) -> u32 {
+#if XTEX
+    return 1u;
+#else
+    return cols4;
+#endif
+}
+
+// Quad q of the window's vector starting at `at` (see `window_stride`).
+fn window_quad(at: u32, q: u32) -> vec4<f32> {
+#if XTEX
+    return x_texel(at, q);
+#else
+    return xu[at + q];
+#endif
+}
 
 fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
     return g / (1.0 + exp(-g)) * u;
@@ -497,8 +541,9 @@ fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
 #if !SUBGROUPS
 // The 8 vectors' x at vec4 `q` of a row, each loaded by this lane.
 fn window_x8(q: u32) -> array<vec4<f32>, 8> {
-    return array<vec4<f32>, 8>(xu[wx_lo.x + q], xu[wx_lo.y + q], xu[wx_lo.z + q], xu[wx_lo.w + q], xu[wx_hi.x + q],
-                               xu[wx_hi.y + q], xu[wx_hi.z + q], xu[wx_hi.w + q]);
+    return array<vec4<f32>, 8>(window_quad(wx_lo.x, q), window_quad(wx_lo.y, q), window_quad(wx_lo.z, q),
+                               window_quad(wx_lo.w, q), window_quad(wx_hi.x, q), window_quad(wx_hi.y, q),
+                               window_quad(wx_hi.z, q), window_quad(wx_hi.w, q));
 }
 #endif
 
@@ -516,7 +561,7 @@ fn wmac2(wa_in: vec4<f32>, wb_in: vec4<f32>, q_in: u32) {
 #endif
 #if SUBGROUPS
     // Broadcast one column at a time, right where it is used: all 32 values at once spilled on lavapipe.
-    let own = xu[wx_lane + q];
+    let own = window_quad(wx_lane, q);
     wmac2_column(wa.x, wb.x, wbcast_lo(own.x), wbcast_hi(own.x));
     wmac2_column(wa.y, wb.y, wbcast_lo(own.y), wbcast_hi(own.y));
     wmac2_column(wa.z, wb.z, wbcast_lo(own.z), wbcast_hi(own.z));
@@ -649,11 +694,11 @@ fn gemv_window(@builtin(workgroup_id) wg: vec3<u32>,
     let cols4 = params.w.cols / 4u;
     wlast_q = cols4 - 1u;
 #if SUBGROUPS
-    wx_lane = min(v0 + (sg_lane & 7u), XN - 1u) * cols4;
+    wx_lane = min(v0 + (sg_lane & 7u), XN - 1u) * window_stride(cols4);
 #else
     let last_v = vec4<u32>(XN - 1u);
-    wx_lo = min(vec4<u32>(v0) + vec4<u32>(0u, 1u, 2u, 3u), last_v) * cols4;
-    wx_hi = min(vec4<u32>(v0) + vec4<u32>(4u, 5u, 6u, 7u), last_v) * cols4;
+    wx_lo = min(vec4<u32>(v0) + vec4<u32>(0u, 1u, 2u, 3u), last_v) * window_stride(cols4);
+    wx_hi = min(vec4<u32>(v0) + vec4<u32>(4u, 5u, 6u, 7u), last_v) * window_stride(cols4);
 #endif
 #if NORM
 #if SUBGROUPS
@@ -661,7 +706,7 @@ fn gemv_window(@builtin(workgroup_id) wg: vec3<u32>,
     // eight) and broadcasts hand the eight sums to every lane.
     var ss = 0.0;
     for (var q = 0u; q < cols4; q++) {
-        let v = xu[wx_lane + q];
+        let v = window_quad(wx_lane, q);
         ss += dot(v, v);
     }
     let ss_lo = wbcast_lo(ss);

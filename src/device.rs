@@ -318,6 +318,8 @@ struct GpuInner {
     texture_reads: TextureReads,
     class: DeviceClass,
     pipelines: Mutex<HashMap<String, Arc<wgpu::ComputePipeline>>>,
+    // Textures that dispatches write and then read within one sequence, one per size (`staging_texture`).
+    staging: Mutex<HashMap<(u32, u32), wgpu::Texture>>,
     // Errors wgpu reports outside an error scope (late validation), surfaced by the next call.
     uncaptured: Arc<Mutex<Option<String>>>,
     // Set once by the device-lost callback; sticky: every later call fails with `Error::DeviceLost`.
@@ -544,6 +546,7 @@ impl Gpu {
                 texture_reads,
                 class,
                 pipelines: Mutex::new(HashMap::new()),
+                staging: Mutex::new(HashMap::new()),
                 uncaptured,
                 lost,
                 buffers_created: AtomicU64::new(0),
@@ -677,6 +680,30 @@ impl Gpu {
     fn lock_pipelines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<wgpu::ComputePipeline>>> {
         // A poisoned cache only means another thread panicked mid-insert; the map is still valid.
         self.inner.pipelines.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The device's shared `rgba32uint` staging texture of `width` x `height` texels, made on first use: a
+    /// dispatch sequence writes it, then reads it (`Dispatch` records its launches in order), so every
+    /// sequence that stages operands of one size can share one texture, whatever order they run in.
+    pub(crate) fn staging_texture(&self, width: u32, height: u32) -> Result<wgpu::Texture> {
+        let lock = || self.inner.staging.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = lock().get(&(width, height)) {
+            return Ok(t.clone());
+        }
+        let reads = match self.texture_reads() {
+            TextureReads::Sampled => wgpu::TextureUsages::TEXTURE_BINDING,
+            TextureReads::Storage => wgpu::TextureUsages::empty(),
+        };
+        // COPY_DST lets wgpu zero the new texture by a buffer copy; without it wgpu clears it another way
+        // inside the first pass that writes it, after which lavapipe's timestamp queries read ~0 (seen as
+        // a 64 MiB copy "taking" 14 us in the decode benchmark).
+        let texture = self.create_texture_with(
+            "staging texels",
+            width,
+            height,
+            reads | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+        )?;
+        Ok(lock().entry((width, height)).or_insert(texture).clone())
     }
 
     /// Creates an `rgba32uint` 2D texture for a weight matrix ([`WeightStorage::Texture`]), turning an

@@ -82,7 +82,7 @@ pub static QKV_ROPE: KernelSource = kernel!(
 /// a window of `XN` vectors, 8 per lane, for prefill on CPU devices; `GROUP8`: a thread's rows 8 at a time
 /// with one scale texel per group; `XBCAST`: x shared among lanes by subgroup broadcasts; `QUADS`: a row
 /// slot's threads stride over 4-column quads).
-pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "SWIGLU", "WTEX", "XUNI", "GROUP8", "XBCAST", "IMGREAD", "QUADS"], choices: &[WEIGHT_FLAGS],
+pub static GEMV: KernelSource = kernel!("gemv", flags: &["SUBGROUPS", "NORM", "SWIGLU", "WTEX", "XUNI", "XTEX", "GROUP8", "XBCAST", "IMGREAD", "QUADS"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("TPR", 8), ("RPT", 4), ("XV4", 144), ("NV4", 144), ("XN", 1)]);
 
 /// Embedding lookup: token ids to rows of a weight matrix of any type, over row chunks.

@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use common::gpus;
 use mobilellm_kernels::bench::{self, BenchOptions, BenchReport, ContextFill};
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
-use mobilellm_kernels::quant::WeightType;
-use mobilellm_kernels::Error;
+use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
+use mobilellm_kernels::{ops, DType, Error, Tensor};
 
 fn tiny(layer_sharing: bool) -> HostModel {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-shared");
@@ -194,4 +194,24 @@ fn kernels_json_reader_is_tolerant() {
     assert_eq!(bench::read_kernels_json(&path).unwrap(), [("copy".to_string(), 1.0)]);
     assert_eq!(bench::plot_kernels_svg(&path, &dir.join("one.svg")).unwrap(), 1);
     assert!(bench::read_kernels_json(Path::new("/nonexistent/kernels.json")).is_err());
+}
+
+/// GPU timestamps stay meaningful after a windowed product staged its x as texels (a texture's first
+/// write once left lavapipe's timestamps reading ~0): a 64 MiB copy takes longer than a 64 KiB one.
+#[test]
+fn timestamps_survive_texel_staging() {
+    let gpu = &gpus()[0];
+    if !gpu.features().timestamps {
+        return;
+    }
+    let host = HostWeight::quantize(WeightType::Q4_0, 64, 256, &vec![0.25; 64 * 256]).unwrap();
+    let w = GpuWeight::upload(gpu, &host).unwrap();
+    let x = Tensor::zeros(gpu, DType::F32, &[16, 256]).unwrap();
+    let y = Tensor::zeros(gpu, DType::F32, &[16, 64]).unwrap();
+    let product = ops::gemm::gemm(gpu, &w, &x, &y, 0, false).unwrap();
+    ops::run(gpu, &[&product]).unwrap();
+    let (small, big) = (bench::CopyProbe::new(gpu, 64 << 10).unwrap(), bench::CopyProbe::new(gpu, 64 << 20).unwrap());
+    let best = |p: &bench::CopyProbe| (0..3).map(|_| p.seconds(gpu).unwrap()).fold(f64::INFINITY, f64::min);
+    let (s, b) = (best(&small), best(&big));
+    assert!(b > 4.0 * s, "64 MiB copy {b} s against 64 KiB {s} s [{}]", gpu.describe());
 }

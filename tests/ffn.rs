@@ -10,7 +10,7 @@
 //!   type at n = 1, 5 and 64: they are small.
 mod common;
 
-use common::{assert_close, gpus, random_vec};
+use common::{assert_close, bare_texture_gpu, gpus, other_texture_reads_gpu, random_vec};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
@@ -106,6 +106,17 @@ fn mobilellm_shapes_every_type() {
         for wtype in [WeightType::F16, WeightType::Q4_1] {
             check(gpu, 576, 1536, 64, wtype);
         }
+    }
+}
+
+/// The windowed product reading x as texels (weights in textures) under the read modes and feature sets
+/// `gpus()` leaves out: sampled texels with subgroups, and without subgroups (every lane fetching all eight
+/// vectors, the norm's sums of squares included).
+#[test]
+fn x_texels_every_read_mode() {
+    for gpu in other_texture_reads_gpu().into_iter().chain(bare_texture_gpu()) {
+        check(gpu, 576, 1536, 5, WeightType::Q4_0);
+        check(gpu, 96, 24, 17, WeightType::Q8_0);
     }
 }
 

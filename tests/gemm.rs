@@ -4,7 +4,10 @@
 //! the full-feature device only and the bare device gets small cases per type.
 mod common;
 
-use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape};
+use common::{
+    assert_product, bare_texture_gpu, gpus, matrix_weight as weight, other_texture_reads_gpu, random_vec, ProductShape,
+};
+use mobilellm_kernels::device::WeightStorage;
 use mobilellm_kernels::ops::gemm::{gemm, gemm_rows, gemm_rows_with, gemm_tiled, RowSlots};
 use mobilellm_kernels::ops::gemv::gemv_window;
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
@@ -170,25 +173,51 @@ fn windowed_gemv() {
             check(gpu, &host, &Case { window, ..Case::new(WeightType::F16, 9, 40, 17) });
         }
         // 4128 columns (16 512 bytes per vector): at most 3 vectors fit a 64 KiB window, and 2 keep every
-        // window's x offset a multiple of 256 bytes, so 37 vectors take 19 windows.
+        // window's x offset a multiple of 256 bytes, so 37 vectors take 19 windows. With texture weights x
+        // goes to texels instead: one copy and one launch.
         let host = weight(WeightType::Q8_0, 64, 4128);
         check(gpu, &host, &Case { window: Some(2), ..Case::new(WeightType::Q8_0, 64, 4128, 37) });
         let w = GpuWeight::upload(gpu, &host).unwrap();
+        let texels = w.storage() == WeightStorage::Texture;
         let x = Tensor::zeros(gpu, DType::F32, &[37, 4128]).unwrap();
         let y = Tensor::zeros(gpu, DType::F32, &[37, 64]).unwrap();
-        assert_eq!(gemv_window(gpu, &w, &x, &y, 0, false, 2).unwrap().unwrap().launches(), 19);
+        let launches = gemv_window(gpu, &w, &x, &y, 0, false, 2).unwrap().unwrap().launches();
+        assert_eq!(launches, if texels { 2 } else { 19 }, "[{}]", gpu.describe());
         for bad in [0, 17] {
             let err = gemv_window(gpu, &w, &x, &y, 0, false, bad).unwrap_err();
             assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
         }
         // 33 output rows: no window size puts every window's y at an aligned offset, and 4128 columns fit
-        // only 3 vectors per window, so 40 vectors do not window; `gemm` falls back to one GEMV per vector.
+        // only 3 vectors per window, so 40 vectors do not window as uniforms (`gemm` falls back to one GEMV
+        // per vector); as texels they need no windows.
         let host = weight(WeightType::Q4_1, 33, 4128);
         let w = GpuWeight::upload(gpu, &host).unwrap();
         let x = Tensor::zeros(gpu, DType::F32, &[40, 4128]).unwrap();
         let y = Tensor::zeros(gpu, DType::F32, &[40, 33]).unwrap();
-        assert!(gemv_window(gpu, &w, &x, &y, 0, false, 4).unwrap().is_none());
+        assert_eq!(gemv_window(gpu, &w, &x, &y, 0, false, 4).unwrap().is_some(), texels);
         check(gpu, &host, &Case::new(WeightType::Q4_1, 33, 4128, 40));
+        if texels {
+            check(gpu, &host, &Case { window: Some(4), ..Case::new(WeightType::Q4_1, 33, 4128, 40) });
+        }
+    }
+}
+
+/// x as texels in the windowed GEMV under the read modes and feature sets `gpus()` leaves out: sampled
+/// texels with subgroups (the other texture-read device) and without subgroups (every lane fetching all
+/// eight vectors), each with a vector tail, several row turns and the residual accumulate.
+#[test]
+fn windowed_gemv_x_texels_every_read_mode() {
+    for gpu in other_texture_reads_gpu().into_iter().chain(bare_texture_gpu()) {
+        for wtype in [WeightType::Q4_0, WeightType::Q8_0, WeightType::F16] {
+            let host = weight(wtype, 203, 96);
+            let case = Case { window: Some(3), offset: 5, extra: 3, accumulate: true, ..Case::new(wtype, 203, 96, 13) };
+            check(gpu, &host, &case);
+        }
+        let w = GpuWeight::upload(gpu, &weight(WeightType::Q4_0, 64, 96)).unwrap();
+        assert_eq!(w.storage(), WeightStorage::Texture);
+        let x = Tensor::zeros(gpu, DType::F32, &[13, 96]).unwrap();
+        let y = Tensor::zeros(gpu, DType::F32, &[13, 64]).unwrap();
+        assert_eq!(gemv_window(gpu, &w, &x, &y, 0, false, 3).unwrap().unwrap().launches(), 2);
     }
 }
 

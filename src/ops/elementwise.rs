@@ -66,6 +66,32 @@ pub(crate) fn binary(
     launch(gpu, entry, a.len() as u32, 0, &resources)
 }
 
+/// Copies the first `width * rows` 16-byte words of `src` into `texels` (an `rgba32uint` texture of at least
+/// `width` x `rows`, word `i` to texel `(i % width, i / width)`): activations staged for a kernel that reads
+/// them as texels (the windowed CPU product).
+pub(crate) fn to_texels(
+    gpu: &Gpu,
+    src: &wgpu::Buffer,
+    width: u32,
+    rows: u32,
+    texels: &wgpu::TextureView,
+) -> Result<Dispatch> {
+    let words = width as u64 * rows as u64;
+    if words == 0 || words * 16 > src.size() || words > u32::MAX as u64 {
+        return Err(Error::invalid(
+            "texel copy size",
+            format!("{width} x {rows} texels"),
+            format!("non-empty and within the source buffer ({} bytes)", src.size()),
+        ));
+    }
+    let source = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+        buffer: src,
+        offset: 0,
+        size: std::num::NonZeroU64::new(words * 16),
+    });
+    launch(gpu, "to_texels", words as u32, width, &[(4, source), (6, wgpu::BindingResource::TextureView(texels))])
+}
+
 /// `sum = a + b`, elementwise over f32 tensors of one shape. `sum` may alias neither input.
 pub fn add(gpu: &Gpu, a: &Tensor, b: &Tensor, sum: &Tensor) -> Result<Dispatch> {
     binary(gpu, "add", ["add lhs", "add rhs", "add output"], a, b, sum)

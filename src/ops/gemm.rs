@@ -54,7 +54,7 @@ struct Params {
 /// `y[:, out_offset..][.., :rows] = W·x` (or `+=` when `accumulate`) for `x` `[n, in]`.
 /// GPUs get [`gemm_rows`]. CPU devices (lavapipe), where every storage load in a
 /// loop is a per-lane gather and workgroup memory and barriers are slow, get the windowed multi-vector
-/// GEMV ([`gemv_window`]: lanes are rows, 8 vectors each, x as a uniform shared by subgroup broadcasts),
+/// GEMV ([`gemv_window`]: lanes are rows, 8 vectors each, x as texels or a uniform, shared by subgroup broadcasts),
 /// or, for shapes it cannot window, one GEMV per vector.
 pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
     if gpu.is_cpu_class() {

@@ -406,8 +406,9 @@ pub const WINDOW_RPT: u32 = 4;
 pub const WINDOW_LANE_VECTORS: usize = 8;
 
 /// The windowed multi-vector product (`gemv_window` entry; CPU devices' prefill): `x` is bound as a
-/// uniform one window of vectors at a time (one launch per window, at most 64 KiB each), lanes are rows,
-/// and each lane carries 8 vectors for `rpt` rows in turn. Same operands and semantics as [`gemv`].
+/// uniform one window of vectors at a time (one launch per window, at most 64 KiB each), or, where the
+/// weights are textures, copied into a texture and read as texels in one launch; lanes are rows, and each
+/// lane carries 8 vectors for `rpt` rows in turn. Same operands and semantics as [`gemv`].
 /// Returns `Ok(None)` where the shapes do not allow windows (a row of x over 16 KiB, or no window size
 /// meeting the device's binding-offset alignment); [`crate::ops::gemm::gemm`] then falls back.
 pub fn gemv_window(
@@ -444,6 +445,19 @@ fn window_vectors(gpu: &Gpu, x: &Tensor, n: usize, cols: usize, y_stride: usize)
     (1..=most).rev().filter(|v| v.is_multiple_of(8)).find(aligned).or_else(|| (1..=most).rev().find(aligned))
 }
 
+/// Whether the windowed product takes `x` as texels (XTEX: every vector in one launch, after an
+/// `elementwise:to_texels` copy) rather than as uniform windows: where the weights are textures (the
+/// device reads operands fastest that way; on lavapipe a texel fetch is one 16-byte gather per lane, a
+/// uniform load at a lane-varying address a 4-byte gather plus reassembly) and x fits one texture.
+fn x_as_texels(gpu: &Gpu, w: &GpuWeight, x: &Tensor, n: usize, cols: usize) -> bool {
+    let max = gpu.limits().max_texture_dimension_2d as usize;
+    w.storage() == WeightStorage::Texture
+        && cols.is_multiple_of(4)
+        && cols / 4 <= max
+        && (1..=max).contains(&n)
+        && x.buffer().usage().contains(wgpu::BufferUsages::STORAGE)
+}
+
 /// The windowed launch shared by [`gemv_window`] and the fused forms for `n > 1` on CPU devices.
 #[allow(clippy::too_many_arguments)]
 fn window(
@@ -460,8 +474,11 @@ fn window(
         return Err(Error::invalid("rows per lane of gemv_window", rpt, "1..=16"));
     }
     let (n, cols, y_stride) = (params.n as usize, w.cols(), params.y_stride as usize);
-    let Some(per_window) = window_vectors(gpu, x, n, cols, y_stride) else {
-        return Ok(None);
+    let texels = x_as_texels(gpu, w, x, n, cols);
+    let per_window = match window_vectors(gpu, x, n, cols, y_stride) {
+        _ if texels => n,
+        Some(v) => v,
+        None => return Ok(None),
     };
     if norm.is_some_and(|t| !fits_uniform(gpu, t, cols)) {
         return Ok(None);
@@ -472,25 +489,40 @@ fn window(
     let params_buffer = uniform(gpu, "gemv params", params)?;
     let name = dispatch_name("_window", w, norm.is_some(), swiglu);
     let mut parts = Vec::new();
+    // With texels, x is staged in a texture shared by every product of its size on this device: each
+    // product's copy runs right before its own launch, so no product reads another's x.
+    let x_view = if texels {
+        let (width, rows) = ((cols / 4) as u32, n as u32);
+        let view = gpu.staging_texture(width, rows)?.create_view(&Default::default());
+        parts.push(crate::ops::elementwise::to_texels(gpu, x.buffer(), width, rows, &view)?);
+        Some(view)
+    } else {
+        None
+    };
     for first in (0..n).step_by(per_window) {
         let count = per_window.min(n - first);
         let variant = w
             .variant(ShaderVariant::new())
             .flag_if("SUBGROUPS", subgroups)
             .flag("XUNI")
+            .flag_if("XTEX", texels)
             .flag_if("NORM", norm.is_some())
             .flag_if("SWIGLU", swiglu)
             .constant("WG", WG)
             .constant("TPR", 1)
             .constant("RPT", rpt)
-            .constant("XV4", (count * cols / 4) as u32)
+            .constant("XV4", if texels { 1 } else { (count * cols / 4) as u32 })
             .constant("NV4", if norm.is_some() { (cols / 4) as u32 } else { 1 })
             .constant("XN", count as u32);
         let pipeline = gpu.pipeline(&GEMV, "gemv_window", &variant)?;
+        let x_binding = match &x_view {
+            Some(view) => wgpu::BindingResource::TextureView(view),
+            None => range_binding(x, first * cols, count * cols),
+        };
         let mut bindings = vec![
             (0, params_buffer.as_entire_binding()),
             (1, w.binding()),
-            (2, range_binding(x, first * cols, count * cols)),
+            (2, x_binding),
             (3, range_binding(y, first * y_stride, count * y_stride)),
         ];
         if let Some(norm) = norm {

@@ -70,6 +70,26 @@ pub fn other_texture_reads_gpu() -> Option<&'static Gpu> {
     .as_ref()
 }
 
+/// A device with neither f16 nor subgroups that keeps its weights in sampled textures: the combination
+/// [`gpus`] leaves out (its bare device keeps weights in buffers), for the paths that read activations as
+/// texels where weights are textures (the windowed CPU product). `None` on GL, whose tests run one device
+/// at a time.
+pub fn bare_texture_gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
+        if gpus()[0].backend() == wgpu::Backend::Gl {
+            return None;
+        }
+        let options =
+            base.features(FeatureSet::NONE).weight_storage(WeightStorage::Texture).texture_reads(TextureReads::Sampled);
+        let gpu = Gpu::with_options(&options).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        eprintln!("test device: {}", gpu.describe());
+        Some(gpu)
+    })
+    .as_ref()
+}
+
 /// The test devices, plus (on GL) the process-wide GPU lock; see [`gpus`].
 pub struct Gpus {
     list: &'static [Gpu],
