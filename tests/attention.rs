@@ -247,7 +247,7 @@ fn cache_sizes_and_capacity_errors() {
 #[test]
 fn attention_block_chain_with_fused_residual() {
     use mobilellm_kernels::ops::gemv::gemv;
-    use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, QkvRopeOperands, RopeTable};
+    use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, QkvRopeOperands, QkvTarget, RopeTable};
     use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
     use mobilellm_kernels::reference::{QkvShape, RopeLayout};
     let (heads, kvn, hd, hidden, capacity) = (9usize, 3usize, 64usize, 576usize, 32usize);
@@ -272,22 +272,9 @@ fn attention_block_chain_with_fused_residual() {
             let x = Tensor::zeros(gpu, DType::F32, &[rows, hidden]).unwrap();
             let q = Tensor::zeros(gpu, DType::F32, &[rows, heads * hd]).unwrap();
             let a = Tensor::zeros(gpu, DType::F32, &[rows, heads * hd]).unwrap();
-            let mut ds = vec![qkv_rope(
-                gpu,
-                &QkvRopeOperands {
-                    step: &buf,
-                    x: &x,
-                    norm_w: &norm_g,
-                    eps: s.eps,
-                    w_qkv: &wqkv_g,
-                    rope: &rope,
-                    layout: s.layout,
-                    q_out: &q,
-                    cache: &cache,
-                    slot: 0,
-                },
-            )
-            .unwrap()];
+            let target = QkvTarget { step: &buf, rope: &rope, layout: s.layout, q_out: &q, cache: &cache, slot: 0 };
+            let operands = QkvRopeOperands { x: &x, norm_w: &norm_g, eps: s.eps, w_qkv: &wqkv_g, target };
+            let mut ds = vec![qkv_rope(gpu, &operands).unwrap()];
             if rows == 1 {
                 ds.extend(attention_decode(gpu, &buf, &q, &cache, 0, &a, Split::Chunk(8)).unwrap());
             } else {

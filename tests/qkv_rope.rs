@@ -14,7 +14,9 @@ mod common;
 use common::{assert_close, gpus, random_vec};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::gemv::GemvFusion;
-use mobilellm_kernels::ops::qkv_rope::{fuse_qkv, qkv_rope, qkv_rope_lanes, rope_cache, QkvRopeOperands, RopeTable};
+use mobilellm_kernels::ops::qkv_rope::{
+    fuse_qkv, qkv_rope, qkv_rope_lanes, rope_cache, QkvRopeOperands, QkvTarget, RopeTable,
+};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::reference::{self, QkvShape, RopeLayout};
@@ -88,24 +90,14 @@ fn check_path(c: &Case, path: Path) {
         let q_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr]).unwrap();
         let buf = StepBuffer::new(gpu).unwrap();
         let qkv_gpu = Tensor::zeros(gpu, DType::F32, &[max_n, qr + 2 * kr]).unwrap();
-        let operands = QkvRopeOperands {
-            step: &buf,
-            x: &x_gpu,
-            norm_w: &norm_gpu,
-            eps: s.eps,
-            w_qkv: &w,
-            rope: &rope,
-            layout: c.layout,
-            q_out: &q_gpu,
-            cache: &cache,
-            slot: 1,
-        };
+        let target = QkvTarget { step: &buf, rope: &rope, layout: c.layout, q_out: &q_gpu, cache: &cache, slot: 1 };
+        let operands = QkvRopeOperands { x: &x_gpu, norm_w: &norm_gpu, eps: s.eps, w_qkv: &w, target };
         let dispatches = match path {
             Path::Split => {
                 let fusion = GemvFusion { norm: Some((&norm_gpu, s.eps)), swiglu: false };
                 vec![
                     ops::gemv::gemv_fused(gpu, &w, &x_gpu, &qkv_gpu, fusion).unwrap(),
-                    rope_cache(gpu, &buf, &qkv_gpu, &rope, c.layout, &q_gpu, &cache, 1).unwrap(),
+                    rope_cache(gpu, &qkv_gpu, &target).unwrap(),
                 ]
             }
             Path::Fused => vec![qkv_rope(gpu, &operands).unwrap()],
@@ -232,7 +224,8 @@ fn plain_operands<'a>(
     q_out: &'a Tensor,
     cache: &'a KvCache,
 ) -> QkvRopeOperands<'a> {
-    QkvRopeOperands { step, x, norm_w, eps: 1e-5, w_qkv, rope, layout: RopeLayout::Halves, q_out, cache, slot: 0 }
+    let target = QkvTarget { step, rope, layout: RopeLayout::Halves, q_out, cache, slot: 0 };
+    QkvRopeOperands { x, norm_w, eps: 1e-5, w_qkv, target }
 }
 
 #[test]
@@ -251,16 +244,17 @@ fn rejects_bad_shapes() {
     assert!(qkv_rope(gpu, &ok).is_ok());
     // Weight rows for 6 query heads, but q_out has 4.
     let q6 = Tensor::zeros(gpu, DType::F32, &[4, 6 * 32]).unwrap();
-    let err = qkv_rope(gpu, &QkvRopeOperands { q_out: &q6, ..ok }).unwrap_err();
+    let err = qkv_rope(gpu, &QkvRopeOperands { target: QkvTarget { q_out: &q6, ..ok.target }, ..ok }).unwrap_err();
     assert!(matches!(err, Error::Shape { .. }), "{err}");
     // More rows per step than the cache holds.
     let x17 = Tensor::zeros(gpu, DType::F32, &[17, 64]).unwrap();
     let q17 = Tensor::zeros(gpu, DType::F32, &[17, 4 * 32]).unwrap();
-    let err = qkv_rope(gpu, &QkvRopeOperands { x: &x17, q_out: &q17, ..ok }).unwrap_err();
+    let target = QkvTarget { q_out: &q17, ..ok.target };
+    let err = qkv_rope(gpu, &QkvRopeOperands { x: &x17, target, ..ok }).unwrap_err();
     assert!(matches!(err, Error::Capacity { .. }), "{err}");
     // RoPE table shorter than the cache.
     let short = RopeTable::new(gpu, 8, 32, 10000.0).unwrap();
-    let err = qkv_rope(gpu, &QkvRopeOperands { rope: &short, ..ok }).unwrap_err();
+    let err = qkv_rope(gpu, &QkvRopeOperands { target: QkvTarget { rope: &short, ..ok.target }, ..ok }).unwrap_err();
     assert!(matches!(err, Error::InvalidArgument { .. }), "{err}");
 }
 

@@ -3,7 +3,7 @@
 
 use mobilellm_kernels::kv_cache::KvCache;
 use mobilellm_kernels::ops::gemv::{gemv_fused, GemvFusion};
-use mobilellm_kernels::ops::qkv_rope::{qkv_rope, qkv_rope_lanes, rope_cache, QkvRopeOperands, RopeTable};
+use mobilellm_kernels::ops::qkv_rope::{qkv_rope, qkv_rope_lanes, rope_cache, QkvRopeOperands, QkvTarget, RopeTable};
 use mobilellm_kernels::ops::{self, Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, WeightType};
 use mobilellm_kernels::reference::RopeLayout;
@@ -58,22 +58,13 @@ pub fn bench_qkv(b: &mut Bench) {
             let w = GpuWeight::upload(&b.gpu, &weight(wtype, rows, m.hidden, 5)).expect("upload");
             let bytes = w.size_bytes() + ((m.hidden + m.heads * m.head_dim) * 4 + kv_bytes) as u64;
             let fusion = GemvFusion { norm: Some((&norm, EPS)), swiglu: false };
+            let target =
+                QkvTarget { step: &step, rope: &rope, layout: RopeLayout::Halves, q_out: &q, cache: &cache, slot: 0 };
             let two = [
                 gemv_fused(&b.gpu, &w, &x, &qkv, fusion).expect("gemv_fused"),
-                rope_cache(&b.gpu, &step, &qkv, &rope, RopeLayout::Halves, &q, &cache, 0).expect("rope_cache"),
+                rope_cache(&b.gpu, &qkv, &target).expect("rope_cache"),
             ];
-            let operands = QkvRopeOperands {
-                step: &step,
-                x: &x,
-                norm_w: &norm,
-                eps: EPS,
-                w_qkv: &w,
-                rope: &rope,
-                layout: RopeLayout::Halves,
-                q_out: &q,
-                cache: &cache,
-                slot: 0,
-            };
+            let operands = QkvRopeOperands { x: &x, norm_w: &norm, eps: EPS, w_qkv: &w, target };
             let one = qkv_rope(&b.gpu, &operands).expect("qkv_rope");
             let lanes = qkv_rope_lanes(&b.gpu, &operands)
                 .expect("qkv_rope_lanes")

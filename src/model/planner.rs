@@ -352,22 +352,18 @@ impl Model {
         for exec in 0..c.executed_layers() {
             layer_starts.push(body.len());
             let l = &self.layers[c.unique_layer_of(exec)];
-            // RoPE + the cache write after a separate product into the Q|K|V scratch.
-            let rope_cache =
-                || ops::qkv_rope::rope_cache(gpu, &self.step, &qkv, &self.rope, c.rope_layout, &q, &self.cache, exec);
-            let (norm, w) = (&l.input_norm, &l.qkv_proj);
-            let operands = ops::qkv_rope::QkvRopeOperands {
+            let target = ops::qkv_rope::QkvTarget {
                 step: &self.step,
-                x: &x,
-                norm_w: norm,
-                eps,
-                w_qkv: w,
                 rope: &self.rope,
                 layout: c.rope_layout,
                 q_out: &q,
                 cache: &self.cache,
                 slot: exec,
             };
+            // RoPE + the cache write after a separate product into the Q|K|V scratch.
+            let rope_cache = || ops::qkv_rope::rope_cache(gpu, &qkv, &target);
+            let (norm, w) = (&l.input_norm, &l.qkv_proj);
+            let operands = ops::qkv_rope::QkvRopeOperands { x: &x, norm_w: norm, eps, w_qkv: w, target };
             if let Some(normed) = &prenormed {
                 // Prefill: the norm, then the batched product on the Q/K/V weight.
                 body.push(ops::rms_norm::rms_norm(gpu, &x, norm, normed, eps)?);

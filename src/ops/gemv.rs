@@ -257,21 +257,20 @@ pub fn gemv_with(
         return Err(Error::shape("x of gemv", x.shape(), format!("at most {MAX_GROUPS_PER_DIM} vectors (use gemm)")));
     }
     let params = Params::plain(w, n, y_stride, out_offset, accumulate);
-    single(gpu, w, x, y, &params, None, false, mapping)
+    single(gpu, w, x, y, &params, GemvFusion::default(), mapping)
 }
 
 /// The one-vector-per-workgroup launch (`gemv` entry) shared by [`gemv_with`] and [`gemv_fused_with`].
-#[allow(clippy::too_many_arguments)]
 fn single(
     gpu: &Gpu,
     w: &GpuWeight,
     x: &Tensor,
     y: &Tensor,
     params: &Params,
-    norm: Option<&Tensor>,
-    swiglu: bool,
+    fusion: GemvFusion<'_>,
     mapping: GemvMapping,
 ) -> Result<Dispatch> {
+    let (norm, swiglu) = (fusion.norm.map(|(t, _)| t), fusion.swiglu);
     let n = params.n as usize;
     let groups = params.out_rows.div_ceil(mapping.rows_per_group());
     let variant = w
@@ -327,8 +326,8 @@ fn dispatch_name(entry: &str, w: &GpuWeight, norm: bool, swiglu: bool) -> String
     }
 }
 
-/// What a fused GEMV folds around the product (see `kernels/gemv.wgsl`).
-#[derive(Clone, Copy, Debug)]
+/// What a fused GEMV folds around the product (see `kernels/gemv.wgsl`); the default folds nothing.
+#[derive(Clone, Copy, Debug, Default)]
 pub struct GemvFusion<'a> {
     /// RMSNorm `x` first with this weight (`[in]` f32) and eps.
     pub norm: Option<(&'a Tensor, f32)>,
@@ -391,11 +390,11 @@ pub fn gemv_fused_with(
         _pad: 0,
     };
     if n > 1 && gpu.is_cpu_class() {
-        if let Some(d) = window(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, WINDOW_RPT)? {
+        if let Some(d) = window(gpu, w, x, y, &params, fusion, WINDOW_RPT)? {
             return Ok(d);
         }
     }
-    single(gpu, w, x, y, &params, fusion.norm.map(|n| n.0), fusion.swiglu, mapping)
+    single(gpu, w, x, y, &params, fusion, mapping)
 }
 
 /// Rows each lane of the windowed entry computes in turn, by default (see [`gemv_window`]). Measured on
@@ -422,7 +421,7 @@ pub fn gemv_window(
 ) -> Result<Option<Dispatch>> {
     let (n, y_stride) = check_operands(w, x, y, out_offset)?;
     let params = Params::plain(w, n, y_stride, out_offset, accumulate);
-    window(gpu, w, x, y, &params, None, false, rpt)
+    window(gpu, w, x, y, &params, GemvFusion::default(), rpt)
 }
 
 /// How many vectors each window of the `gemv_window` entry holds, or `None` where no window fits.
@@ -459,17 +458,16 @@ fn x_as_texels(gpu: &Gpu, w: &GpuWeight, x: &Tensor, n: usize, cols: usize) -> b
 }
 
 /// The windowed launch shared by [`gemv_window`] and the fused forms for `n > 1` on CPU devices.
-#[allow(clippy::too_many_arguments)]
 fn window(
     gpu: &Gpu,
     w: &GpuWeight,
     x: &Tensor,
     y: &Tensor,
     params: &Params,
-    norm: Option<&Tensor>,
-    swiglu: bool,
+    fusion: GemvFusion<'_>,
     rpt: u32,
 ) -> Result<Option<Dispatch>> {
+    let (norm, swiglu) = (fusion.norm.map(|(t, _)| t), fusion.swiglu);
     if !(1..=16).contains(&rpt) {
         return Err(Error::invalid("rows per lane of gemv_window", rpt, "1..=16"));
     }

@@ -107,20 +107,13 @@ struct Params {
     _pad: [u32; 3],
 }
 
-/// The operands of [`qkv_rope`] and [`qkv_rope_lanes`]: the step's input rows, the layer's input norm and
-/// fused Q|K|V weight, RoPE, and where Q, K and V go.
+/// Where a Q/K/V step's results go and the RoPE they get: the step (first position `pos`, row count `n`),
+/// the RoPE table and layout, the query output and the cache slot K and V are written to. Shared by
+/// [`qkv_rope`] and [`qkv_rope_lanes`] (inside [`QkvRopeOperands`]) and [`rope_cache`].
 #[derive(Clone, Copy, Debug)]
-pub struct QkvRopeOperands<'a> {
+pub struct QkvTarget<'a> {
     /// The per-step uniform: the step's first position `pos` and row count `n`.
     pub step: &'a StepBuffer,
-    /// Input rows, `[max_n, hidden]` f32 (rows `0..n` are the step's).
-    pub x: &'a Tensor,
-    /// RMSNorm weight, `[hidden]` f32.
-    pub norm_w: &'a Tensor,
-    /// RMSNorm epsilon (finite, >= 0).
-    pub eps: f32,
-    /// The fused `[(heads + 2 kv_heads) * head_dim, hidden]` projection (see [`fuse_qkv`]; any weight type).
-    pub w_qkv: &'a GpuWeight,
     /// `(cos, sin)` per position and pair.
     pub rope: &'a RopeTable,
     /// Which elements RoPE pairs.
@@ -133,6 +126,22 @@ pub struct QkvRopeOperands<'a> {
     pub slot: usize,
 }
 
+/// The operands of [`qkv_rope`] and [`qkv_rope_lanes`]: the step's input rows, the layer's input norm and
+/// fused Q|K|V weight, and the target.
+#[derive(Clone, Copy, Debug)]
+pub struct QkvRopeOperands<'a> {
+    /// Input rows, `[max_n, hidden]` f32 (rows `0..n` are the step's).
+    pub x: &'a Tensor,
+    /// RMSNorm weight, `[hidden]` f32.
+    pub norm_w: &'a Tensor,
+    /// RMSNorm epsilon (finite, >= 0).
+    pub eps: f32,
+    /// The fused `[(heads + 2 kv_heads) * head_dim, hidden]` projection (see [`fuse_qkv`]; any weight type).
+    pub w_qkv: &'a GpuWeight,
+    /// Where Q, K and V go, and their RoPE.
+    pub target: QkvTarget<'a>,
+}
+
 /// The shapes [`check_qkv_operands`] derived, and the kernel's parameters.
 struct QkvShapes {
     heads: usize,
@@ -142,7 +151,7 @@ struct QkvShapes {
 }
 
 fn check_qkv_operands(what: &str, op: &QkvRopeOperands<'_>) -> Result<QkvShapes> {
-    let QkvRopeOperands { x, norm_w, eps, w_qkv, rope, q_out, cache, .. } = *op;
+    let QkvRopeOperands { x, norm_w, eps, w_qkv, target: QkvTarget { rope, q_out, cache, .. } } = *op;
     let hd = cache.head_dim();
     let kvn = cache.kv_heads();
     let hidden = *norm_w.shape().last().unwrap_or(&0);
@@ -193,12 +202,12 @@ fn check_qkv_operands(what: &str, op: &QkvRopeOperands<'_>) -> Result<QkvShapes>
 }
 
 /// For the step's rows `0..n` of `op.x` (positions `pos..pos+n`): RMSNorm with `op.norm_w` and `op.eps`,
-/// the fused projection `op.w_qkv`, RoPE on Q and K (`op.layout`, angles from `op.rope`), Q to rows `0..n` of
-/// `op.q_out`, K and V to cache slot `op.slot` at positions `pos..pos+n`. Grid:
+/// the fused projection `op.w_qkv`, RoPE on Q and K (the target's layout, angles from its table), Q to rows
+/// `0..n` of the target's `q_out`, K and V to its cache slot at positions `pos..pos+n`. Grid:
 /// `(heads + 2 kv_heads) * head_dim / 16 x max_n`; rows past the step's `n` exit at once. head_dim must be a
 /// multiple of 16. The caller checks `pos + n <= capacity` ([`KvCache::check_step`]) before submitting.
 pub fn qkv_rope(gpu: &Gpu, op: &QkvRopeOperands<'_>) -> Result<Dispatch> {
-    let QkvRopeOperands { step, x, norm_w, w_qkv, rope, layout, q_out, cache, slot, .. } = *op;
+    let QkvRopeOperands { x, norm_w, w_qkv, target: QkvTarget { step, rope, layout, q_out, cache, slot }, .. } = *op;
     let hd = cache.head_dim();
     if !hd.is_multiple_of(ROWS_PER_GROUP) {
         return Err(Error::invalid("qkv_rope head_dim", hd, "a multiple of 16 (8 RoPE pairs per workgroup)"));
@@ -249,7 +258,7 @@ fn projection_bindings<'a>(
 /// of 8 or over 2048 (a workgroup of head_dim / 8 lanes), hidden not a multiple of 32, or `x`'s `max_n` rows
 /// or `norm_w` not bindable as a uniform (at most 64 KiB, buffers with `UNIFORM` usage).
 pub fn qkv_rope_lanes(gpu: &Gpu, op: &QkvRopeOperands<'_>) -> Result<Option<Dispatch>> {
-    let QkvRopeOperands { step, x, norm_w, w_qkv, rope, layout, q_out, cache, slot, .. } = *op;
+    let QkvRopeOperands { x, norm_w, w_qkv, target: QkvTarget { step, rope, layout, q_out, cache, slot }, .. } = *op;
     let hd = cache.head_dim();
     let QkvShapes { heads, hidden, max_n, params } = check_qkv_operands("qkv_rope_lanes", op)?;
     let lanes = hd / 8;
@@ -279,20 +288,12 @@ pub fn qkv_rope_lanes(gpu: &Gpu, op: &QkvRopeOperands<'_>) -> Result<Option<Disp
 }
 
 /// The tail of an unfused Q/K/V step: `qkv` (`[max_n, (heads + 2 kv_heads) * head_dim]` f32, the output of
-/// `gemv_fused` with the input RMSNorm on the fused Q|K|V weight) gets RoPE, Q goes to `q_out`
-/// (`[max_n, heads * head_dim]`), K and V into cache slot `slot` at the step's positions. The planner uses
-/// this pair (two dispatches) where the tuned GEMV beats the one-dispatch [`qkv_rope`] (CPU drivers).
-#[allow(clippy::too_many_arguments)]
-pub fn rope_cache(
-    gpu: &Gpu,
-    step: &StepBuffer,
-    qkv: &Tensor,
-    rope: &RopeTable,
-    layout: RopeLayout,
-    q_out: &Tensor,
-    cache: &KvCache,
-    slot: usize,
-) -> Result<Dispatch> {
+/// `gemv_fused` with the input RMSNorm on the fused Q|K|V weight, or of a GEMM on normalised rows) gets
+/// RoPE, Q goes to the target's `q_out` (`[max_n, heads * head_dim]`), K and V into its cache slot at the
+/// step's positions. The planner uses this pair (two dispatches) for prefill, and for decode where the
+/// shapes do not suit [`qkv_rope_lanes`] on CPU drivers.
+pub fn rope_cache(gpu: &Gpu, qkv: &Tensor, target: &QkvTarget<'_>) -> Result<Dispatch> {
+    let QkvTarget { step, rope, layout, q_out, cache, slot } = *target;
     let hd = cache.head_dim();
     let kvn = cache.kv_heads();
     let width = *q_out.shape().last().unwrap_or(&0);
