@@ -11,9 +11,10 @@
 //! - the roofline: the weight bytes one decode step must read ([`weight_traffic`]) divided by the
 //!   bandwidth of a plain copy ([`CopyProbe`], ≥ 64 MiB, one copy after each timed step, so both see
 //!   the same stretch of host speed), and the measured ms/token as a multiple of it;
-//! - the dispatch floor: the wall time of as many near-empty dispatches as the step records
-//!   ([`DispatchProbe`], also one after each timed step), and ms/token as a multiple of the two floors'
-//!   sum (drivers that run dispatches one after another, as lavapipe does, pay both in turn);
+//! - the KV-cache bytes the step's attention reads, at the same copy speed (the roofline counts weights
+//!   only), and the dispatch floor: the wall time of as many near-empty dispatches as the step records
+//!   ([`DispatchProbe`], also one after each timed step); ms/token as a multiple of the three floors' sum
+//!   (drivers that run dispatches one after another, as lavapipe does, pay them in turn);
 //! - dispatches per step and per executed layer, GPU memory by category, and (where the device has
 //!   `TIMESTAMP_QUERY`) one step's and one prefill's GPU time by kernel family, and the step's time per
 //!   executed layer ([`DecodePoint::pair_ratio`]: a shared layer's second run against its first).
@@ -433,11 +434,16 @@ pub struct DecodePoint {
     pub roofline_ms: f64,
     /// `ms_per_token / roofline_ms` (both from the same interleaved stretch).
     pub roofline_multiple: f64,
+    /// KV-cache bytes the median timed step's attention reads (K and V of every executed layer at every
+    /// position up to its own), which the weights-only roofline leaves out.
+    pub kv_read_bytes: u64,
+    /// `kv_read_bytes ÷ copy_gbps`, in milliseconds.
+    pub kv_ms: f64,
     /// Wall milliseconds of a [`DispatchProbe`] as long as the step (median, one after each timed step):
     /// the launch cost of the step's dispatches alone.
     pub dispatch_floor_ms: f64,
-    /// `ms_per_token / (roofline_ms + dispatch_floor_ms)`: the step against both floors, for drivers
-    /// (lavapipe's) that run dispatches one after another, so the two add up.
+    /// `ms_per_token / (roofline_ms + kv_ms + dispatch_floor_ms)`: the step against all its floors, for
+    /// drivers (lavapipe's) that run dispatches one after another, so they add up.
     pub floors_multiple: f64,
     /// One profiled step by kernel family (empty without timestamps or with profiling off).
     pub profile: Vec<FamilyTime>,
@@ -583,6 +589,7 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     }
 
     let traffic = weight_traffic(host);
+    let executed = c.executed_layers();
     let roofline_ms = traffic.total() as f64 / (copy.gbps * 1e9) * 1e3;
     let profile = options.profile && gpu.features().timestamps;
     let profiled_prefill = options.prefill_lengths.iter().copied().min().filter(|_| profile);
@@ -634,6 +641,11 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         let copy_gbps = probe.gbps(median(&copies));
         let point_roofline_ms = traffic.total() as f64 / (copy_gbps * 1e9) * 1e3;
         let dispatch_floor_ms = median(&floors);
+        // The median step reads positions 0..=at + steps / 2.
+        let kv_positions = (at + times.len() / 2 + 1) as u64;
+        let kv_read_bytes =
+            (executed * 2 * c.num_key_value_heads * c.head_dim) as u64 * kv_positions * model.kv_dtype().size() as u64;
+        let kv_ms = kv_read_bytes as f64 / (copy_gbps * 1e9) * 1e3;
         decode.push(DecodePoint {
             context: at,
             steps: times.len(),
@@ -643,8 +655,10 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
             copy_gbps,
             roofline_ms: point_roofline_ms,
             roofline_multiple: ms / point_roofline_ms,
+            kv_read_bytes,
+            kv_ms,
             dispatch_floor_ms,
-            floors_multiple: ms / (point_roofline_ms + dispatch_floor_ms),
+            floors_multiple: ms / (point_roofline_ms + kv_ms + dispatch_floor_ms),
             profile_total_ms: split.iter().map(|f| f.ms).sum(),
             profile: split,
             pair_ratio: pair_ratio(&layer_ms),
@@ -653,7 +667,6 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     }
     prefill.sort_by_key(|p| p.tokens);
 
-    let executed = c.executed_layers();
     let tag = if c.layer_sharing { "LS" } else { "plain" };
     let wtype = weight_types(host);
     Ok(DecodeBench {
@@ -840,9 +853,9 @@ pub fn markdown_table(report: &BenchReport) -> String {
     let _ = writeln!(s, "Device: {}\n", report.device);
     let _ = writeln!(
         s,
-        "| config | prefill tok/s | ctx | ms/token | tok/s | roofline ms | x roofline | dispatch floor ms | x (roofline + floor) | GPU ms (ts) | dispatches/step (/layer) | weights / KV / act MiB | copy GB/s | load |"
+        "| config | prefill tok/s | ctx | ms/token | tok/s | roofline ms | x roofline | KV ms | dispatch floor ms | x (roofline + KV + floor) | GPU ms (ts) | dispatches/step (/layer) | weights / KV / act MiB | copy GB/s | load |"
     );
-    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---|");
     for r in &report.results {
         let prefill =
             r.prefill.iter().map(|p| format!("{:.1} (n={})", p.tokens_per_s, p.tokens)).collect::<Vec<_>>().join(", ");
@@ -850,7 +863,7 @@ pub fn markdown_table(report: &BenchReport) -> String {
             let gpu_ms = if d.profile.is_empty() { "-".into() } else { format!("{:.1}", d.profile_total_ms) };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {} | {} ({:.1}) | {:.1} / {:.1} / {:.1} | {:.2} | {} |",
+                "| {} | {} | {} | {:.1} | {:.2} | {:.2} | {:.1} | {:.2} | {:.2} | {:.2} | {} | {} ({:.1}) | {:.1} / {:.1} / {:.1} | {:.2} | {} |",
                 r.label,
                 prefill,
                 d.context,
@@ -858,6 +871,7 @@ pub fn markdown_table(report: &BenchReport) -> String {
                 d.tokens_per_s,
                 d.roofline_ms,
                 d.roofline_multiple,
+                d.kv_ms,
                 d.dispatch_floor_ms,
                 d.floors_multiple,
                 gpu_ms,

@@ -146,11 +146,16 @@ fn decode_bench_reports_on_the_tiny_model() {
             // The dispatch floor is a real timing, and the two floors together bound the step from below
             // more tightly than the roofline alone.
             assert!(d.dispatch_floor_ms > 0.0 && d.dispatch_floor_ms.is_finite(), "{}", d.dispatch_floor_ms);
-            let floors = d.roofline_ms + d.dispatch_floor_ms;
+            let floors = d.roofline_ms + d.kv_ms + d.dispatch_floor_ms;
             assert!((d.floors_multiple * floors - d.ms_per_token).abs() <= 1e-9 * d.ms_per_token);
             assert!(d.floors_multiple < d.roofline_multiple);
         }
         assert!(r.decode.iter().all(|d| d.profile.is_empty() != gpu.features().timestamps));
+        // K and V of every executed layer (2 KV heads of 32) at each position the median of 2 steps reads.
+        let kv_size = if gpu.features().f16 { 2 } else { 4 };
+        let kv: Vec<u64> = r.decode.iter().map(|d| d.kv_read_bytes).collect();
+        let per_position = (r.executed_layers * 2 * 2 * 32 * kv_size) as u64;
+        assert_eq!(kv, [11 * per_position, 23 * per_position], "{kv:?}");
     }
     let mut report = BenchReport::new(gpu, results);
     assert_eq!(report.sharing.len(), 2);

@@ -478,6 +478,11 @@ impl Model {
         }
     }
 
+    /// The KV cache's element type (f16 or f32, [`PlanOptions::kv_dtype`]).
+    pub fn kv_dtype(&self) -> DType {
+        self.cache.dtype()
+    }
+
     /// GPU memory in use by category.
     pub fn memory(&self) -> MemoryReport {
         let pieces = |v: &[GpuWeight]| v.iter().map(GpuWeight::size_bytes).sum::<u64>();
