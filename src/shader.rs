@@ -43,8 +43,9 @@ pub const WEIGHT_FLAGS: &[&str] = &["W_F32", "W_F16", "W_Q8_0", "W_Q4_0", "W_Q4_
 
 /// Workgroup reductions (sum, max), included by other kernels.
 pub static REDUCE: KernelSource = kernel!("reduce", flags: &["SUBGROUPS"], choices: &[], consts: &[("WG", 64)]);
-/// RMSNorm over rows.
-pub static RMS_NORM: KernelSource = kernel!("rms_norm", flags: &["SUBGROUPS"], choices: &[], consts: &[("WG", 128)]);
+/// RMSNorm over rows (`VEC4`: rows as vec4, for widths that are multiples of 4).
+pub static RMS_NORM: KernelSource =
+    kernel!("rms_norm", flags: &["SUBGROUPS", "VEC4"], choices: &[], consts: &[("WG", 128)]);
 /// Elementwise add, the unfused FFN chain's silu_mul, and copy.
 pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choices: &[], consts: &[("WG", 256)]);
 

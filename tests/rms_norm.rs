@@ -41,7 +41,8 @@ fn mobilellm_widths() {
 
 #[test]
 fn awkward_widths() {
-    for cols in [1, 7, 33, 4097] {
+    // 4 and 12: rows of one and three vec4 (VEC4), fewer than the lanes.
+    for cols in [1, 4, 7, 12, 33, 4097] {
         for rows in [1, 3, 64] {
             check(cols, rows);
         }

@@ -34,7 +34,9 @@ pub fn rms_norm(gpu: &Gpu, x: &Tensor, weight: &Tensor, y: &Tensor, eps: f32) ->
     if rows > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::invalid("rms_norm rows", rows, "at most 65535"));
     }
-    let variant = base_variant(gpu).constant("WG", small_kernel_workgroup(gpu, WORKGROUP));
+    let variant = base_variant(gpu)
+        .flag_if("VEC4", cols.is_multiple_of(4))
+        .constant("WG", small_kernel_workgroup(gpu, WORKGROUP));
     let pipeline = gpu.pipeline(&RMS_NORM, "rms_norm", &variant)?;
     let params = uniform(gpu, "rms_norm params", &Params { cols: cols as u32, rows: rows as u32, eps, _pad: 0 })?;
     make_dispatch(
