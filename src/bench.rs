@@ -258,26 +258,21 @@ pub fn copy_bandwidth(gpu: &Gpu, bytes: u64) -> Result<CopyBandwidth> {
 /// joining its workers once per dispatch.
 pub struct DispatchProbe {
     count: usize,
-    copy: ops::Dispatch,
-    // The dispatch's bind group holds the buffers; these keep them plainly owned.
-    _buffers: [wgpu::Buffer; 2],
+    // A 16-byte copy: its dispatch is recorded `count` times.
+    copy: CopyProbe,
 }
 
 impl DispatchProbe {
     /// A chain of `count` dispatches (at least 1), run once to warm up.
     pub fn new(gpu: &Gpu, count: usize) -> Result<DispatchProbe> {
-        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
-        let src = gpu.create_buffer("bench dispatch probe src", 16, usage)?;
-        let dst = gpu.create_buffer("bench dispatch probe dst", 16, usage)?;
-        let copy = ops::elementwise::copy_buffer(gpu, &src, &dst, 16)?;
-        let probe = DispatchProbe { count: count.max(1), copy, _buffers: [src, dst] };
+        let probe = DispatchProbe { count: count.max(1), copy: CopyProbe::new(gpu, 16)? };
         probe.seconds(gpu)?;
         Ok(probe)
     }
 
     /// Wall seconds of the chain: recorded into one compute pass, submitted once, waited for.
     pub fn seconds(&self, gpu: &Gpu) -> Result<f64> {
-        let chain = vec![&self.copy; self.count];
+        let chain = vec![&self.copy.copy; self.count];
         let t0 = Instant::now();
         ops::run(gpu, &chain)?;
         Ok(t0.elapsed().as_secs_f64())

@@ -690,10 +690,6 @@ impl Gpu {
         if let Some(t) = lock().get(&(width, height)) {
             return Ok(t.clone());
         }
-        let reads = match self.texture_reads() {
-            TextureReads::Sampled => wgpu::TextureUsages::TEXTURE_BINDING,
-            TextureReads::Storage => wgpu::TextureUsages::empty(),
-        };
         // COPY_DST lets wgpu zero the new texture by a buffer copy; without it wgpu clears it another way
         // inside the first pass that writes it, after which lavapipe's timestamp queries read ~0 (seen as
         // a 64 MiB copy "taking" 14 us in the decode benchmark).
@@ -701,7 +697,7 @@ impl Gpu {
             "staging texels",
             width,
             height,
-            reads | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
+            self.texture_read_usage() | wgpu::TextureUsages::STORAGE_BINDING | wgpu::TextureUsages::COPY_DST,
         )?;
         Ok(lock().entry((width, height)).or_insert(texture).clone())
     }
@@ -709,11 +705,15 @@ impl Gpu {
     /// Creates an `rgba32uint` 2D texture for a weight matrix ([`WeightStorage::Texture`]), turning an
     /// allocation failure into [`Error::OutOfMemory`].
     pub fn create_texture(&self, label: &str, width: u32, height: u32) -> Result<wgpu::Texture> {
-        let reads = match self.texture_reads() {
+        self.create_texture_with(label, width, height, self.texture_read_usage() | wgpu::TextureUsages::COPY_DST)
+    }
+
+    /// The usage kernels read this device's textures through ([`TextureReads`]).
+    fn texture_read_usage(&self) -> wgpu::TextureUsages {
+        match self.texture_reads() {
             TextureReads::Sampled => wgpu::TextureUsages::TEXTURE_BINDING,
             TextureReads::Storage => wgpu::TextureUsages::STORAGE_BINDING,
-        };
-        self.create_texture_with(label, width, height, reads | wgpu::TextureUsages::COPY_DST)
+        }
     }
 
     /// [`Gpu::create_texture`] with explicit usages (the KV cache's textures are also written by shaders).

@@ -473,10 +473,9 @@ fn window(
     }
     let (n, cols, y_stride) = (params.n as usize, w.cols(), params.y_stride as usize);
     let texels = x_as_texels(gpu, w, x, n, cols);
-    let per_window = match window_vectors(gpu, x, n, cols, y_stride) {
-        _ if texels => n,
-        Some(v) => v,
-        None => return Ok(None),
+    let per_window = if texels { Some(n) } else { window_vectors(gpu, x, n, cols, y_stride) };
+    let Some(per_window) = per_window else {
+        return Ok(None);
     };
     if norm.is_some_and(|t| !fits_uniform(gpu, t, cols)) {
         return Ok(None);
