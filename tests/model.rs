@@ -188,6 +188,62 @@ fn wrong_schedule_fails_the_shared_golden() {
     assert!(diff > 0.1, "no-sharing schedule should miss the shared golden, got max diff {diff}");
 }
 
+/// `reuse_prefix` resumes from what the cache holds. After an earlier sequence that shares the golden
+/// prompt's first half and then differs, and a reset, only the second half is fed; its logits and the greedy
+/// decode after it match transformers' within the f32 contract. The reuse stops at the first differing
+/// token, is capped one short of a prompt held whole, and never reaches past a `seek` into unknown
+/// positions; a failed call forgets nothing.
+#[test]
+fn reused_cache_prefix_matches_the_golden() {
+    let g = Golden::open("tiny-shared");
+    let (prompt, gen_ids) = (g.ids("prompt_ids"), g.ids("gen_ids"));
+    let (prefill_want, gen_want, vocab) = (g.f32("prefill_logits"), g.f32("gen_logits"), g.vocab);
+    let keep = prompt.len() / 2;
+    assert!(keep >= 1 && prompt.len() >= 3, "golden prompt of {} tokens", prompt.len());
+    for gpu in gpus() {
+        let mut model = load(gpu, "tiny-shared", WeightType::F32, DType::F32);
+        let mut earlier = prompt[..keep].to_vec();
+        earlier.extend([(prompt[keep] + 1) % vocab as u32, 7]);
+        model.prefill(&earlier).unwrap();
+        model.step(3).unwrap();
+        earlier.push(3);
+        assert_eq!(model.cached_tokens(), earlier);
+        assert!(model.prefill(&[vocab as u32]).is_err());
+        assert_eq!(model.cached_tokens(), earlier, "a rejected call forgets nothing");
+
+        model.reset();
+        assert_eq!(model.reuse_prefix(&prompt), keep);
+        assert_eq!(model.position(), keep);
+        let (first, logits) = model.prefill_logits(&prompt[keep..]).unwrap();
+        let mut worst = max_diff(&logits, &prefill_want[keep * vocab..]);
+        assert_eq!(first, gen_ids[0], "first greedy token after the reused prefix");
+        let mut token = first;
+        for (i, &want) in gen_ids.iter().enumerate().skip(1) {
+            let (next, logits) = model.step_logits(token).unwrap();
+            worst = worst.max(max_diff(&logits, &gen_want[i * vocab..(i + 1) * vocab]));
+            assert_eq!(next, want, "greedy token {i} after the reused prefix");
+            token = next;
+        }
+        let fed = [prompt.as_slice(), &gen_ids[..gen_ids.len() - 1]].concat();
+        assert_eq!(model.cached_tokens(), fed);
+
+        // The whole prompt is held: the last position is fed again to sample from fresh logits.
+        assert_eq!(model.reuse_prefix(&prompt), prompt.len() - 1);
+        let (again, last) = model.prefill_logits(&prompt[prompt.len() - 1..]).unwrap();
+        worst = worst.max(max_diff(&last, &prefill_want[(prompt.len() - 1) * vocab..]));
+        assert_eq!(again, gen_ids[0]);
+        eprintln!("tiny-shared reused prefix [{}]: max |logit diff| {worst:.2e}", gpu.features());
+        assert!(worst <= F32_BOUND, "reused prefix [{}]: {worst}", gpu.features());
+
+        // Positions a seek skips are unknown: the cache is known only up to where the seek started.
+        model.seek(prompt.len() + 2).unwrap();
+        model.step(5).unwrap();
+        assert_eq!(model.cached_tokens(), prompt);
+        let longer = [prompt.as_slice(), &[1, 2, 5, 9]].concat();
+        assert_eq!(model.reuse_prefix(&longer), prompt.len());
+    }
+}
+
 /// After warm-up no model call allocates GPU memory: a prefill of a seen length, 20 `step` and 20
 /// `step_logits` (and a profiled step where the device has timestamps) create no buffer (the logits and
 /// timestamp readbacks used to be fresh buffers per call).

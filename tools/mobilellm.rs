@@ -379,18 +379,33 @@ fn chat(a: &ChatArgs) -> Result<()> {
             return Ok(());
         }
         history.push(("user".into(), line));
-        let messages: Vec<(&str, &str)> = history.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
-        let ids = tokenizer.encode_chat(&messages, true)?;
-        if ids.len() + a.sampling.max_new > model.context() {
-            history.drain(..history.len().saturating_sub(1));
-            eprintln!("(context full: history cleared)");
+        let encode = |history: &[(String, String)]| {
+            let messages: Vec<(&str, &str)> = history.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+            tokenizer.encode_chat(&messages, true)
+        };
+        let mut ids = encode(&history)?;
+        let fits = |ids: &[u32]| ids.len() + a.sampling.max_new <= model.context();
+        if !fits(&ids) && history.len() > 1 {
+            history.drain(..history.len() - 1);
+            eprintln!("(context full: earlier turns dropped)");
+            ids = encode(&history)?;
+        }
+        if !fits(&ids) {
+            history.clear();
+            eprintln!(
+                "(message too long: {} tokens + {} new exceed the context {})",
+                ids.len(),
+                a.sampling.max_new,
+                model.context()
+            );
             continue;
         }
-        model.reset();
+        // The cache still holds the earlier turns: only the new tokens are prefilled.
+        let reused = model.reuse_prefix(&ids);
         let mut reply = Vec::new();
         let mut decoder = tokenizer.stream_decoder();
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
-        model.generate(&ids, a.sampling.max_new, &stop, |id| {
+        model.generate(&ids[reused..], a.sampling.max_new, &stop, |id| {
             if !stop.contains(&id) {
                 reply.push(id);
                 print!("{}", decoder.push(id));
@@ -399,6 +414,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
             true
         })?;
         println!("{}", decoder.finish());
+        eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
         history.push(("assistant".into(), tokenizer.decode(&reply)));
     }
 }

@@ -252,6 +252,9 @@ pub struct Model {
     logits_staging: Option<wgpu::Buffer>,
     profiler: Option<Profiler>,
     pos: usize,
+    // The tokens whose K/V the cache holds, position by position, as far as known: `cached[i]` was fed at
+    // position `i`. Kept across `reset` and `seek`, which write nothing; cut where a run starts writing.
+    cached: Vec<u32>,
     sampling: Sampling,
     options: PlanOptions,
 }
@@ -304,6 +307,7 @@ impl Model {
             logits_staging: None,
             profiler: None,
             pos: 0,
+            cached: Vec::new(),
             sampling: Sampling::default(),
             options,
         };
@@ -439,9 +443,43 @@ impl Model {
     pub fn context(&self) -> usize {
         self.options.context
     }
-    /// Forgets the sequence (the KV cache is overwritten from position 0 on).
+    /// Starts a new sequence at position 0; the KV cache is overwritten from there on. Computes nothing,
+    /// so what the cache holds stays reusable by [`Model::reuse_prefix`] until it is overwritten.
     pub fn reset(&mut self) {
         self.pos = 0;
+    }
+
+    /// Moves the position to the end of the longest prefix of `tokens` that the KV cache already holds, and
+    /// returns that length `k`: feed `&tokens[k..]` next, and the result is that of feeding all of `tokens`
+    /// from position 0. So a prompt that extends an earlier one (a chat's next turn, a shared system prompt)
+    /// costs only its new tokens. `k` is at most `tokens.len() - 1`, so the feed that follows samples from
+    /// fresh logits. Computes nothing.
+    ///
+    /// ```no_run
+    /// # fn turn(model: &mut mobilellm_kernels::model::Model, history: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// let reused = model.reuse_prefix(history);
+    /// let reply = model.generate(&history[reused..], 64, &[], |_| true)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reuse_prefix(&mut self, tokens: &[u32]) -> usize {
+        let common = self.cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        self.pos = common.min(tokens.len().saturating_sub(1));
+        self.pos
+    }
+
+    /// The tokens whose K/V the cache holds, position by position, as far as this model knows: what was fed
+    /// since position 0, up to the first position that a failed call or a [`Model::seek`] past the known
+    /// ones left unknown. May extend past [`Model::position`] after [`Model::reset`] or a rewind.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// Records that `tokens` were fed from position `start` on (positions past them are no longer known).
+    fn note_fed(&mut self, start: usize, tokens: &[u32]) {
+        self.cached.truncate(start);
+        if self.cached.len() == start {
+            self.cached.extend_from_slice(tokens);
+        }
     }
     /// Sets how tokens are sampled from now on.
     pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
@@ -601,6 +639,8 @@ impl Model {
             self.ensure_logits_staging((rows * self.config.vocab_size * 4) as u64)?;
         }
         let start = self.pos;
+        // From here on the cache at `start` and above is being rewritten.
+        self.cached.truncate(start);
         let mut all = Vec::with_capacity(if want_logits { tokens.len() * self.config.vocab_size } else { 0 });
         let mut next = 0;
         for chunk in tokens.chunks(max_batch) {
@@ -615,6 +655,7 @@ impl Model {
                 }
             }
         }
+        self.note_fed(start, tokens);
         Ok((next, all))
     }
 
@@ -714,6 +755,7 @@ impl Model {
         let bytes = u64::from(queries) * 8;
         let gpu = &self.gpu;
         gpu.take_error()?;
+        self.cached.truncate(self.pos);
         self.step.write(gpu, &params);
         gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(tokens));
         let mut encoder =
@@ -752,6 +794,7 @@ impl Model {
                 (d.name().to_string(), ticks as f64 * period_ns / 1e6)
             })
             .collect();
+        self.note_fed(self.pos, tokens);
         self.pos += n;
         Ok(times)
     }
