@@ -702,6 +702,12 @@ impl Gpu {
         Ok(lock().entry((width, height)).or_insert(texture).clone())
     }
 
+    /// Bytes of the shared staging textures made so far (see [`crate::model::MemoryReport::scratch`]).
+    pub fn staging_bytes(&self) -> u64 {
+        let staging = self.inner.staging.lock().unwrap_or_else(|e| e.into_inner());
+        staging.keys().map(|&(w, h)| u64::from(w) * u64::from(h) * 16).sum()
+    }
+
     /// Creates an `rgba32uint` 2D texture for a weight matrix ([`WeightStorage::Texture`]), turning an
     /// allocation failure into [`Error::OutOfMemory`].
     pub fn create_texture(&self, label: &str, width: u32, height: u32) -> Result<wgpu::Texture> {

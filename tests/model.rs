@@ -9,7 +9,7 @@ use common::gpus;
 use mobilellm_kernels::model::safetensors::Safetensors;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
 use mobilellm_kernels::quant::WeightType;
-use mobilellm_kernels::{DType, Gpu, GpuOptions};
+use mobilellm_kernels::{DType, Gpu, GpuOptions, WeightStorage};
 
 fn data_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
@@ -254,6 +254,13 @@ fn decode_allocates_no_buffers_after_warm_up() {
     let gpu = Gpu::with_options(&GpuOptions::from_env().unwrap()).unwrap();
     let mut model = load(&gpu, "tiny-shared", WeightType::F32, DType::F32);
     let prompt = [13, 218, 116];
+    // A CPU driver's prefill stages x in the device's texel textures; the report counts them as scratch.
+    let fresh = model.memory();
+    model.prefill(&prompt).unwrap();
+    let staging = gpu.staging_bytes();
+    assert_eq!(staging > 0, gpu.weight_storage() == WeightStorage::Texture, "staging textures: {staging} B");
+    assert_eq!(model.memory().scratch - fresh.scratch, staging);
+    model.reset();
     let mut token = model.prefill_logits(&prompt).unwrap().0;
     token = model.step(token).unwrap();
     token = model.step_logits(token).unwrap().0;

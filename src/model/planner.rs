@@ -89,7 +89,9 @@ pub struct MemoryReport {
     pub kv_cache: u64,
     /// Activations (residual stream, scratch of each step, logits).
     pub activations: u64,
-    /// Staging, uniforms and sampler scratch.
+    /// Readbacks, uniforms, the RoPE table, and the device's staging textures ([`Gpu::staging_bytes`]:
+    /// a CPU driver's prefill copies operands there; made with the first prefill plan that needs them and
+    /// shared by every model on the same [`Gpu`], so each one's report counts them).
     pub scratch: u64,
 }
 
@@ -535,7 +537,8 @@ impl Model {
                 + std::mem::size_of::<StepParams>() as u64
                 + self.rope.tensor().size_bytes()
                 + self.logits_staging.as_ref().map_or(0, wgpu::Buffer::size)
-                + self.profiler.as_ref().map_or(0, |p| p.resolve.size() + p.staging.size()),
+                + self.profiler.as_ref().map_or(0, |p| p.resolve.size() + p.staging.size())
+                + self.gpu.staging_bytes(),
         }
     }
 
