@@ -415,15 +415,22 @@ impl Model {
         } else {
             (a.last.clone(), a.last_normed.clone(), a.last_logits.clone())
         };
-        head.push(ops::rms_norm::rms_norm(gpu, &normed_in, &self.final_norm, &normed, eps)?);
-        let mut offset = 0;
-        for piece in head_weights {
-            head.push(if all_logits && n > 1 {
-                ops::gemm::gemm(gpu, piece, &normed, &logits, offset, false)?
-            } else {
-                ops::gemv::gemv(gpu, piece, &normed, &logits, offset, false)?
-            });
-            offset += piece.rows();
+        if let (false, [piece]) = (all_logits, head_weights.as_slice()) {
+            // One row into one weight binding: the final RMSNorm folds into the head's product (one dispatch
+            // fewer per step; each workgroup re-derives the RMS of one vector).
+            let fusion = GemvFusion { norm: Some((&self.final_norm, eps)), swiglu: false };
+            head.push(ops::gemv::gemv_fused(gpu, piece, &normed_in, &logits, fusion)?);
+        } else {
+            head.push(ops::rms_norm::rms_norm(gpu, &normed_in, &self.final_norm, &normed, eps)?);
+            let mut offset = 0;
+            for piece in head_weights {
+                head.push(if all_logits && n > 1 {
+                    ops::gemm::gemm(gpu, piece, &normed, &logits, offset, false)?
+                } else {
+                    ops::gemv::gemv(gpu, piece, &normed, &logits, offset, false)?
+                });
+                offset += piece.rows();
+            }
         }
         let sampler = ops::sample::sample(gpu, &logits, SampleRow::Last, &self.step, &a.token)?;
         Ok(Plan { n, all_logits, embedding, body, layer_starts, head, sampler })
