@@ -829,9 +829,14 @@ impl Gpu {
 
     /// Submits command buffers and waits for the queue to finish them.
     pub fn submit_and_wait(&self, commands: impl IntoIterator<Item = wgpu::CommandBuffer>) -> Result<()> {
-        self.check_lost()?;
-        let index = self.inner.queue.submit(commands);
+        let index = self.submit(commands)?;
         self.wait(Some(index))
+    }
+
+    /// Submits command buffers without waiting (pair with [`Gpu::wait`]); fails on a lost device.
+    pub fn submit(&self, commands: impl IntoIterator<Item = wgpu::CommandBuffer>) -> Result<wgpu::SubmissionIndex> {
+        self.check_lost()?;
+        Ok(self.inner.queue.submit(commands))
     }
 
     /// Waits for a submission (or all work) to finish; reports any error wgpu raised meanwhile.

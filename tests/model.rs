@@ -139,6 +139,46 @@ fn gpu_launch_rules_match_the_goldens() {
     drop(serial);
 }
 
+/// On GPUs each decode step's successor is recorded while the step runs, for the same kind of call: a
+/// `step` after a `step_logits` (or the reverse) must not run the other's commands (one copies the logits
+/// back, the other does not), nor must a step after a multi-row `prefill_logits`, which grows the logits
+/// readback. Alternating the kinds through the golden's greedy decode keeps every token and logit.
+#[test]
+fn steps_recorded_ahead_match_the_golden() {
+    use mobilellm_kernels::DeviceClass;
+    let serial = gpus();
+    let gpu = Gpu::with_options(&GpuOptions::from_env().unwrap().device_class(DeviceClass::Gpu)).unwrap();
+    let g = Golden::open("tiny-shared");
+    let (prompt, gen_ids, vocab) = (g.ids("prompt_ids"), g.ids("gen_ids"), g.vocab);
+    let (prefill_want, gen_want) = (g.f32("prefill_logits"), g.f32("gen_logits"));
+    let last = prompt.len() - 1;
+    let mut model = load(&gpu, "tiny-shared", WeightType::F32, DType::F32);
+    model.prefill(&prompt[..last - 1]).unwrap();
+    let mut worst = 0.0f32;
+    for i in last - 1..=last {
+        let (_, logits) = model.step_logits(prompt[i]).unwrap();
+        worst = worst.max(max_diff(&logits, &prefill_want[i * vocab..(i + 1) * vocab]));
+    }
+    model.reset();
+    let (first, logits) = model.prefill_logits(&prompt).unwrap();
+    worst = worst.max(max_diff(&logits, &prefill_want));
+    let mut token = first;
+    for (i, &want) in gen_ids.iter().enumerate().skip(1) {
+        let next = if i % 3 == 0 {
+            model.step(token).unwrap()
+        } else {
+            let (next, logits) = model.step_logits(token).unwrap();
+            worst = worst.max(max_diff(&logits, &gen_want[i * vocab..(i + 1) * vocab]));
+            next
+        };
+        assert_eq!(next, want, "greedy token {i}");
+        token = next;
+    }
+    eprintln!("steps recorded ahead [{}]: max |logit diff| {worst:.2e}", gpu.describe());
+    assert!(worst <= F32_BOUND, "steps recorded ahead: {worst}");
+    drop(serial);
+}
+
 #[test]
 fn tiny_shared_f32_matches_transformers() {
     check("tiny-shared");
