@@ -350,3 +350,16 @@ fn cli_run_dump_reproduces_tiny_shared() {
     assert_eq!(gen.iter().map(|&v| v as u32).collect::<Vec<_>>(), g.ids("gen_ids")[..4]);
     let _ = std::fs::remove_file(dump);
 }
+
+/// An engine keeps a model on a worker thread and shares the device: these types must stay `Send` and
+/// `Sync` (a field like an `Rc` or a `RefCell` would break this at compile time).
+#[test]
+fn engine_handles_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<Model>();
+    send_sync::<Gpu>();
+    send_sync::<HostModel>();
+    send_sync::<mobilellm_kernels::tokenizer::Tokenizer>();
+    send_sync::<mobilellm_kernels::Tensor>();
+    send_sync::<mobilellm_kernels::ops::Dispatch>();
+}
