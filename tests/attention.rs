@@ -12,7 +12,7 @@
 //! rel 1e-4.
 mod common;
 
-use common::{assert_close, gpus, other_texture_reads_gpu, random_vec};
+use common::{assert_close, gpus, other_texture_reads_gpu, random_vec, ShapeRng};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::attention::{
     attention_decode, attention_prefill, attention_prefill_tiled, Split, DECODE_CHUNK,
@@ -44,31 +44,39 @@ fn step(gpu: &Gpu, buf: &StepBuffer, pos: usize, n: usize) {
 /// Builds the decode dispatches once per split mode and reuses them for every context (as the planner does).
 fn check_decode(heads: usize, kv_heads: usize, hd: usize, capacity: usize, contexts: &[usize], splits: &[Split]) {
     for gpu in gpus().iter().chain(other_texture_reads_gpu()) {
-        let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 131 + capacity) as u64);
-        assert_eq!(cache.dtype(), if gpu.features().f16 { DType::F16 } else { DType::F32 });
-        let buf = StepBuffer::new(gpu).unwrap();
-        let q = Tensor::zeros(gpu, DType::F32, &[1, heads * hd]).unwrap();
-        let out = Tensor::zeros(gpu, DType::F32, &[1, heads * hd]).unwrap();
-        for &split in splits {
-            let dispatches = attention_decode(gpu, &buf, &q, &cache, 0, &out, split).unwrap();
-            for &ctx in contexts {
-                let qv = random_vec((ctx * 7 + heads) as u64, heads * hd);
-                q.write(gpu, &qv).unwrap();
-                cache.check_step(ctx - 1, 1).unwrap();
-                step(gpu, &buf, ctx - 1, 1);
-                ops::run(gpu, &dispatches.iter().collect::<Vec<_>>()).unwrap();
-                let want = reference::attention_decode(&qv, &mirror, ctx);
-                assert_close(
-                    &format!(
-                        "decode {heads}/{kv_heads} hd {hd} cap {capacity} ctx {ctx} {split:?} [{}]",
-                        gpu.features()
-                    ),
-                    &out.read::<f32>(gpu).unwrap(),
-                    &want,
-                    ABS,
-                    REL,
-                );
-            }
+        decode_cases(gpu, (heads, kv_heads, hd), capacity, contexts, splits);
+    }
+}
+
+/// [`check_decode`] on one device; `shape` is (heads, kv_heads, head_dim).
+fn decode_cases(
+    gpu: &Gpu,
+    (heads, kv_heads, hd): (usize, usize, usize),
+    capacity: usize,
+    contexts: &[usize],
+    splits: &[Split],
+) {
+    let (cache, mirror) = filled_cache(gpu, capacity, kv_heads, hd, (heads * 131 + capacity) as u64);
+    assert_eq!(cache.dtype(), if gpu.features().f16 { DType::F16 } else { DType::F32 });
+    let buf = StepBuffer::new(gpu).unwrap();
+    let q = Tensor::zeros(gpu, DType::F32, &[1, heads * hd]).unwrap();
+    let out = Tensor::zeros(gpu, DType::F32, &[1, heads * hd]).unwrap();
+    for &split in splits {
+        let dispatches = attention_decode(gpu, &buf, &q, &cache, 0, &out, split).unwrap();
+        for &ctx in contexts {
+            let qv = random_vec((ctx * 7 + heads) as u64, heads * hd);
+            q.write(gpu, &qv).unwrap();
+            cache.check_step(ctx - 1, 1).unwrap();
+            step(gpu, &buf, ctx - 1, 1);
+            ops::run(gpu, &dispatches.iter().collect::<Vec<_>>()).unwrap();
+            let want = reference::attention_decode(&qv, &mirror, ctx);
+            assert_close(
+                &format!("decode {heads}/{kv_heads} hd {hd} cap {capacity} ctx {ctx} {split:?} [{}]", gpu.features()),
+                &out.read::<f32>(gpu).unwrap(),
+                &want,
+                ABS,
+                REL,
+            );
         }
     }
 }
@@ -190,6 +198,38 @@ fn prefill_head_dims() {
     prefill_cases(gpu, true, (4, 2, 96), 40, 9, &[(0, 9), (20, 9)]);
     prefill_cases(gpu, true, (2, 1, 128), 24, 5, &[(0, 5), (11, 5)]);
     prefill_cases(gpu, true, (6, 3, 48), 40, 9, &[(0, 9), (20, 9)]);
+}
+
+/// Seeded random shapes: query heads in groups of 1-8 over 1-5 KV heads, head dims that are multiples of 4
+/// (the lane kernels' multiples of 32 most often), any capacity up to 600 and contexts inside it, the
+/// device's own split choice and one other; then prefills of random length at random positions. Each shape
+/// on one of the two devices, and only three: every shape is a pipeline compile per kernel, seconds each on
+/// lavapipe with a cold shader cache.
+#[test]
+fn seeded_random_shapes() {
+    let mut rng = ShapeRng::new(7);
+    let gpus = gpus();
+    for _ in 0..3 {
+        let gpu = rng.pick(&[&gpus[0], &gpus[1]]);
+        let kv_heads = rng.range(1, 5);
+        let shape = (
+            kv_heads * rng.range(1, 8),
+            kv_heads,
+            if rng.chance(70) { 32 * rng.range(1, 4) } else { 4 * rng.range(1, 40) },
+        );
+        let capacity = rng.range(1, 600);
+        let contexts: Vec<usize> = (0..3).map(|_| rng.range(1, capacity)).collect();
+        let splits = [Split::Off, Split::Lanes, Split::Chunk(rng.range(1, 128)), Split::LanesChunks(rng.range(2, 4))];
+        decode_cases(gpu, shape, capacity, &contexts, &[Split::Auto, rng.pick(&splits)]);
+        let max_n = rng.range(1, capacity.min(70));
+        let cases: Vec<(usize, usize)> = (0..2)
+            .map(|_| {
+                let n = rng.range(1, max_n);
+                (rng.range(0, capacity - n), n)
+            })
+            .collect();
+        prefill_cases(gpu, false, shape, capacity, max_n, &cases);
+    }
 }
 
 /// Decode equals the last row of a prefill of the same step (the two kernels agree on the cache).

@@ -6,6 +6,7 @@ mod common;
 
 use common::{
     assert_product, bare_texture_gpu, gpus, matrix_weight as weight, other_texture_reads_gpu, random_vec, ProductShape,
+    ShapeRng,
 };
 use mobilellm_kernels::device::WeightStorage;
 use mobilellm_kernels::ops::gemm::{gemm, gemm_rows, gemm_rows_with, gemm_tiled, RowSlots};
@@ -118,6 +119,34 @@ fn awkward_shapes_both_devices() {
             for (rows, cols) in [(1, 1), (33, 7), (3, 33), (17, 100)] {
                 check(gpu, &weight(wtype, rows, cols), &Case::new(wtype, rows, cols, 5));
             }
+        }
+    }
+}
+
+/// Seeded random shapes through `gemm`'s own choice (the windowed product here; `gemm_rows` under GPU
+/// rules is in `tests/model.rs`), plus the tiled kernel, on both devices: 2-80 vectors, any row count,
+/// widths in whole blocks (f32/f16: any width), output slices, accumulation.
+#[test]
+fn seeded_random_shapes() {
+    let mut rng = ShapeRng::new(5);
+    for _ in 0..16 {
+        let wtype = rng.pick(&WeightType::ALL);
+        let (rows, n) = (rng.range(1, 400), rng.range(2, 80));
+        let cols = match wtype {
+            WeightType::F32 | WeightType::F16 => rng.range(1, 800),
+            _ => 32 * rng.range(1, 40),
+        };
+        let (offset, extra) = if rng.chance(30) { (rng.range(1, 9), rng.range(0, 5)) } else { (0, 0) };
+        let case = Case {
+            offset,
+            extra,
+            accumulate: rng.chance(30),
+            tiled: rng.chance(25),
+            ..Case::new(wtype, rows, cols, n)
+        };
+        let host = weight(wtype, rows, cols);
+        for gpu in gpus() {
+            check(gpu, &host, &case);
         }
     }
 }

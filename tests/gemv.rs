@@ -1,7 +1,7 @@
 //! GEMV kernel vs its CPU twin (same dequantized weights), every weight type, both feature sets.
 mod common;
 
-use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape};
+use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape, ShapeRng};
 use mobilellm_kernels::ops::gemv::{gemv, gemv_with, GemvMapping};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
@@ -123,6 +123,28 @@ fn awkward_shapes() {
             for (rows, cols) in [(1, 1), (33, 7), (3, 33), (17, 100)] {
                 check(gpu, &weight(wtype, rows, cols), &Case::new(wtype, rows, cols, 3));
             }
+        }
+    }
+}
+
+/// Seeded random shapes through the launcher's own mapping choice, on both devices: any row count (a tenth
+/// at 2048+, where threads stride over quads), widths in whole blocks up to 2048 (f32/f16: any width),
+/// 1-5 vectors, output slices inside wider rows, accumulation.
+#[test]
+fn seeded_random_shapes() {
+    let mut rng = ShapeRng::new(3);
+    for _ in 0..24 {
+        let wtype = rng.pick(&WeightType::ALL);
+        let rows = if rng.chance(10) { rng.range(2048, 2600) } else { rng.range(1, 700) };
+        let cols = match wtype {
+            WeightType::F32 | WeightType::F16 => rng.range(1, 1100),
+            _ => 32 * rng.range(1, 64),
+        };
+        let (offset, extra) = if rng.chance(30) { (rng.range(1, 9), rng.range(0, 5)) } else { (0, 0) };
+        let case = Case { offset, extra, accumulate: rng.chance(30), ..Case::new(wtype, rows, cols, rng.range(1, 5)) };
+        let host = weight(wtype, rows, cols);
+        for gpu in gpus() {
+            check(gpu, &host, &case);
         }
     }
 }

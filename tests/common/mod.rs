@@ -174,6 +174,38 @@ pub fn random_vec(seed: u64, n: usize) -> Vec<f32> {
         .collect()
 }
 
+/// A seeded stream of shape choices for the random-shape sweeps (llama.cpp's `test-backend-ops` idea:
+/// many shapes no one picked by hand); every case's message names its shape, so a failure reproduces.
+pub struct ShapeRng(u64);
+
+impl ShapeRng {
+    pub fn new(seed: u64) -> ShapeRng {
+        ShapeRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
+        lo + (self.next() % (hi - lo + 1) as u64) as usize
+    }
+
+    /// True with probability `percent` / 100.
+    pub fn chance(&mut self, percent: u64) -> bool {
+        self.next() % 100 < percent
+    }
+
+    /// One of `items`.
+    pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.range(0, items.len() - 1)]
+    }
+}
+
 /// Asserts `|got - want| <= abs + rel * |want|` elementwise, reporting the worst element.
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
     assert_eq!(got.len(), want.len(), "{what}: length");
