@@ -90,7 +90,9 @@ fn elem_of(grp: u32, j: u32) -> u32 {
 @compute @workgroup_size(WG)
 fn qkv_rope(@builtin(workgroup_id) wg: vec3<u32>, lanes: Lanes) {
     let lid = lanes.lid;
-    let groups_per_head = HD / RPW;
+    // max: the launcher runs this entry only for HD a multiple of RPW, but rope_cache shares the module, and
+    // a constant HD / RPW of 0 (HD 4, 8, 12) would make `wg.x / groups_per_head` fail validation.
+    let groups_per_head = max(HD / RPW, 1u);
     let slot = wg.x / groups_per_head;
     let grp = wg.x % groups_per_head;
     let r = wg.y;

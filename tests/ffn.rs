@@ -10,7 +10,7 @@
 //!   type at n = 1, 5 and 64: they are small.
 mod common;
 
-use common::{assert_close, bare_texture_gpu, gpus, other_texture_reads_gpu, random_vec};
+use common::{assert_close, bare_texture_gpu, gpus, other_texture_reads_gpu, random_vec, ShapeRng};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
@@ -134,6 +134,24 @@ fn odd_shapes_every_type() {
         // Every count of positions up to 17 (rows of the grid's second dimension).
         for n in 1..=17 {
             check(gpu, 64, 9, n, WeightType::Q8_0);
+        }
+    }
+}
+
+/// Seeded random shapes through `ffn_swiglu`'s own choices on both devices: hidden widths in whole blocks
+/// (f32/f16: any width), any FFN width up to 700, one position (decode) or 2-70 (prefill).
+#[test]
+fn seeded_random_shapes() {
+    let mut rng = ShapeRng::new(11);
+    for _ in 0..12 {
+        let wtype = rng.pick(&WeightType::ALL);
+        let hidden = match wtype {
+            WeightType::F32 | WeightType::F16 => rng.range(1, 700),
+            _ => 32 * rng.range(1, 24),
+        };
+        let (ffn, n) = (rng.range(1, 700), if rng.chance(50) { 1 } else { rng.range(2, 70) });
+        for gpu in gpus() {
+            check(gpu, hidden, ffn, n, wtype);
         }
     }
 }

@@ -228,6 +228,42 @@ fn wrong_schedule_fails_the_shared_golden() {
     assert!(diff > 0.1, "no-sharing schedule should miss the shared golden, got max diff {diff}");
 }
 
+/// Shapes the one-dispatch Q/K/V entries decline (head dims that are not multiples of 16, 8 among them, where
+/// `rope_cache` once failed to compile; a hidden width over
+/// `qkv_rope`'s 1600) plan as the normed GEMV plus `rope_cache` instead of failing, under GPU launch rules
+/// (they used to fail there) and CPU ones, and match the CPU forward pass (f32 weights and cache: the f32
+/// contract).
+#[test]
+fn plans_shapes_the_qkv_entries_decline() {
+    use mobilellm_kernels::reference::forward::CpuModel;
+    use mobilellm_kernels::DeviceClass;
+    let serial = gpus();
+    let forced = Gpu::with_options(&GpuOptions::from_env().unwrap().device_class(DeviceClass::Gpu)).unwrap();
+    for ((hidden, head_dim), gpu) in
+        [(64, 24), (64, 8), (1632, 16)].into_iter().flat_map(|s| [(s, &forced), (s, &serial[0])])
+    {
+        let config = mobilellm_kernels::model::ModelConfig {
+            hidden_size: hidden,
+            head_dim,
+            intermediate_size: 64,
+            num_hidden_layers: 1,
+            ..common::tiny_config()
+        };
+        let host = HostModel::synthetic(config.clone(), WeightType::F32, 3).unwrap();
+        let mut cpu = CpuModel::new(config, host.dequantized()).unwrap();
+        let options = PlanOptions { context: 16, max_batch: 8, kv_dtype: Some(DType::F32) };
+        let mut model = Model::new(gpu, &host, &options).unwrap();
+        let prompt = [5, 17, 42];
+        let (first, logits) = model.prefill_logits(&prompt).unwrap();
+        let mut worst = max_diff(&logits, &cpu.prefill(&prompt).unwrap());
+        let (_, logits) = model.step_logits(first).unwrap();
+        worst = worst.max(max_diff(&logits, &cpu.step(first).unwrap()));
+        eprintln!("hidden {hidden} head_dim {head_dim} [{}]: max |logit diff| {worst:.2e}", gpu.describe());
+        assert!(worst <= F32_BOUND, "hidden {hidden} head_dim {head_dim}: {worst}");
+    }
+    drop(serial);
+}
+
 /// `reuse_prefix` resumes from what the cache holds. After an earlier sequence that shares the golden
 /// prompt's first half and then differs, and a reset, only the second half is fed; its logits and the greedy
 /// decode after it match transformers' within the f32 contract. The reuse stops at the first differing

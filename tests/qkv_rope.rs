@@ -11,7 +11,7 @@
 //! value, so a value may land one f16 step apart: rel 2^-10 (~1e-3) on top, for the f16 cache only.
 mod common;
 
-use common::{assert_close, gpus, random_vec};
+use common::{assert_close, gpus, random_vec, ShapeRng};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::gemv::GemvFusion;
 use mobilellm_kernels::ops::qkv_rope::{
@@ -26,7 +26,7 @@ const ABS: f32 = 1e-3;
 const REL: f32 = 1e-4;
 const REL_F16: f32 = 1e-3;
 
-struct Case {
+struct Case<'a> {
     heads: usize,
     kv_heads: usize,
     hd: usize,
@@ -34,7 +34,7 @@ struct Case {
     wtype: WeightType,
     layout: RopeLayout,
     /// (pos, n) steps run with the same dispatch, grid sized for max_n.
-    steps: &'static [(usize, usize)],
+    steps: &'a [(usize, usize)],
 }
 
 /// The three ways to the same result.
@@ -134,7 +134,7 @@ fn check_path(c: &Case, path: Path) {
 const DECODE_AND_PREFILL: &[(usize, usize)] = &[(0, 7), (7, 1), (8, 1), (100, 3), (159, 1)];
 
 /// MobileLLM-350M's attention shape.
-const WIDTH_350M: Case = Case {
+const WIDTH_350M: Case<'static> = Case {
     heads: 15,
     kv_heads: 5,
     hd: 64,
@@ -145,7 +145,7 @@ const WIDTH_350M: Case = Case {
 };
 
 /// head_dim 32: 4 lanes per workgroup in the lanes entry.
-const SMALL_HEAD: Case = Case {
+const SMALL_HEAD: Case<'static> = Case {
     heads: 4,
     kv_heads: 2,
     hd: 32,
@@ -201,6 +201,39 @@ fn interleaved_rope_and_other_shapes() {
         steps: &[(5, 2), (0, 1)],
     });
     check(&WIDTH_350M);
+}
+
+/// Seeded random shapes on both devices through each path: query heads in groups of 1-6 over 1-4 KV heads,
+/// both RoPE layouts, steps of 1-40 positions anywhere in a 160-position cache, and the head dims and
+/// widths each path takes: one-dispatch `qkv_rope` head dims in multiples of 16; `qkv_rope_lanes` multiples
+/// of 8 and widths in whole blocks; the split path any head dim the KV cache takes (multiples of 4) and
+/// (f32/f16) any width.
+#[test]
+fn seeded_random_shapes() {
+    let mut rng = ShapeRng::new(13);
+    for _ in 0..6 {
+        let path = rng.pick(&[Path::Fused, Path::Split, Path::Lanes]);
+        let wtype = rng.pick(&WeightType::ALL);
+        let kv_heads = rng.range(1, 4);
+        let steps: Vec<(usize, usize)> = (0..2)
+            .map(|_| {
+                let n = if path == Path::Lanes || rng.chance(50) { 1 } else { rng.range(2, 40) };
+                (rng.range(0, 160 - n), n)
+            })
+            .collect();
+        let hd = match path {
+            Path::Fused => 16 * rng.range(1, 8),
+            Path::Lanes => 8 * rng.range(1, 16),
+            Path::Split => 4 * rng.range(1, 32),
+        };
+        let hidden = match wtype {
+            WeightType::F32 | WeightType::F16 if path != Path::Lanes => rng.range(1, 600),
+            _ => 32 * rng.range(1, 20),
+        };
+        let heads = kv_heads * rng.range(1, 6);
+        let layout = rng.pick(&[RopeLayout::Halves, RopeLayout::Interleaved]);
+        check_path(&Case { heads, kv_heads, hd, hidden, wtype, layout, steps: &steps }, path);
+    }
 }
 
 #[test]

@@ -386,16 +386,27 @@ impl Model {
                 body.push(ops::rms_norm::rms_norm(gpu, &x, norm, normed, eps)?);
                 body.push(ops::gemm::gemm(gpu, w, normed, &qkv, 0, false)?);
                 body.push(rope_cache()?);
-            } else if !cpu_qkv {
-                body.push(ops::qkv_rope::qkv_rope(gpu, &operands)?);
-            } else if let Some(d) = ops::qkv_rope::qkv_rope_lanes(gpu, &operands)? {
-                // CPU drivers' decode: the tuned GEMV's mapping with RoPE and the cache write as its epilogue.
-                body.push(d);
             } else {
-                // Shapes the lanes entry declines: the tuned GEMV with the norm folded in, then RoPE.
-                let fusion = GemvFusion { norm: Some((norm, eps)), swiglu: false };
-                body.push(ops::gemv::gemv_fused(gpu, w, &x, &qkv, fusion)?);
-                body.push(rope_cache()?);
+                // Decode: one dispatch where the shapes suit an entry (on CPU drivers the tuned GEMV's mapping
+                // with RoPE and the cache write as its epilogue), else the tuned GEMV with the norm folded in,
+                // then RoPE.
+                let one = if cpu_qkv {
+                    ops::qkv_rope::qkv_rope_lanes(gpu, &operands)?
+                } else if c.head_dim.is_multiple_of(ops::qkv_rope::QKV_ROPE_HEAD_DIM_MULTIPLE)
+                    && c.hidden_size <= ops::qkv_rope::MAX_HIDDEN
+                {
+                    Some(ops::qkv_rope::qkv_rope(gpu, &operands)?)
+                } else {
+                    None
+                };
+                match one {
+                    Some(d) => body.push(d),
+                    None => {
+                        let fusion = GemvFusion { norm: Some((norm, eps)), swiglu: false };
+                        body.push(ops::gemv::gemv_fused(gpu, w, &x, &qkv, fusion)?);
+                        body.push(rope_cache()?);
+                    }
+                }
             }
             if n == 1 {
                 body.extend(ops::attention::attention_decode(

@@ -27,7 +27,11 @@ use crate::tensor::{DType, Tensor};
 const WORKGROUP: u32 = 64;
 /// Output rows per workgroup (`2 * PAIRS` in the kernel); head_dim must be a multiple of it.
 const ROWS_PER_GROUP: usize = 16;
-/// The widest input row the kernel stages in workgroup memory (MobileLLM-1.5B).
+/// `head_dim` must be a multiple of this for [`qkv_rope`] (each workgroup ropes 8 pairs of one head); the
+/// planner runs other even head dims as the normed GEMV plus [`rope_cache`].
+pub const QKV_ROPE_HEAD_DIM_MULTIPLE: usize = ROWS_PER_GROUP;
+/// The widest input row [`qkv_rope`] stages in workgroup memory (MobileLLM-1.5B); `qkv_rope_lanes` reads x
+/// as a uniform instead and takes any width that fits one.
 pub const MAX_HIDDEN: usize = 1600;
 
 /// `(cos, sin)` of every position and pair: `[capacity, head_dim / 2]` vec2 f32.
@@ -156,8 +160,8 @@ fn check_qkv_operands(what: &str, op: &QkvRopeOperands<'_>) -> Result<QkvShapes>
     let kvn = cache.kv_heads();
     let hidden = *norm_w.shape().last().unwrap_or(&0);
     norm_w.expect(&format!("{what} norm weight"), DType::F32, &[hidden])?;
-    if hidden == 0 || hidden > MAX_HIDDEN {
-        return Err(Error::invalid(format!("{what} hidden size"), hidden, format!("1..={MAX_HIDDEN}")));
+    if hidden == 0 {
+        return Err(Error::invalid(format!("{what} hidden size"), hidden, "at least 1"));
     }
     let max_n = x.expect_rows(&format!("{what} input"), DType::F32, hidden)?;
     let width = *q_out.shape().last().unwrap_or(&0);
@@ -212,7 +216,10 @@ pub fn qkv_rope(gpu: &Gpu, op: &QkvRopeOperands<'_>) -> Result<Dispatch> {
     if !hd.is_multiple_of(ROWS_PER_GROUP) {
         return Err(Error::invalid("qkv_rope head_dim", hd, "a multiple of 16 (8 RoPE pairs per workgroup)"));
     }
-    let QkvShapes { heads, max_n, params, .. } = check_qkv_operands("qkv_rope", op)?;
+    let QkvShapes { heads, hidden, max_n, params } = check_qkv_operands("qkv_rope", op)?;
+    if hidden > MAX_HIDDEN {
+        return Err(Error::invalid("qkv_rope hidden size", hidden, format!("1..={MAX_HIDDEN}")));
+    }
     let kv = cache.binding(slot)?;
     let variant = variant_for(gpu, w_qkv.variant(base_variant(gpu)), cache, layout);
     let pipeline = gpu.pipeline(&QKV_ROPE, "qkv_rope", &variant)?;
