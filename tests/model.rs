@@ -264,6 +264,86 @@ fn plans_shapes_the_qkv_entries_decline() {
     drop(serial);
 }
 
+/// Seeded random model configurations, each planned under GPU and CPU launch rules and checked against
+/// the CPU forward pass on the same (dequantized) weights: a prefill's logits at every position, then two
+/// decode steps. Widths in whole blocks (any for f32/f16), query heads in groups of 1-4 over 1-3 KV heads,
+/// head dims the KV cache takes (multiples of 4; of 32 for quantized weights), tied or separate heads, layer sharing on and off, both
+/// RoPE layouts, every weight type; f32 KV cache, so the f32 contract holds (synthetic logits stay < 1).
+#[test]
+fn seeded_random_configs() {
+    use mobilellm_kernels::model::RopeLayout;
+    use mobilellm_kernels::reference::forward::CpuModel;
+    use mobilellm_kernels::DeviceClass;
+    let serial = gpus();
+    let forced = Gpu::with_options(&GpuOptions::from_env().unwrap().device_class(DeviceClass::Gpu)).unwrap();
+    let mut rng = common::ShapeRng::new(17);
+    for _ in 0..6 {
+        let wtype = rng.pick(&WeightType::ALL);
+        let width = |rng: &mut common::ShapeRng, most_blocks: usize| match wtype {
+            WeightType::F32 | WeightType::F16 => rng.range(4, 32 * most_blocks),
+            _ => 32 * rng.range(1, most_blocks),
+        };
+        let kv_heads = rng.range(1, 3);
+        let tied = rng.chance(50);
+        let config = mobilellm_kernels::model::ModelConfig {
+            hidden_size: width(&mut rng, 12),
+            intermediate_size: width(&mut rng, 20),
+            num_hidden_layers: rng.range(1, 2),
+            num_attention_heads: kv_heads * rng.range(1, 4),
+            num_key_value_heads: kv_heads,
+            // Quantized o_proj weights take heads * head_dim as in_features: whole blocks.
+            head_dim: if matches!(wtype, WeightType::F32 | WeightType::F16) {
+                4 * rng.range(1, 24)
+            } else {
+                32 * rng.range(1, 3)
+            },
+            vocab_size: rng.range(2, 300),
+            tie_word_embeddings: tied,
+            share_embedding: tied,
+            layer_sharing: rng.chance(50),
+            rope_layout: rng.pick(&[RopeLayout::Halves, RopeLayout::Interleaved]),
+            ..common::tiny_config()
+        };
+        let host = HostModel::synthetic(config.clone(), wtype, 5).unwrap();
+        let prompt: Vec<u32> = (0..rng.range(1, 9)).map(|_| rng.range(0, config.vocab_size - 1) as u32).collect();
+        let forced_ids: Vec<u32> = (0..2).map(|_| rng.range(0, config.vocab_size - 1) as u32).collect();
+        let mut cpu = CpuModel::new(config.clone(), host.dequantized()).unwrap();
+        let mut want = cpu.prefill(&prompt).unwrap();
+        for &id in &forced_ids {
+            want.extend(cpu.step(id).unwrap());
+        }
+        let cpu_rules = rng.pick(&[&serial[0], &serial[1]]);
+        for gpu in [&forced, cpu_rules] {
+            let options = PlanOptions { context: 16, max_batch: 8, kv_dtype: Some(DType::F32) };
+            let mut model = Model::new(gpu, &host, &options).unwrap();
+            let mut got = model.prefill_logits(&prompt).unwrap().1;
+            for &id in &forced_ids {
+                got.extend(model.step_logits(id).unwrap().1);
+            }
+            let worst = max_diff(&got, &want);
+            let c = &config;
+            let what = format!(
+                "{wtype} hidden {} ffn {} layers {} heads {}/{} hd {} vocab {} tied {} sharing {} {:?}, {} tokens [{}]",
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                c.head_dim,
+                c.vocab_size,
+                c.tie_word_embeddings,
+                c.layer_sharing,
+                c.rope_layout,
+                prompt.len(),
+                gpu.describe()
+            );
+            eprintln!("{what}: max |logit diff| {worst:.2e}");
+            assert!(worst <= F32_BOUND, "{what}: {worst}");
+        }
+    }
+    drop(serial);
+}
+
 /// `reuse_prefix` resumes from what the cache holds. After an earlier sequence that shares the golden
 /// prompt's first half and then differs, and a reset, only the second half is fed; its logits and the greedy
 /// decode after it match transformers' within the f32 contract. The reuse stops at the first differing
