@@ -3,7 +3,7 @@
 //! softmax, and parameter validation.
 mod common;
 
-use common::{gpus, random_vec};
+use common::{gpus, random_vec, ShapeRng};
 use mobilellm_kernels::ops::sample::{sample, validate, write_step, SampleRow, Sampler, MAX_TOP_K};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
@@ -148,6 +148,30 @@ fn gpu_matches_cpu_token_for_token() {
         eprintln!("[{}] near-tie mismatches: {ties} of 400 draws", gpu.features());
         assert!(ties <= 2, "too many near ties: {ties}");
     }
+}
+
+/// Seeded random vocabularies (1 to 70 000: one pass-1 chunk or many, a partial last one) and parameters
+/// (greedy, temperatures 0.1-4, top-k anywhere in 0..=MAX_TOP_K, top-p 0.05-1), logits with ties, -inf
+/// and NaN: greedy picks the argmax exactly, sampling matches the CPU twin token for token up to near ties.
+#[test]
+fn seeded_random_vocabularies_and_parameters() {
+    let mut rng = ShapeRng::new(19);
+    let gpus = gpus();
+    let mut ties = 0;
+    for case in 0..10 {
+        let vocab = if rng.chance(30) { rng.range(1, 200) } else { rng.range(200, 70_000) };
+        let row = tricky_row(case, vocab);
+        let gpu = rng.pick(&[&gpus[0], &gpus[1]]);
+        let s = setup(gpu, &row, 1, SampleRow::Last);
+        assert_eq!(s.run(gpu, &params(0.0, 0, 1.0, case as u32)), argmax(&row), "greedy, vocab {vocab}");
+        let temperature = 0.1 + 3.9 * rng.range(0, 100) as f32 / 100.0;
+        let top_k = if rng.chance(25) { 0 } else { rng.range(1, MAX_TOP_K as usize) as u32 };
+        let top_p = if rng.chance(40) { 1.0 } else { 0.05 + 0.95 * rng.range(0, 100) as f32 / 100.0 };
+        // Finite logits for sampling: the twin's weights are defined there (NaN and -inf are greedy cases).
+        let finite: Vec<f32> = row.iter().map(|v| if v.is_finite() { *v } else { -3.0 }).collect();
+        ties += gpu_equals_cpu(gpu, &finite, temperature, top_k, top_p, 12);
+    }
+    assert!(ties <= 2, "too many near ties: {ties} of 120 draws");
 }
 
 #[test]
