@@ -5,7 +5,7 @@
 //! (`q*d` exact, then `+ m`), the same on both sides (see `HostWeight::dequantize`).
 mod common;
 
-use common::{gpus, random_vec};
+use common::{gpus, random_vec, ShapeRng};
 use mobilellm_kernels::ops::embedding::{embedding, upload_table, upload_table_chunked, validate_ids, write_ids};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
@@ -96,6 +96,38 @@ fn row_chunked_table_matches_the_whole() {
             assert_eq!(chunks.iter().map(GpuWeight::rows).sum::<usize>(), vocab);
             let got = lookup(gpu, &chunks, &ids, hidden);
             assert_bits(&format!("{wtype} in {} chunks", chunks.len()), &got, &reference::embedding(&host, &ids));
+        }
+    }
+}
+
+/// Seeded random tables on both devices, bit for bit: every weight type, vocabularies of 1-5000, widths in
+/// whole blocks (f32/f16: any), 1-70 ids, and a third of the tables split into random row chunks.
+#[test]
+fn seeded_random_tables() {
+    let mut rng = ShapeRng::new(23);
+    for _ in 0..12 {
+        let wtype = rng.pick(&WeightType::ALL);
+        let vocab = rng.range(1, 5000);
+        let hidden = match wtype {
+            WeightType::F32 | WeightType::F16 => rng.range(1, 700),
+            _ => 32 * rng.range(1, 24),
+        };
+        let host = table(wtype, vocab, hidden);
+        let ids = ids_for(vocab, rng.range(1, 70));
+        let mut cuts = vec![0, vocab];
+        if vocab > 2 && rng.chance(33) {
+            cuts.extend((0..rng.range(1, 3)).map(|_| rng.range(1, vocab - 1)));
+            cuts.sort_unstable();
+            cuts.dedup();
+        }
+        for gpu in gpus() {
+            let chunks: Vec<GpuWeight> = cuts
+                .windows(2)
+                .map(|c| GpuWeight::upload(gpu, &host.slice_rows(c[0], c[1]).unwrap()).unwrap())
+                .collect();
+            let got = lookup(gpu, &chunks, &ids, hidden);
+            let what = format!("{wtype} {vocab}x{hidden} n {} cuts {cuts:?} [{}]", ids.len(), gpu.features());
+            assert_bits(&what, &got, &reference::embedding(&host, &ids));
         }
     }
 }

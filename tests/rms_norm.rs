@@ -1,7 +1,7 @@
 //! RMSNorm kernel vs its CPU twin, under both feature sets.
 mod common;
 
-use common::{assert_close, gpus, random_vec};
+use common::{assert_close, gpus, random_vec, ShapeRng};
 use mobilellm_kernels::{ops, reference, DType, Error, Tensor};
 
 /// f32 sums of `cols` squares in a different order differ by at most ~cols * 2^-24 relative; the
@@ -53,6 +53,17 @@ fn awkward_widths() {
 fn every_row_count_up_to_64() {
     for rows in 1..=64 {
         check(33, rows);
+    }
+}
+
+/// Seeded random shapes: widths 1-4096 (the tolerance's range; a third of them multiples of 4, the vec4 form),
+/// 1-300 rows.
+#[test]
+fn seeded_random_shapes() {
+    let mut rng = ShapeRng::new(29);
+    for _ in 0..12 {
+        let cols = if rng.chance(33) { 4 * rng.range(1, 1024) } else { rng.range(1, 4096) };
+        check(cols, rng.range(1, 300));
     }
 }
 
