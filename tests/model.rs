@@ -402,41 +402,51 @@ fn reused_cache_prefix_matches_the_golden() {
 
 /// After warm-up no model call allocates GPU memory: a prefill of a seen length, 20 `step` and 20
 /// `step_logits` (and a profiled step where the device has timestamps) create no buffer (the logits and
-/// timestamp readbacks used to be fresh buffers per call).
+/// timestamp readbacks used to be fresh buffers per call). Under CPU launch rules and under GPU ones, where
+/// each step records its successor's commands ahead.
 #[test]
 fn decode_allocates_no_buffers_after_warm_up() {
-    // A device of its own: the shared test devices allocate for tests running in parallel.
+    use mobilellm_kernels::DeviceClass;
     let _serial = gpus();
-    let gpu = Gpu::with_options(&GpuOptions::from_env().unwrap()).unwrap();
-    let mut model = load(&gpu, "tiny-shared", WeightType::F32, DType::F32);
-    let prompt = [13, 218, 116];
-    // A CPU driver's prefill stages x in the device's texel textures; the report counts them as scratch.
-    let fresh = model.memory();
-    model.prefill(&prompt).unwrap();
-    let staging = gpu.staging_bytes();
-    assert_eq!(staging > 0, gpu.weight_storage() == WeightStorage::Texture, "staging textures: {staging} B");
-    assert_eq!(model.memory().scratch - fresh.scratch, staging);
-    model.reset();
-    let mut token = model.prefill_logits(&prompt).unwrap().0;
-    token = model.step(token).unwrap();
-    token = model.step_logits(token).unwrap().0;
-    let timestamps = gpu.features().timestamps;
-    if timestamps {
-        model.profile_step(token).unwrap();
-    }
-    model.reset();
-    let before = gpu.buffers_created();
-    let memory = model.memory();
-    token = model.prefill_logits(&prompt).unwrap().0;
-    for _ in 0..20 {
+    for class in [None, Some(DeviceClass::Gpu)] {
+        // A device of its own: the shared test devices allocate for tests running in parallel.
+        let options = GpuOptions::from_env().unwrap();
+        let gpu = Gpu::with_options(&match class {
+            Some(class) => options.device_class(class),
+            None => options,
+        })
+        .unwrap();
+        let mut model = load(&gpu, "tiny-shared", WeightType::F32, DType::F32);
+        let prompt = [13, 218, 116];
+        // A CPU driver's prefill stages x in the device's texel textures; the report counts them as scratch.
+        let fresh = model.memory();
+        model.prefill(&prompt).unwrap();
+        let staging = gpu.staging_bytes();
+        assert_eq!(staging > 0, gpu.weight_storage() == WeightStorage::Texture, "staging textures: {staging} B");
+        assert_eq!(model.memory().scratch - fresh.scratch, staging);
+        model.reset();
+        let mut token = model.prefill_logits(&prompt).unwrap().0;
         token = model.step(token).unwrap();
         token = model.step_logits(token).unwrap().0;
+        let timestamps = gpu.features().timestamps;
+        if timestamps {
+            model.profile_step(token).unwrap();
+        }
+        model.reset();
+        let before = gpu.buffers_created();
+        let memory = model.memory();
+        token = model.prefill_logits(&prompt).unwrap().0;
+        for _ in 0..20 {
+            token = model.step(token).unwrap();
+            token = model.step_logits(token).unwrap().0;
+        }
+        if timestamps {
+            model.profile_step(token).unwrap();
+        }
+        let what = gpu.describe();
+        assert_eq!(gpu.buffers_created() - before, 0, "buffers created by the calls after warm-up [{what}]");
+        assert_eq!(model.memory(), memory, "[{what}]");
     }
-    if timestamps {
-        model.profile_step(token).unwrap();
-    }
-    assert_eq!(gpu.buffers_created() - before, 0, "buffers created by the calls after warm-up");
-    assert_eq!(model.memory(), memory);
 }
 
 /// `mobilellm run` reproduces tiny-shared's prefill and forced logits from the shell.
