@@ -136,36 +136,6 @@ impl Params {
     }
 }
 
-/// Binds the GEMV kernel's buffers (params, weights, x, y, and the norm weight for NORM variants).
-#[allow(clippy::too_many_arguments)]
-fn bind(
-    gpu: &Gpu,
-    name: String,
-    pipeline: std::sync::Arc<wgpu::ComputePipeline>,
-    params: &Params,
-    w: &GpuWeight,
-    x: &Tensor,
-    y: &Tensor,
-    norm: Option<&Tensor>,
-    grid: [u32; 3],
-    x_uniform: Option<XUniform>,
-) -> Result<Dispatch> {
-    let params = uniform(gpu, "gemv params", params)?;
-    // Under XUNI the uniforms are bound exactly as large as the shader's arrays.
-    let (xv4, nv4) = x_uniform.map_or((0, 0), |u| (u.xv4, u.nv4));
-    let uniform = x_uniform.is_some();
-    let mut bindings = vec![
-        (0, params.as_entire_binding()),
-        (1, w.binding()),
-        (2, x_binding(x, xv4, uniform)),
-        (3, y.buffer().as_entire_binding()),
-    ];
-    if let Some(norm) = norm {
-        bindings.push((4, x_binding(norm, nv4, uniform)));
-    }
-    make_dispatch(gpu, name, pipeline, &bindings, grid, vec![params.clone()])
-}
-
 /// The whole buffer, or under XUNI exactly the `vec4s` the shader's uniform array declares.
 fn x_binding(t: &Tensor, vec4s: u32, uniform: bool) -> wgpu::BindingResource<'_> {
     if uniform {
@@ -289,7 +259,19 @@ fn single(
     let variant = variant.flag_if("XBCAST", xu.is_some() && broadcasts_of_8(gpu) && mapping.wg.is_multiple_of(8));
     let pipeline = gpu.pipeline(&GEMV, "gemv", &with_x_uniform(variant, xu))?;
     let name = dispatch_name("", w, norm.is_some(), swiglu);
-    bind(gpu, name, pipeline, params, w, x, y, norm, [groups, n as u32, 1], xu)
+    let params = uniform(gpu, "gemv params", params)?;
+    // Under XUNI the uniforms are bound exactly as large as the shader's arrays.
+    let (xv4, nv4) = xu.map_or((0, 0), |u| (u.xv4, u.nv4));
+    let mut bindings = vec![
+        (0, params.as_entire_binding()),
+        (1, w.binding()),
+        (2, x_binding(x, xv4, xu.is_some())),
+        (3, y.buffer().as_entire_binding()),
+    ];
+    if let Some(norm) = norm {
+        bindings.push((4, x_binding(norm, nv4, xu.is_some())));
+    }
+    make_dispatch(gpu, name, pipeline, &bindings, [groups, n as u32, 1], vec![params.clone()])
 }
 
 /// Whether the `gemv` entry takes its rows 8 at a time (`GROUP8`, `dot_rows_x8` in `kernels/gemv.wgsl`): one
