@@ -393,6 +393,20 @@ fn gpu_model_rejects_bad_inputs_and_stays_usable() {
 
 /// Audit finding: metadata arrays nested 100 000 deep (12 bytes a level) recursed once per level and
 /// overflowed the stack (an abort, not even a panic). Nesting is now capped.
+/// A model the KV cache cannot hold (a head dim that is even, as the config requires, but not a multiple of
+/// 4) is refused before any weight is uploaded: the error names the head dim, and no buffer was made.
+#[test]
+fn model_the_cache_cannot_hold_fails_before_uploading() {
+    let _serial = common::gpus();
+    // A device of its own, so other tests' buffers do not count.
+    let gpu = mobilellm_kernels::Gpu::with_options(&mobilellm_kernels::GpuOptions::from_env().unwrap()).unwrap();
+    let config = ModelConfig { head_dim: 6, ..tiny_config() };
+    let host = HostModel::synthetic(config, WeightType::F32, 7).unwrap();
+    let before = gpu.buffers_created();
+    assert_err!(Model::new(&gpu, &host, &PlanOptions::default()), Error::InvalidArgument { .. }, "head_dim", "6");
+    assert_eq!(gpu.buffers_created(), before, "buffers made before the refusal");
+}
+
 #[test]
 fn gguf_deeply_nested_arrays_are_refused() {
     let mut b = b"GGUF".to_vec();

@@ -289,16 +289,18 @@ impl Model {
             ));
         }
         let options = PlanOptions { max_batch: options.max_batch.min(options.context), ..options.clone() };
-        let layers = host.layers.iter().map(|l| GpuLayer::upload(gpu, l)).collect::<Result<Vec<_>>>()?;
-        let embed = ops::embedding::upload_table(gpu, &host.embed)?;
-        let head = host.lm_head.as_ref().map(|w| ops::embedding::upload_table(gpu, w)).transpose()?;
-        let rope = RopeTable::new(gpu, options.context, config.head_dim, config.rope_theta)?;
-        let final_norm = Tensor::from_slice(gpu, &[host.final_norm.len()], &host.final_norm)?;
+        // The cache and the RoPE table first: a shape they refuse (a head dim the cache cannot hold, a
+        // context too long for a binding) fails before any weight is uploaded.
         let (slots, kv_heads, hd) = (config.executed_layers(), config.num_key_value_heads, config.head_dim);
         let cache = match options.kv_dtype {
             Some(dtype) => KvCache::with_dtype(gpu, slots, options.context, kv_heads, hd, dtype)?,
             None => KvCache::new(gpu, slots, options.context, kv_heads, hd)?,
         };
+        let rope = RopeTable::new(gpu, options.context, config.head_dim, config.rope_theta)?;
+        let layers = host.layers.iter().map(|l| GpuLayer::upload(gpu, l)).collect::<Result<Vec<_>>>()?;
+        let embed = ops::embedding::upload_table(gpu, &host.embed)?;
+        let head = host.lm_head.as_ref().map(|w| ops::embedding::upload_table(gpu, w)).transpose()?;
+        let final_norm = Tensor::from_slice(gpu, &[host.final_norm.len()], &host.final_norm)?;
         let step = StepBuffer::new(gpu)?;
         let act = Activations::new(gpu, &config, options.max_batch)?;
         let token_staging =
