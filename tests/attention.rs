@@ -12,7 +12,7 @@
 //! rel 1e-4.
 mod common;
 
-use common::{assert_close, gpus, other_texture_reads_gpu, random_vec, ShapeRng};
+use common::{assert_close, gpu_rules_gpu, gpus, other_texture_reads_gpu, random_vec, ShapeRng};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::attention::{
     attention_decode, attention_prefill, attention_prefill_tiled, Split, DECODE_CHUNK,
@@ -203,14 +203,15 @@ fn prefill_head_dims() {
 /// Seeded random shapes: query heads in groups of 1-8 over 1-5 KV heads, head dims that are multiples of 4
 /// (the lane kernels' multiples of 32 most often), any capacity up to 600 and contexts inside it, the
 /// device's own split choice and one other; then prefills of random length at random positions. Each shape
-/// on one of the two devices, and only three: every shape is a pipeline compile per kernel, seconds each on
+/// on one of the two test devices or under GPU rules (chunked splits, the tiled prefill), and only three: every shape is a pipeline compile per kernel, seconds each on
 /// lavapipe with a cold shader cache.
 #[test]
 fn seeded_random_shapes() {
     let mut rng = ShapeRng::new(7);
     let gpus = gpus();
+    let devices: Vec<&Gpu> = gpus.iter().chain(gpu_rules_gpu()).collect();
     for _ in 0..3 {
-        let gpu = rng.pick(&[&gpus[0], &gpus[1]]);
+        let gpu = rng.pick(&devices);
         let kv_heads = rng.range(1, 5);
         let shape = (
             kv_heads * rng.range(1, 8),

@@ -10,7 +10,7 @@
 //!   type at n = 1, 5 and 64: they are small.
 mod common;
 
-use common::{assert_close, bare_texture_gpu, gpus, other_texture_reads_gpu, random_vec, ShapeRng};
+use common::{assert_close, bare_texture_gpu, gpu_rules_gpu, gpus, other_texture_reads_gpu, random_vec, ShapeRng};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
 
@@ -138,8 +138,9 @@ fn odd_shapes_every_type() {
     }
 }
 
-/// Seeded random shapes through `ffn_swiglu`'s own choices on both devices: hidden widths in whole blocks
-/// (f32/f16: any width), any FFN width up to 700, one position (decode) or 2-70 (prefill).
+/// Seeded random shapes through `ffn_swiglu`'s own choices on both devices and under GPU rules: hidden
+/// widths in whole blocks (f32/f16: any width), any FFN width up to 700, one position (decode) or 2-70
+/// (prefill).
 #[test]
 fn seeded_random_shapes() {
     let mut rng = ShapeRng::new(11);
@@ -150,7 +151,7 @@ fn seeded_random_shapes() {
             _ => 32 * rng.range(1, 24),
         };
         let (ffn, n) = (rng.range(1, 700), if rng.chance(50) { 1 } else { rng.range(2, 70) });
-        for gpu in gpus() {
+        for gpu in gpus().iter().chain(gpu_rules_gpu()) {
             check(gpu, hidden, ffn, n, wtype);
         }
     }

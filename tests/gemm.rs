@@ -5,8 +5,8 @@
 mod common;
 
 use common::{
-    assert_product, bare_texture_gpu, gpus, matrix_weight as weight, other_texture_reads_gpu, random_vec, ProductShape,
-    ShapeRng,
+    assert_product, bare_texture_gpu, gpu_rules_gpu, gpus, matrix_weight as weight, other_texture_reads_gpu,
+    random_vec, ProductShape, ShapeRng,
 };
 use mobilellm_kernels::device::WeightStorage;
 use mobilellm_kernels::ops::gemm::{gemm, gemm_rows, gemm_rows_with, gemm_tiled, RowSlots};
@@ -123,8 +123,8 @@ fn awkward_shapes_both_devices() {
     }
 }
 
-/// Seeded random shapes through `gemm`'s own choice (the windowed product here; `gemm_rows` under GPU
-/// rules is in `tests/model.rs`), plus the tiled kernel, on both devices: 2-80 vectors, any row count,
+/// Seeded random shapes through `gemm`'s own choice (the windowed product on the test devices, `gemm_rows`
+/// with its chosen row slots under GPU rules), plus the tiled kernel: 2-80 vectors, any row count,
 /// widths in whole blocks (f32/f16: any width), output slices, accumulation.
 #[test]
 fn seeded_random_shapes() {
@@ -145,7 +145,7 @@ fn seeded_random_shapes() {
             ..Case::new(wtype, rows, cols, n)
         };
         let host = weight(wtype, rows, cols);
-        for gpu in gpus() {
+        for gpu in gpus().iter().chain(gpu_rules_gpu()) {
             check(gpu, &host, &case);
         }
     }

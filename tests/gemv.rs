@@ -1,7 +1,7 @@
 //! GEMV kernel vs its CPU twin (same dequantized weights), every weight type, both feature sets.
 mod common;
 
-use common::{assert_product, gpus, matrix_weight as weight, random_vec, ProductShape, ShapeRng};
+use common::{assert_product, gpu_rules_gpu, gpus, matrix_weight as weight, random_vec, ProductShape, ShapeRng};
 use mobilellm_kernels::ops::gemv::{gemv, gemv_with, GemvMapping};
 use mobilellm_kernels::quant::{GpuWeight, HostWeight, WeightType};
 use mobilellm_kernels::{ops, reference, DType, Error, Gpu, Tensor};
@@ -127,9 +127,9 @@ fn awkward_shapes() {
     }
 }
 
-/// Seeded random shapes through the launcher's own mapping choice, on both devices: any row count (a tenth
-/// at 2048+, where threads stride over quads), widths in whole blocks up to 2048 (f32/f16: any width),
-/// 1-5 vectors, output slices inside wider rows, accumulation.
+/// Seeded random shapes through the launcher's own mapping choice, on both devices and under GPU rules:
+/// any row count (a tenth at 2048+, where threads stride over quads), widths in whole blocks up to 2048
+/// (f32/f16: any width), 1-5 vectors, output slices inside wider rows, accumulation.
 #[test]
 fn seeded_random_shapes() {
     let mut rng = ShapeRng::new(3);
@@ -143,7 +143,7 @@ fn seeded_random_shapes() {
         let (offset, extra) = if rng.chance(30) { (rng.range(1, 9), rng.range(0, 5)) } else { (0, 0) };
         let case = Case { offset, extra, accumulate: rng.chance(30), ..Case::new(wtype, rows, cols, rng.range(1, 5)) };
         let host = weight(wtype, rows, cols);
-        for gpu in gpus() {
+        for gpu in gpus().iter().chain(gpu_rules_gpu()) {
             check(gpu, &host, &case);
         }
     }

@@ -90,6 +90,24 @@ pub fn bare_texture_gpu() -> Option<&'static Gpu> {
     .as_ref()
 }
 
+/// The adapter under GPU launch rules (`DeviceClass::Gpu` forced; all features the environment allows,
+/// weights in buffers): the mappings, tiles and splits the launchers choose on real GPUs, for the random
+/// sweeps. `None` on GL, whose tests run one device at a time.
+pub fn gpu_rules_gpu() -> Option<&'static Gpu> {
+    static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        if gpus()[0].backend() == wgpu::Backend::Gl {
+            return None;
+        }
+        let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
+        let gpu = Gpu::with_options(&base.device_class(mobilellm_kernels::DeviceClass::Gpu))
+            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        eprintln!("test device: {}", gpu.describe());
+        Some(gpu)
+    })
+    .as_ref()
+}
+
 /// The test devices, plus (on GL) the process-wide GPU lock; see [`gpus`].
 pub struct Gpus {
     list: &'static [Gpu],
