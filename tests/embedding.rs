@@ -108,10 +108,7 @@ fn seeded_random_tables() {
     for _ in 0..12 {
         let wtype = rng.pick(&WeightType::ALL);
         let vocab = rng.range(1, 5000);
-        let hidden = match wtype {
-            WeightType::F32 | WeightType::F16 => rng.range(1, 700),
-            _ => 32 * rng.range(1, 24),
-        };
+        let hidden = rng.width(wtype, 700, 24);
         let host = table(wtype, vocab, hidden);
         let ids = ids_for(vocab, rng.range(1, 70));
         let mut cuts = vec![0, vocab];

@@ -146,10 +146,7 @@ fn seeded_random_shapes() {
     let mut rng = ShapeRng::new(11);
     for _ in 0..12 {
         let wtype = rng.pick(&WeightType::ALL);
-        let hidden = match wtype {
-            WeightType::F32 | WeightType::F16 => rng.range(1, 700),
-            _ => 32 * rng.range(1, 24),
-        };
+        let hidden = rng.width(wtype, 700, 24);
         let (ffn, n) = (rng.range(1, 700), if rng.chance(50) { 1 } else { rng.range(2, 70) });
         for gpu in gpus().iter().chain(gpu_rules_gpu()) {
             check(gpu, hidden, ffn, n, wtype);

@@ -132,10 +132,7 @@ fn seeded_random_shapes() {
     for _ in 0..16 {
         let wtype = rng.pick(&WeightType::ALL);
         let (rows, n) = (rng.range(1, 400), rng.range(2, 80));
-        let cols = match wtype {
-            WeightType::F32 | WeightType::F16 => rng.range(1, 800),
-            _ => 32 * rng.range(1, 40),
-        };
+        let cols = rng.width(wtype, 800, 40);
         let (offset, extra) = if rng.chance(30) { (rng.range(1, 9), rng.range(0, 5)) } else { (0, 0) };
         let case = Case {
             offset,

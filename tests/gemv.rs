@@ -136,10 +136,7 @@ fn seeded_random_shapes() {
     for _ in 0..24 {
         let wtype = rng.pick(&WeightType::ALL);
         let rows = if rng.chance(10) { rng.range(2048, 2600) } else { rng.range(1, 700) };
-        let cols = match wtype {
-            WeightType::F32 | WeightType::F16 => rng.range(1, 1100),
-            _ => 32 * rng.range(1, 64),
-        };
+        let cols = rng.width(wtype, 1100, 64);
         let (offset, extra) = if rng.chance(30) { (rng.range(1, 9), rng.range(0, 5)) } else { (0, 0) };
         let case = Case { offset, extra, accumulate: rng.chance(30), ..Case::new(wtype, rows, cols, rng.range(1, 5)) };
         let host = weight(wtype, rows, cols);

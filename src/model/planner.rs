@@ -394,9 +394,7 @@ impl Model {
                 // then RoPE.
                 let one = if cpu_qkv {
                     ops::qkv_rope::qkv_rope_lanes(gpu, &operands)?
-                } else if c.head_dim.is_multiple_of(ops::qkv_rope::QKV_ROPE_HEAD_DIM_MULTIPLE)
-                    && c.hidden_size <= ops::qkv_rope::MAX_HIDDEN
-                {
+                } else if ops::qkv_rope::qkv_rope_takes(c.head_dim, c.hidden_size) {
                     Some(ops::qkv_rope::qkv_rope(gpu, &operands)?)
                 } else {
                     None
@@ -507,9 +505,9 @@ impl Model {
         &self.cached
     }
 
-    /// Records that `tokens` were fed from position `start` on (positions past them are no longer known).
+    /// Records that `tokens` were fed from position `start` on, after the run cut `cached` at `start`; they
+    /// extend it only where every position before them is known.
     fn note_fed(&mut self, start: usize, tokens: &[u32]) {
-        self.cached.truncate(start);
         if self.cached.len() == start {
             self.cached.extend_from_slice(tokens);
         }

@@ -27,12 +27,16 @@ use crate::tensor::{DType, Tensor};
 const WORKGROUP: u32 = 64;
 /// Output rows per workgroup (`2 * PAIRS` in the kernel); head_dim must be a multiple of it.
 const ROWS_PER_GROUP: usize = 16;
-/// `head_dim` must be a multiple of this for [`qkv_rope`] (each workgroup ropes 8 pairs of one head); the
-/// planner runs other even head dims as the normed GEMV plus [`rope_cache`].
-pub const QKV_ROPE_HEAD_DIM_MULTIPLE: usize = ROWS_PER_GROUP;
 /// The widest input row [`qkv_rope`] stages in workgroup memory (MobileLLM-1.5B); `qkv_rope_lanes` reads x
 /// as a uniform instead and takes any width that fits one.
 pub const MAX_HIDDEN: usize = 1600;
+
+/// Whether [`qkv_rope`] takes these shapes: `head_dim` a multiple of 16 (each workgroup ropes 8 pairs of one
+/// head) and `hidden` at most [`MAX_HIDDEN`]. The planner runs other shapes as the normed GEMV plus
+/// [`rope_cache`].
+pub fn qkv_rope_takes(head_dim: usize, hidden: usize) -> bool {
+    head_dim.is_multiple_of(ROWS_PER_GROUP) && hidden <= MAX_HIDDEN
+}
 
 /// `(cos, sin)` of every position and pair: `[capacity, head_dim / 2]` vec2 f32.
 #[derive(Debug, Clone)]

@@ -53,21 +53,14 @@ pub fn gpus() -> Gpus {
 /// first device already uses them.
 pub fn other_texture_reads_gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let first = &gpus()[0];
-        if first.backend() == wgpu::Backend::Gl {
-            return None;
-        }
-        let reads = match first.texture_reads() {
+    // Optional: an adapter without storage texture reads has no such device.
+    extra_gpu(&GPU, false, |base| {
+        let reads = match gpus()[0].texture_reads() {
             TextureReads::Storage => TextureReads::Sampled,
             TextureReads::Sampled => TextureReads::Storage,
         };
-        let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
-        let gpu = Gpu::with_options(&base.weight_storage(WeightStorage::Texture).texture_reads(reads)).ok()?;
-        eprintln!("test device: {}", gpu.describe());
-        Some(gpu)
+        Some(base.weight_storage(WeightStorage::Texture).texture_reads(reads))
     })
-    .as_ref()
 }
 
 /// A device with neither f16 nor subgroups that keeps its weights in sampled textures: the combination
@@ -76,18 +69,11 @@ pub fn other_texture_reads_gpu() -> Option<&'static Gpu> {
 /// at a time.
 pub fn bare_texture_gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
-        let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
-        if gpus()[0].backend() == wgpu::Backend::Gl {
-            return None;
-        }
-        let options =
-            base.features(FeatureSet::NONE).weight_storage(WeightStorage::Texture).texture_reads(TextureReads::Sampled);
-        let gpu = Gpu::with_options(&options).unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
-        eprintln!("test device: {}", gpu.describe());
-        Some(gpu)
+    extra_gpu(&GPU, true, |base| {
+        Some(
+            base.features(FeatureSet::NONE).weight_storage(WeightStorage::Texture).texture_reads(TextureReads::Sampled),
+        )
     })
-    .as_ref()
 }
 
 /// The adapter under GPU launch rules (`DeviceClass::Gpu` forced; all features the environment allows,
@@ -95,13 +81,27 @@ pub fn bare_texture_gpu() -> Option<&'static Gpu> {
 /// sweeps. `None` on GL, whose tests run one device at a time.
 pub fn gpu_rules_gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Option<Gpu>> = OnceLock::new();
-    GPU.get_or_init(|| {
+    extra_gpu(&GPU, true, |base| Some(base.device_class(mobilellm_kernels::DeviceClass::Gpu)))
+}
+
+/// A device beyond [`gpus`], made once in `cell` from the environment's options as `options` changes them:
+/// `None` on GL (its tests run one device at a time), where `options` declines, or (unless `required`: then
+/// the test fails loudly) where the adapter refuses the options.
+fn extra_gpu(
+    cell: &'static OnceLock<Option<Gpu>>,
+    required: bool,
+    options: impl FnOnce(GpuOptions) -> Option<GpuOptions>,
+) -> Option<&'static Gpu> {
+    cell.get_or_init(|| {
         if gpus()[0].backend() == wgpu::Backend::Gl {
             return None;
         }
         let base = GpuOptions::from_env().expect("MOBILELLM_* environment variables are invalid");
-        let gpu = Gpu::with_options(&base.device_class(mobilellm_kernels::DeviceClass::Gpu))
-            .unwrap_or_else(|e| panic!("GPU tests need an adapter: {e}"));
+        let gpu = match Gpu::with_options(&options(base)?) {
+            Ok(gpu) => gpu,
+            Err(e) if required => panic!("GPU tests need an adapter: {e}"),
+            Err(_) => return None,
+        };
         eprintln!("test device: {}", gpu.describe());
         Some(gpu)
     })
@@ -221,6 +221,16 @@ impl ShapeRng {
     /// One of `items`.
     pub fn pick<T: Copy>(&mut self, items: &[T]) -> T {
         items[self.range(0, items.len() - 1)]
+    }
+
+    /// A weight width (`in_features`) for `wtype`: for f32/f16 any of `1..=any`, for the quantized types
+    /// 1..=`blocks` whole blocks of 32.
+    pub fn width(&mut self, wtype: mobilellm_kernels::quant::WeightType, any: usize, blocks: usize) -> usize {
+        use mobilellm_kernels::quant::WeightType;
+        match wtype {
+            WeightType::F32 | WeightType::F16 => self.range(1, any),
+            _ => 32 * self.range(1, blocks),
+        }
     }
 }
 
