@@ -60,3 +60,12 @@ for name in ["tiny-plain", "tiny-shared"]:
     shutil.copy(data / name / "config.json", seeds / "config" / f"{name}.json")
 for i, text in enumerate(["\x00Hello, world! 123 <|im_end|> é 日本", "\x01hello hell he é\u2581", "\x02x\n\x01ab\n\x01a\n\x01b\n\x03<s>\nab a"]):
     (seeds / "tokenizer" / f"text{i}").write_bytes(text.encode())
+
+# hf_tokenizer: mode byte (0 tokenizer.model; 1 tokenizer.json, NUL, text; 2 tokenizer.json, NUL, config).
+hf = data / "hf-tokenizers"
+(seeds / "hf_tokenizer").mkdir(exist_ok=True)
+(seeds / "hf_tokenizer" / "spm").write_bytes(b"\x00" + (hf / "sentencepiece" / "tokenizer.model").read_bytes())
+(seeds / "hf_tokenizer" / "spm-json").write_bytes(b"\x01" + (hf / "sentencepiece-hf" / "tokenizer.json").read_bytes()
+                                                  + b"\0a <|tool|> b")
+(seeds / "hf_tokenizer" / "bytelevel").write_bytes(b"\x02" + (hf / "bytelevel" / "tokenizer.json").read_bytes()
+                                                   + b'\0{"bos_token": "<|im_start|>", "add_bos_token": true}')

@@ -1,6 +1,8 @@
 //! Tokenizers: every SmolLM2 case of `tests/data/smollm2/tokenizer_cases.json` against the real GGUF
 //! (fetched with `tools/fetch-smollm2.sh` when missing), the golden prompts, decoding and streaming decode;
-//! and a synthetic llama (SentencePiece) vocabulary that needs no download.
+//! a synthetic llama (SentencePiece) vocabulary that needs no download; and HF tokenizer files
+//! (`tests/data/hf-tokenizers`: `tokenizer.json`, SentencePiece `tokenizer.model`, `tokenizer_config.json`)
+//! against the ids the `tokenizers`, `transformers` and `sentencepiece` libraries gave for them.
 
 #[path = "support/smollm2.rs"]
 mod smollm2;
@@ -8,7 +10,7 @@ mod smollm2;
 use std::sync::OnceLock;
 
 use mobilellm_kernels::model::gguf::{GgufFile, GgufWriter, MetaValue, ValueType};
-use mobilellm_kernels::tokenizer::{ChatTemplate, Tokenizer, TokenizerKind};
+use mobilellm_kernels::tokenizer::{ChatTemplate, SpacePrefix, TokenType, Tokenizer, TokenizerKind, Vocab};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -295,4 +297,192 @@ fn synthetic_tokenizer_errors() {
     let tok = build(&w).unwrap();
     assert!(matches!(tok.chat_template(), ChatTemplate::Unsupported(_)));
     assert!(tok.chat_prompt(&[("user", "x")], true).unwrap_err().to_string().contains("ChatML"));
+}
+
+/// One string of `tests/data/hf-tokenizers/cases.json` and the ids each library gave for it (see `make.py`
+/// there). `sentencepiece` is absent where the text holds `<s>` / `</s>`: SentencePiece never matches control
+/// tokens written in text, which this crate (like transformers and llama.cpp) does.
+#[derive(Deserialize)]
+struct HfCase {
+    text: String,
+    bytelevel: Vec<u32>,
+    sentencepiece: Option<Vec<u32>>,
+    sentencepiece_decoded: Option<String>,
+    sentencepiece_hf: Vec<u32>,
+    sentencepiece_legacy: Vec<u32>,
+    sentencepiece_first: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct HfChat {
+    messages: Vec<HfMessage>,
+    bytelevel: Vec<u32>,
+}
+
+#[derive(Deserialize)]
+struct HfMessage {
+    role: String,
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct HfCases {
+    cases: Vec<HfCase>,
+    chat: HfChat,
+}
+
+fn hf_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf-tokenizers").join(name)
+}
+
+fn hf_cases() -> HfCases {
+    serde_json::from_str(&std::fs::read_to_string(hf_dir("cases.json")).unwrap()).unwrap()
+}
+
+fn hf_tokenizer(name: &str) -> Tokenizer {
+    Tokenizer::from_hf_dir(hf_dir(name)).unwrap().unwrap_or_else(|| panic!("{name} has a tokenizer file"))
+}
+
+/// Encodes every case with `add_special` and compares with the chosen golden ids; returns the count.
+fn check_cases(tok: &Tokenizer, what: &str, golden: impl Fn(&HfCase) -> Option<&Vec<u32>>) -> usize {
+    let mut checked = 0;
+    for case in hf_cases().cases {
+        let Some(expected) = golden(&case) else { continue };
+        assert_eq!(&tok.encode(&case.text, true), expected, "{what}: {:?}", case.text);
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn hf_bytelevel_tokenizer_json_matches_transformers() {
+    let tok = hf_tokenizer("bytelevel");
+    assert_eq!(tok.kind(), TokenizerKind::Gpt2);
+    assert_eq!(tok.vocab().pre.as_deref(), Some("smollm"), "Digits(individual) then ByteLevel");
+    assert_eq!((tok.bos(), tok.eos()), (tok.token_id("<|im_start|>"), tok.token_id("<|im_end|>")));
+    assert!(!tok.vocab().add_bos, "no post-processor token and no add_bos_token");
+    let n = check_cases(&tok, "bytelevel", |c| Some(&c.bytelevel));
+    assert_eq!(n, 30);
+    // Byte-level BPE over all 256 bytes: every string decodes back.
+    for case in hf_cases().cases {
+        assert_eq!(tok.decode(&case.bytelevel), case.text);
+    }
+    // The ChatML template (from chat_template.jinja) with its default system message.
+    let chat = hf_cases().chat;
+    let messages: Vec<(&str, &str)> = chat.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+    assert!(matches!(tok.chat_template(), ChatTemplate::ChatMl { default_system: Some(_) }));
+    assert_eq!(tok.encode_chat(&messages, true).unwrap(), chat.bytelevel);
+}
+
+#[test]
+fn hf_sentencepiece_model_matches_sentencepiece() {
+    let tok = hf_tokenizer("sentencepiece");
+    assert_eq!(tok.kind(), TokenizerKind::Llama);
+    assert_eq!((tok.vocab().unk, tok.bos(), tok.eos()), (Some(0), Some(1), Some(2)));
+    assert_eq!(tok.vocab().space_prefix, SpacePrefix::EverySegment, "add_dummy_prefix");
+    assert_eq!(tok.vocab().token_types[3], TokenType::UserDefined, "<|tool|>");
+    let mut checked = 0;
+    for case in hf_cases().cases {
+        let (Some(ids), Some(decoded)) = (&case.sentencepiece, &case.sentencepiece_decoded) else { continue };
+        assert_eq!(&tok.encode(&case.text, false), ids, "{:?}", case.text);
+        // transformers' LlamaTokenizer default: BOS first.
+        assert_eq!(tok.encode(&case.text, true)[1..], ids[..], "{:?}", case.text);
+        assert_eq!(&tok.decode(ids), decoded, "{:?}", case.text);
+        checked += 1;
+    }
+    assert_eq!(checked, 26);
+}
+
+#[test]
+fn hf_sentencepiece_tokenizer_json_matches_transformers() {
+    // The three layouts the same SentencePiece vocabulary is found in: transformers' conversion (doubled
+    // leading ▁ + Metaspace, user-defined pieces split out), Llama-2's (Prepend + Replace) and the
+    // non-legacy one (Metaspace, prefix on the first segment only).
+    type Ids = fn(&HfCase) -> Option<&Vec<u32>>;
+    let layouts: [(&str, SpacePrefix, Ids); 3] = [
+        ("sentencepiece-hf", SpacePrefix::EverySegment, |c| Some(&c.sentencepiece_hf)),
+        ("sentencepiece-legacy", SpacePrefix::EverySegment, |c| Some(&c.sentencepiece_legacy)),
+        ("sentencepiece-first", SpacePrefix::FirstSegmentUnlessSpace, |c| Some(&c.sentencepiece_first)),
+    ];
+    let model = hf_tokenizer("sentencepiece");
+    for (name, prefix, golden) in layouts {
+        let tok = hf_tokenizer(name);
+        assert_eq!(tok.kind(), TokenizerKind::Llama, "{name}");
+        assert_eq!(tok.vocab().space_prefix, prefix, "{name}");
+        assert_eq!(tok.vocab().tokens, model.vocab().tokens, "{name}: same vocabulary as tokenizer.model");
+        assert!(tok.vocab().add_bos, "{name}: the <s> $A template");
+        assert_eq!(check_cases(&tok, name, golden), 30, "{name}");
+    }
+}
+
+#[test]
+fn hf_dir_without_tokenizer_is_none() {
+    assert!(Tokenizer::from_hf_dir(hf_dir("")).unwrap().is_none(), "cases.json alone is no tokenizer");
+    let e = Tokenizer::from_hf_dir(hf_dir("no-such-dir")).unwrap();
+    assert!(e.is_none());
+}
+
+/// Each unsupported or broken part of a tokenizer file is an error that names it; nothing panics.
+#[test]
+fn hf_tokenizer_errors_name_the_part() {
+    let json = std::fs::read_to_string(hf_dir("bytelevel/tokenizer.json")).unwrap();
+    let root: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let with = |pointer: &str, value: serde_json::Value| {
+        let mut v = root.clone();
+        *v.pointer_mut(pointer).unwrap() = value;
+        Vocab::from_tokenizer_json(&v.to_string(), "t.json")
+    };
+    let err = |r: mobilellm_kernels::Result<Vocab>| r.map(|_| ()).unwrap_err().to_string();
+    assert!(Vocab::from_tokenizer_json(&json, "t.json").is_ok());
+    let e = err(with("/model/type", "WordPiece".into()));
+    assert!(e.contains("model.type") && e.contains("WordPiece") && e.contains("t.json"), "{e}");
+    // Llama-3 / Qwen2 style: a Split with their own regex before ByteLevel.
+    let split = serde_json::json!({"type": "Sequence", "pretokenizers": [
+        {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}, "behavior": "Isolated", "invert": false},
+        {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": false}]});
+    let e = err(with("/pre_tokenizer", split));
+    assert!(e.contains("pre_tokenizer") && e.contains("Split"), "{e}");
+    let e = err(with("/normalizer", serde_json::json!({"type": "NFC"})));
+    assert!(e.contains("normalizer") && e.contains("NFC"), "{e}");
+    let e = err(with("/pre_tokenizer/pretokenizers/1/add_prefix_space", true.into()));
+    assert!(e.contains("pre_tokenizer"), "{e}");
+    let e = err(with("/model/merges/0", 7.into()));
+    assert!(e.contains("model.merges[0]"), "{e}");
+    // Ids 0..2 are the added tokens; 4 is nobody's.
+    let e = err(with("/model/vocab", serde_json::json!({"a": 3, "b": 5})));
+    assert!(e.contains("token id 4"), "{e}");
+    let half: String = json.chars().take(json.chars().count() / 2).collect();
+    assert!(err(Vocab::from_tokenizer_json(&half, "t.json")).contains("not valid JSON"));
+    // A SentencePiece model whose metaspace splits words, and an unknown post-processor.
+    let spm = std::fs::read_to_string(hf_dir("sentencepiece-first/tokenizer.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&spm).unwrap();
+    *v.pointer_mut("/pre_tokenizer/split").unwrap() = true.into();
+    let e = err(Vocab::from_tokenizer_json(&v.to_string(), "t.json"));
+    assert!(e.contains("Metaspace") && e.contains("split"), "{e}");
+    let e = err(with("/post_processor", serde_json::json!({"type": "RobertaProcessing"})));
+    assert!(e.contains("post_processor") && e.contains("RobertaProcessing"), "{e}");
+    // tokenizer_config.json naming a token the vocabulary lacks.
+    let mut vocab = Vocab::from_tokenizer_json(&json, "t.json").unwrap();
+    let before = vocab.clone();
+    let e = vocab.apply_tokenizer_config(r#"{"eos_token": "<|nope|>"}"#, "c.json").unwrap_err().to_string();
+    assert!(e.contains("eos_token") && e.contains("<|nope|>") && e.contains("c.json"), "{e}");
+    assert!(vocab.apply_tokenizer_config("[1]", "c.json").is_err());
+    assert_eq!(vocab.bos, before.bos);
+
+    // tokenizer.model: every truncation is an error, never a panic; other model types are named.
+    let model = std::fs::read(hf_dir("sentencepiece/tokenizer.model")).unwrap();
+    for cut in (0..model.len()).step_by(97) {
+        let _ = Vocab::from_sentencepiece(&model[..cut], "m.model");
+    }
+    let e = Vocab::from_sentencepiece(&model[..model.len() - 3], "m.model").unwrap_err().to_string();
+    assert!(e.contains("m.model"), "{e}");
+    assert!(Vocab::from_sentencepiece(b"", "m.model").unwrap_err().to_string().contains("no pieces"));
+    // A hand-built ModelProto: one piece, trainer_spec.model_type = 1 (UNIGRAM).
+    let unigram = [0x0a, 0x05, 0x0a, 0x01, b'a', 0x18, 0x01, 0x12, 0x02, 0x18, 0x01];
+    let e = Vocab::from_sentencepiece(&unigram, "m.model").unwrap_err().to_string();
+    assert!(e.contains("model_type") && e.contains("UNIGRAM"), "{e}");
+    // The same with BPE but SentencePiece's default normalizer (collapses whitespace): refused by name.
+    let bpe_default = [0x0a, 0x05, 0x0a, 0x01, b'a', 0x18, 0x01, 0x12, 0x02, 0x18, 0x02];
+    let e = Vocab::from_sentencepiece(&bpe_default, "m.model").unwrap_err().to_string();
+    assert!(e.contains("remove_extra_whitespaces"), "{e}");
 }

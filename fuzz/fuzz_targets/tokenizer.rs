@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mobilellm_kernels::tokenizer::{TokenType, Tokenizer, TokenizerKind, Vocab};
+use mobilellm_kernels::tokenizer::{SpacePrefix, TokenType, Tokenizer, TokenizerKind, Vocab};
 
 fn vocab(
     kind: TokenizerKind,
@@ -27,7 +27,9 @@ fn vocab(
         unk: Some(0),
         add_bos: true,
         add_eos: true,
-        add_space_prefix: kind == TokenizerKind::Llama,
+        space_prefix: if kind == TokenizerKind::Llama { SpacePrefix::EverySegment } else { SpacePrefix::Never },
+        isolate_user_defined: false,
+        ignore_merges: false,
         chat_template: None,
     }
 }

@@ -44,7 +44,7 @@ impl Hasher for PairHasher {
     }
 }
 
-fn pair(l: u32, r: u32) -> u64 {
+pub(crate) fn pair(l: u32, r: u32) -> u64 {
     (u64::from(l) << 32) | u64::from(r)
 }
 

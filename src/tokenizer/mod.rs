@@ -1,5 +1,9 @@
 //! Tokenizers read from GGUF metadata: `gpt2` byte-level BPE with merges (with the `smollm` pre-tokenizer
-//! that isolates every digit) and `llama` SentencePiece-style BPE by scores with byte fallback.
+//! that isolates every digit) and `llama` SentencePiece-style BPE by scores with byte fallback. The same two
+//! kinds are read from a Hugging Face checkpoint's `tokenizer.json` or SentencePiece `tokenizer.model`
+//! ([`Tokenizer::from_hf_dir`]); each format encodes as its own library does (llama.cpp for GGUF, `tokenizers`
+//! for `tokenizer.json`, SentencePiece for `tokenizer.model`, except that control tokens written in the text
+//! are matched there too, as the other two do).
 //!
 //! Special tokens (types CONTROL, USER_DEFINED and UNKNOWN, e.g. `<|im_start|>`) written in the input are
 //! matched whole, leftmost-longest, as llama.cpp and transformers do. BOS/EOS are added by
@@ -21,10 +25,13 @@
 //! ```
 
 mod bpe;
+mod hf;
+mod sentencepiece;
 mod spm;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::model::gguf::{GgufFile, MetaValue};
@@ -89,7 +96,8 @@ pub struct Vocab {
     pub token_types: Vec<TokenType>,
     /// `tokenizer.ggml.scores` (llama; empty: all zero).
     pub scores: Vec<f32>,
-    /// `tokenizer.ggml.merges` (gpt2), `"left right"` in rank order.
+    /// `tokenizer.ggml.merges`, `"left right"` in rank order (gpt2; for llama, given only by an HF
+    /// `tokenizer.json`: then they, not the scores, decide the merges).
     pub merges: Vec<String>,
     /// `tokenizer.ggml.bos_token_id`.
     pub bos: Option<u32>,
@@ -101,8 +109,15 @@ pub struct Vocab {
     pub add_bos: bool,
     /// `tokenizer.ggml.add_eos_token` (default false).
     pub add_eos: bool,
-    /// `tokenizer.ggml.add_space_prefix` (default: true for llama, false for gpt2).
-    pub add_space_prefix: bool,
+    /// Where a llama tokenizer puts `▁` in front of text (`tokenizer.ggml.add_space_prefix`, default true for
+    /// llama: [`SpacePrefix::EverySegment`]; gpt2 tokenizers add none).
+    pub space_prefix: SpacePrefix,
+    /// Whether user-defined tokens split text without starting a new segment for [`Vocab::space_prefix`]
+    /// (SentencePiece, and the pieces an HF `Split` pre-tokenizer isolates); false: every token matched in
+    /// the text starts a segment (llama.cpp, and the added tokens of an HF `tokenizer.json`).
+    pub isolate_user_defined: bool,
+    /// Whether a llama tokenizer takes a piece of text whole when it is a token (HF `ignore_merges`).
+    pub ignore_merges: bool,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
 }
@@ -168,9 +183,64 @@ impl Vocab {
             unk: id("tokenizer.ggml.unknown_token_id")?,
             add_bos: gguf.get_bool("tokenizer.ggml.add_bos_token")?.unwrap_or(llama),
             add_eos: gguf.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false),
-            add_space_prefix: gguf.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(llama),
+            space_prefix: match gguf.get_bool("tokenizer.ggml.add_space_prefix")?.unwrap_or(llama) {
+                true => SpacePrefix::EverySegment,
+                false => SpacePrefix::Never,
+            },
+            isolate_user_defined: false,
+            ignore_merges: false,
             chat_template: gguf.get_str("tokenizer.chat_template")?.map(str::to_owned),
         })
+    }
+}
+
+/// Where a llama (SentencePiece-style) tokenizer adds the `▁` that stands for a leading space. The text is cut
+/// into segments at the special tokens written in it (see [`Vocab::isolate_user_defined`]); the space goes
+/// in front of a segment's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpacePrefix {
+    /// No space is added.
+    Never,
+    /// Before every segment (llama.cpp's `add_space_prefix`, SentencePiece's `add_dummy_prefix`, an HF
+    /// `Prepend("▁")` normalizer).
+    EverySegment,
+    /// Before every segment that does not start with a space already (HF `Metaspace`, `prepend_scheme:
+    /// always`).
+    EverySegmentUnlessSpace,
+    /// Only before the first segment, when the text starts with neither a space nor a special token (HF
+    /// `Metaspace`, `prepend_scheme: first`).
+    FirstSegmentUnlessSpace,
+}
+
+impl SpacePrefix {
+    /// Whether segment `segment` (0 = the text's start), whose text starts with a space or not, gets `▁`.
+    fn applies(self, segment: usize, starts_with_space: bool) -> bool {
+        match self {
+            SpacePrefix::Never => false,
+            SpacePrefix::EverySegment => true,
+            SpacePrefix::EverySegmentUnlessSpace => !starts_with_space,
+            SpacePrefix::FirstSegmentUnlessSpace => segment == 0 && !starts_with_space,
+        }
+    }
+}
+
+impl Vocab {
+    /// Reads an HF `tokenizer.json` (the `tokenizers` library's format; `name` names it in errors). BOS / EOS
+    /// come from its post-processor; [`Vocab::apply_tokenizer_config`] adds what `tokenizer_config.json` says.
+    pub fn from_tokenizer_json(json: &str, name: &str) -> Result<Vocab> {
+        hf::vocab_from_json(json, name)
+    }
+
+    /// Reads a SentencePiece `tokenizer.model` (BPE models with the identity normalizer; `name` names it in
+    /// errors).
+    pub fn from_sentencepiece(bytes: &[u8], name: &str) -> Result<Vocab> {
+        sentencepiece::vocab_from_model(bytes, name)
+    }
+
+    /// Applies an HF `tokenizer_config.json`: its BOS / EOS / UNK tokens, `add_bos_token` / `add_eos_token`
+    /// and chat template, where it gives them.
+    pub fn apply_tokenizer_config(&mut self, json: &str, name: &str) -> Result<()> {
+        hf::apply_config(self, json, name)
     }
 }
 
@@ -237,6 +307,53 @@ impl Tokenizer {
         Self::from_vocab(Vocab::from_gguf(gguf)?)
     }
 
+    /// Reads the tokenizer of a Hugging Face checkpoint directory: `tokenizer.json` (the `tokenizers`
+    /// library's format), or else SentencePiece's `tokenizer.model`, then `tokenizer_config.json` (BOS, EOS,
+    /// `add_bos_token`, chat template) and `chat_template.jinja` where present. `Ok(None)` when the directory
+    /// has neither tokenizer file. A file whose pre-tokenizer or normalizer this crate cannot reproduce is an
+    /// error naming that part (see the module docs for what is read).
+    ///
+    /// ```no_run
+    /// # fn main() -> mobilellm_kernels::Result<()> {
+    /// use mobilellm_kernels::tokenizer::Tokenizer;
+    /// if let Some(tok) = Tokenizer::from_hf_dir("checkpoints/MobileLLM-125M")? {
+    ///     let ids = tok.encode("Hello", true);
+    ///     println!("{ids:?} -> {:?}", tok.decode(&ids));
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn from_hf_dir(dir: impl AsRef<Path>) -> Result<Option<Tokenizer>> {
+        let dir = dir.as_ref();
+        let read = |name: &str| -> Result<Option<(Vec<u8>, String)>> {
+            let path = dir.join(name);
+            let shown = path.display().to_string();
+            match std::fs::read(&path) {
+                Ok(bytes) => Ok(Some((bytes, shown))),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                Err(source) => Err(Error::Io { path: shown, source }),
+            }
+        };
+        let text = |(bytes, path): (Vec<u8>, String)| {
+            String::from_utf8(bytes).map_err(|_| Error::format(path.as_str(), "not UTF-8 text")).map(|t| (t, path))
+        };
+        let mut vocab = if let Some(file) = read("tokenizer.json")? {
+            let (json, path) = text(file)?;
+            Vocab::from_tokenizer_json(&json, &path)?
+        } else if let Some((bytes, path)) = read("tokenizer.model")? {
+            Vocab::from_sentencepiece(&bytes, &path)?
+        } else {
+            return Ok(None);
+        };
+        if let Some(file) = read("chat_template.jinja")? {
+            vocab.chat_template = Some(text(file)?.0);
+        }
+        if let Some(file) = read("tokenizer_config.json")? {
+            let (json, path) = text(file)?;
+            vocab.apply_tokenizer_config(&json, &path)?;
+        }
+        Self::from_vocab(vocab).map(Some)
+    }
+
     /// Builds a tokenizer from its parts (checks lengths and ids).
     pub fn from_vocab(mut vocab: Vocab) -> Result<Tokenizer> {
         let n = vocab.tokens.len();
@@ -276,7 +393,7 @@ impl Tokenizer {
         }
         let model = match vocab.kind {
             TokenizerKind::Gpt2 => Model::Gpt2(Box::new(bpe::Gpt2::new(&vocab, &token_to_id)?)),
-            TokenizerKind::Llama => Model::Llama(Box::new(spm::Spm::new(&vocab))),
+            TokenizerKind::Llama => Model::Llama(Box::new(spm::Spm::new(&vocab, &token_to_id))),
         };
         let chat = ChatTemplate::detect(vocab.chat_template.as_deref());
         Ok(Tokenizer { vocab, token_to_id, special_by_byte, model, chat })
@@ -337,18 +454,30 @@ impl Tokenizer {
                 }
             }
             Model::Llama(m) => {
-                // llama.cpp: a space prefix goes on the first text fragment and on any text after a special token.
-                let mut prev_special = true;
+                let prefix = self.vocab.space_prefix;
+                let (mut segment, mut segment_start) = (0, true);
                 for f in &fragments {
-                    match f {
+                    match *f {
                         Fragment::Text(t) => {
-                            let prefix = self.vocab.add_space_prefix && prev_special;
-                            m.encode(t, prefix, &self.vocab, &self.token_to_id, &mut out);
-                            prev_special = false;
+                            let space = segment_start && prefix.applies(segment, t.starts_with(' '));
+                            m.encode(t, space, &self.vocab, &self.token_to_id, &mut out);
+                            segment_start = false;
                         }
                         Fragment::Token(id) => {
-                            out.push(*id);
-                            prev_special = true;
+                            let isolated = self.vocab.isolate_user_defined
+                                && self.vocab.token_types[id as usize] == TokenType::UserDefined;
+                            if !isolated {
+                                out.push(id);
+                                segment += 1;
+                                segment_start = true;
+                                continue;
+                            }
+                            // A segment that starts with an isolated piece: the space stands alone before it.
+                            if segment_start && prefix.applies(segment, false) {
+                                m.encode("", true, &self.vocab, &self.token_to_id, &mut out);
+                            }
+                            out.push(id);
+                            segment_start = false;
                         }
                     }
                 }
@@ -414,7 +543,7 @@ impl Tokenizer {
             bytes.extend_from_slice(&self.token_bytes(id));
         }
         if self.vocab.kind == TokenizerKind::Llama
-            && self.vocab.add_space_prefix
+            && self.vocab.space_prefix != SpacePrefix::Never
             && ids.first().is_some_and(|&id| !self.is_special(id))
             && bytes.first() == Some(&b' ')
         {

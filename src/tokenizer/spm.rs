@@ -1,11 +1,15 @@
 //! `llama` SentencePiece-style BPE (llama.cpp's `llm_tokenizer_spm`): spaces become `▁`, characters are
 //! merged pairwise, always taking the adjacent pair whose merged piece has the highest score (leftmost on
-//! ties), and characters that are not pieces fall back to `<0xXX>` byte tokens (or `unk`).
+//! ties), and characters that are not pieces fall back to `<0xXX>` byte tokens (or `unk`). A vocabulary with
+//! ranked merges (an HF `tokenizer.json`) merges only the listed pairs, the best-ranked first, as the
+//! `tokenizers` library does.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasherDefault;
 
+use super::bpe::{pair, PairHasher};
 use super::{TokenType, Vocab};
 
 const SPACE: &str = "\u{2581}";
@@ -13,12 +17,16 @@ const SPACE: &str = "\u{2581}";
 #[derive(Debug, Clone)]
 pub(crate) struct Spm {
     byte_ids: [Option<u32>; 256],
+    /// `left << 32 | right` -> (rank, merged id), when the vocabulary has ranked merges.
+    ranked: Option<HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Symbol {
     start: usize,
     len: usize,
+    /// The token this symbol is (None: a character outside the vocabulary, for byte fallback).
+    id: Option<u32>,
     prev: Option<usize>,
     next: Option<usize>,
 }
@@ -28,6 +36,7 @@ struct Bigram {
     left: usize,
     right: usize,
     len: usize,
+    id: u32,
 }
 
 impl PartialEq for Bigram {
@@ -46,6 +55,11 @@ impl Ord for Bigram {
     fn cmp(&self, other: &Self) -> Ordering {
         self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
     }
+}
+
+/// Whether a token is a `<0xXX>` byte token.
+pub(crate) fn is_byte_token(text: &str) -> bool {
+    parse_byte_token(text).is_some()
 }
 
 /// The byte a `<0xXX>` token stands for.
@@ -72,14 +86,26 @@ pub(crate) fn token_bytes(text: &str, ty: TokenType) -> Cow<'_, [u8]> {
 }
 
 impl Spm {
-    pub(crate) fn new(vocab: &Vocab) -> Self {
+    pub(crate) fn new(vocab: &Vocab, token_to_id: &HashMap<String, u32>) -> Self {
         let mut byte_ids = [None; 256];
         for (i, t) in vocab.tokens.iter().enumerate() {
             if let Some(b) = parse_byte_token(t) {
                 byte_ids[b as usize].get_or_insert(i as u32);
             }
         }
-        Spm { byte_ids }
+        let ranked = (!vocab.merges.is_empty()).then(|| {
+            let mut merges = HashMap::with_capacity_and_hasher(vocab.merges.len(), Default::default());
+            for (rank, m) in vocab.merges.iter().enumerate() {
+                // Merges whose parts or result are not tokens never apply (checked format: "left right").
+                let Some((l, r)) = m.split_once(' ') else { continue };
+                let ids = (token_to_id.get(l), token_to_id.get(r), token_to_id.get(format!("{l}{r}").as_str()));
+                if let (Some(&li), Some(&ri), Some(&mi)) = ids {
+                    merges.entry(pair(li, ri)).or_insert((rank as u32, mi));
+                }
+            }
+            merges
+        });
+        Spm { byte_ids, ranked }
     }
 
     pub(crate) fn encode(
@@ -99,9 +125,17 @@ impl Spm {
         if s.is_empty() {
             return;
         }
+        if vocab.ignore_merges {
+            // HF `ignore_merges`: a word that is a token is taken whole.
+            if let Some(&id) = token_to_id.get(s.as_str()) {
+                out.push(id);
+                return;
+            }
+        }
         let mut syms: Vec<Symbol> = Vec::with_capacity(s.len());
         for (i, (start, c)) in s.char_indices().enumerate() {
-            syms.push(Symbol { start, len: c.len_utf8(), prev: i.checked_sub(1), next: Some(i + 1) });
+            let id = token_to_id.get(&s[start..start + c.len_utf8()]).copied();
+            syms.push(Symbol { start, len: c.len_utf8(), id, prev: i.checked_sub(1), next: Some(i + 1) });
         }
         let n = syms.len();
         if let Some(last) = syms.last_mut() {
@@ -110,9 +144,19 @@ impl Spm {
         let mut heap = BinaryHeap::new();
         let try_add = |heap: &mut BinaryHeap<Bigram>, syms: &[Symbol], left: Option<usize>, right: Option<usize>| {
             let (Some(l), Some(r)) = (left, right) else { return };
-            let piece = &s[syms[l].start..syms[r].start + syms[r].len];
-            if let Some(&id) = token_to_id.get(piece) {
-                heap.push(Bigram { score: vocab.scores[id as usize], left: l, right: r, len: piece.len() });
+            let len = syms[l].len + syms[r].len;
+            let merged = match &self.ranked {
+                // Ranks as scores: rank 0 is the best (exact in f32 below 2^24 merges).
+                Some(merges) => match (syms[l].id, syms[r].id) {
+                    (Some(li), Some(ri)) => merges.get(&pair(li, ri)).map(|&(rank, id)| (-(rank as f32), id)),
+                    _ => None,
+                },
+                None => {
+                    token_to_id.get(&s[syms[l].start..syms[l].start + len]).map(|&id| (vocab.scores[id as usize], id))
+                }
+            };
+            if let Some((score, id)) = merged {
+                heap.push(Bigram { score, left: l, right: r, len, id });
             }
         };
         for i in 1..n {
@@ -125,6 +169,7 @@ impl Spm {
                 continue;
             }
             syms[b.left].len += r.len;
+            syms[b.left].id = Some(b.id);
             syms[b.right].len = 0;
             syms[b.left].next = r.next;
             if let Some(nx) = r.next {
@@ -137,8 +182,8 @@ impl Spm {
         while let Some(k) = i {
             let sym = syms[k];
             let piece = &s[sym.start..sym.start + sym.len];
-            match token_to_id.get(piece) {
-                Some(&id) => out.push(id),
+            match sym.id {
+                Some(id) => out.push(id),
                 None => {
                     for b in piece.bytes() {
                         match self.byte_ids[b as usize] {
