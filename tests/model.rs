@@ -9,7 +9,7 @@ use common::gpus;
 use mobilellm_kernels::model::safetensors::Safetensors;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
 use mobilellm_kernels::quant::WeightType;
-use mobilellm_kernels::{DType, Gpu, GpuOptions, WeightStorage};
+use mobilellm_kernels::{DType, FeatureSet, Gpu, GpuOptions, WeightStorage};
 
 fn data_dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
@@ -488,4 +488,43 @@ fn engine_handles_are_send_and_sync() {
     send_sync::<mobilellm_kernels::tokenizer::Tokenizer>();
     send_sync::<mobilellm_kernels::Tensor>();
     send_sync::<mobilellm_kernels::ops::Dispatch>();
+}
+
+/// `mobilellm generate` on a checkpoint directory whose tokenizer is a SentencePiece `tokenizer.model`
+/// (tiny-plain's weights with the 512-token vocabulary of `tests/data/hf-tokenizers/sentencepiece`): it prints
+/// the prompt, then the decoded greedy continuation the library gives for the same ids.
+#[test]
+fn cli_generate_reads_a_checkpoint_tokenizer() {
+    use mobilellm_kernels::tokenizer::Tokenizer;
+    let dir = std::env::temp_dir().join(format!("mobilellm-checkpoint-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(data_dir("tiny-plain").join(name), dir.join(name)).unwrap();
+    }
+    std::fs::copy(data_dir("hf-tokenizers/sentencepiece/tokenizer.model"), dir.join("tokenizer.model")).unwrap();
+    let prompt = "The capital of France is";
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+        .args(["generate", "--max-new", "6", "--context", "64", "--model"])
+        .arg(&dir)
+        .arg(prompt)
+        .env("MOBILELLM_FEATURES", "none")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();
+    let ids = tok.encode(prompt, true);
+    assert_eq!(ids[0], 1, "BOS first, as transformers' LlamaTokenizer");
+    let options = GpuOptions { features: FeatureSet::NONE, ..GpuOptions::from_env().unwrap() };
+    let gpu = Gpu::with_options(&options).unwrap();
+    let host = HostModel::from_safetensors_dir(&dir, WeightType::F32).unwrap();
+    let mut model = Model::new(&gpu, &host, &PlanOptions { context: 64, ..PlanOptions::default() }).unwrap();
+    let eos = tok.eos().unwrap();
+    let generated = model.generate(&ids, 6, &[eos], |_| true).unwrap();
+    let mut stream = tok.stream_decoder();
+    let mut text: String = generated.iter().filter(|&&id| id != eos).map(|&id| stream.push(id)).collect();
+    text.push_str(&stream.finish());
+    assert!(!generated.is_empty());
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{prompt}{text}\n"));
+    std::fs::remove_dir_all(&dir).unwrap();
 }

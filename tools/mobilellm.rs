@@ -70,7 +70,8 @@ struct BenchArgs {
 
 #[derive(Args, Clone)]
 struct ModelArgs {
-    /// A GGUF file or an HF checkpoint directory (config.json + safetensors).
+    /// A GGUF file or an HF checkpoint directory (config.json + safetensors; tokenizer.json or
+    /// tokenizer.model for text).
     #[arg(long)]
     model: PathBuf,
     /// Convert the weights to this type on load (f32, f16, q8_0, q4_0, q4_1); default: as stored (safetensors: f32).
@@ -158,7 +159,7 @@ struct ChatArgs {
 
 #[derive(Args)]
 struct TokenizeArgs {
-    /// A GGUF file with tokenizer metadata.
+    /// A GGUF file with tokenizer metadata, or a directory with tokenizer.json or tokenizer.model.
     #[arg(long)]
     model: PathBuf,
     /// Comma-separated ids to decode instead of encoding text.
@@ -193,10 +194,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// A model file or directory, loaded into host memory, with its tokenizer when it has one.
+/// A model file or directory, loaded into host memory, with its tokenizer when it has one (a directory's
+/// `tokenizer.json` or `tokenizer.model`).
 fn load_host(path: &Path, dtype: Option<WeightType>) -> Result<(HostModel, Option<Tokenizer>)> {
     if path.is_dir() {
-        Ok((HostModel::from_safetensors_dir(path, dtype.unwrap_or(WeightType::F32))?, None))
+        let tokenizer = Tokenizer::from_hf_dir(path)?;
+        Ok((HostModel::from_safetensors_dir(path, dtype.unwrap_or(WeightType::F32))?, tokenizer))
     } else {
         let file = GgufFile::open(path)?;
         let tokenizer = Tokenizer::from_gguf(&file)?;
@@ -211,7 +214,13 @@ fn open_model(gpu: &Gpu, args: &ModelArgs) -> Result<(Model, Option<Tokenizer>)>
 }
 
 fn need_tokenizer(t: Option<Tokenizer>, path: &Path) -> Result<Tokenizer> {
-    t.ok_or_else(|| Error::invalid("model for text", path.display(), "a GGUF file with tokenizer metadata"))
+    t.ok_or_else(|| {
+        Error::invalid(
+            "model for text",
+            path.display(),
+            "a GGUF file with tokenizer metadata, or a checkpoint directory with tokenizer.json or tokenizer.model",
+        )
+    })
 }
 
 fn run(a: &RunArgs) -> Result<()> {
@@ -420,8 +429,11 @@ fn chat(a: &ChatArgs) -> Result<()> {
 }
 
 fn tokenize(a: &TokenizeArgs) -> Result<()> {
-    let file = GgufFile::open(&a.model)?;
-    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let tokenizer = if a.model.is_dir() {
+        need_tokenizer(Tokenizer::from_hf_dir(&a.model)?, &a.model)?
+    } else {
+        Tokenizer::from_gguf(&GgufFile::open(&a.model)?)?
+    };
     if !a.decode.is_empty() {
         println!("{}", tokenizer.try_decode(&a.decode)?);
         return Ok(());
