@@ -69,3 +69,5 @@ hf = data / "hf-tokenizers"
                                                   + b"\0a <|tool|> b")
 (seeds / "hf_tokenizer" / "bytelevel").write_bytes(b"\x02" + (hf / "bytelevel" / "tokenizer.json").read_bytes()
                                                    + b'\0{"bos_token": "<|im_start|>", "add_bos_token": true}')
+(seeds / "hf_tokenizer" / "llama3").write_bytes(b"\x01" + (hf / "llama3" / "tokenizer.json").read_bytes()
+                                                + b"\0I'M 12345 at zzyzx\r\n")

@@ -284,8 +284,12 @@ fn synthetic_tokenizer_errors() {
     w.meta("tokenizer.ggml.model", MetaValue::String("bert".into()));
     assert!(build(&w).unwrap_err().to_string().contains("bert"));
     let mut w = base();
+    w.meta("tokenizer.ggml.pre", MetaValue::String("qwen2".into()));
+    assert!(build(&w).unwrap_err().to_string().contains("qwen2"));
+    let mut w = base();
     w.meta("tokenizer.ggml.pre", MetaValue::String("llama-bpe".into()));
-    assert!(build(&w).unwrap_err().to_string().contains("llama-bpe"));
+    let tok = build(&w).unwrap();
+    assert!(tok.vocab().ignore_merges, "llama.cpp takes whole pre-tokens for llama-bpe");
     let mut w = base();
     w.meta("tokenizer.ggml.eos_token_id", MetaValue::U32(7));
     assert!(build(&w).unwrap_err().to_string().contains('7'));
@@ -306,6 +310,7 @@ fn synthetic_tokenizer_errors() {
 struct HfCase {
     text: String,
     bytelevel: Vec<u32>,
+    llama3: Vec<u32>,
     sentencepiece: Option<Vec<u32>>,
     sentencepiece_decoded: Option<String>,
     sentencepiece_hf: Vec<u32>,
@@ -362,7 +367,7 @@ fn hf_bytelevel_tokenizer_json_matches_transformers() {
     assert_eq!((tok.bos(), tok.eos()), (tok.token_id("<|im_start|>"), tok.token_id("<|im_end|>")));
     assert!(!tok.vocab().add_bos, "no post-processor token and no add_bos_token");
     let n = check_cases(&tok, "bytelevel", |c| Some(&c.bytelevel));
-    assert_eq!(n, 30);
+    assert_eq!(n, 36);
     // Byte-level BPE over all 256 bytes: every string decodes back.
     for case in hf_cases().cases {
         assert_eq!(tok.decode(&case.bytelevel), case.text);
@@ -372,6 +377,36 @@ fn hf_bytelevel_tokenizer_json_matches_transformers() {
     let messages: Vec<(&str, &str)> = chat.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
     assert!(matches!(tok.chat_template(), ChatTemplate::ChatMl { default_system: Some(_) }));
     assert_eq!(tok.encode_chat(&messages, true).unwrap(), chat.bytelevel);
+}
+
+#[test]
+fn hf_llama3_tokenizer_json_matches_transformers() {
+    // Llama-3's layout: its Split regex (contractions in any case, digits in threes), ByteLevel without a
+    // regex, ignore_merges, and BOS from a ByteLevel + TemplateProcessing post-processor.
+    let tok = hf_tokenizer("llama3");
+    assert_eq!(tok.kind(), TokenizerKind::Gpt2);
+    assert_eq!(tok.vocab().pre.as_deref(), Some("llama-bpe"));
+    assert!(tok.vocab().ignore_merges);
+    assert_eq!((tok.bos(), tok.eos()), (Some(0), Some(1)));
+    assert!(tok.vocab().add_bos);
+    assert_eq!(check_cases(&tok, "llama3", |c| Some(&c.llama3)), 36);
+    for case in hf_cases().cases {
+        assert_eq!(tok.decode(&case.llama3[1..]), case.text);
+    }
+    // The same vocabulary as a GGUF with llama.cpp's `llama-bpe` pre-tokenizer encodes the same.
+    let v = tok.vocab();
+    let types: Vec<MetaValue> =
+        v.token_types.iter().map(|&t| MetaValue::I32(if t.is_special() { 3 } else { 1 })).collect();
+    let mut w = GgufWriter::new();
+    w.meta("tokenizer.ggml.model", MetaValue::String("gpt2".into()))
+        .meta("tokenizer.ggml.pre", MetaValue::String("llama-bpe".into()))
+        .meta_strings("tokenizer.ggml.tokens", &v.tokens)
+        .meta_strings("tokenizer.ggml.merges", &v.merges)
+        .meta("tokenizer.ggml.token_type", MetaValue::Array(ValueType::I32, types))
+        .meta("tokenizer.ggml.bos_token_id", MetaValue::U32(0))
+        .meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(true));
+    let gguf = Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "llama3.gguf").unwrap()).unwrap();
+    assert_eq!(check_cases(&gguf, "llama3 as GGUF", |c| Some(&c.llama3)), 36);
 }
 
 #[test]
@@ -390,7 +425,7 @@ fn hf_sentencepiece_model_matches_sentencepiece() {
         assert_eq!(&tok.decode(ids), decoded, "{:?}", case.text);
         checked += 1;
     }
-    assert_eq!(checked, 26);
+    assert_eq!(checked, 32);
 }
 
 #[test]
@@ -411,7 +446,7 @@ fn hf_sentencepiece_tokenizer_json_matches_transformers() {
         assert_eq!(tok.vocab().space_prefix, prefix, "{name}");
         assert_eq!(tok.vocab().tokens, model.vocab().tokens, "{name}: same vocabulary as tokenizer.model");
         assert!(tok.vocab().add_bos, "{name}: the <s> $A template");
-        assert_eq!(check_cases(&tok, name, golden), 30, "{name}");
+        assert_eq!(check_cases(&tok, name, golden), 36, "{name}");
     }
 }
 

@@ -12,9 +12,17 @@ use crate::error::{Error, Result};
 /// GPT-2's pre-tokenizer regex (as in tokenizers' ByteLevel and llama.cpp).
 const GPT2_PATTERN: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+";
 
+/// Llama-3's pre-tokenizer regex, as its `tokenizer.json` writes it (llama.cpp's `llama-bpe`): contractions
+/// in any case, numbers in groups of up to three digits, newlines kept apart.
+pub(crate) const LLAMA3_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
 #[derive(Debug, Clone)]
 pub(crate) struct Gpt2 {
     regex: Regex,
+    /// A pre-token that is a token is taken whole (HF `ignore_merges`; Llama-3).
+    ignore_merges: bool,
+    /// GPT-2's printable character of each byte.
+    char_of_byte: [char; 256],
     /// `smollm`: every numeric character is its own pre-token before the GPT-2 regex runs.
     split_digits: bool,
     /// Id of the one-character token of each byte (None: the byte is not in the vocabulary and is dropped,
@@ -66,18 +74,19 @@ fn bytes_to_unicode() -> [char; 256] {
 
 impl Gpt2 {
     pub(crate) fn new(vocab: &Vocab, token_to_id: &HashMap<String, u32>) -> Result<Self> {
-        let split_digits = match vocab.pre.as_deref() {
-            None | Some("gpt-2") | Some("gpt2") => false,
-            Some("smollm") => true,
+        let (pattern, split_digits) = match vocab.pre.as_deref() {
+            None | Some("gpt-2") | Some("gpt2") => (GPT2_PATTERN, false),
+            Some("smollm") => (GPT2_PATTERN, true),
+            Some("llama-bpe") | Some("llama3") => (LLAMA3_PATTERN, false),
             Some(other) => {
                 return Err(Error::invalid(
                     "tokenizer.ggml.pre",
                     other,
-                    "absent, `gpt-2` or `smollm` (gpt2 tokenizers)",
+                    "absent, `gpt-2`, `smollm` or `llama-bpe` (gpt2 tokenizers)",
                 ))
             }
         };
-        let regex = Regex::new(GPT2_PATTERN).map_err(|e| Error::invalid("pre-tokenizer regex", e, "a valid regex"))?;
+        let regex = Regex::new(pattern).map_err(|e| Error::invalid("pre-tokenizer regex", e, "a valid regex"))?;
         let chars = bytes_to_unicode();
         let mut byte_ids = [None; 256];
         let mut byte_of_char = HashMap::with_capacity(256);
@@ -102,43 +111,51 @@ impl Gpt2 {
             };
             merges.entry(pair(li, ri)).or_insert((rank as u32, mi));
         }
-        Ok(Gpt2 { regex, split_digits, byte_ids, merges, byte_of_char })
+        let ignore_merges = vocab.ignore_merges;
+        Ok(Gpt2 { regex, ignore_merges, char_of_byte: chars, split_digits, byte_ids, merges, byte_of_char })
     }
 
-    pub(crate) fn encode(&self, text: &str, out: &mut Vec<u32>) {
+    pub(crate) fn encode(&self, text: &str, token_to_id: &HashMap<String, u32>, out: &mut Vec<u32>) {
         if self.split_digits {
             let mut start = 0;
             for (i, c) in text.char_indices() {
                 if c.is_numeric() {
-                    self.encode_regex(&text[start..i], out);
-                    self.encode_regex(&text[i..i + c.len_utf8()], out);
+                    self.encode_regex(&text[start..i], token_to_id, out);
+                    self.encode_regex(&text[i..i + c.len_utf8()], token_to_id, out);
                     start = i + c.len_utf8();
                 }
             }
-            self.encode_regex(&text[start..], out);
+            self.encode_regex(&text[start..], token_to_id, out);
         } else {
-            self.encode_regex(text, out);
+            self.encode_regex(text, token_to_id, out);
         }
     }
 
-    fn encode_regex(&self, text: &str, out: &mut Vec<u32>) {
+    fn encode_regex(&self, text: &str, token_to_id: &HashMap<String, u32>, out: &mut Vec<u32>) {
         let mut last = 0;
         for m in self.regex.find_iter(text) {
             // The regex cannot fail on plain text (no backtrack limit is reached by these patterns);
             // on an error the rest is encoded as one piece rather than lost.
             let Ok(m) = m else { break };
             if m.start() > last {
-                self.bpe_word(&text[last..m.start()], out);
+                self.bpe_word(&text[last..m.start()], token_to_id, out);
             }
-            self.bpe_word(m.as_str(), out);
+            self.bpe_word(m.as_str(), token_to_id, out);
             last = m.end();
         }
         if last < text.len() {
-            self.bpe_word(&text[last..], out);
+            self.bpe_word(&text[last..], token_to_id, out);
         }
     }
 
-    fn bpe_word(&self, word: &str, out: &mut Vec<u32>) {
+    fn bpe_word(&self, word: &str, token_to_id: &HashMap<String, u32>, out: &mut Vec<u32>) {
+        if self.ignore_merges {
+            let mapped: String = word.bytes().map(|b| self.char_of_byte[b as usize]).collect();
+            if let Some(&id) = token_to_id.get(&mapped) {
+                out.push(id);
+                return;
+            }
+        }
         let mut syms: Vec<u32> = word.bytes().filter_map(|b| self.byte_ids[b as usize]).collect();
         // Repeatedly merge the best-ranked adjacent pair (leftmost on ties), as GPT-2 does.
         loop {

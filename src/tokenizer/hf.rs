@@ -3,14 +3,15 @@
 //!
 //! Two layouts of a BPE `tokenizer.json` are understood, and each part of the file that would change how
 //! text encodes is checked, so a file this module cannot reproduce is an error naming that part:
-//! - byte-level (GPT-2, SmolLM2): no normalizer, a `ByteLevel` pre-tokenizer (GPT-2's regex, no prefix
-//!   space), optionally after `Digits(individual_digits)`;
+//! - byte-level (GPT-2, SmolLM2, Llama-3): no normalizer, a `ByteLevel` pre-tokenizer (GPT-2's regex, no
+//!   prefix space), optionally after `Digits(individual_digits)`, or Llama-3's `Split` regex then `ByteLevel`;
 //! - SentencePiece-style (Llama, MobileLLM): spaces replaced by `▁` (a `Replace` normalizer or `Metaspace`),
 //!   the `▁` prefix from `Prepend` or `Metaspace`'s `prepend_scheme`, byte fallback, and literal pieces a
 //!   `Split` pre-tokenizer isolates. Its merges are applied by rank, as the library does.
 
 use serde_json::{Map, Value};
 
+use super::bpe::LLAMA3_PATTERN;
 use super::{SpacePrefix, TokenType, TokenizerKind, Vocab};
 use crate::error::{Error, Result};
 
@@ -162,22 +163,29 @@ fn merges(model: &Value, path: &str) -> Result<Vec<String>> {
         .collect()
 }
 
-/// GPT-2 style: bytes as printable characters, GPT-2's regex, optionally every digit on its own first.
+/// GPT-2 style: bytes as printable characters, GPT-2's regex (optionally every digit on its own first), or
+/// Llama-3's regex as a `Split` before a regex-less `ByteLevel`.
 fn byte_level_layout(vocab: &mut Vocab, normalizer: &Value, pre: &Value, path: &str) -> Result<()> {
     if !normalizer.is_null() {
         return Err(unsupported(path, "normalizer", normalizer, "null for a byte-level tokenizer"));
     }
-    if vocab.ignore_merges {
-        return Err(unsupported(path, "model.ignore_merges", &Value::Bool(true), "false for a byte-level tokenizer"));
-    }
-    let expected = "ByteLevel (GPT-2 regex, no prefix space), optionally after Digits(individual_digits)";
-    let ok_byte_level =
-        |p: &Value| kind_of(p) == "ByteLevel" && !flag(p, "add_prefix_space", false) && flag(p, "use_regex", true);
+    let expected = "ByteLevel (GPT-2 regex, no prefix space), optionally after Digits(individual_digits), \
+                    or Split(Llama-3's regex, Isolated) then ByteLevel(use_regex: false)";
+    let byte_level = |p: &Value, regex: bool| {
+        kind_of(p) == "ByteLevel" && !flag(p, "add_prefix_space", false) && flag(p, "use_regex", true) == regex
+    };
+    let llama3_split = |p: &Value| {
+        kind_of(p) == "Split"
+            && p.get("pattern").and_then(|p| p.get("Regex")).and_then(Value::as_str) == Some(LLAMA3_PATTERN)
+            && p.get("behavior").and_then(Value::as_str) == Some("Isolated")
+            && !flag(p, "invert", false)
+    };
     vocab.pre = match parts(pre, "pretokenizers").as_slice() {
-        [b] if ok_byte_level(b) => Some("gpt2".into()),
-        [d, b] if kind_of(d) == "Digits" && flag(d, "individual_digits", false) && ok_byte_level(b) => {
+        [b] if byte_level(b, true) => Some("gpt2".into()),
+        [d, b] if kind_of(d) == "Digits" && flag(d, "individual_digits", false) && byte_level(b, true) => {
             Some("smollm".into())
         }
+        [split, b] if llama3_split(split) && byte_level(b, false) => Some("llama-bpe".into()),
         _ => return Err(unsupported(path, "pre_tokenizer", pre, expected)),
     };
     Ok(())

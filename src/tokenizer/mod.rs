@@ -1,5 +1,6 @@
-//! Tokenizers read from GGUF metadata: `gpt2` byte-level BPE with merges (with the `smollm` pre-tokenizer
-//! that isolates every digit) and `llama` SentencePiece-style BPE by scores with byte fallback. The same two
+//! Tokenizers read from GGUF metadata: `gpt2` byte-level BPE with merges (GPT-2's pre-tokenizer, `smollm`'s
+//! that isolates every digit first, or Llama-3's `llama-bpe`) and `llama` SentencePiece-style BPE by scores
+//! with byte fallback. The same two
 //! kinds are read from a Hugging Face checkpoint's `tokenizer.json` or SentencePiece `tokenizer.model`
 //! ([`Tokenizer::from_hf_dir`]); each format encodes as its own library does (llama.cpp for GGUF, `tokenizers`
 //! for `tokenizer.json`, SentencePiece for `tokenizer.model`, except that control tokens written in the text
@@ -88,7 +89,7 @@ impl TokenType {
 pub struct Vocab {
     /// `tokenizer.ggml.model`.
     pub kind: TokenizerKind,
-    /// `tokenizer.ggml.pre` (gpt2 only: absent, `gpt-2` or `smollm`).
+    /// `tokenizer.ggml.pre` (gpt2 only: absent, `gpt-2`, `smollm` or `llama-bpe`).
     pub pre: Option<String>,
     /// `tokenizer.ggml.tokens`: the text of each id.
     pub tokens: Vec<String>,
@@ -116,7 +117,8 @@ pub struct Vocab {
     /// (SentencePiece, and the pieces an HF `Split` pre-tokenizer isolates); false: every token matched in
     /// the text starts a segment (llama.cpp, and the added tokens of an HF `tokenizer.json`).
     pub isolate_user_defined: bool,
-    /// Whether a llama tokenizer takes a piece of text whole when it is a token (HF `ignore_merges`).
+    /// Whether a pre-token (gpt2) or a piece of text between special tokens (llama) that is itself a token
+    /// is taken whole, before any merge (HF `ignore_merges`; llama.cpp's `llama-bpe`).
     pub ignore_merges: bool,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
@@ -171,9 +173,12 @@ impl Vocab {
             }
         };
         let llama = kind == TokenizerKind::Llama;
+        let pre = gguf.get_str("tokenizer.ggml.pre")?.map(str::to_owned);
+        // llama.cpp takes a whole pre-token that is a token for Llama-3's pre-tokenizer (as its tokenizer.json says).
+        let ignore_merges = matches!(pre.as_deref(), Some("llama-bpe" | "llama3"));
         Ok(Vocab {
             kind,
-            pre: gguf.get_str("tokenizer.ggml.pre")?.map(str::to_owned),
+            pre,
             tokens,
             token_types,
             scores,
@@ -188,7 +193,7 @@ impl Vocab {
                 false => SpacePrefix::Never,
             },
             isolate_user_defined: false,
-            ignore_merges: false,
+            ignore_merges,
             chat_template: gguf.get_str("tokenizer.chat_template")?.map(str::to_owned),
         })
     }
@@ -448,7 +453,7 @@ impl Tokenizer {
             Model::Gpt2(m) => {
                 for f in &fragments {
                     match f {
-                        Fragment::Text(t) => m.encode(t, &mut out),
+                        Fragment::Text(t) => m.encode(t, &self.token_to_id, &mut out),
                         Fragment::Token(id) => out.push(*id),
                     }
                 }

@@ -4,6 +4,8 @@ their output: the crate's reader and encoders are checked against independent im
 
 - bytelevel/: a byte-level BPE (SmolLM2's layout: Digits(individual) then ByteLevel, ChatML specials) trained
   by `tokenizers` on ../shared/DESIGN.md, saved by transformers' PreTrainedTokenizerFast.
+- llama3/: a byte-level BPE in Llama-3's layout (its Split regex, then ByteLevel without regex; ignore_merges;
+  `<|begin_of_text|> $A`) trained by `tokenizers` on the same text.
 - sentencepiece/ and sentencepiece-hf/: a SentencePiece BPE with byte fallback (Llama-2's options: identity
   normalizer, no whitespace collapsing, dummy prefix, digits split; one user-defined piece; 512 tokens, the
   vocabulary of tests/data/tiny-plain, so the two make a checkpoint directory) trained by `sentencepiece`.
@@ -19,7 +21,7 @@ import os
 import sys
 
 import sentencepiece as spm
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
 
@@ -37,7 +39,11 @@ TEXTS = [
     "日本語のテキスト", "emoji 🦀🚀 mix", "<|im_start|>user\nHi<|im_end|>\n", "", " ", "a",
     "don't can't it's I'M", "CamelCaseWords and snake_case_words", "x\u0004y", "kernels/gemv.wgsl: 576x1536",
     "  <|im_end|>  after", "Ünïcödé ΑΒΓ αβγ абв", "\n", "end.",
+    "I'M DON'T you're We'LL", "12345 67 8", "a\r\nb\r\n\r\n  c", "x\u00a0y\u3000z\u2009w\u0085v", "  hi  there  ",
+    "at zzyzx zzyzxq",
 ]
+LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+          r"\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def lines():
@@ -67,6 +73,30 @@ def bytelevel(cases):
     chat = [{"role": "user", "content": "What is 2+3?"}]
     return {"messages": chat,
             "bytelevel": fast.apply_chat_template(chat, add_generation_prompt=True, tokenize=True, return_dict=False)}
+
+
+def llama3(cases):
+    d = os.path.join(HERE, "llama3")
+    os.makedirs(d, exist_ok=True)
+    specials = ["<|begin_of_text|>", "<|end_of_text|>"]
+    tok = Tokenizer(models.BPE(ignore_merges=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3), behavior="isolated", invert=False),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=specials, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(lines(), trainer)
+    # A word no merge sequence reaches, so only ignore_merges gives it whole (as Llama-3's vocabulary has).
+    spec = json.loads(tok.to_str())
+    spec["model"]["vocab"]["\u0120zzyzx"] = tok.get_vocab_size()
+    tok = Tokenizer.from_str(json.dumps(spec))
+    tok.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<|begin_of_text|> $A", special_tokens=[("<|begin_of_text|>", 0)])])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>")
+    fast.save_pretrained(d)
+    for c in cases:
+        c["llama3"] = fast(c["text"], add_special_tokens=True)["input_ids"]
 
 
 def sentencepiece(cases):
@@ -120,6 +150,7 @@ def main():
     cases = [{"text": t} for t in TEXTS + ["a <|tool|> b", "<|tool|>x", "x<|tool|>", "<s>hello</s> world", " <s>x",
                                            "x<s> y", "<s> </s>"]]
     chat = bytelevel(cases)
+    llama3(cases)
     sentencepiece(cases)
     with open(os.path.join(HERE, "cases.json"), "w", encoding="utf-8") as f:
         json.dump({"cases": cases, "chat": chat}, f, ensure_ascii=False, indent=0)
