@@ -6,7 +6,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use fancy_regex::Regex;
 
-use super::Vocab;
+use super::{merge, Vocab};
 use crate::error::{Error, Result};
 
 /// GPT-2's pre-tokenizer regex (as in tokenizers' ByteLevel and llama.cpp).
@@ -156,19 +156,15 @@ impl Gpt2 {
                 return;
             }
         }
-        let mut syms: Vec<u32> = word.bytes().filter_map(|b| self.byte_ids[b as usize]).collect();
-        // Repeatedly merge the best-ranked adjacent pair (leftmost on ties), as GPT-2 does.
-        loop {
-            let best = syms
-                .windows(2)
-                .enumerate()
-                .filter_map(|(i, w)| self.merges.get(&pair(w[0], w[1])).map(|&(rank, id)| (rank, i, id)))
-                .min();
-            let Some((_, i, id)) = best else { break };
-            syms[i] = id;
-            syms.remove(i + 1);
-        }
-        out.extend_from_slice(&syms);
+        // Bytes missing from the vocabulary are dropped, as transformers and llama.cpp do.
+        let mut syms = merge::link(
+            word.bytes().enumerate().filter_map(|(i, b)| self.byte_ids[b as usize].map(|id| (i, 1, Some(id)))),
+        );
+        // The best-ranked adjacent pair first (leftmost on ties), as GPT-2 does.
+        merge::merge_all(&mut syms, |l, r| {
+            self.merges.get(&pair(l.id?, r.id?)).map(|&(rank, id)| (-f64::from(rank), id))
+        });
+        out.extend(merge::survivors(&syms).filter_map(|s| s.id));
     }
 
     pub(crate) fn token_bytes(&self, text: &str) -> Vec<u8> {

@@ -27,6 +27,7 @@
 
 mod bpe;
 mod hf;
+mod merge;
 mod sentencepiece;
 mod spm;
 

@@ -5,11 +5,11 @@
 //! `tokenizers` library does.
 
 use std::borrow::Cow;
-use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 
 use super::bpe::{pair, PairHasher};
+use super::merge;
 use super::{TokenType, Vocab};
 
 const SPACE: &str = "\u{2581}";
@@ -19,42 +19,6 @@ pub(crate) struct Spm {
     byte_ids: [Option<u32>; 256],
     /// `left << 32 | right` -> (rank, merged id), when the vocabulary has ranked merges.
     ranked: Option<HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Symbol {
-    start: usize,
-    len: usize,
-    /// The token this symbol is (None: a character outside the vocabulary, for byte fallback).
-    id: Option<u32>,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-struct Bigram {
-    score: f32,
-    left: usize,
-    right: usize,
-    len: usize,
-    id: u32,
-}
-
-impl PartialEq for Bigram {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Bigram {}
-impl PartialOrd for Bigram {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Bigram {
-    // Max-heap: higher score first, then the leftmost pair.
-    fn cmp(&self, other: &Self) -> Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
-    }
 }
 
 /// Whether a token is a `<0xXX>` byte token.
@@ -132,60 +96,23 @@ impl Spm {
                 return;
             }
         }
-        let mut syms: Vec<Symbol> = Vec::with_capacity(s.len());
-        for (i, (start, c)) in s.char_indices().enumerate() {
-            let id = token_to_id.get(&s[start..start + c.len_utf8()]).copied();
-            syms.push(Symbol { start, len: c.len_utf8(), id, prev: i.checked_sub(1), next: Some(i + 1) });
-        }
-        let n = syms.len();
-        if let Some(last) = syms.last_mut() {
-            last.next = None;
-        }
-        let mut heap = BinaryHeap::new();
-        let try_add = |heap: &mut BinaryHeap<Bigram>, syms: &[Symbol], left: Option<usize>, right: Option<usize>| {
-            let (Some(l), Some(r)) = (left, right) else { return };
-            let len = syms[l].len + syms[r].len;
-            let merged = match &self.ranked {
-                // Ranks as scores: rank 0 is the best (exact in f32 below 2^24 merges).
-                Some(merges) => match (syms[l].id, syms[r].id) {
-                    (Some(li), Some(ri)) => merges.get(&pair(li, ri)).map(|&(rank, id)| (-(rank as f32), id)),
-                    _ => None,
-                },
-                None => {
-                    token_to_id.get(&s[syms[l].start..syms[l].start + len]).map(|&id| (vocab.scores[id as usize], id))
-                }
-            };
-            if let Some((score, id)) = merged {
-                heap.push(Bigram { score, left: l, right: r, len, id });
+        let mut syms = merge::link(
+            s.char_indices()
+                .map(|(start, c)| (start, c.len_utf8(), token_to_id.get(&s[start..start + c.len_utf8()]).copied())),
+        );
+        merge::merge_all(&mut syms, |l, r| match &self.ranked {
+            // Ranks as scores: rank 0 is the best.
+            Some(merges) => merges.get(&pair(l.id?, r.id?)).map(|&(rank, id)| (-f64::from(rank), id)),
+            None => {
+                let id = *token_to_id.get(&s[l.start..l.start + l.len + r.len])?;
+                Some((f64::from(vocab.scores[id as usize]), id))
             }
-        };
-        for i in 1..n {
-            try_add(&mut heap, &syms, Some(i - 1), Some(i));
-        }
-        while let Some(b) = heap.pop() {
-            let (l, r) = (syms[b.left], syms[b.right]);
-            // Stale entry: one side was merged away or grew since it was queued.
-            if l.len == 0 || r.len == 0 || l.len + r.len != b.len || l.next != Some(b.right) {
-                continue;
-            }
-            syms[b.left].len += r.len;
-            syms[b.left].id = Some(b.id);
-            syms[b.right].len = 0;
-            syms[b.left].next = r.next;
-            if let Some(nx) = r.next {
-                syms[nx].prev = Some(b.left);
-            }
-            try_add(&mut heap, &syms, syms[b.left].prev, Some(b.left));
-            try_add(&mut heap, &syms, Some(b.left), syms[b.left].next);
-        }
-        let mut i = Some(0);
-        while let Some(k) = i {
-            let sym = syms[k];
-            let piece = &s[sym.start..sym.start + sym.len];
+        });
+        for sym in merge::survivors(&syms) {
             match sym.id {
                 Some(id) => out.push(id),
                 None => {
-                    for b in piece.bytes() {
+                    for b in s[sym.start..sym.start + sym.len].bytes() {
                         match self.byte_ids[b as usize] {
                             Some(id) => out.push(id),
                             None => out.extend(vocab.unk),
@@ -193,7 +120,6 @@ impl Spm {
                     }
                 }
             }
-            i = sym.next;
         }
     }
 }
