@@ -11,6 +11,8 @@
 //          then one invocation computes the weights, the top-p prefix and the pick in a fixed sequential order,
 //          exactly as the CPU twin `reference::sample` does.
 // R = 1 when greedy (temperature == 0), else top_k (top_k == 0 means MAX_K). Needs no subgroups.
+// Penalised tokens (the step's sorted list) are ranked and weighted by `logit * scale - offset` instead of
+// their logit; the logits buffer is left as the model wrote it.
 
 struct Params {
     vocab: u32,
@@ -43,6 +45,42 @@ const BEFORE_ALL: vec2<u32> = vec2<u32>(0xFFFFFFFFu, 0u);
 // Reduction slots for the larger of the two entries' workgroups (WG for pass 1, MAX_GROUPS for pass 2).
 var<workgroup> red: array<vec2<u32>, max(WG, MAX_GROUPS)>;
 var<workgroup> top: array<vec2<u32>, MAX_K>;
+
+// The step uniform holds this many penalty entries (two per vec4).
+const MAX_PENALTIES: u32 = 64u;
+
+// Penalty entry j: (token, offset bits).
+fn penalty_entry(j: u32) -> vec2<u32> {
+    let row = step.penalties[j / 2u];
+    if (j & 1u) == 0u {
+        return row.xy;
+    }
+    return row.zw;
+}
+
+// Logit i of the row as sampling sees it: penalised when i is in the step's list (binary search).
+fn sampled_logit(base: u32, i: u32) -> f32 {
+    let v = logits[base + i];
+    let count = min(step.penalty_count, MAX_PENALTIES);
+    if count == 0u {
+        return v;
+    }
+    var lo = 0u;
+    var hi = count;
+    while lo < hi {
+        let mid = (lo + hi) / 2u;
+        if penalty_entry(mid).x < i {
+            lo = mid + 1u;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == count || penalty_entry(lo).x != i {
+        return v;
+    }
+    let scale = select(step.penalty_scale.y, step.penalty_scale.x, v > 0.0);
+    return v * scale - bitcast<f32>(penalty_entry(lo).y);
+}
 
 // Monotonic map f32 -> u32 (larger logit, larger key). NaN maps to 0, below -inf; -0 maps like +0.
 fn order_key(v: f32) -> u32 {
@@ -127,16 +165,29 @@ fn uniform01(seed: u32) -> f32 {
     return f32(pcg(pcg(seed) ^ 0x9E3779B9u) >> 8u) * (1.0 / 16777216.0);
 }
 
+// `c` if it ranks after `threshold` and before `best`, else `best`.
+fn better_after(threshold: vec2<u32>, c: vec2<u32>, best: vec2<u32>) -> vec2<u32> {
+    if ranks_before(threshold, c) && ranks_before(c, best) {
+        return c;
+    }
+    return best;
+}
+
 // Pass-1 candidates by R rounds of a workgroup argmax over the elements ranked after the previous pick:
 // 1 barrier tree per round, cheapest for small R (greedy: one round).
 fn partial_by_rounds(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
     var threshold = BEFORE_ALL;
     for (var r = 0u; r < r_count; r++) {
         var best = SENTINEL;
-        for (var i = start + lid; i < end; i += WG) {
-            let c = vec2<u32>(order_key(logits[base + i]), i);
-            if ranks_before(threshold, c) && ranks_before(c, best) {
-                best = c;
+        // Two loops, so the common one (no penalties) keeps its plain body (lavapipe, greedy over 49152
+        // logits: 0.35 ms, 0.5 with the penalty lookup inlined in it).
+        if step.penalty_count == 0u {
+            for (var i = start + lid; i < end; i += WG) {
+                best = better_after(threshold, vec2<u32>(order_key(logits[base + i]), i), best);
+            }
+        } else {
+            for (var i = start + lid; i < end; i += WG) {
+                best = better_after(threshold, vec2<u32>(order_key(sampled_logit(base, i)), i), best);
             }
         }
         threshold = workgroup_best(best, lid, WG);
@@ -154,7 +205,7 @@ fn partial_by_sort(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u
     for (var i = lid; i < SORT; i += WG) {
         var c = SENTINEL;
         if start + i < end {
-            c = vec2<u32>(order_key(logits[base + start + i]), start + i);
+            c = vec2<u32>(order_key(sampled_logit(base, start + i)), start + i);
         }
         sorted[i] = c;
     }
@@ -201,6 +252,7 @@ fn pick(n: u32) -> u32 {
     }
     let m = key_value(lead.x);
     var cum: array<f32, MAX_K>;
+    var weight: array<f32, MAX_K>;
     var total = 0.0;
     var last_positive = 0u;
     for (var i = 0u; i < n; i++) {
@@ -214,6 +266,7 @@ fn pick(n: u32) -> u32 {
         }
         total += w;
         cum[i] = total;
+        weight[i] = w;
     }
     var count = n;
     if step.top_p > 0.0 && step.top_p < 1.0 {
@@ -221,6 +274,15 @@ fn pick(n: u32) -> u32 {
         for (var i = 0u; i < n; i++) {
             if cum[i] >= limit {
                 count = i + 1u;
+                break;
+            }
+        }
+    }
+    // min-p: the weights fall along the candidates (the lead's is 1), so the kept ones are a prefix.
+    if step.min_p > 0.0 {
+        for (var i = 1u; i < count; i++) {
+            if weight[i] < step.min_p {
+                count = i;
                 break;
             }
         }

@@ -7,6 +7,12 @@ struct Step {
     top_k: u32,
     temperature: f32,
     top_p: f32,
+    min_p: f32,
+    penalty_count: u32,
+    // Factors for a penalised logit > 0 (x) and <= 0 (y).
+    penalty_scale: vec2<f32>,
     _pad0: u32,
     _pad1: u32,
+    // Penalised tokens sorted by id, two per element: (id, offset bits, id, offset bits).
+    penalties: array<vec4<u32>, 32>,
 }

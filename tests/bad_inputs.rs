@@ -340,6 +340,16 @@ fn gpu_model_rejects_bad_inputs_and_stays_usable() {
         }
         let s = Sampling { top_k: 100_000, ..Sampling::greedy() };
         assert_err!(model.set_sampling(s), Error::InvalidArgument { .. }, "top_k", 100_000);
+        let s = Sampling { min_p: 1.5, ..Sampling::greedy() };
+        assert_err!(model.set_sampling(s), Error::InvalidArgument { .. }, "min_p", 1.5);
+        let s = Sampling { penalty_last_n: 65, ..Sampling::greedy() };
+        assert_err!(model.set_sampling(s), Error::InvalidArgument { .. }, "penalty_last_n", 65, "64");
+        let penalties = mobilellm_kernels::ops::sample::Penalties { repeat: -1.0, frequency: 0.0, presence: 0.0 };
+        assert_err!(
+            model.set_sampling(Sampling { penalties, ..Sampling::greedy() }),
+            Error::InvalidArgument { .. },
+            "repeat"
+        );
         // A prompt longer than the context is refused whole.
         let long: Vec<u32> = (0..17).collect();
         assert_err!(model.prefill(&long), Error::Capacity { requested: 17, capacity: 16, .. }, "17", "16");

@@ -528,3 +528,49 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{prompt}{text}\n"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Penalties through the planned model: every sampled token (after a prefill split into chunks, and at each
+/// decode step) is what the CPU twin picks from that position's raw logits with the penalties over the last
+/// `penalty_last_n` tokens fed, prompt and generated alike. A negative frequency penalty (a reward of 100 per
+/// occurrence) with temperature 5 makes every pick one of the window's tokens, nearly uniformly, so a window
+/// one token too long or too short, or cut at a chunk, changes picks.
+#[test]
+fn sampling_penalties_follow_the_recent_tokens() {
+    use mobilellm_kernels::model::Sampling;
+    use mobilellm_kernels::ops::sample::Penalties;
+    use mobilellm_kernels::ops::StepParams;
+    use mobilellm_kernels::reference;
+    let host = HostModel::from_safetensors_dir(&data_dir("tiny-plain"), WeightType::F32).unwrap();
+    let vocab = host.config.vocab_size;
+    let penalties = Penalties { repeat: 1.0, frequency: -100.0, presence: 0.0 };
+    let last_n = 6;
+    // The twin's pick from a raw logits row after `fed`: the step seed is the sampling seed plus the length fed.
+    let expected = |seed: u32, fed: &[u32], row: &[f32]| {
+        let mut p = StepParams { temperature: 5.0, top_p: 1.0, seed: seed + fed.len() as u32, ..StepParams::default() };
+        penalties.write(&fed[fed.len().saturating_sub(last_n)..], &mut p).unwrap();
+        reference::sample(row, &p)
+    };
+    let prompt: Vec<u32> = (0..10).map(|i| 1 + 4 * i).collect();
+    for gpu in gpus() {
+        let options = PlanOptions { context: 64, max_batch: 4, ..PlanOptions::default() };
+        let mut model = Model::new(gpu, &host, &options).unwrap();
+        let mut window_picks = 0;
+        for seed in 0..6 {
+            let sampling = Sampling { temperature: 5.0, penalties, penalty_last_n: last_n, seed, ..Sampling::greedy() };
+            model.set_sampling(sampling).unwrap();
+            model.reset();
+            let (mut token, logits) = model.prefill_logits(&prompt).unwrap();
+            let mut fed = prompt.clone();
+            let what = gpu.describe();
+            assert_eq!(token, expected(seed, &fed, &logits[(prompt.len() - 1) * vocab..]), "seed {seed} [{what}]");
+            for _ in 0..6 {
+                window_picks += usize::from(fed[fed.len() - last_n..].contains(&token));
+                fed.push(token);
+                let (next, row) = model.step_logits(token).unwrap();
+                assert_eq!(next, expected(seed, &fed, &row), "seed {seed}, after {fed:?} [{what}]");
+                token = next;
+            }
+        }
+        assert_eq!(window_picks, 36, "every pick comes from the window");
+    }
+}

@@ -1,15 +1,17 @@
 //! Sampling kernel vs its CPU twin, under both feature sets: greedy argmax (ties, -inf, NaN), seeded
-//! temperature / top-k / top-p sampling (token for token over many seeds), statistics of the twin against
-//! softmax, and parameter validation.
+//! temperature / top-k / top-p / min-p sampling (token for token over many seeds), repetition penalties,
+//! statistics of the twin against softmax, and parameter validation.
 mod common;
 
 use common::{gpus, random_vec, ShapeRng};
-use mobilellm_kernels::ops::sample::{sample, validate, write_step, SampleRow, Sampler, MAX_TOP_K};
+use mobilellm_kernels::ops::sample::{
+    penalty_entries, sample, validate, write_step, Penalties, SampleRow, Sampler, MAX_PENALTIES, MAX_TOP_K,
+};
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
 
 fn params(temperature: f32, top_k: u32, top_p: f32, seed: u32) -> StepParams {
-    StepParams { pos: 0, n: 1, seed, top_k, temperature, top_p, _pad: [0; 2] }
+    StepParams { pos: 0, n: 1, seed, top_k, temperature, top_p, ..Default::default() }
 }
 
 /// A planned sampler over `logits` (`[rows, vocab]`) and its step buffer and output.
@@ -116,17 +118,25 @@ fn picks_the_requested_row() {
 /// 1e-5 (relative to the sum) of a running-sum boundary, which a few-ULP difference in `exp` can cross
 /// (64 terms of a few ULP each stay below 1e-5 relative). Returns the number of such near ties.
 fn gpu_equals_cpu(gpu: &Gpu, row: &[f32], temperature: f32, top_k: u32, top_p: f32, seeds: u32) -> usize {
+    gpu_equals_cpu_with(gpu, row, &params(temperature, top_k, top_p, 0), seeds)
+}
+
+/// [`gpu_equals_cpu`] from any parameters (min-p, penalties); a min-p cut is also a near tie when a weight
+/// lies within 1e-5 of `min_p`.
+fn gpu_equals_cpu_with(gpu: &Gpu, row: &[f32], base: &StepParams, seeds: u32) -> usize {
     let s = setup(gpu, row, 1, SampleRow::Last);
     let mut near_ties = 0;
     for seed in 0..seeds {
-        let p = params(temperature, top_k, top_p, seed.wrapping_mul(2_654_435_761));
+        let p = StepParams { seed: seed.wrapping_mul(2_654_435_761), ..*base };
         let got = s.run(gpu, &p);
         let trace = reference::sample_trace(row, &p);
         if got != trace.token {
             let total = trace.cumulative[trace.count - 1];
+            let weights = trace.cumulative.iter().scan(0.0, |prev, &c| Some(c - std::mem::replace(prev, c)));
             let near = trace.cumulative.iter().any(|c| (c - trace.target).abs() <= 1e-5 * total)
-                || (top_p < 1.0 && trace.cumulative.iter().any(|c| (c - top_p * total).abs() <= 1e-5 * total));
-            assert!(near, "seed {seed} T {temperature} k {top_k} p {top_p}: GPU {got} CPU {} ({trace:?})", trace.token);
+                || (p.top_p < 1.0 && trace.cumulative.iter().any(|c| (c - p.top_p * total).abs() <= 1e-5 * total))
+                || (p.min_p > 0.0 && weights.into_iter().any(|w: f32| (w - p.min_p).abs() <= 1e-5));
+            assert!(near, "seed {seed} {p:?}: GPU {got} CPU {} ({trace:?})", trace.token);
             near_ties += 1;
         }
     }
@@ -303,4 +313,128 @@ fn reports_time_per_token() {
             );
         }
     }
+}
+
+/// Penalties as llama.cpp's `penalties` sampler defines them, on a hand-checked row, greedy: the GPU, the twin
+/// and the arithmetic agree, and the logits buffer keeps the model's values.
+#[test]
+fn penalties_rerank_recent_tokens() {
+    let row = [3.0f32, 2.9, -1.0, -1.1, 0.5, 2.0];
+    let pen = Penalties { repeat: 2.0, frequency: 0.25, presence: 0.5 };
+    let mut p = params(0.0, 0, 1.0, 0);
+    // Token 0 seen twice, token 2 once, token 5 three times.
+    pen.write(&[5, 0, 2, 5, 0, 5], &mut p).unwrap();
+    let entries: Vec<(u32, f32)> = penalty_entries(&p).collect();
+    assert_eq!(entries, [(0, 2.0 * 0.25 + 0.5), (2, 0.25 + 0.5), (5, 3.0 * 0.25 + 0.5)]);
+    // 3.0 / 2 - 1.0 = 0.5; -1.0 * 2 - 0.75 = -2.75; 2.0 / 2 - 1.25 = -0.25: token 1 (2.9) leads now.
+    let expected = [0.5f32, 2.9, -2.75, -1.1, 0.5, -0.25];
+    assert_eq!(reference::penalised_row(&row, &p), expected);
+    assert_eq!(reference::sample(&row, &p), 1);
+    assert_eq!(reference::sample(&row, &params(0.0, 0, 1.0, 0)), 0, "without penalties");
+    for gpu in gpus() {
+        let logits = Tensor::from_slice(gpu, &[1, row.len()], &row).unwrap();
+        let step = StepBuffer::new(gpu).unwrap();
+        let token = Tensor::zeros(gpu, DType::U32, &[1]).unwrap();
+        let sampler = sample(gpu, &logits, SampleRow::Last, &step, &token).unwrap();
+        write_step(gpu, &step, &p).unwrap();
+        ops::run(gpu, &sampler.dispatches()).unwrap();
+        assert_eq!(token.read::<u32>(gpu).unwrap()[0], 1, "[{}]", gpu.features());
+        assert_eq!(logits.read::<f32>(gpu).unwrap(), row, "the logits buffer is not changed");
+    }
+    // Off, or nothing recent: no entries.
+    let mut q = params(0.0, 0, 1.0, 0);
+    Penalties::OFF.write(&[1, 2, 3], &mut q).unwrap();
+    assert_eq!(q.penalty_count, 0);
+    pen.write(&[], &mut q).unwrap();
+    assert_eq!(q.penalty_count, 0);
+}
+
+/// Penalties on many tokens of a real vocabulary (every pass-1 chunk, both pass-1 paths), greedy exactly and
+/// sampling token for token against the twin; and min-p.
+#[test]
+fn penalties_and_min_p_match_the_twin() {
+    let mut rng = ShapeRng::new(23);
+    let mut ties = 0;
+    for gpu in gpus() {
+        for vocab in [300usize, 49152] {
+            let row: Vec<f32> = random_vec(vocab as u64, vocab).iter().map(|v| v * 6.0).collect();
+            // The top logits are the recent tokens, so penalties decide the ranking.
+            let mut order: Vec<u32> = (0..vocab as u32).collect();
+            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            let recent: Vec<u32> = (0..200).map(|i| order[rng.range(0, 40 + i / 4)]).collect();
+            let recent = &recent[recent.len() - MAX_PENALTIES..];
+            for pen in [
+                Penalties { repeat: 1.3, ..Penalties::OFF },
+                Penalties { repeat: 1.1, frequency: 0.4, presence: 0.2 },
+                Penalties { repeat: 0.8, frequency: -0.1, presence: 0.0 },
+            ] {
+                let mut p = params(0.0, 0, 1.0, 0);
+                pen.write(recent, &mut p).unwrap();
+                let s = setup(gpu, &row, 1, SampleRow::Last);
+                let want = reference::sample(&row, &p);
+                assert_eq!(s.run(gpu, &p), want, "greedy {pen:?} vocab {vocab} [{}]", gpu.features());
+                assert_eq!(want, argmax(&reference::penalised_row(&row, &p)));
+                for (t, k, top_p, min_p) in [(1.0, 0, 1.0, 0.0), (0.8, 40, 0.9, 0.05), (1.5, 6, 1.0, 0.2)] {
+                    let base = StepParams { min_p, ..params(t, k, top_p, 0) };
+                    let mut base = base;
+                    pen.write(recent, &mut base).unwrap();
+                    ties += gpu_equals_cpu_with(gpu, &row, &base, 12);
+                }
+            }
+        }
+    }
+    assert!(ties <= 2, "too many near ties: {ties}");
+}
+
+/// min-p after temperature: the kept tokens are those whose weight relative to the best reaches min_p, and
+/// the twin's picks follow the softmax over them.
+#[test]
+fn min_p_keeps_tokens_near_the_best() {
+    let row = [1.0f32, 2.0, 0.5, -1.0, 1.5, 0.0];
+    // Weights relative to token 1: token 4 e^-0.5 = 0.61, token 0 e^-1 = 0.37, the rest below 0.23.
+    let kept = [f32::NEG_INFINITY, row[1], f32::NEG_INFINITY, f32::NEG_INFINITY, row[4], f32::NEG_INFINITY];
+    check_frequencies(&row, StepParams { min_p: 0.5, ..params(1.0, 0, 1.0, 0) }, &softmax(&kept, 1.0), 40_000);
+    // At temperature 2 the weights are their square roots: token 0 (0.61) is kept too.
+    let kept = [row[0], row[1], f32::NEG_INFINITY, f32::NEG_INFINITY, row[4], f32::NEG_INFINITY];
+    check_frequencies(&row, StepParams { min_p: 0.5, ..params(2.0, 0, 1.0, 0) }, &softmax(&kept, 2.0), 40_000);
+    // min_p 1 is greedy.
+    for seed in 0..20 {
+        assert_eq!(reference::sample(&row, &StepParams { min_p: 1.0, ..params(1.0, 0, 1.0, seed) }), 1);
+    }
+    for gpu in gpus() {
+        let base = StepParams { min_p: 0.5, ..params(1.0, 0, 1.0, 0) };
+        assert!(gpu_equals_cpu_with(gpu, &row, &base, 200) <= 1);
+    }
+}
+
+#[test]
+fn rejects_bad_penalties_and_min_p() {
+    for min_p in [-0.1, 1.5, f32::NAN] {
+        let e = validate(&StepParams { min_p, ..params(1.0, 0, 1.0, 0) }).unwrap_err();
+        assert!(e.to_string().contains("min_p"), "{e}");
+    }
+    let mut p = params(1.0, 0, 1.0, 0);
+    for bad in [
+        Penalties { repeat: 0.0, ..Penalties::OFF },
+        Penalties { repeat: f32::NAN, ..Penalties::OFF },
+        Penalties { frequency: f32::INFINITY, ..Penalties::OFF },
+        Penalties { presence: f32::NAN, ..Penalties::OFF },
+    ] {
+        assert!(bad.write(&[1], &mut p).is_err(), "{bad:?}");
+    }
+    let many: Vec<u32> = (0..MAX_PENALTIES as u32 + 1).collect();
+    let pen = Penalties { repeat: 1.2, ..Penalties::OFF };
+    let e = pen.write(&many, &mut p).unwrap_err();
+    assert!(e.to_string().contains("65"), "{e}");
+    pen.write(&many[1..], &mut p).unwrap();
+    validate(&p).unwrap();
+    // Hand-made entries out of order, too many, or with a bad scale.
+    let mut q = p;
+    q.penalties[0].swap(0, 2);
+    q.penalties[0].swap(1, 3);
+    assert!(validate(&q).unwrap_err().to_string().contains("penalty entries"));
+    let q = StepParams { penalty_count: MAX_PENALTIES as u32 + 1, ..p };
+    assert!(validate(&q).is_err());
+    let q = StepParams { penalty_scale: [0.0, 1.0], ..p };
+    assert!(validate(&q).unwrap_err().to_string().contains("penalty scale"));
 }

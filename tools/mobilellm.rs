@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
 use mobilellm_kernels::model::{HostModel, Model, ModelConfig, PlanOptions, Sampling};
+use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::reference::forward::CpuModel;
 use mobilellm_kernels::tokenizer::Tokenizer;
@@ -126,6 +127,21 @@ struct SamplingArgs {
     top_k: u32,
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
+    /// Drop tokens below min-p times the most likely one's probability (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Divide positive logits of recent tokens by this, multiply negative ones (1 = off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Subtracted from a recent token's logit per occurrence (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    frequency_penalty: f32,
+    /// Subtracted from the logit of any recent token (0 = off).
+    #[arg(long, default_value_t = 0.0)]
+    presence_penalty: f32,
+    /// How many of the latest tokens the penalties look at (at most 64).
+    #[arg(long, default_value_t = 64)]
+    repeat_last_n: usize,
     #[arg(long, default_value_t = 0)]
     seed: u32,
     /// Most tokens to generate.
@@ -135,7 +151,19 @@ struct SamplingArgs {
 
 impl SamplingArgs {
     fn sampling(&self) -> Sampling {
-        Sampling { temperature: self.temperature, top_k: self.top_k, top_p: self.top_p, seed: self.seed }
+        Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            penalties: Penalties {
+                repeat: self.repeat_penalty,
+                frequency: self.frequency_penalty,
+                presence: self.presence_penalty,
+            },
+            penalty_last_n: self.repeat_last_n,
+            seed: self.seed,
+        }
     }
 }
 

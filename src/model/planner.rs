@@ -32,6 +32,7 @@ use crate::ops::embedding::Embedding;
 use crate::ops::ffn::fuse_gate_up;
 use crate::ops::gemv::GemvFusion;
 use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
+use crate::ops::sample::{Penalties, MAX_PENALTIES};
 use crate::ops::sample::{SampleRow, Sampler};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
 use crate::quant::GpuWeight;
@@ -54,7 +55,7 @@ impl Default for PlanOptions {
     }
 }
 
-/// Token sampling settings (temperature 0 = greedy argmax).
+/// Token sampling settings (temperature 0 = greedy argmax), applied on the GPU (`ops::sample`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Sampling {
     /// Softmax temperature; 0 picks the argmax.
@@ -63,13 +64,30 @@ pub struct Sampling {
     pub top_k: u32,
     /// Keep the smallest set of tokens whose probability reaches p (1 = off).
     pub top_p: f32,
+    /// Drop tokens whose probability is below `min_p` times the most likely one's, after temperature
+    /// (0 = off).
+    pub min_p: f32,
+    /// Repetition, frequency and presence penalties on the last [`Sampling::penalty_last_n`] tokens fed
+    /// (prompt and generated alike).
+    pub penalties: Penalties,
+    /// How many of the latest tokens the penalties look at (at most [`MAX_PENALTIES`]; 0 = none). Tokens
+    /// before a [`Model::seek`] past the known ones are not counted.
+    pub penalty_last_n: usize,
     /// Seed; step `i` uses `seed + position`.
     pub seed: u32,
 }
 
 impl Default for Sampling {
     fn default() -> Self {
-        Sampling { temperature: 0.0, top_k: 0, top_p: 1.0, seed: 0 }
+        Sampling {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            penalties: Penalties::OFF,
+            penalty_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -514,21 +532,46 @@ impl Model {
     }
     /// Sets how tokens are sampled from now on.
     pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
-        ops::sample::validate(&self.step_params(0, 1, &sampling))?;
+        if sampling.penalty_last_n > MAX_PENALTIES {
+            return Err(Error::invalid(
+                "penalty_last_n",
+                sampling.penalty_last_n,
+                format!("at most {MAX_PENALTIES} tokens (0 = none)"),
+            ));
+        }
+        self.step_params(0, 1, &sampling, &[])?;
         self.sampling = sampling;
         Ok(())
     }
 
-    fn step_params(&self, pos: usize, n: usize, s: &Sampling) -> StepParams {
-        StepParams {
+    /// The step uniform for `n` tokens from `pos`, with the penalties over `recent` (validated).
+    fn step_params(&self, pos: usize, n: usize, s: &Sampling, recent: &[u32]) -> Result<StepParams> {
+        let mut params = StepParams {
             pos: pos as u32,
             n: n as u32,
             seed: s.seed.wrapping_add(pos as u32 + n as u32),
             top_k: s.top_k,
             temperature: s.temperature,
             top_p: s.top_p,
-            _pad: [0; 2],
+            min_p: s.min_p,
+            ..StepParams::default()
+        };
+        s.penalties.write(recent, &mut params)?;
+        ops::sample::validate(&params)?;
+        Ok(params)
+    }
+
+    /// The tokens the penalties look at when a run that started at `start` has fed `fed`: the last
+    /// `penalty_last_n` of the known tokens before `start` followed by `fed`.
+    fn recent_tokens(&self, start: usize, fed: &[u32]) -> Vec<u32> {
+        let last_n = self.sampling.penalty_last_n;
+        if last_n == 0 || self.sampling.penalties.is_off() {
+            return Vec::new();
         }
+        // `cached` holds every position before `start` unless a seek skipped some: then only `fed` counts.
+        let before = if self.cached.len() >= start { &self.cached[..start] } else { &[][..] };
+        let skip = (before.len() + fed.len()).saturating_sub(last_n);
+        before.iter().chain(fed).skip(skip).copied().collect()
     }
 
     /// Names of the dispatches of one decode step, in order.
@@ -602,14 +645,21 @@ impl Model {
     /// Runs `tokens` (at most `max_batch`) at the current position; returns the sampled next token and,
     /// if `want_logits`, the logits (`[n, vocab]` when `all_logits`, else the last row). The plan and the
     /// logits readback must exist already (see [`Model::run_chunks`]); the position advances only on success.
-    fn run_chunk(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<(u32, Option<Vec<f32>>)> {
+    /// Runs one chunk of at most `max_batch` tokens; `recent` are the tokens the penalties look at.
+    fn run_chunk(
+        &mut self,
+        tokens: &[u32],
+        recent: &[u32],
+        all_logits: bool,
+        want_logits: bool,
+    ) -> Result<(u32, Option<Vec<f32>>)> {
         let n = tokens.len();
         let key = (n, all_logits, want_logits);
+        let params = self.step_params(self.pos, n, &self.sampling, recent)?;
         let commands = match self.next_commands.take() {
             Some((recorded, commands)) if recorded == key => commands,
             _ => self.record_chunk(key)?,
         };
-        let params = self.step_params(self.pos, n, &self.sampling);
         let gpu = &self.gpu;
         gpu.take_error()?;
         self.step.write(gpu, &params);
@@ -701,8 +751,9 @@ impl Model {
         self.cached.truncate(start);
         let mut all = Vec::with_capacity(if want_logits { tokens.len() * self.config.vocab_size } else { 0 });
         let mut next = 0;
-        for chunk in tokens.chunks(max_batch) {
-            match self.run_chunk(chunk, all_logits, want_logits) {
+        for (i, chunk) in tokens.chunks(max_batch).enumerate() {
+            let recent = self.recent_tokens(start, &tokens[..i * max_batch + chunk.len()]);
+            match self.run_chunk(chunk, &recent, all_logits, want_logits) {
                 Ok((t, logits)) => {
                     next = t;
                     all.extend(logits.unwrap_or_default());
@@ -804,7 +855,8 @@ impl Model {
         let n = tokens.len();
         self.plan(n, false)?;
         self.ensure_profiler(n)?;
-        let params = self.step_params(self.pos, n, &self.sampling);
+        let recent = self.recent_tokens(self.pos, tokens);
+        let params = self.step_params(self.pos, n, &self.sampling, &recent)?;
         let plan = self.plans.get(&(n, false)).ok_or_else(|| Error::Device("missing plan".into()))?;
         let profiler = self.profiler.as_ref().ok_or_else(|| Error::Device("missing profiler".into()))?;
         let body: Vec<&Dispatch> = plan.embedding.dispatches().into_iter().chain(&plan.body).collect();

@@ -200,8 +200,19 @@ pub struct StepParams {
     pub temperature: f32,
     /// Sampling: top-p (1 = off).
     pub top_p: f32,
-    /// Reserved; keeps the struct 16-byte sized.
+    /// Sampling: min-p (0 = off): candidates whose weight is below `min_p` times the best one's are dropped.
+    pub min_p: f32,
+    /// Sampling: how many entries of `penalties` are in use (0 = no penalties).
+    pub penalty_count: u32,
+    /// Sampling: what a penalised logit is multiplied by when it is `> 0` and when it is `<= 0` (`1 /
+    /// repeat_penalty` and `repeat_penalty`, as llama.cpp divides and multiplies).
+    pub penalty_scale: [f32; 2],
+    /// Reserved; keeps `penalties` 16-byte aligned.
     pub _pad: [u32; 2],
+    /// Sampling: the penalised tokens, sorted by id, two per row: `[id, offset bits, id, offset bits]`;
+    /// the kernel uses `logit * scale - f32::from_bits(offset)` for them (written by
+    /// [`sample::Penalties::write`]).
+    pub penalties: [[u32; 4]; 32],
 }
 
 /// The uniform buffer holding [`StepParams`], bound by step-dependent kernels.

@@ -1,11 +1,15 @@
 //! Token sampling launcher (`kernels/sample.wgsl`), CPU twin [`crate::reference::sample`].
 //!
 //! From one row of f32 logits, two dispatches produce one token id (a `u32` the host reads back, or that the
-//! next step's embedding lookup reads directly). Greedy, temperature, top-k and top-p sampling are chosen by
-//! the per-step uniform [`StepParams`] (`temperature`, `top_k`, `top_p`, `seed`), so a planned step never
-//! rebuilds anything.
+//! next step's embedding lookup reads directly). Greedy, temperature, top-k, top-p and min-p sampling, and
+//! repetition / frequency / presence penalties on recent tokens, are chosen by the per-step uniform
+//! [`StepParams`], so a planned step never rebuilds anything.
 //!
 //! # Algorithm
+//! - **Penalties.** The host lists the distinct recent tokens, sorted, with one offset each
+//!   ([`Penalties::write`]); pass 1 finds a logit's entry by binary search and uses `logit * scale - offset`
+//!   (two correctly rounded f32 operations, mirrored by the CPU twin) in place of the logit. The logits
+//!   buffer itself is not changed, so logits read back are the model's.
 //! - **Candidates.** Each logit gets an integer key that orders like the value (NaN below `-inf`, `-0 == +0`);
 //!   candidates are ranked by (key descending, index ascending), an exact total order: selection involves no
 //!   rounding, and ties go to the lowest index. `R` candidates are kept: 1 when greedy (`temperature == 0`),
@@ -15,12 +19,13 @@
 //!   workgroup) merges the chunks' sorted lists (k-way: one head per chunk, `R` rounds).
 //! - **Pick.** One invocation computes, in candidate order and in f32, `w_i = exp((l_i - l_0) / T)`, the
 //!   running sums `c_i`, the top-p prefix (the shortest with `c_i >= top_p * c_last`), one uniform `u` in
-//!   [0, 1) from a PCG hash of the seed (24 bits, exact in f32), and picks the first `i` with
-//!   `c_i > u * c_count-1`.
+//!   [0, 1) from a PCG hash of the seed (24 bits, exact in f32), cuts the candidates at the first `w_i <
+//!   min_p` (min-p, after temperature as in transformers), and picks the first `i` with `c_i > u * c_count-1`.
 //! - **GPU == CPU.** The CPU twin does the same operations in the same order, so the only difference left is
 //!   the rounding of `exp` and of the division (WGSL allows a few ULP): the running sums can differ by a few
-//!   ULP, and a pick can only differ when the target `u * c` lies within that distance of a boundary `c_i`
-//!   (probability about `R * 1e-6` per draw). The tests check that every mismatch is such a near tie.
+//!   ULP, and a pick can only differ when the target `u * c` lies within that distance of a boundary `c_i`,
+//!   or a weight within that distance of `min_p` (probability about `R * 1e-6` per draw). The tests check
+//!   that every mismatch is such a near tie.
 //! - **Limit.** With `top_k == 0` the distribution is truncated to the [`MAX_TOP_K`] largest logits (and
 //!   top-p works within them); the mass beyond rank 64 is dropped.
 
@@ -34,6 +39,94 @@ use crate::tensor::{DType, Tensor};
 
 /// The largest `top_k` the kernel supports; `top_k == 0` (off) samples among this many candidates.
 pub const MAX_TOP_K: u32 = 64;
+
+/// The most distinct tokens one step's penalties can cover (the step uniform holds their list).
+pub const MAX_PENALTIES: usize = 64;
+// Two entries per row of `StepParams::penalties` (and of the kernel's `Step::penalties`).
+const _: () = assert!(MAX_PENALTIES == 2 * std::mem::size_of::<[[u32; 4]; 32]>() / 16);
+
+/// Penalties on tokens seen recently (llama.cpp's `penalties` sampler): a token seen `c` times among them
+/// has its logit multiplied by `1 / repeat` when positive, by `repeat` otherwise, then lowered by
+/// `c * frequency + presence`. [`Penalties::OFF`] changes nothing.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Penalties {
+    /// Repetition penalty (1 = off; above 1 discourages repeats).
+    pub repeat: f32,
+    /// Subtracted once per occurrence (0 = off).
+    pub frequency: f32,
+    /// Subtracted once for any occurrence (0 = off).
+    pub presence: f32,
+}
+
+impl Default for Penalties {
+    fn default() -> Self {
+        Penalties::OFF
+    }
+}
+
+impl Penalties {
+    /// No penalties.
+    pub const OFF: Penalties = Penalties { repeat: 1.0, frequency: 0.0, presence: 0.0 };
+
+    /// Whether these penalties change no logit.
+    pub fn is_off(&self) -> bool {
+        *self == Penalties::OFF
+    }
+
+    /// Checks the values: `repeat` finite and `> 0`, `frequency` and `presence` finite.
+    pub fn validate(&self) -> Result<()> {
+        if !(self.repeat.is_finite() && self.repeat > 0.0) {
+            return Err(Error::invalid("repeat penalty", self.repeat, "a finite value > 0 (1 = off)"));
+        }
+        for (what, v) in [("frequency penalty", self.frequency), ("presence penalty", self.presence)] {
+            if !v.is_finite() {
+                return Err(Error::invalid(what, v, "a finite value (0 = off)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes these penalties over the tokens `recent` into `params` (its `penalty_*` fields): at most
+    /// [`MAX_PENALTIES`] distinct tokens.
+    pub fn write(&self, recent: &[u32], params: &mut StepParams) -> Result<()> {
+        self.validate()?;
+        params.penalty_count = 0;
+        params.penalty_scale = [1.0, 1.0];
+        params.penalties = Default::default();
+        if self.is_off() || recent.is_empty() {
+            return Ok(());
+        }
+        let mut sorted = recent.to_vec();
+        sorted.sort_unstable();
+        let mut entries: Vec<(u32, u32)> = Vec::new();
+        for run in sorted.chunk_by(|a, b| a == b) {
+            let offset = run.len() as f32 * self.frequency + self.presence;
+            entries.push((run[0], offset.to_bits()));
+        }
+        if entries.len() > MAX_PENALTIES {
+            return Err(Error::invalid(
+                "penalised tokens",
+                entries.len(),
+                format!("at most {MAX_PENALTIES} distinct recent tokens"),
+            ));
+        }
+        for (i, (id, offset)) in entries.iter().enumerate() {
+            params.penalties[i / 2][2 * (i % 2)] = *id;
+            params.penalties[i / 2][2 * (i % 2) + 1] = *offset;
+        }
+        params.penalty_count = entries.len() as u32;
+        params.penalty_scale = [1.0 / self.repeat, self.repeat];
+        Ok(())
+    }
+}
+
+/// The penalty entries of `params` in use: `(token, offset)`, sorted by token.
+pub fn penalty_entries(params: &StepParams) -> impl Iterator<Item = (u32, f32)> + '_ {
+    (0..(params.penalty_count as usize).min(MAX_PENALTIES)).map(|i| {
+        let row = params.penalties[i / 2];
+        (row[2 * (i % 2)], f32::from_bits(row[2 * (i % 2) + 1]))
+    })
+}
 
 /// Invocations per pass-1 workgroup on GPUs (a power of two for the tree reduction; CPU drivers:
 /// `ops::small_kernel_workgroup`).
@@ -92,7 +185,9 @@ impl Sampler {
 }
 
 /// Checks the sampling fields of `params` (the planner calls this before writing a step):
-/// `temperature` finite and `>= 0` (0 = greedy), `top_p` in (0, 1], `top_k <= MAX_TOP_K` (0 = off).
+/// `temperature` finite and `>= 0` (0 = greedy), `top_p` in (0, 1], `top_k <= MAX_TOP_K` (0 = off),
+/// `min_p` in [0, 1], and penalties as [`Penalties::write`] makes them (at most [`MAX_PENALTIES`] entries,
+/// sorted by token, finite offsets, finite positive scales).
 pub fn validate(params: &StepParams) -> Result<()> {
     let t = params.temperature;
     if !(t.is_finite() && t >= 0.0) {
@@ -104,6 +199,24 @@ pub fn validate(params: &StepParams) -> Result<()> {
     }
     if params.top_k > MAX_TOP_K {
         return Err(Error::invalid("sampling top_k", params.top_k, format!("at most {MAX_TOP_K} (0 = off)")));
+    }
+    let m = params.min_p;
+    if !(0.0..=1.0).contains(&m) {
+        return Err(Error::invalid("sampling min_p", m, "a value in [0, 1] (0 = off)"));
+    }
+    if params.penalty_count as usize > MAX_PENALTIES {
+        return Err(Error::invalid("penalty count", params.penalty_count, format!("at most {MAX_PENALTIES}")));
+    }
+    if params.penalty_count > 0 && !params.penalty_scale.iter().all(|s| s.is_finite() && *s > 0.0) {
+        return Err(Error::invalid("penalty scale", format!("{:?}", params.penalty_scale), "finite values > 0"));
+    }
+    let entries: Vec<(u32, f32)> = penalty_entries(params).collect();
+    if entries.windows(2).any(|w| w[0].0 >= w[1].0) || entries.iter().any(|e| !e.1.is_finite()) {
+        return Err(Error::invalid(
+            "penalty entries",
+            format!("{entries:?}"),
+            "distinct tokens in order, finite offsets",
+        ));
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! CPU twin of `kernels/sample.wgsl`: the same candidate order, the same f32 operations in the same order.
 //! See [`crate::ops::sample`] for the algorithm.
 
-use crate::ops::sample::MAX_TOP_K;
+use crate::ops::sample::{penalty_entries, MAX_TOP_K};
 use crate::ops::StepParams;
 
 /// Everything the pick depended on, for explaining a GPU/CPU difference.
@@ -51,8 +51,29 @@ pub fn sample(row: &[f32], params: &StepParams) -> u32 {
     sample_trace(row, params).token
 }
 
+/// The row as the sampling kernel ranks and weighs it: each penalised token's logit `l` becomes
+/// `l * scale - offset` (`scale` by the sign of `l`), the same two f32 operations.
+pub fn penalised_row(row: &[f32], params: &StepParams) -> Vec<f32> {
+    let mut out = row.to_vec();
+    let [above, at_or_below] = params.penalty_scale;
+    for (token, offset) in penalty_entries(params) {
+        if let Some(v) = out.get_mut(token as usize) {
+            let scale = if *v > 0.0 { above } else { at_or_below };
+            *v = *v * scale - offset;
+        }
+    }
+    out
+}
+
 /// The sampling kernel's pick and the numbers it came from. `row` must not be empty.
 pub fn sample_trace(row: &[f32], params: &StepParams) -> SampleTrace {
+    let penalised;
+    let row = if params.penalty_count > 0 {
+        penalised = penalised_row(row, params);
+        &penalised[..]
+    } else {
+        row
+    };
     // NaN or non-positive temperature: greedy, as the kernel.
     let greedy = params.temperature.is_nan() || params.temperature <= 0.0;
     let rounds = if greedy {
@@ -79,6 +100,7 @@ pub fn sample_trace(row: &[f32], params: &StepParams) -> SampleTrace {
         return done(Vec::new(), 1, 0.0);
     }
     let mut cumulative = Vec::with_capacity(candidates.len());
+    let mut weights = Vec::with_capacity(candidates.len());
     let mut total = 0.0f32;
     let mut last_positive = 0;
     for (i, &c) in candidates.iter().enumerate() {
@@ -89,11 +111,17 @@ pub fn sample_trace(row: &[f32], params: &StepParams) -> SampleTrace {
         }
         total += w;
         cumulative.push(total);
+        weights.push(w);
     }
     let mut count = candidates.len();
     if params.top_p > 0.0 && params.top_p < 1.0 {
         let limit = params.top_p * total;
         if let Some(i) = cumulative.iter().position(|&c| c >= limit) {
+            count = i + 1;
+        }
+    }
+    if params.min_p > 0.0 {
+        if let Some(i) = weights[1..count].iter().position(|&w| w < params.min_p) {
             count = i + 1;
         }
     }
