@@ -494,6 +494,10 @@ fn hf_tokenizer_errors_name_the_part() {
     *v.pointer_mut("/pre_tokenizer/split").unwrap() = true.into();
     let e = err(Vocab::from_tokenizer_json(&v.to_string(), "t.json"));
     assert!(e.contains("Metaspace") && e.contains("split"), "{e}");
+    let mut v: serde_json::Value = serde_json::from_str(&spm).unwrap();
+    *v.pointer_mut("/model/byte_fallback").unwrap() = false.into();
+    let e = err(Vocab::from_tokenizer_json(&v.to_string(), "t.json"));
+    assert!(e.contains("byte_fallback"), "{e}");
     let e = err(with("/post_processor", serde_json::json!({"type": "RobertaProcessing"})));
     assert!(e.contains("post_processor") && e.contains("RobertaProcessing"), "{e}");
     // tokenizer_config.json naming a token the vocabulary lacks.

@@ -90,12 +90,15 @@ pub(crate) fn vocab_from_json(text: &str, path: &str) -> Result<Vocab> {
     if byte_level {
         byte_level_layout(&mut vocab, normalizer, pre, path)?;
     } else {
-        sentencepiece_layout(&mut vocab, normalizer, pre, path)?;
+        sentencepiece_layout(&mut vocab, model, normalizer, pre, path)?;
     }
     if let Some(unk) = model.get("unk_token").and_then(Value::as_str) {
         vocab.unk = vocab.tokens.iter().position(|t| t == unk).map(|i| i as u32);
-        if let Some(id) = vocab.unk {
-            vocab.token_types[id as usize] = TokenType::Unknown;
+        // Matched in text only where it is an added token, as the library does.
+        if let Some(ty) = vocab.unk.map(|id| &mut vocab.token_types[id as usize]) {
+            if *ty == TokenType::Control {
+                *ty = TokenType::Unknown;
+            }
         }
     }
     post_processor(&mut vocab, root.get("post_processor").unwrap_or(&null), path)?;
@@ -192,8 +195,14 @@ fn byte_level_layout(vocab: &mut Vocab, normalizer: &Value, pre: &Value, path: &
 }
 
 /// Llama style: `▁` for spaces, a `▁` prefix by some rule, byte fallback, merges by rank.
-fn sentencepiece_layout(vocab: &mut Vocab, normalizer: &Value, pre: &Value, path: &str) -> Result<()> {
+fn sentencepiece_layout(vocab: &mut Vocab, model: &Value, normalizer: &Value, pre: &Value, path: &str) -> Result<()> {
     vocab.kind = TokenizerKind::Llama;
+    // Without byte fallback the library emits one (fused) unknown token per character; this crate's
+    // SentencePiece-style encoder falls back byte by byte.
+    if !flag(model, "byte_fallback", false) {
+        let shown = model.get("byte_fallback").unwrap_or(&Value::Null);
+        return Err(unsupported(path, "model.byte_fallback", shown, "true for a SentencePiece-style tokenizer"));
+    }
     let (mut prepend, mut replace, mut double_leading) = (false, false, false);
     for n in parts(normalizer, "normalizers") {
         let string = |key: &str| n.get(key).and_then(|v| v.get("String")).and_then(Value::as_str);
