@@ -295,28 +295,20 @@ impl ModelConfig {
         self
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn preset(
-        hidden: usize,
-        layers: usize,
-        heads: usize,
-        kv_heads: usize,
-        ffn: usize,
-        vocab: usize,
-        theta: f32,
-        max_pos: usize,
-    ) -> Self {
+    /// MobileLLM-125M: hidden 576, 30 layers, 9/3 heads, head dim 64, FFN 1536, vocab 32000, tied head.
+    /// Layer sharing off; see [`ModelConfig::with_layer_sharing`].
+    pub fn mobilellm_125m() -> Self {
         ModelConfig {
-            hidden_size: hidden,
-            intermediate_size: ffn,
-            num_hidden_layers: layers,
-            num_attention_heads: heads,
-            num_key_value_heads: kv_heads,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
             head_dim: 64,
-            vocab_size: vocab,
+            vocab_size: 32000,
             rms_norm_eps: 1e-5,
-            rope_theta: theta,
-            max_position_embeddings: max_pos,
+            rope_theta: 10000.0,
+            max_position_embeddings: 2048,
             tie_word_embeddings: true,
             share_embedding: true,
             layer_sharing: false,
@@ -324,20 +316,21 @@ impl ModelConfig {
         }
     }
 
-    /// MobileLLM-125M: hidden 576, 30 layers, 9/3 heads, head dim 64, FFN 1536, vocab 32000, tied head.
-    /// Layer sharing off; see [`ModelConfig::with_layer_sharing`].
-    pub fn mobilellm_125m() -> Self {
-        Self::preset(576, 30, 9, 3, 1536, 32000, 10000.0, 2048)
-    }
-
     /// MobileLLM-350M: hidden 960, 32 layers, 15/5 heads, head dim 64, FFN 2560, vocab 32000, tied head.
     pub fn mobilellm_350m() -> Self {
-        Self::preset(960, 32, 15, 5, 2560, 32000, 10000.0, 2048)
+        ModelConfig {
+            hidden_size: 960,
+            intermediate_size: 2560,
+            num_hidden_layers: 32,
+            num_attention_heads: 15,
+            num_key_value_heads: 5,
+            ..Self::mobilellm_125m()
+        }
     }
 
     /// SmolLM2-135M: the MobileLLM-125M shape with vocab 49152, rope theta 100000, context 8192.
     pub fn smollm2_135m() -> Self {
-        Self::preset(576, 30, 9, 3, 1536, 49152, 100000.0, 8192)
+        ModelConfig { vocab_size: 49152, rope_theta: 100000.0, max_position_embeddings: 8192, ..Self::mobilellm_125m() }
     }
 }
 

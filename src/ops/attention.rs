@@ -219,7 +219,7 @@ pub fn attention_decode(
         _ => None,
     };
     if let (Some(n_chunks), true) = (lanes, lanes_fit) {
-        return decode_lanes(gpu, step, q, cache, slot, out, &shape, n_chunks);
+        return decode_lanes(gpu, &DecodeOperands { step, q, cache, slot, out, shape }, n_chunks);
     }
     let chunk = match split {
         Split::Auto => auto_chunk(gpu.device_class(), capacity),
@@ -284,19 +284,20 @@ fn split_passes(gpu: &Gpu, pass: Pass<'_>, cache: &KvCache, out: &Tensor, shape:
     Ok(vec![first, second])
 }
 
+/// The checked operands of one decode attention.
+struct DecodeOperands<'a> {
+    step: &'a StepBuffer,
+    q: &'a Tensor,
+    cache: &'a KvCache,
+    slot: usize,
+    out: &'a Tensor,
+    shape: Shape,
+}
+
 /// The `decode_lanes` dispatch ([`Split::Lanes`]), or with `n_chunks > 1` its chunked form and the merge
 /// ([`Split::LanesChunks`]); q is read as a uniform when it fits one binding.
-#[allow(clippy::too_many_arguments)]
-fn decode_lanes(
-    gpu: &Gpu,
-    step: &StepBuffer,
-    q: &Tensor,
-    cache: &KvCache,
-    slot: usize,
-    out: &Tensor,
-    shape: &Shape,
-    n_chunks: usize,
-) -> Result<Vec<Dispatch>> {
+fn decode_lanes(gpu: &Gpu, op: &DecodeOperands<'_>, n_chunks: usize) -> Result<Vec<Dispatch>> {
+    let DecodeOperands { step, q, cache, slot, out, ref shape } = *op;
     let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let q_len = shape.rows * shape.heads * hd;

@@ -102,7 +102,7 @@ pub fn gemm_rows_with(
     }
     let variant = w.variant(base_variant(gpu)).flag("ROWS").constant("WG", wg).constant("TPR", tpr);
     let tile = ((wg / tpr * ROWS_PER_THREAD) as usize, ROWS_VECTORS as usize);
-    launch(gpu, "gemm_rows", &variant, w, x, y, out_offset, accumulate, tile)
+    launch(gpu, "gemm_rows", &variant, Product { w, x, y, out_offset, accumulate }, tile)
 }
 
 /// The tiled kernel on any device (64 rows x 32 vectors per workgroup).
@@ -116,7 +116,7 @@ pub fn gemm_tiled(
 ) -> Result<Dispatch> {
     // The tiled entry has fixed tiles; the mapping constants belong to `gemm_rows` (unused here).
     let variant = w.variant(ShaderVariant::new()).constant("WG", 64).constant("TPR", 1);
-    launch(gpu, "gemm", &variant, w, x, y, out_offset, accumulate, (TILE_ROWS, TILE_VECTORS))
+    launch(gpu, "gemm", &variant, Product { w, x, y, out_offset, accumulate }, (TILE_ROWS, TILE_VECTORS))
 }
 
 impl Params {
@@ -131,17 +131,21 @@ impl Params {
     }
 }
 
+/// The operands of one product: `y[:, out_offset..] (+)= W·x`.
+struct Product<'a> {
+    w: &'a GpuWeight,
+    x: &'a Tensor,
+    y: &'a Tensor,
+    out_offset: usize,
+    accumulate: bool,
+}
+
 /// Checks the operands and launches either entry on a grid of `(rows, vectors)` tiles.
-#[allow(clippy::too_many_arguments)]
 fn launch(
     gpu: &Gpu,
     entry: &str,
     variant: &ShaderVariant,
-    w: &GpuWeight,
-    x: &Tensor,
-    y: &Tensor,
-    out_offset: usize,
-    accumulate: bool,
+    Product { w, x, y, out_offset, accumulate }: Product<'_>,
     (tile_rows, tile_vectors): (usize, usize),
 ) -> Result<Dispatch> {
     let (n, y_stride) = check_operands(w, x, y, out_offset)?;
