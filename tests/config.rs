@@ -154,7 +154,12 @@ fn bad_values_and_types() {
     config_err(&with("rms_norm_eps", (-1.0).into()), &["rms_norm_eps is -1"]);
     config_err(&with("rope_theta", 0.5.into()), &["rope_theta is 0.5"]);
     config_err(&with("layer_sharing", "yes".into()), &["layer_sharing is \"yes\""]);
-    config_err(&with("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})), &["llama3"]);
+    config_err(
+        &with("rope_scaling", serde_json::json!({"rope_type": "llama3", "factor": 8.0})),
+        &["llama3", "low_freq_factor"],
+    );
+    config_err(&with("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0})), &["yarn"]);
+    config_err(&with("rope_scaling", serde_json::json!({"type": "linear", "factor": 0.5})), &["factor is 0.5"]);
     config_err(&with("hidden_act", "gelu".into()), &["gelu"]);
     config_err(&with("attention_bias", true.into()), &["attention_bias"]);
     config_err("{not json", &["not valid JSON"]);
@@ -196,4 +201,48 @@ fn mobilellm_hub_style_config() {
     let mut same = c.clone();
     same.tie_word_embeddings = true; // the preset sets both flags
     assert_eq!(same, ModelConfig::mobilellm_125m());
+}
+
+/// RoPE scaling from `config.json`: Llama-3.2-1B's `llama3` parameters give the per-pair divisors that
+/// llama.cpp's converter writes as `rope_freqs` (its formula evaluated in Python f64: pairs 0-14 keep
+/// their frequency, 15-17 blend, 18-31 are divided by 32), in either place transformers puts them; `linear`
+/// divides every pair.
+#[test]
+fn rope_scaling_llama3_and_linear() {
+    let llama32 = serde_json::json!({
+        "hidden_size": 2048, "intermediate_size": 8192, "num_hidden_layers": 16, "num_attention_heads": 32,
+        "num_key_value_heads": 8, "head_dim": 64, "vocab_size": 128256, "rope_theta": 500000.0,
+        "max_position_embeddings": 131072, "tie_word_embeddings": true,
+        "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                         "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+    });
+    let c = ModelConfig::from_json_str(&llama32.to_string()).unwrap();
+    assert_eq!(c.rope_freq_factors.len(), 32);
+    assert!(c.rope_freq_factors[..15].iter().all(|&f| f == 1.0), "{:?}", c.rope_freq_factors);
+    let blended = [1.6513292457638984f64, 3.2922621029408843, 9.666728978753293];
+    for (&got, want) in c.rope_freq_factors[15..18].iter().zip(blended) {
+        assert_eq!(got, want as f32, "the f64 value rounded once");
+    }
+    assert!(c.rope_freq_factors[18..].iter().all(|&f| f == 32.0));
+    assert_eq!(c.rope_frequency(20), 500000f64.powf(-40.0 / 64.0) / 32.0);
+    // transformers 5: the same under rope_parameters, with rope_theta there.
+    let mut v5 = llama32.clone();
+    let mut params = v5["rope_scaling"].take();
+    params["rope_theta"] = 500000.0.into();
+    v5.as_object_mut().unwrap().remove("rope_theta");
+    v5.as_object_mut().unwrap().remove("rope_scaling");
+    v5["rope_parameters"] = params;
+    assert_eq!(ModelConfig::from_json_str(&v5.to_string()).unwrap().rope_freq_factors, c.rope_freq_factors);
+    let linear =
+        ModelConfig::from_json_str(&with("rope_scaling", serde_json::json!({"type": "linear", "factor": 4.0})))
+            .unwrap();
+    assert_eq!(linear.rope_freq_factors, vec![4.0; 16]);
+    let plain = ModelConfig::from_json_str(&with("rope_scaling", serde_json::json!({"rope_type": "default"}))).unwrap();
+    assert!(plain.rope_freq_factors.is_empty());
+    // A hand-edited config with the wrong number of factors, or a bad one, fails validation.
+    let mut bad = plain.clone();
+    bad.rope_freq_factors = vec![2.0; 3];
+    assert!(bad.validate().unwrap_err().to_string().contains("3 RoPE frequency factors"));
+    bad.rope_freq_factors = vec![0.0; 16];
+    assert!(bad.validate().unwrap_err().to_string().contains("RoPE frequency factor 0"));
 }

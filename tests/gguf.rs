@@ -405,3 +405,31 @@ fn real_smollm2_file() {
     let last = infos.last().unwrap();
     assert_eq!(f.data_offset() + last.offset + last.n_bytes, 98_362_432);
 }
+
+/// RoPE scaling in GGUF files: Llama-3's `rope_freqs.weight` divisors (as llama.cpp's converter writes
+/// them) and `llama.rope.scaling.type` `linear` reach the config; `yarn` is refused by name; a
+/// `rope_freqs` of the wrong length is a shape error.
+#[test]
+fn rope_scaling_from_gguf() {
+    use mobilellm_kernels::model::host::HostModel;
+    let load = |w: &GgufWriter| HostModel::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "t.gguf").unwrap(), None);
+    assert!(load(&tiny_llama()).unwrap().config.rope_freq_factors.is_empty());
+    let factors = [1.0f32, 1.0, 1.5, 3.0, 8.0, 8.0, 8.0, 8.0];
+    let mut w = tiny_llama();
+    w.tensor_f32("rope_freqs.weight", &[8], &factors);
+    let config = load(&w).unwrap().config;
+    assert_eq!(config.rope_freq_factors, factors);
+    assert_eq!(config.rope_frequency(3), 100000f64.powf(-6.0 / 16.0) / 3.0);
+    w.meta("llama.rope.scaling.type", MetaValue::String("linear".into()));
+    w.meta("llama.rope.scaling.factor", MetaValue::F32(2.0));
+    let both: Vec<f32> = factors.iter().map(|f| f * 2.0).collect();
+    assert_eq!(load(&w).unwrap().config.rope_freq_factors, both);
+    let mut w = tiny_llama();
+    w.meta("llama.rope.scaling.type", MetaValue::String("yarn".into()));
+    let e = load(&w).unwrap_err().to_string();
+    assert!(e.contains("yarn") && e.contains("t.gguf"), "{e}");
+    let mut w = tiny_llama();
+    w.tensor_f32("rope_freqs.weight", &[6], &[1.0; 6]);
+    let e = load(&w).unwrap_err().to_string();
+    assert!(e.contains("rope_freqs.weight") && e.contains("[8]"), "{e}");
+}

@@ -39,8 +39,14 @@ pub struct ModelConfig {
     pub vocab_size: usize,
     /// RMSNorm epsilon.
     pub rms_norm_eps: f32,
-    /// RoPE base: frequencies are `rope_theta^(-2i/head_dim)`.
+    /// RoPE base: frequencies are `rope_theta^(-2i/head_dim)`, each divided by its
+    /// [`ModelConfig::rope_freq_factors`] entry.
     pub rope_theta: f32,
+    /// Long-context RoPE scaling as one divisor per rotated pair (`head_dim / 2` of them; empty: none):
+    /// `linear` scaling divides every frequency by its factor, Llama-3's divides the low frequencies by
+    /// `factor` and blends the middle ones ([`ModelConfig::llama3_rope_factors`]); GGUF files carry them as
+    /// the `rope_freqs.weight` tensor.
+    pub rope_freq_factors: Vec<f32>,
     /// Context capacity: positions run from 0 to `max_position_embeddings - 1`.
     pub max_position_embeddings: usize,
     /// HF's `tie_word_embeddings`.
@@ -70,8 +76,8 @@ impl ModelConfig {
     /// `vocab_size`. Defaults as `LlamaConfig`: `num_key_value_heads` = heads, `head_dim` = hidden / heads,
     /// `rms_norm_eps` 1e-6, `rope_theta` 10000 (top-level or in transformers 5's `rope_parameters`),
     /// `max_position_embeddings` 2048, `tie_word_embeddings` false; MobileLLM's `share_embedding` and
-    /// `layer_sharing` default to false. Rejected: `rope_scaling` other than none/default, biases,
-    /// `hidden_act` other than silu.
+    /// `layer_sharing` default to false. `rope_scaling` (or transformers 5's `rope_parameters`) may be
+    /// `default`, `linear` or `llama3`; other kinds, biases and `hidden_act` other than silu are rejected.
     pub fn from_json_str(json: &str) -> Result<Self> {
         let value: Value =
             serde_json::from_str(json).map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
@@ -123,16 +129,15 @@ impl ModelConfig {
                 None => 10000.0,
             },
         } as f32;
-        check_rope_scaling(obj.get("rope_scaling"))?;
-        if let Some(p) = rope_params {
-            if let Some(t) = p.get("rope_type").and_then(Value::as_str) {
-                if t != "default" {
-                    return Err(Error::Config(format!(
-                        "rope_parameters.rope_type `{t}` is not supported, expected `default` (plain RoPE)"
-                    )));
-                }
-            }
-        }
+        let scaling = match obj.get("rope_scaling") {
+            None | Some(Value::Null) => rope_params.filter(|p| p.contains_key("rope_type")),
+            Some(Value::Object(m)) => Some(m),
+            Some(v) => return Err(Error::Config(format!("rope_scaling is {v}, expected null or an object"))),
+        };
+        let rope_freq_factors = match scaling {
+            Some(m) => rope_factors(m, rope_theta, head_dim)?,
+            None => Vec::new(),
+        };
         let max_position_embeddings = opt_usize(obj, "max_position_embeddings")?.unwrap_or(2048);
         let tie_word_embeddings = opt_bool(obj, "tie_word_embeddings")?.unwrap_or(false);
         let share_embedding = opt_bool(obj, "share_embedding")?.unwrap_or(false);
@@ -159,6 +164,7 @@ impl ModelConfig {
             vocab_size,
             rms_norm_eps,
             rope_theta,
+            rope_freq_factors,
             max_position_embeddings,
             tie_word_embeddings,
             share_embedding,
@@ -211,7 +217,59 @@ impl ModelConfig {
         if !(self.rope_theta.is_finite() && self.rope_theta > 1.0) {
             return Err(Error::Config(format!("rope_theta is {}, expected a finite value > 1", self.rope_theta)));
         }
+        let pairs = self.head_dim / 2;
+        if !self.rope_freq_factors.is_empty() && self.rope_freq_factors.len() != pairs {
+            return Err(Error::Config(format!(
+                "{} RoPE frequency factors, expected head_dim / 2 = {pairs} (or none)",
+                self.rope_freq_factors.len()
+            )));
+        }
+        if let Some(f) = self.rope_freq_factors.iter().find(|f| !(f.is_finite() && **f > 0.0)) {
+            return Err(Error::Config(format!("RoPE frequency factor {f}, expected finite values > 0")));
+        }
         Ok(())
+    }
+
+    /// Llama-3's RoPE scaling as per-pair divisors, as transformers and llama.cpp's converter compute them
+    /// (in f64): pairs whose wavelength `2π / freq` is shorter than `original / high_freq_factor` keep their
+    /// frequency, those longer than `original / low_freq_factor` are divided by `factor`, and in between
+    /// `1 / ((1 - s) / factor + s)` with `s = (original / wavelength - low) / (high - low)`.
+    pub fn llama3_rope_factors(
+        theta: f32,
+        head_dim: usize,
+        factor: f64,
+        low: f64,
+        high: f64,
+        original: f64,
+    ) -> Result<Vec<f32>> {
+        let ok = |v: f64| v.is_finite() && v > 0.0;
+        if !(ok(factor) && ok(low) && ok(high) && ok(original) && high > low) {
+            return Err(Error::Config(format!(
+                "llama3 rope_scaling factor {factor}, low_freq_factor {low}, high_freq_factor {high}, \
+                 original_max_position_embeddings {original}: expected positive values with high > low"
+            )));
+        }
+        let (low_wavelen, high_wavelen) = (original / low, original / high);
+        Ok((0..head_dim / 2)
+            .map(|i| {
+                let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                let wavelen = 2.0 * std::f64::consts::PI / freq;
+                if wavelen < high_wavelen {
+                    1.0
+                } else if wavelen > low_wavelen {
+                    factor as f32
+                } else {
+                    let s = (original / wavelen - low) / (high - low);
+                    (1.0 / ((1.0 - s) / factor + s)) as f32
+                }
+            })
+            .collect())
+    }
+
+    /// The RoPE frequency of pair `i`: `rope_theta^(-2i/head_dim)` divided by its scaling factor, in f64
+    /// (the GPU's table and the CPU reference both start from this).
+    pub fn rope_frequency(&self, i: usize) -> f64 {
+        crate::reference::rope_frequency(i, self.head_dim, self.rope_theta, self.rope_freq_factors.get(i).copied())
     }
 
     /// Layers executed per token: `2 * num_hidden_layers` with layer sharing, else `num_hidden_layers`.
@@ -308,6 +366,7 @@ impl ModelConfig {
             vocab_size: 32000,
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
+            rope_freq_factors: Vec::new(),
             max_position_embeddings: 2048,
             tie_word_embeddings: true,
             share_embedding: true,
@@ -375,19 +434,31 @@ fn opt_bool(obj: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
     }
 }
 
-fn check_rope_scaling(scaling: Option<&Value>) -> Result<()> {
-    match scaling {
-        None | Some(Value::Null) => Ok(()),
-        Some(Value::Object(m)) => {
-            let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str).unwrap_or("?");
-            if kind == "default" {
-                Ok(())
-            } else {
-                Err(Error::Config(format!(
-                    "rope_scaling of type `{kind}` is not supported, expected null (plain RoPE)"
-                )))
+/// The per-pair divisors of a `rope_scaling` object (`rope_type` or `type`: `default`, `linear`, `llama3`).
+fn rope_factors(m: &Map<String, Value>, theta: f32, head_dim: usize) -> Result<Vec<f32>> {
+    let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str).unwrap_or("?");
+    let num = |key: &str| -> Result<f64> {
+        opt_f64(m, key)?.ok_or_else(|| Error::Config(format!("rope_scaling of type `{kind}` lacks `{key}`")))
+    };
+    match kind {
+        "default" => Ok(Vec::new()),
+        "linear" => {
+            let factor = num("factor")?;
+            if !(factor.is_finite() && factor >= 1.0) {
+                return Err(Error::Config(format!("rope_scaling factor is {factor}, expected a finite value >= 1")));
             }
+            Ok(vec![factor as f32; head_dim / 2])
         }
-        Some(v) => Err(Error::Config(format!("rope_scaling is {v}, expected null or an object"))),
+        "llama3" => ModelConfig::llama3_rope_factors(
+            theta,
+            head_dim,
+            num("factor")?,
+            num("low_freq_factor")?,
+            num("high_freq_factor")?,
+            num("original_max_position_embeddings")?,
+        ),
+        _ => Err(Error::Config(format!(
+            "rope_scaling of type `{kind}` is not supported, expected default, linear or llama3"
+        ))),
     }
 }

@@ -181,6 +181,37 @@ impl HostModel {
     }
 }
 
+/// RoPE scaling in a GGUF file as per-pair divisors: the `rope_freqs.weight` tensor (Llama-3's scaling, as
+/// llama.cpp's converter writes it) and `llama.rope.scaling.type` `linear` with its `factor`; other types
+/// (`yarn`) are refused by name.
+fn gguf_rope_factors(
+    file: &GgufFile,
+    vector: &dyn Fn(&str, usize) -> Result<Vec<f32>>,
+    head_dim: usize,
+) -> Result<Vec<f32>> {
+    let pairs = head_dim / 2;
+    let mut factors =
+        if file.tensor_info("rope_freqs.weight").is_some() { vector("rope_freqs.weight", pairs)? } else { Vec::new() };
+    let key = "llama.rope.scaling.type";
+    match file.get_str(key)? {
+        None | Some("none") => {}
+        Some("linear") => {
+            let factor = file.get_f64("llama.rope.scaling.factor")?.unwrap_or(1.0) as f32;
+            if factors.is_empty() {
+                factors = vec![1.0; pairs];
+            }
+            factors.iter_mut().for_each(|f| *f *= factor);
+        }
+        Some(other) => {
+            return Err(Error::Config(format!(
+                "{}: {key} `{other}` is not supported, expected none or linear",
+                file.path()
+            )))
+        }
+    }
+    Ok(factors)
+}
+
 impl HostModel {
     /// Builds a model from a GGUF `llama` file, keeping each tensor's type (F32, F16, Q8_0, Q4_0, Q4_1;
     /// BF16 becomes F32, which this crate has no GPU kernel for) unless `convert` names a type for every
@@ -196,7 +227,7 @@ impl HostModel {
                 g.head_dim
             )));
         }
-        let config = ModelConfig {
+        let mut config = ModelConfig {
             hidden_size: g.hidden_size,
             intermediate_size: g.intermediate_size,
             num_hidden_layers: g.num_layers,
@@ -206,6 +237,7 @@ impl HostModel {
             vocab_size: g.vocab_size,
             rms_norm_eps: g.rms_norm_eps,
             rope_theta: g.rope_theta,
+            rope_freq_factors: Vec::new(),
             max_position_embeddings: g.context_length,
             tie_word_embeddings: g.tied_embeddings,
             share_embedding: g.tied_embeddings,
@@ -255,6 +287,8 @@ impl HostModel {
                 TensorType::Q4_1 => HostWeight::from_gguf_bytes(WeightType::Q4_1, 1, len, t.data)?.dequantize(),
             })
         };
+        config.rope_freq_factors = gguf_rope_factors(file, &vector, g.head_dim)?;
+        config.validate()?;
         let (h, f, q, kv, v) =
             (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim(), config.vocab_size);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);

@@ -314,7 +314,8 @@ impl Model {
             Some(dtype) => KvCache::with_dtype(gpu, slots, options.context, kv_heads, hd, dtype)?,
             None => KvCache::new(gpu, slots, options.context, kv_heads, hd)?,
         };
-        let rope = RopeTable::new(gpu, options.context, config.head_dim, config.rope_theta)?;
+        let rope =
+            RopeTable::scaled(gpu, options.context, config.head_dim, config.rope_theta, &config.rope_freq_factors)?;
         let layers = host.layers.iter().map(|l| GpuLayer::upload(gpu, l)).collect::<Result<Vec<_>>>()?;
         let embed = ops::embedding::upload_table(gpu, &host.embed)?;
         let head = host.lm_head.as_ref().map(|w| ops::embedding::upload_table(gpu, w)).transpose()?;

@@ -18,8 +18,8 @@ use crate::ops::{
     Dispatch, StepBuffer, MAX_GROUPS_PER_DIM,
 };
 use crate::quant::{GpuWeight, HostWeight, WeightDesc};
-use crate::reference::rope_cos_sin;
 pub use crate::reference::RopeLayout;
+use crate::reference::{rope_cos_sin_at, rope_frequency};
 use crate::shader::{ShaderVariant, QKV_ROPE};
 use crate::tensor::{DType, Tensor};
 
@@ -50,6 +50,12 @@ pub struct RopeTable {
 impl RopeTable {
     /// The table for positions `0..capacity`, frequencies `theta^(-2i/head_dim)`.
     pub fn new(gpu: &Gpu, capacity: usize, head_dim: usize, theta: f32) -> Result<RopeTable> {
+        Self::scaled(gpu, capacity, head_dim, theta, &[])
+    }
+
+    /// The table with each pair's frequency divided by its entry of `factors` (`head_dim / 2` of them, or
+    /// none: a model's [`ModelConfig::rope_freq_factors`](crate::model::ModelConfig::rope_freq_factors)).
+    pub fn scaled(gpu: &Gpu, capacity: usize, head_dim: usize, theta: f32, factors: &[f32]) -> Result<RopeTable> {
         if head_dim == 0 || !head_dim.is_multiple_of(2) {
             return Err(Error::invalid("RoPE head_dim", head_dim, "an even number >= 2"));
         }
@@ -57,10 +63,18 @@ impl RopeTable {
             return Err(Error::invalid("rope_theta", theta, "a finite value > 1"));
         }
         let half = head_dim / 2;
+        if !(factors.is_empty() || factors.len() == half) || factors.iter().any(|f| !(f.is_finite() && *f > 0.0)) {
+            return Err(Error::invalid(
+                "RoPE frequency factors",
+                format!("{} values", factors.len()),
+                format!("none, or {half} finite values > 0"),
+            ));
+        }
+        let freqs: Vec<f64> = (0..half).map(|i| rope_frequency(i, head_dim, theta, factors.get(i).copied())).collect();
         let mut data = Vec::with_capacity(capacity * head_dim);
         for pos in 0..capacity {
-            for i in 0..half {
-                let (c, s) = rope_cos_sin(pos, i, head_dim, theta);
+            for &freq in &freqs {
+                let (c, s) = rope_cos_sin_at(pos, freq);
                 data.extend([c, s]);
             }
         }

@@ -8,7 +8,20 @@ pub use crate::model::config::RopeLayout;
 /// `(cos, sin)` of the angle `pos * theta^(-2i/head_dim)` for pair `i`, computed in f64 and rounded to f32:
 /// the values of the GPU's RoPE table (`ops::qkv_rope::RopeTable`), so both sides rotate identically.
 pub fn rope_cos_sin(pos: usize, i: usize, head_dim: usize, theta: f32) -> (f32, f32) {
-    let freq = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+    rope_cos_sin_at(pos, rope_frequency(i, head_dim, theta, None))
+}
+
+/// The frequency of pair `i` in f64: `theta^(-2i/head_dim)`, divided by `factor` (RoPE scaling) if given.
+pub fn rope_frequency(i: usize, head_dim: usize, theta: f32, factor: Option<f32>) -> f64 {
+    let base = (theta as f64).powf(-2.0 * i as f64 / head_dim as f64);
+    match factor {
+        Some(f) => base / f as f64,
+        None => base,
+    }
+}
+
+/// `(cos, sin)` of `pos * freq`, computed in f64 and rounded to f32.
+pub fn rope_cos_sin_at(pos: usize, freq: f64) -> (f32, f32) {
     let (sin, cos) = (pos as f64 * freq).sin_cos();
     (cos as f32, sin as f32)
 }

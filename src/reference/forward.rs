@@ -109,8 +109,7 @@ impl CpuModel {
             ));
         }
         let half = config.head_dim / 2;
-        let inv_freq =
-            (0..half).map(|i| (config.rope_theta as f64).powf(-2.0 * i as f64 / config.head_dim as f64)).collect();
+        let inv_freq = (0..half).map(|i| config.rope_frequency(i)).collect();
         Ok(CpuModel {
             slots: vec![KvSlot::default(); schedule.slot_count],
             schedule,

@@ -10,7 +10,10 @@ mod gemv;
 mod rms_norm;
 mod sample;
 
-pub use attention::{attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, QkvShape, RopeLayout};
+pub use attention::{
+    attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, rope_cos_sin_at, rope_frequency, QkvShape,
+    RopeLayout,
+};
 pub use elementwise::add;
 pub use embedding::embedding;
 pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul, swiglu_stacked};
