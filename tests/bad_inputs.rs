@@ -185,6 +185,11 @@ fn tiny_gguf_config() -> GgufLlamaConfig {
 /// A complete tiny llama GGUF of f32 tensors; `skip` leaves one tensor out, `embd_dims` overrides the
 /// embedding's dims.
 fn tiny_gguf(skip: Option<&str>, embd_dims: [u64; 2]) -> Vec<u8> {
+    tiny_gguf_writer(skip, embd_dims).to_bytes()
+}
+
+/// [`tiny_gguf`] before it is written, for adding tensors.
+fn tiny_gguf_writer(skip: Option<&str>, embd_dims: [u64; 2]) -> GgufWriter {
     let c = tiny_gguf_config();
     let (h, f, kv) = (c.hidden_size as u64, c.intermediate_size as u64, 16u64);
     let mut w = GgufWriter::new();
@@ -211,13 +216,18 @@ fn tiny_gguf(skip: Option<&str>, embd_dims: [u64; 2]) -> Vec<u8> {
         put(&names::block(0, part), &dims);
     }
     put(names::OUTPUT_NORM, &[h]);
-    w.to_bytes()
+    w
 }
 
 #[test]
 fn gguf_model_missing_misshaped_unknown_and_truncated() {
     let good = GgufFile::from_bytes(tiny_gguf(None, [32, 8]), "tiny.gguf").unwrap();
     HostModel::from_gguf(&good, None).unwrap();
+    // A tensor a llama model would not read (a bias) is refused by name, not ignored.
+    let mut biased = tiny_gguf_writer(None, [32, 8]);
+    biased.tensor_f32("blk.0.attn_q.bias", &[32], &[0.0; 32]);
+    let biased = GgufFile::from_bytes(biased.to_bytes(), "tiny.gguf").unwrap();
+    assert_err!(HostModel::from_gguf(&biased, None), Error::Config(_), "blk.0.attn_q.bias", "tiny.gguf");
     let missing = GgufFile::from_bytes(tiny_gguf(Some("blk.0.ffn_up.weight"), [32, 8]), "tiny.gguf").unwrap();
     assert_err!(HostModel::from_gguf(&missing, None), Error::MissingTensor { .. }, "blk.0.ffn_up.weight", "tiny.gguf");
     let misshaped = GgufFile::from_bytes(tiny_gguf(None, [32, 7]), "tiny.gguf").unwrap();

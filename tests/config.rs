@@ -161,6 +161,9 @@ fn bad_values_and_types() {
     config_err(&with("rope_scaling", serde_json::json!({"rope_type": "yarn", "factor": 4.0})), &["yarn"]);
     config_err(&with("rope_scaling", serde_json::json!({"type": "linear", "factor": 0.5})), &["factor is 0.5"]);
     config_err(&with("hidden_act", "gelu".into()), &["gelu"]);
+    config_err(&with("model_type", "gemma".into()), &["model_type `gemma`", "llama"]);
+    config_err(&with("model_type", "qwen2".into()), &["qwen2"]);
+    assert!(ModelConfig::from_json_str(&with("model_type", "llama".into())).is_ok());
     config_err(&with("attention_bias", true.into()), &["attention_bias"]);
     config_err("{not json", &["not valid JSON"]);
     config_err("[1, 2]", &["an array"]);

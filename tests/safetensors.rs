@@ -191,3 +191,36 @@ fn sharded_checkpoint_loads_like_the_single_file() {
     let err = Safetensors::open(&dir).unwrap_err();
     assert!(matches!(err, Error::MissingTensor { .. }) && err.to_string().contains("model-00001-of-00002"), "{err}");
 }
+
+/// A checkpoint with a tensor a Llama model would not read (here a Qwen2-style q_proj bias) is refused by
+/// name rather than run without it; the RoPE `inv_freq` buffers older checkpoints saved may stay.
+#[test]
+fn tensors_of_other_architectures_are_refused() {
+    let st = Safetensors::open(tiny()).unwrap();
+    let config = ModelConfig::from_file(tiny().join("config.json")).unwrap();
+    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = st
+        .names()
+        .into_iter()
+        .map(|n| {
+            let shape = st.dtype_and_shape(n).unwrap().1.to_vec();
+            (n.to_string(), shape.clone(), st.tensor_f32(n, &shape).unwrap())
+        })
+        .collect();
+    let write = |dir: &Path, tensors: &[(String, Vec<usize>, Vec<f32>)]| {
+        let list: Vec<(&str, &[usize], TensorData<'_>)> =
+            tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), TensorData::F32(d))).collect();
+        write_safetensors(dir.join("model.safetensors"), &list).unwrap();
+        Safetensors::open(dir).unwrap()
+    };
+    let dir = scratch("extra");
+    tensors.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![16], vec![1.0; 16]));
+    ModelWeightsF32::load(&write(&dir, &tensors), &config).unwrap();
+    tensors.push(("model.layers.1.self_attn.q_proj.bias".into(), vec![128], vec![0.0; 128]));
+    let e = ModelWeightsF32::load(&write(&dir, &tensors), &config).unwrap_err().to_string();
+    assert!(e.contains("model.layers.1.self_attn.q_proj.bias") && e.contains("model.safetensors"), "{e}");
+    tensors.pop();
+    tensors.push(("model.layers.4.mlp.up_proj.weight".into(), vec![2], vec![0.0; 2]));
+    let e = ModelWeightsF32::load(&write(&dir, &tensors), &config).unwrap_err().to_string();
+    assert!(e.contains("model.layers.4.mlp.up_proj.weight"), "a fifth layer in a 4-layer config: {e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

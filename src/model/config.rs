@@ -59,6 +59,9 @@ pub struct ModelConfig {
     pub rope_layout: RopeLayout,
 }
 
+/// `config.json` `model_type`s this crate runs (absent is taken as Llama too).
+const LLAMA_MODEL_TYPES: [&str; 2] = ["llama", "mobilellm"];
+
 // Limits far beyond any model this crate targets; they exist so that a corrupt config fails here with its
 // numbers named, not later as an allocation of terabytes.
 const MAX_HIDDEN: usize = 1 << 16;
@@ -77,7 +80,8 @@ impl ModelConfig {
     /// `rms_norm_eps` 1e-6, `rope_theta` 10000 (top-level or in transformers 5's `rope_parameters`),
     /// `max_position_embeddings` 2048, `tie_word_embeddings` false; MobileLLM's `share_embedding` and
     /// `layer_sharing` default to false. `rope_scaling` (or transformers 5's `rope_parameters`) may be
-    /// `default`, `linear` or `llama3`; other kinds, biases and `hidden_act` other than silu are rejected.
+    /// `default`, `linear` or `llama3`; other kinds, biases, `hidden_act` other than silu and `model_type`
+    /// other than `llama` / `mobilellm` are rejected.
     pub fn from_json_str(json: &str) -> Result<Self> {
         let value: Value =
             serde_json::from_str(json).map_err(|e| Error::Config(format!("config.json is not valid JSON: {e}")))?;
@@ -102,6 +106,14 @@ impl ModelConfig {
     }
 
     fn from_json_object(obj: &Map<String, Value>) -> Result<Self> {
+        // Other architectures share Llama's tensor names (Gemma, Qwen2) but not its math: refused by name.
+        if let Some(kind) = obj.get("model_type").and_then(Value::as_str) {
+            if !LLAMA_MODEL_TYPES.contains(&kind) {
+                return Err(Error::Config(format!(
+                    "model_type `{kind}` is not supported, expected one of {LLAMA_MODEL_TYPES:?} (Llama-architecture models)"
+                )));
+            }
+        }
         let hidden_size = req_usize(obj, "hidden_size")?;
         let intermediate_size = req_usize(obj, "intermediate_size")?;
         let num_hidden_layers = req_usize(obj, "num_hidden_layers")?;

@@ -212,6 +212,27 @@ fn gguf_rope_factors(
     Ok(factors)
 }
 
+/// A tensor this crate's Llama model would not read (a bias, experts, an extra block) means a variant it
+/// does not implement: refused by name rather than run silently wrong.
+fn check_no_unused_gguf_tensors(file: &GgufFile, layers: usize) -> Result<()> {
+    let known = |name: &str| {
+        if [gguf_names::TOKEN_EMBD, gguf_names::OUTPUT_NORM, gguf_names::OUTPUT, "rope_freqs.weight"].contains(&name) {
+            return true;
+        }
+        let Some((block, part)) = name.strip_prefix("blk.").and_then(|r| r.split_once('.')) else { return false };
+        let part = part.strip_suffix(".weight").unwrap_or("");
+        block.parse::<usize>().is_ok_and(|b| b < layers) && gguf_names::BLOCK_PARTS.contains(&part)
+    };
+    match file.tensor_infos().iter().find(|t| !known(&t.name)) {
+        Some(t) => Err(Error::Config(format!(
+            "{}: tensor `{}` is not part of a llama model this crate runs (biases, experts and extra blocks are not supported)",
+            file.path(),
+            t.name
+        ))),
+        None => Ok(()),
+    }
+}
+
 impl HostModel {
     /// Builds a model from a GGUF `llama` file, keeping each tensor's type (F32, F16, Q8_0, Q4_0, Q4_1;
     /// BF16 becomes F32, which this crate has no GPU kernel for) unless `convert` names a type for every
@@ -289,6 +310,7 @@ impl HostModel {
         };
         config.rope_freq_factors = gguf_rope_factors(file, &vector, g.head_dim)?;
         config.validate()?;
+        check_no_unused_gguf_tensors(file, g.num_layers)?;
         let (h, f, q, kv, v) =
             (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim(), config.vocab_size);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);

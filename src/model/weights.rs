@@ -14,6 +14,28 @@ pub const FINAL_NORM: &str = "model.norm.weight";
 /// HF name of the untied LM head (`[vocab, hidden]`).
 pub const LM_HEAD: &str = "lm_head.weight";
 
+/// A checkpoint tensor this crate's Llama model would not read (a bias, a QK norm, an extra layer, experts)
+/// means the checkpoint is another architecture: running it without would be silently wrong. RoPE
+/// `inv_freq` buffers that older checkpoints saved are derived from the config and may stay.
+fn check_no_unused_tensors(st: &Safetensors, layers: usize) -> Result<()> {
+    let known = |name: &str| {
+        if [EMBED_TOKENS, FINAL_NORM, LM_HEAD].contains(&name) || name.ends_with("rotary_emb.inv_freq") {
+            return true;
+        }
+        let Some((layer, suffix)) = name.strip_prefix("model.layers.").and_then(|r| r.split_once('.')) else {
+            return false;
+        };
+        layer.parse::<usize>().is_ok_and(|l| l < layers) && LAYER_TENSORS.contains(&suffix)
+    };
+    match st.names().into_iter().find(|n| !known(n)) {
+        Some(name) => Err(Error::format(
+            st.source(),
+            format!("tensor `{name}` is not part of a Llama model (biases, QK norms, experts and extra layers are not supported)"),
+        )),
+        None => Ok(()),
+    }
+}
+
 /// The per-layer tensors, in the order of [`LayerWeightsF32`]'s fields: suffix after `model.layers.{i}.`.
 pub const LAYER_TENSORS: [&str; 9] = [
     "input_layernorm.weight",
@@ -168,6 +190,7 @@ impl ModelWeightsF32 {
         } else {
             None
         };
+        check_no_unused_tensors(st, config.num_hidden_layers)?;
         Ok(ModelWeightsF32 { embed_tokens, layers, final_norm, lm_head })
     }
 
