@@ -564,3 +564,45 @@ fn long_words_merge_in_rank_order_without_quadratic_time() {
     assert!(took.as_secs_f64() < 5.0, "200 000-letter word took {took:?}");
     eprintln!("200 000-letter word: {} ids in {:.0} ms", ids.len(), took.as_secs_f64() * 1e3);
 }
+
+#[derive(Deserialize)]
+struct ChatCase {
+    template: String,
+    messages: Vec<HfMessage>,
+    add_generation_prompt: bool,
+    prompt: String,
+}
+
+#[derive(Deserialize)]
+struct ChatCases {
+    date: String,
+    templates: std::collections::HashMap<String, String>,
+    cases: Vec<ChatCase>,
+}
+
+/// Llama-3 chat layouts (plain, and 3.1 / 3.2's dated system block) render what jinja2 renders from the
+/// templates, configured as transformers configures it (`tests/data/chat-templates/make.py`); through a
+/// tokenizer, the template's BOS is the only one.
+#[test]
+fn llama3_chat_templates_match_jinja() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/chat-templates/cases.json");
+    let all: ChatCases = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(ChatTemplate::detect(Some(&all.templates["llama3"])), ChatTemplate::Llama3 { dated: false });
+    assert_eq!(ChatTemplate::detect(Some(&all.templates["llama3.2"])), ChatTemplate::Llama3 { dated: true });
+    for case in &all.cases {
+        let template = ChatTemplate::detect(Some(&all.templates[&case.template]));
+        let messages: Vec<(&str, &str)> = case.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
+        let got = template.render(&messages, case.add_generation_prompt, "<|begin_of_text|>", &all.date).unwrap();
+        assert_eq!(got, case.prompt, "{} {:?}", case.template, messages);
+    }
+    assert_eq!(all.cases.len(), 16);
+    // The Llama-3 test vocabulary (BOS added by its post-processor) with the dated template.
+    let mut vocab = hf_tokenizer("llama3").vocab().clone();
+    vocab.chat_template = Some(all.templates["llama3.2"].clone());
+    let tok = Tokenizer::from_vocab(vocab).unwrap();
+    let ids = tok.encode_chat(&[("user", "What is 2+3?")], true).unwrap();
+    let bos = tok.bos().unwrap();
+    assert_eq!((ids[0], ids.iter().filter(|&&id| id == bos).count()), (bos, 1), "{ids:?}");
+    let text = tok.chat_prompt(&[("user", "What is 2+3?")], true).unwrap();
+    assert!(text.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date"));
+}

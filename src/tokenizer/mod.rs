@@ -26,6 +26,7 @@
 //! ```
 
 mod bpe;
+mod chat;
 mod hf;
 mod merge;
 mod sentencepiece;
@@ -34,6 +35,8 @@ mod spm;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
+
+pub use chat::ChatTemplate;
 
 use crate::error::{Error, Result};
 use crate::model::gguf::{GgufFile, MetaValue};
@@ -252,37 +255,6 @@ impl Vocab {
 
 fn bad_item(key: &str, i: usize, v: &MetaValue, expected: &str) -> Error {
     Error::invalid(format!("{key}[{i}]"), format!("{v:?}"), expected)
-}
-
-/// How chat prompts are built.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ChatTemplate {
-    /// `<|im_start|>role\ncontent<|im_end|>\n` per message, then `<|im_start|>assistant\n`; when the file's
-    /// template inserts a default system message if the first message is not a system one, it is kept here.
-    ChatMl {
-        /// The default system message of the file's template, if it has one.
-        default_system: Option<String>,
-    },
-    /// A template this crate does not render (only ChatML is supported); holds the template text.
-    Unsupported(String),
-}
-
-impl ChatTemplate {
-    /// Recognises a ChatML Jinja template (or none: plain ChatML).
-    pub fn detect(template: Option<&str>) -> ChatTemplate {
-        let Some(t) = template else { return ChatTemplate::ChatMl { default_system: None } };
-        if !(t.contains("<|im_start|>") && t.contains("<|im_end|>")) {
-            return ChatTemplate::Unsupported(t.to_owned());
-        }
-        // A literal system turn inside the template is its default system message (SmolLM2, Qwen2 style:
-        // `{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n...<|im_end|>\n' }}`).
-        let default_system = ["<|im_start|>system\n", "<|im_start|>system\\n"].iter().find_map(|start| {
-            let from = t.find(start)? + start.len();
-            let len = t[from..].find("<|im_end|>")?;
-            Some(t[from..from + len].replace("\\n", "\n"))
-        });
-        ChatTemplate::ChatMl { default_system }
-    }
 }
 
 /// A tokenizer built from GGUF metadata.
@@ -577,47 +549,18 @@ impl Tokenizer {
         StreamDecoder { tokenizer: self, pending: Vec::new() }
     }
 
-    /// Renders a chat as ChatML: `<|im_start|>{role}\n{content}<|im_end|>\n` per `(role, content)` message,
-    /// then `<|im_start|>assistant\n` when `add_generation_prompt`. When the file's template has a default
-    /// system message and the first message is not from `system`, that message goes first, as the template does.
-    /// A template that is not ChatML is an error (only ChatML is rendered).
+    /// Renders a chat as the file's template does (see [`ChatTemplate`]): ChatML, or Llama-3's headers
+    /// (with Llama-3.1 / 3.2's dated system block, dated today in UTC), BOS written where the template puts
+    /// it. A template of another kind is an error naming it.
     pub fn chat_prompt(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
-        let default_system = match &self.chat {
-            ChatTemplate::ChatMl { default_system } => default_system.as_deref(),
-            ChatTemplate::Unsupported(t) => {
-                let shown: String = t.chars().take(80).collect();
-                return Err(Error::invalid(
-                    "tokenizer.chat_template",
-                    format!("{shown:?}..."),
-                    "a ChatML template (<|im_start|>role\\ncontent<|im_end|>)",
-                ));
-            }
-        };
-        let mut s = String::new();
-        let turn = |s: &mut String, role: &str, content: &str| {
-            s.push_str("<|im_start|>");
-            s.push_str(role);
-            s.push('\n');
-            s.push_str(content);
-            s.push_str("<|im_end|>\n");
-        };
-        if let (Some(system), Some((role, _))) = (default_system, messages.first()) {
-            if *role != "system" {
-                turn(&mut s, "system", system);
-            }
-        }
-        for (role, content) in messages {
-            turn(&mut s, role, content);
-        }
-        if add_generation_prompt {
-            s.push_str("<|im_start|>assistant\n");
-        }
-        Ok(s)
+        let bos = self.vocab.bos.and_then(|id| self.token(id)).unwrap_or("");
+        self.chat.render(messages, add_generation_prompt, bos, &chat::today())
     }
 
-    /// [`Tokenizer::chat_prompt`] then [`Tokenizer::encode`] (with `add_special`: BOS where the file asks).
+    /// [`Tokenizer::chat_prompt`] then [`Tokenizer::encode`] without adding special tokens: the template
+    /// writes BOS where it wants one, as transformers' `apply_chat_template` tokenizes.
     pub fn encode_chat(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<Vec<u32>> {
-        Ok(self.encode(&self.chat_prompt(messages, add_generation_prompt)?, true))
+        Ok(self.encode(&self.chat_prompt(messages, add_generation_prompt)?, false))
     }
 }
 
