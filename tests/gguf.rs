@@ -42,7 +42,11 @@ fn tiny_config() -> GgufLlamaConfig {
 
 /// A complete tiny llama model: every tensor name, one type per tensor family, a tokenizer array.
 fn tiny_llama() -> GgufWriter {
-    let c = tiny_config();
+    tiny_llama_with(tiny_config())
+}
+
+/// [`tiny_llama`] with other numbers (attn_k / attn_v stay 32 wide: two KV heads of 16).
+fn tiny_llama_with(c: GgufLlamaConfig) -> GgufWriter {
     let (h, f, v, kv) = (c.hidden_size as u64, c.intermediate_size as u64, c.vocab_size as u64, 32u64);
     let mut w = GgufWriter::new();
     w.llama_config(&c);
@@ -432,4 +436,59 @@ fn rope_scaling_from_gguf() {
     w.tensor_f32("rope_freqs.weight", &[6], &[1.0; 6]);
     let e = load(&w).unwrap_err().to_string();
     assert!(e.contains("rope_freqs.weight") && e.contains("[8]"), "{e}");
+}
+
+/// K-quants (`tests/data/kquants`): random Q4_K, Q5_K and Q6_K blocks decode bit for bit as gguf-py's
+/// reference dequantizer does; bad lengths are errors.
+#[test]
+fn kquants_decode_as_gguf_py() {
+    use mobilellm_kernels::model::kquants;
+    use mobilellm_kernels::model::safetensors::Safetensors;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kquants/kquants.safetensors");
+    let st = Safetensors::open(path).unwrap();
+    for (name, id) in [("q4_k", 12), ("q5_k", 13), ("q6_k", 14)] {
+        let raw = st.raw(&format!("{name}.raw")).unwrap();
+        let blocks = raw.shape[0];
+        let want = st.tensor_f32(&format!("{name}.values"), &[blocks, 256]).unwrap();
+        let got = kquants::dequantize(GgmlType(id), raw.bytes, blocks * 256).unwrap();
+        let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        assert_eq!(differ, 0, "{name}: {differ} of {} values differ", want.len());
+        assert!(kquants::dequantize(GgmlType(id), &raw.bytes[1..], blocks * 256).is_err());
+        assert!(kquants::dequantize(GgmlType(id), raw.bytes, blocks * 256 - 1).is_err());
+    }
+    assert!(kquants::dequantize(GgmlType(2), &[0; 18], 32).unwrap_err().to_string().contains("Q4_0"));
+}
+
+/// A Q4_K_M-style file (a K-quant matrix among others) is refused without a conversion, with what to do;
+/// with one, the K-quant matrix is its decoded values quantized to the requested type.
+#[test]
+fn kquant_tensors_load_only_with_a_conversion() {
+    use mobilellm_kernels::model::host::HostModel;
+    use mobilellm_kernels::model::kquants;
+    use mobilellm_kernels::quant::{HostWeight, WeightType};
+    // Rows of 256 (one K-quant block): hidden 256 over 16 heads of 16.
+    let c = GgufLlamaConfig { hidden_size: 256, num_heads: 16, ..tiny_config() };
+    let (h, f) = (c.hidden_size as u64, c.intermediate_size as u64);
+    // ffn_gate ([f, h]) as a Q4_K tensor: f blocks of 144 bytes.
+    let mut blocks = bytes((h * f / 256 * 144) as usize, 9);
+    for b in blocks.chunks_mut(144) {
+        b[..4].copy_from_slice(&[0x00, 0x1c, 0x00, 0x18]); // d = 2^-8, dmin = 2^-9 (f16)
+    }
+    let src = GgufFile::from_bytes(tiny_llama_with(c).to_bytes(), "src.gguf").unwrap();
+    let mut k = GgufWriter::new();
+    for (key, value) in src.metadata() {
+        k.meta(key, value.clone());
+    }
+    for info in src.tensor_infos() {
+        let gate = info.name == names::block(0, "ffn_gate");
+        let data = if gate { blocks.clone() } else { src.tensor_bytes(&info.name).unwrap().1.to_vec() };
+        k.tensor(&info.name, if gate { GgmlType(12) } else { info.ggml_type }, &info.dims, data);
+    }
+    let file = GgufFile::from_bytes(k.to_bytes(), "k.gguf").unwrap();
+    let e = HostModel::from_gguf(&file, None).unwrap_err().to_string();
+    assert!(e.contains("blk.0.ffn_gate.weight") && e.contains("Q4_K") && e.contains("--dtype"), "{e}");
+    let host = HostModel::from_gguf(&file, Some(WeightType::Q8_0)).unwrap();
+    let values = kquants::dequantize(GgmlType(12), &blocks, (h * f) as usize).unwrap();
+    let want = HostWeight::quantize(WeightType::Q8_0, f as usize, h as usize, &values).unwrap();
+    assert_eq!(host.layers[0].gate_proj, want);
 }

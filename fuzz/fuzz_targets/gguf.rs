@@ -5,6 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::host::HostModel;
+use mobilellm_kernels::model::kquants;
+use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::tokenizer::Tokenizer;
 
 fuzz_target!(|data: &[u8]| {
@@ -17,6 +19,11 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(t) = file.tensor(&info.name) {
             let _ = (t.shape(), t.n_elements());
         }
+        // K-quant bytes of any content decode (or are refused) without panicking.
+        if let (true, Ok((info, bytes))) = (kquants::is_supported(info.ggml_type), file.tensor_bytes(&info.name)) {
+            let n: u64 = info.dims.iter().product();
+            let _ = kquants::dequantize(info.ggml_type, bytes, n as usize);
+        }
     }
     if let Ok(tok) = Tokenizer::from_gguf(&file) {
         let ids = tok.encode("Hello, world! 123 <|im_start|> é", true);
@@ -25,5 +32,6 @@ fuzz_target!(|data: &[u8]| {
     // Building a host model converts tensors; only try it on small files to keep executions fast.
     if file.llama_config().is_ok() && data.len() < 1 << 16 {
         let _ = HostModel::from_gguf(&file, None);
+        let _ = HostModel::from_gguf(&file, Some(WeightType::Q8_0));
     }
 });

@@ -6,7 +6,7 @@
 //!
 //! Tensor types F32, F16, BF16, Q8_0, Q4_0 and Q4_1 are served ([`TensorType`]); a file may hold other
 //! ggml types (Q4_K, ...): it still opens, and asking for such a tensor is a [`GgufError::UnsupportedTensorType`]
-//! naming the type. GGUF lists dimensions innermost first: a linear weight `[out_features, in_features]`
+//! naming the type ([`GgufFile::tensor_bytes`] hands out any tensor's bytes: K-quants are converted on load). GGUF lists dimensions innermost first: a linear weight `[out_features, in_features]`
 //! (row-major) has `dims = [in_features, out_features]`; [`GgufTensor::shape`] gives the row-major shape.
 //!
 //! RoPE layout: `llama` GGUF files made by llama.cpp's converter store the rows of `attn_q`/`attn_k`
@@ -784,6 +784,16 @@ impl GgufFile {
         let start = (self.data_offset + info.offset) as usize;
         let data = &self.bytes()[start..start + info.n_bytes as usize];
         Ok(GgufTensor { name: &info.name, ty, dims: &info.dims, data })
+    }
+
+    /// A tensor's table row and raw bytes, whatever its type (one ggml knows the size of).
+    pub fn tensor_bytes(&self, name: &str) -> Result<(&TensorInfo, &[u8])> {
+        let info = self
+            .tensor_info(name)
+            .ok_or_else(|| Error::MissingTensor { name: name.into(), source_name: self.path.clone() })?;
+        // Ranges were checked against the file length at parse time.
+        let start = (self.data_offset + info.offset) as usize;
+        Ok((info, &self.bytes()[start..start + info.n_bytes as usize]))
     }
 
     /// The config numbers of a `llama` file; another architecture is [`GgufError::UnsupportedArchitecture`].

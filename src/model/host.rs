@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::gguf::{names as gguf_names, GgufFile, TensorType};
+use crate::model::kquants;
 use crate::model::weights::{LayerWeightsF32, ModelWeightsF32};
 use crate::quant::{HostWeight, WeightType};
 
@@ -212,6 +213,38 @@ fn gguf_rope_factors(
     Ok(factors)
 }
 
+/// A K-quant matrix (Q4_K, Q5_K, Q6_K) converted to `convert`, `None` for any other type. Without a
+/// conversion it is an error that says how to load it: no kernel reads K-quants.
+fn kquant_matrix(
+    file: &GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    convert: Option<WeightType>,
+) -> Result<Option<HostWeight>> {
+    let Some(info) = file.tensor_info(name) else { return Ok(None) };
+    if !kquants::is_supported(info.ggml_type) {
+        return Ok(None);
+    }
+    let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+    if shape != [rows, cols] {
+        return Err(Error::shape(format!("GGUF tensor `{name}`"), &shape, format!("[{rows}, {cols}]")));
+    }
+    let Some(wtype) = convert else {
+        return Err(Error::format(
+            file.path(),
+            format!(
+                "tensor `{name}` is {}, which no kernel reads: load it with a conversion \
+                 (`--dtype q4_0|q4_1|q8_0|f16|f32`, `HostModel::from_gguf(file, Some(type))`)",
+                info.ggml_type
+            ),
+        ));
+    };
+    let (info, data) = file.tensor_bytes(name)?;
+    let values = kquants::dequantize(info.ggml_type, data, rows * cols)?;
+    HostWeight::quantize(wtype, rows, cols, &values).map(Some)
+}
+
 /// A tensor this crate's Llama model would not read (a bias, experts, an extra block) means a variant it
 /// does not implement: refused by name rather than run silently wrong.
 fn check_no_unused_gguf_tensors(file: &GgufFile, layers: usize) -> Result<()> {
@@ -236,7 +269,8 @@ fn check_no_unused_gguf_tensors(file: &GgufFile, layers: usize) -> Result<()> {
 impl HostModel {
     /// Builds a model from a GGUF `llama` file, keeping each tensor's type (F32, F16, Q8_0, Q4_0, Q4_1;
     /// BF16 becomes F32, which this crate has no GPU kernel for) unless `convert` names a type for every
-    /// matrix. GGUF llama files use the interleaved RoPE layout.
+    /// matrix. K-quant matrices (Q4_K, Q5_K, Q6_K: llama.cpp's `*_K_M` files) load only with `convert`
+    /// ([`crate::model::kquants`]). GGUF llama files use the interleaved RoPE layout.
     pub fn from_gguf(file: &GgufFile, convert: Option<WeightType>) -> Result<HostModel> {
         let g = file.llama_config()?;
         if g.rope_dim != g.head_dim {
@@ -267,6 +301,9 @@ impl HostModel {
         };
         config.validate()?;
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<HostWeight> {
+            if let Some(converted) = kquant_matrix(file, name, rows, cols, convert)? {
+                return Ok(converted);
+            }
             let t = file.tensor(name)?;
             if t.shape() != [rows, cols] {
                 return Err(Error::shape(format!("GGUF tensor `{name}`"), &t.shape(), format!("[{rows}, {cols}]")));

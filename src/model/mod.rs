@@ -3,6 +3,7 @@
 pub mod config;
 pub mod gguf;
 pub mod host;
+pub mod kquants;
 pub mod planner;
 pub mod safetensors;
 pub mod weights;

@@ -1,0 +1,114 @@
+//! llama.cpp's K-quants Q4_K, Q5_K and Q6_K (the types of its Q4_K_M, Q5_K_M and Q6_K files), decoded on the
+//! CPU. The crate keeps no K-quant on the GPU: a GGUF tensor of these types loads only when the caller asks
+//! for a conversion (`HostModel::from_gguf(file, Some(type))`, `--dtype`), dequantized here once and
+//! quantized to the requested type. Each value is computed with the f32 operations, in the order, of
+//! gguf-py's reference dequantizer (`gguf.quants`), so the two agree bit for bit.
+//!
+//! A block holds 256 values in sub-blocks: Q4_K and Q5_K have 8 sub-blocks of 32, each with a 6-bit scale
+//! and min (`d * sc * q - dmin * m`, q 4 or 5 bits); Q6_K has 16 sub-blocks of 16 with an i8 scale
+//! (`d * sc * (q - 32)`, q 6 bits).
+
+use half::f16;
+
+use super::gguf::GgmlType;
+use crate::error::{Error, Result};
+
+/// Values per K-quant block.
+pub const QK_K: usize = 256;
+
+/// The K-quant types decoded here, by ggml id: `(name, bytes per block)`.
+fn kind(ty: GgmlType) -> Option<(&'static str, usize)> {
+    match ty.0 {
+        12 => Some(("Q4_K", 144)),
+        13 => Some(("Q5_K", 176)),
+        14 => Some(("Q6_K", 210)),
+        _ => None,
+    }
+}
+
+/// Whether `ty` is a K-quant this module decodes.
+pub fn is_supported(ty: GgmlType) -> bool {
+    kind(ty).is_some()
+}
+
+/// The `n` values of `data` (whole blocks of type `ty`), or an error naming what does not fit.
+pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
+    let Some((name, size)) = kind(ty) else {
+        return Err(Error::invalid("K-quant type", ty, "Q4_K, Q5_K or Q6_K"));
+    };
+    if !n.is_multiple_of(QK_K) || data.len() != n / QK_K * size {
+        return Err(Error::invalid(
+            format!("{name} data"),
+            format!("{} bytes for {n} values", data.len()),
+            format!("{size} bytes per {QK_K} values"),
+        ));
+    }
+    let mut out = Vec::with_capacity(n);
+    for block in data.chunks_exact(size) {
+        match ty.0 {
+            12 => q4_k(block, &mut out),
+            13 => q5_k(block, &mut out),
+            _ => q6_k(block, &mut out),
+        }
+    }
+    Ok(out)
+}
+
+fn half(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The 6-bit scales and mins of Q4_K / Q5_K's 8 sub-blocks, packed in 12 bytes.
+fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
+    let (mut sc, mut m) = ([0u8; 8], [0u8; 8]);
+    for j in 0..4 {
+        sc[j] = s[j] & 0x3F;
+        m[j] = s[j + 4] & 0x3F;
+        sc[j + 4] = (s[j + 8] & 0x0F) | ((s[j] >> 2) & 0x30);
+        m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30);
+    }
+    (sc, m)
+}
+
+/// Q4_K: d, dmin (f16), 12 bytes of scales, 128 bytes of nibbles (32-byte chunk c: sub-block 2c in the low
+/// nibbles, 2c + 1 in the high ones).
+fn q4_k(b: &[u8], out: &mut Vec<f32>) {
+    let (d, dmin) = (half(b, 0), half(b, 2));
+    let (sc, m) = scales_mins(&b[4..16]);
+    let qs = &b[16..144];
+    for j in 0..8 {
+        let (ds, dm) = (d * f32::from(sc[j]), dmin * f32::from(m[j]));
+        let (chunk, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
+        out.extend(chunk.iter().map(|&q| ds * f32::from((q >> shift) & 0x0F) - dm));
+    }
+}
+
+/// Q5_K: Q4_K's layout plus 32 bytes of fifth bits (bit j of byte i belongs to sub-block j, element i).
+fn q5_k(b: &[u8], out: &mut Vec<f32>) {
+    let (d, dmin) = (half(b, 0), half(b, 2));
+    let (sc, m) = scales_mins(&b[4..16]);
+    let (qh, qs) = (&b[16..48], &b[48..176]);
+    for j in 0..8 {
+        let (ds, dm) = (d * f32::from(sc[j]), dmin * f32::from(m[j]));
+        let (chunk, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
+        out.extend(chunk.iter().zip(qh).map(|(&q, &h)| {
+            let q5 = ((q >> shift) & 0x0F) | (((h >> j) & 1) << 4);
+            ds * f32::from(q5) - dm
+        }));
+    }
+}
+
+/// Q6_K: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 i8 scales, d (f16). Each half of 128 values
+/// takes 64 low-nibble bytes (values 0-63 low nibbles, 64-127 high) and 32 high-bit bytes (bits 2t, 2t+1
+/// for values 32t..32t+31).
+fn q6_k(b: &[u8], out: &mut Vec<f32>) {
+    let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = half(b, 208);
+    for e in 0..QK_K {
+        let (h, within) = (e / 128, e % 128);
+        let low = (ql[64 * h + within % 64] >> (4 * (within / 64))) & 0x0F;
+        let high = (qh[32 * h + within % 32] >> (2 * (within / 32))) & 0x03;
+        let q = (low | (high << 4)) as i8 - 32;
+        out.push(d * f32::from(scales[e / 16] as i8) * f32::from(q));
+    }
+}
