@@ -424,8 +424,11 @@ fn rejects_bad_penalties_and_min_p() {
     }
     let many: Vec<u32> = (0..MAX_PENALTIES as u32 + 1).collect();
     let pen = Penalties { repeat: 1.2, ..Penalties::OFF };
+    pen.write(&[7, 7], &mut p).unwrap();
+    let before = p;
     let e = pen.write(&many, &mut p).unwrap_err();
     assert!(e.to_string().contains("65"), "{e}");
+    assert_eq!(p, before, "a refused write leaves the parameters as they were");
     pen.write(&many[1..], &mut p).unwrap();
     validate(&p).unwrap();
     // Hand-made entries out of order, too many, or with a bad scale.

@@ -32,8 +32,7 @@ use crate::ops::embedding::Embedding;
 use crate::ops::ffn::fuse_gate_up;
 use crate::ops::gemv::GemvFusion;
 use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
-use crate::ops::sample::{Penalties, MAX_PENALTIES};
-use crate::ops::sample::{SampleRow, Sampler};
+use crate::ops::sample::{Penalties, SampleRow, Sampler, MAX_PENALTIES};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
 use crate::quant::GpuWeight;
 use crate::tensor::{map_read, DType, Tensor};
@@ -646,7 +645,7 @@ impl Model {
     /// Runs `tokens` (at most `max_batch`) at the current position; returns the sampled next token and,
     /// if `want_logits`, the logits (`[n, vocab]` when `all_logits`, else the last row). The plan and the
     /// logits readback must exist already (see [`Model::run_chunks`]); the position advances only on success.
-    /// Runs one chunk of at most `max_batch` tokens; `recent` are the tokens the penalties look at.
+    /// `recent` are the tokens the sampling penalties look at.
     fn run_chunk(
         &mut self,
         tokens: &[u32],

@@ -87,21 +87,17 @@ impl Penalties {
     }
 
     /// Writes these penalties over the tokens `recent` into `params` (its `penalty_*` fields): at most
-    /// [`MAX_PENALTIES`] distinct tokens.
+    /// [`MAX_PENALTIES`] distinct tokens. On an error `params` is left as it was.
     pub fn write(&self, recent: &[u32], params: &mut StepParams) -> Result<()> {
         self.validate()?;
-        params.penalty_count = 0;
-        params.penalty_scale = [1.0, 1.0];
-        params.penalties = Default::default();
-        if self.is_off() || recent.is_empty() {
-            return Ok(());
-        }
-        let mut sorted = recent.to_vec();
-        sorted.sort_unstable();
         let mut entries: Vec<(u32, u32)> = Vec::new();
-        for run in sorted.chunk_by(|a, b| a == b) {
-            let offset = run.len() as f32 * self.frequency + self.presence;
-            entries.push((run[0], offset.to_bits()));
+        if !self.is_off() {
+            let mut sorted = recent.to_vec();
+            sorted.sort_unstable();
+            for run in sorted.chunk_by(|a, b| a == b) {
+                let offset = run.len() as f32 * self.frequency + self.presence;
+                entries.push((run[0], offset.to_bits()));
+            }
         }
         if entries.len() > MAX_PENALTIES {
             return Err(Error::invalid(
@@ -110,12 +106,13 @@ impl Penalties {
                 format!("at most {MAX_PENALTIES} distinct recent tokens"),
             ));
         }
+        params.penalties = Default::default();
         for (i, (id, offset)) in entries.iter().enumerate() {
             params.penalties[i / 2][2 * (i % 2)] = *id;
             params.penalties[i / 2][2 * (i % 2) + 1] = *offset;
         }
         params.penalty_count = entries.len() as u32;
-        params.penalty_scale = [1.0 / self.repeat, self.repeat];
+        params.penalty_scale = if entries.is_empty() { [1.0, 1.0] } else { [1.0 / self.repeat, self.repeat] };
         Ok(())
     }
 }
