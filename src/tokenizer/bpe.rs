@@ -2,7 +2,7 @@
 //! pre-tokenizer, then ranked merges inside each pre-token.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::Hasher;
 
 use fancy_regex::Regex;
 
@@ -28,8 +28,7 @@ pub(crate) struct Gpt2 {
     /// Id of the one-character token of each byte (None: the byte is not in the vocabulary and is dropped,
     /// as transformers and llama.cpp do).
     byte_ids: [Option<u32>; 256],
-    /// `left << 32 | right` -> (rank, merged id).
-    merges: HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>,
+    merges: merge::RankedMerges,
     byte_of_char: HashMap<char, u8>,
 }
 
@@ -94,23 +93,7 @@ impl Gpt2 {
             byte_ids[b] = token_to_id.get(c.to_string().as_str()).copied();
             byte_of_char.insert(*c, b as u8);
         }
-        let mut merges = HashMap::with_capacity_and_hasher(vocab.merges.len(), Default::default());
-        for (rank, m) in vocab.merges.iter().enumerate() {
-            let Some((l, r)) = m.split_once(' ') else {
-                return Err(Error::invalid(
-                    format!("tokenizer.ggml.merges[{rank}]"),
-                    format!("{m:?}"),
-                    "\"left right\"",
-                ));
-            };
-            // Merges whose parts or result are not tokens can never apply (llama.cpp skips them too).
-            let (Some(&li), Some(&ri), Some(&mi)) =
-                (token_to_id.get(l), token_to_id.get(r), token_to_id.get(format!("{l}{r}").as_str()))
-            else {
-                continue;
-            };
-            merges.entry(pair(li, ri)).or_insert((rank as u32, mi));
-        }
+        let merges = merge::ranked_merges(&vocab.merges, token_to_id)?;
         let ignore_merges = vocab.ignore_merges;
         Ok(Gpt2 { regex, ignore_merges, char_of_byte: chars, split_digits, byte_ids, merges, byte_of_char })
     }

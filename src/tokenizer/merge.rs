@@ -4,7 +4,30 @@
 //! for one 16 000-letter word).
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
+use std::hash::BuildHasherDefault;
+
+use super::bpe::{pair, PairHasher};
+use crate::error::{Error, Result};
+
+/// `left << 32 | right` -> (rank, merged token).
+pub(crate) type RankedMerges = HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>;
+
+/// The `"left right"` merges (rank = position) whose parts and result are tokens (others can never apply;
+/// llama.cpp skips them too); the first rank of a pair wins. A merge without a space is an error naming it.
+pub(crate) fn ranked_merges(merges: &[String], token_to_id: &HashMap<String, u32>) -> Result<RankedMerges> {
+    let mut ranked = RankedMerges::with_capacity_and_hasher(merges.len(), Default::default());
+    for (rank, m) in merges.iter().enumerate() {
+        let Some((l, r)) = m.split_once(' ') else {
+            return Err(Error::invalid(format!("tokenizer merges[{rank}]"), format!("{m:?}"), "\"left right\""));
+        };
+        let ids = (token_to_id.get(l), token_to_id.get(r), token_to_id.get(format!("{l}{r}").as_str()));
+        if let (Some(&li), Some(&ri), Some(&mi)) = ids {
+            ranked.entry(pair(li, ri)).or_insert((rank as u32, mi));
+        }
+    }
+    Ok(ranked)
+}
 
 /// A piece of the text being merged: `len` bytes from `start` (0 once merged into its left neighbour), the
 /// token it is (None: a character that is no token, for byte fallback), and its neighbours.

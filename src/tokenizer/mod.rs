@@ -371,7 +371,7 @@ impl Tokenizer {
         }
         let model = match vocab.kind {
             TokenizerKind::Gpt2 => Model::Gpt2(Box::new(bpe::Gpt2::new(&vocab, &token_to_id)?)),
-            TokenizerKind::Llama => Model::Llama(Box::new(spm::Spm::new(&vocab, &token_to_id))),
+            TokenizerKind::Llama => Model::Llama(Box::new(spm::Spm::new(&vocab, &token_to_id)?)),
         };
         let chat = ChatTemplate::detect(vocab.chat_template.as_deref());
         Ok(Tokenizer { vocab, token_to_id, special_by_byte, model, chat })

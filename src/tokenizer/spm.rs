@@ -6,19 +6,19 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
 
-use super::bpe::{pair, PairHasher};
+use super::bpe::pair;
 use super::merge;
 use super::{TokenType, Vocab};
+use crate::error::Result;
 
 const SPACE: &str = "\u{2581}";
 
 #[derive(Debug, Clone)]
 pub(crate) struct Spm {
     byte_ids: [Option<u32>; 256],
-    /// `left << 32 | right` -> (rank, merged id), when the vocabulary has ranked merges.
-    ranked: Option<HashMap<u64, (u32, u32), BuildHasherDefault<PairHasher>>>,
+    /// Ranked merges, for a vocabulary that has them and no scores.
+    ranked: Option<merge::RankedMerges>,
 }
 
 /// Whether a token is a `<0xXX>` byte token.
@@ -50,26 +50,21 @@ pub(crate) fn token_bytes(text: &str, ty: TokenType) -> Cow<'_, [u8]> {
 }
 
 impl Spm {
-    pub(crate) fn new(vocab: &Vocab, token_to_id: &HashMap<String, u32>) -> Self {
+    pub(crate) fn new(vocab: &Vocab, token_to_id: &HashMap<String, u32>) -> Result<Self> {
         let mut byte_ids = [None; 256];
         for (i, t) in vocab.tokens.iter().enumerate() {
             if let Some(b) = parse_byte_token(t) {
                 byte_ids[b as usize].get_or_insert(i as u32);
             }
         }
-        let ranked = (!vocab.merges.is_empty()).then(|| {
-            let mut merges = HashMap::with_capacity_and_hasher(vocab.merges.len(), Default::default());
-            for (rank, m) in vocab.merges.iter().enumerate() {
-                // Merges whose parts or result are not tokens never apply (checked format: "left right").
-                let Some((l, r)) = m.split_once(' ') else { continue };
-                let ids = (token_to_id.get(l), token_to_id.get(r), token_to_id.get(format!("{l}{r}").as_str()));
-                if let (Some(&li), Some(&ri), Some(&mi)) = ids {
-                    merges.entry(pair(li, ri)).or_insert((rank as u32, mi));
-                }
-            }
-            merges
-        });
-        Spm { byte_ids, ranked }
+        // Scores decide where the vocabulary has them (GGUF, SentencePiece); ranked merges otherwise (HF
+        // tokenizer.json), as each format's own library does.
+        let scored = vocab.scores.iter().any(|&s| s != 0.0);
+        let ranked = match vocab.merges.is_empty() || scored {
+            true => None,
+            false => Some(merge::ranked_merges(&vocab.merges, token_to_id)?),
+        };
+        Ok(Spm { byte_ids, ranked })
     }
 
     pub(crate) fn encode(
