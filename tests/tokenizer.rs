@@ -263,6 +263,13 @@ fn synthetic_llama_spm() {
     assert_eq!(stream.push(id("▁he")), " he");
     assert_eq!(stream.push(id("<0xC3>")), "");
     assert_eq!(stream.push(id("<0xA9>")), "é");
+    // Scores decide even when a converter also wrote merges (in an order that would merge differently).
+    let mut with_merges = tok.vocab().clone();
+    with_merges.merges = vec!["\u{2581} he".into(), "l l".into(), "h e".into(), "he llo".into(), "ll o".into()];
+    let merged = Tokenizer::from_vocab(with_merges).unwrap();
+    for text in ["hello", "hell", "lll", "he é hello"] {
+        assert_eq!(merged.encode(text, false), tok.encode(text, false), "{text:?}");
+    }
     // A file without a ChatML template still renders plain ChatML.
     assert_eq!(
         tok.chat_prompt(&[("user", "hi")], true).unwrap(),
