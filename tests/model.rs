@@ -518,7 +518,7 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     let options = GpuOptions { features: FeatureSet::NONE, ..GpuOptions::from_env().unwrap() };
     let gpu = Gpu::with_options(&options).unwrap();
     let host = HostModel::from_safetensors_dir(&dir, WeightType::F32).unwrap();
-    let mut model = Model::new(&gpu, &host, &PlanOptions { context: 64, ..PlanOptions::default() }).unwrap();
+    let mut model = Model::new(&gpu, &host, &PlanOptions { context: 256, ..PlanOptions::default() }).unwrap();
     let eos = tok.eos().unwrap();
     let generated = model.generate(&ids, 6, &[eos], |_| true).unwrap();
     let mut stream = tok.stream_decoder();
@@ -601,4 +601,99 @@ fn scaled_rope_matches_the_cpu_forward() {
         assert!(worst <= 1e-4, "max |logit diff| {worst} [{}]", gpu.describe());
         eprintln!("scaled RoPE: max |logit diff| {worst:.2e} [{}]", gpu.describe());
     }
+}
+
+/// A Llama-3.2-shaped checkpoint directory end to end, with every piece this crate reads from one:
+/// `config.json` with `llama3` RoPE scaling, a `tokenizer.json` in Llama-3's layout
+/// (`tests/data/hf-tokenizers/llama3`), a `tokenizer_config.json` with a Llama-3 chat template, and synthetic
+/// weights as `model.safetensors`. Two turns of `mobilellm chat` print exactly what the library gives for
+/// the same conversation (chat template, BOS from the template only, prompt-cache reuse, greedy decode).
+#[test]
+fn cli_chat_on_a_llama3_style_checkpoint() {
+    use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
+    use mobilellm_kernels::model::weights::{layer_tensor_name, EMBED_TOKENS, FINAL_NORM, LAYER_TENSORS};
+    use mobilellm_kernels::model::ModelConfig;
+    use mobilellm_kernels::tokenizer::Tokenizer;
+    use std::io::Write;
+    let dir = std::env::temp_dir().join(format!("mobilellm-llama3-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tokenizers = data_dir("hf-tokenizers/llama3");
+    std::fs::copy(tokenizers.join("tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let template = "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = \
+        '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + \
+        '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}\
+        {% endfor %}{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}";
+    let tokenizer_config = serde_json::json!({
+        "bos_token": "<|begin_of_text|>", "eos_token": "<|end_of_text|>", "chat_template": template,
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), tokenizer_config.to_string()).unwrap();
+    let vocab = Tokenizer::from_hf_dir(&dir).unwrap().unwrap().vocab_size();
+    let config_json = serde_json::json!({
+        "model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+        "rope_theta": 500000.0, "max_position_embeddings": 256, "tie_word_embeddings": true,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                         "original_max_position_embeddings": 32},
+    });
+    std::fs::write(dir.join("config.json"), config_json.to_string()).unwrap();
+    let config = ModelConfig::from_json_str(&config_json.to_string()).unwrap();
+    assert!(config.rope_freq_factors.iter().any(|&f| f > 1.0));
+    let weights = HostModel::synthetic(config.clone(), WeightType::F32, 4).unwrap().dequantized();
+    let mut tensors = vec![(EMBED_TOKENS.to_string(), vec![vocab, 64], weights.embed_tokens.clone())];
+    for (l, layer) in weights.layers.iter().enumerate() {
+        let shapes = mobilellm_kernels::model::weights::expected_tensors(&config);
+        for (suffix, values) in LAYER_TENSORS.iter().zip(layer.fields()) {
+            let name = layer_tensor_name(l, suffix);
+            let shape = shapes.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+            tensors.push((name, shape, values.to_vec()));
+        }
+    }
+    tensors.push((FINAL_NORM.to_string(), vec![64], weights.final_norm.clone()));
+    let list: Vec<(&str, &[usize], TensorData<'_>)> =
+        tensors.iter().map(|(n, s, v)| (n.as_str(), s.as_slice(), TensorData::F32(v))).collect();
+    write_safetensors(dir.join("model.safetensors"), &list).unwrap();
+
+    let turns = ["What is 2+3?", "And 4+5?"];
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+        .args(["chat", "--max-new", "6", "--context", "256", "--model"])
+        .arg(&dir)
+        .env("MOBILELLM_FEATURES", "none")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(format!("{}\n{}\n", turns[0], turns[1]).as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // The same conversation through the library.
+    let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();
+    let options = GpuOptions { features: FeatureSet::NONE, ..GpuOptions::from_env().unwrap() };
+    let gpu = Gpu::with_options(&options).unwrap();
+    let host = HostModel::from_safetensors_dir(&dir, WeightType::F32).unwrap();
+    let mut model = Model::new(&gpu, &host, &PlanOptions { context: 256, ..PlanOptions::default() }).unwrap();
+    let eos = tok.eos().unwrap();
+    let (mut history, mut expected): (Vec<(String, String)>, String) = (Vec::new(), String::new());
+    for turn in turns {
+        history.push(("user".into(), turn.into()));
+        let messages: Vec<(&str, &str)> = history.iter().map(|(r, c)| (r.as_str(), c.as_str())).collect();
+        let ids = tok.encode_chat(&messages, true).unwrap();
+        assert_eq!(ids.iter().filter(|&&id| Some(id) == tok.bos()).count(), 1, "one BOS: {ids:?}");
+        let reused = model.reuse_prefix(&ids);
+        let reply: Vec<u32> =
+            model.generate(&ids[reused..], 6, &[eos], |_| true).unwrap().into_iter().filter(|&id| id != eos).collect();
+        let mut stream = tok.stream_decoder();
+        let text: String = reply.iter().map(|&id| stream.push(id)).collect::<String>() + &stream.finish();
+        expected.push_str(&text);
+        expected.push('\n');
+        history.push(("assistant".into(), tok.decode(&reply)));
+    }
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+    // The second turn starts from what the cache holds of the first.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reused: Vec<usize> =
+        stderr.lines().filter_map(|l| l.split("[prompt: ").nth(1)?.split(' ').next()?.parse().ok()).collect();
+    assert!(reused.len() == 2 && reused[0] == 0 && reused[1] > 0, "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
