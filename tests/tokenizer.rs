@@ -587,11 +587,11 @@ struct ChatCases {
     cases: Vec<ChatCase>,
 }
 
-/// Llama-3 chat layouts (plain, and 3.1 / 3.2's dated system block) render what jinja2 renders from the
-/// templates, configured as transformers configures it (`tests/data/chat-templates/make.py`); through a
-/// tokenizer, the template's BOS is the only one.
+/// Llama-3 chat layouts (plain, and 3.1 / 3.2's dated system block) and Zephyr's render what jinja2
+/// renders from the templates, configured as transformers configures it (`tests/data/chat-templates/make.py`);
+/// through a tokenizer, the template's BOS is the only one.
 #[test]
-fn llama3_chat_templates_match_jinja() {
+fn chat_templates_match_jinja() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/chat-templates/cases.json");
     let all: ChatCases = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(ChatTemplate::detect(Some(&all.templates["llama3"])), ChatTemplate::Llama3 { dated: false });
@@ -599,10 +599,12 @@ fn llama3_chat_templates_match_jinja() {
     for case in &all.cases {
         let template = ChatTemplate::detect(Some(&all.templates[&case.template]));
         let messages: Vec<(&str, &str)> = case.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
-        let got = template.render(&messages, case.add_generation_prompt, "<|begin_of_text|>", &all.date).unwrap();
+        let specials = ("<|begin_of_text|>", "</s>");
+        let got = template.render(&messages, case.add_generation_prompt, specials, &all.date).unwrap();
         assert_eq!(got, case.prompt, "{} {:?}", case.template, messages);
     }
-    assert_eq!(all.cases.len(), 16);
+    assert_eq!(ChatTemplate::detect(Some(&all.templates["zephyr"])), ChatTemplate::Zephyr);
+    assert_eq!(all.cases.len(), 24);
     // The Llama-3 test vocabulary (BOS added by its post-processor) with the dated template.
     let mut vocab = hf_tokenizer("llama3").vocab().clone();
     vocab.chat_template = Some(all.templates["llama3.2"].clone());

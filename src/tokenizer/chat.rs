@@ -21,6 +21,9 @@ pub enum ChatTemplate {
         /// Whether the template writes the dated system block.
         dated: bool,
     },
+    /// Zephyr (TinyLlama-Chat): `<|role|>\n` + content + EOS + `\n` per user, system or assistant message
+    /// (others are skipped), then `<|assistant|>\n` after the last one.
+    Zephyr,
     /// A template this crate does not render; holds the template text.
     Unsupported(String),
 }
@@ -31,6 +34,9 @@ impl ChatTemplate {
         let Some(t) = template else { return ChatTemplate::ChatMl { default_system: None } };
         if t.contains("<|start_header_id|>") && t.contains("<|end_header_id|>") && t.contains("<|eot_id|>") {
             return ChatTemplate::Llama3 { dated: t.contains("Cutting Knowledge Date") };
+        }
+        if t.contains("<|user|>") && t.contains("<|assistant|>") && t.contains("eos_token") && !t.contains("<|end|>") {
+            return ChatTemplate::Zephyr;
         }
         if !(t.contains("<|im_start|>") && t.contains("<|im_end|>")) {
             return ChatTemplate::Unsupported(t.to_owned());
@@ -45,13 +51,13 @@ impl ChatTemplate {
         ChatTemplate::ChatMl { default_system }
     }
 
-    /// The prompt for `(role, content)` messages: `bos` is the BOS token's text (templates that write one),
-    /// `today` the date a dated template writes (`DD Mon YYYY`, e.g. `05 Mar 2025`).
+    /// The prompt for `(role, content)` messages: `bos` and `eos` are those tokens' texts (for templates that
+    /// write them), `today` the date a dated template writes (`DD Mon YYYY`, e.g. `05 Mar 2025`).
     pub fn render(
         &self,
         messages: &[(&str, &str)],
         add_generation_prompt: bool,
-        bos: &str,
+        (bos, eos): (&str, &str),
         today: &str,
     ) -> Result<String> {
         let mut s = String::new();
@@ -98,12 +104,23 @@ impl ChatTemplate {
                     s.push_str("<|start_header_id|>assistant<|end_header_id|>\n\n");
                 }
             }
+            ChatTemplate::Zephyr => {
+                for (role, content) in messages {
+                    if matches!(*role, "user" | "system" | "assistant") {
+                        s.push_str(&format!("<|{role}|>\n{content}{eos}\n"));
+                    }
+                }
+                // The template writes it inside its loop, after the last message: none for an empty chat.
+                if add_generation_prompt && !messages.is_empty() {
+                    s.push_str("<|assistant|>\n");
+                }
+            }
             ChatTemplate::Unsupported(t) => {
                 let shown: String = t.chars().take(80).collect();
                 return Err(Error::invalid(
                     "tokenizer.chat_template",
                     format!("{shown:?}..."),
-                    "a ChatML (<|im_start|>role\\ncontent<|im_end|>) or Llama-3 template",
+                    "a ChatML (<|im_start|>role\\ncontent<|im_end|>), Llama-3 or Zephyr template",
                 ));
             }
         }

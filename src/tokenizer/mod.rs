@@ -549,12 +549,12 @@ impl Tokenizer {
         StreamDecoder { tokenizer: self, pending: Vec::new() }
     }
 
-    /// Renders a chat as the file's template does (see [`ChatTemplate`]): ChatML, or Llama-3's headers
-    /// (with Llama-3.1 / 3.2's dated system block, dated today in UTC), BOS written where the template puts
-    /// it. A template of another kind is an error naming it.
+    /// Renders a chat as the file's template does (see [`ChatTemplate`]): ChatML, Llama-3's headers (with
+    /// Llama-3.1 / 3.2's dated system block, dated today in UTC) or Zephyr's, BOS and EOS written where the
+    /// template puts them. A template of another kind is an error naming it.
     pub fn chat_prompt(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
-        let bos = self.vocab.bos.and_then(|id| self.token(id)).unwrap_or("");
-        self.chat.render(messages, add_generation_prompt, bos, &chat::today())
+        let text = |id: Option<u32>| id.and_then(|id| self.token(id)).unwrap_or("");
+        self.chat.render(messages, add_generation_prompt, (text(self.vocab.bos), text(self.vocab.eos)), &chat::today())
     }
 
     /// [`Tokenizer::chat_prompt`] then [`Tokenizer::encode`] without adding special tokens: the template

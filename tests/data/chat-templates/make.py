@@ -1,8 +1,8 @@
 """Renders chat templates with jinja2 the way transformers' apply_chat_template does (a sandboxed
 environment with trim_blocks and lstrip_blocks, `raise_exception`, and `strftime_now` pinned to a fixed
 date), writing cases.json: per template, per conversation, the prompt text. The templates are written here in
-the layouts of Llama-3 (plain) and Llama-3.1 / 3.2 (a dated system block, no tools in use); the crate
-recognises these layouts and must render the same text.
+the layouts of Llama-3 (plain), Llama-3.1 / 3.2 (a dated system block, no tools in use) and Zephyr; the crate
+recognises these layouts and must render the same text. Zephyr's (TinyLlama-Chat) is the same kind of copy.
 """
 import datetime
 import json
@@ -18,6 +18,13 @@ LLAMA3 = (
     "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'+ message['content'] | trim + '<|eot_id|>' %}"
     "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}"
+)
+
+ZEPHYR = (
+    "{% for message in messages %}\n{% if message['role'] == 'user' %}\n{{ '<|user|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'system' %}\n{{ '<|system|>\n' + message['content'] + eos_token }}\n"
+    "{% elif message['role'] == 'assistant' %}\n{{ '<|assistant|>\n'  + message['content'] + eos_token }}\n{% endif %}\n"
+    "{% if loop.last and add_generation_prompt %}\n{{ '<|assistant|>' }}\n{% endif %}\n{% endfor %}"
 )
 
 LLAMA32 = """{{- bos_token }}
@@ -79,11 +86,12 @@ def render(template, messages, add_generation_prompt):
     env.globals["raise_exception"] = lambda m: (_ for _ in ()).throw(Exception(m))
     env.globals["strftime_now"] = lambda fmt: DATE.strftime(fmt)
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                            bos_token="<|begin_of_text|>", eos_token="<|eot_id|>")
+                                            bos_token="<|begin_of_text|>", eos_token="</s>")
 
 
 def main():
-    out = {"date": DATE.strftime("%d %b %Y"), "templates": {"llama3": LLAMA3, "llama3.2": LLAMA32}, "cases": []}
+    out = {"date": DATE.strftime("%d %b %Y"), "templates": {"llama3": LLAMA3, "llama3.2": LLAMA32, "zephyr": ZEPHYR},
+           "cases": []}
     for name, template in out["templates"].items():
         for messages in CONVERSATIONS:
             for agp in (True, False):
