@@ -438,15 +438,15 @@ fn rope_scaling_from_gguf() {
     assert!(e.contains("rope_freqs.weight") && e.contains("[8]"), "{e}");
 }
 
-/// K-quants (`tests/data/kquants`): random Q4_K, Q5_K and Q6_K blocks decode bit for bit as gguf-py's
-/// reference dequantizer does; bad lengths are errors.
+/// K-quants (`tests/data/kquants`): random Q2_K, Q3_K, Q4_K, Q5_K and Q6_K blocks decode bit for bit as
+/// gguf-py's reference dequantizer does; bad lengths are errors.
 #[test]
 fn kquants_decode_as_gguf_py() {
     use mobilellm_kernels::model::kquants;
     use mobilellm_kernels::model::safetensors::Safetensors;
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kquants/kquants.safetensors");
     let st = Safetensors::open(path).unwrap();
-    for (name, id) in [("q4_k", 12), ("q5_k", 13), ("q6_k", 14)] {
+    for (name, id) in [("q2_k", 10), ("q3_k", 11), ("q4_k", 12), ("q5_k", 13), ("q6_k", 14)] {
         let raw = st.raw(&format!("{name}.raw")).unwrap();
         let blocks = raw.shape[0];
         let want = st.tensor_f32(&format!("{name}.values"), &[blocks, 256]).unwrap();

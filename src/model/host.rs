@@ -213,7 +213,7 @@ fn gguf_rope_factors(
     Ok(factors)
 }
 
-/// A K-quant matrix (Q4_K, Q5_K, Q6_K) converted to `convert`, `None` for any other type. Without a
+/// A K-quant matrix (Q2_K to Q6_K) converted to `convert`, `None` for any other type. Without a
 /// conversion it is an error that says how to load it: no kernel reads K-quants.
 fn kquant_matrix(
     file: &GgufFile,
@@ -269,7 +269,7 @@ fn check_no_unused_gguf_tensors(file: &GgufFile, layers: usize) -> Result<()> {
 impl HostModel {
     /// Builds a model from a GGUF `llama` file, keeping each tensor's type (F32, F16, Q8_0, Q4_0, Q4_1;
     /// BF16 becomes F32, which this crate has no GPU kernel for) unless `convert` names a type for every
-    /// matrix. K-quant matrices (Q4_K, Q5_K, Q6_K: llama.cpp's `*_K_M` files) load only with `convert`
+    /// matrix. K-quant matrices (Q2_K to Q6_K: llama.cpp's K-quant files) load only with `convert`
     /// ([`crate::model::kquants`]). GGUF llama files use the interleaved RoPE layout.
     pub fn from_gguf(file: &GgufFile, convert: Option<WeightType>) -> Result<HostModel> {
         let g = file.llama_config()?;

@@ -1,12 +1,13 @@
-//! llama.cpp's K-quants Q4_K, Q5_K and Q6_K (the types of its Q4_K_M, Q5_K_M and Q6_K files), decoded on the
-//! CPU. The crate keeps no K-quant on the GPU: a GGUF tensor of these types loads only when the caller asks
+//! llama.cpp's K-quants Q2_K, Q3_K, Q4_K, Q5_K and Q6_K (the types of its Q2_K ... Q6_K files), decoded on
+//! the CPU. The crate keeps no K-quant on the GPU: a GGUF tensor of these types loads only when the caller asks
 //! for a conversion (`HostModel::from_gguf(file, Some(type))`, `--dtype`), dequantized here once and
 //! quantized to the requested type. Each value is computed with the f32 operations, in the order, of
 //! gguf-py's reference dequantizer (`gguf.quants`), so the two agree bit for bit.
 //!
 //! A block holds 256 values in sub-blocks: Q4_K and Q5_K have 8 sub-blocks of 32, each with a 6-bit scale
-//! and min (`d * sc * q - dmin * m`, q 4 or 5 bits); Q6_K has 16 sub-blocks of 16 with an i8 scale
-//! (`d * sc * (q - 32)`, q 6 bits).
+//! and min (`d * sc * q - dmin * m`, q 4 or 5 bits); Q2_K 16 of 16 with 4-bit scales and mins (q 2 bits);
+//! Q3_K 16 of 16 with signed 6-bit scales (`d * sc * q`, q 3 bits in [-4, 3]); Q6_K 16 of 16 with an i8
+//! scale (`d * sc * (q - 32)`, q 6 bits).
 
 use half::f16;
 
@@ -19,6 +20,8 @@ pub const QK_K: usize = 256;
 /// The K-quant types decoded here, by ggml id: `(name, bytes per block)`.
 fn kind(ty: GgmlType) -> Option<(&'static str, usize)> {
     match ty.0 {
+        10 => Some(("Q2_K", 84)),
+        11 => Some(("Q3_K", 110)),
         12 => Some(("Q4_K", 144)),
         13 => Some(("Q5_K", 176)),
         14 => Some(("Q6_K", 210)),
@@ -34,7 +37,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 /// The `n` values of `data` (whole blocks of type `ty`), or an error naming what does not fit.
 pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
     let Some((name, size)) = kind(ty) else {
-        return Err(Error::invalid("K-quant type", ty, "Q4_K, Q5_K or Q6_K"));
+        return Err(Error::invalid("K-quant type", ty, "Q2_K, Q3_K, Q4_K, Q5_K or Q6_K"));
     };
     if !n.is_multiple_of(QK_K) || data.len() != n / QK_K * size {
         return Err(Error::invalid(
@@ -46,6 +49,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
     let mut out = Vec::with_capacity(n);
     for block in data.chunks_exact(size) {
         match ty.0 {
+            10 => q2_k(block, &mut out),
+            11 => q3_k(block, &mut out),
             12 => q4_k(block, &mut out),
             13 => q5_k(block, &mut out),
             _ => q6_k(block, &mut out),
@@ -68,6 +73,41 @@ fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
         m[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 2) & 0x30);
     }
     (sc, m)
+}
+
+/// Q2_K: 16 bytes of scales (low nibble) and mins (high nibble), 64 bytes of 2-bit quants, d, dmin (f16).
+/// Each half of 128 values takes 32 quant bytes, bits 2t, 2t+1 for values 32t..32t+31.
+fn q2_k(b: &[u8], out: &mut Vec<f32>) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let (d, dmin) = (half(b, 80), half(b, 82));
+    for e in 0..QK_K {
+        let s = scales[e / 16];
+        let (dl, ml) = (d * f32::from(s & 0x0F), dmin * f32::from(s >> 4));
+        let (h, within) = (e / 128, e % 128);
+        let q = (qs[32 * h + within % 32] >> (2 * (within / 32))) & 0x03;
+        out.push(dl * f32::from(q) - ml);
+    }
+}
+
+/// Q3_K: 32 bytes of high bits (bit k of byte i for value 32k + i; set means no offset of -4), 64 bytes of
+/// low 2-bit pairs (as Q2_K), 12 bytes of 6-bit scales (low nibbles in bytes 0-7, high pairs in 8-11,
+/// offset 32), d (f16).
+fn q3_k(b: &[u8], out: &mut Vec<f32>) {
+    let (hmask, qs, scales) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = half(b, 108);
+    let scale = |i: usize| {
+        let low = (scales[i % 8] >> (4 * (i / 8))) & 0x0F;
+        let high = (scales[8 + i % 4] >> (2 * (i / 4))) & 0x03;
+        f32::from((low | (high << 4)) as i8 - 32)
+    };
+    for e in 0..QK_K {
+        let dl = d * scale(e / 16);
+        let (h, within) = (e / 128, e % 128);
+        let low = (qs[32 * h + within % 32] >> (2 * (within / 32))) & 0x03;
+        let no_offset = (hmask[e % 32] >> (e / 32)) & 1;
+        let q = low as i8 - (((no_offset ^ 1) << 2) as i8);
+        out.push(dl * f32::from(q));
+    }
 }
 
 /// Q4_K: d, dmin (f16), 12 bytes of scales, 128 bytes of nibbles (32-byte chunk c: sub-block 2c in the low

@@ -1,5 +1,5 @@
-"""Writes kquants.safetensors: random K-quant blocks (Q4_K, Q5_K, Q6_K: the types of llama.cpp's Q4_K_M,
-Q5_K_M and Q6_K files) as raw bytes (`<type>.raw`, uint8 [blocks, bytes per block]) and their values as
+"""Writes kquants.safetensors: random K-quant blocks (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: the types of llama.cpp's
+Q2_K ... Q6_K files) as raw bytes (`<type>.raw`, uint8 [blocks, bytes per block]) and their values as
 gguf-py's reference dequantizer computes them (`<type>.values`, float32 [blocks, 256]). The f16 scales are
 drawn from a realistic range, every other byte is random: any bit pattern is a valid block.
 """
@@ -20,13 +20,17 @@ def scale_bytes(n, lo=1e-4, hi=0.05):
 
 
 tensors = {}
-for name, ty, size in [("q4_k", T.Q4_K, 144), ("q5_k", T.Q5_K, 176), ("q6_k", T.Q6_K, 210)]:
+# (name, type, bytes per block, offsets of the f16 scales: d first, then dmin where the type has one)
+KINDS = [("q2_k", T.Q2_K, 84, [80, 82]), ("q3_k", T.Q3_K, 110, [108]), ("q4_k", T.Q4_K, 144, [0, 2]),
+         ("q5_k", T.Q5_K, 176, [0, 2]), ("q6_k", T.Q6_K, 210, [208])]
+for name, ty, size, scales in KINDS:
     raw = rng.integers(0, 256, (BLOCKS, size), dtype=np.uint8)
-    if ty == T.Q6_K:
-        raw[:, 208:210] = scale_bytes(BLOCKS)  # d is last
-    else:
-        raw[:, 0:2] = np.abs(scale_bytes(BLOCKS).view(np.float16)).view(np.uint8)  # d
-        raw[:, 2:4] = np.abs(scale_bytes(BLOCKS).view(np.float16)).view(np.uint8)  # dmin
+    for i, at in enumerate(scales):
+        # Q6_K's and Q3_K's d may be negative (signed sub-scales); d and dmin of the others are positive.
+        s = scale_bytes(BLOCKS)
+        if len(scales) == 2:
+            s = np.abs(s.view(np.float16)).view(np.uint8)
+        raw[:, at:at + 2] = s
     values = dequantize(raw.reshape(-1), ty).reshape(BLOCKS, 256).astype(np.float32)
     tensors[f"{name}.raw"] = raw
     tensors[f"{name}.values"] = values
