@@ -615,3 +615,24 @@ fn chat_templates_match_jinja() {
     let text = tok.chat_prompt(&[("user", "What is 2+3?")], true).unwrap();
     assert!(text.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date"));
 }
+
+/// Special tokens named only in `special_tokens_map.json` (older checkpoints) are read; where
+/// `tokenizer_config.json` names them too, it wins.
+#[test]
+fn special_tokens_map_then_tokenizer_config() {
+    let dir = std::env::temp_dir().join(format!("mobilellm-special-map-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(hf_dir("bytelevel/tokenizer.json"), dir.join("tokenizer.json")).unwrap();
+    let map =
+        serde_json::json!({"eos_token": {"content": "<|endoftext|>", "lstrip": false}, "bos_token": "<|im_start|>"});
+    std::fs::write(dir.join("special_tokens_map.json"), map.to_string()).unwrap();
+    let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();
+    assert_eq!((tok.bos(), tok.eos()), (tok.token_id("<|im_start|>"), tok.token_id("<|endoftext|>")));
+    std::fs::write(dir.join("tokenizer_config.json"), r#"{"eos_token": "<|im_end|>"}"#).unwrap();
+    let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();
+    assert_eq!((tok.bos(), tok.eos()), (tok.token_id("<|im_start|>"), tok.token_id("<|im_end|>")));
+    std::fs::write(dir.join("special_tokens_map.json"), "[]").unwrap();
+    let e = Tokenizer::from_hf_dir(&dir).unwrap_err().to_string();
+    assert!(e.contains("special_tokens_map.json") && e.contains("not a JSON object"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -373,8 +373,8 @@ fn config_token(config: &Map<String, Value>, key: &str) -> Option<String> {
 /// Applies `tokenizer_config.json`: the BOS / EOS / UNK tokens, `add_bos_token` / `add_eos_token`, and the
 /// chat template (a string, or a list of named templates of which `default` is taken).
 pub(crate) fn apply_config(vocab: &mut Vocab, text: &str, path: &str) -> Result<()> {
-    let config: Map<String, Value> = serde_json::from_str(text)
-        .map_err(|e| Error::format(path, format!("tokenizer_config.json is not a JSON object: {e}")))?;
+    let config: Map<String, Value> =
+        serde_json::from_str(text).map_err(|e| Error::format(path, format!("not a JSON object: {e}")))?;
     for (key, slot) in [("bos_token", &mut vocab.bos), ("eos_token", &mut vocab.eos), ("unk_token", &mut vocab.unk)] {
         if let Some(t) = config_token(&config, key) {
             let id = vocab.tokens.iter().position(|x| *x == t).ok_or_else(|| {

@@ -286,7 +286,8 @@ impl Tokenizer {
     }
 
     /// Reads the tokenizer of a Hugging Face checkpoint directory: `tokenizer.json` (the `tokenizers`
-    /// library's format), or else SentencePiece's `tokenizer.model`, then `tokenizer_config.json` (BOS, EOS,
+    /// library's format), or else SentencePiece's `tokenizer.model`, then `special_tokens_map.json` and
+    /// `tokenizer_config.json` (BOS, EOS,
     /// `add_bos_token`, chat template) and `chat_template.jinja` where present. `Ok(None)` when the directory
     /// has neither tokenizer file. A file whose pre-tokenizer or normalizer this crate cannot reproduce is an
     /// error naming that part (see the module docs for what is read).
@@ -325,9 +326,12 @@ impl Tokenizer {
         if let Some(file) = read("chat_template.jinja")? {
             vocab.chat_template = Some(text(file)?.0);
         }
-        if let Some(file) = read("tokenizer_config.json")? {
-            let (json, path) = text(file)?;
-            vocab.apply_tokenizer_config(&json, &path)?;
+        // Older checkpoints name their special tokens in special_tokens_map.json; tokenizer_config.json wins.
+        for name in ["special_tokens_map.json", "tokenizer_config.json"] {
+            if let Some(file) = read(name)? {
+                let (json, path) = text(file)?;
+                vocab.apply_tokenizer_config(&json, &path)?;
+            }
         }
         Self::from_vocab(vocab).map(Some)
     }
