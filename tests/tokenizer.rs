@@ -347,8 +347,9 @@ fn hf_dir(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/hf-tokenizers").join(name)
 }
 
-fn hf_cases() -> HfCases {
-    serde_json::from_str(&std::fs::read_to_string(hf_dir("cases.json")).unwrap()).unwrap()
+fn hf_cases() -> &'static HfCases {
+    static CASES: OnceLock<HfCases> = OnceLock::new();
+    CASES.get_or_init(|| serde_json::from_str(&std::fs::read_to_string(hf_dir("cases.json")).unwrap()).unwrap())
 }
 
 fn hf_tokenizer(name: &str) -> Tokenizer {
@@ -358,8 +359,8 @@ fn hf_tokenizer(name: &str) -> Tokenizer {
 /// Encodes every case with `add_special` and compares with the chosen golden ids; returns the count.
 fn check_cases(tok: &Tokenizer, what: &str, golden: impl Fn(&HfCase) -> Option<&Vec<u32>>) -> usize {
     let mut checked = 0;
-    for case in hf_cases().cases {
-        let Some(expected) = golden(&case) else { continue };
+    for case in &hf_cases().cases {
+        let Some(expected) = golden(case) else { continue };
         assert_eq!(&tok.encode(&case.text, true), expected, "{what}: {:?}", case.text);
         checked += 1;
     }
@@ -376,11 +377,11 @@ fn hf_bytelevel_tokenizer_json_matches_transformers() {
     let n = check_cases(&tok, "bytelevel", |c| Some(&c.bytelevel));
     assert_eq!(n, 36);
     // Byte-level BPE over all 256 bytes: every string decodes back.
-    for case in hf_cases().cases {
+    for case in &hf_cases().cases {
         assert_eq!(tok.decode(&case.bytelevel), case.text);
     }
     // The ChatML template (from chat_template.jinja) with its default system message.
-    let chat = hf_cases().chat;
+    let chat = &hf_cases().chat;
     let messages: Vec<(&str, &str)> = chat.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
     assert!(matches!(tok.chat_template(), ChatTemplate::ChatMl { default_system: Some(_) }));
     assert_eq!(tok.encode_chat(&messages, true).unwrap(), chat.bytelevel);
@@ -397,7 +398,7 @@ fn hf_llama3_tokenizer_json_matches_transformers() {
     assert_eq!((tok.bos(), tok.eos()), (Some(0), Some(1)));
     assert!(tok.vocab().add_bos);
     assert_eq!(check_cases(&tok, "llama3", |c| Some(&c.llama3)), 36);
-    for case in hf_cases().cases {
+    for case in &hf_cases().cases {
         assert_eq!(tok.decode(&case.llama3[1..]), case.text);
     }
     // The same vocabulary as a GGUF with llama.cpp's `llama-bpe` pre-tokenizer encodes the same.
@@ -424,7 +425,7 @@ fn hf_sentencepiece_model_matches_sentencepiece() {
     assert_eq!(tok.vocab().space_prefix, SpacePrefix::EverySegment, "add_dummy_prefix");
     assert_eq!(tok.vocab().token_types[3], TokenType::UserDefined, "<|tool|>");
     let mut checked = 0;
-    for case in hf_cases().cases {
+    for case in &hf_cases().cases {
         let (Some(ids), Some(decoded)) = (&case.sentencepiece, &case.sentencepiece_decoded) else { continue };
         assert_eq!(&tok.encode(&case.text, false), ids, "{:?}", case.text);
         // transformers' LlamaTokenizer default: BOS first.

@@ -21,8 +21,7 @@ fuzz_target!(|data: &[u8]| {
         }
         // K-quant bytes of any content decode (or are refused) without panicking.
         if let (true, Ok((info, bytes))) = (kquants::is_supported(info.ggml_type), file.tensor_bytes(&info.name)) {
-            let n: u64 = info.dims.iter().product();
-            let _ = kquants::dequantize(info.ggml_type, bytes, n as usize);
+            let _ = kquants::dequantize(info.ggml_type, bytes, info.n_elements() as usize);
         }
     }
     if let Ok(tok) = Tokenizer::from_gguf(&file) {

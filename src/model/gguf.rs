@@ -517,6 +517,14 @@ impl TensorInfo {
     pub fn n_elements(&self) -> u64 {
         self.dims.iter().product()
     }
+    /// Row-major shape (dims reversed): `[out_features, in_features]` for a linear weight.
+    pub fn shape(&self) -> Vec<usize> {
+        row_major(&self.dims)
+    }
+}
+
+fn row_major(dims: &[u64]) -> Vec<usize> {
+    dims.iter().rev().map(|&d| d as usize).collect()
 }
 
 /// A tensor served from the file: raw bytes in the file's own format, borrowed from the memory map.
@@ -535,7 +543,7 @@ pub struct GgufTensor<'a> {
 impl GgufTensor<'_> {
     /// Row-major shape (dims reversed): `[out_features, in_features]` for a linear weight.
     pub fn shape(&self) -> Vec<usize> {
-        self.dims.iter().rev().map(|&d| d as usize).collect()
+        row_major(self.dims)
     }
     /// Number of elements.
     pub fn n_elements(&self) -> usize {

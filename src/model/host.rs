@@ -226,7 +226,7 @@ fn kquant_matrix(
     if !kquants::is_supported(info.ggml_type) {
         return Ok(None);
     }
-    let shape: Vec<usize> = info.dims.iter().rev().map(|&d| d as usize).collect();
+    let shape = info.shape();
     if shape != [rows, cols] {
         return Err(Error::shape(format!("GGUF tensor `{name}`"), &shape, format!("[{rows}, {cols}]")));
     }

@@ -51,8 +51,8 @@ pub fn dequantize(ty: GgmlType, data: &[u8], n: usize) -> Result<Vec<f32>> {
         match ty.0 {
             10 => q2_k(block, &mut out),
             11 => q3_k(block, &mut out),
-            12 => q4_k(block, &mut out),
-            13 => q5_k(block, &mut out),
+            12 => q4_q5_k(block, None, &block[16..144], &mut out),
+            13 => q4_q5_k(block, Some(&block[16..48]), &block[48..176], &mut out),
             _ => q6_k(block, &mut out),
         }
     }
@@ -75,23 +75,27 @@ fn scales_mins(s: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, m)
 }
 
+/// The 2 bits of value `e` (0..256) in 64 bytes laid out as Q2_K, Q3_K and Q6_K lay them: each half of 128
+/// values takes 32 bytes, bits 2t and 2t+1 of byte i for value 32t + i.
+fn two_bits(bytes: &[u8], e: usize) -> u8 {
+    let (h, within) = (e / 128, e % 128);
+    (bytes[32 * h + within % 32] >> (2 * (within / 32))) & 0x03
+}
+
 /// Q2_K: 16 bytes of scales (low nibble) and mins (high nibble), 64 bytes of 2-bit quants, d, dmin (f16).
-/// Each half of 128 values takes 32 quant bytes, bits 2t, 2t+1 for values 32t..32t+31.
 fn q2_k(b: &[u8], out: &mut Vec<f32>) {
     let (scales, qs) = (&b[0..16], &b[16..80]);
     let (d, dmin) = (half(b, 80), half(b, 82));
     for e in 0..QK_K {
         let s = scales[e / 16];
         let (dl, ml) = (d * f32::from(s & 0x0F), dmin * f32::from(s >> 4));
-        let (h, within) = (e / 128, e % 128);
-        let q = (qs[32 * h + within % 32] >> (2 * (within / 32))) & 0x03;
-        out.push(dl * f32::from(q) - ml);
+        out.push(dl * f32::from(two_bits(qs, e)) - ml);
     }
 }
 
 /// Q3_K: 32 bytes of high bits (bit k of byte i for value 32k + i; set means no offset of -4), 64 bytes of
-/// low 2-bit pairs (as Q2_K), 12 bytes of 6-bit scales (low nibbles in bytes 0-7, high pairs in 8-11,
-/// offset 32), d (f16).
+/// low 2-bit pairs, 12 bytes of 6-bit scales (low nibbles in bytes 0-7, high pairs in 8-11, offset 32),
+/// d (f16).
 fn q3_k(b: &[u8], out: &mut Vec<f32>) {
     let (hmask, qs, scales) = (&b[0..32], &b[32..96], &b[96..108]);
     let d = half(b, 108);
@@ -102,53 +106,37 @@ fn q3_k(b: &[u8], out: &mut Vec<f32>) {
     };
     for e in 0..QK_K {
         let dl = d * scale(e / 16);
-        let (h, within) = (e / 128, e % 128);
-        let low = (qs[32 * h + within % 32] >> (2 * (within / 32))) & 0x03;
         let no_offset = (hmask[e % 32] >> (e / 32)) & 1;
-        let q = low as i8 - (((no_offset ^ 1) << 2) as i8);
+        let q = two_bits(qs, e) as i8 - (((no_offset ^ 1) << 2) as i8);
         out.push(dl * f32::from(q));
     }
 }
 
-/// Q4_K: d, dmin (f16), 12 bytes of scales, 128 bytes of nibbles (32-byte chunk c: sub-block 2c in the low
-/// nibbles, 2c + 1 in the high ones).
-fn q4_k(b: &[u8], out: &mut Vec<f32>) {
+/// Q4_K (`qh` None) and Q5_K (`qh`: 32 bytes of fifth bits, bit j of byte i for sub-block j, element i):
+/// d, dmin (f16), 12 bytes of scales, then `qs`, 128 bytes of nibbles (32-byte chunk c: sub-block 2c in the
+/// low nibbles, 2c + 1 in the high ones).
+fn q4_q5_k(b: &[u8], qh: Option<&[u8]>, qs: &[u8], out: &mut Vec<f32>) {
     let (d, dmin) = (half(b, 0), half(b, 2));
     let (sc, m) = scales_mins(&b[4..16]);
-    let qs = &b[16..144];
     for j in 0..8 {
         let (ds, dm) = (d * f32::from(sc[j]), dmin * f32::from(m[j]));
         let (chunk, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
-        out.extend(chunk.iter().map(|&q| ds * f32::from((q >> shift) & 0x0F) - dm));
-    }
-}
-
-/// Q5_K: Q4_K's layout plus 32 bytes of fifth bits (bit j of byte i belongs to sub-block j, element i).
-fn q5_k(b: &[u8], out: &mut Vec<f32>) {
-    let (d, dmin) = (half(b, 0), half(b, 2));
-    let (sc, m) = scales_mins(&b[4..16]);
-    let (qh, qs) = (&b[16..48], &b[48..176]);
-    for j in 0..8 {
-        let (ds, dm) = (d * f32::from(sc[j]), dmin * f32::from(m[j]));
-        let (chunk, shift) = (&qs[32 * (j / 2)..32 * (j / 2) + 32], 4 * (j % 2));
-        out.extend(chunk.iter().zip(qh).map(|(&q, &h)| {
-            let q5 = ((q >> shift) & 0x0F) | (((h >> j) & 1) << 4);
-            ds * f32::from(q5) - dm
+        out.extend(chunk.iter().enumerate().map(|(i, &q)| {
+            let fifth = qh.map_or(0, |qh| ((qh[i] >> j) & 1) << 4);
+            ds * f32::from(((q >> shift) & 0x0F) | fifth) - dm
         }));
     }
 }
 
 /// Q6_K: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 i8 scales, d (f16). Each half of 128 values
-/// takes 64 low-nibble bytes (values 0-63 low nibbles, 64-127 high) and 32 high-bit bytes (bits 2t, 2t+1
-/// for values 32t..32t+31).
+/// takes 64 low-nibble bytes (values 0-63 low nibbles, 64-127 high).
 fn q6_k(b: &[u8], out: &mut Vec<f32>) {
     let (ql, qh, scales) = (&b[0..128], &b[128..192], &b[192..208]);
     let d = half(b, 208);
     for e in 0..QK_K {
         let (h, within) = (e / 128, e % 128);
         let low = (ql[64 * h + within % 64] >> (4 * (within / 64))) & 0x0F;
-        let high = (qh[32 * h + within % 32] >> (2 * (within / 32))) & 0x03;
-        let q = (low | (high << 4)) as i8 - 32;
+        let q = (low | (two_bits(qh, e) << 4)) as i8 - 32;
         out.push(d * f32::from(scales[e / 16] as i8) * f32::from(q));
     }
 }

@@ -539,12 +539,13 @@ impl Model {
                 format!("at most {MAX_PENALTIES} tokens (0 = none)"),
             ));
         }
-        self.step_params(0, 1, &sampling, &[])?;
+        ops::sample::validate(&self.step_params(0, 1, &sampling, &[])?)?;
         self.sampling = sampling;
         Ok(())
     }
 
-    /// The step uniform for `n` tokens from `pos`, with the penalties over `recent` (validated).
+    /// The step uniform for `n` tokens from `pos`, with the penalties over `recent`. `set_sampling`
+    /// validated the settings; [`Penalties::write`] makes valid entries (at most `penalty_last_n` of them).
     fn step_params(&self, pos: usize, n: usize, s: &Sampling, recent: &[u32]) -> Result<StepParams> {
         let mut params = StepParams {
             pos: pos as u32,
@@ -557,7 +558,6 @@ impl Model {
             ..StepParams::default()
         };
         s.penalties.write(recent, &mut params)?;
-        ops::sample::validate(&params)?;
         Ok(params)
     }
 

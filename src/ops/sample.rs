@@ -96,6 +96,13 @@ impl Penalties {
             sorted.sort_unstable();
             for run in sorted.chunk_by(|a, b| a == b) {
                 let offset = run.len() as f32 * self.frequency + self.presence;
+                if !offset.is_finite() {
+                    return Err(Error::invalid(
+                        "penalty offset",
+                        format!("{} x {} + {}", run.len(), self.frequency, self.presence),
+                        "a finite value",
+                    ));
+                }
                 entries.push((run[0], offset.to_bits()));
             }
         }
@@ -207,13 +214,17 @@ pub fn validate(params: &StepParams) -> Result<()> {
     if params.penalty_count > 0 && !params.penalty_scale.iter().all(|s| s.is_finite() && *s > 0.0) {
         return Err(Error::invalid("penalty scale", format!("{:?}", params.penalty_scale), "finite values > 0"));
     }
-    let entries: Vec<(u32, f32)> = penalty_entries(params).collect();
-    if entries.windows(2).any(|w| w[0].0 >= w[1].0) || entries.iter().any(|e| !e.1.is_finite()) {
-        return Err(Error::invalid(
-            "penalty entries",
-            format!("{entries:?}"),
-            "distinct tokens in order, finite offsets",
-        ));
+    let mut previous = None;
+    for (token, offset) in penalty_entries(params) {
+        if previous.is_some_and(|p| p >= token) || !offset.is_finite() {
+            let entries: Vec<(u32, f32)> = penalty_entries(params).collect();
+            return Err(Error::invalid(
+                "penalty entries",
+                format!("{entries:?}"),
+                "distinct tokens in order, finite offsets",
+            ));
+        }
+        previous = Some(token);
     }
     Ok(())
 }

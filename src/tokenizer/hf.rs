@@ -47,6 +47,11 @@ fn parts<'a>(v: &'a Value, list_key: &str) -> Vec<&'a Value> {
     }
 }
 
+/// The first id whose token is `text` (the file's few named tokens are looked up before any index exists).
+fn id_of(tokens: &[String], text: &str) -> Option<u32> {
+    tokens.iter().position(|t| t == text).map(|i| i as u32)
+}
+
 fn flag(v: &Value, key: &str, default: bool) -> bool {
     v.get(key).and_then(Value::as_bool).unwrap_or(default)
 }
@@ -93,7 +98,7 @@ pub(crate) fn vocab_from_json(text: &str, path: &str) -> Result<Vocab> {
         sentencepiece_layout(&mut vocab, model, normalizer, pre, path)?;
     }
     if let Some(unk) = model.get("unk_token").and_then(Value::as_str) {
-        vocab.unk = vocab.tokens.iter().position(|t| t == unk).map(|i| i as u32);
+        vocab.unk = id_of(&vocab.tokens, unk);
         // Matched in text only where it is an added token, as the library does.
         if let Some(ty) = vocab.unk.map(|id| &mut vocab.token_types[id as usize]) {
             if *ty == TokenType::Control {
@@ -300,7 +305,7 @@ fn isolate_literals(vocab: &mut Vocab, split: &Value, path: &str) -> Result<()> 
     }
     pieces.push(literal);
     for piece in pieces {
-        let Some(i) = vocab.tokens.iter().position(|t| *t == piece) else {
+        let Some(i) = id_of(&vocab.tokens, &piece).map(|i| i as usize) else {
             return Err(Error::invalid(
                 format!("Split piece of {path}"),
                 format!("{piece:?}"),
@@ -329,7 +334,7 @@ fn post_processor(vocab: &mut Vocab, post: &Value, path: &str) -> Result<()> {
                         continue;
                     }
                     let token = item.get("SpecialToken").and_then(|s| s.get("id")).and_then(Value::as_str);
-                    let id = token.and_then(|t| vocab.tokens.iter().position(|x| x == t)).map(|i| i as u32);
+                    let id = token.and_then(|t| id_of(&vocab.tokens, t));
                     let Some(id) = id else {
                         return Err(unsupported(
                             path,
@@ -377,10 +382,10 @@ pub(crate) fn apply_config(vocab: &mut Vocab, text: &str, path: &str) -> Result<
         serde_json::from_str(text).map_err(|e| Error::format(path, format!("not a JSON object: {e}")))?;
     for (key, slot) in [("bos_token", &mut vocab.bos), ("eos_token", &mut vocab.eos), ("unk_token", &mut vocab.unk)] {
         if let Some(t) = config_token(&config, key) {
-            let id = vocab.tokens.iter().position(|x| *x == t).ok_or_else(|| {
+            let id = id_of(&vocab.tokens, &t).ok_or_else(|| {
                 Error::invalid(format!("{key} of {path}"), format!("{t:?}"), "a token of the vocabulary")
             })?;
-            *slot = Some(id as u32);
+            *slot = Some(id);
         }
     }
     if let Some(b) = config.get("add_bos_token").and_then(Value::as_bool) {
