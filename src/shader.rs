@@ -60,7 +60,7 @@ pub static ATTENTION: KernelSource = kernel!(
 );
 
 /// Token sampling: greedy / temperature / top-k / top-p from one logits row (two passes).
-pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64), ("SORT", 1024), ("SORT_ABOVE", 6), ("MAX_GROUPS", 64)]);
+pub static SAMPLE: KernelSource = kernel!("sample", flags: &[], choices: &[], consts: &[("WG", 256), ("MAX_K", 64), ("SORT", 1024), ("FILTER_ABOVE", 6), ("MAX_GROUPS", 64)]);
 /// Weight-matrix reads for every weight type (`#include weights`; see `src/quant.rs` for the layout).
 /// `WEIGHTS_STANDALONE` (a one-member group, so always on when compiled alone) declares the `weights`
 /// binding that includers declare themselves.

@@ -148,7 +148,7 @@ fn gpu_matches_cpu_token_for_token() {
     for gpu in gpus() {
         let row: Vec<f32> = random_vec(11, 3000).iter().map(|v| v * 4.0).collect();
         let mut ties = 0;
-        // k <= 6 takes pass 1's rounds path, larger k its sort path.
+        // k <= 6 takes pass 1's rounds path, larger k its filter path.
         for (t, k, p) in [(1.0, 0, 1.0), (0.7, 40, 0.9), (1.5, 64, 0.5), (1.0, 6, 1.0), (2.0, 7, 0.9), (3.0, 0, 0.95)] {
             ties += gpu_equals_cpu(gpu, &row, t, k, p, 60);
         }
@@ -156,6 +156,34 @@ fn gpu_matches_cpu_token_for_token() {
         let row: Vec<f32> = random_vec(12, 32000).iter().map(|v| v * 3.0).collect();
         ties += gpu_equals_cpu(gpu, &row, 2.0, 0, 1.0, 40);
         eprintln!("[{}] near-tie mismatches: {ties} of 400 draws", gpu.features());
+        assert!(ties <= 2, "too many near ties: {ties}");
+    }
+}
+
+/// Pass 1's filter on the rows that fill it most: the chunk's best logits packed at its start (descending),
+/// at its end (ascending), in every run (sawtooth), or all equal (the order is then the index alone), at
+/// chunk sizes 1024 (runs of 8) and 2004 (Llama-3's 128 256 logits: runs of 16, the most the filter takes).
+/// A temperature of 1e30 makes every kept candidate's weight 1, so the picks spread evenly over the exact
+/// top-k set and the cumulative sums are small integers: a candidate missing, extra or out of order shows.
+#[test]
+fn top_k_over_ordered_and_flat_rows() {
+    for gpu in gpus() {
+        let mut ties = 0;
+        for vocab in [3000usize, 49_152, 128_256] {
+            let rows: [(&str, Vec<f32>); 4] = [
+                ("descending", (0..vocab).map(|i| -(i as f32) * 1e-3).collect()),
+                ("ascending", (0..vocab).map(|i| i as f32 * 1e-3).collect()),
+                ("sawtooth", (0..vocab).map(|i| -((i % 16) as f32)).collect()),
+                ("flat", vec![0.5; vocab]),
+            ];
+            for (name, row) in &rows {
+                for top_k in [7, 40, MAX_TOP_K] {
+                    let got = gpu_equals_cpu(gpu, row, 1e30, top_k, 1.0, 24);
+                    assert_eq!(got, 0, "{name} row, vocab {vocab}, top_k {top_k}: mismatches");
+                }
+                ties += gpu_equals_cpu(gpu, row, 1.0, MAX_TOP_K, 0.9, 8);
+            }
+        }
         assert!(ties <= 2, "too many near ties: {ties}");
     }
 }
@@ -290,8 +318,8 @@ fn rejects_bad_parameters_and_operands() {
 /// between modes on this device, not a speed claim (lavapipe runs shaders 100-400x slower than a GPU).
 #[test]
 fn reports_time_per_token() {
-    for gpu in gpus() {
-        let row: Vec<f32> = random_vec(21, 49152).iter().map(|v| v * 5.0).collect();
+    for (gpu, vocab) in gpus().iter().flat_map(|g| [(g, 49_152), (g, 128_256)]) {
+        let row: Vec<f32> = random_vec(21, vocab).iter().map(|v| v * 5.0).collect();
         let s = setup(gpu, &row, 1, SampleRow::Last);
         for (name, p) in [
             ("greedy", params(0.0, 0, 1.0, 1)),
@@ -307,7 +335,7 @@ fn reports_time_per_token() {
                 assert_eq!(token, reference::sample(&row, &StepParams { seed, ..p }));
             }
             eprintln!(
-                "[{}] sample 49152 {name}: {:.2} ms/token",
+                "[{}] sample {vocab} {name}: {:.2} ms/token",
                 gpu.features(),
                 elapsed.as_secs_f64() * 1e3 / reps as f64
             );

@@ -1,6 +1,6 @@
 //! The model's ends: the tied LM head GEMV (vocab x hidden, split in row chunks by
 //! `ops::embedding::upload_table` when it exceeds a binding, as the planner does) followed by greedy
-//! sampling, per weight type; greedy sampling alone; and the embedding lookup.
+//! sampling, per weight type; sampling alone (greedy, top-k, top-p); and the embedding lookup.
 
 use mobilellm_kernels::ops::embedding::{embedding, upload_table};
 use mobilellm_kernels::ops::sample::{sample, write_step, SampleRow};
@@ -22,6 +22,19 @@ pub fn bench_head(b: &mut Bench) {
         let sampler = sample(&b.gpu, &logits, SampleRow::Last, &step, &token).expect("sample");
         if b.args.wants(&format!("sample greedy {vocab}")) {
             b.add_block("sample", &format!("greedy {vocab}"), &sampler.dispatches(), (vocab * 4) as u64);
+        }
+        // Sampling proper: top-k 6 (pass 1 by rounds), top-k 40 (a common default) and top-p alone (top_k 0:
+        // the 64 best), both by pass 1's filter.
+        for (label, top_k, top_p) in [("top-k 6", 6, 1.0), ("top-k 40", 40, 1.0), ("top-p 0.9", 0, 0.9)] {
+            let name = format!("{label} {vocab}");
+            if !b.args.wants(&format!("sample {name}")) {
+                continue;
+            }
+            let params = StepParams { temperature: 0.8, top_k, top_p, seed: 7, ..Default::default() };
+            let sampling_step = StepBuffer::new(&b.gpu).expect("step");
+            write_step(&b.gpu, &sampling_step, &params).expect("step");
+            let s = sample(&b.gpu, &logits, SampleRow::Last, &sampling_step, &token).expect("sample");
+            b.add_block("sample", &name, &s.dispatches(), (vocab * 4) as u64);
         }
         let normed = Tensor::from_slice(&b.gpu, &[1, hidden], &data(32, hidden, 1.0)).expect("normed");
         for wtype in WeightType::ALL {
