@@ -71,3 +71,10 @@ hf = data / "hf-tokenizers"
                                                    + b'\0{"bos_token": "<|im_start|>", "add_bos_token": true}')
 (seeds / "hf_tokenizer" / "llama3").write_bytes(b"\x01" + (hf / "llama3" / "tokenizer.json").read_bytes()
                                                 + b"\0I'M 12345 at zzyzx\r\n")
+
+# chat_template: each template of tests/data/chat-templates, a NUL byte, then a message's content.
+import json
+chat = json.loads((data / "chat-templates" / "cases.json").read_text())
+(seeds / "chat_template").mkdir(exist_ok=True)
+for name, template in chat["templates"].items():
+    (seeds / "chat_template" / name).write_bytes(template.encode() + b"\0Hi <b>it's</b> {{ x }}\n")

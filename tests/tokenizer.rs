@@ -10,7 +10,9 @@ mod smollm2;
 use std::sync::OnceLock;
 
 use mobilellm_kernels::model::gguf::{GgufFile, GgufWriter, MetaValue, ValueType};
-use mobilellm_kernels::tokenizer::{ChatTemplate, SpacePrefix, TokenType, Tokenizer, TokenizerKind, Vocab};
+use mobilellm_kernels::tokenizer::{
+    ChatTemplate, Date, SpacePrefix, TokenType, Tokenizer, TokenizerKind, Vocab, CHATML,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -49,11 +51,11 @@ fn smollm2_metadata() {
     assert_eq!(tok.token(1), Some("<|im_start|>"));
     assert_eq!(tok.token_id("<|im_end|>"), Some(2));
     assert!((0..17).all(|id| tok.is_special(id)) && !tok.is_special(17));
+    // The file's own template (ChatML with a default system turn), rendered by the crate's Jinja engine.
     assert_eq!(
-        tok.chat_template(),
-        &ChatTemplate::ChatMl {
-            default_system: Some("You are a helpful AI assistant named SmolLM, trained by Hugging Face".into())
-        }
+        tok.chat_prompt(&[("user", "Hi")], true).unwrap(),
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
     );
 }
 
@@ -304,10 +306,36 @@ fn synthetic_tokenizer_errors() {
     w.meta("tokenizer.ggml.scores", MetaValue::Array(ValueType::F32, vec![MetaValue::F32(0.0)]));
     assert!(build(&w).is_err(), "scores shorter than the vocabulary");
     let mut w = base();
-    w.meta("tokenizer.chat_template", MetaValue::String("{{ bos_token }}[INST] {{ m }} [/INST]".into()));
+    // A template that does not parse: the tokenizer still loads; a chat prompt is an error naming the
+    // template's problem.
+    w.meta("tokenizer.chat_template", MetaValue::String("{% for m in messages %}[INST] {{ m.content }}".into()));
     let tok = build(&w).unwrap();
-    assert!(matches!(tok.chat_template(), ChatTemplate::Unsupported(_)));
-    assert!(tok.chat_prompt(&[("user", "x")], true).unwrap_err().to_string().contains("ChatML"));
+    let e = tok.chat_template().check().unwrap_err().to_string();
+    assert!(e.contains("chat template") && e.contains("syntax error"), "{e}");
+    assert!(tok.chat_prompt(&[("user", "x")], true).unwrap_err().to_string().contains("end of block"));
+}
+
+/// No template: ChatML. Templates that would run for hours or build gigabytes fail fast instead (fuel,
+/// minijinja's size and recursion limits); unknown strftime directives are errors naming them.
+#[test]
+fn chat_template_defaults_and_limits() {
+    let chatml = ChatTemplate::from_file(None);
+    assert_eq!(chatml.source(), CHATML);
+    let prompt = chatml.render(&[("user", "a"), ("assistant", "b")], true, ("", ""), Date::from_days(0)).unwrap();
+    assert_eq!(prompt, "<|im_start|>user\na<|im_end|>\n<|im_start|>assistant\nb<|im_end|>\n<|im_start|>assistant\n");
+    for (runaway, why) in [
+        ("{% for i in range(100000) %}{% for j in range(100000) %}x{% endfor %}{% endfor %}", "fuel"),
+        ("{{ 'x' * 100000000000 }}", "fuel"),
+        ("{{ 'x' | indent(1000000000) }}", "fuel"),
+        ("{{ range(1000000000) | list | length }}", "too many elements"),
+        ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursion limit"),
+    ] {
+        let start = std::time::Instant::now();
+        let e = ChatTemplate::new(runaway).render(&[], false, ("", ""), Date::from_days(0)).unwrap_err().to_string();
+        assert!(e.contains(why) && start.elapsed().as_secs() < 10, "{runaway}: {e} after {:?}", start.elapsed());
+    }
+    let dated = ChatTemplate::new("{{ strftime_now('%d %Z') }}");
+    assert!(dated.render(&[], false, ("", ""), Date::from_days(0)).unwrap_err().to_string().contains("%Z"));
 }
 
 /// One string of `tests/data/hf-tokenizers/cases.json` and the ids each library gave for it (see `make.py`
@@ -383,7 +411,6 @@ fn hf_bytelevel_tokenizer_json_matches_transformers() {
     // The ChatML template (from chat_template.jinja) with its default system message.
     let chat = &hf_cases().chat;
     let messages: Vec<(&str, &str)> = chat.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
-    assert!(matches!(tok.chat_template(), ChatTemplate::ChatMl { default_system: Some(_) }));
     assert_eq!(tok.encode_chat(&messages, true).unwrap(), chat.bytelevel);
 }
 
@@ -578,34 +605,48 @@ struct ChatCase {
     template: String,
     messages: Vec<HfMessage>,
     add_generation_prompt: bool,
-    prompt: String,
+    /// What jinja2 rendered, or `error`: the message the template raised.
+    prompt: Option<String>,
+    error: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct ChatCases {
     date: String,
+    days: i64,
     templates: std::collections::HashMap<String, String>,
     cases: Vec<ChatCase>,
 }
 
-/// Llama-3 chat layouts (plain, and 3.1 / 3.2's dated system block) and Zephyr's render what jinja2
-/// renders from the templates, configured as transformers configures it (`tests/data/chat-templates/make.py`);
-/// through a tokenizer, the template's BOS is the only one.
+/// Chat templates render what jinja2 renders, configured as transformers configures it
+/// (`tests/data/chat-templates/make.py`): the layouts of Llama-3 (plain and 3.1 / 3.2's dated system block),
+/// Zephyr, ChatML with a default system turn, Llama-2, Phi-3 and Gemma, and one template of the Jinja and
+/// Python constructs templates use; a template that raises is an error carrying its message. Through a
+/// tokenizer, the template's BOS is the only one.
 #[test]
 fn chat_templates_match_jinja() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/chat-templates/cases.json");
     let all: ChatCases = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(ChatTemplate::detect(Some(&all.templates["llama3"])), ChatTemplate::Llama3 { dated: false });
-    assert_eq!(ChatTemplate::detect(Some(&all.templates["llama3.2"])), ChatTemplate::Llama3 { dated: true });
+    let today = Date::from_days(all.days);
+    assert_eq!(today.strftime("%d %b %Y").unwrap(), all.date);
+    let mut errors = 0;
     for case in &all.cases {
-        let template = ChatTemplate::detect(Some(&all.templates[&case.template]));
+        let template = ChatTemplate::new(all.templates[&case.template].as_str());
+        template.check().unwrap();
         let messages: Vec<(&str, &str)> = case.messages.iter().map(|m| (m.role.as_str(), m.content.as_str())).collect();
         let specials = ("<|begin_of_text|>", "</s>");
-        let got = template.render(&messages, case.add_generation_prompt, specials, &all.date).unwrap();
-        assert_eq!(got, case.prompt, "{} {:?}", case.template, messages);
+        let got = template.render(&messages, case.add_generation_prompt, specials, today);
+        match (&case.prompt, &case.error) {
+            (Some(want), None) => assert_eq!(&got.unwrap(), want, "{} {:?}", case.template, messages),
+            (None, Some(raised)) => {
+                let e = got.unwrap_err().to_string();
+                assert!(e.contains(raised), "{} {messages:?}: {e}", case.template);
+                errors += 1;
+            }
+            _ => panic!("a case holds a prompt or an error"),
+        }
     }
-    assert_eq!(ChatTemplate::detect(Some(&all.templates["zephyr"])), ChatTemplate::Zephyr);
-    assert_eq!(all.cases.len(), 24);
+    assert_eq!((all.cases.len(), errors), (96, 8));
     // The Llama-3 test vocabulary (BOS added by its post-processor) with the dated template.
     let mut vocab = hf_tokenizer("llama3").vocab().clone();
     vocab.chat_template = Some(all.templates["llama3.2"].clone());

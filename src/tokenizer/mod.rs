@@ -36,7 +36,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
-pub use chat::ChatTemplate;
+pub use chat::{ChatTemplate, Date, CHATML};
 
 use crate::error::{Error, Result};
 use crate::model::gguf::{GgufFile, MetaValue};
@@ -377,7 +377,7 @@ impl Tokenizer {
             TokenizerKind::Gpt2 => Model::Gpt2(Box::new(bpe::Gpt2::new(&vocab, &token_to_id)?)),
             TokenizerKind::Llama => Model::Llama(Box::new(spm::Spm::new(&vocab, &token_to_id)?)),
         };
-        let chat = ChatTemplate::detect(vocab.chat_template.as_deref());
+        let chat = ChatTemplate::from_file(vocab.chat_template.as_deref());
         Ok(Tokenizer { vocab, token_to_id, special_by_byte, model, chat })
     }
 
@@ -553,12 +553,12 @@ impl Tokenizer {
         StreamDecoder { tokenizer: self, pending: Vec::new() }
     }
 
-    /// Renders a chat as the file's template does (see [`ChatTemplate`]): ChatML, Llama-3's headers (with
-    /// Llama-3.1 / 3.2's dated system block, dated today in UTC) or Zephyr's, BOS and EOS written where the
-    /// template puts them. A template of another kind is an error naming it.
+    /// Renders a chat with the file's template (ChatML when it has none) as transformers'
+    /// `apply_chat_template` does (see [`ChatTemplate`]), dated today in UTC, with this vocabulary's BOS and
+    /// EOS texts. A template that does not parse or that raises is an error naming the problem.
     pub fn chat_prompt(&self, messages: &[(&str, &str)], add_generation_prompt: bool) -> Result<String> {
         let text = |id: Option<u32>| id.and_then(|id| self.token(id)).unwrap_or("");
-        self.chat.render(messages, add_generation_prompt, (text(self.vocab.bos), text(self.vocab.eos)), &chat::today())
+        self.chat.render(messages, add_generation_prompt, (text(self.vocab.bos), text(self.vocab.eos)), Date::today())
     }
 
     /// [`Tokenizer::chat_prompt`] then [`Tokenizer::encode`] without adding special tokens: the template
