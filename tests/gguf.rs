@@ -438,41 +438,71 @@ fn rope_scaling_from_gguf() {
     assert!(e.contains("rope_freqs.weight") && e.contains("[8]"), "{e}");
 }
 
-/// K-quants (`tests/data/kquants`): random Q2_K, Q3_K, Q4_K, Q5_K and Q6_K blocks decode bit for bit as
-/// gguf-py's reference dequantizer does; bad lengths are errors.
+/// The types decoded on the CPU (`tests/data/gguf-decode`): random Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, Q5_0, Q5_1,
+/// IQ4_NL and IQ4_XS blocks decode bit for bit as gguf-py's reference dequantizer does; bad lengths are
+/// errors.
 #[test]
-fn kquants_decode_as_gguf_py() {
-    use mobilellm_kernels::model::kquants;
+fn cpu_decoded_types_match_gguf_py() {
+    use mobilellm_kernels::model::decode;
     use mobilellm_kernels::model::safetensors::Safetensors;
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/kquants/kquants.safetensors");
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/gguf-decode/decode.safetensors");
     let st = Safetensors::open(path).unwrap();
-    for (name, id) in [("q2_k", 10), ("q3_k", 11), ("q4_k", 12), ("q5_k", 13), ("q6_k", 14)] {
+    let types = [
+        ("q2_k", 10, 256),
+        ("q3_k", 11, 256),
+        ("q4_k", 12, 256),
+        ("q5_k", 13, 256),
+        ("q6_k", 14, 256),
+        ("q5_0", 6, 32),
+        ("q5_1", 7, 32),
+        ("iq4_nl", 20, 32),
+        ("iq4_xs", 23, 256),
+    ];
+    for (name, id, per_block) in types {
         let raw = st.raw(&format!("{name}.raw")).unwrap();
         let blocks = raw.shape[0];
-        let want = st.tensor_f32(&format!("{name}.values"), &[blocks, 256]).unwrap();
-        let got = kquants::dequantize(GgmlType(id), raw.bytes, blocks * 256).unwrap();
+        let want = st.tensor_f32(&format!("{name}.values"), &[blocks, per_block]).unwrap();
+        let got = decode::dequantize(GgmlType(id), raw.bytes, blocks * per_block).unwrap();
         let differ = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
         assert_eq!(differ, 0, "{name}: {differ} of {} values differ", want.len());
-        assert!(kquants::dequantize(GgmlType(id), &raw.bytes[1..], blocks * 256).is_err());
-        assert!(kquants::dequantize(GgmlType(id), raw.bytes, blocks * 256 - 1).is_err());
+        assert!(decode::dequantize(GgmlType(id), &raw.bytes[1..], blocks * per_block).is_err());
+        assert!(decode::dequantize(GgmlType(id), raw.bytes, blocks * per_block - 1).is_err());
+        assert!(decode::kernel_type(GgmlType(id)).is_some());
     }
-    assert!(kquants::dequantize(GgmlType(2), &[0; 18], 32).unwrap_err().to_string().contains("Q4_0"));
+    assert!(decode::dequantize(GgmlType(2), &[0; 18], 32).unwrap_err().to_string().contains("Q4_0"));
 }
 
-/// A Q4_K_M-style file (a K-quant matrix among others) is refused without a conversion, with what to do;
-/// with one, the K-quant matrix is its decoded values quantized to the requested type.
+/// A Q4_K_M-style file (K-quant, Q5_0 and IQ4_NL matrices among others) loads: without a conversion a Q4_K
+/// matrix becomes Q4_1, the others Q8_0, each its decoded values quantized so; with one, the requested type. Q4_1 holds
+/// Q4_K's 16-level sub-block grids: over these random blocks its error against the decoded values is a small
+/// fraction of Q4_0's (which loses the minimum) and of the grid step.
 #[test]
-fn kquant_tensors_load_only_with_a_conversion() {
+fn decoded_types_load_as_their_nearest_kernel_type() {
+    use mobilellm_kernels::model::decode;
     use mobilellm_kernels::model::host::HostModel;
-    use mobilellm_kernels::model::kquants;
     use mobilellm_kernels::quant::{HostWeight, WeightType};
     // Rows of 256 (one K-quant block): hidden 256 over 16 heads of 16.
     let c = GgufLlamaConfig { hidden_size: 256, num_heads: 16, ..tiny_config() };
-    let (h, f) = (c.hidden_size as u64, c.intermediate_size as u64);
-    // ffn_gate ([f, h]) as a Q4_K tensor: f blocks of 144 bytes.
-    let mut blocks = bytes((h * f / 256 * 144) as usize, 9);
-    for b in blocks.chunks_mut(144) {
+    let (h, f) = (c.hidden_size, c.intermediate_size);
+    // ffn_gate ([f, h]) as a Q4_K tensor: f blocks of 144 bytes; ffn_up as Q6_K: f blocks of 210.
+    let mut q4k = bytes(h * f / 256 * 144, 9);
+    for b in q4k.chunks_mut(144) {
         b[..4].copy_from_slice(&[0x00, 0x1c, 0x00, 0x18]); // d = 2^-8, dmin = 2^-9 (f16)
+    }
+    let mut q6k = bytes(h * f / 256 * 210, 10);
+    for b in q6k.chunks_mut(210) {
+        b[208..].copy_from_slice(&[0x00, 0x1c]); // d = 2^-8
+    }
+    // attn_q ([h, h]) as Q5_0 (22 bytes per 32 values), attn_output as IQ4_NL (18 bytes per 32), as a
+    // `Q4_K_M` file stores rows that are not whole K-quant blocks.
+    let mut q5_0 = bytes(h * h / 32 * 22, 11);
+    for b in q5_0.chunks_mut(22) {
+        b[..2].copy_from_slice(&[0x00, 0x1c]);
+    }
+    let mut iq4_nl = bytes(h * h / 32 * 18, 12);
+    for b in iq4_nl.chunks_mut(18) {
+        b[..2].copy_from_slice(&[0x00, 0x18]);
+        b[2] &= 0xF0; // value 0 at level -127: Q8_0 holds the block exactly
     }
     let src = GgufFile::from_bytes(tiny_llama_with(c).to_bytes(), "src.gguf").unwrap();
     let mut k = GgufWriter::new();
@@ -480,15 +510,35 @@ fn kquant_tensors_load_only_with_a_conversion() {
         k.meta(key, value.clone());
     }
     for info in src.tensor_infos() {
-        let gate = info.name == names::block(0, "ffn_gate");
-        let data = if gate { blocks.clone() } else { src.tensor_bytes(&info.name).unwrap().1.to_vec() };
-        k.tensor(&info.name, if gate { GgmlType(12) } else { info.ggml_type }, &info.dims, data);
+        let (ty, data) = match info.name.as_str() {
+            n if n == names::block(0, "ffn_gate") => (GgmlType(12), q4k.clone()),
+            n if n == names::block(0, "ffn_up") => (GgmlType(14), q6k.clone()),
+            n if n == names::block(0, "attn_q") => (GgmlType(6), q5_0.clone()),
+            n if n == names::block(0, "attn_output") => (GgmlType(20), iq4_nl.clone()),
+            _ => (info.ggml_type, src.tensor_bytes(&info.name).unwrap().1.to_vec()),
+        };
+        k.tensor(&info.name, ty, &info.dims, data);
     }
     let file = GgufFile::from_bytes(k.to_bytes(), "k.gguf").unwrap();
-    let e = HostModel::from_gguf(&file, None).unwrap_err().to_string();
-    assert!(e.contains("blk.0.ffn_gate.weight") && e.contains("Q4_K") && e.contains("--dtype"), "{e}");
+    let gate = decode::dequantize(GgmlType(12), &q4k, h * f).unwrap();
+    let up = decode::dequantize(GgmlType(14), &q6k, h * f).unwrap();
+    let host = HostModel::from_gguf(&file, None).unwrap();
+    assert_eq!(host.layers[0].gate_proj, HostWeight::quantize(WeightType::Q4_1, f, h, &gate).unwrap());
+    assert_eq!(host.layers[0].up_proj, HostWeight::quantize(WeightType::Q8_0, f, h, &up).unwrap());
+    let q = decode::dequantize(GgmlType(6), &q5_0, h * h).unwrap();
+    assert_eq!(host.layers[0].q_proj, HostWeight::quantize(WeightType::Q8_0, h, h, &q).unwrap());
+    let o = decode::dequantize(GgmlType(20), &iq4_nl, h * h).unwrap();
+    assert_eq!(host.layers[0].o_proj.dequantize(), o, "IQ4_NL blocks reaching -127 are Q8_0 exactly");
     let host = HostModel::from_gguf(&file, Some(WeightType::Q8_0)).unwrap();
-    let values = kquants::dequantize(GgmlType(12), &blocks, (h * f) as usize).unwrap();
-    let want = HostWeight::quantize(WeightType::Q8_0, f as usize, h as usize, &values).unwrap();
-    assert_eq!(host.layers[0].gate_proj, want);
+    assert_eq!(host.layers[0].gate_proj, HostWeight::quantize(WeightType::Q8_0, f, h, &gate).unwrap());
+    // How far each kernel type lands from the decoded Q4_K values, as a fraction of their RMS.
+    let rms = |v: &[f32]| (v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>() / v.len() as f64).sqrt();
+    let error = |wtype| {
+        let back = HostWeight::quantize(wtype, f, h, &gate).unwrap().dequantize();
+        let diff: Vec<f32> = back.iter().zip(&gate).map(|(a, b)| a - b).collect();
+        rms(&diff) / rms(&gate)
+    };
+    let (q4_1, q4_0) = (error(WeightType::Q4_1), error(WeightType::Q4_0));
+    eprintln!("Q4_K as Q4_1: relative RMS error {q4_1:.2e}; as Q4_0: {q4_0:.2e}");
+    assert!(q4_1 < q4_0 / 4.0, "Q4_1 {q4_1:.2e} vs Q4_0 {q4_0:.2e}");
 }

@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::host::HostModel;
-use mobilellm_kernels::model::kquants;
+use mobilellm_kernels::model::decode;
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::tokenizer::Tokenizer;
 
@@ -20,8 +20,8 @@ fuzz_target!(|data: &[u8]| {
             let _ = (t.shape(), t.n_elements());
         }
         // K-quant bytes of any content decode (or are refused) without panicking.
-        if let (true, Ok((info, bytes))) = (kquants::is_supported(info.ggml_type), file.tensor_bytes(&info.name)) {
-            let _ = kquants::dequantize(info.ggml_type, bytes, info.n_elements() as usize);
+        if let (true, Ok((info, bytes))) = (decode::is_supported(info.ggml_type), file.tensor_bytes(&info.name)) {
+            let _ = decode::dequantize(info.ggml_type, bytes, info.n_elements() as usize);
         }
     }
     if let Ok(tok) = Tokenizer::from_gguf(&file) {

@@ -5,8 +5,8 @@ use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::model::config::{ModelConfig, RopeLayout};
+use crate::model::decode;
 use crate::model::gguf::{names as gguf_names, GgufFile, TensorType};
-use crate::model::kquants;
 use crate::model::weights::{LayerWeightsF32, ModelWeightsF32};
 use crate::quant::{HostWeight, WeightType};
 
@@ -213,9 +213,9 @@ fn gguf_rope_factors(
     Ok(factors)
 }
 
-/// A K-quant matrix (Q2_K to Q6_K) converted to `convert`, `None` for any other type. Without a
-/// conversion it is an error that says how to load it: no kernel reads K-quants.
-fn kquant_matrix(
+/// A matrix of a type no kernel reads (K-quants, Q5_0, Q5_1, IQ4_NL, IQ4_XS: [`decode`]) converted to
+/// `convert`, or without one to its nearest kernel type ([`decode::kernel_type`]); `None` for any other type.
+fn decoded_matrix(
     file: &GgufFile,
     name: &str,
     rows: usize,
@@ -223,25 +223,14 @@ fn kquant_matrix(
     convert: Option<WeightType>,
 ) -> Result<Option<HostWeight>> {
     let Some(info) = file.tensor_info(name) else { return Ok(None) };
-    if !kquants::is_supported(info.ggml_type) {
-        return Ok(None);
-    }
+    let Some(nearest) = decode::kernel_type(info.ggml_type) else { return Ok(None) };
     let shape = info.shape();
     if shape != [rows, cols] {
         return Err(Error::shape(format!("GGUF tensor `{name}`"), &shape, format!("[{rows}, {cols}]")));
     }
-    let Some(wtype) = convert else {
-        return Err(Error::format(
-            file.path(),
-            format!(
-                "tensor `{name}` is {}, which no kernel reads: load it with a conversion \
-                 (`--dtype q4_0|q4_1|q8_0|f16|f32`, `HostModel::from_gguf(file, Some(type))`)",
-                info.ggml_type
-            ),
-        ));
-    };
+    let wtype = convert.unwrap_or(nearest);
     let (info, data) = file.tensor_bytes(name)?;
-    let values = kquants::dequantize(info.ggml_type, data, rows * cols)?;
+    let values = decode::dequantize(info.ggml_type, data, rows * cols)?;
     HostWeight::quantize(wtype, rows, cols, &values).map(Some)
 }
 
@@ -269,8 +258,10 @@ fn check_no_unused_gguf_tensors(file: &GgufFile, layers: usize) -> Result<()> {
 impl HostModel {
     /// Builds a model from a GGUF `llama` file, keeping each tensor's type (F32, F16, Q8_0, Q4_0, Q4_1;
     /// BF16 becomes F32, which this crate has no GPU kernel for) unless `convert` names a type for every
-    /// matrix. K-quant matrices (Q2_K to Q6_K: llama.cpp's K-quant files) load only with `convert`
-    /// ([`crate::model::kquants`]). GGUF llama files use the interleaved RoPE layout.
+    /// matrix. Matrices of types no kernel reads (K-quants Q2_K to Q6_K, Q5_0, Q5_1, IQ4_NL, IQ4_XS: what
+    /// llama.cpp's K-quant and IQ4 files hold) are decoded and quantized to `convert`, or without it to their
+    /// nearest kernel type (Q4_1 for Q2_K to Q4_K, else Q8_0: [`crate::model::decode::kernel_type`]). GGUF
+    /// llama files use the interleaved RoPE layout.
     pub fn from_gguf(file: &GgufFile, convert: Option<WeightType>) -> Result<HostModel> {
         let g = file.llama_config()?;
         if g.rope_dim != g.head_dim {
@@ -301,7 +292,7 @@ impl HostModel {
         };
         config.validate()?;
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<HostWeight> {
-            if let Some(converted) = kquant_matrix(file, name, rows, cols, convert)? {
+            if let Some(converted) = decoded_matrix(file, name, rows, cols, convert)? {
                 return Ok(converted);
             }
             let t = file.tensor(name)?;

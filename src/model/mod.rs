@@ -1,9 +1,9 @@
 //! Models: config, weight loading (safetensors, GGUF), the planner (scheduler), KV cache and sampler.
 
 pub mod config;
+pub mod decode;
 pub mod gguf;
 pub mod host;
-pub mod kquants;
 pub mod planner;
 pub mod safetensors;
 pub mod weights;
