@@ -678,3 +678,29 @@ fn special_tokens_map_then_tokenizer_config() {
     assert!(e.contains("special_tokens_map.json") && e.contains("not a JSON object"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// HF added tokens with `lstrip` (the whitespace before is part of the match), `rstrip` (after) and
+/// `single_word` (no match touching a letter, digit or `_`) encode as `tokenizers` encodes them, in the
+/// byte-level and the SentencePiece-style layouts (`tests/data/hf-tokenizers/added_flags.py`).
+#[test]
+fn hf_added_token_flags_match_tokenizers() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/hf-tokenizers/added-flags.json");
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut checked = 0;
+    for entry in golden["tokens"].as_array().unwrap() {
+        let layout = entry["layout"].as_str().unwrap();
+        let file = hf_dir(layout).join("tokenizer.json");
+        let mut json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(file).unwrap()).unwrap();
+        json["added_tokens"].as_array_mut().unwrap().extend(entry["added_tokens"].as_array().unwrap().iter().cloned());
+        let vocab = Vocab::from_tokenizer_json(&json.to_string(), "flags.json").unwrap();
+        assert_eq!(vocab.added_token_flags.len(), 5, "{layout}");
+        let tok = Tokenizer::from_vocab(vocab).unwrap();
+        for case in golden["layouts"][layout].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<u32> = case["ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            assert_eq!(tok.encode(text, false), want, "{layout}: {text:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 42);
+}

@@ -6,7 +6,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use mobilellm_kernels::tokenizer::{SpacePrefix, TokenType, Tokenizer, TokenizerKind, Vocab};
+use mobilellm_kernels::tokenizer::{AddedTokenFlags, SpacePrefix, TokenType, Tokenizer, TokenizerKind, Vocab};
 
 fn vocab(
     kind: TokenizerKind,
@@ -29,6 +29,7 @@ fn vocab(
         add_eos: true,
         space_prefix: if kind == TokenizerKind::Llama { SpacePrefix::EverySegment } else { SpacePrefix::Never },
         isolate_user_defined: false,
+        added_token_flags: Default::default(),
         ignore_merges: false,
         chat_template: None,
     }
@@ -67,7 +68,11 @@ fn fixed() -> &'static [Tokenizer; 2] {
             tokens.push(m.replace(' ', ""));
             types.push(TokenType::Normal);
         }
-        let gpt2 = Tokenizer::from_vocab(vocab(TokenizerKind::Gpt2, tokens, types, Vec::new(), merges)).unwrap();
+        let mut v = vocab(TokenizerKind::Gpt2, tokens, types, Vec::new(), merges);
+        // HF added-token flags: <|im_end|> takes the whitespace around it, <|endoftext|> only whole words.
+        v.added_token_flags.insert(1, AddedTokenFlags { lstrip: true, rstrip: true, single_word: false });
+        v.added_token_flags.insert(0, AddedTokenFlags { single_word: true, ..Default::default() });
+        let gpt2 = Tokenizer::from_vocab(v).unwrap();
         // llama: unk/bos/eos, byte tokens, scored pieces.
         let mut tokens: Vec<String> = vec!["<unk>".into(), "<s>".into(), "</s>".into()];
         let mut types = vec![TokenType::Unknown, TokenType::Control, TokenType::Control];

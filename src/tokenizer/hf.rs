@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 use super::bpe::LLAMA3_PATTERN;
-use super::{SpacePrefix, TokenType, TokenizerKind, Vocab};
+use super::{AddedTokenFlags, SpacePrefix, TokenType, TokenizerKind, Vocab};
 use crate::error::{Error, Result};
 
 const SPACE: &str = "\u{2581}";
@@ -70,7 +70,7 @@ pub(crate) fn vocab_from_json(text: &str, path: &str) -> Result<Vocab> {
             return Err(unsupported(path, &format!("model.{key}"), v, "null"));
         }
     }
-    let (tokens, token_types) = tokens(&root, model, path)?;
+    let (tokens, token_types, added_token_flags) = tokens(&root, model, path)?;
     let merges = merges(model, path)?;
     let normalizer = root.get("normalizer").unwrap_or(&null);
     let pre = root.get("pre_tokenizer").unwrap_or(&null);
@@ -91,6 +91,7 @@ pub(crate) fn vocab_from_json(text: &str, path: &str) -> Result<Vocab> {
         isolate_user_defined: true,
         ignore_merges: flag(model, "ignore_merges", false),
         chat_template: None,
+        added_token_flags,
     };
     if byte_level {
         byte_level_layout(&mut vocab, normalizer, pre, path)?;
@@ -111,8 +112,8 @@ pub(crate) fn vocab_from_json(text: &str, path: &str) -> Result<Vocab> {
 }
 
 /// The token of every id (`model.vocab` and `added_tokens`, which win where both name an id); added tokens
-/// are matched whole in the text (type CONTROL).
-fn tokens(root: &Value, model: &Value, path: &str) -> Result<(Vec<String>, Vec<TokenType>)> {
+/// are matched whole in the text (type CONTROL), with their `lstrip`, `rstrip` and `single_word` flags.
+fn tokens(root: &Value, model: &Value, path: &str) -> Result<(Vec<String>, Vec<TokenType>, AddedFlags)> {
     let Some(vocab) = model.get("vocab").and_then(Value::as_object) else {
         return Err(Error::format(path, "model.vocab is missing or not an object"));
     };
@@ -123,12 +124,21 @@ fn tokens(root: &Value, model: &Value, path: &str) -> Result<(Vec<String>, Vec<T
     }
     let empty = Vec::new();
     let added = root.get("added_tokens").and_then(Value::as_array).unwrap_or(&empty);
+    let mut flags = AddedFlags::new();
     for (i, t) in added.iter().enumerate() {
         let (Some(id), Some(text)) = (t.get("id").and_then(Value::as_u64), t.get("content").and_then(Value::as_str))
         else {
             return Err(unsupported(path, &format!("added_tokens[{i}]"), t, "{\"id\": number, \"content\": string}"));
         };
         named.push((id, text, TokenType::Control));
+        let added = AddedTokenFlags {
+            lstrip: flag(t, "lstrip", false),
+            rstrip: flag(t, "rstrip", false),
+            single_word: flag(t, "single_word", false),
+        };
+        if added != AddedTokenFlags::default() && id <= u64::from(u32::MAX) {
+            flags.insert(id as u32, added);
+        }
     }
     let n = named.iter().map(|&(id, ..)| id + 1).max().unwrap_or(0);
     if n == 0 || n > u64::from(u32::MAX) || n as usize > 4 * named.len() {
@@ -147,8 +157,10 @@ fn tokens(root: &Value, model: &Value, path: &str) -> Result<(Vec<String>, Vec<T
             t.ok_or_else(|| Error::invalid(format!("token id {id} of {path}"), "absent", "a token for every id"))
         })
         .collect::<Result<Vec<String>>>()?;
-    Ok((tokens, types))
+    Ok((tokens, types, flags))
 }
+
+type AddedFlags = std::collections::HashMap<u32, AddedTokenFlags>;
 
 /// `model.merges` as `"left right"` strings, from either form the library writes (strings or pairs).
 fn merges(model: &Value, path: &str) -> Result<Vec<String>> {

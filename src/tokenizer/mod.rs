@@ -126,6 +126,20 @@ pub struct Vocab {
     pub ignore_merges: bool,
     /// `tokenizer.chat_template`.
     pub chat_template: Option<String>,
+    /// How special tokens are matched in text, for those whose HF `added_tokens` entry sets `lstrip`,
+    /// `rstrip` or `single_word` (the others match exactly where written).
+    pub added_token_flags: HashMap<u32, AddedTokenFlags>,
+}
+
+/// The matching flags of an HF added token (`tokenizers`' `AddedToken`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddedTokenFlags {
+    /// The whitespace before the token is part of the match (dropped from the text).
+    pub lstrip: bool,
+    /// The whitespace after the token is part of the match.
+    pub rstrip: bool,
+    /// Matched only where no word character (alphanumeric or `_`) touches it on either side.
+    pub single_word: bool,
 }
 
 impl Vocab {
@@ -197,6 +211,7 @@ impl Vocab {
                 false => SpacePrefix::Never,
             },
             isolate_user_defined: false,
+            added_token_flags: HashMap::new(),
             ignore_merges,
             chat_template: gguf.get_str("tokenizer.chat_template")?.map(str::to_owned),
         })
@@ -475,20 +490,33 @@ impl Tokenizer {
         let mut out = Vec::new();
         let (mut start, mut i) = (0, 0);
         let bytes = text.as_bytes();
+        let is_word = |c: Option<char>| c.is_some_and(|c| c.is_alphanumeric() || c == '_');
         while i < bytes.len() {
             let hit = self.special_by_byte.get(&bytes[i]).and_then(|ids| {
                 ids.iter().copied().find(|&id| text[i..].starts_with(self.vocab.tokens[id as usize].as_str()))
             });
+            let end = hit.map_or(i, |id| i + self.vocab.tokens[id as usize].len());
+            let flags = hit.and_then(|id| self.vocab.added_token_flags.get(&id)).copied().unwrap_or_default();
+            // A single-word token touching a word character is no match (HF checks the match as found).
+            let single_word_ok =
+                !flags.single_word || !(is_word(text[..i].chars().next_back()) || is_word(text[end..].chars().next()));
             match hit {
-                Some(id) => {
-                    if start < i {
-                        out.push(Fragment::Text(&text[start..i]));
+                Some(id) if single_word_ok => {
+                    let mut before = &text[start..i];
+                    if flags.lstrip {
+                        before = before.trim_end();
+                    }
+                    if !before.is_empty() {
+                        out.push(Fragment::Text(before));
                     }
                     out.push(Fragment::Token(id));
-                    i += self.vocab.tokens[id as usize].len();
+                    i = end;
+                    if flags.rstrip {
+                        i = text.len() - text[i..].trim_start().len();
+                    }
                     start = i;
                 }
-                None => {
+                _ => {
                     i += 1;
                     while i < bytes.len() && !text.is_char_boundary(i) {
                         i += 1;

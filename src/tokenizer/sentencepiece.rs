@@ -231,5 +231,6 @@ pub(crate) fn vocab_from_model(bytes: &[u8], path: &str) -> Result<Vocab> {
         isolate_user_defined: true,
         ignore_merges: false,
         chat_template: None,
+        added_token_flags: Default::default(),
     })
 }
