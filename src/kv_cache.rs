@@ -341,6 +341,55 @@ impl KvCache {
         Ok(())
     }
 
+    /// The stored bytes of positions `0..n` of slot `slot`: for K then V, each KV head's `n * head_dim`
+    /// elements in the storage type (a session state's layout, see `model::state`).
+    pub fn read_positions(&self, gpu: &Gpu, slot: usize, n: usize) -> Result<Vec<u8>> {
+        self.check_positions(n)?;
+        let bytes = self.read_bytes(gpu, slot)?;
+        let (run, es) = (n * self.head_dim, self.dtype.size());
+        let mut out = Vec::with_capacity(2 * self.kv_heads * run * es);
+        for row in 0..2 * self.kv_heads {
+            let start = row * self.capacity * self.head_dim * es;
+            out.extend_from_slice(&bytes[start..start + run * es]);
+        }
+        Ok(out)
+    }
+
+    /// Writes what [`KvCache::read_positions`] gave (positions `0..n`, this cache's storage type) into slot
+    /// `slot`. The length is checked before anything is written.
+    pub fn write_positions(&self, gpu: &Gpu, slot: usize, n: usize, bytes: &[u8]) -> Result<()> {
+        self.check_positions(n)?;
+        self.slot(slot)?;
+        let run = n * self.head_dim * self.dtype.size();
+        if bytes.len() != 2 * self.kv_heads * run {
+            return Err(Error::invalid(
+                "KV positions bytes",
+                bytes.len(),
+                format!(
+                    "{} (2 x {} heads x {n} positions x {} bytes)",
+                    2 * self.kv_heads * run,
+                    self.kv_heads,
+                    run / n.max(1)
+                ),
+            ));
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        for (row, chunk) in bytes.chunks_exact(run).enumerate() {
+            // Rows start at multiples of head_dim elements: whole texels where the slots are textures.
+            self.write_bytes(gpu, slot, row * self.capacity * self.head_dim * self.dtype.size(), chunk)?;
+        }
+        Ok(())
+    }
+
+    fn check_positions(&self, n: usize) -> Result<()> {
+        if n > self.capacity {
+            return Err(Error::Capacity { what: "KV cache positions".into(), requested: n, capacity: self.capacity });
+        }
+        Ok(())
+    }
+
     /// Reads slot `slot` back to the host, widened to f32.
     pub fn read(&self, gpu: &Gpu, slot: usize) -> Result<KvMirror> {
         let bytes = self.read_bytes(gpu, slot)?;

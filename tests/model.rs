@@ -503,14 +503,21 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     }
     std::fs::copy(data_dir("hf-tokenizers/sentencepiece/tokenizer.model"), dir.join("tokenizer.model")).unwrap();
     let prompt = "The capital of France is";
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
-        .args(["generate", "--max-new", "6", "--context", "64", "--model"])
-        .arg(&dir)
-        .arg(prompt)
-        .env("MOBILELLM_FEATURES", "none")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // `mobilellm generate` on the directory, with `extra` options: (stdout, stderr).
+    let generate = |extra: &[&std::ffi::OsStr]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+            .args(["generate", "--max-new", "6", "--context", "64"])
+            .args(extra)
+            .arg("--model")
+            .arg(&dir)
+            .arg(prompt)
+            .env("MOBILELLM_FEATURES", "none")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        (String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (plain, _) = generate(&[]);
 
     let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();
     let ids = tok.encode(prompt, true);
@@ -525,7 +532,17 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     let mut text: String = generated.iter().filter(|&&id| id != eos).map(|&id| stream.push(id)).collect();
     text.push_str(&stream.finish());
     assert!(!generated.is_empty());
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), format!("{prompt}{text}\n"));
+    assert_eq!(plain, format!("{prompt}{text}\n"));
+
+    // --prompt-cache: the first run saves the session, the second restores the prompt's tokens from it
+    // (all but the last, which must be fed to sample) and prints the same text.
+    let cache = dir.join("prompt.kv");
+    let run = || generate(&["--prompt-cache".as_ref(), cache.as_os_str()]);
+    let (first, log) = run();
+    assert!(log.contains(&format!("0 of {} prompt tokens restored", ids.len())), "{log}");
+    let (second, log) = run();
+    assert!(log.contains(&format!("{} of {} prompt tokens restored", ids.len() - 1, ids.len())), "{log}");
+    assert_eq!((&first, &second), (&format!("{prompt}{text}\n"), &format!("{prompt}{text}\n")));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
-use mobilellm_kernels::model::{HostModel, Model, ModelConfig, PlanOptions, Sampling};
+use mobilellm_kernels::model::{HostModel, Model, ModelConfig, PlanOptions, Sampling, SessionState};
 use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::reference::forward::CpuModel;
@@ -173,6 +173,10 @@ struct GenerateArgs {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    /// Session file: where the prompt starts with the tokens saved in it, their KV cache is restored instead
+    /// of prefilled; the session is saved there afterwards (llama.cpp's --prompt-cache).
+    #[arg(long)]
+    prompt_cache: Option<PathBuf>,
     /// The prompt.
     prompt: String,
 }
@@ -394,9 +398,18 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
     model.set_sampling(a.sampling.sampling())?;
     let ids = tokenizer.encode(&a.prompt, true);
+    let mut reused = 0;
+    if let Some(path) = a.prompt_cache.as_ref().filter(|p| p.exists()) {
+        model.load_state(&SessionState::load(path)?)?;
+        reused = model.reuse_prefix(&ids);
+    }
     print!("{}", a.prompt);
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, a.sampling.max_new)?;
-    report_speed(ids.len(), n, decode_s, prefill_s);
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new)?;
+    if let Some(path) = &a.prompt_cache {
+        model.save_state()?.save(path)?;
+        eprintln!("[prompt cache {}: {reused} of {} prompt tokens restored]", path.display(), ids.len());
+    }
+    report_speed(ids.len() - reused, n, decode_s, prefill_s);
     Ok(())
 }
 

@@ -6,9 +6,11 @@ pub mod gguf;
 pub mod host;
 pub mod planner;
 pub mod safetensors;
+pub mod state;
 pub mod weights;
 
 pub use config::{ModelConfig, RopeLayout};
 pub use host::{HostLayer, HostModel};
 pub use planner::{MemoryReport, Model, PlanOptions, Sampling};
+pub use state::SessionState;
 pub use weights::{LayerWeightsF32, ModelWeightsF32};

@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::model::config::ModelConfig;
 use crate::model::host::{HostLayer, HostModel};
+use crate::model::state::SessionState;
 use crate::ops::attention::Split;
 use crate::ops::embedding::Embedding;
 use crate::ops::ffn::fuse_gate_up;
@@ -521,6 +522,44 @@ impl Model {
     /// ones left unknown. May extend past [`Model::position`] after [`Model::reset`] or a rewind.
     pub fn cached_tokens(&self) -> &[u32] {
         &self.cached
+    }
+
+    /// Saves the sequence so far: the [`Model::position`] tokens fed and their K/V in every executed layer
+    /// (see [`SessionState`] for the byte format). Errors when some of those positions hold tokens this
+    /// model no longer knows (after a failed call or a [`Model::seek`]).
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, system: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// model.prefill(system)?; // a long system prompt, once
+    /// model.save_state()?.save("system.kv")?;
+    /// // Later, maybe in another process: the same model resumes without prefilling the prompt again.
+    /// let state = mobilellm_kernels::model::SessionState::load("system.kv")?;
+    /// model.load_state(&state)?;
+    /// let question = [9, 10, 11];
+    /// let reply = model.generate(&question, 32, &[], |_| true)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn save_state(&self) -> Result<SessionState> {
+        let Some(tokens) = self.cached.get(..self.pos) else {
+            return Err(Error::invalid(
+                "session to save",
+                format!("{} positions, {} known tokens", self.pos, self.cached.len()),
+                "every position's token known (feed from position 0 first)",
+            ));
+        };
+        SessionState::capture(&self.gpu, &self.cache, tokens)
+    }
+
+    /// Restores a state [`Model::save_state`] made (this model's, or one of the same shape): the cache holds
+    /// its tokens' K/V at positions `0..n`, the position is `n`, and feeding continues the sequence exactly as
+    /// it would have gone on in the model that saved it. A state that does not fit is an error that leaves
+    /// the model as it was.
+    pub fn load_state(&mut self, state: &SessionState) -> Result<()> {
+        self.gpu.take_error()?;
+        state.restore(&self.gpu, &self.cache)?;
+        self.pos = state.tokens().len();
+        self.cached = state.tokens().to_vec();
+        Ok(())
     }
 
     /// Records that `tokens` were fed from position `start` on, after the run cut `cached` at `start`; they
