@@ -1,12 +1,15 @@
 //! Session states (`Model::save_state` / `load_state`, `SessionState` bytes): a restored session continues
 //! exactly as the saved one, through the byte format, into a fresh model of another context length; states
 //! that do not fit are typed errors that leave the model as it was; an f16 state restores into an f32 cache.
+//! Context shifts (`Model::shift_context`): keys turned back by RoPE as an f64 rotation says, and the model
+//! after a shift against its CPU twin.
 mod common;
 
 use common::{gpus, tiny_config};
-use mobilellm_kernels::model::{HostModel, Model, PlanOptions, SessionState};
+use mobilellm_kernels::model::{HostModel, Model, ModelWeightsF32, PlanOptions, RopeLayout, SessionState};
 use mobilellm_kernels::quant::WeightType;
-use mobilellm_kernels::{DType, Error, Gpu};
+use mobilellm_kernels::reference::forward::CpuModel;
+use mobilellm_kernels::{reference, DType, Error, Gpu};
 
 const PROMPT: [u32; 12] = [5, 17, 3, 88, 41, 9, 60, 2, 33, 71, 14, 50];
 
@@ -141,4 +144,84 @@ fn an_f16_state_restores_into_an_f32_cache() {
     let (restored, storage) = (diff(&got, &want), diff(&f32_run, &want));
     eprintln!("f16 state in an f32 cache: {restored:.2e} from the f16 session; f32 session: {storage:.2e}");
     assert!(restored <= storage + 1e-6, "restored {restored:.2e} vs storage effect {storage:.2e}");
+}
+
+/// `rope_shift` by `-d` takes a key rotated for position `p + d` to the key rotated for `p`: checked against
+/// rotations computed in f64 from the unrotated vector, in both layouts, with plain and scaled frequencies.
+#[test]
+fn rope_shift_moves_keys_between_positions() {
+    let head_dim = 16;
+    let plain: Vec<f64> = (0..head_dim / 2).map(|i| reference::rope_frequency(i, head_dim, 10_000.0, None)).collect();
+    let scaled: Vec<f64> =
+        (0..head_dim / 2).map(|i| reference::rope_frequency(i, head_dim, 500_000.0, Some(1.0 + i as f32))).collect();
+    let u = common::random_vec(3, 2 * head_dim);
+    let rotated = |pos: f64, freqs: &[f64], layout: RopeLayout| -> Vec<f32> {
+        let mut out = u.clone();
+        for (head, src) in out.chunks_exact_mut(head_dim).zip(u.chunks_exact(head_dim)) {
+            for (i, f) in freqs.iter().enumerate() {
+                let (ia, ib) = if layout == RopeLayout::Halves { (i, i + head_dim / 2) } else { (2 * i, 2 * i + 1) };
+                let (a, b, (sin, cos)) = (f64::from(src[ia]), f64::from(src[ib]), (pos * f).sin_cos());
+                head[ia] = (a * cos - b * sin) as f32;
+                head[ib] = (a * sin + b * cos) as f32;
+            }
+        }
+        out
+    };
+    for layout in [RopeLayout::Halves, RopeLayout::Interleaved] {
+        for freqs in [&plain, &scaled] {
+            for (p, d) in [(0, 5), (37, 11), (1000, 999)] {
+                let mut k = rotated((p + d) as f64, freqs, layout);
+                reference::rope_shift(&mut k, -(d as i64), head_dim, freqs, layout);
+                let want = rotated(p as f64, freqs, layout);
+                common::assert_close(&format!("{layout:?} p {p} d {d}"), &k, &want, 2e-6, 2e-6);
+            }
+        }
+    }
+}
+
+/// The model after context shifts against its CPU twin: dropping a middle range (the later keys turned
+/// back), the last positions (nothing moves), or none. Then the steps that follow match the twin as closely
+/// as the same steps without a shift do: the shift adds no error of its own beyond a rounding per key.
+#[test]
+fn context_shift_matches_the_cpu_twin() {
+    let config = common::tiny_config().with_layer_sharing(true);
+    let weights = ModelWeightsF32::random(&config, 5).unwrap();
+    let host = HostModel::from_f32(config.clone(), &weights, WeightType::F32).unwrap();
+    let prompt: Vec<u32> = (0..30).map(|i| (i * 7 + 3) % 96).collect();
+    let forced = [4, 61, 17, 90, 33];
+    for gpu in gpus() {
+        let run = |shift: Option<(usize, usize)>| -> f32 {
+            let mut m = model(gpu, &host, 64, Some(DType::F32));
+            let mut cpu = CpuModel::new(config.clone(), weights.clone()).unwrap();
+            m.prefill(&prompt).unwrap();
+            cpu.prefill(&prompt).unwrap();
+            if let Some((keep, discard)) = shift {
+                m.shift_context(keep, discard).unwrap();
+                cpu.shift_context(keep, discard).unwrap();
+                assert_eq!(m.position(), prompt.len() - discard);
+                let mut kept = prompt.clone();
+                kept.drain(keep..keep + discard);
+                assert_eq!(m.cached_tokens(), kept);
+            }
+            let mut worst = 0.0f32;
+            for &t in &forced {
+                let (_, got) = m.step_logits(t).unwrap();
+                let want = cpu.step(t).unwrap();
+                worst = worst.max(got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max));
+            }
+            worst
+        };
+        let unshifted = run(None);
+        for shift in [(4, 10), (0, 29), (20, 10), (12, 1)] {
+            let shifted = run(Some(shift));
+            eprintln!("[{}] shift {shift:?}: {shifted:.2e} from the twin (no shift: {unshifted:.2e})", gpu.features());
+            assert!(shifted <= 2.0 * unshifted + 1e-5, "shift {shift:?}: {shifted:.2e} vs {unshifted:.2e}");
+        }
+        // A shift that does not fit changes nothing.
+        let mut m = model(gpu, &host, 64, None);
+        m.prefill(&prompt[..10]).unwrap();
+        assert!(m.shift_context(6, 5).unwrap_err().to_string().contains("keep 6 + discard 5"));
+        assert!(m.shift_context(usize::MAX, 1).is_err());
+        assert_eq!((m.position(), m.cached_tokens().len()), (10, 10));
+    }
 }

@@ -562,6 +562,39 @@ impl Model {
         Ok(())
     }
 
+    /// Makes room in the context, as llama.cpp's context shift does: drops the cached positions
+    /// `keep..keep + discard` and moves the later ones down by `discard`, turning their keys back by as many
+    /// RoPE positions, so the next token goes to `position() - discard`. The tokens kept after the gap were
+    /// computed with the dropped ones as context and keep that in their K/V: this lets a long chat go on
+    /// without prefilling again, it does not equal a fresh prefill of the kept tokens. Runs through the host
+    /// (a readback and a write of the positions in use); a shift that does not fit is an error that changes
+    /// nothing.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, system_len: usize) -> mobilellm_kernels::Result<()> {
+    /// if model.position() + 64 > model.context() {
+    ///     // Keep the system prompt, drop the oldest half of the rest.
+    ///     model.shift_context(system_len, (model.position() - system_len) / 2)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn shift_context(&mut self, keep: usize, discard: usize) -> Result<()> {
+        self.gpu.take_error()?;
+        let (head_dim, layout) = (self.config.head_dim, self.config.rope_layout);
+        let freqs: Vec<f64> = (0..head_dim / 2).map(|i| self.config.rope_frequency(i)).collect();
+        let back = -(discard as i64);
+        let turn = |row: &mut [f32]| crate::reference::rope_shift(row, back, head_dim, &freqs, layout);
+        self.cache.shift_positions(&self.gpu, self.pos, keep, discard, &turn)?;
+        if self.cached.len() >= keep + discard {
+            self.cached.drain(keep..keep + discard);
+        } else {
+            self.cached.truncate(keep);
+        }
+        self.cached.truncate(self.pos - discard);
+        self.pos -= discard;
+        Ok(())
+    }
+
     /// Records that `tokens` were fed from position `start` on, after the run cut `cached` at `start`; they
     /// extend it only where every position before them is known.
     fn note_fed(&mut self, start: usize, tokens: &[u32]) {

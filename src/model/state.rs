@@ -14,7 +14,7 @@ use std::path::Path;
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{convert_storage, KvCache};
 use crate::tensor::DType;
 
 const MAGIC: &[u8; 8] = b"MLKVSTAT";
@@ -77,7 +77,7 @@ impl SessionState {
             });
         }
         let converted: Vec<Vec<u8>> =
-            self.layers.iter().map(|bytes| convert(bytes, self.dtype, cache.dtype())).collect();
+            self.layers.iter().map(|bytes| convert_storage(bytes, self.dtype, cache.dtype())).collect();
         for (slot, bytes) in converted.iter().enumerate() {
             cache.write_positions(gpu, slot, self.tokens.len(), bytes)?;
         }
@@ -155,19 +155,5 @@ impl SessionState {
         let name = path.display().to_string();
         let bytes = std::fs::read(path).map_err(|source| Error::Io { path: name.clone(), source })?;
         SessionState::from_bytes(&bytes, &name)
-    }
-}
-
-/// `bytes` of `from` elements as `to` elements (f16 <-> f32; the same type is a copy).
-fn convert(bytes: &[u8], from: DType, to: DType) -> Vec<u8> {
-    match (from, to) {
-        (DType::F16, DType::F32) => {
-            bytes.chunks_exact(2).flat_map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32().to_le_bytes()).collect()
-        }
-        (DType::F32, DType::F16) => bytes
-            .chunks_exact(4)
-            .flat_map(|b| half::f16::from_f32(f32::from_le_bytes([b[0], b[1], b[2], b[3]])).to_le_bytes())
-            .collect(),
-        _ => bytes.to_vec(),
     }
 }

@@ -44,6 +44,33 @@ pub fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32, layout: Rope
     }
 }
 
+/// Moves every head of one row `x` (`[heads * head_dim]`, rotated by RoPE for some position `p`) to position
+/// `p + delta`: pair `i` turns by the angle `delta * freqs[i]` (`freqs`: one per pair, as
+/// [`crate::model::ModelConfig::rope_frequency`] gives them), with cos and sin computed in f64 and rounded to
+/// f32, as the RoPE table does. A context shift moves the kept keys back by the dropped positions with it.
+pub fn rope_shift(x: &mut [f32], delta: i64, head_dim: usize, freqs: &[f64], layout: RopeLayout) {
+    let half = head_dim / 2;
+    let turns: Vec<(f32, f32)> = freqs
+        .iter()
+        .take(half)
+        .map(|f| {
+            let (sin, cos) = (delta as f64 * f).sin_cos();
+            (cos as f32, sin as f32)
+        })
+        .collect();
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, &(cos, sin)) in turns.iter().enumerate() {
+            let (ia, ib) = match layout {
+                RopeLayout::Halves => (i, i + half),
+                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
+            };
+            let (a, b) = (head[ia], head[ib]);
+            head[ia] = a * cos - b * sin;
+            head[ib] = a * sin + b * cos;
+        }
+    }
+}
+
 /// The shapes of a fused QKV projection.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct QkvShape {

@@ -161,6 +161,30 @@ impl CpuModel {
         self.final_hidden.clear();
     }
 
+    /// The twin of [`crate::model::Model::shift_context`]: drops the cache entries of positions
+    /// `keep..keep + discard` and moves the later ones down by `discard`, their keys turned back by as many
+    /// RoPE positions ([`crate::reference::rope_shift`]).
+    pub fn shift_context(&mut self, keep: usize, discard: usize) -> Result<()> {
+        if keep.checked_add(discard).is_none_or(|end| end > self.pos) {
+            return Err(Error::invalid(
+                "context shift",
+                format!("keep {keep} + discard {discard}"),
+                format!("at most the {} positions in use", self.pos),
+            ));
+        }
+        let (kv_dim, hd, layout) = (self.config.kv_dim(), self.config.head_dim, self.config.rope_layout);
+        for slot in &mut self.slots {
+            slot.k.drain(keep * kv_dim..(keep + discard) * kv_dim);
+            slot.v.drain(keep * kv_dim..(keep + discard) * kv_dim);
+            slot.pos.truncate(slot.pos.len() - discard);
+            for row in slot.k[keep * kv_dim..].chunks_exact_mut(kv_dim) {
+                crate::reference::rope_shift(row, -(discard as i64), hd, &self.inv_freq, layout);
+            }
+        }
+        self.pos -= discard;
+        Ok(())
+    }
+
     /// Keys and values cached by execution `exec` (`entries x kv_dim` each), e.g. to compare a GPU cache.
     pub fn kv_cache(&self, exec: usize) -> Option<(&[f32], &[f32])> {
         let slot = self.slots.get(*self.schedule.cache_slots.get(exec)?)?;

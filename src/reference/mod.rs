@@ -11,8 +11,8 @@ mod rms_norm;
 mod sample;
 
 pub use attention::{
-    attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, rope_cos_sin_at, rope_frequency, QkvShape,
-    RopeLayout,
+    attention_decode, attention_prefill, qkv_rope, rope, rope_cos_sin, rope_cos_sin_at, rope_frequency, rope_shift,
+    QkvShape, RopeLayout,
 };
 pub use elementwise::add;
 pub use embedding::embedding;
