@@ -113,3 +113,38 @@ fn chat_prompt_b_matches_transformers_with_all_features() {
     let kv = if gpu.features().f16 { DType::F16 } else { DType::F32 };
     check_case(gpu, kv, "B", 2);
 }
+
+/// Prompt-lookup decoding on a real model: text that repeats a sentence drafts most of its continuation
+/// from the prompt, text that does not has its drafts rejected; both give the greedy tokens exactly.
+#[test]
+fn lookup_decoding_gives_smollm2_greedy_tokens() {
+    use mobilellm_kernels::model::LookupOptions;
+    let gpu = &gpus()[0];
+    let (mut model, tokenizer) = load(gpu, DType::F32);
+    let prompts = [
+        "Copy this text twice. Text: the red fox and the old mill by the river. Copy 1: the red fox and the old mill by the river. Copy 2:",
+        "The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is",
+    ];
+    let (mut drafted, mut accepted) = (0, 0);
+    for prompt in prompts {
+        let ids = tokenizer.encode(prompt, false);
+        model.reset();
+        let start = std::time::Instant::now();
+        let want = model.generate(&ids, 16, &[], |_| true).unwrap();
+        let plain_s = start.elapsed().as_secs_f64();
+        model.reset();
+        let start = std::time::Instant::now();
+        let (got, stats) =
+            model.generate_lookup(&ids, 16, &[], LookupOptions { ngram: 2, draft: 8 }, |_| true).unwrap();
+        let lookup_s = start.elapsed().as_secs_f64();
+        eprintln!(
+            "{:?}: {stats:?}; plain {:.0} ms, lookup {:.0} ms",
+            tokenizer.decode(&want),
+            plain_s * 1e3,
+            lookup_s * 1e3
+        );
+        assert_eq!(got, want, "{prompt:?}");
+        (drafted, accepted) = (drafted + stats.drafted, accepted + stats.accepted);
+    }
+    assert!(accepted > 0 && drafted > accepted, "drafts accepted and rejected: {accepted} of {drafted}");
+}

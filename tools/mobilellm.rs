@@ -8,7 +8,7 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
-use mobilellm_kernels::model::{HostModel, Model, ModelConfig, PlanOptions, Sampling, SessionState};
+use mobilellm_kernels::model::{HostModel, LookupOptions, Model, ModelConfig, PlanOptions, Sampling, SessionState};
 use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::reference::forward::CpuModel;
@@ -177,6 +177,10 @@ struct GenerateArgs {
     /// of prefilled; the session is saved there afterwards (llama.cpp's --prompt-cache).
     #[arg(long)]
     prompt_cache: Option<PathBuf>,
+    /// Prompt-lookup decoding: draft up to this many tokens from earlier in the text and check them in one
+    /// pass (0 = off; greedy sampling only, same tokens).
+    #[arg(long, default_value_t = 0)]
+    lookup: usize,
     /// The prompt.
     prompt: String,
 }
@@ -362,20 +366,44 @@ fn info(a: &ModelArgs) -> Result<()> {
 
 /// Streams the continuation of `prompt_ids`; returns (tokens generated, seconds of decode, seconds of prefill).
 fn stream(model: &mut Model, tokenizer: &Tokenizer, prompt_ids: &[u32], max_new: usize) -> Result<(usize, f64, f64)> {
+    stream_with(model, tokenizer, prompt_ids, max_new, None)
+}
+
+/// [`stream`], with prompt-lookup drafts when `lookup` is given (the stats are printed).
+fn stream_with(
+    model: &mut Model,
+    tokenizer: &Tokenizer,
+    prompt_ids: &[u32],
+    max_new: usize,
+    lookup: Option<LookupOptions>,
+) -> Result<(usize, f64, f64)> {
     let mut decoder = tokenizer.stream_decoder();
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
     let start = Instant::now();
     let mut first_at = None;
-    let out = model.generate(prompt_ids, max_new, &stop, |id| {
+    let on_token = |id| {
         first_at.get_or_insert_with(Instant::now);
         if !stop.contains(&id) {
             print!("{}", decoder.push(id));
             let _ = std::io::stdout().flush();
         }
         true
-    })?;
+    };
+    let (out, stats) = match lookup {
+        None => (model.generate(prompt_ids, max_new, &stop, on_token)?, None),
+        Some(options) => {
+            let (out, stats) = model.generate_lookup(prompt_ids, max_new, &stop, options, on_token)?;
+            (out, Some(stats))
+        }
+    };
     print!("{}", decoder.finish());
     println!();
+    if let Some(stats) = stats {
+        eprintln!(
+            "[lookup: {} passes, {} of {} drafted tokens accepted, {} plain steps]",
+            stats.passes, stats.accepted, stats.drafted, stats.steps
+        );
+    }
     let prefill_s = first_at.map_or(0.0, |t| (t - start).as_secs_f64());
     let decode_s = first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
     Ok((out.len(), decode_s, prefill_s))
@@ -404,7 +432,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         reused = model.reuse_prefix(&ids);
     }
     print!("{}", a.prompt);
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new)?;
+    let lookup = (a.lookup > 0).then_some(LookupOptions { draft: a.lookup, ..LookupOptions::default() });
+    let (n, decode_s, prefill_s) = stream_with(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, lookup)?;
     if let Some(path) = &a.prompt_cache {
         model.save_state()?.save(path)?;
         eprintln!("[prompt cache {}: {reused} of {} prompt tokens restored]", path.display(), ids.len());

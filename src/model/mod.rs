@@ -4,6 +4,7 @@ pub mod config;
 pub mod decode;
 pub mod gguf;
 pub mod host;
+pub mod lookup;
 pub mod planner;
 pub mod safetensors;
 pub mod state;
@@ -11,6 +12,7 @@ pub mod weights;
 
 pub use config::{ModelConfig, RopeLayout};
 pub use host::{HostLayer, HostModel};
+pub use lookup::{LookupOptions, LookupStats};
 pub use planner::{MemoryReport, Model, PlanOptions, Sampling};
 pub use state::SessionState;
 pub use weights::{LayerWeightsF32, ModelWeightsF32};

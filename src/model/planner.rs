@@ -602,6 +602,10 @@ impl Model {
             self.cached.extend_from_slice(tokens);
         }
     }
+    /// How tokens are sampled ([`Model::set_sampling`]).
+    pub fn sampling(&self) -> &Sampling {
+        &self.sampling
+    }
     /// Sets how tokens are sampled from now on.
     pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
         if sampling.penalty_last_n > MAX_PENALTIES {
