@@ -78,3 +78,9 @@ chat = json.loads((data / "chat-templates" / "cases.json").read_text())
 (seeds / "chat_template").mkdir(exist_ok=True)
 for name, template in chat["templates"].items():
     (seeds / "chat_template" / name).write_bytes(template.encode() + b"\0Hi <b>it's</b> {{ x }}\n")
+
+# session_state: a header for 2 tokens, 1 layer, 1 KV head of 4 (f32), then a truncated copy.
+(seeds / "session_state").mkdir(exist_ok=True)
+state = b"MLKVSTAT" + struct.pack("<6I", 1, 0, 1, 1, 4, 2) + struct.pack("<2I", 7, 9) + bytes(2 * 1 * 2 * 4 * 4)
+(seeds / "session_state" / "f32").write_bytes(state)
+(seeds / "session_state" / "cut").write_bytes(state[:40])

@@ -105,6 +105,22 @@ fn states_that_do_not_fit_are_refused_without_harm() {
     for at in [16, 20, 24, 28] {
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     }
+    assert!(SessionState::from_bytes(&huge, "h").unwrap_err().to_string().contains("layers"));
+    // An empty state may not claim a huge layer count or empty heads (it would allocate by the header).
+    let empty = |layers: u32, heads: u32| {
+        let mut b = b"MLKVSTAT".to_vec();
+        for v in [1, 0, layers, heads, 16, 0] {
+            b.extend_from_slice(&u32::to_le_bytes(v));
+        }
+        SessionState::from_bytes(&b, "e")
+    };
+    assert_eq!(empty(4, 2).unwrap().tokens(), &[] as &[u32]);
+    assert!(empty(u32::MAX, 2).unwrap_err().to_string().contains("4096"));
+    assert!(empty(4, 0).is_err());
+    let mut huge = bytes[..32].to_vec();
+    huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    huge[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
+    huge[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(SessionState::from_bytes(&huge, "h").unwrap_err().to_string().contains("overflow"));
     // Files.
     let path = std::env::temp_dir().join(format!("mobilellm-state-{}.kv", std::process::id()));

@@ -21,6 +21,9 @@ const MAGIC: &[u8; 8] = b"MLKVSTAT";
 const VERSION: u32 = 1;
 /// Magic, then six u32 fields.
 const HEADER_BYTES: usize = 8 + 6 * 4;
+/// More executed layers than any model has: a header claiming more is corrupt (and would allocate a list of
+/// that length for an empty state).
+const MAX_LAYERS: usize = 4096;
 
 /// A saved sequence: its tokens and their K/V in every executed layer.
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +120,11 @@ impl SessionState {
             1 => DType::F16,
             other => return Err(bad(format!("storage type {other}, expected 0 (f32) or 1 (f16)"))),
         };
+        if !(1..=MAX_LAYERS).contains(&layers) || kv_heads == 0 || head_dim == 0 {
+            return Err(bad(format!(
+                "{layers} layers x {kv_heads} KV heads of {head_dim}: expected 1..={MAX_LAYERS} layers and both others >= 1"
+            )));
+        }
         // Checked sizes: a corrupt header must not overflow or allocate past the input.
         let layer_bytes = [2, kv_heads, n, head_dim, dtype.size()].iter().try_fold(1usize, |a, &b| a.checked_mul(b));
         let total = layer_bytes
@@ -136,6 +144,7 @@ impl SessionState {
         let tokens = ids.chunks_exact(4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
         let body = &bytes[HEADER_BYTES + 4 * n..];
         let layers = if layer_bytes == 0 {
+            // No tokens: `layers` empty layers (at most MAX_LAYERS).
             vec![Vec::new(); layers]
         } else {
             body.chunks_exact(layer_bytes).map(<[u8]>::to_vec).collect()
