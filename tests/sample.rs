@@ -3,7 +3,7 @@
 //! statistics of the twin against softmax, and parameter validation.
 mod common;
 
-use common::{gpus, random_vec, ShapeRng};
+use common::{gpu_rules_gpu, gpus, random_vec, ShapeRng};
 use mobilellm_kernels::ops::sample::{
     penalty_entries, sample, validate, write_step, Penalties, SampleRow, Sampler, MAX_PENALTIES, MAX_TOP_K,
 };
@@ -145,7 +145,7 @@ fn gpu_equals_cpu_with(gpu: &Gpu, row: &[f32], base: &StepParams, seeds: u32) ->
 
 #[test]
 fn gpu_matches_cpu_token_for_token() {
-    for gpu in gpus() {
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
         let row: Vec<f32> = random_vec(11, 3000).iter().map(|v| v * 4.0).collect();
         let mut ties = 0;
         // k <= 6 takes pass 1's rounds path, larger k its filter path.
@@ -162,12 +162,14 @@ fn gpu_matches_cpu_token_for_token() {
 
 /// Pass 1's filter on the rows that fill it most: the chunk's best logits packed at its start (descending),
 /// at its end (ascending), in every run (sawtooth), or all equal (the order is then the index alone), at
-/// chunk sizes 1024 (runs of 8) and 2004 (Llama-3's 128 256 logits: runs of 16, the most the filter takes).
+/// chunk sizes 1024 (runs of 8) and 2004 or 2048 (Llama-3's 128 256 logits: runs of 16, the most the filter
+/// takes).
 /// A temperature of 1e30 makes every kept candidate's weight 1, so the picks spread evenly over the exact
 /// top-k set and the cumulative sums are small integers: a candidate missing, extra or out of order shows.
 #[test]
 fn top_k_over_ordered_and_flat_rows() {
-    for gpu in gpus() {
+    // Also under GPU launch rules: 256-invocation workgroups, as on real GPUs.
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
         let mut ties = 0;
         for vocab in [3000usize, 49_152, 128_256] {
             let rows: [(&str, Vec<f32>); 4] = [
