@@ -671,18 +671,26 @@ fn cli_chat_on_a_llama3_style_checkpoint() {
     write_safetensors(dir.join("model.safetensors"), &list).unwrap();
 
     let turns = ["What is 2+3?", "And 4+5?"];
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
-        .args(["chat", "--max-new", "6", "--context", "256", "--model"])
-        .arg(&dir)
-        .env("MOBILELLM_FEATURES", "none")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(format!("{}\n{}\n", turns[0], turns[1]).as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let chat = |extra: &[&str]| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+            .args(["chat", "--max-new", "6", "--context", "256"])
+            .args(extra)
+            .arg("--model")
+            .arg(&dir)
+            .env("MOBILELLM_FEATURES", "none")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(format!("{}\n{}\n", turns[0], turns[1]).as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        out
+    };
+    let out = chat(&[]);
+    // Prompt-lookup drafts change how the replies are computed, not what they are.
+    assert_eq!(chat(&["--lookup", "4"]).stdout, out.stdout);
 
     // The same conversation through the library.
     let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();

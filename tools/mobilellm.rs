@@ -147,9 +147,17 @@ struct SamplingArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_new: usize,
+    /// Prompt-lookup decoding: draft up to this many tokens from earlier in the text and check them in one
+    /// pass (0 = off; greedy sampling only, same tokens).
+    #[arg(long, default_value_t = 0)]
+    lookup: usize,
 }
 
 impl SamplingArgs {
+    fn lookup(&self) -> Option<LookupOptions> {
+        (self.lookup > 0).then_some(LookupOptions { draft: self.lookup, ..LookupOptions::default() })
+    }
+
     fn sampling(&self) -> Sampling {
         Sampling {
             temperature: self.temperature,
@@ -177,10 +185,6 @@ struct GenerateArgs {
     /// of prefilled; the session is saved there afterwards (llama.cpp's --prompt-cache).
     #[arg(long)]
     prompt_cache: Option<PathBuf>,
-    /// Prompt-lookup decoding: draft up to this many tokens from earlier in the text and check them in one
-    /// pass (0 = off; greedy sampling only, same tokens).
-    #[arg(long, default_value_t = 0)]
-    lookup: usize,
     /// The prompt.
     prompt: String,
 }
@@ -432,7 +436,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         reused = model.reuse_prefix(&ids);
     }
     print!("{}", a.prompt);
-    let lookup = (a.lookup > 0).then_some(LookupOptions { draft: a.lookup, ..LookupOptions::default() });
+    let lookup = a.sampling.lookup();
     let (n, decode_s, prefill_s) = stream_with(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, lookup)?;
     if let Some(path) = &a.prompt_cache {
         model.save_state()?.save(path)?;
@@ -484,14 +488,18 @@ fn chat(a: &ChatArgs) -> Result<()> {
         let mut reply = Vec::new();
         let mut decoder = tokenizer.stream_decoder();
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
-        model.generate(&ids[reused..], a.sampling.max_new, &stop, |id| {
+        let on_token = |id| {
             if !stop.contains(&id) {
                 reply.push(id);
                 print!("{}", decoder.push(id));
                 let _ = std::io::stdout().flush();
             }
             true
-        })?;
+        };
+        match a.sampling.lookup() {
+            None => model.generate(&ids[reused..], a.sampling.max_new, &stop, on_token)?,
+            Some(options) => model.generate_lookup(&ids[reused..], a.sampling.max_new, &stop, options, on_token)?.0,
+        };
         println!("{}", decoder.finish());
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
         history.push(("assistant".into(), tokenizer.decode(&reply)));
