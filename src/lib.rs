@@ -8,7 +8,10 @@
 //! - [`shader`]: the kernel sources in `kernels/*.wgsl` and the variant mechanism;
 //! - [`tensor`]: GPU buffers with dtype and shape;
 //! - [`ops`]: one launcher per kernel family, returning reusable [`ops::Dispatch`]es;
-//! - [`reference`](mod@reference): the CPU twin of every kernel family, for tests and checks.
+//! - [`reference`](mod@reference): the CPU twin of every kernel family, for tests and checks;
+//! - [`model`]: config and weight loaders (safetensors, GGUF), the planned model (prefill, decode, GPU
+//!   sampling, session states, context shifts, prompt-lookup decoding) and its KV cache ([`kv_cache`]);
+//! - [`tokenizer`]: GGUF and HF tokenizers, chat templates.
 //!
 //! ```no_run
 //! use mobilellm_kernels::{ops, reference, Gpu, Tensor, DType};
