@@ -75,7 +75,8 @@ struct ModelArgs {
     /// tokenizer.model for text).
     #[arg(long)]
     model: PathBuf,
-    /// Convert the weights to this type on load (f32, f16, q8_0, q4_0, q4_1); default: as stored (safetensors: f32).
+    /// Convert the weights to this type on load (f32, f16, q8_0, q4_0, q4_1); default: as stored (safetensors:
+    /// f32; GGUF types no kernel reads, such as K-quants: the nearest one a kernel reads).
     #[arg(long)]
     dtype: Option<WeightType>,
     /// KV-cache capacity in positions.
