@@ -3,7 +3,7 @@
 //! accepted where the text repeats; only greedy sampling without penalties is taken.
 mod common;
 
-use common::{gpus, tiny_config};
+use common::{gpu_rules_gpu, gpus, tiny_config};
 use mobilellm_kernels::model::{HostModel, LookupOptions, Model, PlanOptions, Sampling};
 use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
@@ -18,7 +18,8 @@ fn lookup_decoding_gives_greedy_tokens() {
     // A small random model falls into a cycle of its own (here one token), which the lookup then drafts.
     let host = HostModel::synthetic(tiny_config(), WeightType::Q8_0, 21).unwrap();
     let prompt: Vec<u32> = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6].to_vec();
-    for gpu in gpus() {
+    // Under GPU launch rules too: batched products by `gemm_rows`, decode steps recorded ahead.
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
         let (mut drafted, mut accepted) = (0, 0);
         {
             let p = &prompt;

@@ -5,7 +5,7 @@
 //! after a shift against its CPU twin.
 mod common;
 
-use common::{gpus, tiny_config};
+use common::{gpu_rules_gpu, gpus, tiny_config};
 use mobilellm_kernels::model::{HostModel, Model, ModelWeightsF32, PlanOptions, RopeLayout, SessionState};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::reference::forward::CpuModel;
@@ -35,7 +35,7 @@ fn continue_greedy(m: &mut Model, first: u32, steps: usize) -> Vec<Vec<f32>> {
 
 #[test]
 fn a_restored_session_continues_exactly() {
-    for gpu in gpus() {
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
         // Layer sharing: each unique layer runs twice, each execution with its own cache slot (4 slots).
         let host = host(true);
         let mut saved = model(gpu, &host, 64, None);
@@ -205,7 +205,7 @@ fn context_shift_matches_the_cpu_twin() {
     let host = HostModel::from_f32(config.clone(), &weights, WeightType::F32).unwrap();
     let prompt: Vec<u32> = (0..30).map(|i| (i * 7 + 3) % 96).collect();
     let forced = [4, 61, 17, 90, 33];
-    for gpu in gpus() {
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
         let run = |shift: Option<(usize, usize)>| -> f32 {
             let mut m = model(gpu, &host, 64, Some(DType::F32));
             let mut cpu = CpuModel::new(config.clone(), weights.clone()).unwrap();
