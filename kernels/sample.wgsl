@@ -166,6 +166,11 @@ fn uniform01(seed: u32) -> f32 {
     return f32(pcg(pcg(seed) ^ 0x9E3779B9u) >> 8u) * (1.0 / 16777216.0);
 }
 
+// Candidate `i` of the row: its (penalised) logit's key and its index.
+fn chunk_candidate(base: u32, i: u32) -> vec2<u32> {
+    return vec2<u32>(order_key(sampled_logit(base, i)), i);
+}
+
 // `c` if it ranks after `threshold` and before `best`, else `best`.
 fn better_after(threshold: vec2<u32>, c: vec2<u32>, best: vec2<u32>) -> vec2<u32> {
     if ranks_before(threshold, c) && ranks_before(c, best) {
@@ -188,7 +193,7 @@ fn partial_by_rounds(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid:
             }
         } else {
             for (var i = start + lid; i < end; i += WG) {
-                best = better_after(threshold, vec2<u32>(order_key(sampled_logit(base, i)), i), best);
+                best = better_after(threshold, chunk_candidate(base, i), best);
             }
         }
         threshold = workgroup_best(best, lid, WG);
@@ -225,10 +230,6 @@ fn bitonic_sort(n: u32, lid: u32) {
             workgroupBarrier();
         }
     }
-}
-
-fn chunk_candidate(base: u32, i: u32) -> vec2<u32> {
-    return vec2<u32>(order_key(sampled_logit(base, i)), i);
 }
 
 // Pass-1 candidates by filter, sorting only the logits that can be in the chunk's top R:

@@ -370,12 +370,9 @@ fn info(a: &ModelArgs) -> Result<()> {
 }
 
 /// Streams the continuation of `prompt_ids`; returns (tokens generated, seconds of decode, seconds of prefill).
-fn stream(model: &mut Model, tokenizer: &Tokenizer, prompt_ids: &[u32], max_new: usize) -> Result<(usize, f64, f64)> {
-    stream_with(model, tokenizer, prompt_ids, max_new, None)
-}
-
-/// [`stream`], with prompt-lookup drafts when `lookup` is given (the stats are printed).
-fn stream_with(
+/// Generates and prints tokens as they come, with prompt-lookup drafts when `lookup` is given (the stats are
+/// printed); returns (tokens, decode seconds, prefill seconds).
+fn stream(
     model: &mut Model,
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
@@ -438,7 +435,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     }
     print!("{}", a.prompt);
     let lookup = a.sampling.lookup();
-    let (n, decode_s, prefill_s) = stream_with(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, lookup)?;
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, lookup)?;
     if let Some(path) = &a.prompt_cache {
         model.save_state()?.save(path)?;
         eprintln!("[prompt cache {}: {reused} of {} prompt tokens restored]", path.display(), ids.len());
@@ -570,7 +567,7 @@ fn demo_real(gpu: &Gpu, path: &Path, prompt: &str) -> Result<()> {
     let ids = tokenizer.encode_chat(&[("user", prompt)], true)?;
     println!("user: {prompt}");
     print!("assistant: ");
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48)?;
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48, None)?;
     report_speed(ids.len(), n, decode_s, prefill_s);
     Ok(())
 }

@@ -44,12 +44,7 @@ fn kind(ty: GgmlType) -> Option<(&'static str, usize, usize)> {
     }
 }
 
-/// Whether `ty` is a type this module decodes.
-pub fn is_supported(ty: GgmlType) -> bool {
-    kind(ty).is_some()
-}
-
-/// The weight type a tensor of `ty` becomes when the caller names none (`None`: not a type decoded here).
+/// The weight type a tensor of `ty` becomes when the caller names none; `None`: not a type decoded here.
 /// Q2_K, Q3_K and Q4_K become Q4_1: a Q4_K sub-block of 32 values is a 16-level affine grid
 /// (`d * sc * q - dmin * m`) that a Q4_1 block of the same 32 values holds, up to rounding its scale and
 /// minimum to f16, whenever its quants span 0..15; Q2_K and Q3_K have fewer levels per 16 values. The rest

@@ -12,7 +12,7 @@
 
 use super::Model;
 use crate::error::{Error, Result};
-use crate::reference::sample_order_key;
+use crate::ops::StepParams;
 
 /// How drafts are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,16 +61,10 @@ fn find_draft(seq: &[u32], ngram: usize, limit: usize) -> Vec<u32> {
     draft
 }
 
-/// The greedy pick of one logits row, in the sampling kernel's order (largest first, NaN last, ties to the
-/// lowest id).
+/// The greedy pick of one logits row: what the sampling kernel picks (its CPU twin, largest first, NaN last,
+/// ties to the lowest id).
 fn greedy_pick(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if sample_order_key(v) > sample_order_key(row[best]) {
-            best = i;
-        }
-    }
-    best as u32
+    crate::reference::sample(row, &StepParams { temperature: 0.0, ..StepParams::default() })
 }
 
 impl Model {

@@ -29,10 +29,16 @@ pub fn rope_cos_sin_at(pos: usize, freq: f64) -> (f32, f32) {
 /// Rotates every head of one row `x` (`[heads * head_dim]`) for position `pos`, in place:
 /// pair `(a, b)` with frequency `theta^(-2i/head_dim)` becomes `(a cos - b sin, a sin + b cos)`.
 pub fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32, layout: RopeLayout) {
+    let turns: Vec<(f32, f32)> = (0..head_dim / 2).map(|i| rope_cos_sin(pos, i, head_dim, theta)).collect();
+    turn_pairs(x, head_dim, layout, &turns);
+}
+
+/// Turns pair `i` of every head of `x` by `turns[i]` = `(cos, sin)`: `(a, b)` becomes
+/// `(a cos - b sin, a sin + b cos)`.
+fn turn_pairs(x: &mut [f32], head_dim: usize, layout: RopeLayout, turns: &[(f32, f32)]) {
     let half = head_dim / 2;
     for head in x.chunks_mut(head_dim) {
-        for i in 0..half {
-            let (cos, sin) = rope_cos_sin(pos, i, head_dim, theta);
+        for (i, &(cos, sin)) in turns.iter().enumerate() {
             let (ia, ib) = match layout {
                 RopeLayout::Halves => (i, i + half),
                 RopeLayout::Interleaved => (2 * i, 2 * i + 1),
@@ -49,26 +55,15 @@ pub fn rope(x: &mut [f32], pos: usize, head_dim: usize, theta: f32, layout: Rope
 /// [`crate::model::ModelConfig::rope_frequency`] gives them), with cos and sin computed in f64 and rounded to
 /// f32, as the RoPE table does. A context shift moves the kept keys back by the dropped positions with it.
 pub fn rope_shift(x: &mut [f32], delta: i64, head_dim: usize, freqs: &[f64], layout: RopeLayout) {
-    let half = head_dim / 2;
     let turns: Vec<(f32, f32)> = freqs
         .iter()
-        .take(half)
+        .take(head_dim / 2)
         .map(|f| {
             let (sin, cos) = (delta as f64 * f).sin_cos();
             (cos as f32, sin as f32)
         })
         .collect();
-    for head in x.chunks_exact_mut(head_dim) {
-        for (i, &(cos, sin)) in turns.iter().enumerate() {
-            let (ia, ib) = match layout {
-                RopeLayout::Halves => (i, i + half),
-                RopeLayout::Interleaved => (2 * i, 2 * i + 1),
-            };
-            let (a, b) = (head[ia], head[ib]);
-            head[ia] = a * cos - b * sin;
-            head[ib] = a * sin + b * cos;
-        }
-    }
+    turn_pairs(x, head_dim, layout, &turns);
 }
 
 /// The shapes of a fused QKV projection.

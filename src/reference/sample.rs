@@ -83,11 +83,27 @@ pub fn sample_trace(row: &[f32], params: &StepParams) -> SampleTrace {
     } else {
         params.top_k as usize
     };
-    let mut order: Vec<(u32, u32)> = row.iter().enumerate().map(|(i, &v)| (sample_order_key(v), i as u32)).collect();
-    // (key descending, index ascending): the kernel's exact total order.
-    order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
-    order.truncate(rounds);
-    let candidates: Vec<u32> = order.iter().map(|c| c.1).collect();
+    // (key descending, index ascending): the kernel's exact total order. Only the first `rounds` are
+    // wanted: greedy takes the best in one pass; otherwise they are selected (linear), then sorted.
+    let candidates: Vec<u32> = if rounds == 1 {
+        let mut best = 0;
+        for (i, &v) in row.iter().enumerate() {
+            if sample_order_key(v) > sample_order_key(row[best]) {
+                best = i;
+            }
+        }
+        vec![best as u32]
+    } else {
+        let mut order: Vec<(u32, u32)> =
+            row.iter().enumerate().map(|(i, &v)| (sample_order_key(v), i as u32)).collect();
+        let ranks = |a: &(u32, u32), b: &(u32, u32)| b.0.cmp(&a.0).then(a.1.cmp(&b.1));
+        if rounds < order.len() {
+            order.select_nth_unstable_by(rounds, ranks);
+            order.truncate(rounds);
+        }
+        order.sort_unstable_by(ranks);
+        order.iter().map(|c| c.1).collect()
+    };
     let lead = row[candidates[0] as usize];
     let done = |cumulative, count, target| SampleTrace {
         token: candidates[0],
