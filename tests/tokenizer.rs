@@ -704,3 +704,51 @@ fn hf_added_token_flags_match_tokenizers() {
     }
     assert_eq!(checked, 42);
 }
+
+/// Each HF tokenizer written as GGUF `tokenizer.*` keys ([`Vocab::write_gguf`]) and read back encodes every
+/// case as transformers does, unless the writer said what GGUF could not carry; SmolLM2's GGUF vocabulary
+/// survives the trip field for field.
+#[test]
+fn tokenizers_written_as_gguf_encode_the_same() {
+    type Ids = fn(&HfCase) -> Option<&Vec<u32>>;
+    let segment = "user-defined tokens that do not start a segment for the space prefix";
+    let ignore = "ignore_merges true with pre-tokenizer None";
+    let merges = "merges of a llama tokenizer (this crate reads them; llama.cpp merges by scores)";
+    let first = "space prefix FirstSegmentUnlessSpace (written as before every segment)";
+    let layouts: [(&str, Ids, &[&str]); 6] = [
+        ("bytelevel", |c| Some(&c.bytelevel), &[]),
+        ("llama3", |c| Some(&c.llama3), &[]),
+        ("sentencepiece", |c| c.sentencepiece.as_ref(), &[segment]),
+        ("sentencepiece-hf", |c| Some(&c.sentencepiece_hf), &[ignore, segment, merges]),
+        ("sentencepiece-legacy", |c| Some(&c.sentencepiece_legacy), &[ignore, merges]),
+        ("sentencepiece-first", |c| Some(&c.sentencepiece_first), &[first, ignore, merges]),
+    ];
+    for (name, golden, expected_lost) in layouts {
+        let tok = hf_tokenizer(name);
+        let mut w = GgufWriter::new();
+        let lost = tok.vocab().write_gguf(&mut w);
+        assert_eq!(lost, expected_lost, "{name}");
+        let back = Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes(), name).unwrap()).unwrap();
+        assert_eq!(
+            (back.vocab().tokens.len(), back.bos(), back.eos()),
+            (tok.vocab().tokens.len(), tok.bos(), tok.eos())
+        );
+        assert_eq!(back.vocab().chat_template, tok.vocab().chat_template, "{name}");
+        if lost.is_empty() {
+            assert_eq!(check_cases(&back, name, golden), 36, "{name}");
+        }
+    }
+    // Where the writer warns, encodings do differ: the warnings are not noise.
+    let first_back = {
+        let mut w = GgufWriter::new();
+        hf_tokenizer("sentencepiece-first").vocab().write_gguf(&mut w);
+        Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "first").unwrap()).unwrap()
+    };
+    assert!(hf_cases().cases.iter().any(|c| first_back.encode(&c.text, true) != c.sentencepiece_first));
+
+    let vocab = smollm2().vocab();
+    let mut w = GgufWriter::new();
+    assert!(vocab.write_gguf(&mut w).is_empty());
+    let back = mobilellm_kernels::tokenizer::Vocab::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "s").unwrap());
+    assert_eq!(&back.unwrap(), vocab);
+}

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use mobilellm_kernels::model::gguf::GgufFile;
+use mobilellm_kernels::model::gguf::{GgufFile, MetaValue};
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
 use mobilellm_kernels::model::{HostModel, LookupOptions, Model, ModelConfig, PlanOptions, Sampling, SessionState};
 use mobilellm_kernels::ops::sample::Penalties;
@@ -37,6 +37,9 @@ enum Command {
     Chat(ChatArgs),
     /// Prints the token ids of a text as a JSON array, or with --decode the text of ids.
     Tokenize(TokenizeArgs),
+    /// Writes a model as a GGUF llama file (weights in their types or --dtype's, tokenizer included), which
+    /// loads without re-quantizing and which llama.cpp reads too.
+    Convert(ConvertArgs),
     /// End-to-end benchmark: prefill and decode tokens/s, the roofline, dispatches, memory, time by kernel family.
     Bench(BenchArgs),
 }
@@ -82,6 +85,22 @@ struct ModelArgs {
     /// KV-cache capacity in positions.
     #[arg(long, default_value_t = 1024)]
     context: usize,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// A GGUF file or an HF checkpoint directory.
+    #[arg(long)]
+    model: PathBuf,
+    /// Weight type of every matrix (f32, f16, q8_0, q4_0, q4_1); default: as loaded (see `generate --help`).
+    #[arg(long)]
+    dtype: Option<WeightType>,
+    /// The GGUF file to write.
+    #[arg(long)]
+    out: PathBuf,
+    /// `general.name` (default: a GGUF source's, else the directory name).
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(Args)]
@@ -225,6 +244,7 @@ fn main() -> ExitCode {
         Command::Chat(a) => chat(&a),
         Command::Tokenize(a) => tokenize(&a),
         Command::Bench(a) => bench(&a),
+        Command::Convert(a) => convert(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,8 +263,11 @@ fn load_host(path: &Path, dtype: Option<WeightType>) -> Result<(HostModel, Optio
         Ok((HostModel::from_safetensors_dir(path, dtype.unwrap_or(WeightType::F32))?, tokenizer))
     } else {
         let file = GgufFile::open(path)?;
-        let tokenizer = Tokenizer::from_gguf(&file)?;
-        Ok((HostModel::from_gguf(&file, dtype)?, Some(tokenizer)))
+        let tokenizer = match file.get("tokenizer.ggml.model") {
+            Some(_) => Some(Tokenizer::from_gguf(&file)?),
+            None => None,
+        };
+        Ok((HostModel::from_gguf(&file, dtype)?, tokenizer))
     }
 }
 
@@ -502,6 +525,48 @@ fn chat(a: &ChatArgs) -> Result<()> {
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
         history.push(("assistant".into(), tokenizer.decode(&reply)));
     }
+}
+
+fn convert(a: &ConvertArgs) -> Result<()> {
+    let (host, tokenizer) = load_host(&a.model, a.dtype)?;
+    let stem = a.model.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let mut out = host.to_gguf(&stem.unwrap_or_else(|| "model".into()))?;
+    if a.model.is_dir() {
+        if let Some(tokenizer) = &tokenizer {
+            for lost in tokenizer.vocab().write_gguf(&mut out) {
+                eprintln!("warning: the GGUF tokenizer cannot carry {lost}");
+            }
+        }
+    } else {
+        // A GGUF source's tokenizer keys are copied as they are (those this crate does not read too), and
+        // so are its name, license and the like; what describes the weights is the new file's own.
+        let source = GgufFile::open(&a.model)?;
+        out.copy_metadata(&source, "tokenizer.");
+        let own = ["general.architecture", "general.file_type", "general.quantization_version", "general.alignment"];
+        for (key, value) in
+            source.metadata().iter().filter(|(k, _)| k.starts_with("general.") && !own.contains(&k.as_str()))
+        {
+            out.meta(key, value.clone());
+        }
+    }
+    if let Some(name) = &a.name {
+        out.meta("general.name", MetaValue::String(name.clone()));
+    }
+    if tokenizer.is_none() {
+        eprintln!("warning: {} has no tokenizer; the file holds the weights only", a.model.display());
+    }
+    out.write(&a.out)?;
+    let size = std::fs::metadata(&a.out).map(|m| m.len()).unwrap_or(0);
+    let c = &host.config;
+    println!(
+        "wrote {} ({:.1} MiB): {} layers{}, weights {:.1} MiB",
+        a.out.display(),
+        mib(size),
+        c.num_hidden_layers,
+        if c.layer_sharing { " (shared: each stored twice)" } else { "" },
+        mib(host.weight_bytes())
+    );
+    Ok(())
 }
 
 fn tokenize(a: &TokenizeArgs) -> Result<()> {

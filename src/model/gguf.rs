@@ -1088,7 +1088,8 @@ pub struct GgufLayout {
     pub offset_fields: Vec<usize>,
 }
 
-/// A minimal GGUF v3 writer: metadata in insertion order, tensors packed at the alignment.
+/// A GGUF v3 writer: metadata in insertion order, tensors packed at the alignment (each padded to it, as
+/// llama.cpp's reader expects).
 #[derive(Debug, Clone, Default)]
 pub struct GgufWriter {
     metadata: Vec<(String, MetaValue)>,
@@ -1148,8 +1149,9 @@ impl GgufWriter {
             .unwrap_or(DEFAULT_ALIGNMENT)
     }
 
-    /// The file's bytes and its section layout.
-    pub fn to_bytes_with_layout(&self) -> (Vec<u8>, GgufLayout) {
+    /// Everything before the first tensor's data (header, metadata, tensor table, padding), the layout of
+    /// the whole file, and each tensor's offset within the data section.
+    fn head(&self) -> (Vec<u8>, GgufLayout, Vec<u64>) {
         let mut out = Vec::new();
         let mut layout = GgufLayout::default();
         out.extend_from_slice(&GGUF_MAGIC);
@@ -1179,14 +1181,19 @@ impl GgufWriter {
             offsets.push(offset);
             offset = (offset + data.len() as u64).div_ceil(align) * align;
         }
-        let pad = |out: &mut Vec<u8>| out.resize((out.len() as u64).div_ceil(align) as usize * align as usize, 0);
-        pad(&mut out);
+        out.resize((out.len() as u64).div_ceil(align) as usize * align as usize, 0);
         layout.data_offset = out.len();
-        for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
-            layout.tensor_starts.push(layout.data_offset + off as usize);
-            out.resize(layout.data_offset + off as usize, 0);
-            out.extend_from_slice(data);
-        }
+        layout.tensor_starts = offsets.iter().map(|off| layout.data_offset + *off as usize).collect();
+        (out, layout, offsets)
+    }
+
+    /// The file's bytes and its section layout.
+    pub fn to_bytes_with_layout(&self) -> (Vec<u8>, GgufLayout) {
+        let mut out = Vec::new();
+        let Ok(layout) = self.emit::<std::convert::Infallible>(|bytes| {
+            out.extend_from_slice(bytes);
+            Ok(())
+        });
         (out, layout)
     }
 
@@ -1195,10 +1202,43 @@ impl GgufWriter {
         self.to_bytes_with_layout().0
     }
 
+    /// Streams the file into `out` (tensor data is not copied first) and returns its layout.
+    pub fn write_to(&self, out: &mut impl std::io::Write) -> std::io::Result<GgufLayout> {
+        self.emit(|bytes| out.write_all(bytes))
+    }
+
+    /// Hands the file's bytes to `sink` in order.
+    fn emit<E>(&self, mut sink: impl FnMut(&[u8]) -> std::result::Result<(), E>) -> std::result::Result<GgufLayout, E> {
+        let (head, layout, offsets) = self.head();
+        sink(&head)?;
+        let mut pos = 0u64;
+        for ((_, _, _, data), off) in self.tensors.iter().zip(offsets) {
+            sink(&vec![0; (off - pos) as usize])?;
+            sink(data)?;
+            pos = off + data.len() as u64;
+        }
+        // The last tensor is padded too: llama.cpp reads the data section as whole aligned sizes.
+        let align = self.alignment();
+        sink(&vec![0; (pos.div_ceil(align) * align - pos) as usize])?;
+        Ok(layout)
+    }
+
     /// Writes the file.
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
-        std::fs::write(path, self.to_bytes()).map_err(|source| Error::Io { path: path.display().to_string(), source })
+        let io = |source| Error::Io { path: path.display().to_string(), source };
+        let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+        self.write_to(&mut file).map_err(io)?;
+        file.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)
+    }
+
+    /// Copies every metadata key of `file` that starts with `prefix` (e.g. `"tokenizer."`), in the file's
+    /// order, replacing keys already set.
+    pub fn copy_metadata(&mut self, file: &GgufFile, prefix: &str) -> &mut Self {
+        for (key, value) in file.metadata().iter().filter(|(k, _)| k.starts_with(prefix)) {
+            self.meta(key, value.clone());
+        }
+        self
     }
 }
 

@@ -6,6 +6,7 @@ use std::path::Path;
 use crate::error::{Error, Result};
 use crate::model::config::{ModelConfig, RopeLayout};
 use crate::model::decode;
+use crate::model::export::{check_shared_pairs, LAYER_SHARING_KEY};
 use crate::model::gguf::{names as gguf_names, GgufFile, TensorType};
 use crate::model::weights::{LayerWeightsF32, ModelWeightsF32};
 use crate::quant::{HostWeight, WeightType};
@@ -261,9 +262,14 @@ impl HostModel {
     /// matrix. Matrices of types no kernel reads (K-quants Q2_K to Q6_K, Q5_0, Q5_1, IQ4_NL, IQ4_XS: what
     /// llama.cpp's K-quant and IQ4 files hold) are decoded and quantized to `convert`, or without it to their
     /// nearest kernel type (Q4_1 for Q2_K to Q4_K, else Q8_0: [`crate::model::decode::kernel_type`]). GGUF
-    /// llama files use the interleaved RoPE layout.
+    /// llama files use the interleaved RoPE layout. A file written with layer sharing
+    /// ([`crate::model::export::LAYER_SHARING_KEY`]) loads as the shared model, each pair of blocks once.
     pub fn from_gguf(file: &GgufFile, convert: Option<WeightType>) -> Result<HostModel> {
         let g = file.llama_config()?;
+        let shared = file.get_bool(LAYER_SHARING_KEY)?.unwrap_or(false);
+        if shared {
+            check_shared_pairs(file, g.num_layers)?;
+        }
         if g.rope_dim != g.head_dim {
             // Partial rotary embedding is not implemented: running it as full RoPE would be silently wrong.
             return Err(Error::Config(format!(
@@ -276,7 +282,7 @@ impl HostModel {
         let mut config = ModelConfig {
             hidden_size: g.hidden_size,
             intermediate_size: g.intermediate_size,
-            num_hidden_layers: g.num_layers,
+            num_hidden_layers: if shared { g.num_layers / 2 } else { g.num_layers },
             num_attention_heads: g.num_heads,
             num_key_value_heads: g.num_kv_heads,
             head_dim: g.head_dim,
@@ -287,7 +293,7 @@ impl HostModel {
             max_position_embeddings: g.context_length,
             tie_word_embeddings: g.tied_embeddings,
             share_embedding: g.tied_embeddings,
-            layer_sharing: false,
+            layer_sharing: shared,
             rope_layout: RopeLayout::Interleaved,
         };
         config.validate()?;
@@ -343,7 +349,9 @@ impl HostModel {
             (config.hidden_size, config.intermediate_size, config.q_dim(), config.kv_dim(), config.vocab_size);
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for i in 0..config.num_hidden_layers {
-            let name = |part: &str| gguf_names::block(i, part);
+            // A shared block is stored twice (see `export`): the first copy is read.
+            let block = if shared { 2 * i } else { i };
+            let name = |part: &str| gguf_names::block(block, part);
             layers.push(HostLayer {
                 input_norm: vector(&name("attn_norm"), h)?,
                 q_proj: matrix(&name("attn_q"), q, h)?,

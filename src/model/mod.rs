@@ -2,6 +2,7 @@
 
 pub mod config;
 pub mod decode;
+pub mod export;
 pub mod gguf;
 pub mod host;
 pub mod lookup;

@@ -39,7 +39,7 @@ use std::path::Path;
 pub use chat::{ChatTemplate, Date, CHATML};
 
 use crate::error::{Error, Result};
-use crate::model::gguf::{GgufFile, MetaValue};
+use crate::model::gguf::{GgufFile, GgufWriter, MetaValue, ValueType};
 
 /// Which algorithm a tokenizer uses (`tokenizer.ggml.model`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +80,18 @@ impl TokenType {
             5 => TokenType::Unused,
             6 => TokenType::Byte,
             _ => TokenType::Undefined,
+        }
+    }
+    /// llama.cpp's number.
+    pub fn number(self) -> i32 {
+        match self {
+            TokenType::Undefined => 0,
+            TokenType::Normal => 1,
+            TokenType::Unknown => 2,
+            TokenType::Control => 3,
+            TokenType::UserDefined => 4,
+            TokenType::Unused => 5,
+            TokenType::Byte => 6,
         }
     }
     /// Whether the token is matched whole in input text and decoded as its literal text.
@@ -215,6 +227,74 @@ impl Vocab {
             ignore_merges,
             chat_template: gguf.get_str("tokenizer.chat_template")?.map(str::to_owned),
         })
+    }
+}
+
+impl Vocab {
+    /// Writes the `tokenizer.*` keys [`Vocab::from_gguf`] reads. Returns what GGUF cannot say, one line each
+    /// (empty: the file's tokenizer encodes as this one): HF added-token flags, `Metaspace` prepend schemes
+    /// other than always / never, `ignore_merges` without the `llama-bpe` pre-tokenizer that implies it, and
+    /// user-defined tokens that do not start a segment.
+    pub fn write_gguf(&self, w: &mut GgufWriter) -> Vec<String> {
+        let llama = self.kind == TokenizerKind::Llama;
+        w.meta("tokenizer.ggml.model", MetaValue::String(if llama { "llama" } else { "gpt2" }.into()));
+        if let Some(pre) = &self.pre {
+            w.meta("tokenizer.ggml.pre", MetaValue::String(pre.clone()));
+        }
+        w.meta_strings("tokenizer.ggml.tokens", &self.tokens);
+        if !self.token_types.is_empty() {
+            let types = self.token_types.iter().map(|t| MetaValue::I32(t.number())).collect();
+            w.meta("tokenizer.ggml.token_type", MetaValue::Array(ValueType::I32, types));
+        }
+        if !self.scores.is_empty() {
+            let scores = self.scores.iter().map(|s| MetaValue::F32(*s)).collect();
+            w.meta("tokenizer.ggml.scores", MetaValue::Array(ValueType::F32, scores));
+        }
+        if !self.merges.is_empty() {
+            w.meta_strings("tokenizer.ggml.merges", &self.merges);
+        }
+        for (key, id) in [("bos", self.bos), ("eos", self.eos), ("unknown", self.unk)] {
+            if let Some(id) = id {
+                w.meta(&format!("tokenizer.ggml.{key}_token_id"), MetaValue::U32(id));
+            }
+        }
+        w.meta("tokenizer.ggml.add_bos_token", MetaValue::Bool(self.add_bos))
+            .meta("tokenizer.ggml.add_eos_token", MetaValue::Bool(self.add_eos));
+        let mut lost = Vec::new();
+        match self.space_prefix {
+            SpacePrefix::Never => {
+                w.meta("tokenizer.ggml.add_space_prefix", MetaValue::Bool(false));
+            }
+            SpacePrefix::EverySegment => {
+                w.meta("tokenizer.ggml.add_space_prefix", MetaValue::Bool(true));
+            }
+            other => {
+                w.meta("tokenizer.ggml.add_space_prefix", MetaValue::Bool(true));
+                lost.push(format!("space prefix {other:?} (written as before every segment)"));
+            }
+        }
+        if let Some(template) = &self.chat_template {
+            w.meta("tokenizer.chat_template", MetaValue::String(template.clone()));
+        }
+        let implied = matches!(self.pre.as_deref(), Some("llama-bpe" | "llama3"));
+        if self.ignore_merges != implied {
+            lost.push(format!("ignore_merges {} with pre-tokenizer {:?}", self.ignore_merges, self.pre));
+        }
+        if self.isolate_user_defined
+            && self.space_prefix != SpacePrefix::Never
+            && self.token_types.contains(&TokenType::UserDefined)
+        {
+            lost.push("user-defined tokens that do not start a segment for the space prefix".into());
+        }
+        let mut flagged: Vec<_> = self.added_token_flags.keys().copied().collect();
+        flagged.sort_unstable();
+        if !flagged.is_empty() {
+            lost.push(format!("lstrip / rstrip / single_word flags of added tokens {flagged:?}"));
+        }
+        if llama && !self.merges.is_empty() {
+            lost.push("merges of a llama tokenizer (this crate reads them; llama.cpp merges by scores)".into());
+        }
+        lost
     }
 }
 
