@@ -241,3 +241,37 @@ fn context_shift_matches_the_cpu_twin() {
         assert_eq!((m.position(), m.cached_tokens().len()), (10, 10));
     }
 }
+
+/// `reuse_with_shift` on a history with a span taken out (a chat's oldest turn dropped) drops that span from
+/// the cache and keeps the rest: the next steps equal an explicit `shift_context` bit for bit. Histories
+/// without such a span fall back to `reuse_prefix`.
+#[test]
+fn reuse_with_shift_drops_the_span_a_trimmed_history_lacks() {
+    let host = host(true);
+    let gpu = &gpus()[0];
+    let (system, turn1, turn2) = (&PROMPT[..3], &PROMPT[3..8], &PROMPT[8..]);
+    let history: Vec<u32> = [system, turn1, turn2].concat();
+    let next_turn = [7, 19, 23];
+    let trimmed: Vec<u32> = [system, turn2, &next_turn].concat();
+
+    let mut shifted = model(gpu, &host, 32, None);
+    shifted.prefill(&history).unwrap();
+    let reused = shifted.reuse_with_shift(&trimmed).unwrap();
+    assert_eq!(reused, system.len() + turn2.len(), "system prompt and turn 2 come from the cache");
+    assert_eq!(shifted.cached_tokens(), &trimmed[..reused]);
+    shifted.prefill(&trimmed[reused..]).unwrap();
+
+    let mut explicit = model(gpu, &host, 32, None);
+    explicit.prefill(&history).unwrap();
+    explicit.shift_context(system.len(), turn1.len()).unwrap();
+    explicit.prefill(&next_turn).unwrap();
+    assert_eq!(continue_greedy(&mut shifted, 1, 3), continue_greedy(&mut explicit, 1, 3));
+
+    // A history that only extends the cache, or one that shares nothing after a gap, is reuse_prefix's.
+    let mut m = model(gpu, &host, 32, None);
+    m.prefill(&history).unwrap();
+    assert_eq!(m.reuse_with_shift(&[&history[..], &next_turn].concat()).unwrap(), history.len());
+    assert_eq!(m.reuse_with_shift(&[system, &next_turn].concat()).unwrap(), system.len());
+    assert_eq!(m.cached_tokens(), history, "no shift: the cache is untouched");
+    assert_eq!(m.position(), system.len());
+}

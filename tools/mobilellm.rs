@@ -489,10 +489,17 @@ fn chat(a: &ChatArgs) -> Result<()> {
         };
         let mut ids = encode(&history)?;
         let fits = |ids: &[u32]| ids.len() + a.sampling.max_new <= model.context();
-        if !fits(&ids) && history.len() > 1 {
-            history.drain(..history.len() - 1);
-            eprintln!("(context full: earlier turns dropped)");
+        let mut dropped = 0;
+        while !fits(&ids) && history.len() > 1 {
+            // The oldest exchange goes; the cache keeps what follows it (a context shift), so the turns
+            // still in the history are not prefilled again.
+            history.drain(..2.min(history.len() - 1));
+            dropped += 1;
             ids = encode(&history)?;
+        }
+        if dropped > 0 {
+            let plural = if dropped == 1 { "" } else { "s" };
+            eprintln!("(context full: dropped the oldest {dropped} exchange{plural}; the rest stays cached)");
         }
         if !fits(&ids) {
             history.clear();
@@ -505,7 +512,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
             continue;
         }
         // The cache still holds the earlier turns: only the new tokens are prefilled.
-        let reused = model.reuse_prefix(&ids);
+        let reused = model.reuse_with_shift(&ids)?;
         let mut reply = Vec::new();
         let mut decoder = tokenizer.stream_decoder();
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();

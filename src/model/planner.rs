@@ -517,6 +517,45 @@ impl Model {
         self.pos
     }
 
+    /// [`Model::reuse_prefix`] that also reuses what follows a dropped span: when `tokens` is the cached
+    /// sequence with one run of tokens taken out after its common prefix (a chat whose oldest turns were
+    /// dropped to fit the context), that run is dropped from the cache by [`Model::shift_context`] and the
+    /// rest of the cache is kept. Returns how many tokens of `tokens` the cache then holds: feed the others.
+    /// Unlike `reuse_prefix`, the result is then that of a context shift, not of feeding `tokens` afresh (the
+    /// kept K/V saw the dropped tokens); without such a run it is `reuse_prefix`. A shift that fails changes
+    /// nothing.
+    ///
+    /// ```no_run
+    /// # fn turn(model: &mut mobilellm_kernels::model::Model, trimmed_history: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// let reused = model.reuse_with_shift(trimmed_history)?;
+    /// let reply = model.generate(&trimmed_history[reused..], 64, &[], |_| true)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reuse_with_shift(&mut self, tokens: &[u32]) -> Result<usize> {
+        let cached = &self.cached;
+        let common = cached.iter().zip(tokens).take_while(|(a, b)| a == b).count();
+        let rest = &tokens[common..];
+        // The smallest gap after which the cache's remaining tokens all continue `tokens`; a gap whose kept
+        // part is empty saves nothing.
+        let gap = (1..cached.len().saturating_sub(common)).find(|&gap| {
+            let kept = &cached[common + gap..];
+            kept.len() <= rest.len() && rest.starts_with(kept)
+        });
+        match gap {
+            Some(gap) => {
+                // Every cached position holds the K/V of its token: the shift moves them all.
+                let (before, position) = (self.pos, self.cached.len());
+                self.pos = position;
+                if let Err(e) = self.shift_context(common, gap) {
+                    self.pos = before;
+                    return Err(e);
+                }
+                Ok(self.reuse_prefix(tokens))
+            }
+            _ => Ok(self.reuse_prefix(tokens)),
+        }
+    }
+
     /// The tokens whose K/V the cache holds, position by position, as far as this model knows: what was fed
     /// since position 0, up to the first position that a failed call or a [`Model::seek`] past the known
     /// ones left unknown. May extend past [`Model::position`] after [`Model::reset`] or a rewind.
