@@ -6,7 +6,7 @@
 mod common;
 
 use common::{gpu_rules_gpu, gpus, tiny_config};
-use mobilellm_kernels::model::{HostModel, Model, ModelWeightsF32, PlanOptions, RopeLayout, SessionState};
+use mobilellm_kernels::model::{HostModel, Model, ModelConfig, ModelWeightsF32, PlanOptions, RopeLayout, SessionState};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::reference::forward::CpuModel;
 use mobilellm_kernels::{reference, DType, Error, Gpu};
@@ -85,7 +85,8 @@ fn states_that_do_not_fit_are_refused_without_harm() {
     assert_eq!(shared.position(), 5);
     assert!(continue_greedy(&mut shared, first, 3) == continue_greedy(&mut reference, first, 3));
 
-    // Bytes: every truncation, a wrong magic, version and type, sizes that overflow.
+    // Bytes: every truncation, a wrong magic, version and type, sizes that overflow (the `empty` states
+    // below are version 1: six header fields, no fingerprint).
     assert_eq!(SessionState::from_bytes(&bytes, "s").unwrap(), state);
     for cut in [0, 7, 31, 32, 40, bytes.len() - 1] {
         let e = SessionState::from_bytes(&bytes[..cut], "cut.kv").unwrap_err();
@@ -101,7 +102,7 @@ fn states_that_do_not_fit_are_refused_without_harm() {
     assert!(patched(12, &9u32.to_le_bytes()).contains("storage type 9"));
     assert!(patched(28, &u32::MAX.to_le_bytes()).contains("bytes, expected"));
     assert!(patched(16, &u32::MAX.to_le_bytes()).contains("expected"));
-    let mut huge = bytes[..32].to_vec();
+    let mut huge = bytes[..40].to_vec();
     for at in [16, 20, 24, 28] {
         huge[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
     }
@@ -117,11 +118,12 @@ fn states_that_do_not_fit_are_refused_without_harm() {
     assert_eq!(empty(4, 2).unwrap().tokens(), &[] as &[u32]);
     assert!(empty(u32::MAX, 2).unwrap_err().to_string().contains("4096"));
     assert!(empty(4, 0).is_err());
-    let mut huge = bytes[..32].to_vec();
+    let mut huge = bytes[..40].to_vec();
     huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
     huge[24..28].copy_from_slice(&u32::MAX.to_le_bytes());
     huge[28..32].copy_from_slice(&u32::MAX.to_le_bytes());
     assert!(SessionState::from_bytes(&huge, "h").unwrap_err().to_string().contains("overflow"));
+    assert!(SessionState::from_bytes(&bytes[..36], "v2").unwrap_err().to_string().contains("version 2 header"));
     // Files.
     let path = std::env::temp_dir().join(format!("mobilellm-state-{}.kv", std::process::id()));
     state.save(&path).unwrap();
@@ -274,4 +276,58 @@ fn reuse_with_shift_drops_the_span_a_trimmed_history_lacks() {
     assert_eq!(m.reuse_with_shift(&[system, &next_turn].concat()).unwrap(), system.len());
     assert_eq!(m.cached_tokens(), history, "no shift: the cache is untouched");
     assert_eq!(m.position(), system.len());
+}
+
+/// The weights' fingerprint tells models apart that the shape check cannot (another seed, another weight
+/// type, the GGUF's interleaved Q/K rows), and a state saved by one is refused by the other without harm;
+/// a version-1 state (no fingerprint) still loads into any model of its shape.
+#[test]
+fn states_of_other_weights_are_refused() {
+    let gpu = &gpus()[0];
+    let config = tiny_config();
+    let a = HostModel::synthetic(config.clone(), WeightType::Q4_0, 11).unwrap();
+    let same = HostModel::synthetic(config.clone(), WeightType::Q4_0, 11).unwrap();
+    let others = [
+        HostModel::synthetic(config.clone(), WeightType::Q4_0, 12).unwrap(),
+        HostModel::synthetic(config.clone(), WeightType::Q8_0, 11).unwrap(),
+        HostModel::synthetic(
+            ModelConfig { rope_layout: RopeLayout::Interleaved, ..config.clone() },
+            WeightType::Q4_0,
+            11,
+        )
+        .unwrap(),
+    ];
+    assert_eq!(a.fingerprint(), same.fingerprint());
+    // One norm weight nudged by one ulp.
+    let mut nudged = a.clone();
+    nudged.layers[1].post_norm[7] = f32::from_bits(nudged.layers[1].post_norm[7].to_bits() + 1);
+    for other in others.iter().chain([&nudged]) {
+        assert_ne!(a.fingerprint(), other.fingerprint());
+    }
+
+    let mut saver = model(gpu, &a, 32, None);
+    saver.prefill(&PROMPT).unwrap();
+    let state = saver.save_state().unwrap();
+    assert_eq!(state.weights_fingerprint(), Some(a.fingerprint()));
+    let mut other = model(gpu, &others[0], 32, None);
+    let first = other.prefill(&PROMPT[..4]).unwrap();
+    let e = other.load_state(&state).unwrap_err().to_string();
+    assert!(e.contains("saved by another model") && e.contains(&format!("{:016x}", a.fingerprint())), "{e}");
+    let mut reference = model(gpu, &others[0], 32, None);
+    reference.prefill(&PROMPT[..4]).unwrap();
+    assert_eq!(other.position(), 4);
+    assert!(continue_greedy(&mut other, first, 3) == continue_greedy(&mut reference, first, 3));
+
+    // The same state as version 1 (version field 1, no fingerprint) fits by shape alone.
+    let bytes = state.to_bytes();
+    let v1: Vec<u8> = [&bytes[..8], &1u32.to_le_bytes(), &bytes[12..32], &bytes[40..]].concat();
+    let old = SessionState::from_bytes(&v1, "v1.kv").unwrap();
+    assert_eq!((old.weights_fingerprint(), old.tokens()), (None, &PROMPT[..]));
+    assert_eq!(old.to_bytes(), v1, "a version-1 state is written back as version 1");
+    let mut restored = model(gpu, &a, 32, None);
+    restored.load_state(&old).unwrap();
+    let mut resumed = model(gpu, &a, 32, None);
+    resumed.load_state(&state).unwrap();
+    assert!(continue_greedy(&mut restored, 1, 3) == continue_greedy(&mut resumed, 1, 3));
+    other.load_state(&old).unwrap();
 }

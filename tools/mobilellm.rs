@@ -453,8 +453,17 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let ids = tokenizer.encode(&a.prompt, true);
     let mut reused = 0;
     if let Some(path) = a.prompt_cache.as_ref().filter(|p| p.exists()) {
-        model.load_state(&SessionState::load(path)?)?;
-        reused = model.reuse_prefix(&ids);
+        let state = SessionState::load(path)?;
+        match state.weights_fingerprint() {
+            // A cache of other weights is stale, not wrong: it is rebuilt.
+            Some(weights) if weights != model.fingerprint() => {
+                eprintln!("[prompt cache {}: saved by other weights; rebuilt]", path.display())
+            }
+            _ => {
+                model.load_state(&state)?;
+                reused = model.reuse_prefix(&ids);
+            }
+        }
     }
     print!("{}", a.prompt);
     let lookup = a.sampling.lookup();

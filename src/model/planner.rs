@@ -279,6 +279,8 @@ pub struct Model {
     cached: Vec<u32>,
     sampling: Sampling,
     options: PlanOptions,
+    // `HostModel::fingerprint` of the weights uploaded, which session states are checked against.
+    fingerprint: u64,
 }
 
 /// What a chunk's command buffer is recorded for: `(n, all_logits, want_logits)`.
@@ -344,6 +346,7 @@ impl Model {
             cached: Vec::new(),
             sampling: Sampling::default(),
             options,
+            fingerprint: host.fingerprint(),
         };
         model.plan(1, false)?;
         Ok(model)
@@ -556,6 +559,11 @@ impl Model {
         }
     }
 
+    /// [`HostModel::fingerprint`] of the weights this model runs: what session states are checked against.
+    pub fn fingerprint(&self) -> u64 {
+        self.fingerprint
+    }
+
     /// The tokens whose K/V the cache holds, position by position, as far as this model knows: what was fed
     /// since position 0, up to the first position that a failed call or a [`Model::seek`] past the known
     /// ones left unknown. May extend past [`Model::position`] after [`Model::reset`] or a rewind.
@@ -586,16 +594,16 @@ impl Model {
                 "every position's token known (feed from position 0 first)",
             ));
         };
-        SessionState::capture(&self.gpu, &self.cache, tokens)
+        SessionState::capture(&self.gpu, &self.cache, tokens, self.fingerprint)
     }
 
-    /// Restores a state [`Model::save_state`] made (this model's, or one of the same shape): the cache holds
-    /// its tokens' K/V at positions `0..n`, the position is `n`, and feeding continues the sequence exactly as
-    /// it would have gone on in the model that saved it. A state that does not fit is an error that leaves
-    /// the model as it was.
+    /// Restores a state [`Model::save_state`] made (this model's, or one with the same weights: see
+    /// [`SessionState`]): the cache holds its tokens' K/V at positions `0..n`, the position is `n`, and
+    /// feeding continues the sequence exactly as it would have gone on in the model that saved it. A state
+    /// of other weights, or one that does not fit, is an error that leaves the model as it was.
     pub fn load_state(&mut self, state: &SessionState) -> Result<()> {
         self.gpu.take_error()?;
-        state.restore(&self.gpu, &self.cache)?;
+        state.restore(&self.gpu, &self.cache, self.fingerprint)?;
         self.pos = state.tokens().len();
         self.cached = state.tokens().to_vec();
         Ok(())
