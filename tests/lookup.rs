@@ -82,3 +82,77 @@ fn lookup_decoding_needs_greedy_sampling() {
     assert!(m.generate_lookup(&[1, 2], 8, &[], LookupOptions::default(), |_| true).is_err());
     assert_eq!(m.position(), 0, "refused before anything ran");
 }
+
+fn checkpoint(name: &str, wtype: WeightType) -> HostModel {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name);
+    HostModel::from_safetensors_dir(&dir, wtype).unwrap()
+}
+
+/// Drafts from another model (speculative decoding): whatever the draft proposes, the tokens and final
+/// position are the target's greedy ones. The target is the tiny trained-shape checkpoint; drafts: itself
+/// (always accepted), itself in q4_0 (mostly), the layer-shared checkpoint (other weights: rejected). A
+/// smaller draft context or a stop inside accepted drafts changes nothing.
+#[test]
+fn draft_model_decoding_gives_the_target_greedy_tokens() {
+    let target_host = checkpoint("tiny-plain", WeightType::Q8_0);
+    let drafts = [
+        ("itself", target_host.clone()),
+        ("q4_0", checkpoint("tiny-plain", WeightType::Q4_0)),
+        ("other weights", checkpoint("tiny-shared", WeightType::Q4_0)),
+    ];
+    let prompt = [5, 6, 7, 8, 9, 3];
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        let mut plain = model(gpu, &target_host);
+        let want = plain.generate(&prompt, 24, &[], |_| true).unwrap();
+        let mut rates = Vec::new();
+        for (name, host) in &drafts {
+            let (mut drafted, mut accepted) = (0, 0);
+            for max_draft in [2, 7] {
+                let mut target = model(gpu, &target_host);
+                let mut draft = model(gpu, host);
+                let (got, stats) = target.generate_draft(&mut draft, &prompt, 24, &[], max_draft, |_| true).unwrap();
+                eprintln!("[{}] draft {name}, {max_draft} per pass: {stats:?}", gpu.features());
+                assert_eq!(got, want, "[{}] draft {name}, {max_draft}: {stats:?}", gpu.features());
+                assert_eq!(target.position(), plain.position());
+                assert_eq!(target.cached_tokens()[..target.position()], plain.cached_tokens()[..plain.position()]);
+                let made = stats.accepted + stats.passes + stats.steps;
+                assert!((got.len() - 1..=got.len()).contains(&made), "{made} for {} tokens", got.len());
+                (drafted, accepted) = (drafted + stats.drafted, accepted + stats.accepted);
+            }
+            rates.push((accepted, drafted));
+        }
+        assert!(rates[0].0 == rates[0].1, "the target agrees with itself: {rates:?}");
+        assert!(rates[1].0 > 0 && rates[1].0 <= rates[1].1, "{rates:?}");
+        assert!(rates[2].0 < rates[2].1, "other weights' drafts are rejected: {rates:?}");
+        // A stop inside accepted drafts, and a draft whose context runs out first (then plain steps).
+        let stop = [want[10]];
+        let mut plain = model(gpu, &target_host);
+        let want_stopped = plain.generate(&prompt, 24, &stop, |_| true).unwrap();
+        let mut target = model(gpu, &target_host);
+        let mut draft = model(gpu, &target_host);
+        let (got, _) = target.generate_draft(&mut draft, &prompt, 24, &stop, 4, |_| true).unwrap();
+        assert_eq!((got, target.position()), (want_stopped, plain.position()));
+        let mut target = model(gpu, &target_host);
+        let options = PlanOptions { context: 16, max_batch: 8, kv_dtype: None };
+        let mut short = Model::new(gpu, &target_host, &options).unwrap();
+        let (got, stats) = target.generate_draft(&mut short, &prompt, 24, &[], 4, |_| true).unwrap();
+        assert_eq!(got, want);
+        assert!(stats.steps > 0 && stats.passes > 0, "drafts until the draft's context is full: {stats:?}");
+    }
+}
+
+#[test]
+fn draft_model_must_share_the_vocabulary_and_be_greedy() {
+    let gpu = &gpus()[0];
+    let host = HostModel::synthetic(tiny_config(), WeightType::Q8_0, 21).unwrap();
+    let other_vocab = mobilellm_kernels::model::ModelConfig { vocab_size: 128, ..tiny_config() };
+    let mut target = model(gpu, &host);
+    let mut wide = model(gpu, &HostModel::synthetic(other_vocab, WeightType::Q8_0, 2).unwrap());
+    let e = target.generate_draft(&mut wide, &[1, 2], 8, &[], 4, |_| true).unwrap_err().to_string();
+    assert!(e.contains("128 tokens") && e.contains("96"), "{e}");
+    let mut draft = model(gpu, &host);
+    draft.set_sampling(Sampling { temperature: 0.5, ..Sampling::greedy() }).unwrap();
+    let e = target.generate_draft(&mut draft, &[1, 2], 8, &[], 4, |_| true).unwrap_err().to_string();
+    assert!(e.contains("draft model's sampling"), "{e}");
+    assert_eq!((target.position(), draft.position()), (0, 0), "refused before anything ran");
+}

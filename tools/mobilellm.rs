@@ -8,7 +8,9 @@ use std::time::Instant;
 use clap::{Args, Parser, Subcommand};
 use mobilellm_kernels::model::gguf::{GgufFile, MetaValue};
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
-use mobilellm_kernels::model::{HostModel, LookupOptions, Model, ModelConfig, PlanOptions, Sampling, SessionState};
+use mobilellm_kernels::model::{
+    HostModel, LookupOptions, LookupStats, Model, ModelConfig, PlanOptions, Sampling, SessionState,
+};
 use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::reference::forward::CpuModel;
@@ -171,11 +173,35 @@ struct SamplingArgs {
     /// pass (0 = off; greedy sampling only, same tokens).
     #[arg(long, default_value_t = 0)]
     lookup: usize,
+    /// Speculative decoding: a smaller model of the same tokenizer (GGUF file or HF directory, weights as
+    /// stored) drafts tokens that one pass of the main model checks (greedy sampling only, same tokens).
+    #[arg(long, conflicts_with = "lookup")]
+    draft_model: Option<PathBuf>,
+    /// Tokens the draft model proposes per pass.
+    #[arg(long, default_value_t = 4)]
+    draft: usize,
+}
+
+/// Where drafts come from, if anywhere.
+enum Speculation {
+    Off,
+    Lookup(LookupOptions),
+    Draft(Box<Model>, usize),
 }
 
 impl SamplingArgs {
-    fn lookup(&self) -> Option<LookupOptions> {
-        (self.lookup > 0).then_some(LookupOptions { draft: self.lookup, ..LookupOptions::default() })
+    /// Loads the draft model, if any, with the main model's context.
+    fn speculation(&self, gpu: &Gpu, context: usize) -> Result<Speculation> {
+        if let Some(path) = &self.draft_model {
+            let (host, _) = load_host(path, None)?;
+            let mut draft = Model::new(gpu, &host, &PlanOptions { context, ..PlanOptions::default() })?;
+            draft.set_sampling(Sampling::greedy())?;
+            return Ok(Speculation::Draft(Box::new(draft), self.draft));
+        }
+        Ok(match self.lookup {
+            0 => Speculation::Off,
+            draft => Speculation::Lookup(LookupOptions { draft, ..LookupOptions::default() }),
+        })
     }
 
     fn sampling(&self) -> Sampling {
@@ -393,14 +419,44 @@ fn info(a: &ModelArgs) -> Result<()> {
 }
 
 /// Streams the continuation of `prompt_ids`; returns (tokens generated, seconds of decode, seconds of prefill).
-/// Generates and prints tokens as they come, with prompt-lookup drafts when `lookup` is given (the stats are
-/// printed); returns (tokens, decode seconds, prefill seconds).
+/// `generate`, or its speculative form when drafts come from somewhere (their stats are returned).
+fn generate_with(
+    model: &mut Model,
+    speculation: &mut Speculation,
+    prompt_ids: &[u32],
+    max_new: usize,
+    stop: &[u32],
+    on_token: impl FnMut(u32) -> bool,
+) -> Result<(Vec<u32>, Option<LookupStats>)> {
+    Ok(match speculation {
+        Speculation::Off => (model.generate(prompt_ids, max_new, stop, on_token)?, None),
+        Speculation::Lookup(options) => {
+            let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;
+            (out, Some(stats))
+        }
+        Speculation::Draft(draft, n) => {
+            let (out, stats) = model.generate_draft(draft, prompt_ids, max_new, stop, *n, on_token)?;
+            (out, Some(stats))
+        }
+    })
+}
+
+fn report_drafts(stats: Option<LookupStats>) {
+    if let Some(stats) = stats {
+        eprintln!(
+            "[drafts: {} passes, {} of {} drafted tokens accepted, {} plain steps]",
+            stats.passes, stats.accepted, stats.drafted, stats.steps
+        );
+    }
+}
+
+/// Generates and prints tokens as they come; returns the count, decode and prefill seconds.
 fn stream(
     model: &mut Model,
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
     max_new: usize,
-    lookup: Option<LookupOptions>,
+    speculation: &mut Speculation,
 ) -> Result<(usize, f64, f64)> {
     let mut decoder = tokenizer.stream_decoder();
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
@@ -414,21 +470,10 @@ fn stream(
         }
         true
     };
-    let (out, stats) = match lookup {
-        None => (model.generate(prompt_ids, max_new, &stop, on_token)?, None),
-        Some(options) => {
-            let (out, stats) = model.generate_lookup(prompt_ids, max_new, &stop, options, on_token)?;
-            (out, Some(stats))
-        }
-    };
+    let (out, stats) = generate_with(model, speculation, prompt_ids, max_new, &stop, on_token)?;
     print!("{}", decoder.finish());
     println!();
-    if let Some(stats) = stats {
-        eprintln!(
-            "[lookup: {} passes, {} of {} drafted tokens accepted, {} plain steps]",
-            stats.passes, stats.accepted, stats.drafted, stats.steps
-        );
-    }
+    report_drafts(stats);
     let prefill_s = first_at.map_or(0.0, |t| (t - start).as_secs_f64());
     let decode_s = first_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
     Ok((out.len(), decode_s, prefill_s))
@@ -466,8 +511,9 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         }
     }
     print!("{}", a.prompt);
-    let lookup = a.sampling.lookup();
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, lookup)?;
+    let mut speculation = a.sampling.speculation(&gpu, a.model.context)?;
+    let (n, decode_s, prefill_s) =
+        stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, &mut speculation)?;
     if let Some(path) = &a.prompt_cache {
         model.save_state()?.save(path)?;
         eprintln!("[prompt cache {}: {reused} of {} prompt tokens restored]", path.display(), ids.len());
@@ -481,6 +527,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
     let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
     let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
     model.set_sampling(a.sampling.sampling())?;
+    let mut speculation = a.sampling.speculation(&gpu, a.model.context)?;
     let mut history: Vec<(String, String)> = Vec::new();
     eprintln!("chat with {} (empty line or Ctrl-D to quit)", a.model.model.display());
     loop {
@@ -533,11 +580,10 @@ fn chat(a: &ChatArgs) -> Result<()> {
             }
             true
         };
-        match a.sampling.lookup() {
-            None => model.generate(&ids[reused..], a.sampling.max_new, &stop, on_token)?,
-            Some(options) => model.generate_lookup(&ids[reused..], a.sampling.max_new, &stop, options, on_token)?.0,
-        };
+        let (_, stats) =
+            generate_with(&mut model, &mut speculation, &ids[reused..], a.sampling.max_new, &stop, on_token)?;
         println!("{}", decoder.finish());
+        report_drafts(stats);
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
         history.push(("assistant".into(), tokenizer.decode(&reply)));
     }
@@ -648,7 +694,7 @@ fn demo_real(gpu: &Gpu, path: &Path, prompt: &str) -> Result<()> {
     let ids = tokenizer.encode_chat(&[("user", prompt)], true)?;
     println!("user: {prompt}");
     print!("assistant: ");
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48, None)?;
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48, &mut Speculation::Off)?;
     report_speed(ids.len(), n, decode_s, prefill_s);
     Ok(())
 }
