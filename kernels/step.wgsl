@@ -11,7 +11,8 @@ struct Step {
     penalty_count: u32,
     // Factors for a penalised logit > 0 (x) and <= 0 (y).
     penalty_scale: vec2<f32>,
-    _pad0: u32,
+    // Nonzero: sampling only picks tokens whose bit is set in the sampler's mask.
+    mask: u32,
     _pad1: u32,
     // Penalised tokens sorted by id, two per element: (id, offset bits, id, offset bits).
     penalties: array<vec4<u32>, 32>,

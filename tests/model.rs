@@ -592,6 +592,71 @@ fn sampling_penalties_follow_the_recent_tokens() {
     }
 }
 
+/// A token mask on the planned model: each step's pick is the masked twin's pick from that step's logits
+/// (greedy and sampled), so only allowed tokens come out, also after a mask that changes per step; lifting
+/// it brings back the unmasked picks; bad masks and speculative decoding under a mask are refused.
+#[test]
+fn token_masks_constrain_every_pick() {
+    use mobilellm_kernels::model::{LookupOptions, Sampling};
+    use mobilellm_kernels::ops::sample::TokenMask;
+    use mobilellm_kernels::ops::StepParams;
+    use mobilellm_kernels::reference;
+    let host = HostModel::from_safetensors_dir(&data_dir("tiny-plain"), WeightType::Q8_0).unwrap();
+    let vocab = host.config.vocab_size;
+    let prompt: Vec<u32> = (0..10).map(|i| 1 + 4 * i).collect();
+    for gpu in gpus() {
+        let options = PlanOptions { context: 64, max_batch: 4, ..PlanOptions::default() };
+        let mut model = Model::new(gpu, &host, &options).unwrap();
+        for (temperature, seed) in [(0.0, 0), (2.0, 3)] {
+            model.set_sampling(Sampling { temperature, seed, ..Sampling::greedy() }).unwrap();
+            model.reset();
+            // Odd ids, then a mask that changes per step (ids below 64 + 8 * step).
+            let odd = TokenMask::allowing(vocab, (1..vocab as u32).step_by(2)).unwrap();
+            model.set_token_mask(Some(&odd)).unwrap();
+            let (mut token, logits) = model.prefill_logits(&prompt).unwrap();
+            let p = |fed: usize| StepParams {
+                temperature,
+                top_p: 1.0,
+                seed: seed + fed as u32,
+                mask: 1,
+                ..StepParams::default()
+            };
+            let last = &logits[(prompt.len() - 1) * vocab..];
+            assert_eq!(token, reference::sample_masked(last, &p(prompt.len()), odd.words()));
+            let mut fed = prompt.len();
+            for step in 0..6u32 {
+                assert!(token % 2 == 1 || step > 0 && token < 64 + 8 * step, "{token} at step {step}");
+                let low = TokenMask::allowing(vocab, 0..64 + 8 * (step + 1)).unwrap();
+                model.set_token_mask(Some(&low)).unwrap();
+                let (next, row) = model.step_logits(token).unwrap();
+                fed += 1;
+                assert_eq!(
+                    next,
+                    reference::sample_masked(&row, &p(fed), low.words()),
+                    "step {step} [{}]",
+                    gpu.describe()
+                );
+                token = next;
+            }
+            // Lifted: the pick is the unmasked one again.
+            model.set_token_mask(None).unwrap();
+            let (next, row) = model.step_logits(token).unwrap();
+            fed += 1;
+            assert_eq!(next, reference::sample(&row, &StepParams { mask: 0, ..p(fed) }));
+        }
+        // Refused, with the model unchanged: another vocabulary, an empty mask, lookup decoding under a mask.
+        model.set_sampling(Sampling::greedy()).unwrap();
+        let position = model.position();
+        assert!(model.set_token_mask(Some(&TokenMask::all(vocab + 1))).unwrap_err().to_string().contains("513"));
+        assert!(model.set_token_mask(Some(&TokenMask::none(vocab))).unwrap_err().to_string().contains("no allowed"));
+        assert!(!model.has_token_mask());
+        model.set_token_mask(Some(&TokenMask::all(vocab))).unwrap();
+        let e = model.generate_lookup(&[1, 2], 4, &[], LookupOptions::default(), |_| true).unwrap_err();
+        assert!(e.to_string().contains("token mask"), "{e}");
+        assert_eq!(model.position(), position);
+    }
+}
+
 /// Scaled RoPE (Llama-3 style: low frequencies divided by 8, the middle blended) through the planned model
 /// under CPU and GPU launch rules matches the CPU forward pass on the same config, within the f32 contract;
 /// and the scaling matters at these positions (without it the CPU logits move by over 10x that bound).

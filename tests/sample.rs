@@ -5,7 +5,8 @@ mod common;
 
 use common::{gpu_rules_gpu, gpus, random_vec, ShapeRng};
 use mobilellm_kernels::ops::sample::{
-    penalty_entries, sample, validate, write_step, Penalties, SampleRow, Sampler, MAX_PENALTIES, MAX_TOP_K,
+    penalty_entries, sample, sample_masked, validate, write_step, Penalties, SampleRow, Sampler, TokenMask,
+    MAX_PENALTIES, MAX_TOP_K,
 };
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
@@ -124,12 +125,22 @@ fn gpu_equals_cpu(gpu: &Gpu, row: &[f32], temperature: f32, top_k: u32, top_p: f
 /// [`gpu_equals_cpu`] from any parameters (min-p, penalties); a min-p cut is also a near tie when a weight
 /// lies within 1e-5 of `min_p`.
 fn gpu_equals_cpu_with(gpu: &Gpu, row: &[f32], base: &StepParams, seeds: u32) -> usize {
-    let s = setup(gpu, row, 1, SampleRow::Last);
+    gpu_equals_twin(gpu, &setup(gpu, row, 1, SampleRow::Last), &|p| reference::sample_trace(row, p), base, seeds)
+}
+
+/// [`gpu_equals_cpu_with`] on a planned sampler against any twin (the masked one).
+fn gpu_equals_twin(
+    gpu: &Gpu,
+    s: &Setup,
+    twin: &dyn Fn(&StepParams) -> reference::SampleTrace,
+    base: &StepParams,
+    seeds: u32,
+) -> usize {
     let mut near_ties = 0;
     for seed in 0..seeds {
         let p = StepParams { seed: seed.wrapping_mul(2_654_435_761), ..*base };
         let got = s.run(gpu, &p);
-        let trace = reference::sample_trace(row, &p);
+        let trace = twin(&p);
         if got != trace.token {
             let total = trace.cumulative[trace.count - 1];
             let weights = trace.cumulative.iter().scan(0.0, |prev, &c| Some(c - std::mem::replace(prev, c)));
@@ -470,4 +481,70 @@ fn rejects_bad_penalties_and_min_p() {
     assert!(validate(&q).is_err());
     let q = StepParams { penalty_scale: [0.0, 1.0], ..p };
     assert!(validate(&q).unwrap_err().to_string().contains("penalty scale"));
+}
+
+/// Token masks (constrained decoding): with the step's mask flag set, every pick is an allowed id and equals
+/// the twin's pick from the row with the other ids at -inf (token for token up to near ties), on the rounds
+/// and filter paths, with penalties, for masks that leave one id, ids at chunk edges, every 7th id, or all
+/// but the row's best 100 (so the candidates come from deep in the row). With the flag clear the mask is
+/// not read.
+#[test]
+fn masked_sampling_picks_only_allowed_tokens() {
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        let mut ties = 0;
+        for vocab in [3000usize, 49_152] {
+            let row: Vec<f32> = random_vec(31, vocab).iter().map(|v| v * 4.0).collect();
+            let mut by_value: Vec<u32> = (0..vocab as u32).collect();
+            by_value.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]));
+            let last = vocab as u32 - 1;
+            let masks = [
+                ("one id in the last word", TokenMask::allowing(vocab, [last]).unwrap()),
+                ("chunk edges", TokenMask::allowing(vocab, [0, 1023, 1024, 2047, 2048, last]).unwrap()),
+                ("every 7th", TokenMask::allowing(vocab, (0..vocab as u32).step_by(7)).unwrap()),
+                ("all but the best 100", TokenMask::allowing(vocab, by_value[100..].iter().copied()).unwrap()),
+                ("all", TokenMask::all(vocab)),
+            ];
+            let logits = Tensor::from_slice(gpu, &[1, vocab], &row).unwrap();
+            let step = StepBuffer::new(gpu).unwrap();
+            let token = Tensor::zeros(gpu, DType::U32, &[1]).unwrap();
+            let mask_buffer = TokenMask::none(vocab).upload(gpu).unwrap();
+            let sampler = sample_masked(gpu, &logits, SampleRow::Last, &step, &mask_buffer, &token).unwrap();
+            let s = Setup { step, token, sampler };
+            let mut penalties = params(1.0, 40, 1.0, 0);
+            Penalties { repeat: 1.3, frequency: 0.5, ..Penalties::OFF }
+                .write(&by_value[100..110], &mut penalties)
+                .unwrap();
+            for (name, mask) in &masks {
+                mask.write(gpu, &mask_buffer).unwrap();
+                let twin = |p: &StepParams| reference::sample_masked_trace(&row, p, mask.words());
+                let masked: Vec<f32> = row
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| if mask.is_allowed(i as u32) { v } else { f32::NEG_INFINITY })
+                    .collect();
+                let configs =
+                    [params(0.0, 0, 1.0, 0), params(1.0, 40, 0.9, 0), params(0.7, 0, 1.0, 0), params(2.0, 5, 1.0, 0)];
+                for p in configs.iter().chain([&penalties]).map(|base| StepParams { mask: 1, ..*base }) {
+                    ties += gpu_equals_twin(gpu, &s, &twin, &p, 12);
+                    for seed in 0..4 {
+                        let p = StepParams { seed, ..p };
+                        assert!(mask.is_allowed(s.run(gpu, &p)), "{name}: a masked-out pick ({p:?})");
+                        if p.penalty_count == 0 {
+                            // The twin's mask is the row with masked ids at -inf.
+                            let plain = reference::sample(&masked, &StepParams { mask: 0, ..p });
+                            assert_eq!(reference::sample_masked(&row, &p, mask.words()), plain);
+                        }
+                    }
+                }
+            }
+            // Flag clear: the last mask written (one id) is not applied.
+            masks[0].1.write(gpu, &mask_buffer).unwrap();
+            assert_eq!(s.run(gpu, &params(0.0, 0, 1.0, 0)), by_value[0]);
+            assert_eq!(s.run(gpu, &StepParams { mask: 1, ..params(0.0, 0, 1.0, 0) }), last);
+        }
+        assert!(ties <= 2, "too many near ties: {ties}");
+    }
+    // Masks name their errors.
+    assert!(TokenMask::allowing(10, [10]).unwrap_err().to_string().contains("10"));
+    assert_eq!((TokenMask::all(33).count(), TokenMask::none(33).count()), (33, 0));
 }

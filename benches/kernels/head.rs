@@ -1,9 +1,10 @@
 //! The model's ends: the tied LM head GEMV (vocab x hidden, split in row chunks by
 //! `ops::embedding::upload_table` when it exceeds a binding, as the planner does) followed by greedy
-//! sampling, per weight type; sampling alone (greedy, top-k, top-p); and the embedding lookup.
+//! sampling, per weight type; sampling alone (greedy, top-k, top-p, and under a token mask); and the
+//! embedding lookup.
 
 use mobilellm_kernels::ops::embedding::{embedding, upload_table};
-use mobilellm_kernels::ops::sample::{sample, write_step, SampleRow};
+use mobilellm_kernels::ops::sample::{sample, sample_masked, write_step, SampleRow, TokenMask};
 use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::{DType, Tensor};
@@ -34,6 +35,20 @@ pub fn bench_head(b: &mut Bench) {
             let sampling_step = StepBuffer::new(&b.gpu).expect("step");
             write_step(&b.gpu, &sampling_step, &params).expect("step");
             let s = sample(&b.gpu, &logits, SampleRow::Last, &sampling_step, &token).expect("sample");
+            b.add_block("sample", &name, &s.dispatches(), (vocab * 4) as u64);
+        }
+        // Constrained decoding: every other id allowed (pass 1 reads one mask bit per logit).
+        let half = TokenMask::allowing(vocab, (0..vocab as u32).step_by(2)).expect("mask");
+        let mask = half.upload(&b.gpu).expect("mask");
+        for (label, temperature, top_k) in [("greedy masked", 0.0, 0), ("top-k 40 masked", 0.8, 40)] {
+            let name = format!("{label} {vocab}");
+            if !b.args.wants(&format!("sample {name}")) {
+                continue;
+            }
+            let params = StepParams { temperature, top_k, top_p: 1.0, seed: 7, mask: 1, ..Default::default() };
+            let masked_step = StepBuffer::new(&b.gpu).expect("step");
+            write_step(&b.gpu, &masked_step, &params).expect("step");
+            let s = sample_masked(&b.gpu, &logits, SampleRow::Last, &masked_step, &mask, &token).expect("sample");
             b.add_block("sample", &name, &s.dispatches(), (vocab * 4) as u64);
         }
         let normed = Tensor::from_slice(&b.gpu, &[1, hidden], &data(32, hidden, 1.0)).expect("normed");

@@ -158,6 +158,14 @@ impl Model {
         mut propose: impl FnMut(&[u32], usize) -> Result<Vec<u32>>,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, LookupStats)> {
+        if self.has_token_mask() {
+            // The batched check picks on the host from raw logits.
+            return Err(Error::invalid(
+                "token mask during speculative decoding",
+                "set",
+                "none (Model::set_token_mask(None))",
+            ));
+        }
         let mut stats = LookupStats::default();
         let mut out = Vec::new();
         if max_new == 0 {

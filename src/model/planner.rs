@@ -33,7 +33,7 @@ use crate::ops::embedding::Embedding;
 use crate::ops::ffn::fuse_gate_up;
 use crate::ops::gemv::GemvFusion;
 use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
-use crate::ops::sample::{Penalties, SampleRow, Sampler, MAX_PENALTIES};
+use crate::ops::sample::{Penalties, SampleRow, Sampler, TokenMask, MAX_PENALTIES};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
 use crate::quant::GpuWeight;
 use crate::tensor::{map_read, DType, Tensor};
@@ -267,6 +267,9 @@ pub struct Model {
     act: Activations,
     plans: HashMap<(usize, bool), Plan>,
     token_staging: wgpu::Buffer,
+    // One bit per token id: what sampling may pick while `masked` (`set_token_mask`).
+    token_mask: Tensor,
+    masked: bool,
     // Readback of logits: `vocab` floats after the first `step_logits`, `max_batch * vocab` after the first
     // multi-row `prefill_logits`; never reallocated after that.
     logits_staging: Option<wgpu::Buffer>,
@@ -324,6 +327,8 @@ impl Model {
         let final_norm = Tensor::from_slice(gpu, &[host.final_norm.len()], &host.final_norm)?;
         let step = StepBuffer::new(gpu)?;
         let act = Activations::new(gpu, &config, options.max_batch)?;
+        // Sampling's token mask: every id allowed until `set_token_mask` (read only while one is set).
+        let token_mask = TokenMask::all(config.vocab_size).upload(gpu)?;
         let token_staging =
             gpu.create_buffer("token readback", 4, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
         let mut model = Model {
@@ -339,6 +344,8 @@ impl Model {
             act,
             plans: HashMap::new(),
             token_staging,
+            token_mask,
+            masked: false,
             logits_staging: None,
             next_commands: None,
             profiler: None,
@@ -476,7 +483,8 @@ impl Model {
                 offset += piece.rows();
             }
         }
-        let sampler = ops::sample::sample(gpu, &logits, SampleRow::Last, &self.step, &a.token)?;
+        let sampler =
+            ops::sample::sample_masked(gpu, &logits, SampleRow::Last, &self.step, &self.token_mask, &a.token)?;
         Ok(Plan { n, all_logits, embedding, body, layer_starts, head, sampler })
     }
 
@@ -649,6 +657,47 @@ impl Model {
             self.cached.extend_from_slice(tokens);
         }
     }
+    /// Restricts the tokens sampling may pick from now on (constrained decoding: a grammar or a JSON schema
+    /// allows a set of tokens at each step); `None` lifts the restriction. Masked-out tokens rank as `-inf`
+    /// whatever the sampling (greedy, top-k, top-p, penalties); logits read back stay the model's. Set it
+    /// before each [`Model::step`] for a mask that changes token by token. A mask of another vocabulary
+    /// size, or one that allows nothing, is an error that changes nothing. Speculative decoding
+    /// ([`Model::generate_lookup`], [`Model::generate_draft`]) refuses to run while a mask is set.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, prompt: &[u32], digit_ids: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// use mobilellm_kernels::ops::sample::TokenMask;
+    /// let digits = TokenMask::allowing(model.config().vocab_size, digit_ids.iter().copied())?;
+    /// model.set_token_mask(Some(&digits))?;
+    /// let number = model.generate(prompt, 4, &[], |_| true)?; // digits only
+    /// model.set_token_mask(None)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn set_token_mask(&mut self, mask: Option<&TokenMask>) -> Result<()> {
+        let Some(mask) = mask else {
+            self.masked = false;
+            return Ok(());
+        };
+        if mask.vocab() != self.config.vocab_size {
+            return Err(Error::invalid(
+                "token mask",
+                format!("a vocabulary of {}", mask.vocab()),
+                format!("this model's {}", self.config.vocab_size),
+            ));
+        }
+        if mask.count() == 0 {
+            return Err(Error::invalid("token mask", "no allowed token", "at least one allowed token"));
+        }
+        mask.write(&self.gpu, &self.token_mask)?;
+        self.masked = true;
+        Ok(())
+    }
+
+    /// Whether a token mask restricts sampling ([`Model::set_token_mask`]).
+    pub fn has_token_mask(&self) -> bool {
+        self.masked
+    }
+
     /// How tokens are sampled ([`Model::set_sampling`]).
     pub fn sampling(&self) -> &Sampling {
         &self.sampling
@@ -678,6 +727,7 @@ impl Model {
             temperature: s.temperature,
             top_p: s.top_p,
             min_p: s.min_p,
+            mask: u32::from(self.masked),
             ..StepParams::default()
         };
         s.penalties.write(recent, &mut params)?;

@@ -207,8 +207,10 @@ pub struct StepParams {
     /// Sampling: what a penalised logit is multiplied by when it is `> 0` and when it is `<= 0` (`1 /
     /// repeat_penalty` and `repeat_penalty`, as llama.cpp divides and multiplies).
     pub penalty_scale: [f32; 2],
+    /// Sampling: nonzero to pick only tokens allowed by the sampler's mask ([`sample::TokenMask`]).
+    pub mask: u32,
     /// Reserved; keeps `penalties` 16-byte aligned.
-    pub _pad: [u32; 2],
+    pub _pad: u32,
     /// Sampling: the penalised tokens, sorted by id, two per row: `[id, offset bits, id, offset bits]`;
     /// the kernel uses `logit * scale - f32::from_bits(offset)` for them (written by
     /// [`sample::Penalties::write`]).

@@ -29,6 +29,10 @@
 //!   ULP, and a pick can only differ when the target `u * c` lies within that distance of a boundary `c_i`,
 //!   or a weight within that distance of `min_p` (probability about `R * 1e-6` per draw). The tests check
 //!   that every mismatch is such a near tie.
+//! - **Mask.** With `StepParams::mask` set, pass 1 reads one bit per token from the sampler's mask buffer
+//!   ([`TokenMask`]) and ranks a token whose bit is clear as `-inf`: it weighs 0 and is picked only when no
+//!   allowed token has a finite logit (constrained decoding: a grammar or a JSON schema allows a set of
+//!   tokens at each step). Without the flag the buffer is not read.
 //! - **Limit.** With `top_k == 0` the distribution is truncated to the [`MAX_TOP_K`] largest logits (and
 //!   top-p works within them); the mass beyond rank 64 is dropped.
 
@@ -239,13 +243,126 @@ pub fn write_step(gpu: &Gpu, step: &StepBuffer, params: &StepParams) -> Result<(
     Ok(())
 }
 
+/// Which tokens sampling may pick: one bit per id of a vocabulary (constrained decoding). Upload it with
+/// [`TokenMask::upload`] (or [`TokenMask::write`] into an uploaded one) and set [`StepParams::mask`].
+///
+/// ```
+/// use mobilellm_kernels::ops::sample::TokenMask;
+/// let digits = TokenMask::allowing(100, [48, 49, 50])?;
+/// assert!(digits.is_allowed(49) && !digits.is_allowed(51));
+/// assert_eq!(digits.count(), 3);
+/// # Ok::<(), mobilellm_kernels::Error>(())
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenMask {
+    vocab: usize,
+    words: Vec<u32>,
+}
+
+impl TokenMask {
+    /// Nothing allowed yet, over `vocab` ids.
+    pub fn none(vocab: usize) -> TokenMask {
+        TokenMask { vocab, words: vec![0; vocab.div_ceil(32)] }
+    }
+    /// Every id allowed.
+    pub fn all(vocab: usize) -> TokenMask {
+        let mut mask = TokenMask::none(vocab);
+        mask.words.iter_mut().for_each(|w| *w = u32::MAX);
+        if !vocab.is_multiple_of(32) {
+            // Bits past the vocabulary stay clear, so `count` and equality see only real ids.
+            if let Some(last) = mask.words.last_mut() {
+                *last = (1u32 << (vocab % 32)) - 1;
+            }
+        }
+        mask
+    }
+    /// Only `ids` allowed; an id outside the vocabulary is an error.
+    pub fn allowing(vocab: usize, ids: impl IntoIterator<Item = u32>) -> Result<TokenMask> {
+        let mut mask = TokenMask::none(vocab);
+        for id in ids {
+            mask.set(id, true)?;
+        }
+        Ok(mask)
+    }
+    /// Allows (`true`) or forbids `id`; an id outside the vocabulary is an error.
+    pub fn set(&mut self, id: u32, allowed: bool) -> Result<()> {
+        if id as usize >= self.vocab {
+            return Err(Error::invalid("token mask id", id, format!("an id below the vocabulary size {}", self.vocab)));
+        }
+        let (word, bit) = (id as usize / 32, 1u32 << (id % 32));
+        if allowed {
+            self.words[word] |= bit;
+        } else {
+            self.words[word] &= !bit;
+        }
+        Ok(())
+    }
+    /// Whether `id` may be picked (false outside the vocabulary).
+    pub fn is_allowed(&self, id: u32) -> bool {
+        (id as usize) < self.vocab && self.words[id as usize / 32] & (1 << (id % 32)) != 0
+    }
+    /// How many ids are allowed.
+    pub fn count(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
+    }
+    /// The vocabulary size.
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+    /// The bits, word `i / 32` bit `i % 32` for id `i`, as the kernel reads them.
+    pub fn words(&self) -> &[u32] {
+        &self.words
+    }
+    /// A GPU buffer holding the mask, to bind with [`sample_masked`].
+    pub fn upload(&self, gpu: &Gpu) -> Result<Tensor> {
+        Tensor::from_slice(gpu, &[self.words.len()], &self.words)
+    }
+    /// Writes the mask into a buffer made by [`TokenMask::upload`] for the same vocabulary (for work
+    /// submitted afterwards).
+    pub fn write(&self, gpu: &Gpu, buffer: &Tensor) -> Result<()> {
+        if buffer.dtype() != DType::U32 || buffer.shape() != [self.words.len()] {
+            return Err(Error::invalid(
+                "token mask buffer",
+                format!("{} {:?}", buffer.dtype(), buffer.shape()),
+                format!("u32 [{}] (a vocabulary of {})", self.words.len(), self.vocab),
+            ));
+        }
+        gpu.queue().write_buffer(buffer.buffer(), 0, bytemuck::cast_slice(&self.words));
+        Ok(())
+    }
+}
+
 /// Plans sampling one token from `row` of `logits` (`[.., vocab]` f32) into element 0 of `token` (u32, any
 /// shape), with the parameters in `step`. Parameters are read at run time: validate them with [`validate`]
 /// (or write them with [`write_step`]); invalid ones that slip through never fault the kernel (NaN or
-/// negative temperature acts as greedy, top_p outside (0, 1) as 1, top_k above 64 as 64).
+/// negative temperature acts as greedy, top_p outside (0, 1) as 1, top_k above 64 as 64). This sampler has
+/// no mask: leave [`StepParams::mask`] at 0 for it (or use [`sample_masked`]).
 pub fn sample(gpu: &Gpu, logits: &Tensor, row: SampleRow, step: &StepBuffer, token: &Tensor) -> Result<Sampler> {
     let vocab = *logits.shape().last().unwrap_or(&0);
+    // Bound but never read while the step's mask flag is clear: every id allowed, for safety.
+    let mask = TokenMask::all(vocab).upload(gpu)?;
+    sample_masked(gpu, logits, row, step, &mask, token)
+}
+
+/// [`sample`] with a token mask: a u32 buffer of `vocab.div_ceil(32)` words ([`TokenMask::upload`]), read
+/// on steps whose [`StepParams::mask`] is set.
+pub fn sample_masked(
+    gpu: &Gpu,
+    logits: &Tensor,
+    row: SampleRow,
+    step: &StepBuffer,
+    mask: &Tensor,
+    token: &Tensor,
+) -> Result<Sampler> {
+    let vocab = *logits.shape().last().unwrap_or(&0);
     let rows = logits.expect_rows("sample logits", DType::F32, vocab)?;
+    if mask.dtype() != DType::U32 || mask.len() < vocab.div_ceil(32) {
+        return Err(Error::invalid(
+            "sample token mask",
+            format!("{} {:?}", mask.dtype(), mask.shape()),
+            format!("u32 with at least {} words (one bit per id of {vocab})", vocab.div_ceil(32)),
+        ));
+    }
     if token.dtype() != DType::U32 {
         return Err(Error::DType {
             what: "sample token output".into(),
@@ -291,9 +408,10 @@ pub fn sample(gpu: &Gpu, logits: &Tensor, row: SampleRow, step: &StepBuffer, tok
             (1, step.buffer().as_entire_binding()),
             (2, logits.buffer().as_entire_binding()),
             (3, candidates.as_entire_binding()),
+            (5, mask.buffer().as_entire_binding()),
         ],
         [groups, 1, 1],
-        vec![params.clone(), candidates.clone()],
+        vec![params.clone(), candidates.clone(), mask.buffer().clone()],
     )?;
     let merge = make_dispatch(
         gpu,

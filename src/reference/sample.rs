@@ -51,6 +51,23 @@ pub fn sample(row: &[f32], params: &StepParams) -> u32 {
     sample_trace(row, params).token
 }
 
+/// The token the sampling kernel picks with `params.mask` set and `allowed` bound: each id whose bit is
+/// clear (word `i / 32`, bit `i % 32`) counts as `-inf`, after any penalty.
+pub fn sample_masked(row: &[f32], params: &StepParams, allowed: &[u32]) -> u32 {
+    sample_masked_trace(row, params, allowed).token
+}
+
+/// [`sample_masked`] with the numbers the pick came from.
+pub fn sample_masked_trace(row: &[f32], params: &StepParams, allowed: &[u32]) -> SampleTrace {
+    let mut masked = if params.penalty_count > 0 { penalised_row(row, params) } else { row.to_vec() };
+    for (i, v) in masked.iter_mut().enumerate() {
+        if allowed.get(i / 32).is_none_or(|w| w & (1 << (i % 32)) == 0) {
+            *v = f32::NEG_INFINITY;
+        }
+    }
+    sample_trace(&masked, &StepParams { penalty_count: 0, mask: 0, ..*params })
+}
+
 /// The row as the sampling kernel ranks and weighs it: each penalised token's logit `l` becomes
 /// `l * scale - offset` (`scale` by the sign of `l`), the same two f32 operations.
 pub fn penalised_row(row: &[f32], params: &StepParams) -> Vec<f32> {
