@@ -11,7 +11,8 @@
 //! - [`reference`](mod@reference): the CPU twin of every kernel family, for tests and checks;
 //! - [`model`]: config and weight loaders (safetensors, GGUF), the planned model (prefill, decode, GPU
 //!   sampling, session states, context shifts, prompt-lookup decoding) and its KV cache ([`kv_cache`]);
-//! - [`tokenizer`]: GGUF and HF tokenizers, chat templates.
+//! - [`tokenizer`]: GGUF and HF tokenizers, chat templates;
+//! - [`constrain`]: constrained decoding (token masks from the host; JSON output).
 //!
 //! ```no_run
 //! use mobilellm_kernels::{ops, reference, Gpu, Tensor, DType};
@@ -33,6 +34,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod bench;
+pub mod constrain;
 pub mod device;
 pub mod error;
 pub mod kv_cache;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
+use mobilellm_kernels::constrain::JsonConstraint;
 use mobilellm_kernels::model::gguf::{GgufFile, MetaValue};
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
 use mobilellm_kernels::model::{
@@ -180,27 +181,35 @@ struct SamplingArgs {
     /// Tokens the draft model proposes per pass.
     #[arg(long, default_value_t = 4)]
     draft: usize,
+    /// Constrain the output to one JSON document (ends when it is complete).
+    #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
+    json: bool,
 }
 
-/// Where drafts come from, if anywhere.
-enum Speculation {
+/// How tokens are decoded: plainly, with drafts from somewhere, or constrained to JSON.
+enum Decoding {
     Off,
+    Json(Box<JsonConstraint>),
     Lookup(LookupOptions),
     Draft(Box<Model>, usize),
 }
 
 impl SamplingArgs {
-    /// Loads the draft model, if any, with the main model's context.
-    fn speculation(&self, gpu: &Gpu, context: usize) -> Result<Speculation> {
+    /// Loads the draft model, if any, with the main model's context; `tokenizer` is the main model's.
+    fn decoding(&self, gpu: &Gpu, context: usize, tokenizer: &Tokenizer) -> Result<Decoding> {
+        if self.json {
+            let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+            return Ok(Decoding::Json(Box::new(JsonConstraint::new(tokenizer, &stop))));
+        }
         if let Some(path) = &self.draft_model {
             let (host, _) = load_host(path, None)?;
             let mut draft = Model::new(gpu, &host, &PlanOptions { context, ..PlanOptions::default() })?;
             draft.set_sampling(Sampling::greedy())?;
-            return Ok(Speculation::Draft(Box::new(draft), self.draft));
+            return Ok(Decoding::Draft(Box::new(draft), self.draft));
         }
         Ok(match self.lookup {
-            0 => Speculation::Off,
-            draft => Speculation::Lookup(LookupOptions { draft, ..LookupOptions::default() }),
+            0 => Decoding::Off,
+            draft => Decoding::Lookup(LookupOptions { draft, ..LookupOptions::default() }),
         })
     }
 
@@ -422,21 +431,36 @@ fn info(a: &ModelArgs) -> Result<()> {
 /// `generate`, or its speculative form when drafts come from somewhere (their stats are returned).
 fn generate_with(
     model: &mut Model,
-    speculation: &mut Speculation,
+    decoding: &mut Decoding,
     prompt_ids: &[u32],
     max_new: usize,
     stop: &[u32],
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, Option<LookupStats>)> {
-    Ok(match speculation {
-        Speculation::Off => (model.generate(prompt_ids, max_new, stop, on_token)?, None),
-        Speculation::Lookup(options) => {
+    Ok(match decoding {
+        Decoding::Off => (model.generate(prompt_ids, max_new, stop, on_token)?, None),
+        Decoding::Lookup(options) => {
             let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;
             (out, Some(stats))
         }
-        Speculation::Draft(draft, n) => {
+        Decoding::Draft(draft, n) => {
             let (out, stats) = model.generate_draft(draft, prompt_ids, max_new, stop, *n, on_token)?;
             (out, Some(stats))
+        }
+        Decoding::Json(json) => {
+            let mask = |generated: &[u32]| {
+                if let Some(&last) = generated.last() {
+                    json.accept(last)?;
+                }
+                json.mask()
+            };
+            let out = model.generate_constrained(prompt_ids, max_new, stop, mask, on_token)?;
+            if !json.is_complete() {
+                eprintln!("[json: the document was not complete after {max_new} tokens]");
+            }
+            // The next call (a chat's next turn) starts a new document.
+            json.reset();
+            (out, None)
         }
     })
 }
@@ -456,7 +480,7 @@ fn stream(
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
     max_new: usize,
-    speculation: &mut Speculation,
+    decoding: &mut Decoding,
 ) -> Result<(usize, f64, f64)> {
     let mut decoder = tokenizer.stream_decoder();
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
@@ -470,7 +494,7 @@ fn stream(
         }
         true
     };
-    let (out, stats) = generate_with(model, speculation, prompt_ids, max_new, &stop, on_token)?;
+    let (out, stats) = generate_with(model, decoding, prompt_ids, max_new, &stop, on_token)?;
     print!("{}", decoder.finish());
     println!();
     report_drafts(stats);
@@ -511,9 +535,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
         }
     }
     print!("{}", a.prompt);
-    let mut speculation = a.sampling.speculation(&gpu, a.model.context)?;
-    let (n, decode_s, prefill_s) =
-        stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, &mut speculation)?;
+    let mut decoding = a.sampling.decoding(&gpu, a.model.context, &tokenizer)?;
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, &mut decoding)?;
     if let Some(path) = &a.prompt_cache {
         model.save_state()?.save(path)?;
         eprintln!("[prompt cache {}: {reused} of {} prompt tokens restored]", path.display(), ids.len());
@@ -527,7 +550,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
     let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
     let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
     model.set_sampling(a.sampling.sampling())?;
-    let mut speculation = a.sampling.speculation(&gpu, a.model.context)?;
+    let mut decoding = a.sampling.decoding(&gpu, a.model.context, &tokenizer)?;
     let mut history: Vec<(String, String)> = Vec::new();
     eprintln!("chat with {} (empty line or Ctrl-D to quit)", a.model.model.display());
     loop {
@@ -580,8 +603,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
             }
             true
         };
-        let (_, stats) =
-            generate_with(&mut model, &mut speculation, &ids[reused..], a.sampling.max_new, &stop, on_token)?;
+        let (_, stats) = generate_with(&mut model, &mut decoding, &ids[reused..], a.sampling.max_new, &stop, on_token)?;
         println!("{}", decoder.finish());
         report_drafts(stats);
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
@@ -694,7 +716,7 @@ fn demo_real(gpu: &Gpu, path: &Path, prompt: &str) -> Result<()> {
     let ids = tokenizer.encode_chat(&[("user", prompt)], true)?;
     println!("user: {prompt}");
     print!("assistant: ");
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48, &mut Speculation::Off)?;
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48, &mut Decoding::Off)?;
     report_speed(ids.len(), n, decode_s, prefill_s);
     Ok(())
 }

@@ -305,6 +305,11 @@ impl TokenMask {
     pub fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
+    /// The ids allowed by either mask (of the same vocabulary; `self`'s size otherwise).
+    pub fn union(mut self, other: &TokenMask) -> TokenMask {
+        self.words.iter_mut().zip(&other.words).for_each(|(a, b)| *a |= b);
+        self
+    }
     /// The vocabulary size.
     pub fn vocab(&self) -> usize {
         self.vocab
