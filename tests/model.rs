@@ -452,12 +452,20 @@ fn decode_allocates_no_buffers_after_warm_up() {
 /// `mobilellm run` reproduces tiny-shared's prefill and forced logits from the shell.
 #[test]
 fn cli_run_dump_reproduces_tiny_shared() {
+    cli_run_dump_matches_golden(&data_dir("tiny-shared"));
+}
+
+/// `mobilellm run` on `model` reproduces the tiny-shared golden (logits within the f32 contract, the same
+/// greedy tokens).
+fn cli_run_dump_matches_golden(model: &std::path::Path) {
     let g = Golden::open("tiny-shared");
     let join = |ids: &[u32]| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
-    let dump = std::env::temp_dir().join(format!("mobilellm-run-{}.safetensors", std::process::id()));
+    // Named after the model too: the callers run in parallel threads of one process.
+    let stem = model.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let dump = std::env::temp_dir().join(format!("mobilellm-run-{}-{stem}.safetensors", std::process::id()));
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
         .args(["run", "--model"])
-        .arg(data_dir("tiny-shared"))
+        .arg(model)
         .args(["--prompt-ids", &join(&g.ids("prompt_ids")), "--max-new", "4"])
         .args(["--forced-ids", &join(&g.ids("forced_ids")), "--context", "64", "--dump"])
         .arg(&dump)
@@ -479,6 +487,23 @@ fn cli_run_dump_reproduces_tiny_shared() {
 
 /// An engine keeps a model on a worker thread and shares the device: these types must stay `Send` and
 /// `Sync` (a field like an `Rc` or a `RefCell` would break this at compile time).
+/// `mobilellm convert` writes the layer-shared checkpoint as GGUF (interleaved Q/K rows, every block twice
+/// plus the sharing key), and `mobilellm run` on that file still reproduces transformers' golden.
+#[test]
+fn cli_convert_keeps_the_shared_golden() {
+    let out = std::env::temp_dir().join(format!("mobilellm-convert-{}.gguf", std::process::id()));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+        .args(["convert", "--model"])
+        .arg(data_dir("tiny-shared"))
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    cli_run_dump_matches_golden(&out);
+    let _ = std::fs::remove_file(out);
+}
+
 #[test]
 fn engine_handles_are_send_and_sync() {
     fn send_sync<T: Send + Sync>() {}
