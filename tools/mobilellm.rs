@@ -40,6 +40,9 @@ enum Command {
     Chat(ChatArgs),
     /// Prints the token ids of a text as a JSON array, or with --decode the text of ids.
     Tokenize(TokenizeArgs),
+    /// Perplexity of a text file (llama-perplexity's method: chunks from an empty cache, second halves
+    /// scored), to compare weight types of one model.
+    Perplexity(PerplexityArgs),
     /// Writes a model as a GGUF llama file (weights in their types or --dtype's, tokenizer included), which
     /// loads without re-quantizing and which llama.cpp reads too.
     Convert(ConvertArgs),
@@ -88,6 +91,21 @@ struct ModelArgs {
     /// KV-cache capacity in positions.
     #[arg(long, default_value_t = 1024)]
     context: usize,
+}
+
+#[derive(Args)]
+struct PerplexityArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The text to score (UTF-8).
+    #[arg(long)]
+    file: PathBuf,
+    /// Tokens per chunk (default: the context).
+    #[arg(long)]
+    chunk: Option<usize>,
+    /// Score at most this many chunks (default: all).
+    #[arg(long)]
+    chunks: Option<usize>,
 }
 
 #[derive(Args)]
@@ -280,6 +298,7 @@ fn main() -> ExitCode {
         Command::Tokenize(a) => tokenize(&a),
         Command::Bench(a) => bench(&a),
         Command::Convert(a) => convert(&a),
+        Command::Perplexity(a) => perplexity(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -609,6 +628,34 @@ fn chat(a: &ChatArgs) -> Result<()> {
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
         history.push(("assistant".into(), tokenizer.decode(&reply)));
     }
+}
+
+fn perplexity(a: &PerplexityArgs) -> Result<()> {
+    let gpu = Gpu::new()?;
+    let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
+    let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
+    let text =
+        std::fs::read_to_string(&a.file).map_err(|e| Error::Io { path: a.file.display().to_string(), source: e })?;
+    let chunk = a.chunk.unwrap_or(model.context());
+    let mut ids = tokenizer.encode(&text, false);
+    if let Some(limit) = a.chunks {
+        ids.truncate(limit * chunk);
+    }
+    // As llama-perplexity: BOS first in every chunk for tokenizers that add one.
+    if let (true, Some(bos)) = (tokenizer.vocab().add_bos, tokenizer.bos()) {
+        ids.chunks_mut(chunk).for_each(|c| c[0] = bos);
+    }
+    let start = Instant::now();
+    let ppl = model.perplexity(&ids, chunk)?;
+    println!(
+        "perplexity {:.4} +- {:.4} ({} tokens scored in {} chunks of {chunk}, {:.1} s)",
+        ppl.value(),
+        ppl.value() * ppl.nll_std_error,
+        ppl.scored,
+        ids.len() / chunk,
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn convert(a: &ConvertArgs) -> Result<()> {

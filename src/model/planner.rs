@@ -504,6 +504,10 @@ impl Model {
     pub fn context(&self) -> usize {
         self.options.context
     }
+    /// The most tokens one prefill submission takes ([`PlanOptions::max_batch`], at most the context).
+    pub fn max_batch(&self) -> usize {
+        self.options.max_batch
+    }
     /// Starts a new sequence at position 0; the KV cache is overwritten from there on. Computes nothing,
     /// so what the cache holds stays reusable by [`Model::reuse_prefix`] until it is overwritten.
     pub fn reset(&mut self) {

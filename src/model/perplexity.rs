@@ -1,0 +1,103 @@
+//! Perplexity of a model on a text, as llama.cpp's `llama-perplexity` measures it: the tokens are cut into
+//! chunks of `chunk` tokens, each evaluated from an empty cache, and the second half of each chunk is scored:
+//! logits rows `chunk / 2 ..= chunk - 2` each score the token after them, so every scored token has at least
+//! `chunk / 2` tokens of context. (llama-perplexity also puts BOS first in each chunk for tokenizers that
+//! add one; `mobilellm perplexity` does the same.) The
+//! score is `exp(mean negative log-likelihood)`; the standard error of the mean NLL is reported too.
+//! What it is for: comparing weight types of one model on one text (does q4_0 hold up against q8_0?).
+//!
+//! The logits come back from the GPU `max_batch` rows at a time; log-softmax and sums run on the host in
+//! f64.
+
+use super::Model;
+use crate::error::{Error, Result};
+
+/// What [`Model::perplexity`] measured.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Perplexity {
+    /// Tokens scored.
+    pub scored: usize,
+    /// Mean negative log-likelihood per scored token (nats).
+    pub mean_nll: f64,
+    /// Standard error of `mean_nll` (the spread of the per-token NLLs over `sqrt(scored)`).
+    pub nll_std_error: f64,
+}
+
+impl Perplexity {
+    /// `exp(mean_nll)`.
+    pub fn value(&self) -> f64 {
+        self.mean_nll.exp()
+    }
+}
+
+/// `log(sum(exp(row)))` in f64, stable for any finite row.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
+    max + row.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>().ln()
+}
+
+/// The negative log-likelihoods of `targets[i]` under logits row `i`.
+pub fn nlls(logits: &[f32], vocab: usize, targets: &[u32]) -> Vec<f64> {
+    logits.chunks_exact(vocab).zip(targets).map(|(row, &t)| log_sum_exp(row) - f64::from(row[t as usize])).collect()
+}
+
+/// Mean and standard error of per-token NLLs.
+pub fn summarize(nlls: &[f64]) -> Perplexity {
+    let n = nlls.len() as f64;
+    let mean = nlls.iter().sum::<f64>() / n;
+    let variance = nlls.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
+    Perplexity { scored: nlls.len(), mean_nll: mean, nll_std_error: (variance / n).sqrt() }
+}
+
+impl Model {
+    /// The perplexity of `tokens` (see the module docs) in chunks of `chunk` tokens (at least 2, at most
+    /// the context). Resets the model: the cache holds the last chunk afterwards. Tokens past the last
+    /// whole chunk are not used.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, text_ids: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// let ppl = model.perplexity(text_ids, 512)?;
+    /// println!("PPL {:.3} over {} tokens", ppl.value(), ppl.scored);
+    /// # Ok(()) }
+    /// ```
+    pub fn perplexity(&mut self, tokens: &[u32], chunk: usize) -> Result<Perplexity> {
+        if chunk < 2 || chunk > self.context() {
+            return Err(Error::invalid(
+                "perplexity chunk",
+                chunk,
+                format!("2..={} tokens (the context)", self.context()),
+            ));
+        }
+        if tokens.len() < chunk {
+            return Err(Error::invalid(
+                "perplexity text",
+                format!("{} tokens", tokens.len()),
+                format!("at least one chunk of {chunk}"),
+            ));
+        }
+        let vocab = self.config().vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid("token id", bad, format!("less than the vocabulary size {vocab}")));
+        }
+        let first_scored = chunk / 2;
+        let mut all = Vec::new();
+        for piece in tokens.chunks_exact(chunk) {
+            self.reset();
+            // Rows `first_scored - 1 ..` predict tokens `first_scored ..`; fed `max_batch` at a time so
+            // that no more than that many rows of logits are held.
+            let step = self.max_batch();
+            let mut fed = 0;
+            while fed < chunk {
+                let end = (fed + step).min(chunk);
+                let (_, logits) = self.prefill_logits(&piece[fed..end])?;
+                let rows = (fed..end).filter(|&i| i >= first_scored && i + 1 < chunk);
+                for i in rows {
+                    let row = &logits[(i - fed) * vocab..(i - fed + 1) * vocab];
+                    all.extend(nlls(row, vocab, &piece[i + 1..i + 2]));
+                }
+                fed = end;
+            }
+        }
+        Ok(summarize(&all))
+    }
+}
