@@ -34,7 +34,8 @@ struct Params {
 @group(0) @binding(0) var<uniform> params: Params;
 @group(0) @binding(1) var<uniform> step: Step;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
-// Per group, MAX_K slots of (key, index); the first R are filled.
+// Per group, MAX_K slots of (key, index); the first R are filled. Then, per group, the chunk's (max logit,
+// sum of exp(logit - max)) as f32 bits, when the step asks for the log-probability.
 @group(0) @binding(3) var<storage, read_write> cands: array<vec2<u32>>;
 @group(0) @binding(4) var<storage, read_write> token: array<u32>;
 // One bit per token id (bit i % 32 of word i / 32), read when `step.mask` is set.
@@ -71,7 +72,7 @@ fn sampled_logit(base: u32, i: u32) -> f32 {
         return v;
     }
     if step.mask != 0u && (allowed[i >> 5u] & (1u << (i & 31u))) == 0u {
-        return bitcast<f32>(0xFF800000u);
+        return neg_inf();
     }
     let count = min(step.penalty_count, MAX_PENALTIES);
     if count == 0u {
@@ -294,6 +295,52 @@ fn partial_by_filter(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid:
     }
 }
 
+// -inf (a bitcast is not a constant expression in naga).
+fn neg_inf() -> f32 {
+    return bitcast<f32>(0xFF800000u);
+}
+
+// Whether a logit counts in the log-sum-exp: not NaN, not -inf (tested on the bits: WGSL lets compilers
+// assume floats are finite).
+fn counts_in_sum(v: f32) -> bool {
+    let b = bitcast<u32>(v);
+    return (b & 0x7FFFFFFFu) <= 0x7F800000u && b != 0xFF800000u;
+}
+
+// Two (max, sum of exp(x - max)) summaries as one; an empty one is (-inf, 0).
+fn merge_log_sum(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let m = max(a.x, b.x);
+    if bitcast<u32>(m) == 0xFF800000u {
+        return vec2<f32>(neg_inf(), 0.0);
+    }
+    return vec2<f32>(m, a.y * exp(a.x - m) + b.y * exp(b.x - m));
+}
+
+// The chunk's log-sum-exp summary of the raw logits (NaN and -inf add nothing), into the group's slot after
+// the candidate slots. Uniform control flow (barriers).
+fn chunk_log_sum(g: u32, start: u32, end: u32, base: u32, lid: u32) {
+    var acc = vec2<f32>(neg_inf(), 0.0);
+    for (var i = start + lid; i < end; i += WG) {
+        let v = logits[base + i];
+        if counts_in_sum(v) {
+            acc = merge_log_sum(acc, vec2<f32>(v, 1.0));
+        }
+    }
+    red[lid] = bitcast<vec2<u32>>(acc);
+    workgroupBarrier();
+    for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
+        if lid < stride {
+            let merged = merge_log_sum(bitcast<vec2<f32>>(red[lid]), bitcast<vec2<f32>>(red[lid + stride]));
+            red[lid] = bitcast<vec2<u32>>(merged);
+        }
+        workgroupBarrier();
+    }
+    if lid == 0u {
+        cands[params.groups * MAX_K + g] = red[0];
+    }
+    workgroupBarrier();
+}
+
 @compute @workgroup_size(WG)
 fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let g = wg.x;
@@ -301,6 +348,9 @@ fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let end = min(start + params.chunk, params.vocab);
     let base = row_base();
     let r_count = rounds();
+    if step.logprob != 0u {
+        chunk_log_sum(g, start, end, base, lid);
+    }
     if r_count > FILTER_ABOVE && params.chunk <= FILTER_MAX_CHUNK {
         partial_by_filter(g, start, end, base, r_count, lid);
     } else {
@@ -381,6 +431,15 @@ fn sample_merge(@builtin(local_invocation_index) lid: u32) {
         }
     }
     if lid == 0u {
-        token[0] = pick(r_count);
+        let picked = pick(r_count);
+        token[0] = picked;
+        // token[1] only where the buffer has it (a write past the end could land on token[0]).
+        if step.logprob != 0u && arrayLength(&token) > 1u {
+            var acc = vec2<f32>(neg_inf(), 0.0);
+            for (var g = 0u; g < params.groups; g++) {
+                acc = merge_log_sum(acc, bitcast<vec2<f32>>(cands[params.groups * MAX_K + g]));
+            }
+            token[1] = bitcast<u32>(logits[row_base() + picked] - (acc.x + log(acc.y)));
+        }
     }
 }

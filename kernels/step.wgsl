@@ -13,7 +13,8 @@ struct Step {
     penalty_scale: vec2<f32>,
     // Nonzero: sampling only picks tokens whose bit is set in the sampler's mask.
     mask: u32,
-    _pad1: u32,
+    // Nonzero: the sampler also writes the pick's log-probability (raw logits, temperature 1) to token[1].
+    logprob: u32,
     // Penalised tokens sorted by id, two per element: (id, offset bits, id, offset bits).
     penalties: array<vec4<u32>, 32>,
 }

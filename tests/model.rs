@@ -682,6 +682,41 @@ fn token_masks_constrain_every_pick() {
     }
 }
 
+/// Log-probabilities from the GPU sampler: after a prefill and each step, `last_logprob` is the host's
+/// log-softmax of the returned logits at the picked token (within 1e-4: f32 sums in another order), for
+/// greedy and sampled picks; off, it is `None`.
+#[test]
+fn logprobs_of_each_pick_match_the_logits() {
+    use mobilellm_kernels::model::Sampling;
+    use mobilellm_kernels::reference;
+    let host = HostModel::from_safetensors_dir(&data_dir("tiny-plain"), WeightType::Q8_0).unwrap();
+    let vocab = host.config.vocab_size;
+    let prompt: Vec<u32> = (0..10).map(|i| 3 + 5 * i).collect();
+    for gpu in gpus() {
+        let options = PlanOptions { context: 64, max_batch: 4, ..PlanOptions::default() };
+        let mut model = Model::new(gpu, &host, &options).unwrap();
+        model.prefill(&prompt).unwrap();
+        assert_eq!(model.last_logprob(), None, "off by default");
+        model.set_logprobs(true);
+        for sampling in [Sampling::greedy(), Sampling { temperature: 1.2, top_k: 20, seed: 4, ..Sampling::greedy() }] {
+            model.set_sampling(sampling).unwrap();
+            model.reset();
+            let (mut token, logits) = model.prefill_logits(&prompt).unwrap();
+            let mut row = logits[(prompt.len() - 1) * vocab..].to_vec();
+            for step in 0..6 {
+                let got = model.last_logprob().unwrap();
+                let want = reference::sample_logprob(&row, token);
+                assert!((got - want).abs() <= 1e-4, "step {step} [{}]: {got} vs {want}", gpu.describe());
+                let (next, next_row) = model.step_logits(token).unwrap();
+                (token, row) = (next, next_row);
+            }
+        }
+        model.set_logprobs(false);
+        model.step(1).unwrap();
+        assert_eq!(model.last_logprob(), None);
+    }
+}
+
 /// Scaled RoPE (Llama-3 style: low frequencies divided by 8, the middle blended) through the planned model
 /// under CPU and GPU launch rules matches the CPU forward pass on the same config, within the f32 contract;
 /// and the scaling matters at these positions (without it the CPU logits move by over 10x that bound).

@@ -548,3 +548,46 @@ fn masked_sampling_picks_only_allowed_tokens() {
     assert!(TokenMask::allowing(10, [10]).unwrap_err().to_string().contains("10"));
     assert_eq!((TokenMask::all(33).count(), TokenMask::none(33).count()), (33, 0));
 }
+
+/// The picked token's log-probability (step flag `logprob`): equal to the twin's f64 log-softmax within
+/// 1e-4 absolute (the GPU adds up to 128 256 exp terms in f32, in another order: about 1e-6 relative, and
+/// the largest logits here are ~12, so a few 1e-5 at worst), for greedy and sampled picks, one chunk or many,
+/// with -inf and NaN logits and under a mask (the log-probability stays the raw model's). A one-element
+/// token buffer is left with its token only.
+#[test]
+fn log_probability_of_the_pick() {
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        for vocab in [3000usize, 49_152, 128_256] {
+            let row = tricky_row(vocab as u64 + 1, vocab);
+            let logits = Tensor::from_slice(gpu, &[1, vocab], &row).unwrap();
+            let step = StepBuffer::new(gpu).unwrap();
+            let token = Tensor::zeros(gpu, DType::U32, &[2]).unwrap();
+            let mask = TokenMask::allowing(vocab, (0..vocab as u32).step_by(3)).unwrap();
+            let mask_buffer = mask.upload(gpu).unwrap();
+            let sampler = sample_masked(gpu, &logits, SampleRow::Last, &step, &mask_buffer, &token).unwrap();
+            for (i, base) in
+                [params(0.0, 0, 1.0, 0), params(1.0, 40, 0.9, 3), params(1.5, 0, 1.0, 9)].iter().enumerate()
+            {
+                for masked in [0, 1] {
+                    let p = StepParams { logprob: 1, mask: masked, ..*base };
+                    write_step(gpu, &step, &p).unwrap();
+                    ops::run(gpu, &sampler.dispatches()).unwrap();
+                    let out = token.read::<u32>(gpu).unwrap();
+                    let (picked, logprob) = (out[0], f32::from_bits(out[1]));
+                    let want = reference::sample_logprob(&row, picked);
+                    let what = format!("vocab {vocab}, config {i}, mask {masked}, pick {picked} [{}]", gpu.features());
+                    assert!((logprob - want).abs() <= 1e-4, "{what}: {logprob} vs {want}");
+                    assert!(logprob <= 0.0 && logprob.is_finite(), "{what}: {logprob}");
+                }
+            }
+        }
+        // Without the flag, element 1 is not written; with a one-element buffer, element 0 keeps the token.
+        let row = tricky_row(5, 3000);
+        let s = setup(gpu, &row, 1, SampleRow::Last);
+        let greedy = params(0.0, 0, 1.0, 0);
+        assert_eq!(s.run(gpu, &StepParams { logprob: 1, ..greedy }), argmax(&row));
+    }
+    // The twin on a row it can do by hand: two equal logits and one far below.
+    let lp = reference::sample_logprob(&[2.0, 2.0, -1e9], 0);
+    assert!((lp - (0.5f32).ln()).abs() < 1e-7);
+}

@@ -202,7 +202,8 @@ impl Activations {
             last: f("last residual", &[1, c.hidden_size])?,
             last_normed: f("last normed", &[1, c.hidden_size])?,
             last_logits: f("last logits", &[1, c.vocab_size])?,
-            token: Tensor::zeros_labeled(gpu, "token", DType::U32, &[1])?,
+            // The sampled token, and its log-probability (f32 bits) when asked for.
+            token: Tensor::zeros_labeled(gpu, "token", DType::U32, &[2])?,
         })
     }
 
@@ -270,6 +271,9 @@ pub struct Model {
     // One bit per token id: what sampling may pick while `masked` (`set_token_mask`).
     token_mask: Tensor,
     masked: bool,
+    // Whether sampling also reports the pick's log-probability, and the last one reported.
+    logprobs: bool,
+    last_logprob: Option<f32>,
     // Readback of logits: `vocab` floats after the first `step_logits`, `max_batch * vocab` after the first
     // multi-row `prefill_logits`; never reallocated after that.
     logits_staging: Option<wgpu::Buffer>,
@@ -330,7 +334,7 @@ impl Model {
         // Sampling's token mask: every id allowed until `set_token_mask` (read only while one is set).
         let token_mask = TokenMask::all(config.vocab_size).upload(gpu)?;
         let token_staging =
-            gpu.create_buffer("token readback", 4, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+            gpu.create_buffer("token readback", 8, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
         let mut model = Model {
             gpu: gpu.clone(),
             config,
@@ -346,6 +350,8 @@ impl Model {
             token_staging,
             token_mask,
             masked: false,
+            logprobs: false,
+            last_logprob: None,
             logits_staging: None,
             next_commands: None,
             profiler: None,
@@ -697,6 +703,33 @@ impl Model {
         Ok(())
     }
 
+    /// Makes every pick from now on also report its log-probability under the model's raw distribution
+    /// (log-softmax of the logits at temperature 1, before penalties and any token mask), computed by the
+    /// sampler on the GPU: read it with [`Model::last_logprob`]. Off by default (it costs one more pass of
+    /// exponentials over the logits).
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, prompt: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// model.set_logprobs(true);
+    /// let mut token = model.prefill(prompt)?;
+    /// let mut total = model.last_logprob().unwrap_or(0.0);
+    /// for _ in 0..16 {
+    ///     token = model.step(token)?;
+    ///     total += model.last_logprob().unwrap_or(0.0);
+    /// }
+    /// println!("mean log-probability {:.3}", total / 17.0);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_logprobs(&mut self, on: bool) {
+        self.logprobs = on;
+    }
+
+    /// The log-probability of the last token sampled by [`Model::prefill`], [`Model::step`] or the like,
+    /// when [`Model::set_logprobs`] is on (`None` otherwise).
+    pub fn last_logprob(&self) -> Option<f32> {
+        self.last_logprob
+    }
+
     /// Whether a token mask restricts sampling ([`Model::set_token_mask`]).
     pub fn has_token_mask(&self) -> bool {
         self.masked
@@ -732,6 +765,7 @@ impl Model {
             top_p: s.top_p,
             min_p: s.min_p,
             mask: u32::from(self.masked),
+            logprob: u32::from(self.logprobs),
             ..StepParams::default()
         };
         s.penalties.write(recent, &mut params)?;
@@ -852,8 +886,9 @@ impl Model {
         }
         let gpu = &self.gpu;
         gpu.wait(Some(submission))?;
-        let bytes = map_read(gpu, &self.token_staging, 4)?;
+        let bytes = map_read(gpu, &self.token_staging, 8)?;
         let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
+        self.last_logprob = self.logprobs.then(|| f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]));
         let logits = match (want_logits, &self.logits_staging) {
             (true, Some(staging)) => {
                 Some(bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes(key, &self.config))?))
@@ -902,7 +937,7 @@ impl Model {
             }
             plan.sampler.record(&mut pass);
         }
-        encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, 4);
+        encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, 8);
         if let Some(staging) = logits_staging {
             let t = if plan.all_logits { &self.act.logits } else { &self.act.last_logits };
             encoder.copy_buffer_to_buffer(t.buffer(), 0, staging, 0, logits_bytes);

@@ -209,8 +209,9 @@ pub struct StepParams {
     pub penalty_scale: [f32; 2],
     /// Sampling: nonzero to pick only tokens allowed by the sampler's mask ([`sample::TokenMask`]).
     pub mask: u32,
-    /// Reserved; keeps `penalties` 16-byte aligned.
-    pub _pad: u32,
+    /// Sampling: nonzero to also write the picked token's log-probability under the raw logits (log-softmax
+    /// at temperature 1, before penalties and mask) to element 1 of the token buffer, as f32 bits.
+    pub logprob: u32,
     /// Sampling: the penalised tokens, sorted by id, two per row: `[id, offset bits, id, offset bits]`;
     /// the kernel uses `logit * scale - f32::from_bits(offset)` for them (written by
     /// [`sample::Penalties::write`]).

@@ -33,6 +33,12 @@
 //!   ([`TokenMask`]) and ranks a token whose bit is clear as `-inf`: it weighs 0 and is picked only when no
 //!   allowed token has a finite logit (constrained decoding: a grammar or a JSON schema allows a set of
 //!   tokens at each step). Without the flag the buffer is not read.
+//! - **Log-probability.** With `StepParams::logprob` set, pass 1 also reduces its chunk of raw logits to
+//!   (max, sum of `exp(l - max)`) and pass 2 merges the chunks' summaries in group order and writes
+//!   `l_pick - log_sum_exp(row)` (the model's distribution at temperature 1, before penalties and mask:
+//!   what OpenAI-style `logprobs` report) to element 1 of the token buffer. The CPU twin
+//!   ([`crate::reference::sample_logprob`]) sums in f64; the GPU's f32 sums in another order differ from it
+//!   by about 1e-6 relative.
 //! - **Limit.** With `top_k == 0` the distribution is truncated to the [`MAX_TOP_K`] largest logits (and
 //!   top-p works within them); the mass beyond rank 64 is dropped.
 
@@ -399,9 +405,10 @@ pub fn sample_masked(
         "sample params",
         &Params { vocab: vocab as u32, rows: rows as u32, row, chunk, groups, _pad: [0; 3] },
     )?;
+    // MAX_TOP_K candidate slots per group, then one log-sum-exp summary per group.
     let candidates = gpu.create_buffer(
         "sample candidates",
-        u64::from(groups * MAX_TOP_K) * 8,
+        u64::from(groups * (MAX_TOP_K + 1)) * 8,
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     )?;
     let partial = make_dispatch(
@@ -425,6 +432,7 @@ pub fn sample_masked(
         &[
             (0, params.as_entire_binding()),
             (1, step.buffer().as_entire_binding()),
+            (2, logits.buffer().as_entire_binding()),
             (3, candidates.as_entire_binding()),
             (4, token.buffer().as_entire_binding()),
         ],
