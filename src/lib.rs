@@ -9,8 +9,9 @@
 //! - [`tensor`]: GPU buffers with dtype and shape;
 //! - [`ops`]: one launcher per kernel family, returning reusable [`ops::Dispatch`]es;
 //! - [`reference`](mod@reference): the CPU twin of every kernel family, for tests and checks;
-//! - [`model`]: config and weight loaders (safetensors, GGUF), the planned model (prefill, decode, GPU
-//!   sampling, session states, context shifts, prompt-lookup decoding) and its KV cache ([`kv_cache`]);
+//! - [`model`]: config and weight loaders (safetensors, GGUF) and GGUF export, the planned model (prefill,
+//!   decode, GPU sampling with token masks and log-probabilities, session states, context shifts,
+//!   speculative decoding from prompt lookup or a draft model, perplexity) and its KV cache ([`kv_cache`]);
 //! - [`tokenizer`]: GGUF and HF tokenizers, chat templates;
 //! - [`constrain`]: constrained decoding (token masks from the host; JSON output).
 //!

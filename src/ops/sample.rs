@@ -1,9 +1,10 @@
 //! Token sampling launcher (`kernels/sample.wgsl`), CPU twin [`crate::reference::sample`].
 //!
 //! From one row of f32 logits, two dispatches produce one token id (a `u32` the host reads back, or that the
-//! next step's embedding lookup reads directly). Greedy, temperature, top-k, top-p and min-p sampling, and
-//! repetition / frequency / presence penalties on recent tokens, are chosen by the per-step uniform
-//! [`StepParams`], so a planned step never rebuilds anything.
+//! next step's embedding lookup reads directly). Greedy, temperature, top-k, top-p and min-p sampling,
+//! repetition / frequency / presence penalties on recent tokens, a token mask and the pick's
+//! log-probability are chosen by the per-step uniform [`StepParams`], so a planned step never rebuilds
+//! anything.
 //!
 //! # Algorithm
 //! - **Penalties.** The host lists the distinct recent tokens, sorted, with one offset each
