@@ -36,19 +36,14 @@ macro_rules! assert_err {
     }};
 }
 
-fn scratch_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("mobilellm-bad-inputs-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// A two-tensor safetensors file (`a` f32 [2, 3], `ids` i32 [4]) and its header length.
 fn small_safetensors() -> (Vec<u8>, usize) {
     // One file per call: tests run in parallel, and one test's write truncating the file another is reading
     // failed the read (seen on a 16-core machine).
     static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let path = scratch_dir().join(format!("small-{call}.safetensors"));
+    let dir = common::ScratchDir::new(&format!("bad-inputs-small-{call}"));
+    let path = dir.join("small.safetensors");
     let a: Vec<f32> = (0..6).map(|i| i as f32).collect();
     write_safetensors(&path, &[("a", &[2, 3], TensorData::F32(&a)), ("ids", &[4], TensorData::I32(&[1, 2, 3, 4]))])
         .unwrap();
@@ -94,7 +89,8 @@ fn safetensors_cut_at_every_section_boundary() {
     padded.push(0);
     assert_err!(Safetensors::from_bytes(padded, "padded"), Error::Format { .. }, "truncated or padded");
     // The same through a real file (the memory-mapped path).
-    let path = scratch_dir().join("cut.safetensors");
+    let dir = common::ScratchDir::new("bad-inputs-cut");
+    let path = dir.join("cut.safetensors");
     std::fs::write(&path, &full[..data + 3]).unwrap();
     assert_err!(
         Safetensors::open(&path),

@@ -1,5 +1,7 @@
 //! The safetensors loader: dtypes, shards, the writer, and typed errors for bad files.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use mobilellm_kernels::model::safetensors::{write_safetensors, Dtype, Safetensors, TensorData};
@@ -11,12 +13,9 @@ fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/tiny-plain")
 }
 
-/// A fresh scratch directory per test (tests run in parallel).
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mobilellm-st-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh scratch directory per test (tests run in parallel), removed when the test ends.
+fn scratch(name: &str) -> common::ScratchDir {
+    common::ScratchDir::new(&format!("st-{name}"))
 }
 
 #[test]
@@ -214,13 +213,12 @@ fn tensors_of_other_architectures_are_refused() {
     };
     let dir = scratch("extra");
     tensors.push(("model.layers.0.self_attn.rotary_emb.inv_freq".into(), vec![16], vec![1.0; 16]));
-    ModelWeightsF32::load(&write(&dir, &tensors), &config).unwrap();
+    ModelWeightsF32::load(&write(dir.path(), &tensors), &config).unwrap();
     tensors.push(("model.layers.1.self_attn.q_proj.bias".into(), vec![128], vec![0.0; 128]));
-    let e = ModelWeightsF32::load(&write(&dir, &tensors), &config).unwrap_err().to_string();
+    let e = ModelWeightsF32::load(&write(dir.path(), &tensors), &config).unwrap_err().to_string();
     assert!(e.contains("model.layers.1.self_attn.q_proj.bias") && e.contains("model.safetensors"), "{e}");
     tensors.pop();
     tensors.push(("model.layers.4.mlp.up_proj.weight".into(), vec![2], vec![0.0; 2]));
-    let e = ModelWeightsF32::load(&write(&dir, &tensors), &config).unwrap_err().to_string();
+    let e = ModelWeightsF32::load(&write(dir.path(), &tensors), &config).unwrap_err().to_string();
     assert!(e.contains("model.layers.4.mlp.up_proj.weight"), "a fifth layer in a 4-layer config: {e}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
