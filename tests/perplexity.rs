@@ -1,6 +1,7 @@
-//! Perplexity (`Model::perplexity`): the planned GPU model against its CPU twin scoring the same chunks
-//! with the same formulas, through prefill pieces smaller than a chunk; a model whose logits are all zero
-//! has perplexity exactly the vocabulary size; bad arguments are typed errors that run nothing.
+//! Perplexity (`Model::perplexity`) and continuation scores (`Model::score`): the planned GPU model against
+//! its CPU twin scoring the same tokens with the same formulas, through prefill pieces smaller than the text;
+//! a model whose logits are all zero has perplexity exactly the vocabulary size; bad arguments are typed
+//! errors that run nothing.
 mod common;
 
 use common::gpus;
@@ -75,5 +76,48 @@ fn bad_perplexity_arguments_run_nothing() {
         let e = model.perplexity(tokens, chunk).unwrap_err().to_string();
         assert!(e.contains(why), "{e}");
         assert_eq!(model.position(), 3, "nothing ran");
+    }
+}
+
+/// `Model::score`: each continuation token's log-probability equals the CPU twin's log-softmax of the row
+/// before it (within 2e-4, as above), across prefill pieces; a second continuation of the same context
+/// (its cache prefix reused) scores as on a fresh model; bad arguments are typed errors.
+#[test]
+fn scores_of_continuations_match_the_cpu_twin() {
+    let host = tiny_plain();
+    let vocab = host.config.vocab_size;
+    let context: Vec<u32> = (0..11u32).map(|i| (i * 29 + 3) % vocab as u32).collect();
+    let options: [Vec<u32>; 2] = [(0..13u32).map(|i| (i * 7 + 100) % vocab as u32).collect(), vec![42, 7, 300]];
+    let twin = |continuation: &[u32]| -> Vec<f64> {
+        let mut cpu = CpuModel::new(host.config.clone(), host.dequantized()).unwrap();
+        let all: Vec<u32> = context.iter().chain(continuation).copied().collect();
+        let logits = cpu.prefill(&all).unwrap();
+        let rows = &logits[(context.len() - 1) * vocab..(all.len() - 1) * vocab];
+        nlls(rows, vocab, continuation).into_iter().map(|nll| -nll).collect()
+    };
+    for gpu in gpus() {
+        let options_gpu = PlanOptions { context: 64, max_batch: 4, kv_dtype: Some(DType::F32) };
+        let mut model = Model::new(gpu, &host, &options_gpu).unwrap();
+        for option in &options {
+            let got = model.score(&context, option).unwrap();
+            let want = twin(option);
+            assert_eq!(got.len(), option.len());
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() <= 2e-4 && *g <= 0.0, "token {i} [{}]: {g} vs {w}", gpu.features());
+            }
+            let mut fresh = Model::new(gpu, &host, &options_gpu).unwrap();
+            let again = fresh.score(&context, option).unwrap();
+            assert!(got.iter().zip(&again).all(|(a, b)| (a - b).abs() <= 1e-4), "reused prefix: {got:?} vs {again:?}");
+        }
+        let bad: [(&[u32], &[u32], &str); 4] = [
+            (&[], &[1], "at least one"),
+            (&[1], &[], "at least one"),
+            (&[1; 60], &[2; 5], "65"),
+            (&[1], &[600], "600"),
+        ];
+        for (context, continuation, why) in bad {
+            let e = model.score(context, continuation).unwrap_err().to_string();
+            assert!(e.contains(why), "{e}");
+        }
     }
 }

@@ -1,3 +1,6 @@
+//! Scoring text with a model: the log-probabilities of a continuation ([`Model::score`]), and perplexity
+//! ([`Model::perplexity`]).
+//!
 //! Perplexity of a model on a text, as llama.cpp's `llama-perplexity` measures it: the tokens are cut into
 //! chunks of `chunk` tokens, each evaluated from an empty cache, and the second half of each chunk is scored:
 //! logits rows `chunk / 2 ..= chunk - 2` each score the token after them, so every scored token has at least
@@ -50,6 +53,56 @@ pub fn summarize(nlls: &[f64]) -> Perplexity {
 }
 
 impl Model {
+    /// The log-probability (natural log, f64) of each token of `continuation` after `context` and the
+    /// continuation tokens before it: what an app ranks candidate answers by (multiple choice,
+    /// classification by label words). The cache prefix that `context` shares with what was fed before is
+    /// reused ([`Model::reuse_prefix`]), so scoring several continuations of one long prompt costs only the
+    /// continuations. `context` must not be empty; the cache holds both afterwards.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, question: &[u32], options: &[Vec<u32>]) -> mobilellm_kernels::Result<()> {
+    /// let mut best = (f64::NEG_INFINITY, 0);
+    /// for (i, option) in options.iter().enumerate() {
+    ///     let total: f64 = model.score(question, option)?.iter().sum();
+    ///     if total > best.0 {
+    ///         best = (total, i);
+    ///     }
+    /// }
+    /// println!("option {} is the most likely", best.1);
+    /// # Ok(()) }
+    /// ```
+    pub fn score(&mut self, context: &[u32], continuation: &[u32]) -> Result<Vec<f64>> {
+        let (Some(&last), false) = (context.last(), continuation.is_empty()) else {
+            return Err(Error::invalid(
+                "scored text",
+                format!("{} context and {} continuation tokens", context.len(), continuation.len()),
+                "at least one of each",
+            ));
+        };
+        let total = context.len() + continuation.len();
+        if total > self.context() {
+            return Err(Error::Capacity { what: "scored tokens".into(), requested: total, capacity: self.context() });
+        }
+        let vocab = self.config().vocab_size;
+        if let Some(&bad) = context.iter().chain(continuation).find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid("token id", bad, format!("less than the vocabulary size {vocab}")));
+        }
+        // At most all but the last context token come from the cache; that one's row scores the first
+        // continuation token.
+        let known = self.reuse_prefix(&context[..context.len() - 1]);
+        if known + 1 < context.len() {
+            self.prefill(&context[known..context.len() - 1])?;
+        }
+        let feed: Vec<u32> =
+            std::iter::once(last).chain(continuation[..continuation.len() - 1].iter().copied()).collect();
+        let mut scores = Vec::with_capacity(continuation.len());
+        for (rows, targets) in feed.chunks(self.max_batch()).zip(continuation.chunks(self.max_batch())) {
+            let (_, logits) = self.prefill_logits(rows)?;
+            scores.extend(nlls(&logits, vocab, targets).into_iter().map(|nll| -nll));
+        }
+        Ok(scores)
+    }
+
     /// The perplexity of `tokens` (see the module docs) in chunks of `chunk` tokens (at least 2, at most
     /// the context). Resets the model: the cache holds the last chunk afterwards. Tokens past the last
     /// whole chunk are not used.
