@@ -568,6 +568,17 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     let (second, log) = run();
     assert!(log.contains(&format!("{} of {} prompt tokens restored", ids.len() - 1, ids.len())), "{log}");
     assert_eq!((&first, &second), (&format!("{prompt}{text}\n"), &format!("{prompt}{text}\n")));
+
+    // --logprobs: the same text, and one log-probability per token, each the model's own (`Model::score` of
+    // the generated tokens after the prompt, within 1e-4).
+    let (scored, log) = generate(&["--logprobs".as_ref()]);
+    assert_eq!(scored, plain);
+    let line = log.lines().find_map(|l| l.strip_prefix("[log-probabilities: ")).unwrap_or_else(|| panic!("{log}"));
+    let reported: Vec<f64> = line.trim_end_matches(']').split(' ').map(|v| v.parse().unwrap()).collect();
+    let want = model.score(&ids, &generated).unwrap();
+    assert_eq!(reported.len(), want.len());
+    // Printed with two decimals.
+    assert!(reported.iter().zip(&want).all(|(r, w)| (r - w).abs() <= 0.005 + 1e-4), "{reported:?} vs {want:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

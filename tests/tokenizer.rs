@@ -752,3 +752,22 @@ fn tokenizers_written_as_gguf_encode_the_same() {
     let back = mobilellm_kernels::tokenizer::Vocab::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "s").unwrap());
     assert_eq!(&back.unwrap(), vocab);
 }
+
+/// A vocabulary padded to a model's larger embedding (`Vocab::padded_to`, as llama.cpp's converter does):
+/// `[PAD{id}]` placeholders of type Unused, the same encodings before and after a trip through GGUF keys;
+/// a tokenizer larger than the model is an error.
+#[test]
+fn padded_vocabularies_encode_the_same() {
+    let tok = hf_tokenizer("bytelevel");
+    let n = tok.vocab().tokens.len();
+    let padded = tok.vocab().padded_to(n + 5).unwrap();
+    assert_eq!((padded.tokens.len(), padded.tokens[n + 4].as_str()), (n + 5, format!("[PAD{}]", n + 4).as_str()));
+    assert_eq!(padded.token_types[n..], [TokenType::Unused; 5]);
+    let mut w = GgufWriter::new();
+    assert!(padded.write_gguf(&mut w).is_empty());
+    let back = Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes(), "padded").unwrap()).unwrap();
+    assert_eq!(back.vocab_size(), n + 5);
+    assert_eq!(check_cases(&back, "padded", |c| Some(&c.bytelevel)), 36);
+    assert_eq!(tok.vocab().padded_to(n).unwrap(), *tok.vocab());
+    assert!(tok.vocab().padded_to(n - 1).unwrap_err().to_string().contains("at most"));
+}

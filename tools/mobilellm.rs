@@ -202,11 +202,15 @@ struct SamplingArgs {
     /// Constrain the output to one JSON document (ends when it is complete).
     #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
     json: bool,
+    /// Report each generated token's log-probability (from the GPU sampler) and their mean.
+    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "json"])]
+    logprobs: bool,
 }
 
 /// How tokens are decoded: plainly, with drafts from somewhere, or constrained to JSON.
 enum Decoding {
     Off,
+    Scored,
     Json(Box<JsonConstraint>),
     Lookup(LookupOptions),
     Draft(Box<Model>, usize),
@@ -224,6 +228,9 @@ impl SamplingArgs {
             let mut draft = Model::new(gpu, &host, &PlanOptions { context, ..PlanOptions::default() })?;
             draft.set_sampling(Sampling::greedy())?;
             return Ok(Decoding::Draft(Box::new(draft), self.draft));
+        }
+        if self.logprobs {
+            return Ok(Decoding::Scored);
         }
         Ok(match self.lookup {
             0 => Decoding::Off,
@@ -458,6 +465,7 @@ fn generate_with(
 ) -> Result<(Vec<u32>, Option<LookupStats>)> {
     Ok(match decoding {
         Decoding::Off => (model.generate(prompt_ids, max_new, stop, on_token)?, None),
+        Decoding::Scored => (generate_scored(model, prompt_ids, max_new, stop, on_token)?, None),
         Decoding::Lookup(options) => {
             let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;
             (out, Some(stats))
@@ -482,6 +490,35 @@ fn generate_with(
             (out, None)
         }
     })
+}
+
+/// `Model::generate` with each pick's log-probability, reported on stderr as the tokens come and as a mean.
+fn generate_scored(
+    model: &mut Model,
+    prompt: &[u32],
+    max_new: usize,
+    stop: &[u32],
+    mut on_token: impl FnMut(u32) -> bool,
+) -> Result<Vec<u32>> {
+    model.set_logprobs(true);
+    let mut out = Vec::new();
+    let mut logprobs = Vec::new();
+    let mut next = if max_new > 0 { Some(model.prefill(prompt)?) } else { None };
+    while let Some(token) = next {
+        out.push(token);
+        logprobs.push(f64::from(model.last_logprob().unwrap_or(f32::NAN)));
+        let more =
+            on_token(token) && !stop.contains(&token) && out.len() < max_new && model.position() < model.context();
+        next = if more { Some(model.step(token)?) } else { None };
+    }
+    model.set_logprobs(false);
+    let list: Vec<String> = logprobs.iter().map(|l| format!("{l:.2}")).collect();
+    if !logprobs.is_empty() {
+        let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
+        eprintln!("\n[log-probabilities: {}]", list.join(" "));
+        eprintln!("[mean {mean:.3} per token over {}: perplexity of the output {:.2}]", logprobs.len(), (-mean).exp());
+    }
+    Ok(out)
 }
 
 fn report_drafts(stats: Option<LookupStats>) {
@@ -664,7 +701,9 @@ fn convert(a: &ConvertArgs) -> Result<()> {
     let mut out = host.to_gguf(&stem.unwrap_or_else(|| "model".into()))?;
     if a.model.is_dir() {
         if let Some(tokenizer) = &tokenizer {
-            for lost in tokenizer.vocab().write_gguf(&mut out) {
+            // Embedding rows past the tokenizer's ids get placeholder tokens, as llama.cpp's converter writes.
+            let vocab = tokenizer.vocab().padded_to(host.config.vocab_size)?;
+            for lost in vocab.write_gguf(&mut out) {
                 eprintln!("warning: the GGUF tokenizer cannot carry {lost}");
             }
         }

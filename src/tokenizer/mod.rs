@@ -231,6 +231,32 @@ impl Vocab {
 }
 
 impl Vocab {
+    /// This vocabulary with `[PAD{id}]` tokens of type [`TokenType::Unused`] (score 0) appended up to
+    /// `size` ids, as llama.cpp's converter fills a model's embedding rows that no token uses (GGUF readers
+    /// take the vocabulary size from the token list). More tokens than `size` is an error.
+    pub fn padded_to(&self, size: usize) -> Result<Vocab> {
+        let n = self.tokens.len();
+        if n > size {
+            return Err(Error::invalid(
+                "tokenizer vocabulary",
+                format!("{n} tokens"),
+                format!("at most the model's {size}"),
+            ));
+        }
+        let mut vocab = self.clone();
+        if vocab.token_types.is_empty() && n < size {
+            vocab.token_types = vec![TokenType::Normal; n];
+        }
+        for id in n..size {
+            vocab.tokens.push(format!("[PAD{id}]"));
+            vocab.token_types.push(TokenType::Unused);
+            if !vocab.scores.is_empty() {
+                vocab.scores.push(0.0);
+            }
+        }
+        Ok(vocab)
+    }
+
     /// Writes the `tokenizer.*` keys [`Vocab::from_gguf`] reads. Returns what GGUF cannot say, one line each
     /// (empty: the file's tokenizer encodes as this one): HF added-token flags, `Metaspace` prepend schemes
     /// other than always / never, `ignore_merges` without the `llama-bpe` pre-tokenizer that implies it, and
