@@ -427,6 +427,15 @@ impl JsonConstraint {
         Ok(mask)
     }
 
+    /// The mask for a generation hook ([`Model::generate_constrained`]): accepts the last of the tokens
+    /// `generated` so far (if any), then gives [`JsonConstraint::mask`].
+    pub fn mask_after(&mut self, generated: &[u32]) -> Result<TokenMask> {
+        if let Some(&last) = generated.last() {
+            self.accept(last)?;
+        }
+        self.mask()
+    }
+
     /// Records that `id` was generated; an error if it does not continue the document (a stop token after
     /// a complete one is accepted and changes nothing).
     pub fn accept(&mut self, id: u32) -> Result<()> {
@@ -454,12 +463,7 @@ impl Model {
     /// use mobilellm_kernels::constrain::JsonConstraint;
     /// let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
     /// let mut json = JsonConstraint::new(tokenizer, &stop);
-    /// let out = model.generate_constrained(prompt, 128, &stop, |generated| {
-    ///     if let Some(&last) = generated.last() {
-    ///         json.accept(last)?;
-    ///     }
-    ///     json.mask()
-    /// }, |_| true)?;
+    /// let out = model.generate_constrained(prompt, 128, &stop, |generated| json.mask_after(generated), |_| true)?;
     /// println!("{}", tokenizer.decode(&out)); // a JSON document, if it ended within 128 tokens
     /// # Ok(()) }
     /// ```
@@ -469,26 +473,11 @@ impl Model {
         max_new: usize,
         stop: &[u32],
         mut allowed: impl FnMut(&[u32]) -> Result<TokenMask>,
-        mut on_token: impl FnMut(u32) -> bool,
+        on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
-        let mut out = Vec::new();
-        if max_new == 0 {
-            return Ok(out);
-        }
-        let result = (|| {
-            self.set_token_mask(Some(&allowed(&out)?))?;
-            let mut next = self.prefill(prompt)?;
-            loop {
-                out.push(next);
-                if !on_token(next) || stop.contains(&next) || out.len() >= max_new || self.position() >= self.context()
-                {
-                    return Ok(());
-                }
-                self.set_token_mask(Some(&allowed(&out)?))?;
-                next = self.step(next)?;
-            }
-        })();
+        let set_mask = |model: &mut Model, generated: &[u32]| model.set_token_mask(Some(&allowed(generated)?));
+        let result = self.generate_with_hook(prompt, max_new, stop, set_mask, on_token);
         self.set_token_mask(None)?;
-        result.map(|()| out)
+        result
     }
 }

@@ -186,11 +186,8 @@ fn json_constrained_generation_on_a_model() {
                     40,
                     &stop,
                     |generated| {
-                        if let Some(&last) = generated.last() {
-                            json.accept(last)?; // an error if the pick was not allowed
-                        }
                         masks += 1;
-                        json.mask()
+                        json.mask_after(generated) // an error if the last pick was not allowed
                     },
                     |_| true,
                 )
@@ -221,12 +218,7 @@ fn smollm2_answers_in_json() {
     let prompt = tokenizer.encode_chat(&[("user", question)], true).unwrap();
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
     let mut json = JsonConstraint::new(&tokenizer, &stop);
-    let next = |generated: &[u32]| {
-        if let Some(&last) = generated.last() {
-            json.accept(last)?;
-        }
-        json.mask()
-    };
+    let next = |generated: &[u32]| json.mask_after(generated);
     let out = model.generate_constrained(&prompt, 100, &stop, next, |_| true).unwrap();
     assert_eq!(out.last().copied(), tokenizer.eos(), "the document ended and the model stopped");
     let text = tokenizer.decode(&out[..out.len() - 1]);

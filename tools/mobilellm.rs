@@ -475,12 +475,7 @@ fn generate_with(
             (out, Some(stats))
         }
         Decoding::Json(json) => {
-            let mask = |generated: &[u32]| {
-                if let Some(&last) = generated.last() {
-                    json.accept(last)?;
-                }
-                json.mask()
-            };
+            let mask = |generated: &[u32]| json.mask_after(generated);
             let out = model.generate_constrained(prompt_ids, max_new, stop, mask, on_token)?;
             if !json.is_complete() {
                 eprintln!("[json: the document was not complete after {max_new} tokens]");
@@ -492,33 +487,35 @@ fn generate_with(
     })
 }
 
-/// `Model::generate` with each pick's log-probability, reported on stderr as the tokens come and as a mean.
+/// `Model::generate` with each pick's log-probability, reported on stderr as a list and a mean.
 fn generate_scored(
     model: &mut Model,
     prompt: &[u32],
     max_new: usize,
     stop: &[u32],
-    mut on_token: impl FnMut(u32) -> bool,
+    on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     model.set_logprobs(true);
-    let mut out = Vec::new();
     let mut logprobs = Vec::new();
-    let mut next = if max_new > 0 { Some(model.prefill(prompt)?) } else { None };
-    while let Some(token) = next {
-        out.push(token);
-        logprobs.push(f64::from(model.last_logprob().unwrap_or(f32::NAN)));
-        let more =
-            on_token(token) && !stop.contains(&token) && out.len() < max_new && model.position() < model.context();
-        next = if more { Some(model.step(token)?) } else { None };
+    // Before each pick but the first, the previous pick's log-probability; the last one's after the call.
+    let record = |m: &mut Model, generated: &[u32]| {
+        if !generated.is_empty() {
+            logprobs.extend(m.last_logprob().map(f64::from));
+        }
+        Ok(())
+    };
+    let out = model.generate_with_hook(prompt, max_new, stop, record, on_token);
+    if out.as_ref().is_ok_and(|out| !out.is_empty()) {
+        logprobs.extend(model.last_logprob().map(f64::from));
     }
     model.set_logprobs(false);
-    let list: Vec<String> = logprobs.iter().map(|l| format!("{l:.2}")).collect();
     if !logprobs.is_empty() {
+        let list: Vec<String> = logprobs.iter().map(|l| format!("{l:.2}")).collect();
         let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
         eprintln!("\n[log-probabilities: {}]", list.join(" "));
         eprintln!("[mean {mean:.3} per token over {}: perplexity of the output {:.2}]", logprobs.len(), (-mean).exp());
     }
-    Ok(out)
+    out
 }
 
 fn report_drafts(stats: Option<LookupStats>) {

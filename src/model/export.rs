@@ -129,18 +129,24 @@ impl HostModel {
         for (unique, layer) in self.layers.iter().enumerate() {
             let HostLayer { input_norm, q_proj, k_proj, v_proj, o_proj, post_norm, gate_proj, up_proj, down_proj } =
                 layer;
-            let (q, k) = (qk_rows(q_proj), qk_rows(k_proj));
-            for block in unique * copies..(unique + 1) * copies {
-                let name = |part: &str| names::block(block, part);
+            // Each matrix converted once, written once per copy (the last copy takes the bytes).
+            let mut matrices = [
+                ("attn_q", q_proj, qk_rows(q_proj)),
+                ("attn_k", k_proj, qk_rows(k_proj)),
+                ("attn_v", v_proj, v_proj.to_gguf_bytes()),
+                ("attn_output", o_proj, o_proj.to_gguf_bytes()),
+                ("ffn_gate", gate_proj, gate_proj.to_gguf_bytes()),
+                ("ffn_up", up_proj, up_proj.to_gguf_bytes()),
+                ("ffn_down", down_proj, down_proj.to_gguf_bytes()),
+            ];
+            for copy in 0..copies {
+                let name = |part: &str| names::block(unique * copies + copy, part);
                 vector(&mut w, &name("attn_norm"), input_norm);
-                matrix(&mut w, &name("attn_q"), q_proj, q.clone());
-                matrix(&mut w, &name("attn_k"), k_proj, k.clone());
-                matrix(&mut w, &name("attn_v"), v_proj, v_proj.to_gguf_bytes());
-                matrix(&mut w, &name("attn_output"), o_proj, o_proj.to_gguf_bytes());
                 vector(&mut w, &name("ffn_norm"), post_norm);
-                matrix(&mut w, &name("ffn_gate"), gate_proj, gate_proj.to_gguf_bytes());
-                matrix(&mut w, &name("ffn_up"), up_proj, up_proj.to_gguf_bytes());
-                matrix(&mut w, &name("ffn_down"), down_proj, down_proj.to_gguf_bytes());
+                for (part, m, bytes) in matrices.iter_mut() {
+                    let data = if copy + 1 == copies { std::mem::take(bytes) } else { bytes.clone() };
+                    matrix(&mut w, &name(part), m, data);
+                }
             }
         }
         vector(&mut w, names::OUTPUT_NORM, &self.final_norm);

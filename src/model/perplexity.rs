@@ -5,15 +5,16 @@
 //! chunks of `chunk` tokens, each evaluated from an empty cache, and the second half of each chunk is scored:
 //! logits rows `chunk / 2 ..= chunk - 2` each score the token after them, so every scored token has at least
 //! `chunk / 2` tokens of context. (llama-perplexity also puts BOS first in each chunk for tokenizers that
-//! add one; `mobilellm perplexity` does the same.) The
-//! score is `exp(mean negative log-likelihood)`; the standard error of the mean NLL is reported too.
+//! add one; `mobilellm perplexity` does the same.) The score is `exp(mean negative log-likelihood)`; the
+//! standard error of the mean NLL is reported too.
 //! What it is for: comparing weight types of one model on one text (does q4_0 hold up against q8_0?).
 //!
-//! The logits come back from the GPU `max_batch` rows at a time; log-softmax and sums run on the host in
-//! f64.
+//! Both feed the context without logits and read back only the scored rows' logits, `max_batch` rows at a
+//! time; log-softmax and sums run on the host in f64.
 
 use super::Model;
 use crate::error::{Error, Result};
+use crate::reference;
 
 /// What [`Model::perplexity`] measured.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -33,15 +34,9 @@ impl Perplexity {
     }
 }
 
-/// `log(sum(exp(row)))` in f64, stable for any finite row.
-fn log_sum_exp(row: &[f32]) -> f64 {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(f64::from(v)));
-    max + row.iter().map(|&v| (f64::from(v) - max).exp()).sum::<f64>().ln()
-}
-
-/// The negative log-likelihoods of `targets[i]` under logits row `i`.
+/// The negative log-likelihoods of `targets[i]` under logits row `i` ([`reference::log_probability`]).
 pub fn nlls(logits: &[f32], vocab: usize, targets: &[u32]) -> Vec<f64> {
-    logits.chunks_exact(vocab).zip(targets).map(|(row, &t)| log_sum_exp(row) - f64::from(row[t as usize])).collect()
+    logits.chunks_exact(vocab).zip(targets).map(|(row, &t)| -reference::log_probability(row, t)).collect()
 }
 
 /// Mean and standard error of per-token NLLs.
@@ -83,10 +78,9 @@ impl Model {
         if total > self.context() {
             return Err(Error::Capacity { what: "scored tokens".into(), requested: total, capacity: self.context() });
         }
+        self.check_ids(context)?;
+        self.check_ids(continuation)?;
         let vocab = self.config().vocab_size;
-        if let Some(&bad) = context.iter().chain(continuation).find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid("token id", bad, format!("less than the vocabulary size {vocab}")));
-        }
         // At most all but the last context token come from the cache; that one's row scores the first
         // continuation token.
         let known = self.reuse_prefix(&context[..context.len() - 1]);
@@ -128,27 +122,15 @@ impl Model {
                 format!("at least one chunk of {chunk}"),
             ));
         }
-        let vocab = self.config().vocab_size;
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid("token id", bad, format!("less than the vocabulary size {vocab}")));
-        }
+        self.check_ids(tokens)?;
+        // Each chunk from an empty cache: the first half as context, the second half's tokens scored.
         let first_scored = chunk / 2;
         let mut all = Vec::new();
         for piece in tokens.chunks_exact(chunk) {
             self.reset();
-            // Rows `first_scored - 1 ..` predict tokens `first_scored ..`; fed `max_batch` at a time so
-            // that no more than that many rows of logits are held.
-            let step = self.max_batch();
-            let mut fed = 0;
-            while fed < chunk {
-                let end = (fed + step).min(chunk);
-                let (_, logits) = self.prefill_logits(&piece[fed..end])?;
-                let rows = (fed..end).filter(|&i| i >= first_scored && i + 1 < chunk);
-                for i in rows {
-                    let row = &logits[(i - fed) * vocab..(i - fed + 1) * vocab];
-                    all.extend(nlls(row, vocab, &piece[i + 1..i + 2]));
-                }
-                fed = end;
+            let (context, scored) = piece.split_at(first_scored + 1);
+            if !scored.is_empty() {
+                all.extend(self.score(context, scored)?.into_iter().map(|logprob| -logprob));
             }
         }
         Ok(summarize(&all))

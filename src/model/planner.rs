@@ -562,19 +562,16 @@ impl Model {
             let kept = &cached[common + gap..];
             kept.len() <= rest.len() && rest.starts_with(kept)
         });
-        match gap {
-            Some(gap) => {
-                // Every cached position holds the K/V of its token: the shift moves them all.
-                let (before, position) = (self.pos, self.cached.len());
-                self.pos = position;
-                if let Err(e) = self.shift_context(common, gap) {
-                    self.pos = before;
-                    return Err(e);
-                }
-                Ok(self.reuse_prefix(tokens))
+        if let Some(gap) = gap {
+            // Every cached position holds the K/V of its token: the shift moves them all.
+            let before = self.pos;
+            self.pos = self.cached.len();
+            if let Err(e) = self.shift_context(common, gap) {
+                self.pos = before;
+                return Err(e);
             }
-            _ => Ok(self.reuse_prefix(tokens)),
         }
+        Ok(self.reuse_prefix(tokens))
     }
 
     /// [`HostModel::fingerprint`] of the weights this model runs: what session states are checked against.
@@ -829,14 +826,20 @@ impl Model {
         if tokens.is_empty() {
             return Err(Error::invalid("token count", 0, "at least one token"));
         }
-        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
-            return Err(Error::invalid(
+        self.check_ids(tokens)?;
+        self.cache.check_step(self.pos, tokens.len())
+    }
+
+    /// Checks that every id is inside the vocabulary.
+    pub(crate) fn check_ids(&self, tokens: &[u32]) -> Result<()> {
+        match tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            Some(&bad) => Err(Error::invalid(
                 "token id",
                 bad,
                 format!("less than the vocabulary size {}", self.config.vocab_size),
-            ));
+            )),
+            None => Ok(()),
         }
-        self.cache.check_step(self.pos, tokens.len())
     }
 
     /// Makes sure the logits readback buffer holds `bytes`; allocates at most twice in a model's life.
@@ -1009,21 +1012,49 @@ impl Model {
         prompt: &[u32],
         max_new: usize,
         stop: &[u32],
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<Vec<u32>> {
+        self.generate_with_hook(prompt, max_new, stop, |_, _| Ok(()), on_token)
+    }
+
+    /// [`Model::generate`] with `before_pick(model, generated)` run before each pick: before the prompt's
+    /// prefill (nothing generated yet) and before every decode step. The hook may change what the next pick
+    /// sees (a token mask: [`Model::generate_constrained`]) or read what the last one reported
+    /// ([`Model::last_logprob`]); an error from it ends the call.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, prompt: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// model.set_logprobs(true);
+    /// let mut logprobs = Vec::new();
+    /// let out = model.generate_with_hook(prompt, 16, &[], |m, generated| {
+    ///     if !generated.is_empty() {
+    ///         logprobs.extend(m.last_logprob());
+    ///     }
+    ///     Ok(())
+    /// }, |_| true)?;
+    /// logprobs.extend(model.last_logprob()); // the last token's
+    /// # Ok(()) }
+    /// ```
+    pub fn generate_with_hook(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        mut before_pick: impl FnMut(&mut Model, &[u32]) -> Result<()>,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<Vec<u32>> {
         let mut out = Vec::new();
         if max_new == 0 {
             return Ok(out);
         }
+        before_pick(self, &out)?;
         let mut next = self.prefill(prompt)?;
         loop {
             out.push(next);
-            if !on_token(next) || stop.contains(&next) || out.len() >= max_new {
+            if !on_token(next) || stop.contains(&next) || out.len() >= max_new || self.pos >= self.options.context {
                 return Ok(out);
             }
-            if self.pos >= self.options.context {
-                return Ok(out);
-            }
+            before_pick(self, &out)?;
             next = self.step(next)?;
         }
     }

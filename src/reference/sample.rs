@@ -68,13 +68,18 @@ pub fn sample_masked_trace(row: &[f32], params: &StepParams, allowed: &[u32]) ->
     sample_trace(&masked, &StepParams { penalty_count: 0, mask: 0, ..*params })
 }
 
-/// The log-probability of `token` under `row` (log-softmax at temperature 1 of the raw logits, in f64;
-/// NaN logits count as absent), what the sampling kernel writes with `params.logprob` set.
+/// The log-probability of `token` under `row`: log-softmax at temperature 1 of the raw logits, in f64,
+/// NaN logits counting as absent (perplexity and scores use it too).
+pub fn log_probability(row: &[f32], token: u32) -> f64 {
+    let counted = || row.iter().map(|&v| f64::from(v)).filter(|v| !v.is_nan());
+    let max = counted().fold(f64::NEG_INFINITY, f64::max);
+    let sum: f64 = counted().map(|v| (v - max).exp()).sum();
+    f64::from(row[token as usize]) - max - sum.ln()
+}
+
+/// What the sampling kernel writes with `params.logprob` set: [`log_probability`] of the pick, as f32.
 pub fn sample_logprob(row: &[f32], token: u32) -> f32 {
-    let finite = || row.iter().map(|&v| f64::from(v)).filter(|v| !v.is_nan());
-    let max = finite().fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = finite().map(|v| (v - max).exp()).sum();
-    (f64::from(row[token as usize]) - max - sum.ln()) as f32
+    log_probability(row, token) as f32
 }
 
 /// The row as the sampling kernel ranks and weighs it: each penalised token's logit `l` becomes
