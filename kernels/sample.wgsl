@@ -443,3 +443,22 @@ fn sample_merge(@builtin(local_invocation_index) lid: u32) {
         }
     }
 }
+
+// Greedy picks of every row: `token[r]` is the best-ranked index of row r (the order above: NaN lowest, ties
+// to the lowest index). One workgroup per row; no penalties, mask or log-probability. Speculative
+// verification reads these `rows` ids back instead of the rows' logits.
+@compute @workgroup_size(WG)
+fn argmax_rows(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let base = wg.x * params.vocab;
+    var best = SENTINEL;
+    for (var i = lid; i < params.vocab; i += WG) {
+        let c = vec2<u32>(order_key(logits[base + i]), i);
+        if ranks_before(c, best) {
+            best = c;
+        }
+    }
+    let winner = workgroup_best(best, lid, WG);
+    if lid == 0u {
+        token[wg.x] = winner.y;
+    }
+}

@@ -7,7 +7,7 @@ use common::{gpu_rules_gpu, gpus, tiny_config};
 use mobilellm_kernels::model::{HostModel, LookupOptions, Model, PlanOptions, Sampling};
 use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
-use mobilellm_kernels::Gpu;
+use mobilellm_kernels::{reference, Gpu};
 
 fn model(gpu: &Gpu, host: &HostModel) -> Model {
     Model::new(gpu, host, &PlanOptions { context: 64, max_batch: 8, kv_dtype: None }).unwrap()
@@ -66,6 +66,32 @@ fn lookup_decoding_gives_greedy_tokens() {
             })
             .unwrap();
         assert_eq!(got, want[..12]);
+    }
+}
+
+/// The batched check's GPU picks: each row's argmax of the logits `prefill_logits` returns for the same
+/// tokens, over chunks longer than `max_batch`, whatever the sampling settings; the cache then continues
+/// as after a plain prefill.
+#[test]
+fn prefill_greedy_picks_each_rows_argmax() {
+    let host = HostModel::synthetic(tiny_config(), WeightType::Q4_1, 8).unwrap();
+    let vocab = host.config.vocab_size;
+    let tokens: Vec<u32> = (0..19).map(|i| (i * 37 + 3) % vocab as u32).collect();
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        let mut with_logits = model(gpu, &host);
+        let (_, logits) = with_logits.prefill_logits(&tokens).unwrap();
+        let want = reference::argmax_rows(&logits, vocab);
+        let mut picking = model(gpu, &host);
+        picking.set_sampling(Sampling { temperature: 0.9, seed: 4, ..Sampling::default() }).unwrap();
+        assert_eq!(picking.prefill_greedy(&tokens).unwrap(), want, "[{}]", gpu.features());
+        assert_eq!(picking.position(), tokens.len());
+        let mut plain = model(gpu, &host);
+        plain.prefill(&tokens).unwrap();
+        picking.set_sampling(Sampling::greedy()).unwrap();
+        assert_eq!(picking.step(7).unwrap(), plain.step(7).unwrap());
+        // A bad id is refused before anything runs.
+        assert!(picking.prefill_greedy(&[vocab as u32]).is_err());
+        assert_eq!(picking.position(), tokens.len() + 1);
     }
 }
 

@@ -5,8 +5,8 @@ mod common;
 
 use common::{gpu_rules_gpu, gpus, random_vec, ShapeRng};
 use mobilellm_kernels::ops::sample::{
-    penalty_entries, sample, sample_masked, validate, write_step, Penalties, SampleRow, Sampler, TokenMask,
-    MAX_PENALTIES, MAX_TOP_K,
+    argmax_rows, penalty_entries, sample, sample_masked, validate, write_step, Penalties, SampleRow, Sampler,
+    TokenMask, MAX_PENALTIES, MAX_TOP_K,
 };
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
@@ -90,6 +90,41 @@ fn greedy_argmax_with_ties_inf_and_nan() {
         row[299] = f32::NEG_INFINITY;
         let s = setup(gpu, &row, 1, SampleRow::Last);
         assert_eq!(s.run(gpu, &params(0.0, 0, 1.0, 0)), 299);
+    }
+}
+
+/// Every row's greedy pick in one dispatch (speculative verification): equal to the plain argmax, the twin and
+/// the one-row greedy sampler, with ties, -inf and NaN in every row, up to the rows the dispatch covers.
+#[test]
+fn argmax_rows_picks_each_row_like_greedy_sampling() {
+    for gpu in gpus() {
+        for (rows, vocab) in [(1usize, 1usize), (3, 7), (5, 1000), (8, 49152)] {
+            let logits: Vec<f32> = (0..rows).flat_map(|r| tricky_row((r * 31 + vocab) as u64, vocab)).collect();
+            let input = Tensor::from_slice(gpu, &[rows, vocab], &logits).unwrap();
+            // One spare element: the dispatch writes `rows` ids and leaves the rest alone.
+            let picks = Tensor::from_slice(gpu, &[rows + 1], &vec![u32::MAX; rows + 1]).unwrap();
+            ops::run(gpu, &[&argmax_rows(gpu, &input, &picks).unwrap()]).unwrap();
+            let got = picks.read::<u32>(gpu).unwrap();
+            let twin = reference::argmax_rows(&logits, vocab);
+            assert_eq!(got[..rows], twin[..], "rows {rows} vocab {vocab} [{}]", gpu.features());
+            assert_eq!(got[rows], u32::MAX, "past the rows");
+            for (r, row) in logits.chunks_exact(vocab).enumerate() {
+                assert_eq!(twin[r], argmax(row));
+                assert_eq!(twin[r], reference::sample(row, &params(0.0, 0, 1.0, 0)));
+            }
+        }
+        // Rows of only NaN and -inf: the first -inf, else index 0, as the sampler.
+        let mut logits = vec![f32::NAN; 2 * 300];
+        logits[300 + 7] = f32::NEG_INFINITY;
+        let input = Tensor::from_slice(gpu, &[2, 300], &logits).unwrap();
+        let picks = Tensor::zeros(gpu, DType::U32, &[2]).unwrap();
+        ops::run(gpu, &[&argmax_rows(gpu, &input, &picks).unwrap()]).unwrap();
+        assert_eq!(picks.read::<u32>(gpu).unwrap(), [0, 7]);
+        // Too few picks, or logits not f32: typed errors.
+        let short = Tensor::zeros(gpu, DType::U32, &[1]).unwrap();
+        assert!(matches!(argmax_rows(gpu, &input, &short), Err(Error::InvalidArgument { .. })));
+        let ids = Tensor::zeros(gpu, DType::U32, &[2, 300]).unwrap();
+        assert!(matches!(argmax_rows(gpu, &ids, &picks), Err(Error::DType { .. })));
     }
 }
 

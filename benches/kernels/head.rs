@@ -1,10 +1,10 @@
 //! The model's ends: the tied LM head GEMV (vocab x hidden, split in row chunks by
 //! `ops::embedding::upload_table` when it exceeds a binding, as the planner does) followed by greedy
-//! sampling, per weight type; sampling alone (greedy, top-k, top-p, and under a token mask); and the
-//! embedding lookup.
+//! sampling, per weight type; sampling alone (greedy, top-k, top-p, and under a token mask); the greedy picks
+//! of 8 rows at once (a speculative pass checking 7 drafts); and the embedding lookup.
 
 use mobilellm_kernels::ops::embedding::{embedding, upload_table};
-use mobilellm_kernels::ops::sample::{sample, sample_masked, write_step, SampleRow, TokenMask};
+use mobilellm_kernels::ops::sample::{argmax_rows, sample, sample_masked, write_step, SampleRow, TokenMask};
 use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::{DType, Tensor};
@@ -54,6 +54,13 @@ pub fn bench_head(b: &mut Bench) {
             write_step(&b.gpu, &masked_step, &params).expect("step");
             let s = sample_masked(&b.gpu, &logits, SampleRow::Last, &masked_step, &mask, &token).expect("sample");
             b.add_block("sample", &name, &s.dispatches(), (vocab * 4) as u64);
+        }
+        let rows = 8;
+        if b.args.wants(&format!("sample argmax_rows {rows}x{vocab}")) {
+            let logits = Tensor::from_slice(&b.gpu, &[rows, vocab], &data(34, rows * vocab, 4.0)).expect("logits");
+            let picks = Tensor::zeros(&b.gpu, DType::U32, &[rows]).expect("picks");
+            let d = argmax_rows(&b.gpu, &logits, &picks).expect("argmax_rows");
+            b.add_block("sample", &format!("argmax_rows {rows}x{vocab}"), &[&d], (rows * vocab * 4) as u64);
         }
         let normed = Tensor::from_slice(&b.gpu, &[1, hidden], &data(32, hidden, 1.0)).expect("normed");
         for wtype in WeightType::ALL {

@@ -15,7 +15,6 @@
 
 use super::{Model, Sampling};
 use crate::error::{Error, Result};
-use crate::ops::StepParams;
 
 /// How drafts are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,12 +61,6 @@ fn find_draft(seq: &[u32], ngram: usize, limit: usize) -> Vec<u32> {
         draft.push(if i < seq.len() { seq[i] } else { draft[i - seq.len()] });
     }
     draft
-}
-
-/// The greedy pick of one logits row: what the sampling kernel picks (its CPU twin, largest first, NaN last,
-/// ties to the lowest id).
-fn greedy_pick(row: &[f32]) -> u32 {
-    crate::reference::sample(row, &StepParams { temperature: 0.0, ..StepParams::default() })
 }
 
 impl Model {
@@ -159,7 +152,7 @@ impl Model {
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, LookupStats)> {
         if self.has_token_mask() {
-            // The batched check picks on the host from raw logits.
+            // The batched check picks each row's argmax of the raw logits.
             return Err(Error::invalid(
                 "token mask during speculative decoding",
                 "set",
@@ -192,8 +185,8 @@ impl Model {
             }
             let start = self.position();
             let feed: Vec<u32> = std::iter::once(next).chain(draft.iter().copied()).collect();
-            let (_, logits) = self.prefill_logits(&feed)?;
-            let picks: Vec<u32> = logits.chunks_exact(self.config().vocab_size).map(greedy_pick).collect();
+            // Each row's greedy pick, made on the GPU: k + 1 ids come back, not k + 1 rows of logits.
+            let picks = self.prefill_greedy(&feed)?;
             let accepted = draft.iter().zip(&picks).take_while(|(d, p)| d == p).count();
             stats.passes += 1;
             stats.drafted += draft.len();
@@ -229,7 +222,7 @@ fn check_greedy(what: &str, sampling: &Sampling) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{find_draft, greedy_pick};
+    use super::find_draft;
 
     #[test]
     fn drafts_continue_the_latest_match() {
@@ -243,13 +236,5 @@ mod tests {
         assert_eq!(find_draft(&[5, 5, 5], 1, 4), [5, 5, 5, 5]);
         assert_eq!(find_draft(&[4, 6, 4, 6, 4], 1, 5), [6, 4, 6, 4, 6]);
         assert!(find_draft(&[5], 1, 8).is_empty());
-    }
-
-    #[test]
-    fn greedy_pick_orders_like_the_kernel() {
-        assert_eq!(greedy_pick(&[1.0, 3.0, 3.0, -1.0]), 1);
-        assert_eq!(greedy_pick(&[f32::NAN, -f32::INFINITY, -5.0]), 2);
-        assert_eq!(greedy_pick(&[-0.0, 0.0]), 0);
-        assert_eq!(greedy_pick(&[f32::NAN, f32::NAN]), 0);
     }
 }

@@ -180,6 +180,8 @@ struct Activations {
     last_normed: Tensor,
     last_logits: Tensor,
     token: Tensor,
+    // Each row's greedy pick, written by chunks planned with every row's logits.
+    picks: Tensor,
 }
 
 impl Activations {
@@ -204,6 +206,7 @@ impl Activations {
             last_logits: f("last logits", &[1, c.vocab_size])?,
             // The sampled token, and its log-probability (f32 bits) when asked for.
             token: Tensor::zeros_labeled(gpu, "token", DType::U32, &[2])?,
+            picks: Tensor::zeros_labeled(gpu, "row picks", DType::U32, &[b])?,
         })
     }
 
@@ -221,6 +224,7 @@ impl Activations {
             &self.last_normed,
             &self.last_logits,
             &self.token,
+            &self.picks,
         ]
         .iter()
         .map(|t| t.size_bytes())
@@ -293,6 +297,27 @@ pub struct Model {
 /// What a chunk's command buffer is recorded for: `(n, all_logits, want_logits)`.
 type ChunkKey = (usize, bool, bool);
 
+/// What a run of chunks gives back: the token sampled after the last, the logits asked for and, for runs
+/// with every row's logits, each row's greedy pick.
+struct RunOutput {
+    next: u32,
+    logits: Vec<f32>,
+    picks: Vec<u32>,
+}
+
+/// What one chunk gives back: see [`Model::run_chunk`].
+struct ChunkOutput {
+    token: u32,
+    logits: Option<Vec<f32>>,
+    picks: Vec<u32>,
+}
+
+/// Where a chunk's token readback ends: the token and its log-probability, then with `all_logits` one
+/// greedy pick per row.
+fn picks_end((n, all_logits, _): ChunkKey) -> u64 {
+    8 + if all_logits { 4 * n as u64 } else { 0 }
+}
+
 /// Bytes of logits a chunk reads back: every row's with `all_logits`, else the last row's.
 fn logits_bytes((n, all_logits, _): ChunkKey, config: &ModelConfig) -> u64 {
     (if all_logits { n } else { 1 } * config.vocab_size * 4) as u64
@@ -333,8 +358,13 @@ impl Model {
         let act = Activations::new(gpu, &config, options.max_batch)?;
         // Sampling's token mask: every id allowed until `set_token_mask` (read only while one is set).
         let token_mask = TokenMask::all(config.vocab_size).upload(gpu)?;
-        let token_staging =
-            gpu.create_buffer("token readback", 8, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
+        // The token and its log-probability, then each row's greedy pick (chunks with every row's logits).
+        let staging_bytes = 8 + 4 * options.max_batch as u64;
+        let token_staging = gpu.create_buffer(
+            "token readback",
+            staging_bytes,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         let mut model = Model {
             gpu: gpu.clone(),
             config,
@@ -488,6 +518,9 @@ impl Model {
                 });
                 offset += piece.rows();
             }
+        }
+        if all_logits {
+            head.push(ops::sample::argmax_rows(gpu, &logits, &rows(&a.picks, n)?)?);
         }
         let sampler =
             ops::sample::sample_masked(gpu, &logits, SampleRow::Last, &self.step, &self.token_mask, &a.token)?;
@@ -856,8 +889,9 @@ impl Model {
         Ok(())
     }
 
-    /// Runs `tokens` (at most `max_batch`) at the current position; returns the sampled next token and,
-    /// if `want_logits`, the logits (`[n, vocab]` when `all_logits`, else the last row). The plan and the
+    /// Runs `tokens` (at most `max_batch`) at the current position; returns the sampled next token, the
+    /// logits if `want_logits` (`[n, vocab]` when `all_logits`, else the last row) and, when `all_logits`,
+    /// each row's greedy pick (else nothing). The plan and the
     /// logits readback must exist already (see [`Model::run_chunks`]); the position advances only on success.
     /// `recent` are the tokens the sampling penalties look at.
     fn run_chunk(
@@ -866,7 +900,7 @@ impl Model {
         recent: &[u32],
         all_logits: bool,
         want_logits: bool,
-    ) -> Result<(u32, Option<Vec<f32>>)> {
+    ) -> Result<ChunkOutput> {
         let n = tokens.len();
         let key = (n, all_logits, want_logits);
         let params = self.step_params(self.pos, n, &self.sampling, recent)?;
@@ -889,9 +923,10 @@ impl Model {
         }
         let gpu = &self.gpu;
         gpu.wait(Some(submission))?;
-        let bytes = map_read(gpu, &self.token_staging, 8)?;
-        let token = u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]);
-        self.last_logprob = self.logprobs.then(|| f32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]));
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.token_staging, picks_end(key))?);
+        let token = words[0];
+        self.last_logprob = self.logprobs.then(|| f32::from_bits(words[1]));
+        let picks = words[2..].to_vec();
         let logits = match (want_logits, &self.logits_staging) {
             (true, Some(staging)) => {
                 Some(bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes(key, &self.config))?))
@@ -899,7 +934,7 @@ impl Model {
             _ => None,
         };
         self.pos += n;
-        Ok((token, logits))
+        Ok(ChunkOutput { token, logits, picks })
     }
 
     /// Records the command buffer of one chunk: `key` is `(n, all_logits, want_logits)`.
@@ -941,6 +976,9 @@ impl Model {
             plan.sampler.record(&mut pass);
         }
         encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, 8);
+        if plan.all_logits {
+            encoder.copy_buffer_to_buffer(self.act.picks.buffer(), 0, &self.token_staging, 8, picks_end(key) - 8);
+        }
         if let Some(staging) = logits_staging {
             let t = if plan.all_logits { &self.act.logits } else { &self.act.last_logits };
             encoder.copy_buffer_to_buffer(t.buffer(), 0, staging, 0, logits_bytes);
@@ -951,7 +989,7 @@ impl Model {
     /// Runs `tokens` in chunks of `max_batch`. Everything that may allocate (plans, the logits readback)
     /// is made before the first chunk runs, and a chunk that fails rewinds the position to where the call
     /// started: the positions below it are untouched, those at and above it count as empty again.
-    fn run_chunks(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<(u32, Vec<f32>)> {
+    fn run_chunks(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<RunOutput> {
         self.check_tokens(tokens)?;
         let max_batch = self.options.max_batch;
         for chunk in tokens.chunks(max_batch) {
@@ -965,13 +1003,15 @@ impl Model {
         // From here on the cache at `start` and above is being rewritten.
         self.cached.truncate(start);
         let mut all = Vec::with_capacity(if want_logits { tokens.len() * self.config.vocab_size } else { 0 });
+        let mut picks = Vec::with_capacity(if all_logits { tokens.len() } else { 0 });
         let mut next = 0;
         for (i, chunk) in tokens.chunks(max_batch).enumerate() {
             let recent = self.recent_tokens(start, &tokens[..i * max_batch + chunk.len()]);
             match self.run_chunk(chunk, &recent, all_logits, want_logits) {
-                Ok((t, logits)) => {
-                    next = t;
-                    all.extend(logits.unwrap_or_default());
+                Ok(out) => {
+                    next = out.token;
+                    all.extend(out.logits.unwrap_or_default());
+                    picks.extend(out.picks);
                 }
                 Err(e) => {
                     self.pos = start;
@@ -980,29 +1020,39 @@ impl Model {
             }
         }
         self.note_fed(start, tokens);
-        Ok((next, all))
+        Ok(RunOutput { next, logits: all, picks })
     }
 
     /// Feeds a prompt (chunked by `max_batch`) and returns the sampled next token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
-        Ok(self.run_chunks(tokens, false, false)?.0)
+        Ok(self.run_chunks(tokens, false, false)?.next)
     }
 
     /// Feeds a prompt and returns the logits of every prompt position (`[tokens.len() * vocab]`) and the
     /// sampled next token.
     pub fn prefill_logits(&mut self, tokens: &[u32]) -> Result<(u32, Vec<f32>)> {
-        self.run_chunks(tokens, true, true)
+        let out = self.run_chunks(tokens, true, true)?;
+        Ok((out.next, out.logits))
+    }
+
+    /// Feeds `tokens` and returns the greedy pick after each of them: element `i` is the argmax of the
+    /// logits at the position of `tokens[i]` (the sampler's greedy order: ties to the lowest id, NaN
+    /// lowest), whatever the sampling settings. The GPU picks; one id per position is read back, not the
+    /// logits (speculative decoding checks its drafts so).
+    pub fn prefill_greedy(&mut self, tokens: &[u32]) -> Result<Vec<u32>> {
+        Ok(self.run_chunks(tokens, true, false)?.picks)
     }
 
     /// One decode step: feeds `token` at the current position and returns the sampled next token.
     /// One command buffer, one submission, a 4-byte readback.
     pub fn step(&mut self, token: u32) -> Result<u32> {
-        Ok(self.run_chunks(&[token], false, false)?.0)
+        Ok(self.run_chunks(&[token], false, false)?.next)
     }
 
     /// A decode step that also returns the logits (`[vocab]`).
     pub fn step_logits(&mut self, token: u32) -> Result<(u32, Vec<f32>)> {
-        self.run_chunks(&[token], false, true)
+        let out = self.run_chunks(&[token], false, true)?;
+        Ok((out.next, out.logits))
     }
 
     /// Prefills `prompt`, then decodes up to `max_new` tokens, calling `on_token` with each; stops early

@@ -344,6 +344,16 @@ impl TokenMask {
     }
 }
 
+/// The sampling kernel's constants, every entry the same, for pass-1 workgroups of `wg` invocations.
+fn variant(wg: u32) -> ShaderVariant {
+    ShaderVariant::new()
+        .constant("WG", wg)
+        .constant("MAX_K", MAX_TOP_K)
+        .constant("SORT", MIN_CHUNK)
+        .constant("FILTER_ABOVE", FILTER_ABOVE)
+        .constant("MAX_GROUPS", MAX_GROUPS)
+}
+
 /// Plans sampling one token from `row` of `logits` (`[.., vocab]` f32) into element 0 of `token` (u32, any
 /// shape), with the parameters in `step`. Parameters are read at run time: validate them with [`validate`]
 /// (or write them with [`write_step`]); invalid ones that slip through never fault the kernel (NaN or
@@ -393,12 +403,7 @@ pub fn sample_masked(
     let wg = small_kernel_workgroup(gpu, WORKGROUP);
     let chunk = (vocab as u32).div_ceil(MAX_GROUPS).next_multiple_of(wg).max(MIN_CHUNK);
     let groups = (vocab as u32).div_ceil(chunk);
-    let variant = ShaderVariant::new()
-        .constant("WG", wg)
-        .constant("MAX_K", MAX_TOP_K)
-        .constant("SORT", MIN_CHUNK)
-        .constant("FILTER_ABOVE", FILTER_ABOVE)
-        .constant("MAX_GROUPS", MAX_GROUPS);
+    let variant = variant(wg);
     let partial_pipeline = gpu.pipeline(&SAMPLE, "sample_partial", &variant)?;
     let merge_pipeline = gpu.pipeline(&SAMPLE, "sample_merge", &variant)?;
     let params = uniform(
@@ -441,4 +446,40 @@ pub fn sample_masked(
         vec![params.clone(), candidates.clone()],
     )?;
     Ok(Sampler { partial, merge })
+}
+
+/// Plans the greedy pick of every row of `logits` (`[rows, vocab]` f32) into `picks` (u32, at least `rows`
+/// elements): `picks[r]` is row `r`'s [`crate::reference::argmax_rows`] pick (the sampler's greedy order:
+/// NaN below `-inf`, ties to the lowest index; no penalties or mask). One dispatch, one workgroup per row.
+/// Checking `rows` speculative drafts then reads back `rows` ids instead of `rows * vocab` logits.
+pub fn argmax_rows(gpu: &Gpu, logits: &Tensor, picks: &Tensor) -> Result<Dispatch> {
+    let vocab = *logits.shape().last().unwrap_or(&0);
+    let rows = logits.expect_rows("argmax logits", DType::F32, vocab)?;
+    if picks.dtype() != DType::U32 || picks.len() < rows {
+        return Err(Error::invalid(
+            "argmax picks",
+            format!("{} {:?}", picks.dtype(), picks.shape()),
+            format!("u32 with at least {rows} elements (one per logits row)"),
+        ));
+    }
+    let wg = small_kernel_workgroup(gpu, WORKGROUP);
+    let variant = variant(wg);
+    let pipeline = gpu.pipeline(&SAMPLE, "argmax_rows", &variant)?;
+    let params = uniform(
+        gpu,
+        "argmax params",
+        &Params { vocab: vocab as u32, rows: rows as u32, row: 0, chunk: vocab as u32, groups: 1, _pad: [0; 3] },
+    )?;
+    make_dispatch(
+        gpu,
+        "sample:argmax_rows".into(),
+        pipeline,
+        &[
+            (0, params.as_entire_binding()),
+            (2, logits.buffer().as_entire_binding()),
+            (4, picks.buffer().as_entire_binding()),
+        ],
+        [rows as u32, 1, 1],
+        vec![params.clone()],
+    )
 }

@@ -20,6 +20,6 @@ pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul, swiglu_stacked};
 pub use gemv::gemv;
 pub use rms_norm::rms_norm;
 pub use sample::{
-    log_probability, penalised_row, sample, sample_logprob, sample_masked, sample_masked_trace, sample_order_key,
-    sample_trace, sample_uniform, SampleTrace,
+    argmax_rows, log_probability, penalised_row, sample, sample_logprob, sample_masked, sample_masked_trace,
+    sample_order_key, sample_trace, sample_uniform, SampleTrace,
 };

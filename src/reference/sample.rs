@@ -68,6 +68,19 @@ pub fn sample_masked_trace(row: &[f32], params: &StepParams, allowed: &[u32]) ->
     sample_trace(&masked, &StepParams { penalty_count: 0, mask: 0, ..*params })
 }
 
+/// What `ops::sample::argmax_rows` writes: each `vocab`-long row's greedy pick, in the sampler's order
+/// (the largest [`sample_order_key`], NaN lowest, ties to the lowest index). `vocab` must be at least 1.
+pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
+    logits
+        .chunks_exact(vocab)
+        .map(|row| {
+            // `max_by_key` keeps the last of equal keys: scan from the end to keep the first.
+            let (i, _) = row.iter().enumerate().rev().max_by_key(|(_, &v)| sample_order_key(v)).unwrap_or((0, &0.0));
+            i as u32
+        })
+        .collect()
+}
+
 /// The log-probability of `token` under `row`: log-softmax at temperature 1 of the raw logits, in f64,
 /// NaN logits counting as absent (perplexity and scores use it too).
 pub fn log_probability(row: &[f32], token: u32) -> f64 {
