@@ -13,7 +13,7 @@
 //!   decode, GPU sampling with token masks and log-probabilities, session states, context shifts,
 //!   speculative decoding from prompt lookup or a draft model, perplexity) and its KV cache ([`kv_cache`]);
 //! - [`tokenizer`]: GGUF and HF tokenizers, chat templates;
-//! - [`constrain`]: constrained decoding (token masks from the host; JSON output).
+//! - [`constrain`]: constrained decoding (token masks from the host): JSON, GBNF grammars, JSON schemas.
 //!
 //! ```no_run
 //! use mobilellm_kernels::{ops, reference, Gpu, Tensor, DType};

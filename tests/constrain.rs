@@ -1,12 +1,12 @@
-//! Constrained decoding: the JSON recognizer against serde_json (an independent parser) on thousands of
-//! generated and mutated documents; JSON-constrained generation on a model, where every token must be one
+//! Constrained decoding: the JSON recognizer, and a GBNF grammar of RFC 8259 run by the grammar
+//! recognizer, against serde_json (an independent parser) on thousands of generated and mutated documents; JSON-constrained generation on a model, where every token must be one
 //! the mask allowed and the output a JSON prefix; and the real SmolLM2 answering in JSON.
 mod common;
 #[path = "support/smollm2.rs"]
 mod smollm2;
 
 use common::{gpus, tiny_config, ShapeRng};
-use mobilellm_kernels::constrain::{JsonConstraint, JsonPrefix, MAX_WHITESPACE};
+use mobilellm_kernels::constrain::{Constraint, Grammar, JsonConstraint, JsonPrefix, MAX_WHITESPACE};
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::{HostModel, Model, ModelConfig, PlanOptions, Sampling};
 use mobilellm_kernels::quant::WeightType;
@@ -65,6 +65,11 @@ fn string(rng: &mut ShapeRng, out: &mut String) {
     out.push('"');
 }
 
+/// Bytes mutations insert or write: JSON's own alphabet and a few bytes it forbids. No `d`/`D`: a mutated
+/// `\u` escape must not become a lone surrogate (serde_json refuses those; JSON's grammar and these
+/// recognizers take any four hex digits).
+const MUTATION_BYTES: &[u8] = b"{}[]\":,-+.0123456789eEtrufalsn \n\\/abcxyz\x01\x7f\xc3\xa9\xe4\xb8\xff\xed\xa0";
+
 /// Whether serde_json takes `bytes` as one document; `None` where it stops at a number out of f64's range
 /// (JSON allows those; serde_json has not read the rest, so it says nothing).
 fn serde_verdict(bytes: &[u8]) -> Option<bool> {
@@ -90,9 +95,7 @@ fn ours_accepts(bytes: &[u8]) -> bool {
 #[test]
 fn json_recognizer_agrees_with_serde_json() {
     let mut rng = ShapeRng::new(7);
-    // No `d`/`D`: a mutated `\u` escape must not become a lone surrogate (serde_json refuses those; JSON's
-    // grammar and this recognizer take any four hex digits).
-    let alphabet: &[u8] = b"{}[]\":,-+.0123456789eEtrufalsn \n\\/abcxyz\x01\x7f\xc3\xa9\xe4\xb8\xff\xed\xa0";
+    let alphabet = MUTATION_BYTES;
     let (mut documents, mut mutants, mut valid_mutants) = (0, 0, 0);
     for _ in 0..3000 {
         let mut doc = String::new();
@@ -163,6 +166,53 @@ fn json_recognizer_agrees_with_serde_json() {
     // A top-level number is complete but may go on.
     let mut number = JsonPrefix::new();
     assert!(number.push_bytes(b"12") && number.is_complete() && number.push(b'5') && !number.push(b'x'));
+}
+
+/// RFC 8259's grammar, written in GBNF.
+const JSON_GBNF: &str = r#"
+    root   ::= ws value ws
+    value  ::= object | array | string | number | "true" | "false" | "null"
+    object ::= "{" ws (member ("," ws member)*)? "}"
+    member ::= string ws ":" ws value ws
+    array  ::= "[" ws (value ws ("," ws value ws)*)? "]"
+    string ::= "\"" ([^"\\\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4}))* "\""
+    number ::= "-"? ("0" | [1-9] [0-9]*) ("." [0-9]+)? ([eE] [-+]? [0-9]+)?
+    ws     ::= [ \t\n\r]*
+"#;
+
+/// The grammar recognizer running JSON's grammar says what serde_json says, on generated documents and
+/// their one-byte mutants (invalid UTF-8 among them), and takes every prefix of a document.
+#[test]
+fn json_grammar_agrees_with_serde_json() {
+    let json = Grammar::parse(JSON_GBNF).unwrap();
+    let mut rng = ShapeRng::new(19);
+    let alphabet = MUTATION_BYTES;
+    let (mut mutants, mut valid_mutants) = (0, 0);
+    for _ in 0..600 {
+        let mut doc = String::new();
+        document(&mut rng, 4, &mut doc);
+        assert!(json.accepts(&doc), "valid document refused: {doc:?}");
+        for end in 0..doc.len() {
+            assert!(json.is_prefix(&doc.as_bytes()[..end]), "prefix of {doc:?} refused at {end}");
+        }
+        for _ in 0..4 {
+            let mut m = doc.as_bytes().to_vec();
+            let at = rng.range(0, m.len() - 1);
+            match rng.range(0, 2) {
+                0 => m.insert(at, alphabet[rng.range(0, alphabet.len() - 1)]),
+                1 => {
+                    m.remove(at);
+                }
+                _ => m[at] = alphabet[rng.range(0, alphabet.len() - 1)],
+            }
+            let Some(theirs) = serde_verdict(&m) else { continue };
+            assert_eq!(json.accepts(&m), theirs, "{:?}", String::from_utf8_lossy(&m));
+            mutants += 1;
+            valid_mutants += usize::from(theirs);
+        }
+    }
+    eprintln!("{mutants} mutants ({valid_mutants} still valid JSON)");
+    assert!(valid_mutants > 100 && valid_mutants < mutants - 100, "mutants on both sides");
 }
 
 /// A small model of SmolLM2's vocabulary (random weights) generating under the JSON constraint: every pick

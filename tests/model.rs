@@ -579,6 +579,20 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     assert_eq!(reported.len(), want.len());
     // Printed with two decimals.
     assert!(reported.iter().zip(&want).all(|(r, w)| (r - w).abs() <= 0.005 + 1e-4), "{reported:?} vs {want:?}");
+
+    // --grammar and --json-schema: what follows the prompt is a sentence of the grammar (complete within
+    // 6 tokens, even spelled one character per token: the model then may only stop).
+    let grammar_file = dir.join("answer.gbnf");
+    std::fs::write(&grammar_file, "root ::= \" \" (\"yes\" | \"no\") \".\"").unwrap();
+    let (out, log) = generate(&["--grammar".as_ref(), grammar_file.as_os_str()]);
+    let answer = out.strip_prefix(prompt).and_then(|a| a.strip_suffix('\n'));
+    assert!(matches!(answer, Some(" yes." | " no.")), "{out:?} {log}");
+    let schema_file = dir.join("colour.json");
+    std::fs::write(&schema_file, r#"{"enum": ["red", "green", 7]}"#).unwrap();
+    let (out, log) = generate(&["--json-schema".as_ref(), schema_file.as_os_str(), "--print-grammar".as_ref()]);
+    let answer = out.strip_prefix(prompt).map(str::trim);
+    assert!(matches!(answer, Some("\"red\"" | "\"green\"" | "7")), "{out:?} {log}");
+    assert!(log.contains("root ::="), "the grammar printed: {log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand};
-use mobilellm_kernels::constrain::JsonConstraint;
+use mobilellm_kernels::constrain::{json_schema_to_gbnf, Constraint, Grammar, GrammarConstraint, JsonConstraint};
 use mobilellm_kernels::model::gguf::{GgufFile, MetaValue};
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
 use mobilellm_kernels::model::{
@@ -200,18 +200,29 @@ struct SamplingArgs {
     #[arg(long, default_value_t = 4)]
     draft: usize,
     /// Constrain the output to one JSON document (ends when it is complete).
-    #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
+    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "grammar", "json_schema"])]
     json: bool,
+    /// Constrain the output to a GBNF grammar (llama.cpp's format) read from this file; its rule `root`.
+    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "json_schema"])]
+    grammar: Option<PathBuf>,
+    /// Constrain the output to JSON that this JSON schema file accepts (the subset
+    /// `constrain::json_schema_to_gbnf` documents).
+    #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
+    json_schema: Option<PathBuf>,
+    /// Print the GBNF grammar of --json-schema (or --grammar as parsed) to stderr.
+    #[arg(long)]
+    print_grammar: bool,
     /// Report each generated token's log-probability (from the GPU sampler) and their mean.
-    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "json"])]
+    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "json", "grammar", "json_schema"])]
     logprobs: bool,
 }
 
-/// How tokens are decoded: plainly, with drafts from somewhere, or constrained to JSON.
+/// How tokens are decoded: plainly, with drafts from somewhere, or constrained (to JSON, a grammar or a
+/// JSON schema).
 enum Decoding {
     Off,
     Scored,
-    Json(Box<JsonConstraint>),
+    Constrained(Box<dyn Constraint>),
     Lookup(LookupOptions),
     Draft(Box<Model>, usize),
 }
@@ -219,9 +230,28 @@ enum Decoding {
 impl SamplingArgs {
     /// Loads the draft model, if any, with the main model's context; `tokenizer` is the main model's.
     fn decoding(&self, gpu: &Gpu, context: usize, tokenizer: &Tokenizer) -> Result<Decoding> {
+        let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
         if self.json {
-            let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
-            return Ok(Decoding::Json(Box::new(JsonConstraint::new(tokenizer, &stop))));
+            return Ok(Decoding::Constrained(Box::new(JsonConstraint::new(tokenizer, &stop))));
+        }
+        let read = |path: &PathBuf| {
+            std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+        };
+        let gbnf = match (&self.grammar, &self.json_schema) {
+            (Some(path), _) => Some(read(path)?),
+            (_, Some(path)) => {
+                let schema: serde_json::Value = serde_json::from_str(&read(path)?)
+                    .map_err(|e| Error::invalid("JSON schema file", path.display(), format!("JSON ({e})")))?;
+                Some(json_schema_to_gbnf(&schema)?)
+            }
+            _ => None,
+        };
+        if let Some(gbnf) = gbnf {
+            let grammar = Grammar::parse(&gbnf)?;
+            if self.print_grammar {
+                eprint!("{grammar}");
+            }
+            return Ok(Decoding::Constrained(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop))));
         }
         if let Some(path) = &self.draft_model {
             let (host, _) = load_host(path, None)?;
@@ -474,14 +504,14 @@ fn generate_with(
             let (out, stats) = model.generate_draft(draft, prompt_ids, max_new, stop, *n, on_token)?;
             (out, Some(stats))
         }
-        Decoding::Json(json) => {
-            let mask = |generated: &[u32]| json.mask_after(generated);
+        Decoding::Constrained(constraint) => {
+            let mask = |generated: &[u32]| constraint.mask_after(generated);
             let out = model.generate_constrained(prompt_ids, max_new, stop, mask, on_token)?;
-            if !json.is_complete() {
-                eprintln!("[json: the document was not complete after {max_new} tokens]");
+            if !constraint.is_complete() {
+                eprintln!("[constrained: the output was not complete after {max_new} tokens]");
             }
-            // The next call (a chat's next turn) starts a new document.
-            json.reset();
+            // The next call (a chat's next turn) starts a new output.
+            constraint.reset();
             (out, None)
         }
     })

@@ -1,6 +1,4 @@
-//! Constrained decoding: the tokens that may come next, as a [`TokenMask`] for the GPU sampler
-//! ([`Model::generate_constrained`]), and a JSON constraint built on it ([`JsonConstraint`]: the output is a
-//! JSON document, llama.cpp's JSON grammar mode).
+//! JSON output ([`JsonConstraint`]: the output is a JSON document, llama.cpp's JSON grammar mode).
 //!
 //! [`JsonPrefix`] is a byte-level JSON (RFC 8259) recognizer that knows at every byte whether the bytes so
 //! far can still begin a document, and whether they are one: strings with their escapes and exact UTF-8,
@@ -15,12 +13,11 @@
 //! 49 152 tokens: 0.47 ms at the start, 0.07 ms inside a string, 0.40 ms after a value (one core of the
 //! 2-core VM); SmolLM2 answering in JSON decodes at the speed it does without (22 ms per token on lavapipe).
 
-use std::collections::HashMap;
-
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::ops::sample::TokenMask;
 use crate::tokenizer::Tokenizer;
+
+use super::{finish_mask, Constraint, MaskCache};
 
 /// Deepest nesting of objects and arrays accepted.
 pub const MAX_DEPTH: usize = 32;
@@ -332,7 +329,7 @@ pub struct JsonConstraint {
     state: JsonPrefix,
     /// Masks by recognizer state: inside a long string, or between values at one depth, the state (and so
     /// the mask) repeats step after step.
-    masks: HashMap<JsonPrefix, TokenMask>,
+    masks: MaskCache<JsonPrefix>,
     /// Tokens of plain string text (no `"`, `\`, control bytes or partial UTF-8): allowed in any string
     /// with no escape or UTF-8 sequence pending, which they leave as it was. Most of a vocabulary.
     string_text: TokenMask,
@@ -347,9 +344,7 @@ impl JsonConstraint {
     /// A constraint over `tokenizer`'s vocabulary; `stop` are the ids that may end the output once the
     /// document is complete (the end-of-sequence token).
     pub fn new(tokenizer: &Tokenizer, stop: &[u32]) -> JsonConstraint {
-        let token_bytes: Vec<Vec<u8>> = (0..tokenizer.vocab_size() as u32)
-            .map(|id| if tokenizer.is_special(id) { Vec::new() } else { tokenizer.token_bytes(id).into_owned() })
-            .collect();
+        let token_bytes = super::vocabulary_bytes(tokenizer);
         let mut string_text = TokenMask::none(token_bytes.len());
         let mut others = Vec::new();
         for (id, bytes) in token_bytes.iter().enumerate() {
@@ -366,38 +361,15 @@ impl JsonConstraint {
             token_bytes,
             stop: stop.to_vec(),
             state: JsonPrefix::new(),
-            masks: HashMap::new(),
+            masks: MaskCache::new(MASK_CACHE),
             string_text,
             others,
         }
     }
 
-    /// Starts a new document.
-    pub fn reset(&mut self) {
-        self.state = JsonPrefix::new();
-    }
-
     /// The recognizer after the tokens accepted so far.
     pub fn state(&self) -> &JsonPrefix {
         &self.state
-    }
-
-    /// Whether the tokens accepted so far are a whole document.
-    pub fn is_complete(&self) -> bool {
-        self.state.is_complete()
-    }
-
-    /// The tokens that may come next. An error when none may (a vocabulary without the pieces JSON needs).
-    pub fn mask(&mut self) -> Result<TokenMask> {
-        if let Some(mask) = self.masks.get(&self.state) {
-            return Ok(mask.clone());
-        }
-        let mask = self.compute_mask()?;
-        if self.masks.len() >= MASK_CACHE {
-            self.masks.clear();
-        }
-        self.masks.insert(self.state, mask.clone());
-        Ok(mask)
     }
 
     fn compute_mask(&self) -> Result<TokenMask> {
@@ -416,29 +388,24 @@ impl JsonConstraint {
         } else {
             (0..self.token_bytes.len() as u32).try_for_each(try_token)?;
         }
-        if self.state.is_complete() {
-            for &id in &self.stop {
-                mask.set(id, true)?;
-            }
-        }
-        if mask.count() == 0 {
-            return Err(Error::invalid("JSON constraint", "no token continues the document", "a token that does"));
-        }
-        Ok(mask)
+        finish_mask(mask, self.state.is_complete(), &self.stop, "JSON constraint")
     }
+}
 
-    /// The mask for a generation hook ([`Model::generate_constrained`]): accepts the last of the tokens
-    /// `generated` so far (if any), then gives [`JsonConstraint::mask`].
-    pub fn mask_after(&mut self, generated: &[u32]) -> Result<TokenMask> {
-        if let Some(&last) = generated.last() {
-            self.accept(last)?;
+impl Constraint for JsonConstraint {
+    /// The tokens that may come next. An error when none may (a vocabulary without the pieces JSON needs).
+    fn mask(&mut self) -> Result<TokenMask> {
+        if let Some(mask) = self.masks.get(&self.state) {
+            return Ok(mask);
         }
-        self.mask()
+        let mask = self.compute_mask()?;
+        self.masks.insert(self.state, &mask);
+        Ok(mask)
     }
 
     /// Records that `id` was generated; an error if it does not continue the document (a stop token after
     /// a complete one is accepted and changes nothing).
-    pub fn accept(&mut self, id: u32) -> Result<()> {
+    fn accept(&mut self, id: u32) -> Result<()> {
         if self.stop.contains(&id) && self.state.is_complete() {
             return Ok(());
         }
@@ -450,34 +417,14 @@ impl JsonConstraint {
         self.state = next;
         Ok(())
     }
-}
 
-impl Model {
-    /// [`Model::generate`] under a constraint: before each pick, `allowed(generated)` gives the tokens that
-    /// may come next after the tokens generated so far ([`Model::set_token_mask`]). The mask is lifted when
-    /// the call returns, also on an error.
-    ///
-    /// ```no_run
-    /// # fn demo(model: &mut mobilellm_kernels::model::Model, tokenizer: &mobilellm_kernels::tokenizer::Tokenizer,
-    /// #         prompt: &[u32]) -> mobilellm_kernels::Result<()> {
-    /// use mobilellm_kernels::constrain::JsonConstraint;
-    /// let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
-    /// let mut json = JsonConstraint::new(tokenizer, &stop);
-    /// let out = model.generate_constrained(prompt, 128, &stop, |generated| json.mask_after(generated), |_| true)?;
-    /// println!("{}", tokenizer.decode(&out)); // a JSON document, if it ended within 128 tokens
-    /// # Ok(()) }
-    /// ```
-    pub fn generate_constrained(
-        &mut self,
-        prompt: &[u32],
-        max_new: usize,
-        stop: &[u32],
-        mut allowed: impl FnMut(&[u32]) -> Result<TokenMask>,
-        on_token: impl FnMut(u32) -> bool,
-    ) -> Result<Vec<u32>> {
-        let set_mask = |model: &mut Model, generated: &[u32]| model.set_token_mask(Some(&allowed(generated)?));
-        let result = self.generate_with_hook(prompt, max_new, stop, set_mask, on_token);
-        self.set_token_mask(None)?;
-        result
+    /// Whether the tokens accepted so far are a whole document.
+    fn is_complete(&self) -> bool {
+        self.state.is_complete()
+    }
+
+    /// Starts a new document.
+    fn reset(&mut self) {
+        self.state = JsonPrefix::new();
     }
 }

@@ -1,0 +1,31 @@
+//! GBNF grammars and JSON schemas from arbitrary bytes: `Grammar::parse` never panics and never runs away
+//! (limits bound every expansion); a grammar that parses prints (`Display`) as GBNF that parses to the same
+//! language on the input's own bytes; and every grammar `json_schema_to_gbnf` writes for a JSON input
+//! parses, its sentences valid JSON. The first byte picks the mode; the rest is the text.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mobilellm_kernels::constrain::{json_schema_to_gbnf, Grammar};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    if mode % 2 == 0 {
+        let Ok(grammar) = Grammar::parse(&String::from_utf8_lossy(rest)) else { return };
+        let again = Grammar::parse(&grammar.to_string()).expect("a printed grammar parses");
+        // Probe with prefixes of the input itself.
+        for end in (0..rest.len().min(64)).step_by(7) {
+            let probe = &rest[..end];
+            assert_eq!(grammar.is_prefix(probe), again.is_prefix(probe), "{grammar}");
+            assert_eq!(grammar.accepts(probe), again.accepts(probe), "{grammar}");
+        }
+    } else {
+        let Ok(schema) = serde_json::from_slice::<serde_json::Value>(rest) else { return };
+        let Ok(gbnf) = json_schema_to_gbnf(&schema) else { return };
+        let grammar = Grammar::parse(&gbnf).unwrap_or_else(|e| panic!("{schema}: {e}\n{gbnf}"));
+        for probe in ["null", "{}", "[]", "\"\"", "0", "true", r#"{"a": 1}"#, "[1, \"x\"]"] {
+            if grammar.accepts(probe) {
+                assert!(serde_json::from_str::<serde_json::Value>(probe).is_ok());
+            }
+        }
+    }
+});

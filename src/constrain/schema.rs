@@ -1,0 +1,402 @@
+//! JSON schema to GBNF, for structured output: [`json_schema_to_gbnf`] writes a grammar whose sentences are
+//! the JSON documents a schema accepts (within the subset below), as llama.cpp's `json-schema-to-grammar`
+//! does, so [`super::GrammarConstraint`] can hold a model to it.
+//!
+//! **Supported.** `type` (a name or a list), `properties` with `required` (an object with `properties` is
+//! closed, as in OpenAI's strict mode: no other keys; its keys come in the schema's order, optional ones
+//! may be left out), `additionalProperties` as a schema (a map, when there are no `properties`), `items`
+//! with `minItems` / `maxItems`, `minLength` / `maxLength` of strings, `enum`, `const`, `anyOf` and
+//! `oneOf` (as `anyOf`: exclusivity is not enforced), `allOf` of one schema, and `$ref` to `#`,
+//! `#/$defs/..` or `#/definitions/..` (recursion allowed). Annotations (`title`, `description`, `default`,
+//! `examples`, ...) are ignored. Any other keyword, such as `pattern`, `format` or `minimum`, is an error
+//! that names it: a grammar that ignored it would let through documents the schema rejects.
+//!
+//! Whitespace between tokens is none, one space, or a newline and up to 20 spaces or tabs; numbers have at
+//! most 16 integer digits.
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Keywords that describe a schema without constraining it.
+const ANNOTATIONS: &[&str] = &[
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$schema",
+    "$id",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "$defs",
+    "definitions",
+];
+
+/// The primitives, each added to the grammar once when first used: (name, body, the primitives it uses).
+const PRIMITIVES: &[(&str, &str, &[&str])] = &[
+    ("ws", r#"| " " | "\n" [ \t]{0,20}"#, &[]),
+    ("char", r#"[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})"#, &[]),
+    ("string", r#""\"" char* "\"" ws"#, &["char", "ws"]),
+    ("number", r#""-"? ("0" | [1-9] [0-9]{0,15}) ("." [0-9]+)? ([eE] [-+]? [0-9]+)? ws"#, &["ws"]),
+    ("integer", r#""-"? ("0" | [1-9] [0-9]{0,15}) ws"#, &["ws"]),
+    ("boolean", r#"("true" | "false") ws"#, &["ws"]),
+    ("null", r#""null" ws"#, &["ws"]),
+    (
+        "value",
+        "object | array | string | number | boolean | null",
+        &["object", "array", "string", "number", "boolean", "null"],
+    ),
+    ("object", r#""{" ws (string ":" ws value ("," ws string ":" ws value)*)? "}" ws"#, &["ws", "string", "value"]),
+    ("array", r#""[" ws (value ("," ws value)*)? "]" ws"#, &["ws", "value"]),
+];
+
+/// Writes a GBNF grammar (rule `root` first) for the JSON documents `schema` accepts; see the module docs
+/// for the keywords understood. Errors name the keyword and where in the schema it is.
+///
+/// ```
+/// use mobilellm_kernels::constrain::{json_schema_to_gbnf, Grammar};
+/// let schema = serde_json::json!({
+///     "type": "object",
+///     "properties": { "name": { "type": "string" }, "age": { "type": "integer" } },
+///     "required": ["name"]
+/// });
+/// let grammar = Grammar::parse(&json_schema_to_gbnf(&schema)?)?;
+/// assert!(grammar.accepts(r#"{"name": "Ada", "age": 36}"#));
+/// assert!(grammar.accepts(r#"{"name": "Ada"}"#));
+/// assert!(!grammar.accepts(r#"{"age": 36}"#), "name is required");
+/// # Ok::<(), mobilellm_kernels::Error>(())
+/// ```
+pub fn json_schema_to_gbnf(schema: &Value) -> Result<String> {
+    let mut c = Converter { document: schema, rules: Vec::new(), taken: HashSet::new(), refs: HashMap::new() };
+    c.taken.insert("root".to_string());
+    for (name, _, _) in PRIMITIVES {
+        c.taken.insert(name.to_string());
+    }
+    let body = c.visit(schema, "#", "root")?;
+    c.rules.insert(0, ("root".to_string(), body));
+    let mut text = String::new();
+    // The primitives the rules use, and the ones those use.
+    let mut used: Vec<&str> = PRIMITIVES.iter().map(|p| p.0).filter(|p| c.uses(p)).collect();
+    let mut i = 0;
+    while i < used.len() {
+        let deps = PRIMITIVES.iter().find(|p| p.0 == used[i]).map_or(&[][..], |p| p.2);
+        for d in deps {
+            if !used.contains(d) {
+                used.push(d);
+            }
+        }
+        i += 1;
+    }
+    for (name, body) in &c.rules {
+        text.push_str(&format!("{name} ::= {body}\n"));
+    }
+    for (name, body, _) in PRIMITIVES.iter().filter(|p| used.contains(&p.0)) {
+        text.push_str(&format!("{name} ::= {body}\n"));
+    }
+    Ok(text)
+}
+
+struct Converter<'a> {
+    document: &'a Value,
+    /// Rules made so far, in order: (name, body).
+    rules: Vec<(String, String)>,
+    taken: HashSet<String>,
+    /// The rule of each `$ref` met.
+    refs: HashMap<String, String>,
+}
+
+fn unsupported(path: &str, what: &str) -> Error {
+    Error::invalid(
+        "JSON schema",
+        format!("{what} at {path}"),
+        "type, properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, \
+         enum, const, anyOf, oneOf, allOf (of one schema), $ref to #/$defs or #/definitions",
+    )
+}
+
+/// The count `map[key]` (a bound on items or characters), if given: an integer up to 1000.
+fn count(map: &serde_json::Map<String, Value>, key: &str, path: &str) -> Result<Option<usize>> {
+    match map.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|&n| n <= 1000)
+            .map(|n| Some(n as usize))
+            .ok_or_else(|| unsupported(path, &format!("{key} {v} (an integer up to 1000)"))),
+    }
+}
+
+/// A GBNF literal matching `text` exactly.
+fn literal(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON value as the literal of its compact text, then whitespace.
+fn json_literal(v: &Value) -> String {
+    format!("{} ws", literal(&v.to_string()))
+}
+
+impl Converter<'_> {
+    fn uses(&self, primitive: &str) -> bool {
+        self.rules
+            .iter()
+            .any(|(_, body)| body.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).any(|w| w == primitive))
+    }
+
+    /// A fresh rule name from `hint` (letters, digits and `-` only).
+    fn name(&mut self, hint: &str) -> String {
+        let base: String = hint.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+        let base = if base.is_empty() { "rule".to_string() } else { base };
+        let mut name = base.clone();
+        let mut i = 1;
+        while self.taken.contains(&name) {
+            name = format!("{base}-{i}");
+            i += 1;
+        }
+        self.taken.insert(name.clone());
+        name
+    }
+
+    /// Adds rule `name ::= body` and returns `name`.
+    fn rule(&mut self, name: String, body: String) -> String {
+        self.rules.push((name.clone(), body));
+        name
+    }
+
+    /// A GBNF expression for the documents `schema` (at JSON pointer `path`) accepts; `hint` names the
+    /// rules made for it.
+    fn visit(&mut self, schema: &Value, path: &str, hint: &str) -> Result<String> {
+        let map = match schema {
+            Value::Bool(true) => return Ok("value".into()),
+            Value::Object(map) => map,
+            _ => return Err(unsupported(path, &format!("schema {schema}"))),
+        };
+        for key in map.keys() {
+            let known = [
+                "type",
+                "properties",
+                "required",
+                "additionalProperties",
+                "items",
+                "minItems",
+                "maxItems",
+                "minLength",
+                "maxLength",
+                "enum",
+                "const",
+                "anyOf",
+                "oneOf",
+                "allOf",
+                "$ref",
+            ];
+            if !known.contains(&key.as_str()) && !ANNOTATIONS.contains(&key.as_str()) {
+                return Err(unsupported(path, &format!("keyword `{key}`")));
+            }
+        }
+        if let Some(r) = map.get("$ref") {
+            return self.reference(r, path);
+        }
+        if let Some(v) = map.get("const") {
+            return Ok(format!("({})", json_literal(v)));
+        }
+        if let Some(values) = map.get("enum") {
+            let values = values
+                .as_array()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| unsupported(path, "enum that is not a non-empty list"))?;
+            return Ok(format!("({})", values.iter().map(json_literal).collect::<Vec<_>>().join(" | ")));
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(options) = map.get(key) {
+                let options = options
+                    .as_array()
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| unsupported(path, &format!("{key} that is not a non-empty list")))?;
+                let mut alternatives = Vec::new();
+                for (i, option) in options.iter().enumerate() {
+                    alternatives.push(self.visit(option, &format!("{path}/{key}/{i}"), &format!("{hint}-{i}"))?);
+                }
+                return Ok(format!("({})", alternatives.join(" | ")));
+            }
+        }
+        if let Some(all) = map.get("allOf") {
+            return match all.as_array().map(Vec::as_slice) {
+                Some([one]) => self.visit(one, &format!("{path}/allOf/0"), hint),
+                _ => Err(unsupported(path, "allOf of more than one schema")),
+            };
+        }
+        let types: Vec<&str> = match map.get("type") {
+            None => return self.untyped(map, path),
+            Some(Value::String(t)) => vec![t.as_str()],
+            Some(Value::Array(ts)) if !ts.is_empty() => ts
+                .iter()
+                .map(|t| t.as_str().ok_or_else(|| unsupported(path, &format!("type {t}"))))
+                .collect::<Result<_>>()?,
+            Some(t) => return Err(unsupported(path, &format!("type {t}"))),
+        };
+        let mut alternatives = Vec::new();
+        for t in types {
+            alternatives.push(match t {
+                "object" => self.object(map, path, hint)?,
+                "array" => self.array(map, path, hint)?,
+                "string" => self.string(map, path)?,
+                "number" | "integer" | "boolean" | "null" => t.to_string(),
+                _ => return Err(unsupported(path, &format!("type \"{t}\""))),
+            });
+        }
+        Ok(if alternatives.len() == 1 { alternatives.remove(0) } else { format!("({})", alternatives.join(" | ")) })
+    }
+
+    /// A schema without `type`: any value, unless it has keywords of one type only.
+    fn untyped(&mut self, map: &serde_json::Map<String, Value>, path: &str) -> Result<String> {
+        let constraining: Vec<&String> = map.keys().filter(|k| !ANNOTATIONS.contains(&k.as_str())).collect();
+        match constraining.first() {
+            None => Ok("value".into()),
+            Some(k) => Err(unsupported(path, &format!("keyword `{k}` without a `type`"))),
+        }
+    }
+
+    fn reference(&mut self, r: &Value, path: &str) -> Result<String> {
+        let r = r.as_str().ok_or_else(|| unsupported(path, &format!("$ref {r}")))?;
+        if let Some(name) = self.refs.get(r) {
+            return Ok(name.clone());
+        }
+        let target = match r.strip_prefix('#') {
+            Some("") => Some(self.document),
+            Some(pointer) if pointer.starts_with("/$defs/") || pointer.starts_with("/definitions/") => {
+                self.document.pointer(pointer)
+            }
+            _ => None,
+        };
+        let target =
+            target.ok_or_else(|| unsupported(path, &format!("$ref \"{r}\" (not in this document's $defs)")))?;
+        let name = if r == "#" { "root".to_string() } else { self.name(r.rsplit('/').next().unwrap_or("ref")) };
+        // Named before its body is made, so a recursive reference finds it.
+        self.refs.insert(r.to_string(), name.clone());
+        if r != "#" {
+            let body = self.visit(target, r, &name)?;
+            self.rule(name.clone(), body);
+        }
+        Ok(name)
+    }
+
+    fn object(&mut self, map: &serde_json::Map<String, Value>, path: &str, hint: &str) -> Result<String> {
+        let additional = map.get("additionalProperties");
+        let Some(properties) = map.get("properties") else {
+            if map.contains_key("required") {
+                return Err(unsupported(path, "required without properties"));
+            }
+            return match additional {
+                None | Some(Value::Bool(true)) => Ok("object".into()),
+                Some(Value::Bool(false)) => Ok(r#"("{" ws "}" ws)"#.into()),
+                Some(schema) => {
+                    let value =
+                        self.visit(schema, &format!("{path}/additionalProperties"), &format!("{hint}-value"))?;
+                    let member = format!("string \":\" ws {value}");
+                    let name = self.name(hint);
+                    Ok(self.rule(name, format!("\"{{\" ws ({member} (\",\" ws {member})*)? \"}}\" ws")))
+                }
+            };
+        };
+        if matches!(additional, Some(v) if v != &Value::Bool(false) && v != &Value::Bool(true)) {
+            return Err(unsupported(path, "additionalProperties as a schema beside properties"));
+        }
+        let properties = properties.as_object().ok_or_else(|| unsupported(path, "properties that is not an object"))?;
+        let required: Vec<&str> = match map.get("required") {
+            None => Vec::new(),
+            Some(Value::Array(r)) => r
+                .iter()
+                .map(|k| k.as_str().ok_or_else(|| unsupported(path, &format!("required entry {k}"))))
+                .collect::<Result<_>>()?,
+            Some(r) => return Err(unsupported(path, &format!("required {r}"))),
+        };
+        if let Some(missing) = required.iter().find(|k| !properties.contains_key(**k)) {
+            return Err(unsupported(path, &format!("required \"{missing}\" that is not among the properties")));
+        }
+        // Members in the schema's order: (rule of `"key": value`, required).
+        let mut members = Vec::new();
+        for (key, schema) in properties {
+            let value = self.visit(schema, &format!("{path}/properties/{key}"), &format!("{hint}-{key}"))?;
+            let body = format!("{} ws \":\" ws {value}", literal(&Value::String(key.clone()).to_string()));
+            let name = self.name(&format!("{hint}-{key}-kv"));
+            members.push((self.rule(name, body), required.contains(&key.as_str())));
+        }
+        // `after(i)`: members i.. once one is written (each then after a comma); `first(i)`: the same before
+        // any is written, where an optional member may be skipped or open the list.
+        let after = |from: usize| -> String {
+            members[from..]
+                .iter()
+                .map(|(kv, req)| if *req { format!("\",\" ws {kv}") } else { format!("(\",\" ws {kv})?") })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        // From the first required member on, each member is after one already written.
+        let lead = members.iter().position(|(_, req)| *req).unwrap_or(members.len());
+        let mut first = match members.get(lead) {
+            Some((kv, _)) => format!("{kv} {}", after(lead + 1)),
+            None => String::new(),
+        };
+        for i in (0..lead).rev() {
+            let opened = format!("{} {}", members[i].0, after(i + 1));
+            // An empty alternative when every member may be left out.
+            let rest = if first.is_empty() { " |".to_string() } else { format!(" | {first}") };
+            let name = self.name(&format!("{hint}-from-{i}"));
+            first = self.rule(name, format!("{opened}{rest}"));
+        }
+        let name = self.name(hint);
+        Ok(self.rule(name, format!("\"{{\" ws {first} \"}}\" ws")))
+    }
+
+    fn array(&mut self, map: &serde_json::Map<String, Value>, path: &str, hint: &str) -> Result<String> {
+        let (min, max) = (count(map, "minItems", path)?.unwrap_or(0), count(map, "maxItems", path)?);
+        if max.is_some_and(|max| max < min) {
+            return Err(unsupported(path, "maxItems below minItems"));
+        }
+        let item = match map.get("items") {
+            None => "value".to_string(),
+            Some(schema) => self.visit(schema, &format!("{path}/items"), &format!("{hint}-item"))?,
+        };
+        let name = self.name(hint);
+        let more = |lo: usize, hi: Option<usize>| match hi {
+            None => format!("(\",\" ws {item}){{{lo},}}"),
+            Some(hi) => format!("(\",\" ws {item}){{{lo},{hi}}}"),
+        };
+        let body = match (min, max) {
+            (_, Some(0)) => r#""[" ws "]" ws"#.to_string(),
+            (0, max) => format!("\"[\" ws ({item} {})? \"]\" ws", more(0, max.map(|m| m - 1))),
+            (min, max) => format!("\"[\" ws {item} {} \"]\" ws", more(min - 1, max.map(|m| m - 1))),
+        };
+        Ok(self.rule(name, body))
+    }
+
+    fn string(&mut self, map: &serde_json::Map<String, Value>, path: &str) -> Result<String> {
+        Ok(match (count(map, "minLength", path)?, count(map, "maxLength", path)?) {
+            (None, None) => "string".into(),
+            (min, max) => {
+                let min = min.unwrap_or(0);
+                if max.is_some_and(|max| max < min) {
+                    return Err(unsupported(path, "maxLength below minLength"));
+                }
+                let max = max.map_or(String::new(), |m| m.to_string());
+                format!("(\"\\\"\" char{{{min},{max}}} \"\\\"\" ws)")
+            }
+        })
+    }
+}
