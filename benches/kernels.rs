@@ -3,7 +3,7 @@
 //! `kernels-filtered.json`).
 //! Every kernel family has rows, at the MobileLLM-125M and -350M shapes (`--quick`: 125M only, fewer
 //! contexts, shorter runs): GEMV, GEMM, RMSNorm, QKV+RoPE+cache write, decode attention, the FFN block
-//! (fused vs unfused), LM head + greedy sampling, embedding. Each row is the median of repeated timed
+//! (fused vs unfused), LM head + greedy sampling, embedding, context shift. Each row is the median of repeated timed
 //! runs (min and max printed); blocks of several dispatches are timed as one call
 //! ([`common::Bench::add_block`]); rows that compare ways of doing the same work interleave their runs
 //! ([`common::Bench::add_blocks`]). A name filter matches `family name` (e.g. `attention 9/3`).
@@ -194,6 +194,7 @@ fn main() {
     layer::bench_qkv(&mut b);
     attention::bench_attention(&mut b);
     attention::bench_attention_prefill(&mut b);
+    attention::bench_kv_shift(&mut b);
     layer::bench_ffn(&mut b);
     head::bench_head(&mut b);
     b.write_json("kernels");

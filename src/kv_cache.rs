@@ -383,49 +383,6 @@ impl KvCache {
         Ok(())
     }
 
-    /// Drops positions `keep..keep + discard` of every slot and moves `keep + discard..used` down to
-    /// `keep..used - discard`, passing each moved key row (one KV head's `head_dim` values, in f32) through
-    /// `turn` (RoPE back by `discard` positions: a context shift). Done on the host (a readback and a write
-    /// of `used` positions per slot); every check comes before the first write.
-    pub fn shift_positions(
-        &self,
-        gpu: &Gpu,
-        used: usize,
-        keep: usize,
-        discard: usize,
-        turn: &dyn Fn(&mut [f32]),
-    ) -> Result<()> {
-        self.check_positions(used)?;
-        if keep.checked_add(discard).is_none_or(|end| end > used) {
-            return Err(Error::invalid(
-                "context shift",
-                format!("keep {keep} + discard {discard}"),
-                format!("at most the {used} positions in use"),
-            ));
-        }
-        if discard == 0 {
-            return Ok(());
-        }
-        let (hd, left) = (self.head_dim, used - discard);
-        for slot in 0..self.slots.len() {
-            let stored = self.read_positions(gpu, slot, used)?;
-            let values: Vec<f32> = bytemuck::pod_collect_to_vec(&convert_storage(&stored, self.dtype, DType::F32));
-            let mut moved: Vec<f32> = Vec::with_capacity(2 * self.kv_heads * left * hd);
-            for (row, rows) in values.chunks_exact(used * hd).enumerate() {
-                moved.extend_from_slice(&rows[..keep * hd]);
-                let start = moved.len();
-                moved.extend_from_slice(&rows[(keep + discard) * hd..]);
-                // Rows 0..kv_heads are keys, then values.
-                if row < self.kv_heads {
-                    moved[start..].chunks_exact_mut(hd).for_each(turn);
-                }
-            }
-            let bytes = convert_storage(bytemuck::cast_slice(&moved), DType::F32, self.dtype);
-            self.write_positions(gpu, slot, left, &bytes)?;
-        }
-        Ok(())
-    }
-
     fn check_positions(&self, n: usize) -> Result<()> {
         if n > self.capacity {
             return Err(Error::Capacity { what: "KV cache positions".into(), requested: n, capacity: self.capacity });

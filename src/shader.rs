@@ -95,12 +95,30 @@ pub static EMBEDDING: KernelSource =
 pub static GEMM: KernelSource = kernel!("gemm", flags: &["WTEX", "IMGREAD", "ROWS", "SUBGROUPS"], choices: &[WEIGHT_FLAGS],
     consts: &[("WG", 64), ("TPR", 8)]);
 
+/// Context shift of a KV cache slot: entries `kv_shift_gather` and `kv_shift_scatter` (`UNIT` elements per
+/// scatter invocation; `PACKED16`: f16 pairs per word; `KVTEX`: the slot is a texture).
+pub static KV_SHIFT: KernelSource = kernel!("kv_shift", flags: &["KVTEX", "PACKED16"],
+    choices: &[&["ROPE_HALVES", "ROPE_INTERLEAVED"]], consts: &[("WG", 64), ("UNIT", 2)]);
+
 /// The per-step uniform struct (`#include step`), mirroring `ops::StepParams`.
 pub static STEP: KernelSource = kernel!("step", flags: &[], choices: &[], consts: &[]);
 
 /// Every kernel file, for the portability test and tools. A file in `kernels/` missing here fails that test.
 pub fn all_kernels() -> Vec<&'static KernelSource> {
-    vec![&REDUCE, &STEP, &RMS_NORM, &ELEMENTWISE, &WEIGHTS, &GEMV, &SAMPLE, &EMBEDDING, &ATTENTION, &QKV_ROPE, &GEMM]
+    vec![
+        &REDUCE,
+        &STEP,
+        &RMS_NORM,
+        &ELEMENTWISE,
+        &WEIGHTS,
+        &GEMV,
+        &SAMPLE,
+        &EMBEDDING,
+        &ATTENTION,
+        &QKV_ROPE,
+        &GEMM,
+        &KV_SHIFT,
+    ]
 }
 
 /// The flags and constants that select one compiled form of a kernel.

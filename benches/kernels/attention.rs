@@ -5,11 +5,16 @@
 //! (Moved here from the ignored micro-bench in tests/attention.rs.)
 //! Prefill rows: the tiled kernel vs `prefill_lanes` (what CPU devices with subgroups use) for n = 64 and
 //! 256 new positions onto an empty f16 cache.
+//! Context shift rows (`kv_shift`): one slot of capacity 2048, full, dropping 1024 positions after 16 (the
+//! moved rows read and written once each in the slot's type, and once each way through the f32 scratch).
 
 use mobilellm_kernels::kv_cache::KvCache;
+use mobilellm_kernels::model::RopeLayout;
 use mobilellm_kernels::ops::attention::{
     attention_decode, attention_prefill, attention_prefill_tiled, auto_chunk, Split, DECODE_CHUNK,
 };
+use mobilellm_kernels::ops::kv_shift::{kv_shift, scratch_len, Shift};
+use mobilellm_kernels::ops::qkv_rope::RopeTable;
 use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::{DType, Tensor};
 
@@ -159,6 +164,25 @@ pub fn sweep_attention(b: &mut Bench) {
         let name = format!("{}/{} {dtype} ctx {ctx}", m.heads, m.kv_heads);
         let (n_off, n_split) = (format!("sweep unsplit {name}"), format!("sweep split{DECODE_CHUNK} {name}"));
         b.add_blocks("attention", &[(&n_off, &refs(&off)), (&n_split, &refs(&split))], bytes);
+    }
+}
+
+pub fn bench_kv_shift(b: &mut Bench) {
+    let shift = Shift { used: CAPACITY, keep: 16, discard: CAPACITY / 2 };
+    for m in models(b) {
+        for dtype in [DType::F16, DType::F32] {
+            let name = format!("{}x{} {dtype} drop {} of {}", m.kv_heads, m.head_dim, shift.discard, shift.used);
+            if !b.args.wants(&format!("kv_shift {name}")) || (dtype == DType::F16 && !b.gpu.features().f16) {
+                continue;
+            }
+            let (cache, ..) = decode_operands(b, m, dtype);
+            let rope = RopeTable::new(&b.gpu, CAPACITY, m.head_dim, 10_000.0).expect("rope");
+            let scratch = Tensor::zeros(&b.gpu, DType::F32, &[scratch_len(&cache)]).expect("scratch");
+            let shift = kv_shift(&b.gpu, &cache, &rope, RopeLayout::Halves, shift, &scratch).expect("kv_shift");
+            let moved = 2 * m.kv_heads * m.head_dim * (CAPACITY - 16 - CAPACITY / 2);
+            let bytes = (moved * (2 * dtype.size() + 2 * 4)) as u64;
+            b.add_block("kv_shift", &name, &shift.iter().collect::<Vec<_>>(), bytes);
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use crate::ops::attention::Split;
 use crate::ops::embedding::Embedding;
 use crate::ops::ffn::fuse_gate_up;
 use crate::ops::gemv::GemvFusion;
+use crate::ops::kv_shift::Shift;
 use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
 use crate::ops::sample::{Penalties, SampleRow, Sampler, TokenMask, MAX_PENALTIES};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
@@ -292,6 +293,8 @@ pub struct Model {
     options: PlanOptions,
     // `HostModel::fingerprint` of the weights uploaded, which session states are checked against.
     fingerprint: u64,
+    // Context shifts' f32 copy of the moved positions, made by the first `shift_context`.
+    shift_scratch: Option<Tensor>,
 }
 
 /// What a chunk's command buffer is recorded for: `(n, all_logits, want_logits)`.
@@ -390,6 +393,7 @@ impl Model {
             sampling: Sampling::default(),
             options,
             fingerprint: host.fingerprint(),
+            shift_scratch: None,
         };
         model.plan(1, false)?;
         Ok(model)
@@ -661,9 +665,9 @@ impl Model {
     /// `keep..keep + discard` and moves the later ones down by `discard`, turning their keys back by as many
     /// RoPE positions, so the next token goes to `position() - discard`. The tokens kept after the gap were
     /// computed with the dropped ones as context and keep that in their K/V: this lets a long chat go on
-    /// without prefilling again, it does not equal a fresh prefill of the kept tokens. Runs through the host
-    /// (a readback and a write of the positions in use); a shift that does not fit is an error that changes
-    /// nothing.
+    /// without prefilling again, it does not equal a fresh prefill of the kept tokens. Runs on the GPU
+    /// ([`ops::kv_shift`], one submission; the first shift allocates its scratch, the size of one cache
+    /// slot in f32); a shift that does not fit is an error that changes nothing.
     ///
     /// ```no_run
     /// # fn demo(model: &mut mobilellm_kernels::model::Model, system_len: usize) -> mobilellm_kernels::Result<()> {
@@ -675,11 +679,22 @@ impl Model {
     /// ```
     pub fn shift_context(&mut self, keep: usize, discard: usize) -> Result<()> {
         self.gpu.take_error()?;
-        let (head_dim, layout) = (self.config.head_dim, self.config.rope_layout);
-        let freqs: Vec<f64> = (0..head_dim / 2).map(|i| self.config.rope_frequency(i)).collect();
-        let back = -(discard as i64);
-        let turn = |row: &mut [f32]| crate::reference::rope_shift(row, back, head_dim, &freqs, layout);
-        self.cache.shift_positions(&self.gpu, self.pos, keep, discard, &turn)?;
+        let scratch = match &self.shift_scratch {
+            Some(scratch) => scratch,
+            None => {
+                let len = ops::kv_shift::scratch_len(&self.cache);
+                self.shift_scratch.insert(Tensor::zeros_labeled(
+                    &self.gpu,
+                    "context shift scratch",
+                    DType::F32,
+                    &[len],
+                )?)
+            }
+        };
+        let shift = Shift { used: self.pos, keep, discard };
+        let dispatches =
+            ops::kv_shift::kv_shift(&self.gpu, &self.cache, &self.rope, self.config.rope_layout, shift, scratch)?;
+        ops::run(&self.gpu, &dispatches.iter().collect::<Vec<_>>())?;
         if self.cached.len() >= keep + discard {
             self.cached.drain(keep..keep + discard);
         } else {
@@ -851,6 +866,7 @@ impl Model {
                 + self.rope.tensor().size_bytes()
                 + self.logits_staging.as_ref().map_or(0, wgpu::Buffer::size)
                 + self.profiler.as_ref().map_or(0, |p| p.resolve.size() + p.staging.size())
+                + self.shift_scratch.as_ref().map_or(0, Tensor::size_bytes)
                 + self.gpu.staging_bytes(),
         }
     }

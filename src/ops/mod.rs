@@ -11,6 +11,7 @@ pub mod embedding;
 pub mod ffn;
 pub mod gemm;
 pub mod gemv;
+pub mod kv_shift;
 pub mod qkv_rope;
 pub mod rms_norm;
 pub mod sample;

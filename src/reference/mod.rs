@@ -7,6 +7,7 @@ mod embedding;
 mod ffn;
 pub mod forward;
 mod gemv;
+mod kv_shift;
 mod rms_norm;
 mod sample;
 
@@ -18,6 +19,7 @@ pub use elementwise::add;
 pub use embedding::embedding;
 pub use ffn::{ffn_block, ffn_gate_up, silu, silu_mul, swiglu_stacked};
 pub use gemv::gemv;
+pub use kv_shift::kv_shift;
 pub use rms_norm::rms_norm;
 pub use sample::{
     argmax_rows, log_probability, penalised_row, sample, sample_logprob, sample_masked, sample_masked_trace,
