@@ -11,7 +11,9 @@
 //   pass 2 `sample_merge`: one workgroup merges the groups' sorted lists (a k-way merge) into the global top R,
 //          then one invocation computes the weights, the top-p prefix and the pick in a fixed sequential order,
 //          exactly as the CPU twin `reference::sample` does.
-// R = 1 when greedy (temperature == 0), else top_k (top_k == 0 means MAX_K). Needs no subgroups.
+// R = 1 when greedy (temperature == 0), else top_k (top_k == 0 means MAX_K), or the step's top_logprobs if
+// more (the best candidates are then reported with their log-probabilities; sampling still picks among its
+// own R). Needs no subgroups.
 // Penalised tokens (the step's sorted list) are ranked and weighted by `logit * scale - offset` instead of
 // their logit; with `step.mask` set, tokens whose bit in `allowed` is clear rank and weigh as -inf (never
 // picked while an allowed token has a finite logit). The logits buffer is left as the model wrote it.
@@ -42,6 +44,8 @@ struct Params {
 @group(0) @binding(5) var<storage, read> allowed: array<u32>;
 
 const LAST_OF_STEP: u32 = 0xFFFFFFFFu;
+// The id of a reported candidate slot that holds none.
+const NO_TOKEN: u32 = 0xFFFFFFFFu;
 // Ranks after every real candidate (no index equals u32::MAX).
 const SENTINEL: vec2<u32> = vec2<u32>(0u, 0xFFFFFFFFu);
 // Ranks before every real candidate (no logit has key u32::MAX): the threshold before round 0.
@@ -147,8 +151,8 @@ fn greedy() -> bool {
     return !(step.temperature > 0.0);
 }
 
-// Candidates kept: 1 when greedy, else top_k (0 or above MAX_K: MAX_K).
-fn rounds() -> u32 {
+// Candidates sampling picks among: 1 when greedy, else top_k (0 or above MAX_K: MAX_K).
+fn sampling_rounds() -> u32 {
     if greedy() {
         return 1u;
     }
@@ -156,6 +160,16 @@ fn rounds() -> u32 {
         return MAX_K;
     }
     return step.top_k;
+}
+
+// Candidates kept: those sampling picks among, or the `top_logprobs` to report if more (at most MAX_K).
+fn rounds() -> u32 {
+    return max(sampling_rounds(), min(step.top_logprobs, MAX_K));
+}
+
+// Whether the step reports log-probabilities (of the pick, or of the best candidates).
+fn reports_log_sum() -> bool {
+    return (step.logprob | step.top_logprobs) != 0u;
 }
 
 fn row_base() -> u32 {
@@ -348,7 +362,7 @@ fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocatio
     let end = min(start + params.chunk, params.vocab);
     let base = row_base();
     let r_count = rounds();
-    if step.logprob != 0u {
+    if reports_log_sum() {
         chunk_log_sum(g, start, end, base, lid);
     }
     if r_count > FILTER_ABOVE && params.chunk <= FILTER_MAX_CHUNK {
@@ -431,15 +445,33 @@ fn sample_merge(@builtin(local_invocation_index) lid: u32) {
         }
     }
     if lid == 0u {
-        let picked = pick(r_count);
+        let picked = pick(sampling_rounds());
         token[0] = picked;
-        // token[1] only where the buffer has it (a write past the end could land on token[0]).
-        if step.logprob != 0u && arrayLength(&token) > 1u {
+        if reports_log_sum() {
             var acc = vec2<f32>(neg_inf(), 0.0);
             for (var g = 0u; g < params.groups; g++) {
                 acc = merge_log_sum(acc, bitcast<vec2<f32>>(cands[params.groups * MAX_K + g]));
             }
-            token[1] = bitcast<u32>(logits[row_base() + picked] - (acc.x + log(acc.y)));
+            let log_sum = acc.x + log(acc.y);
+            // Elements only where the buffer has them (a write past the end could land on token[0]).
+            let room = arrayLength(&token);
+            if step.logprob != 0u && room > 1u {
+                token[1] = bitcast<u32>(logits[row_base() + picked] - log_sum);
+            }
+            // The best candidates as sampling ranks them; one it could never pick (masked, -inf, NaN, or
+            // past the vocabulary) is reported as id NO_TOKEN with -inf.
+            let shown = min(min(step.top_logprobs, MAX_K), (max(room, 2u) - 2u) / 2u);
+            for (var j = 0u; j < shown; j++) {
+                let c = top[j];
+                // Keys at or below -inf's (0x007FFFFF) are -inf and NaN: compared as bits, not floats.
+                let pickable = c.y != SENTINEL.y && c.x > 0x007FFFFFu;
+                var lp = neg_inf();
+                if pickable {
+                    lp = logits[row_base() + c.y] - log_sum;
+                }
+                token[2u + 2u * j] = select(NO_TOKEN, c.y, pickable);
+                token[3u + 2u * j] = bitcast<u32>(lp);
+            }
         }
     }
 }

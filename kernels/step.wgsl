@@ -15,6 +15,11 @@ struct Step {
     mask: u32,
     // Nonzero: the sampler also writes the pick's log-probability (raw logits, temperature 1) to token[1].
     logprob: u32,
+    // The sampler also writes this many best candidates, (id, log-probability bits), from token[2] on.
+    top_logprobs: u32,
+    _reserved0: u32,
+    _reserved1: u32,
+    _reserved2: u32,
     // Penalised tokens sorted by id, two per element: (id, offset bits, id, offset bits).
     penalties: array<vec4<u32>, 32>,
 }

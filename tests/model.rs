@@ -580,6 +580,20 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     // Printed with two decimals.
     assert!(reported.iter().zip(&want).all(|(r, w)| (r - w).abs() <= 0.005 + 1e-4), "{reported:?} vs {want:?}");
 
+    // --top-logprobs: one line per token, each listing 3 candidates, the first of them the (greedy) pick.
+    let (_, log) = generate(&["--logprobs".as_ref(), "--top-logprobs".as_ref(), "3".as_ref()]);
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.strip_prefix('[').is_some_and(|l| l.starts_with(|c: char| c.is_ascii_digit())))
+        .collect();
+    assert_eq!(lines.len(), generated.len(), "{log}");
+    for line in lines {
+        let (pick, candidates) = line.split_once(" of ").unwrap();
+        let pick = pick.split_once(": ").unwrap().1;
+        assert!(candidates.starts_with(pick), "{line}");
+        assert_eq!(candidates.matches(", ").count(), 2, "{line}");
+    }
+
     // --grammar and --json-schema: what follows the prompt is a sentence of the grammar (complete within
     // 6 tokens, even spelled one character per token: the model then may only stop).
     let grammar_file = dir.join("answer.gbnf");
@@ -709,7 +723,8 @@ fn token_masks_constrain_every_pick() {
 
 /// Log-probabilities from the GPU sampler: after a prefill and each step, `last_logprob` is the host's
 /// log-softmax of the returned logits at the picked token (within 1e-4: f32 sums in another order), for
-/// greedy and sampled picks; off, it is `None`.
+/// greedy and sampled picks, and `last_top_logprobs` the host's 5 best tokens of those logits; off, they are
+/// `None` and empty.
 #[test]
 fn logprobs_of_each_pick_match_the_logits() {
     use mobilellm_kernels::model::Sampling;
@@ -726,19 +741,31 @@ fn logprobs_of_each_pick_match_the_logits() {
         for sampling in [Sampling::greedy(), Sampling { temperature: 1.2, top_k: 20, seed: 4, ..Sampling::greedy() }] {
             model.set_sampling(sampling).unwrap();
             model.reset();
+            model.set_top_logprobs(5).unwrap();
             let (mut token, logits) = model.prefill_logits(&prompt).unwrap();
             let mut row = logits[(prompt.len() - 1) * vocab..].to_vec();
             for step in 0..6 {
                 let got = model.last_logprob().unwrap();
                 let want = reference::sample_logprob(&row, token);
                 assert!((got - want).abs() <= 1e-4, "step {step} [{}]: {got} vs {want}", gpu.describe());
+                // The 5 best candidates: the host's ranking of the same logits, the same log-probabilities.
+                let top = model.last_top_logprobs();
+                let params = mobilellm_kernels::ops::StepParams { temperature: 0.0, ..Default::default() };
+                let want_top = reference::top_logprobs(&row, &params, None, 5);
+                assert_eq!(
+                    top.iter().map(|c| c.0).collect::<Vec<_>>(),
+                    want_top.iter().map(|c| c.0).collect::<Vec<_>>()
+                );
+                assert!(top.iter().zip(&want_top).all(|(g, w)| (g.1 - w.1).abs() <= 1e-4), "{top:?} vs {want_top:?}");
                 let (next, next_row) = model.step_logits(token).unwrap();
                 (token, row) = (next, next_row);
             }
         }
         model.set_logprobs(false);
+        model.set_top_logprobs(0).unwrap();
         model.step(1).unwrap();
-        assert_eq!(model.last_logprob(), None);
+        assert_eq!((model.last_logprob(), model.last_top_logprobs()), (None, &[][..]));
+        assert!(model.set_top_logprobs(21).is_err());
     }
 }
 

@@ -5,8 +5,8 @@ mod common;
 
 use common::{gpu_rules_gpu, gpus, random_vec, ShapeRng};
 use mobilellm_kernels::ops::sample::{
-    argmax_rows, penalty_entries, sample, sample_masked, validate, write_step, Penalties, SampleRow, Sampler,
-    TokenMask, MAX_PENALTIES, MAX_TOP_K,
+    argmax_rows, penalty_entries, sample, sample_masked, top_candidates, validate, write_step, Penalties, SampleRow,
+    Sampler, TokenMask, MAX_PENALTIES, MAX_TOP_K, MAX_TOP_LOGPROBS,
 };
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
@@ -625,4 +625,74 @@ fn log_probability_of_the_pick() {
     // The twin on a row it can do by hand: two equal logits and one far below.
     let lp = reference::sample_logprob(&[2.0, 2.0, -1e9], 0);
     assert!((lp - (0.5f32).ln()).abs() < 1e-7);
+}
+
+/// The best candidates with their log-probabilities (`top_logprobs`): the twin's ids in the twin's order
+/// (ties, -inf and NaN in the row, penalties, a mask, fewer pickable tokens than asked for), log-probabilities
+/// within 1e-4 as for the pick's; the pick itself is what it is without them; a short buffer gets what
+/// fits.
+#[test]
+fn top_logprobs_report_the_best_candidates() {
+    let all = MAX_TOP_LOGPROBS as usize;
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        for vocab in [7usize, 3000, 49_152] {
+            let row = tricky_row(vocab as u64 + 2, vocab);
+            let logits = Tensor::from_slice(gpu, &[1, vocab], &row).unwrap();
+            let step = StepBuffer::new(gpu).unwrap();
+            let token = Tensor::zeros(gpu, DType::U32, &[2 + 2 * all]).unwrap();
+            let mask = TokenMask::allowing(vocab, (0..vocab as u32).step_by(2)).unwrap();
+            let sampler =
+                sample_masked(gpu, &logits, SampleRow::Last, &step, &mask.upload(gpu).unwrap(), &token).unwrap();
+            let mut penalised = params(0.0, 0, 1.0, 0);
+            Penalties { repeat: 1.3, frequency: 0.5, presence: 0.2 }
+                .write(&[0, 2, 2, vocab as u32 / 3], &mut penalised)
+                .unwrap();
+            let configs = [params(0.0, 0, 1.0, 0), params(0.9, 3, 1.0, 4), params(1.2, 0, 0.8, 7), penalised];
+            for (i, base) in configs.iter().enumerate() {
+                for (n, masked) in [(1, 0), (5, 1), (all as u32, 0), (all as u32, 1)] {
+                    let p = StepParams { top_logprobs: n, mask: masked, logprob: 1, ..*base };
+                    write_step(gpu, &step, &p).unwrap();
+                    ops::run(gpu, &sampler.dispatches()).unwrap();
+                    let out = token.read::<u32>(gpu).unwrap();
+                    let got = top_candidates(&out, n as usize);
+                    let allowed = (masked == 1).then_some(mask.words());
+                    let want = reference::top_logprobs(&row, &p, allowed, n as usize);
+                    let what = format!("vocab {vocab}, config {i}, n {n}, mask {masked} [{}]", gpu.features());
+                    let ids = |v: &[(u32, f32)]| v.iter().map(|c| c.0).collect::<Vec<_>>();
+                    assert_eq!(ids(&got), ids(&want), "{what}");
+                    for ((_, g), (_, w)) in got.iter().zip(&want) {
+                        assert!((g - w).abs() <= 1e-4, "{what}: {g} vs {w}");
+                    }
+                    // The pick does not depend on how many candidates are reported.
+                    let pick = if masked == 1 {
+                        reference::sample_masked(&row, &p, mask.words())
+                    } else {
+                        reference::sample(&row, &p)
+                    };
+                    if base.temperature == 0.0 {
+                        assert_eq!(out[0], pick, "{what}");
+                    }
+                    let pick_logprob = f32::from_bits(out[1]);
+                    assert!((pick_logprob - reference::sample_logprob(&row, out[0])).abs() <= 1e-4, "{what}");
+                }
+            }
+        }
+        // A buffer with room for one pair gets one; a two-element buffer keeps the token and log-probability.
+        let row = tricky_row(9, 3000);
+        let logits = Tensor::from_slice(gpu, &[1, 3000], &row).unwrap();
+        let step = StepBuffer::new(gpu).unwrap();
+        for len in [2usize, 4] {
+            let token = Tensor::from_slice(gpu, &[len], &vec![7u32; len]).unwrap();
+            let sampler = sample(gpu, &logits, SampleRow::Last, &step, &token).unwrap();
+            write_step(gpu, &step, &StepParams { top_logprobs: 5, ..params(0.0, 0, 1.0, 0) }).unwrap();
+            ops::run(gpu, &sampler.dispatches()).unwrap();
+            let out = token.read::<u32>(gpu).unwrap();
+            assert_eq!(out[0], argmax(&row));
+            assert_eq!(out[1], 7, "element 1 without the logprob flag");
+            assert_eq!(top_candidates(&out, 5).len(), len / 2 - 1);
+        }
+        // More than the limit is refused.
+        let p = StepParams { top_logprobs: MAX_TOP_LOGPROBS + 1, ..params(0.0, 0, 1.0, 0) };
+        assert!(matches!(validate(&p), Err(Error::InvalidArgument { .. })));
+    }
 }

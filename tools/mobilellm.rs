@@ -215,13 +215,16 @@ struct SamplingArgs {
     /// Report each generated token's log-probability (from the GPU sampler) and their mean.
     #[arg(long, conflicts_with_all = ["lookup", "draft_model", "json", "grammar", "json_schema"])]
     logprobs: bool,
+    /// With --logprobs: also the N most likely tokens at each step, with their log-probabilities (at most 20).
+    #[arg(long, default_value_t = 0, requires = "logprobs")]
+    top_logprobs: usize,
 }
 
 /// How tokens are decoded: plainly, with drafts from somewhere, or constrained (to JSON, a grammar or a
 /// JSON schema).
 enum Decoding {
     Off,
-    Scored,
+    Scored(usize),
     Constrained(Box<dyn Constraint>),
     Lookup(LookupOptions),
     Draft(Box<Model>, usize),
@@ -260,7 +263,7 @@ impl SamplingArgs {
             return Ok(Decoding::Draft(Box::new(draft), self.draft));
         }
         if self.logprobs {
-            return Ok(Decoding::Scored);
+            return Ok(Decoding::Scored(self.top_logprobs));
         }
         Ok(match self.lookup {
             0 => Decoding::Off,
@@ -487,6 +490,7 @@ fn info(a: &ModelArgs) -> Result<()> {
 /// `generate`, or its speculative form when drafts come from somewhere (their stats are returned).
 fn generate_with(
     model: &mut Model,
+    tokenizer: &Tokenizer,
     decoding: &mut Decoding,
     prompt_ids: &[u32],
     max_new: usize,
@@ -495,7 +499,7 @@ fn generate_with(
 ) -> Result<(Vec<u32>, Option<LookupStats>)> {
     Ok(match decoding {
         Decoding::Off => (model.generate(prompt_ids, max_new, stop, on_token)?, None),
-        Decoding::Scored => (generate_scored(model, prompt_ids, max_new, stop, on_token)?, None),
+        Decoding::Scored(top) => (generate_scored(model, tokenizer, *top, prompt_ids, max_new, stop, on_token)?, None),
         Decoding::Lookup(options) => {
             let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;
             (out, Some(stats))
@@ -520,25 +524,42 @@ fn generate_with(
 /// `Model::generate` with each pick's log-probability, reported on stderr as a list and a mean.
 fn generate_scored(
     model: &mut Model,
+    tokenizer: &Tokenizer,
+    top: usize,
     prompt: &[u32],
     max_new: usize,
     stop: &[u32],
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
     model.set_logprobs(true);
+    model.set_top_logprobs(top)?;
     let mut logprobs = Vec::new();
-    // Before each pick but the first, the previous pick's log-probability; the last one's after the call.
-    let record = |m: &mut Model, generated: &[u32]| {
+    let mut alternatives = Vec::new();
+    // Before each pick but the first, the previous pick's log-probabilities; the last one's after the call.
+    let mut record = |m: &Model| {
+        logprobs.extend(m.last_logprob().map(f64::from));
+        alternatives.push(m.last_top_logprobs().to_vec());
+    };
+    let hook = |m: &mut Model, generated: &[u32]| {
         if !generated.is_empty() {
-            logprobs.extend(m.last_logprob().map(f64::from));
+            record(m);
         }
         Ok(())
     };
-    let out = model.generate_with_hook(prompt, max_new, stop, record, on_token);
+    let out = model.generate_with_hook(prompt, max_new, stop, hook, on_token);
     if out.as_ref().is_ok_and(|out| !out.is_empty()) {
-        logprobs.extend(model.last_logprob().map(f64::from));
+        record(model);
     }
     model.set_logprobs(false);
+    model.set_top_logprobs(0)?;
+    if top > 0 {
+        eprintln!();
+        for (i, (token, candidates)) in out.as_deref().unwrap_or(&[]).iter().zip(&alternatives).enumerate() {
+            let shown: Vec<String> =
+                candidates.iter().map(|(id, lp)| format!("{:?} {lp:.2}", tokenizer.decode(&[*id]))).collect();
+            eprintln!("[{i}: {:?} of {}]", tokenizer.decode(&[*token]), shown.join(", "));
+        }
+    }
     if !logprobs.is_empty() {
         let list: Vec<String> = logprobs.iter().map(|l| format!("{l:.2}")).collect();
         let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
@@ -577,7 +598,7 @@ fn stream(
         }
         true
     };
-    let (out, stats) = generate_with(model, decoding, prompt_ids, max_new, &stop, on_token)?;
+    let (out, stats) = generate_with(model, tokenizer, decoding, prompt_ids, max_new, &stop, on_token)?;
     print!("{}", decoder.finish());
     println!();
     report_drafts(stats);
@@ -686,7 +707,8 @@ fn chat(a: &ChatArgs) -> Result<()> {
             }
             true
         };
-        let (_, stats) = generate_with(&mut model, &mut decoding, &ids[reused..], a.sampling.max_new, &stop, on_token)?;
+        let (_, stats) =
+            generate_with(&mut model, &tokenizer, &mut decoding, &ids[reused..], a.sampling.max_new, &stop, on_token)?;
         println!("{}", decoder.finish());
         report_drafts(stats);
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);

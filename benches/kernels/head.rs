@@ -4,7 +4,9 @@
 //! of 8 rows at once (a speculative pass checking 7 drafts); and the embedding lookup.
 
 use mobilellm_kernels::ops::embedding::{embedding, upload_table};
-use mobilellm_kernels::ops::sample::{argmax_rows, sample, sample_masked, write_step, SampleRow, TokenMask};
+use mobilellm_kernels::ops::sample::{
+    argmax_rows, sample, sample_masked, write_step, SampleRow, TokenMask, MAX_TOP_LOGPROBS,
+};
 use mobilellm_kernels::ops::{Dispatch, StepBuffer, StepParams};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::{DType, Tensor};
@@ -16,7 +18,7 @@ pub fn bench_head(b: &mut Bench) {
     let step = StepBuffer::new(&b.gpu).expect("step");
     // Greedy: temperature 0 (top-k and top-p off).
     write_step(&b.gpu, &step, &StepParams { temperature: 0.0, top_p: 1.0, ..Default::default() }).expect("step");
-    let token = Tensor::zeros(&b.gpu, DType::U32, &[2]).expect("token");
+    let token = Tensor::zeros(&b.gpu, DType::U32, &[2 + 2 * MAX_TOP_LOGPROBS as usize]).expect("token");
     for m in models(b) {
         let (vocab, hidden) = (m.vocab, m.hidden);
         let logits = Tensor::from_slice(&b.gpu, &[1, vocab], &data(31, vocab, 4.0)).expect("logits");
@@ -40,16 +42,30 @@ pub fn bench_head(b: &mut Bench) {
         // Constrained decoding: every other id allowed (pass 1 reads one mask bit per logit).
         let half = TokenMask::allowing(vocab, (0..vocab as u32).step_by(2)).expect("mask");
         let mask = half.upload(&b.gpu).expect("mask");
-        // And the pick's log-probability (one more pass of exponentials).
-        let rows =
-            [("greedy masked", 0.0, 0, 1, 0), ("top-k 40 masked", 0.8, 40, 1, 0), ("greedy +logprob", 0.0, 0, 0, 1)];
-        for (label, temperature, top_k, mask_on, logprob) in rows {
+        // And the pick's log-probability (one more pass of exponentials), and the best 5 or 20 candidates'
+        // (greedy keeping that many).
+        let rows = [
+            ("greedy masked", 0.0, 0, 1, 0, 0),
+            ("top-k 40 masked", 0.8, 40, 1, 0, 0),
+            ("greedy +logprob", 0.0, 0, 0, 1, 0),
+            ("greedy +top_logprobs 5", 0.0, 0, 0, 1, 5),
+            ("greedy +top_logprobs 20", 0.0, 0, 0, 1, 20),
+        ];
+        for (label, temperature, top_k, mask_on, logprob, top_logprobs) in rows {
             let name = format!("{label} {vocab}");
             if !b.args.wants(&format!("sample {name}")) {
                 continue;
             }
-            let params =
-                StepParams { temperature, top_k, top_p: 1.0, seed: 7, mask: mask_on, logprob, ..Default::default() };
+            let params = StepParams {
+                temperature,
+                top_k,
+                top_p: 1.0,
+                seed: 7,
+                mask: mask_on,
+                logprob,
+                top_logprobs,
+                ..Default::default()
+            };
             let masked_step = StepBuffer::new(&b.gpu).expect("step");
             write_step(&b.gpu, &masked_step, &params).expect("step");
             let s = sample_masked(&b.gpu, &logits, SampleRow::Last, &masked_step, &mask, &token).expect("sample");

@@ -34,7 +34,7 @@ use crate::ops::ffn::fuse_gate_up;
 use crate::ops::gemv::GemvFusion;
 use crate::ops::kv_shift::Shift;
 use crate::ops::qkv_rope::{fuse_qkv, RopeTable};
-use crate::ops::sample::{Penalties, SampleRow, Sampler, TokenMask, MAX_PENALTIES};
+use crate::ops::sample::{top_candidates, Penalties, SampleRow, Sampler, TokenMask, MAX_PENALTIES, MAX_TOP_LOGPROBS};
 use crate::ops::{self, Dispatch, StepBuffer, StepParams};
 use crate::quant::GpuWeight;
 use crate::tensor::{map_read, DType, Tensor};
@@ -205,8 +205,8 @@ impl Activations {
             last: f("last residual", &[1, c.hidden_size])?,
             last_normed: f("last normed", &[1, c.hidden_size])?,
             last_logits: f("last logits", &[1, c.vocab_size])?,
-            // The sampled token, and its log-probability (f32 bits) when asked for.
-            token: Tensor::zeros_labeled(gpu, "token", DType::U32, &[2])?,
+            // The sampled token, its log-probability and the reported candidates (f32 bits) when asked for.
+            token: Tensor::zeros_labeled(gpu, "token", DType::U32, &[TOKEN_WORDS])?,
             picks: Tensor::zeros_labeled(gpu, "row picks", DType::U32, &[b])?,
         })
     }
@@ -279,6 +279,9 @@ pub struct Model {
     // Whether sampling also reports the pick's log-probability, and the last one reported.
     logprobs: bool,
     last_logprob: Option<f32>,
+    // How many best candidates sampling reports with their log-probabilities, and the last ones reported.
+    top_logprobs: usize,
+    last_top_logprobs: Vec<(u32, f32)>,
     // Readback of logits: `vocab` floats after the first `step_logits`, `max_batch * vocab` after the first
     // multi-row `prefill_logits`; never reallocated after that.
     logits_staging: Option<wgpu::Buffer>,
@@ -315,10 +318,14 @@ struct ChunkOutput {
     picks: Vec<u32>,
 }
 
-/// Where a chunk's token readback ends: the token and its log-probability, then with `all_logits` one
-/// greedy pick per row.
-fn picks_end((n, all_logits, _): ChunkKey) -> u64 {
-    8 + if all_logits { 4 * n as u64 } else { 0 }
+/// Words of the sampler's output: the token, its log-probability, and up to [`MAX_TOP_LOGPROBS`] reported
+/// candidates (id, log-probability). The token readback holds them, then one greedy pick per row.
+const TOKEN_WORDS: usize = 2 + 2 * MAX_TOP_LOGPROBS as usize;
+
+/// Bytes of the token readback a chunk reads: with `all_logits`, up to its picks; else the token, its
+/// log-probability and `top` reported candidates.
+fn readback_bytes((n, all_logits, _): ChunkKey, top: usize) -> u64 {
+    4 * if all_logits { TOKEN_WORDS + n } else { 2 + 2 * top } as u64
 }
 
 /// Bytes of logits a chunk reads back: every row's with `all_logits`, else the last row's.
@@ -361,8 +368,8 @@ impl Model {
         let act = Activations::new(gpu, &config, options.max_batch)?;
         // Sampling's token mask: every id allowed until `set_token_mask` (read only while one is set).
         let token_mask = TokenMask::all(config.vocab_size).upload(gpu)?;
-        // The token and its log-probability, then each row's greedy pick (chunks with every row's logits).
-        let staging_bytes = 8 + 4 * options.max_batch as u64;
+        // The sampler's output, then each row's greedy pick (chunks with every row's logits).
+        let staging_bytes = 4 * (TOKEN_WORDS + options.max_batch) as u64;
         let token_staging = gpu.create_buffer(
             "token readback",
             staging_bytes,
@@ -385,6 +392,8 @@ impl Model {
             masked: false,
             logprobs: false,
             last_logprob: None,
+            top_logprobs: 0,
+            last_top_logprobs: Vec::new(),
             logits_staging: None,
             next_commands: None,
             profiler: None,
@@ -775,6 +784,35 @@ impl Model {
         self.last_logprob
     }
 
+    /// Makes every pick from now on also report the `n` best candidates (OpenAI's `top_logprobs`), in the
+    /// sampler's order (after penalties and any token mask), each with its log-probability as
+    /// [`Model::set_logprobs`] defines it; read them with [`Model::last_top_logprobs`]. 0 (the default)
+    /// turns it off; more than [`MAX_TOP_LOGPROBS`] is an error. Sampling keeps at least `n` candidates per
+    /// step, which costs more than greedy's one (lavapipe, 32 000 logits: see the `sample` bench rows).
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, prompt: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// model.set_top_logprobs(3)?;
+    /// let token = model.prefill(prompt)?;
+    /// for (id, logprob) in model.last_top_logprobs() {
+    ///     println!("{id}: p = {:.3}{}", logprob.exp(), if *id == token { " (picked)" } else { "" });
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn set_top_logprobs(&mut self, n: usize) -> Result<()> {
+        if n > MAX_TOP_LOGPROBS as usize {
+            return Err(Error::invalid("top_logprobs", n, format!("at most {MAX_TOP_LOGPROBS} (0 = off)")));
+        }
+        self.top_logprobs = n;
+        Ok(())
+    }
+
+    /// The best candidates of the last pick with their log-probabilities (see
+    /// [`Model::set_top_logprobs`]); fewer than asked for where fewer tokens could be picked, empty when off.
+    pub fn last_top_logprobs(&self) -> &[(u32, f32)] {
+        &self.last_top_logprobs
+    }
+
     /// Whether a token mask restricts sampling ([`Model::set_token_mask`]).
     pub fn has_token_mask(&self) -> bool {
         self.masked
@@ -811,6 +849,7 @@ impl Model {
             min_p: s.min_p,
             mask: u32::from(self.masked),
             logprob: u32::from(self.logprobs),
+            top_logprobs: self.top_logprobs as u32,
             ..StepParams::default()
         };
         s.penalties.write(recent, &mut params)?;
@@ -939,10 +978,12 @@ impl Model {
         }
         let gpu = &self.gpu;
         gpu.wait(Some(submission))?;
-        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.token_staging, picks_end(key))?);
+        let readback = readback_bytes(key, self.top_logprobs);
+        let words: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.token_staging, readback)?);
         let token = words[0];
         self.last_logprob = self.logprobs.then(|| f32::from_bits(words[1]));
-        let picks = words[2..].to_vec();
+        self.last_top_logprobs = top_candidates(&words, self.top_logprobs);
+        let picks = words.get(TOKEN_WORDS..).unwrap_or(&[]).to_vec();
         let logits = match (want_logits, &self.logits_staging) {
             (true, Some(staging)) => {
                 Some(bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes(key, &self.config))?))
@@ -991,9 +1032,10 @@ impl Model {
             }
             plan.sampler.record(&mut pass);
         }
-        encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, 8);
+        let token_bytes = 4 * TOKEN_WORDS as u64;
+        encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, token_bytes);
         if plan.all_logits {
-            encoder.copy_buffer_to_buffer(self.act.picks.buffer(), 0, &self.token_staging, 8, picks_end(key) - 8);
+            encoder.copy_buffer_to_buffer(self.act.picks.buffer(), 0, &self.token_staging, token_bytes, 4 * n as u64);
         }
         if let Some(staging) = logits_staging {
             let t = if plan.all_logits { &self.act.logits } else { &self.act.last_logits };

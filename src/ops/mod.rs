@@ -213,11 +213,20 @@ pub struct StepParams {
     /// Sampling: nonzero to also write the picked token's log-probability under the raw logits (log-softmax
     /// at temperature 1, before penalties and mask) to element 1 of the token buffer, as f32 bits.
     pub logprob: u32,
+    /// Sampling: how many of the best candidates to report with their log-probabilities (OpenAI's
+    /// `top_logprobs`, at most [`sample::MAX_TOP_LOGPROBS`]; 0 = none), as `(id, f32 bits)` pairs from
+    /// element 2 of the token buffer on: see [`sample`].
+    pub top_logprobs: u32,
+    /// Zero: keeps `penalties` where WGSL's uniform layout puts it (16-byte aligned).
+    pub reserved: [u32; 3],
     /// Sampling: the penalised tokens, sorted by id, two per row: `[id, offset bits, id, offset bits]`;
     /// the kernel uses `logit * scale - f32::from_bits(offset)` for them (written by
     /// [`sample::Penalties::write`]).
     pub penalties: [[u32; 4]; 32],
 }
+
+// WGSL aligns the uniform's `penalties` array to 16 bytes; the Rust struct must put it at the same offset.
+const _: () = assert!(std::mem::offset_of!(StepParams, penalties) == 64);
 
 /// The uniform buffer holding [`StepParams`], bound by step-dependent kernels.
 #[derive(Debug, Clone)]

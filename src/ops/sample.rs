@@ -40,6 +40,11 @@
 //!   what OpenAI-style `logprobs` report) to element 1 of the token buffer. The CPU twin
 //!   ([`crate::reference::sample_logprob`]) sums in f64; the GPU's f32 sums in another order differ from it
 //!   by about 1e-6 relative.
+//! - **Top log-probabilities.** With `StepParams::top_logprobs` = `n`, pass 1 keeps at least `n` candidates
+//!   (sampling still picks among its own `R`) and pass 2 writes the best `n`, in the sampler's order (after
+//!   penalties and mask), as `(id, log-probability bits)` pairs from element 2 of the token buffer, as far
+//!   as it has room ([`top_candidates`] reads them); a slot without a pickable candidate holds
+//!   [`NO_TOKEN`]. The CPU twin is [`crate::reference::top_logprobs`].
 //! - **Limit.** With `top_k == 0` the distribution is truncated to the [`MAX_TOP_K`] largest logits (and
 //!   top-p works within them); the mass beyond rank 64 is dropped.
 
@@ -53,6 +58,9 @@ use crate::tensor::{DType, Tensor};
 
 /// The largest `top_k` the kernel supports; `top_k == 0` (off) samples among this many candidates.
 pub const MAX_TOP_K: u32 = 64;
+
+/// The most candidates a step may report with [`StepParams::top_logprobs`] (OpenAI's limit).
+pub const MAX_TOP_LOGPROBS: u32 = 20;
 
 /// The most distinct tokens one step's penalties can cover (the step uniform holds their list).
 pub const MAX_PENALTIES: usize = 64;
@@ -157,6 +165,22 @@ const MIN_CHUNK: u32 = 1024;
 /// Pass 1 keeps up to this many candidates by rounds of workgroup argmax (a barrier tree each), more by the
 /// filter (two small sorts): on lavapipe, top-k 6 over 32 000 logits takes 0.3 ms by rounds, 0.8 by filter.
 const FILTER_ABOVE: u32 = 6;
+/// The id of a reported candidate slot that holds none (fewer pickable tokens than asked for).
+pub const NO_TOKEN: u32 = u32::MAX;
+
+/// The `(id, log-probability)` pairs a sampler wrote with [`StepParams::top_logprobs`] = `n`, read from the
+/// token buffer's words (`words[2..2 + 2n]`), up to the first empty slot.
+pub fn top_candidates(words: &[u32], n: usize) -> Vec<(u32, f32)> {
+    words
+        .get(2..)
+        .unwrap_or(&[])
+        .chunks_exact(2)
+        .take(n)
+        .take_while(|pair| pair[0] != NO_TOKEN)
+        .map(|pair| (pair[0], f32::from_bits(pair[1])))
+        .collect()
+}
+
 /// `Params::row` value meaning "row `step.n - 1`".
 const LAST_OF_STEP: u32 = u32::MAX;
 
@@ -221,6 +245,13 @@ pub fn validate(params: &StepParams) -> Result<()> {
     let m = params.min_p;
     if !(0.0..=1.0).contains(&m) {
         return Err(Error::invalid("sampling min_p", m, "a value in [0, 1] (0 = off)"));
+    }
+    if params.top_logprobs > MAX_TOP_LOGPROBS {
+        return Err(Error::invalid(
+            "top_logprobs",
+            params.top_logprobs,
+            format!("at most {MAX_TOP_LOGPROBS} (0 = off)"),
+        ));
     }
     if params.penalty_count as usize > MAX_PENALTIES {
         return Err(Error::invalid("penalty count", params.penalty_count, format!("at most {MAX_PENALTIES}")));

@@ -23,5 +23,5 @@ pub use kv_shift::kv_shift;
 pub use rms_norm::rms_norm;
 pub use sample::{
     argmax_rows, log_probability, penalised_row, sample, sample_logprob, sample_masked, sample_masked_trace,
-    sample_order_key, sample_trace, sample_uniform, SampleTrace,
+    sample_order_key, sample_trace, sample_uniform, top_logprobs, SampleTrace,
 };

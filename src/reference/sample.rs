@@ -68,6 +68,29 @@ pub fn sample_masked_trace(row: &[f32], params: &StepParams, allowed: &[u32]) ->
     sample_trace(&masked, &StepParams { penalty_count: 0, mask: 0, ..*params })
 }
 
+/// The candidates the sampling kernel reports with `params.top_logprobs` = `n` (see
+/// [`crate::ops::sample::top_candidates`]): the `n` best ids in its order on the row as it ranks it
+/// (penalties, then the mask `allowed` if given: word `i / 32`, bit `i % 32`), leaving out any it could not
+/// pick (NaN or `-inf` there), each with [`log_probability`] under the raw row, as f32.
+pub fn top_logprobs(row: &[f32], params: &StepParams, allowed: Option<&[u32]>, n: usize) -> Vec<(u32, f32)> {
+    let mut ranked = if params.penalty_count > 0 { penalised_row(row, params) } else { row.to_vec() };
+    if let Some(allowed) = allowed {
+        for (i, v) in ranked.iter_mut().enumerate() {
+            if allowed.get(i / 32).is_none_or(|w| w & (1 << (i % 32)) == 0) {
+                *v = f32::NEG_INFINITY;
+            }
+        }
+    }
+    let mut order: Vec<(u32, u32)> = ranked.iter().enumerate().map(|(i, &v)| (sample_order_key(v), i as u32)).collect();
+    order.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    order
+        .iter()
+        .take(n)
+        .take_while(|&&(key, _)| key > sample_order_key(f32::NEG_INFINITY))
+        .map(|&(_, id)| (id, sample_logprob(row, id)))
+        .collect()
+}
+
 /// What `ops::sample::argmax_rows` writes: each `vocab`-long row's greedy pick, in the sampler's order
 /// (the largest [`sample_order_key`], NaN lowest, ties to the lowest index). `vocab` must be at least 1.
 pub fn argmax_rows(logits: &[f32], vocab: usize) -> Vec<u32> {
