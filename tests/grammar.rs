@@ -262,10 +262,20 @@ fn validates(schema: &Value, doc: &Value, root: &Value) -> bool {
     types.iter().any(|&t| match (t, doc) {
         ("null", Value::Null) | ("boolean", Value::Bool(_)) | ("number", Value::Number(_)) => true,
         // The spec's integer: no fractional part (`-0` is one; serde_json reads it as a float).
-        ("integer", Value::Number(n)) => n.is_i64() || n.is_u64() || n.as_f64().is_some_and(|f| f.fract() == 0.0),
+        ("integer", Value::Number(n)) => {
+            let v = n.as_f64().unwrap_or(f64::NAN);
+            let bound = |k: &str| schema.get(k).and_then(Value::as_f64);
+            v.fract() == 0.0
+                && bound("minimum").is_none_or(|m| v >= m)
+                && bound("maximum").is_none_or(|m| v <= m)
+                && bound("exclusiveMinimum").is_none_or(|m| v > m)
+                && bound("exclusiveMaximum").is_none_or(|m| v < m)
+        }
         ("string", Value::String(s)) => {
             let n = s.chars().count();
-            count("minLength").is_none_or(|m| n >= m) && count("maxLength").is_none_or(|m| n <= m)
+            count("minLength").is_none_or(|m| n >= m)
+                && count("maxLength").is_none_or(|m| n <= m)
+                && schema.get("format").and_then(Value::as_str).is_none_or(|f| has_format(s, f))
         }
         ("array", Value::Array(items)) => {
             count("minItems").is_none_or(|m| items.len() >= m)
@@ -287,6 +297,41 @@ fn validates(schema: &Value, doc: &Value, root: &Value) -> bool {
     })
 }
 
+/// Whether `s` has string format `format`, checked field by field (RFC 3339 dates and times; UUIDs).
+fn has_format(s: &str, format: &str) -> bool {
+    let number = |t: &str, lo: u32, hi: u32| {
+        !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) && t.parse::<u32>().is_ok_and(|v| (lo..=hi).contains(&v))
+    };
+    let two = |t: &str, lo: u32, hi: u32| t.len() == 2 && number(t, lo, hi);
+    let date = |d: &str| {
+        let parts: Vec<&str> = d.split('-').collect();
+        matches!(parts[..], [y, m, d] if y.len() == 4 && number(y, 0, 9999) && two(m, 1, 12) && two(d, 1, 31))
+    };
+    let time = |t: &str| {
+        let Some(at) = t.find(['Z', 'z', '+', '-']) else { return false };
+        let (clock, zone) = t.split_at(at);
+        let zone_ok = zone.eq_ignore_ascii_case("z")
+            || (zone.len() == 6 && two(&zone[1..3], 0, 23) && &zone[3..4] == ":" && two(&zone[4..], 0, 59));
+        let (hms, fraction) = clock.split_once('.').unwrap_or((clock, "0"));
+        let parts: Vec<&str> = hms.split(':').collect();
+        zone_ok
+            && !fraction.is_empty()
+            && fraction.bytes().all(|b| b.is_ascii_digit())
+            && matches!(parts[..], [h, m, s] if two(h, 0, 23) && two(m, 0, 59) && two(s, 0, 60))
+    };
+    match format {
+        "date" => date(s),
+        "time" => time(s),
+        "date-time" => s.find(['T', 't']).is_some_and(|i| date(&s[..i]) && time(&s[i + 1..])),
+        "uuid" => {
+            let groups: Vec<&str> = s.split('-').collect();
+            groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+                && groups.iter().all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()))
+        }
+        _ => false,
+    }
+}
+
 fn schemas() -> Vec<Value> {
     vec![
         json!({"type": "object", "properties": {
@@ -306,6 +351,11 @@ fn schemas() -> Vec<Value> {
         json!({"type": "object", "additionalProperties": {"type": "boolean"}}),
         json!({"oneOf": [{"type": "string", "maxLength": 2}, {"type": "array", "maxItems": 0}]}),
         json!({}),
+        json!({"type": "array", "items": {"anyOf": [
+            {"type": "integer", "minimum": -12, "exclusiveMaximum": 130},
+            {"type": "string", "format": "date"},
+            {"type": "string", "format": "uuid"}
+        ]}, "maxItems": 4}),
     ]
 }
 
@@ -321,6 +371,75 @@ fn json_vocabulary() -> Vec<Vec<u8>> {
     // Every printable ASCII byte too, as real vocabularies have: any text can be spelled.
     .chain((0x20u8..0x7F).map(|b| vec![b]))
     .collect()
+}
+
+/// Integer bounds: the grammar takes exactly the integers in range, written as JSON writes them (no leading
+/// zeros, no `-0`), for bounds of every sign, one- to many-digit spans and open ends.
+#[test]
+fn integer_bounds_take_exactly_the_range() {
+    let mut rng = ShapeRng::new(5);
+    let mut cases: Vec<(Option<i64>, Option<i64>)> = vec![
+        (Some(0), None),
+        (Some(1), Some(5)),
+        (Some(-17), Some(123)),
+        (None, Some(-3)),
+        (Some(-1000), Some(-10)),
+        (Some(7), Some(7)),
+        (Some(99), Some(1001)),
+        (Some(-5), None),
+        (None, Some(0)),
+        (Some(0), Some(0)),
+    ];
+    for _ in 0..40 {
+        let a = rng.range(0, 20000) as i64 - 10000;
+        let b = a + rng.range(0, 3000) as i64;
+        cases.push((Some(a), Some(b)));
+    }
+    for (lo, hi) in cases {
+        let mut schema = json!({"type": "integer"});
+        if let Some(lo) = lo {
+            schema["minimum"] = json!(lo);
+        }
+        if let Some(hi) = hi {
+            schema["maximum"] = json!(hi);
+        }
+        let g = grammar(&json_schema_to_gbnf(&schema).unwrap());
+        let (from, to) = (lo.unwrap_or(-3000) - 120, hi.unwrap_or(3000) + 120);
+        for v in (from..=to).chain([i64::from(i32::MAX), -i64::from(i32::MAX)]) {
+            let inside = lo.is_none_or(|lo| v >= lo) && hi.is_none_or(|hi| v <= hi);
+            assert_eq!(g.accepts(v.to_string()), inside, "{v} in {lo:?}..={hi:?}");
+        }
+        assert!(!g.accepts("-0") && !g.accepts("007") && !g.accepts("1.0"), "{lo:?}..={hi:?}");
+    }
+    // Exclusive and fractional bounds: the nearest integers inside.
+    let schema = json!({"type": "integer", "exclusiveMinimum": 0.5, "maximum": 9.7});
+    let g = grammar(&json_schema_to_gbnf(&schema).unwrap());
+    let taken: Vec<i64> = (-5..20).filter(|v| g.accepts(v.to_string())).collect();
+    assert_eq!(taken, (1..=9).collect::<Vec<_>>());
+}
+
+/// String formats against hand-picked strings, and the test's own checker (the validator's) agreeing.
+#[test]
+fn string_formats_take_their_strings() {
+    let checks = [
+        ("date", "2026-11-29", true),
+        ("date", "2026-13-01", false),
+        ("date", "2026-02-00", false),
+        ("date", "26-02-01", false),
+        ("time", "23:59:60.125+05:30", true),
+        ("time", "00:00:00Z", true),
+        ("time", "24:00:00Z", false),
+        ("time", "12:00:00", false),
+        ("date-time", "2026-11-29T22:21:43Z", true),
+        ("date-time", "2026-11-29 22:21:43Z", false),
+        ("uuid", "123e4567-e89b-12d3-a456-426614174000", true),
+        ("uuid", "123e4567-e89b-12d3-a456-42661417400", false),
+    ];
+    for (format, text, want) in checks {
+        let g = grammar(&json_schema_to_gbnf(&json!({"type": "string", "format": format})).unwrap());
+        assert_eq!(g.accepts(format!("\"{text}\"")), want, "{format} {text}");
+        assert_eq!(has_format(text, format), want, "the test's own checker: {format} {text}");
+    }
 }
 
 /// Each schema's grammar takes hand-written valid documents and refuses invalid ones; random walks under it
@@ -411,10 +530,12 @@ fn unsupported_schemas_are_typed_errors_naming_the_keyword() {
     let cases = [
         (json!({"type": "string", "pattern": "^a+$"}), "keyword `pattern` at #"),
         (
-            json!({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}}),
-            "`format` at #/properties/d",
+            json!({"type": "object", "properties": {"d": {"type": "string", "format": "email"}}}),
+            "format \"email\" (date",
         ),
-        (json!({"type": "integer", "minimum": 0}), "`minimum`"),
+        (json!({"type": "number", "minimum": 0}), "`minimum` on type \"number\""),
+        (json!({"type": "integer", "minimum": 3, "exclusiveMaximum": 3}), "no integer between"),
+        (json!({"type": "integer", "maximum": 1e20}), "below 1e15"),
         (json!({"$ref": "https://example.com/s.json"}), "$ref"),
         (json!({"$ref": "#/$defs/missing"}), "$ref"),
         (json!({"type": "object", "properties": {"a": {}}, "required": ["b"]}), "required \"b\""),

@@ -6,10 +6,13 @@
 //! closed, as in OpenAI's strict mode: no other keys; its keys come in the schema's order, optional ones
 //! may be left out), `additionalProperties` as a schema (a map, when there are no `properties`), `items`
 //! with `minItems` / `maxItems`, `minLength` / `maxLength` of strings, `enum`, `const`, `anyOf` and
-//! `oneOf` (as `anyOf`: exclusivity is not enforced), `allOf` of one schema, and `$ref` to `#`,
-//! `#/$defs/..` or `#/definitions/..` (recursion allowed). Annotations (`title`, `description`, `default`,
-//! `examples`, ...) are ignored. Any other keyword, such as `pattern`, `format` or `minimum`, is an error
-//! that names it: a grammar that ignored it would let through documents the schema rejects.
+//! `oneOf` (as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to `#`,
+//! `#/$defs/..` or `#/definitions/..` (recursion allowed), `minimum` / `maximum` and the exclusive ones
+//! on integers (below 10^15 in size; a range of digit strings, as llama.cpp writes it), and the string
+//! formats `date`, `time`, `date-time` (RFC 3339) and `uuid`. Annotations (`title`, `description`,
+//! `default`, `examples`, ...) are ignored. Any other keyword, such as `pattern`, another `format` or
+//! bounds on non-integers, is an error that names it: a grammar that ignored it would let through
+//! documents the schema rejects.
 //!
 //! Whitespace between tokens is none, one space, or a newline and up to 20 spaces or tabs; numbers have at
 //! most 16 integer digits.
@@ -19,6 +22,29 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+
+/// The bounds of a number, which integers take.
+const BOUNDS: &[&str] = &["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"];
+
+/// RFC 3339's `full-date` and `full-time` as GBNF (day numbers up to 31 in every month).
+const DATE: &str = r#"[0-9]{4} "-" ("0" [1-9] | "1" [0-2]) "-" ("0" [1-9] | [12] [0-9] | "3" [01])"#;
+const TIME: &str = concat!(
+    r#"([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9] ":" ([0-5] [0-9] | "60") ("." [0-9]+)?"#,
+    r#" ([Zz] | [-+] ([01] [0-9] | "2" [0-3]) ":" [0-5] [0-9])"#
+);
+
+/// A string format as GBNF inside the quotes: RFC 3339's `date`, `time` and `date-time`, RFC 4122's `uuid`.
+fn format_grammar(format: &str) -> Option<String> {
+    Some(match format {
+        "date" => DATE.to_string(),
+        "time" => TIME.to_string(),
+        "date-time" => format!("{DATE} [Tt] {TIME}"),
+        "uuid" => {
+            r#"[0-9a-fA-F]{8} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{4} "-" [0-9a-fA-F]{12}"#.into()
+        }
+        _ => return None,
+    })
+}
 
 /// Keywords that describe a schema without constraining it.
 const ANNOTATIONS: &[&str] = &[
@@ -114,7 +140,8 @@ fn unsupported(path: &str, what: &str) -> Error {
         "JSON schema",
         format!("{what} at {path}"),
         "type, properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, \
-         enum, const, anyOf, oneOf, allOf (of one schema), $ref to #/$defs or #/definitions",
+         minimum, maximum, exclusiveMinimum, exclusiveMaximum (integers), format (date, time, date-time, \
+         uuid), enum, const, anyOf, oneOf, allOf (of one schema), $ref to #/$defs or #/definitions",
     )
 }
 
@@ -199,6 +226,11 @@ impl Converter<'_> {
                 "maxItems",
                 "minLength",
                 "maxLength",
+                "minimum",
+                "maximum",
+                "exclusiveMinimum",
+                "exclusiveMaximum",
+                "format",
                 "enum",
                 "const",
                 "anyOf",
@@ -257,7 +289,13 @@ impl Converter<'_> {
                 "object" => self.object(map, path, hint)?,
                 "array" => self.array(map, path, hint)?,
                 "string" => self.string(map, path)?,
-                "number" | "integer" | "boolean" | "null" => t.to_string(),
+                "integer" => integer(map, path)?,
+                "number" | "boolean" | "null" => {
+                    if let Some(k) = BOUNDS.iter().find(|k| map.contains_key(**k)) {
+                        return Err(unsupported(path, &format!("keyword `{k}` on type \"{t}\" (integers only)")));
+                    }
+                    t.to_string()
+                }
                 _ => return Err(unsupported(path, &format!("type \"{t}\""))),
             });
         }
@@ -387,6 +425,16 @@ impl Converter<'_> {
     }
 
     fn string(&mut self, map: &serde_json::Map<String, Value>, path: &str) -> Result<String> {
+        if let Some(format) = map.get("format") {
+            if map.contains_key("minLength") || map.contains_key("maxLength") {
+                return Err(unsupported(path, "format with minLength or maxLength"));
+            }
+            let body = format
+                .as_str()
+                .and_then(format_grammar)
+                .ok_or_else(|| unsupported(path, &format!("format {format} (date, time, date-time, uuid)")))?;
+            return Ok(format!("(\"\\\"\" {body} \"\\\"\" ws)"));
+        }
         Ok(match (count(map, "minLength", path)?, count(map, "maxLength", path)?) {
             (None, None) => "string".into(),
             (min, max) => {
@@ -399,4 +447,90 @@ impl Converter<'_> {
             }
         })
     }
+}
+
+/// An integer's bound: `minimum` / `maximum`, or the exclusive ones, as the nearest integer inside.
+fn integer_bound(map: &serde_json::Map<String, Value>, path: &str, lower: bool) -> Result<Option<i64>> {
+    let (inclusive, exclusive) = if lower { ("minimum", "exclusiveMinimum") } else { ("maximum", "exclusiveMaximum") };
+    let mut bound: Option<i64> = None;
+    for key in [inclusive, exclusive] {
+        let Some(v) = map.get(key) else { continue };
+        let x = v
+            .as_f64()
+            .filter(|x| x.abs() < 1e15)
+            .ok_or_else(|| unsupported(path, &format!("{key} {v} (a number below 1e15)")))?;
+        let b = match (lower, key == exclusive) {
+            (true, false) => x.ceil(),
+            (true, true) => x.floor() + 1.0,
+            (false, false) => x.floor(),
+            (false, true) => x.ceil() - 1.0,
+        } as i64;
+        bound = Some(bound.map_or(b, |old| if lower { old.max(b) } else { old.min(b) }));
+    }
+    Ok(bound)
+}
+
+/// An integer within the schema's bounds, as JSON writes it (no leading zeros, no `-0`), then whitespace.
+fn integer(map: &serde_json::Map<String, Value>, path: &str) -> Result<String> {
+    let (lo, hi) = (integer_bound(map, path, true)?, integer_bound(map, path, false)?);
+    if lo.is_none() && hi.is_none() {
+        return Ok("integer".into());
+    }
+    if let (Some(lo), Some(hi)) = (lo, hi) {
+        if lo > hi {
+            return Err(unsupported(path, &format!("integer bounds with no integer between ({lo} > {hi})")));
+        }
+    }
+    let mut alternatives = Vec::new();
+    // Negative values -m, m in [max(1, -hi), -lo]; then non-negative ones in [max(0, lo), hi].
+    if lo.is_none_or(|lo| lo < 0) {
+        let (m_lo, m_hi) = (hi.map_or(1, |hi| (-hi).max(1)) as u64, lo.map(|lo| lo.unsigned_abs()));
+        if m_hi.is_none_or(|m_hi| m_lo <= m_hi) {
+            alternatives.push(format!("\"-\" ({})", digits_from(m_lo, m_hi)));
+        }
+    }
+    if hi.is_none_or(|hi| hi >= 0) {
+        alternatives.push(digits_from(lo.map_or(0, |lo| lo.max(0)) as u64, hi.map(|hi| hi as u64)));
+    }
+    Ok(format!("(({}) ws)", alternatives.join(" | ")))
+}
+
+/// GBNF for the decimal forms (no leading zeros) of the integers in `lo..=hi` (`hi` none: up to 16 digits).
+fn digits_from(lo: u64, hi: Option<u64>) -> String {
+    const MAX_DIGITS: usize = 16;
+    let lo_text = lo.to_string();
+    let hi_text = hi.map_or("9".repeat(MAX_DIGITS.max(lo_text.len())), |h| h.to_string());
+    let mut alternatives = Vec::new();
+    for len in lo_text.len()..=hi_text.len() {
+        // The numbers of `len` digits within the range, as equal-length bounds.
+        let first = if len == lo_text.len() { lo_text.clone() } else { format!("1{}", "0".repeat(len - 1)) };
+        let last = if len == hi_text.len() { hi_text.clone() } else { "9".repeat(len) };
+        alternatives.push(same_length(first.as_bytes(), last.as_bytes()));
+    }
+    alternatives.join(" | ")
+}
+
+/// GBNF for the digit strings from `a` to `b` (equal lengths, `a <= b`), digit by digit: a shared
+/// leading digit, else the first digit at `a`'s (then anything from `a`'s tail up), strictly between
+/// (then any digits), or at `b`'s (then anything up to `b`'s tail).
+fn same_length(a: &[u8], b: &[u8]) -> String {
+    let (Some((&x, a_tail)), Some((&y, b_tail))) = (a.split_first(), b.split_first()) else {
+        return String::new();
+    };
+    // Digit `d`, then the strings from `lo` to `hi`.
+    let then = |d: u8, lo: &[u8], hi: &[u8]| match same_length(lo, hi) {
+        tail if tail.is_empty() => format!("\"{}\"", d as char),
+        tail => format!("\"{}\" ({tail})", d as char),
+    };
+    if x == y {
+        return then(x, a_tail, b_tail);
+    }
+    let n = a_tail.len();
+    let mut alternatives = vec![then(x, a_tail, &vec![b'9'; n])];
+    if y - x > 1 {
+        let any = if n == 0 { String::new() } else { format!(" [0-9]{{{n}}}") };
+        alternatives.push(format!("[{}-{}]{any}", (x + 1) as char, (y - 1) as char));
+    }
+    alternatives.push(then(y, &vec![b'0'; n], b_tail));
+    alternatives.join(" | ")
 }

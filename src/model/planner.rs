@@ -1102,7 +1102,8 @@ impl Model {
     }
 
     /// One decode step: feeds `token` at the current position and returns the sampled next token.
-    /// One command buffer, one submission, a 4-byte readback.
+    /// One command buffer, one submission, an 8-byte readback (8 more per [`Model::set_top_logprobs`]
+    /// candidate).
     pub fn step(&mut self, token: u32) -> Result<u32> {
         Ok(self.run_chunks(&[token], false, false)?.next)
     }
