@@ -601,6 +601,12 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     let (out, log) = generate(&["--grammar".as_ref(), grammar_file.as_os_str()]);
     let answer = out.strip_prefix(prompt).and_then(|a| a.strip_suffix('\n'));
     assert!(matches!(answer, Some(" yes." | " no.")), "{out:?} {log}");
+    // With --logprobs too: the same answer (greedy), one log-probability per token generated.
+    let (scored, log) = generate(&["--grammar".as_ref(), grammar_file.as_os_str(), "--logprobs".as_ref()]);
+    assert_eq!(scored, out);
+    let line = log.lines().find_map(|l| l.strip_prefix("[log-probabilities: ")).unwrap_or_else(|| panic!("{log}"));
+    let decoded = log.split("decode ").nth(1).and_then(|t| t.split(' ').next()?.parse::<usize>().ok());
+    assert_eq!(Some(line.split(' ').count()), decoded, "{log}");
     let schema_file = dir.join("colour.json");
     std::fs::write(&schema_file, r#"{"enum": ["red", "green", 7]}"#).unwrap();
     let (out, log) = generate(&["--json-schema".as_ref(), schema_file.as_os_str(), "--print-grammar".as_ref()]);

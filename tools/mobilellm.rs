@@ -213,19 +213,17 @@ struct SamplingArgs {
     #[arg(long)]
     print_grammar: bool,
     /// Report each generated token's log-probability (from the GPU sampler) and their mean.
-    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "json", "grammar", "json_schema"])]
+    #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
     logprobs: bool,
     /// With --logprobs: also the N most likely tokens at each step, with their log-probabilities (at most 20).
     #[arg(long, default_value_t = 0, requires = "logprobs")]
     top_logprobs: usize,
 }
 
-/// How tokens are decoded: plainly, with drafts from somewhere, or constrained (to JSON, a grammar or a
-/// JSON schema).
+/// How tokens are decoded: one pick per step (constrained to JSON, a grammar or a JSON schema, and with
+/// each pick's log-probabilities reported, if asked), or with drafts from somewhere.
 enum Decoding {
-    Off,
-    Scored(usize),
-    Constrained(Box<dyn Constraint>),
+    Plain { constraint: Option<Box<dyn Constraint>>, logprobs: Option<usize> },
     Lookup(LookupOptions),
     Draft(Box<Model>, usize),
 }
@@ -234,8 +232,10 @@ impl SamplingArgs {
     /// Loads the draft model, if any, with the main model's context; `tokenizer` is the main model's.
     fn decoding(&self, gpu: &Gpu, context: usize, tokenizer: &Tokenizer) -> Result<Decoding> {
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+        let logprobs = self.logprobs.then_some(self.top_logprobs);
         if self.json {
-            return Ok(Decoding::Constrained(Box::new(JsonConstraint::new(tokenizer, &stop))));
+            let constraint = Some(Box::new(JsonConstraint::new(tokenizer, &stop)) as Box<dyn Constraint>);
+            return Ok(Decoding::Plain { constraint, logprobs });
         }
         let read = |path: &PathBuf| {
             std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
@@ -254,7 +254,8 @@ impl SamplingArgs {
             if self.print_grammar {
                 eprint!("{grammar}");
             }
-            return Ok(Decoding::Constrained(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop))));
+            let constraint = Some(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop)) as Box<dyn Constraint>);
+            return Ok(Decoding::Plain { constraint, logprobs });
         }
         if let Some(path) = &self.draft_model {
             let (host, _) = load_host(path, None)?;
@@ -262,11 +263,8 @@ impl SamplingArgs {
             draft.set_sampling(Sampling::greedy())?;
             return Ok(Decoding::Draft(Box::new(draft), self.draft));
         }
-        if self.logprobs {
-            return Ok(Decoding::Scored(self.top_logprobs));
-        }
         Ok(match self.lookup {
-            0 => Decoding::Off,
+            0 => Decoding::Plain { constraint: None, logprobs },
             draft => Decoding::Lookup(LookupOptions { draft, ..LookupOptions::default() }),
         })
     }
@@ -498,8 +496,14 @@ fn generate_with(
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, Option<LookupStats>)> {
     Ok(match decoding {
-        Decoding::Off => (model.generate(prompt_ids, max_new, stop, on_token)?, None),
-        Decoding::Scored(top) => (generate_scored(model, tokenizer, *top, prompt_ids, max_new, stop, on_token)?, None),
+        Decoding::Plain { constraint: None, logprobs: None } => {
+            (model.generate(prompt_ids, max_new, stop, on_token)?, None)
+        }
+        Decoding::Plain { constraint, logprobs } => {
+            // `&mut (dyn Constraint + 'static)` shortened to the call's lifetime.
+            let constraint = constraint.as_mut().map(|c| &mut **c as &mut dyn Constraint);
+            (generate_plain(model, tokenizer, constraint, *logprobs, prompt_ids, max_new, stop, on_token)?, None)
+        }
         Decoding::Lookup(options) => {
             let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;
             (out, Some(stats))
@@ -508,41 +512,40 @@ fn generate_with(
             let (out, stats) = model.generate_draft(draft, prompt_ids, max_new, stop, *n, on_token)?;
             (out, Some(stats))
         }
-        Decoding::Constrained(constraint) => {
-            let mask = |generated: &[u32]| constraint.mask_after(generated);
-            let out = model.generate_constrained(prompt_ids, max_new, stop, mask, on_token)?;
-            if !constraint.is_complete() {
-                eprintln!("[constrained: the output was not complete after {max_new} tokens]");
-            }
-            // The next call (a chat's next turn) starts a new output.
-            constraint.reset();
-            (out, None)
-        }
     })
 }
 
-/// `Model::generate` with each pick's log-probability, reported on stderr as a list and a mean.
-fn generate_scored(
+/// `Model::generate` under a constraint (a mask before each pick, lifted afterwards), and with `logprobs =
+/// Some(top)` each pick's log-probability and the `top` likeliest tokens reported on stderr.
+#[allow(clippy::too_many_arguments)]
+fn generate_plain(
     model: &mut Model,
     tokenizer: &Tokenizer,
-    top: usize,
+    mut constraint: Option<&mut dyn Constraint>,
+    logprobs: Option<usize>,
     prompt: &[u32],
     max_new: usize,
     stop: &[u32],
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<Vec<u32>> {
-    model.set_logprobs(true);
+    let top = logprobs.unwrap_or(0);
     model.set_top_logprobs(top)?;
-    let mut logprobs = Vec::new();
-    let mut alternatives = Vec::new();
-    // Before each pick but the first, the previous pick's log-probabilities; the last one's after the call.
+    model.set_logprobs(logprobs.is_some());
+    // Per pick: its log-probability and the likeliest tokens.
+    let mut picks: Vec<(f64, Vec<(u32, f32)>)> = Vec::new();
     let mut record = |m: &Model| {
-        logprobs.extend(m.last_logprob().map(f64::from));
-        alternatives.push(m.last_top_logprobs().to_vec());
+        if let Some(logprob) = m.last_logprob() {
+            picks.push((f64::from(logprob), m.last_top_logprobs().to_vec()));
+        }
     };
+    // Before each pick but the first, the previous pick's numbers (the last one's after the call); then
+    // the mask for this pick.
     let hook = |m: &mut Model, generated: &[u32]| {
         if !generated.is_empty() {
             record(m);
+        }
+        if let Some(c) = constraint.as_deref_mut() {
+            m.set_token_mask(Some(&c.mask_after(generated)?))?;
         }
         Ok(())
     };
@@ -552,21 +555,30 @@ fn generate_scored(
     }
     model.set_logprobs(false);
     model.set_top_logprobs(0)?;
+    if let Some(c) = constraint {
+        model.set_token_mask(None)?;
+        if out.is_ok() && !c.is_complete() {
+            eprintln!("[constrained: the output was not complete after {max_new} tokens]");
+        }
+        // The next call (a chat's next turn) starts a new output.
+        c.reset();
+    }
+    let out = out?;
     if top > 0 {
         eprintln!();
-        for (i, (token, candidates)) in out.as_deref().unwrap_or(&[]).iter().zip(&alternatives).enumerate() {
+        for (i, (token, (_, candidates))) in out.iter().zip(&picks).enumerate() {
             let shown: Vec<String> =
                 candidates.iter().map(|(id, lp)| format!("{:?} {lp:.2}", tokenizer.decode(&[*id]))).collect();
             eprintln!("[{i}: {:?} of {}]", tokenizer.decode(&[*token]), shown.join(", "));
         }
     }
-    if !logprobs.is_empty() {
-        let list: Vec<String> = logprobs.iter().map(|l| format!("{l:.2}")).collect();
-        let mean = logprobs.iter().sum::<f64>() / logprobs.len() as f64;
+    if !picks.is_empty() {
+        let list: Vec<String> = picks.iter().map(|(l, _)| format!("{l:.2}")).collect();
+        let mean = picks.iter().map(|(l, _)| l).sum::<f64>() / picks.len() as f64;
         eprintln!("\n[log-probabilities: {}]", list.join(" "));
-        eprintln!("[mean {mean:.3} per token over {}: perplexity of the output {:.2}]", logprobs.len(), (-mean).exp());
+        eprintln!("[mean {mean:.3} per token over {}: perplexity of the output {:.2}]", picks.len(), (-mean).exp());
     }
-    out
+    Ok(out)
 }
 
 fn report_drafts(stats: Option<LookupStats>) {
@@ -851,7 +863,8 @@ fn demo_real(gpu: &Gpu, path: &Path, prompt: &str) -> Result<()> {
     let ids = tokenizer.encode_chat(&[("user", prompt)], true)?;
     println!("user: {prompt}");
     print!("assistant: ");
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids, 48, &mut Decoding::Off)?;
+    let (n, decode_s, prefill_s) =
+        stream(&mut model, &tokenizer, &ids, 48, &mut Decoding::Plain { constraint: None, logprobs: None })?;
     report_speed(ids.len(), n, decode_s, prefill_s);
     Ok(())
 }
