@@ -7,7 +7,7 @@ mod common;
 #[path = "support/smollm2.rs"]
 mod smollm2;
 
-use common::{gpus, ShapeRng};
+use common::{gpus, ScratchDir, ShapeRng};
 use mobilellm_kernels::constrain::{json_schema_to_gbnf, Constraint, Grammar, GrammarConstraint};
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
@@ -38,6 +38,8 @@ fn recognizes_hand_checked_sentences() {
         assert!(!arithmetic.accepts(bad), "{bad:?}");
     }
     assert!(arithmetic.is_prefix(b"(1 + ") && arithmetic.is_prefix(b"") && !arithmetic.is_prefix(b"1 +)"));
+    assert_eq!(arithmetic.longest_prefix(b"(1 + 2))"), 7, "the second `)` closes nothing");
+    assert_eq!(arithmetic.longest_prefix(b"(1 + "), 5);
 
     // Repetitions: exact, at least, bounded, optional; nested groups; alternatives of different lengths.
     let counts = grammar(r#"root ::= "a"{2} "b"{1,3} ("c" | "dd")* "e"{2,} "f"?"#);
@@ -596,4 +598,36 @@ fn smollm2_answers_to_a_schema() {
         mask_time.as_secs_f64() * 1e3 / out.len() as f64,
         constraint.dfa_states()
     );
+}
+
+/// `mobilellm grammar`: prints a schema's grammar, passes a file that is a sentence of it, and fails on one
+/// that leaves it, naming the byte, line and column.
+#[test]
+fn cli_checks_files_against_a_schema() {
+    let dir = ScratchDir::new("grammar-cli");
+    let schema = dir.join("schema.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}, "required": ["n"]}"#,
+    )
+    .unwrap();
+    let (good, bad) = (dir.join("good.json"), dir.join("bad.json"));
+    std::fs::write(&good, "{\"n\": 12}").unwrap();
+    std::fs::write(&bad, "{\n\"n\": 0}").unwrap();
+    let run = |file: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+            .args(["grammar", "--json-schema"])
+            .arg(&schema)
+            .arg("--check")
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = run(&good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8(out.stdout).unwrap();
+    assert!(printed.starts_with("root ::= ") && grammar(&printed).accepts("{\"n\": 12}"), "{printed}");
+    let out = run(&bad);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && message.contains("byte 7 (line 2, column 6)"), "{message}");
 }

@@ -48,6 +48,9 @@ enum Command {
     Convert(ConvertArgs),
     /// End-to-end benchmark: prefill and decode tokens/s, the roofline, dispatches, memory, time by kernel family.
     Bench(BenchArgs),
+    /// Prints a GBNF grammar as parsed, or the grammar written for a JSON schema, and checks text files
+    /// against it (for --grammar / --json-schema).
+    Grammar(GrammarArgs),
 }
 
 #[derive(Args)]
@@ -237,20 +240,7 @@ impl SamplingArgs {
             let constraint = Some(Box::new(JsonConstraint::new(tokenizer, &stop)) as Box<dyn Constraint>);
             return Ok(Decoding::Plain { constraint, logprobs });
         }
-        let read = |path: &PathBuf| {
-            std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
-        };
-        let gbnf = match (&self.grammar, &self.json_schema) {
-            (Some(path), _) => Some(read(path)?),
-            (_, Some(path)) => {
-                let schema: serde_json::Value = serde_json::from_str(&read(path)?)
-                    .map_err(|e| Error::invalid("JSON schema file", path.display(), format!("JSON ({e})")))?;
-                Some(json_schema_to_gbnf(&schema)?)
-            }
-            _ => None,
-        };
-        if let Some(gbnf) = gbnf {
-            let grammar = Grammar::parse(&gbnf)?;
+        if let Some(grammar) = load_grammar(self.grammar.as_deref(), self.json_schema.as_deref())? {
             if self.print_grammar {
                 eprint!("{grammar}");
             }
@@ -320,6 +310,64 @@ struct TokenizeArgs {
     text: Option<String>,
 }
 
+#[derive(Args)]
+struct GrammarArgs {
+    /// A GBNF grammar file (llama.cpp's format).
+    #[arg(long, conflicts_with = "json_schema", required_unless_present = "json_schema")]
+    grammar: Option<PathBuf>,
+    /// A JSON schema file (the subset `constrain::json_schema_to_gbnf` documents).
+    #[arg(long)]
+    json_schema: Option<PathBuf>,
+    /// Text files to check: each must be a whole sentence of the grammar.
+    #[arg(long)]
+    check: Vec<PathBuf>,
+}
+
+fn read_text(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path).map_err(|e| Error::Io { path: path.display().to_string(), source: e })
+}
+
+/// The grammar of `--grammar` (GBNF) or `--json-schema` (converted), if either is given.
+fn load_grammar(grammar: Option<&Path>, json_schema: Option<&Path>) -> Result<Option<Grammar>> {
+    let gbnf = match (grammar, json_schema) {
+        (Some(path), _) => read_text(path)?,
+        (_, Some(path)) => {
+            let schema: serde_json::Value = serde_json::from_str(&read_text(path)?)
+                .map_err(|e| Error::invalid("JSON schema file", path.display(), format!("JSON ({e})")))?;
+            json_schema_to_gbnf(&schema)?
+        }
+        _ => return Ok(None),
+    };
+    Grammar::parse(&gbnf).map(Some)
+}
+
+/// Prints the grammar as parsed (a schema's as written for it) and checks files against it: each whole
+/// sentence, or an error naming where its text leaves the language.
+fn grammar(a: &GrammarArgs) -> Result<()> {
+    let grammar = load_grammar(a.grammar.as_deref(), a.json_schema.as_deref())?
+        .ok_or_else(|| Error::invalid("grammar", "none", "--grammar FILE or --json-schema FILE"))?;
+    print!("{grammar}");
+    for path in &a.check {
+        let text = read_text(path)?;
+        let taken = grammar.longest_prefix(text.as_bytes());
+        if taken == text.len() && grammar.accepts(&text) {
+            eprintln!("{}: a sentence of the grammar", path.display());
+            continue;
+        }
+        // Bytes, not chars: `taken` may fall inside a character.
+        let before = &text.as_bytes()[..taken];
+        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+        let column = taken - before.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) + 1;
+        let got = if taken == text.len() {
+            "ends before the sentence does".to_string()
+        } else {
+            format!("leaves the language at byte {taken} (line {line}, column {column})")
+        };
+        return Err(Error::invalid(format!("text of {}", path.display()), got, "a sentence of the grammar"));
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Demo(DemoArgs {
@@ -337,6 +385,7 @@ fn main() -> ExitCode {
         Command::Bench(a) => bench(&a),
         Command::Convert(a) => convert(&a),
         Command::Perplexity(a) => perplexity(&a),
+        Command::Grammar(a) => grammar(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -605,6 +605,19 @@ impl Grammar {
         self.run(bytes).is_some()
     }
 
+    /// How many bytes of `bytes` the language can begin with: the index of the first byte no parse takes
+    /// (`bytes.len()` when [`Grammar::is_prefix`] holds).
+    pub fn longest_prefix(&self, bytes: &[u8]) -> usize {
+        let mut state = self.start();
+        for (i, &b) in bytes.iter().enumerate() {
+            match state.step(self, b) {
+                Some(next) => state = next,
+                None => return i,
+            }
+        }
+        bytes.len()
+    }
+
     fn run(&self, bytes: &[u8]) -> Option<GrammarState> {
         bytes.iter().try_fold(self.start(), |state, &b| state.step(self, b))
     }
