@@ -545,9 +545,6 @@ fn generate_with(
     on_token: impl FnMut(u32) -> bool,
 ) -> Result<(Vec<u32>, Option<LookupStats>)> {
     Ok(match decoding {
-        Decoding::Plain { constraint: None, logprobs: None } => {
-            (model.generate(prompt_ids, max_new, stop, on_token)?, None)
-        }
         Decoding::Plain { constraint, logprobs } => {
             // `&mut (dyn Constraint + 'static)` shortened to the call's lifetime.
             let constraint = constraint.as_mut().map(|c| &mut **c as &mut dyn Constraint);
@@ -564,8 +561,8 @@ fn generate_with(
     })
 }
 
-/// `Model::generate` under a constraint (a mask before each pick, lifted afterwards), and with `logprobs =
-/// Some(top)` each pick's log-probability and the `top` likeliest tokens reported on stderr.
+/// `Model::generate`, under a constraint if given (a mask before each pick, lifted afterwards), and with
+/// `logprobs = Some(top)` each pick's log-probability and the `top` likeliest tokens reported on stderr.
 #[allow(clippy::too_many_arguments)]
 fn generate_plain(
     model: &mut Model,

@@ -608,18 +608,26 @@ impl Grammar {
     /// How many bytes of `bytes` the language can begin with: the index of the first byte no parse takes
     /// (`bytes.len()` when [`Grammar::is_prefix`] holds).
     pub fn longest_prefix(&self, bytes: &[u8]) -> usize {
+        self.walk(bytes).0
+    }
+
+    fn run(&self, bytes: &[u8]) -> Option<GrammarState> {
+        match self.walk(bytes) {
+            (taken, state) if taken == bytes.len() => Some(state),
+            _ => None,
+        }
+    }
+
+    /// The bytes of `bytes` some parse takes, and the state after them.
+    fn walk(&self, bytes: &[u8]) -> (usize, GrammarState) {
         let mut state = self.start();
         for (i, &b) in bytes.iter().enumerate() {
             match state.step(self, b) {
                 Some(next) => state = next,
-                None => return i,
+                None => return (i, state),
             }
         }
-        bytes.len()
-    }
-
-    fn run(&self, bytes: &[u8]) -> Option<GrammarState> {
-        bytes.iter().try_fold(self.start(), |state, &b| state.step(self, b))
+        (bytes.len(), state)
     }
 
     /// The state before any character: the root's alternatives, expanded (no parse at all if that
@@ -1003,15 +1011,16 @@ impl Constraint for GrammarConstraint {
         if self.stop.contains(&id) && self.is_complete() {
             return Ok(());
         }
-        let bytes = self.token_bytes.get(id as usize).cloned().unwrap_or_default();
+        let len = self.token_bytes.get(id as usize).map_or(0, Vec::len);
         let mut state = self.current;
-        for &b in &bytes {
-            state = self.step(state, b);
+        for i in 0..len {
+            state = self.step(state, self.token_bytes[id as usize][i]);
             if state == DEAD {
                 break;
             }
         }
-        if bytes.is_empty() || state == DEAD {
+        if len == 0 || state == DEAD {
+            let bytes = self.token_bytes.get(id as usize);
             return Err(Error::invalid(
                 "grammar constraint",
                 format!("token {id} {bytes:?}"),

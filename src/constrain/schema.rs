@@ -46,6 +46,30 @@ fn format_grammar(format: &str) -> Option<String> {
     })
 }
 
+/// The keywords the converter understands.
+const KEYWORDS: &[&str] = &[
+    "type",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "format",
+    "enum",
+    "const",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "$ref",
+];
+
 /// Keywords that describe a schema without constraining it.
 const ANNOTATIONS: &[&str] = &[
     "title",
@@ -216,29 +240,7 @@ impl Converter<'_> {
             _ => return Err(unsupported(path, &format!("schema {schema}"))),
         };
         for key in map.keys() {
-            let known = [
-                "type",
-                "properties",
-                "required",
-                "additionalProperties",
-                "items",
-                "minItems",
-                "maxItems",
-                "minLength",
-                "maxLength",
-                "minimum",
-                "maximum",
-                "exclusiveMinimum",
-                "exclusiveMaximum",
-                "format",
-                "enum",
-                "const",
-                "anyOf",
-                "oneOf",
-                "allOf",
-                "$ref",
-            ];
-            if !known.contains(&key.as_str()) && !ANNOTATIONS.contains(&key.as_str()) {
+            if !KEYWORDS.contains(&key.as_str()) && !ANNOTATIONS.contains(&key.as_str()) {
                 return Err(unsupported(path, &format!("keyword `{key}`")));
             }
         }

@@ -303,18 +303,11 @@ pub struct Model {
 /// What a chunk's command buffer is recorded for: `(n, all_logits, want_logits)`.
 type ChunkKey = (usize, bool, bool);
 
-/// What a run of chunks gives back: the token sampled after the last, the logits asked for and, for runs
-/// with every row's logits, each row's greedy pick.
-struct RunOutput {
-    next: u32,
-    logits: Vec<f32>,
-    picks: Vec<u32>,
-}
-
-/// What one chunk gives back: see [`Model::run_chunk`].
+/// What a chunk, or a run of chunks, gives back: the token sampled after the last row, the logits asked
+/// for (empty if none) and, with every row's logits, each row's greedy pick.
 struct ChunkOutput {
     token: u32,
-    logits: Option<Vec<f32>>,
+    logits: Vec<f32>,
     picks: Vec<u32>,
 }
 
@@ -986,9 +979,9 @@ impl Model {
         let picks = words.get(TOKEN_WORDS..).unwrap_or(&[]).to_vec();
         let logits = match (want_logits, &self.logits_staging) {
             (true, Some(staging)) => {
-                Some(bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes(key, &self.config))?))
+                bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes(key, &self.config))?)
             }
-            _ => None,
+            _ => Vec::new(),
         };
         self.pos += n;
         Ok(ChunkOutput { token, logits, picks })
@@ -1047,7 +1040,7 @@ impl Model {
     /// Runs `tokens` in chunks of `max_batch`. Everything that may allocate (plans, the logits readback)
     /// is made before the first chunk runs, and a chunk that fails rewinds the position to where the call
     /// started: the positions below it are untouched, those at and above it count as empty again.
-    fn run_chunks(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<RunOutput> {
+    fn run_chunks(&mut self, tokens: &[u32], all_logits: bool, want_logits: bool) -> Result<ChunkOutput> {
         self.check_tokens(tokens)?;
         let max_batch = self.options.max_batch;
         for chunk in tokens.chunks(max_batch) {
@@ -1068,7 +1061,7 @@ impl Model {
             match self.run_chunk(chunk, &recent, all_logits, want_logits) {
                 Ok(out) => {
                     next = out.token;
-                    all.extend(out.logits.unwrap_or_default());
+                    all.extend(out.logits);
                     picks.extend(out.picks);
                 }
                 Err(e) => {
@@ -1078,19 +1071,19 @@ impl Model {
             }
         }
         self.note_fed(start, tokens);
-        Ok(RunOutput { next, logits: all, picks })
+        Ok(ChunkOutput { token: next, logits: all, picks })
     }
 
     /// Feeds a prompt (chunked by `max_batch`) and returns the sampled next token.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<u32> {
-        Ok(self.run_chunks(tokens, false, false)?.next)
+        Ok(self.run_chunks(tokens, false, false)?.token)
     }
 
     /// Feeds a prompt and returns the logits of every prompt position (`[tokens.len() * vocab]`) and the
     /// sampled next token.
     pub fn prefill_logits(&mut self, tokens: &[u32]) -> Result<(u32, Vec<f32>)> {
         let out = self.run_chunks(tokens, true, true)?;
-        Ok((out.next, out.logits))
+        Ok((out.token, out.logits))
     }
 
     /// Feeds `tokens` and returns the greedy pick after each of them: element `i` is the argmax of the
@@ -1105,13 +1098,13 @@ impl Model {
     /// One command buffer, one submission, an 8-byte readback (8 more per [`Model::set_top_logprobs`]
     /// candidate).
     pub fn step(&mut self, token: u32) -> Result<u32> {
-        Ok(self.run_chunks(&[token], false, false)?.next)
+        Ok(self.run_chunks(&[token], false, false)?.token)
     }
 
     /// A decode step that also returns the logits (`[vocab]`).
     pub fn step_logits(&mut self, token: u32) -> Result<(u32, Vec<f32>)> {
         let out = self.run_chunks(&[token], false, true)?;
-        Ok((out.next, out.logits))
+        Ok((out.token, out.logits))
     }
 
     /// Prefills `prompt`, then decodes up to `max_new` tokens, calling `on_token` with each; stops early
