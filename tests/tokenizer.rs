@@ -316,7 +316,8 @@ fn synthetic_tokenizer_errors() {
 }
 
 /// No template: ChatML. Templates that would run for hours or build gigabytes fail fast instead (fuel,
-/// minijinja's size and recursion limits); unknown strftime directives are errors naming them.
+/// minijinja's size and recursion limits), and values nested as deep as fuel allows do not overflow the
+/// stack; unknown strftime directives are errors naming them.
 #[test]
 fn chat_template_defaults_and_limits() {
     let chatml = ChatTemplate::from_file(None);
@@ -334,6 +335,21 @@ fn chat_template_defaults_and_limits() {
         let e = ChatTemplate::new(runaway).render(&[], false, ("", ""), Date::from_days(0)).unwrap_err().to_string();
         assert!(e.contains(why) && start.elapsed().as_secs() < 10, "{runaway}: {e} after {:?}", start.elapsed());
     }
+    // A value nested as deep as fuel allows (60 levels per iteration, 270 000 in all) is built, written out,
+    // compared and dropped without overflowing a stack (they recurse; this crashed the chat-template fuzz
+    // target at 60 000 levels on the 8 MiB main thread), and one level more per fuel unit runs out of fuel.
+    let nest = |iterations: usize, output: &str| {
+        let inner = format!("{}ns.x{}", "[".repeat(60), "]".repeat(60));
+        let source = format!(
+            "{{% set ns = namespace(x=[]) %}}{{% for i in range({iterations}) %}}{{% set ns.x = {inner} %}}\
+             {{% endfor %}}{{{{ {output} }}}}"
+        );
+        ChatTemplate::new(source).render(&[], false, ("", ""), Date::from_days(0))
+    };
+    for output in ["ns.x|length", "ns.x|tojson|length", "ns.x == ns.x"] {
+        assert!(nest(4500, output).is_ok(), "{output}");
+    }
+    assert!(nest(100_000, "ns.x|length").unwrap_err().to_string().contains("fuel"));
     let dated = ChatTemplate::new("{{ strftime_now('%d %Z') }}");
     assert!(dated.render(&[], false, ("", ""), Date::from_days(0)).unwrap_err().to_string().contains("%Z"));
 }
