@@ -8,7 +8,9 @@ mod common;
 mod smollm2;
 
 use common::{gpus, ScratchDir, ShapeRng};
-use mobilellm_kernels::constrain::{json_schema_to_gbnf, Constraint, Grammar, GrammarConstraint};
+use mobilellm_kernels::constrain::{
+    json_schema_to_gbnf, json_schema_to_gbnf_with, Constraint, Grammar, GrammarConstraint, JsonLayout,
+};
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
 use mobilellm_kernels::tokenizer::Tokenizer;
@@ -524,6 +526,91 @@ fn schema_grammars_generate_only_valid_documents() {
                 assert!(validates(&schemas[i], &v, &schemas[i]), "{doc}");
             }
         }
+    }
+}
+
+/// The bytes of a JSON text outside its strings (quotes included), each with its position.
+fn outside_strings(text: &[u8]) -> Vec<(usize, u8)> {
+    let (mut out, mut in_string, mut escaped) = (Vec::new(), false, false);
+    for (i, &b) in text.iter().enumerate() {
+        if in_string {
+            (in_string, escaped) = (escaped || b != b'"', !escaped && b == b'\\');
+        } else {
+            in_string = b == b'"';
+            out.push((i, b));
+        }
+    }
+    out
+}
+
+/// Fixed layouts: random walks under each schema's spaced and compact grammars complete only valid
+/// documents, with one space after each `:` and `,` outside strings and no other whitespace (spaced) or none
+/// at all (compact), and hand-checked texts are taken or refused by their whitespace alone.
+#[test]
+fn fixed_layouts_take_only_their_whitespace() {
+    let mut vocab = json_vocabulary();
+    let stop = vocab.len() as u32;
+    vocab.push(Vec::new());
+    let mut rng = ShapeRng::new(11);
+    let mut complete = 0;
+    for schema in schemas() {
+        for layout in [JsonLayout::Spaced, JsonLayout::Compact] {
+            let gbnf = json_schema_to_gbnf_with(&schema, layout).unwrap();
+            let mut constraint = GrammarConstraint::with_vocabulary(grammar(&gbnf), vocab.clone(), &[stop]);
+            for _walk in 0..30 {
+                constraint.reset();
+                let mut text = Vec::new();
+                for _ in 0..120 {
+                    let mask = constraint.mask().unwrap();
+                    if constraint.is_complete() && rng.chance(50) {
+                        break;
+                    }
+                    let allowed: Vec<u32> = mask.ids().filter(|&id| id != stop).collect();
+                    if allowed.is_empty() {
+                        break;
+                    }
+                    let pick = rng.pick(&allowed);
+                    constraint.accept(pick).unwrap();
+                    text.extend(&vocab[pick as usize]);
+                }
+                if !constraint.is_complete() {
+                    continue;
+                }
+                let shown = String::from_utf8_lossy(&text);
+                match serde_json::from_slice::<Value>(&text) {
+                    Ok(doc) => assert!(validates(&schema, &doc, &schema), "{shown} against {schema}"),
+                    Err(e) if e.to_string().contains("out of range") => continue,
+                    Err(e) => panic!("{shown}: {e}\n{gbnf}"),
+                }
+                // Whitespace outside strings: exactly one space after each `:` and `,` (spaced), none (compact).
+                for (i, b) in outside_strings(&text) {
+                    let follows_separator = i > 0 && matches!(text[i - 1], b':' | b',');
+                    if b.is_ascii_whitespace() {
+                        assert!(layout == JsonLayout::Spaced && b == b' ' && follows_separator, "{layout:?}: {shown}");
+                    } else if matches!(b, b':' | b',') && layout == JsonLayout::Spaced {
+                        assert_eq!(text.get(i + 1), Some(&b' '), "a space after byte {i} of {shown}");
+                    }
+                }
+                complete += 1;
+            }
+        }
+    }
+    assert!(complete > 150, "{complete} complete documents");
+
+    let person = &schemas()[0];
+    let checks = [
+        (JsonLayout::Spaced, r#"{"name": "Ada", "tags": ["a", null], "ok": true}"#, true),
+        (JsonLayout::Spaced, r#"{"name":"Ada","ok":true}"#, false),
+        (JsonLayout::Spaced, r#"{ "name": "Ada", "ok": true }"#, false),
+        (JsonLayout::Spaced, r#"{"name": "Ada",  "ok": true}"#, false),
+        (JsonLayout::Compact, r#"{"name":"Ada","tags":["a",null],"ok":true}"#, true),
+        (JsonLayout::Compact, r#"{"name": "Ada","ok":true}"#, false),
+        (JsonLayout::Compact, "{\"name\":\"Ada\",\"ok\":true}\n", false),
+        (JsonLayout::Free, "{ \"name\" :\"Ada\",\n  \"ok\": true }", true),
+    ];
+    for (layout, doc, want) in checks {
+        let g = grammar(&json_schema_to_gbnf_with(person, layout).unwrap());
+        assert_eq!(g.accepts(doc), want, "{layout:?}: {doc}");
     }
 }
 

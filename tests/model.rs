@@ -613,6 +613,23 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     let answer = out.strip_prefix(prompt).map(str::trim);
     assert!(matches!(answer, Some("\"red\"" | "\"green\"" | "7")), "{out:?} {log}");
     assert!(log.contains("root ::="), "the grammar printed: {log}");
+    // --jump-forward: the forced text goes in unpicked (the stats say how much), the answer still a
+    // sentence; in the compact layout a schema's whole document here is forced.
+    let forced_count = |log: &str| -> usize {
+        let stats = log.lines().find_map(|l| l.strip_prefix("[jump-forward: ")).unwrap_or_else(|| panic!("{log}"));
+        stats.split(' ').next().unwrap().parse().unwrap()
+    };
+    let forced = dir.join("forced.gbnf");
+    std::fs::write(&forced, "root ::= \" a: \" [yn] \".\"").unwrap();
+    let (out, log) = generate(&["--grammar".as_ref(), forced.as_os_str(), "--jump-forward".as_ref()]);
+    let answer = out.strip_prefix(prompt).and_then(|a| a.strip_suffix('\n'));
+    assert!(matches!(answer, Some(" a: y." | " a: n.")), "{out:?} {log}");
+    assert!(forced_count(&log) >= 1, "{log}");
+    std::fs::write(&schema_file, r#"{"type": "array", "items": {"const": 1}, "minItems": 2, "maxItems": 2}"#).unwrap();
+    let schema_args = ["--json-schema".as_ref(), schema_file.as_os_str(), "--json-layout".as_ref(), "compact".as_ref()];
+    let (out, log) = generate(&[&schema_args[..], &["--jump-forward".as_ref()]].concat());
+    assert_eq!(out.strip_prefix(prompt), Some("[1,1]\n"), "{log}");
+    assert!(forced_count(&log) >= 2, "{log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -5,8 +5,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use clap::{Args, Parser, Subcommand};
-use mobilellm_kernels::constrain::{json_schema_to_gbnf, Constraint, Grammar, GrammarConstraint, JsonConstraint};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use mobilellm_kernels::constrain::{
+    json_schema_to_gbnf_with, Constraint, Grammar, GrammarConstraint, JsonConstraint, JsonLayout,
+};
 use mobilellm_kernels::model::gguf::{GgufFile, MetaValue};
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
 use mobilellm_kernels::model::{
@@ -212,9 +214,18 @@ struct SamplingArgs {
     /// `constrain::json_schema_to_gbnf` documents).
     #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
     json_schema: Option<PathBuf>,
+    /// Where the JSON of --json-schema may have whitespace: anywhere JSON allows (free), one space after
+    /// `:` and `,` (spaced), or nowhere (compact). A fixed layout leaves more text forced (--jump-forward).
+    #[arg(long, value_enum, default_value_t = Layout::Free, requires = "json_schema")]
+    json_layout: Layout,
     /// Print the GBNF grammar of --json-schema (or --grammar as parsed) to stderr.
     #[arg(long)]
     print_grammar: bool,
+    /// With --json, --grammar or --json-schema: feed the text the constraint forces (a schema's keys) in
+    /// the next pass instead of picking it token by token (fewer passes; the forced text is tokenized as
+    /// the tokenizer writes it).
+    #[arg(long, conflicts_with = "logprobs")]
+    jump_forward: bool,
     /// Report each generated token's log-probability (from the GPU sampler) and their mean.
     #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
     logprobs: bool,
@@ -223,10 +234,30 @@ struct SamplingArgs {
     top_logprobs: usize,
 }
 
+/// `--json-layout`: `constrain::JsonLayout`.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Layout {
+    Free,
+    Spaced,
+    Compact,
+}
+
+impl From<Layout> for JsonLayout {
+    fn from(layout: Layout) -> JsonLayout {
+        match layout {
+            Layout::Free => JsonLayout::Free,
+            Layout::Spaced => JsonLayout::Spaced,
+            Layout::Compact => JsonLayout::Compact,
+        }
+    }
+}
+
 /// How tokens are decoded: one pick per step (constrained to JSON, a grammar or a JSON schema, and with
-/// each pick's log-probabilities reported, if asked), or with drafts from somewhere.
+/// each pick's log-probabilities reported, if asked), constrained with forced text fed unpicked, or with
+/// drafts from somewhere.
 enum Decoding {
     Plain { constraint: Option<Box<dyn Constraint>>, logprobs: Option<usize> },
+    JumpForward(Box<dyn Constraint>),
     Lookup(LookupOptions),
     Draft(Box<Model>, usize),
 }
@@ -236,16 +267,22 @@ impl SamplingArgs {
     fn decoding(&self, gpu: &Gpu, context: usize, tokenizer: &Tokenizer) -> Result<Decoding> {
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
         let logprobs = self.logprobs.then_some(self.top_logprobs);
+        let constrained = |constraint: Box<dyn Constraint>| match self.jump_forward {
+            true => Decoding::JumpForward(constraint),
+            false => Decoding::Plain { constraint: Some(constraint), logprobs },
+        };
         if self.json {
-            let constraint = Some(Box::new(JsonConstraint::new(tokenizer, &stop)) as Box<dyn Constraint>);
-            return Ok(Decoding::Plain { constraint, logprobs });
+            return Ok(constrained(Box::new(JsonConstraint::new(tokenizer, &stop))));
         }
-        if let Some(grammar) = load_grammar(self.grammar.as_deref(), self.json_schema.as_deref())? {
+        let layout = self.json_layout.into();
+        if let Some(grammar) = load_grammar(self.grammar.as_deref(), self.json_schema.as_deref(), layout)? {
             if self.print_grammar {
                 eprint!("{grammar}");
             }
-            let constraint = Some(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop)) as Box<dyn Constraint>);
-            return Ok(Decoding::Plain { constraint, logprobs });
+            return Ok(constrained(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop))));
+        }
+        if self.jump_forward {
+            return Err(Error::invalid("--jump-forward", "no constraint", "--json, --grammar or --json-schema"));
         }
         if let Some(path) = &self.draft_model {
             let (host, _) = load_host(path, None)?;
@@ -318,6 +355,9 @@ struct GrammarArgs {
     /// A JSON schema file (the subset `constrain::json_schema_to_gbnf` documents).
     #[arg(long)]
     json_schema: Option<PathBuf>,
+    /// Where the JSON of --json-schema may have whitespace (as for generate).
+    #[arg(long, value_enum, default_value_t = Layout::Free, requires = "json_schema")]
+    json_layout: Layout,
     /// Text files to check: each must be a whole sentence of the grammar.
     #[arg(long)]
     check: Vec<PathBuf>,
@@ -328,13 +368,13 @@ fn read_text(path: &Path) -> Result<String> {
 }
 
 /// The grammar of `--grammar` (GBNF) or `--json-schema` (converted), if either is given.
-fn load_grammar(grammar: Option<&Path>, json_schema: Option<&Path>) -> Result<Option<Grammar>> {
+fn load_grammar(grammar: Option<&Path>, json_schema: Option<&Path>, layout: JsonLayout) -> Result<Option<Grammar>> {
     let gbnf = match (grammar, json_schema) {
         (Some(path), _) => read_text(path)?,
         (_, Some(path)) => {
             let schema: serde_json::Value = serde_json::from_str(&read_text(path)?)
                 .map_err(|e| Error::invalid("JSON schema file", path.display(), format!("JSON ({e})")))?;
-            json_schema_to_gbnf(&schema)?
+            json_schema_to_gbnf_with(&schema, layout)?
         }
         _ => return Ok(None),
     };
@@ -344,7 +384,7 @@ fn load_grammar(grammar: Option<&Path>, json_schema: Option<&Path>) -> Result<Op
 /// Prints the grammar as parsed (a schema's as written for it) and checks files against it: each whole
 /// sentence, or an error naming where its text leaves the language.
 fn grammar(a: &GrammarArgs) -> Result<()> {
-    let grammar = load_grammar(a.grammar.as_deref(), a.json_schema.as_deref())?
+    let grammar = load_grammar(a.grammar.as_deref(), a.json_schema.as_deref(), a.json_layout.into())?
         .ok_or_else(|| Error::invalid("grammar", "none", "--grammar FILE or --json-schema FILE"))?;
     print!("{grammar}");
     for path in &a.check {
@@ -549,6 +589,18 @@ fn generate_with(
             // `&mut (dyn Constraint + 'static)` shortened to the call's lifetime.
             let constraint = constraint.as_mut().map(|c| &mut **c as &mut dyn Constraint);
             (generate_plain(model, tokenizer, constraint, *logprobs, prompt_ids, max_new, stop, on_token)?, None)
+        }
+        Decoding::JumpForward(constraint) => {
+            let out = model.generate_jump_forward(prompt_ids, max_new, stop, &mut **constraint, tokenizer, on_token);
+            let complete = constraint.is_complete();
+            // The next call (a chat's next turn) starts a new output.
+            constraint.reset();
+            let out = out?;
+            if !complete {
+                eprintln!("[constrained: the output was not complete after {max_new} tokens]");
+            }
+            eprintln!("[jump-forward: {} of {} tokens forced, {} passes]", out.forced, out.tokens.len(), out.passes);
+            (out.tokens, None)
         }
         Decoding::Lookup(options) => {
             let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;

@@ -1040,4 +1040,28 @@ impl Constraint for GrammarConstraint {
         let start = self.grammar.start();
         self.current = self.intern(start);
     }
+
+    /// Follows the DFA while a state has one byte out and is no whole sentence (each state tries all 256
+    /// bytes once; the DFA keeps the steps).
+    fn forced_bytes(&mut self, limit: usize) -> Vec<u8> {
+        let mut forced = Vec::new();
+        let mut state = self.current;
+        'walk: while forced.len() < limit && !self.states[state as usize].is_complete() {
+            let mut only = None;
+            for b in 0..=255u8 {
+                let next = self.step(state, b);
+                if next != DEAD {
+                    if only.is_some() {
+                        break 'walk;
+                    }
+                    only = Some((b, next));
+                }
+            }
+            let Some((b, next)) = only else { break };
+            forced.push(b);
+            state = next;
+        }
+        self.trim();
+        forced
+    }
 }

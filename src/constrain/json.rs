@@ -427,4 +427,26 @@ impl Constraint for JsonConstraint {
     fn reset(&mut self) {
         self.state = JsonPrefix::new();
     }
+
+    /// The rest of a keyword (`true`, `false`, `null`) once begun; JSON leaves nothing else forced.
+    fn forced_bytes(&mut self, limit: usize) -> Vec<u8> {
+        let mut forced = Vec::new();
+        let mut state = self.state;
+        while forced.len() < limit && !state.is_complete() {
+            let mut only = None;
+            for b in 0..=255u8 {
+                let mut next = state;
+                if next.push(b) {
+                    if only.is_some() {
+                        return forced;
+                    }
+                    only = Some((b, next));
+                }
+            }
+            let Some((b, next)) = only else { break };
+            forced.push(b);
+            state = next;
+        }
+        forced
+    }
 }

@@ -4,6 +4,9 @@
 //! - [`GrammarConstraint`]: the language of a GBNF grammar (llama.cpp's grammar format, [`Grammar`]), which
 //!   [`json_schema_to_gbnf`] writes for a JSON schema (structured output).
 //!
+//! [`Model::generate_jump_forward`] also feeds the text a constraint forces ([`Constraint::forced_bytes`])
+//! without picking it token by token.
+//!
 //! ```no_run
 //! # fn demo(model: &mut mobilellm_kernels::model::Model, tokenizer: &mobilellm_kernels::tokenizer::Tokenizer,
 //! #         prompt: &[u32]) -> mobilellm_kernels::Result<()> {
@@ -18,11 +21,13 @@
 
 mod grammar;
 mod json;
+mod jump;
 mod schema;
 
 pub use grammar::{Grammar, GrammarConstraint, MAX_ELEMENTS, MAX_EXPANSION, MAX_STACKS, MAX_STACK_DEPTH};
 pub use json::{JsonConstraint, JsonPrefix, MAX_DEPTH, MAX_WHITESPACE};
-pub use schema::json_schema_to_gbnf;
+pub use jump::{JumpForward, MAX_FORCED_BYTES};
+pub use schema::{json_schema_to_gbnf, json_schema_to_gbnf_with, JsonLayout};
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -43,6 +48,13 @@ pub trait Constraint {
     fn is_complete(&self) -> bool;
     /// Starts a new output.
     fn reset(&mut self);
+    /// The bytes every continuation of the output starts with, at most `limit`: text the constraint leaves
+    /// no choice about, which [`Model::generate_jump_forward`] feeds without sampling. Empty when the next
+    /// byte is open or the output may end here. By default nothing is forced.
+    fn forced_bytes(&mut self, limit: usize) -> Vec<u8> {
+        let _ = limit;
+        Vec::new()
+    }
     /// The mask for a generation hook ([`Model::generate_constrained`]): accepts the last of the tokens
     /// `generated` so far (if any), then gives [`Constraint::mask`].
     fn mask_after(&mut self, generated: &[u32]) -> Result<TokenMask> {

@@ -14,8 +14,8 @@
 //! bounds on non-integers, is an error that names it: a grammar that ignored it would let through
 //! documents the schema rejects.
 //!
-//! Whitespace between tokens is none, one space, or a newline and up to 20 spaces or tabs; numbers have at
-//! most 16 integer digits.
+//! Whitespace between tokens is none, one space, or a newline and up to 20 spaces or tabs (or a fixed
+//! layout: [`JsonLayout`]); numbers have at most 16 integer digits.
 
 use std::collections::{HashMap, HashSet};
 
@@ -100,8 +100,14 @@ const PRIMITIVES: &[(&str, &str, &[&str])] = &[
         "object | array | string | number | boolean | null",
         &["object", "array", "string", "number", "boolean", "null"],
     ),
-    ("object", r#""{" ws (string ":" ws value ("," ws string ":" ws value)*)? "}" ws"#, &["ws", "string", "value"]),
-    ("array", r#""[" ws (value ("," ws value)*)? "]" ws"#, &["ws", "value"]),
+    (
+        "object",
+        r#""{" ws (string colon value (comma string colon value)*)? "}" ws"#,
+        &["ws", "colon", "comma", "string", "value"],
+    ),
+    ("array", r#""[" ws (value (comma value)*)? "]" ws"#, &["ws", "comma", "value"]),
+    ("colon", r#"":" ws"#, &["ws"]),
+    ("comma", r#""," ws"#, &["ws"]),
 ];
 
 /// Writes a GBNF grammar (rule `root` first) for the JSON documents `schema` accepts; see the module docs
@@ -121,6 +127,56 @@ const PRIMITIVES: &[(&str, &str, &[&str])] = &[
 /// # Ok::<(), mobilellm_kernels::Error>(())
 /// ```
 pub fn json_schema_to_gbnf(schema: &Value) -> Result<String> {
+    json_schema_to_gbnf_with(schema, JsonLayout::Free)
+}
+
+/// Where the JSON of a schema's grammar may have whitespace.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum JsonLayout {
+    /// Whatever the model writes between tokens: none, one space, or a newline and up to 20 spaces or tabs.
+    #[default]
+    Free,
+    /// One space after each `:` and `,` and none elsewhere, as Python's `json.dumps` writes it:
+    /// `{"a": 1, "b": [1, 2]}`.
+    Spaced,
+    /// No whitespace: `{"a":1,"b":[1,2]}`.
+    Compact,
+}
+
+impl JsonLayout {
+    /// The body of a whitespace primitive (`ws`, `colon`, `comma`) in this layout; `None` for the others.
+    fn body(self, primitive: &str) -> Option<&'static str> {
+        let (ws, colon, comma) = match self {
+            JsonLayout::Free => return None,
+            JsonLayout::Spaced => (r#""""#, r#"": ""#, r#"", ""#),
+            JsonLayout::Compact => (r#""""#, r#"":""#, r#"",""#),
+        };
+        match primitive {
+            "ws" => Some(ws),
+            "colon" => Some(colon),
+            "comma" => Some(comma),
+            _ => None,
+        }
+    }
+}
+
+/// [`json_schema_to_gbnf`] with the whitespace of `layout`. A fixed layout leaves the model no choice
+/// between a value and the next key, so that text is forced: [`Model::generate_jump_forward`] feeds it
+/// in one pass instead of one step per token.
+///
+/// [`Model::generate_jump_forward`]: crate::model::Model::generate_jump_forward
+///
+/// ```
+/// use mobilellm_kernels::constrain::{json_schema_to_gbnf_with, Grammar, JsonLayout};
+/// let schema = serde_json::json!({ "type": "object", "properties": { "a": { "type": "array" } } });
+/// let spaced = Grammar::parse(&json_schema_to_gbnf_with(&schema, JsonLayout::Spaced)?)?;
+/// assert!(spaced.accepts(r#"{"a": [1, {"b": null}]}"#));
+/// assert!(!spaced.accepts(r#"{"a":[1]}"#) && !spaced.accepts(r#"{ "a": [1] }"#));
+/// let compact = Grammar::parse(&json_schema_to_gbnf_with(&schema, JsonLayout::Compact)?)?;
+/// assert!(compact.accepts(r#"{"a":[1,{"b":null}]}"#) && !compact.accepts(r#"{"a": [1]}"#));
+/// # Ok::<(), mobilellm_kernels::Error>(())
+/// ```
+pub fn json_schema_to_gbnf_with(schema: &Value, layout: JsonLayout) -> Result<String> {
     let mut c = Converter { document: schema, rules: Vec::new(), taken: HashSet::new(), refs: HashMap::new() };
     c.taken.insert("root".to_string());
     for (name, _, _) in PRIMITIVES {
@@ -145,6 +201,7 @@ pub fn json_schema_to_gbnf(schema: &Value) -> Result<String> {
         text.push_str(&format!("{name} ::= {body}\n"));
     }
     for (name, body, _) in PRIMITIVES.iter().filter(|p| used.contains(&p.0)) {
+        let body = layout.body(name).unwrap_or(body);
         text.push_str(&format!("{name} ::= {body}\n"));
     }
     Ok(text)
@@ -349,9 +406,9 @@ impl Converter<'_> {
                 Some(schema) => {
                     let value =
                         self.visit(schema, &format!("{path}/additionalProperties"), &format!("{hint}-value"))?;
-                    let member = format!("string \":\" ws {value}");
+                    let member = format!("string colon {value}");
                     let name = self.name(hint);
-                    Ok(self.rule(name, format!("\"{{\" ws ({member} (\",\" ws {member})*)? \"}}\" ws")))
+                    Ok(self.rule(name, format!("\"{{\" ws ({member} (comma {member})*)? \"}}\" ws")))
                 }
             };
         };
@@ -374,7 +431,7 @@ impl Converter<'_> {
         let mut members = Vec::new();
         for (key, schema) in properties {
             let value = self.visit(schema, &format!("{path}/properties/{key}"), &format!("{hint}-{key}"))?;
-            let body = format!("{} ws \":\" ws {value}", literal(&Value::String(key.clone()).to_string()));
+            let body = format!("{} ws colon {value}", literal(&Value::String(key.clone()).to_string()));
             let name = self.name(&format!("{hint}-{key}-kv"));
             members.push((self.rule(name, body), required.contains(&key.as_str())));
         }
@@ -383,7 +440,7 @@ impl Converter<'_> {
         let after = |from: usize| -> String {
             members[from..]
                 .iter()
-                .map(|(kv, req)| if *req { format!("\",\" ws {kv}") } else { format!("(\",\" ws {kv})?") })
+                .map(|(kv, req)| if *req { format!("comma {kv}") } else { format!("(comma {kv})?") })
                 .collect::<Vec<_>>()
                 .join(" ")
         };
@@ -415,8 +472,8 @@ impl Converter<'_> {
         };
         let name = self.name(hint);
         let more = |lo: usize, hi: Option<usize>| match hi {
-            None => format!("(\",\" ws {item}){{{lo},}}"),
-            Some(hi) => format!("(\",\" ws {item}){{{lo},{hi}}}"),
+            None => format!("(comma {item}){{{lo},}}"),
+            Some(hi) => format!("(comma {item}){{{lo},{hi}}}"),
         };
         let body = match (min, max) {
             (_, Some(0)) => r#""[" ws "]" ws"#.to_string(),

@@ -343,6 +343,12 @@ impl TokenMask {
     pub fn count(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
+    /// The allowed ids, in increasing order.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.words.iter().enumerate().flat_map(|(i, &word)| {
+            (0..32).filter(move |bit| word & (1 << bit) != 0).map(move |bit| (i * 32 + bit) as u32)
+        })
+    }
     /// The ids allowed by either mask (of the same vocabulary; `self`'s size otherwise).
     pub fn union(mut self, other: &TokenMask) -> TokenMask {
         self.words.iter_mut().zip(&other.words).for_each(|(a, b)| *a |= b);

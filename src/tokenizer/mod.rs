@@ -592,6 +592,18 @@ impl Tokenizer {
         out
     }
 
+    /// Encodes text that continues a text already encoded: special tokens written in it are not matched,
+    /// and there is no BOS, EOS or SentencePiece space prefix (which belong to the start of a text). The
+    /// ids spell `text` where the vocabulary can (a byte-level vocabulary always can).
+    pub fn encode_continuation(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::with_capacity(text.len() / 3 + 1);
+        match &self.model {
+            Model::Gpt2(m) => m.encode(text, &self.token_to_id, &mut out),
+            Model::Llama(m) => m.encode(text, false, &self.vocab, &self.token_to_id, &mut out),
+        }
+        out
+    }
+
     fn split_special<'t>(&self, text: &'t str) -> Vec<Fragment<'t>> {
         let mut out = Vec::new();
         let (mut start, mut i) = (0, 0);
