@@ -1,12 +1,21 @@
 //! Prompt-lookup decoding (`Model::generate_lookup`) against plain greedy decoding (`Model::generate`) on the
 //! same model: the same tokens, the same final position, stops honoured inside accepted drafts, and drafts
-//! accepted where the text repeats; only greedy sampling without penalties is taken.
+//! accepted where the text repeats; only greedy sampling without penalties is taken. Under a constraint
+//! (`Model::generate_lookup_constrained`): the tokens of masked greedy decoding, also where the constraint
+//! forbids the drafts and the batched picks, and the real SmolLM2 copying JSON.
 mod common;
+#[path = "support/smollm2.rs"]
+mod smollm2;
 
 use common::{gpu_rules_gpu, gpus, tiny_config};
+use mobilellm_kernels::constrain::{
+    json_schema_to_gbnf_with, Constraint, Grammar, GrammarConstraint, JsonConstraint, JsonLayout,
+};
+use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::{HostModel, LookupOptions, Model, PlanOptions, Sampling};
 use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
+use mobilellm_kernels::tokenizer::Tokenizer;
 use mobilellm_kernels::{reference, Gpu};
 
 fn model(gpu: &Gpu, host: &HostModel) -> Model {
@@ -181,4 +190,89 @@ fn draft_model_must_share_the_vocabulary_and_be_greedy() {
     let e = target.generate_draft(&mut draft, &[1, 2], 8, &[], 4, |_| true).unwrap_err().to_string();
     assert!(e.contains("draft model's sampling"), "{e}");
     assert_eq!((target.position(), draft.position()), (0, 0), "refused before anything ran");
+}
+
+/// Lookup under a grammar on a random model whose tokens spell letters (id i is letter i mod 26): the same
+/// tokens and position as masked greedy decoding (`generate_constrained`) for grammars that allow its
+/// cycle, cut it, or forbid it, so drafts are cut by the mask and batched picks are made again.
+#[test]
+fn constrained_lookup_gives_masked_greedy_tokens() {
+    let host = HostModel::synthetic(tiny_config(), WeightType::Q8_0, 21).unwrap();
+    let vocab: Vec<Vec<u8>> = (0..host.config.vocab_size).map(|i| vec![b'a' + (i % 26) as u8]).collect();
+    let prompt: Vec<u32> = [5, 6, 7, 8, 5, 6, 7, 8, 5, 6].to_vec();
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        let (mut accepted, mut repicks) = (0, 0);
+        for text in ["root ::= [a-z]*", "root ::= [a-k]*", "root ::= [l-z]*", "root ::= ([a-m] [n-z])*"] {
+            let g = Grammar::parse(text).unwrap();
+            let mut c = GrammarConstraint::with_vocabulary(g, vocab.clone(), &[]);
+            let mut plain = model(gpu, &host);
+            let want = plain.generate_constrained(&prompt, 30, &[], |done| c.mask_after(done), |_| true).unwrap();
+            for options in [LookupOptions::default(), LookupOptions { ngram: 1, draft: 5 }] {
+                c.reset();
+                let mut fast = model(gpu, &host);
+                let (got, stats) =
+                    fast.generate_lookup_constrained(&prompt, 30, &[], options, &mut c, None, |_| true).unwrap();
+                assert_eq!(got, want, "[{}] {text} {options:?} {stats:?}", gpu.features());
+                assert_eq!(fast.position(), plain.position());
+                assert!(!fast.has_token_mask(), "the mask is lifted");
+                eprintln!("[{}] {text} {options:?}: {stats:?}", gpu.features());
+                accepted += stats.accepted;
+                repicks += stats.repicks;
+            }
+        }
+        assert!(accepted > 0 && repicks > 0, "drafts accepted {accepted}, picks made again {repicks}");
+    }
+}
+
+/// SmolLM2 asked to repeat a JSON document: under the JSON constraint the same tokens as masked greedy
+/// decoding, most of them from accepted drafts; under a spaced schema with jump-forward, a sentence of
+/// its grammar with keys forced and values drafted.
+#[test]
+fn smollm2_copies_json_with_drafts_under_a_constraint() {
+    let gpu = &gpus()[0];
+    let file = GgufFile::open(smollm2::gguf_path()).unwrap();
+    let tokenizer = Tokenizer::from_gguf(&file).unwrap();
+    let host = HostModel::from_gguf(&file, None).unwrap();
+    let options = PlanOptions { context: 256, ..PlanOptions::default() };
+    let doc = r#"{"name": "Maria Lopez", "city": "Barcelona", "country": "Spain", "job": "civil engineer"}"#;
+    let prompt = tokenizer.encode_chat(&[("user", &format!("Repeat this JSON exactly: {doc}"))], true).unwrap();
+    let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+    let mut json = JsonConstraint::new(&tokenizer, &stop);
+    let mut plain = Model::new(gpu, &host, &options).unwrap();
+    let want = plain.generate_constrained(&prompt, 60, &stop, |done| json.mask_after(done), |_| true).unwrap();
+    json.reset();
+    let mut fast = Model::new(gpu, &host, &options).unwrap();
+    let lookup = LookupOptions::default();
+    let (got, stats) = fast.generate_lookup_constrained(&prompt, 60, &stop, lookup, &mut json, None, |_| true).unwrap();
+    assert_eq!(tokenizer.decode(&got), tokenizer.decode(&want));
+    assert_eq!(got, want, "{stats:?}");
+    assert!(stats.accepted * 2 >= got.len(), "most tokens from drafts: {stats:?} for {} tokens", got.len());
+    eprintln!(
+        "{}\nJSON, lookup: {} tokens in {} passes and {} steps",
+        tokenizer.decode(&got),
+        got.len(),
+        stats.passes,
+        stats.steps
+    );
+
+    let schema = serde_json::json!({"type": "object", "properties": {
+        "name": {"type": "string"}, "city": {"type": "string"}, "country": {"type": "string"},
+        "job": {"type": "string"}}, "required": ["name", "city", "country", "job"]});
+    let g = Grammar::parse(&json_schema_to_gbnf_with(&schema, JsonLayout::Spaced).unwrap()).unwrap();
+    let mut c = GrammarConstraint::new(g.clone(), &tokenizer, &stop);
+    let mut fast = Model::new(gpu, &host, &options).unwrap();
+    let (got, stats) =
+        fast.generate_lookup_constrained(&prompt, 60, &stop, lookup, &mut c, Some(&tokenizer), |_| true).unwrap();
+    let text = tokenizer.decode(got.strip_suffix(&stop[..]).unwrap_or(&got));
+    assert!(g.accepts(&text), "{text}");
+    assert!(stats.forced > 0 && stats.accepted > 0, "{stats:?}");
+    eprintln!(
+        "{text}\nschema, lookup and jump-forward: {} tokens ({} forced, {} drafted and accepted) in {} passes and \
+         {} steps",
+        got.len(),
+        stats.forced,
+        stats.accepted,
+        stats.passes,
+        stats.steps
+    );
 }

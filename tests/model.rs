@@ -625,6 +625,12 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     let answer = out.strip_prefix(prompt).and_then(|a| a.strip_suffix('\n'));
     assert!(matches!(answer, Some(" a: y." | " a: n.")), "{out:?} {log}");
     assert!(forced_count(&log) >= 1, "{log}");
+    // With --lookup too: the same answer (greedy either way), drafts and forced tokens reported.
+    let lookup_args = ["--lookup".as_ref(), "4".as_ref()];
+    let (again, log) =
+        generate(&[&lookup_args[..], &["--grammar".as_ref(), forced.as_os_str(), "--jump-forward".as_ref()]].concat());
+    assert_eq!(again, out, "{log}");
+    assert!(log.contains("[drafts: ") && log.contains("forced tokens]"), "{log}");
     std::fs::write(&schema_file, r#"{"type": "array", "items": {"const": 1}, "minItems": 2, "maxItems": 2}"#).unwrap();
     let schema_args = ["--json-schema".as_ref(), schema_file.as_os_str(), "--json-layout".as_ref(), "compact".as_ref()];
     let (out, log) = generate(&[&schema_args[..], &["--jump-forward".as_ref()]].concat());

@@ -205,14 +205,14 @@ struct SamplingArgs {
     #[arg(long, default_value_t = 4)]
     draft: usize,
     /// Constrain the output to one JSON document (ends when it is complete).
-    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "grammar", "json_schema"])]
+    #[arg(long, conflicts_with_all = ["draft_model", "grammar", "json_schema"])]
     json: bool,
     /// Constrain the output to a GBNF grammar (llama.cpp's format) read from this file; its rule `root`.
-    #[arg(long, conflicts_with_all = ["lookup", "draft_model", "json_schema"])]
+    #[arg(long, conflicts_with_all = ["draft_model", "json_schema"])]
     grammar: Option<PathBuf>,
     /// Constrain the output to JSON that this JSON schema file accepts (the subset
     /// `constrain::json_schema_to_gbnf` documents).
-    #[arg(long, conflicts_with_all = ["lookup", "draft_model"])]
+    #[arg(long, conflicts_with = "draft_model")]
     json_schema: Option<PathBuf>,
     /// Where the JSON of --json-schema may have whitespace: anywhere JSON allows (free), one space after
     /// `:` and `,` (spaced), or nowhere (compact). A fixed layout leaves more text forced (--jump-forward).
@@ -223,7 +223,7 @@ struct SamplingArgs {
     print_grammar: bool,
     /// With --json, --grammar or --json-schema: feed the text the constraint forces (a schema's keys) in
     /// the next pass instead of picking it token by token (fewer passes; the forced text is tokenized as
-    /// the tokenizer writes it).
+    /// the tokenizer writes it). With --lookup too: forced text and drafts share the passes.
     #[arg(long, conflicts_with = "logprobs")]
     jump_forward: bool,
     /// Report each generated token's log-probability (from the GPU sampler) and their mean.
@@ -256,9 +256,13 @@ impl From<Layout> for JsonLayout {
 /// each pick's log-probabilities reported, if asked), constrained with forced text fed unpicked, or with
 /// drafts from somewhere.
 enum Decoding {
-    Plain { constraint: Option<Box<dyn Constraint>>, logprobs: Option<usize> },
+    Plain {
+        constraint: Option<Box<dyn Constraint>>,
+        logprobs: Option<usize>,
+    },
     JumpForward(Box<dyn Constraint>),
-    Lookup(LookupOptions),
+    /// Drafts from the text, under a constraint if given (with its forced text fed unpicked if asked).
+    Lookup(LookupOptions, Option<Box<dyn Constraint>>, bool),
     Draft(Box<Model>, usize),
 }
 
@@ -267,9 +271,11 @@ impl SamplingArgs {
     fn decoding(&self, gpu: &Gpu, context: usize, tokenizer: &Tokenizer) -> Result<Decoding> {
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
         let logprobs = self.logprobs.then_some(self.top_logprobs);
-        let constrained = |constraint: Box<dyn Constraint>| match self.jump_forward {
-            true => Decoding::JumpForward(constraint),
-            false => Decoding::Plain { constraint: Some(constraint), logprobs },
+        let lookup = LookupOptions { draft: self.lookup, ..LookupOptions::default() };
+        let constrained = |constraint: Box<dyn Constraint>| match (self.lookup, self.jump_forward) {
+            (0, true) => Decoding::JumpForward(constraint),
+            (0, false) => Decoding::Plain { constraint: Some(constraint), logprobs },
+            (_, jump) => Decoding::Lookup(lookup, Some(constraint), jump),
         };
         if self.json {
             return Ok(constrained(Box::new(JsonConstraint::new(tokenizer, &stop))));
@@ -292,7 +298,7 @@ impl SamplingArgs {
         }
         Ok(match self.lookup {
             0 => Decoding::Plain { constraint: None, logprobs },
-            draft => Decoding::Lookup(LookupOptions { draft, ..LookupOptions::default() }),
+            _ => Decoding::Lookup(lookup, None, false),
         })
     }
 
@@ -602,8 +608,27 @@ fn generate_with(
             eprintln!("[jump-forward: {} of {} tokens forced, {} passes]", out.forced, out.tokens.len(), out.passes);
             (out.tokens, None)
         }
-        Decoding::Lookup(options) => {
+        Decoding::Lookup(options, None, _) => {
             let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;
+            (out, Some(stats))
+        }
+        Decoding::Lookup(options, Some(constraint), jump) => {
+            let jump = jump.then_some(tokenizer);
+            let result = model.generate_lookup_constrained(
+                prompt_ids,
+                max_new,
+                stop,
+                *options,
+                &mut **constraint,
+                jump,
+                on_token,
+            );
+            let complete = constraint.is_complete();
+            constraint.reset();
+            let (out, stats) = result?;
+            if !complete {
+                eprintln!("[constrained: the output was not complete after {max_new} tokens]");
+            }
             (out, Some(stats))
         }
         Decoding::Draft(draft, n) => {
@@ -682,8 +707,9 @@ fn generate_plain(
 fn report_drafts(stats: Option<LookupStats>) {
     if let Some(stats) = stats {
         eprintln!(
-            "[drafts: {} passes, {} of {} drafted tokens accepted, {} plain steps]",
-            stats.passes, stats.accepted, stats.drafted, stats.steps
+            "[drafts: {} passes, {} of {} drafted tokens accepted, {} plain steps ({} picks the constraint \
+             forbade, made again), {} forced tokens]",
+            stats.passes, stats.accepted, stats.drafted, stats.steps, stats.repicks, stats.forced
         );
     }
 }

@@ -26,7 +26,7 @@ pub struct JumpForward {
 /// to their last whole character, encoded as a continuation. The last token goes only if no token the
 /// constraint allows in its place runs past the forced text (it would merge the forced text with what the
 /// model writes next: the model picks there, under the mask). None unless the tokens spell forced bytes.
-fn forced_tokens(constraint: &mut dyn Constraint, tokenizer: &Tokenizer, limit: usize) -> Result<Vec<u32>> {
+pub(crate) fn forced_tokens(constraint: &mut dyn Constraint, tokenizer: &Tokenizer, limit: usize) -> Result<Vec<u32>> {
     if limit == 0 {
         return Ok(Vec::new());
     }

@@ -26,6 +26,7 @@ mod schema;
 
 pub use grammar::{Grammar, GrammarConstraint, MAX_ELEMENTS, MAX_EXPANSION, MAX_STACKS, MAX_STACK_DEPTH};
 pub use json::{JsonConstraint, JsonPrefix, MAX_DEPTH, MAX_WHITESPACE};
+pub(crate) use jump::forced_tokens;
 pub use jump::{JumpForward, MAX_FORCED_BYTES};
 pub use schema::{json_schema_to_gbnf, json_schema_to_gbnf_with, JsonLayout};
 

@@ -8,13 +8,16 @@
 //! warm-up) took 12.5-13.0 ms per token with drafts of 8 (16 of 16 accepted) against 21.4-27.6 without.
 //!
 //! [`Model::generate_draft`] takes its drafts from a smaller model of the same tokenizer instead (speculative
-//! decoding), through the same batched check.
+//! decoding), through the same batched check, and [`Model::generate_lookup_constrained`] checks lookup
+//! drafts under a [`Constraint`]'s masks (a JSON answer that quotes its prompt).
 //!
 //! The output is greedy decoding's: the picks come from the batched product instead of the single-token one,
 //! whose sums round differently, so the two can part only where two logits tie to within that rounding.
 
 use super::{Model, Sampling};
+use crate::constrain::{forced_tokens, Constraint};
 use crate::error::{Error, Result};
+use crate::tokenizer::Tokenizer;
 
 /// How drafts are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,8 +43,35 @@ pub struct LookupStats {
     pub drafted: usize,
     /// Drafted tokens accepted.
     pub accepted: usize,
-    /// Plain decode steps (no draft found).
+    /// Plain decode steps (no draft found, or a pick made again: `repicks`).
     pub steps: usize,
+    /// Under a constraint: passes whose pick the constraint forbade, picked again by a masked step.
+    pub repicks: usize,
+    /// Tokens a constraint forced, fed unpicked ([`Model::generate_lookup_constrained`] with a tokenizer).
+    pub forced: usize,
+}
+
+/// What a pass of speculative decoding gave: the sampler's pick after its last row (no drafts), or each
+/// row's greedy pick (drafts to check).
+enum Pass {
+    Pick(u32),
+    Rows(Vec<u32>),
+}
+
+/// A constraint over the output of speculative decoding, and the tokenizer to feed its forced text with.
+struct Guide<'a> {
+    constraint: &'a mut dyn Constraint,
+    jump_forward: Option<&'a Tokenizer>,
+}
+
+impl Guide<'_> {
+    /// The tokens forced next (accepted into the constraint), at most `limit`; none without a tokenizer.
+    fn forced(&mut self, limit: usize) -> Result<Vec<u32>> {
+        match self.jump_forward {
+            Some(tokenizer) => forced_tokens(self.constraint, tokenizer, limit),
+            None => Ok(Vec::new()),
+        }
+    }
 }
 
 /// The continuation of the latest earlier occurrence of `seq`'s last `ngram` tokens: at most `limit`
@@ -85,7 +115,49 @@ impl Model {
     ) -> Result<(Vec<u32>, LookupStats)> {
         check_greedy("sampling for prompt-lookup decoding", self.sampling())?;
         let propose = |seq: &[u32], limit: usize| Ok(find_draft(seq, options.ngram, limit.min(options.draft)));
-        self.speculate(prompt, max_new, stop, propose, on_token)
+        self.speculate(prompt, max_new, stop, None, propose, on_token)
+    }
+
+    /// [`Model::generate_lookup`] under a constraint: the tokens are greedy decoding's under the
+    /// constraint's mask ([`Model::generate_constrained`]), in fewer passes where the output copies the
+    /// text before it (a JSON answer quoting its prompt). A draft counts only as far as the constraint
+    /// allows it, and where a pass's pick is a token the constraint forbids, the pick is made again with
+    /// the mask (one decode step). With `jump_forward`, the text the constraint forces also goes into each
+    /// pass unpicked, as [`Model::generate_jump_forward`] feeds it (those tokens are then the tokenizer's,
+    /// not necessarily greedy's). `constraint` follows from where it stands; the mask is lifted when the
+    /// call returns.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, tokenizer: &mobilellm_kernels::tokenizer::Tokenizer,
+    /// #         prompt: &[u32]) -> mobilellm_kernels::Result<()> {
+    /// use mobilellm_kernels::constrain::JsonConstraint;
+    /// use mobilellm_kernels::model::lookup::LookupOptions;
+    /// let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+    /// let mut json = JsonConstraint::new(tokenizer, &stop);
+    /// let options = LookupOptions::default();
+    /// let (tokens, stats) =
+    ///     model.generate_lookup_constrained(prompt, 128, &stop, options, &mut json, Some(tokenizer), |_| true)?;
+    /// println!("{}: {} of {} drafts accepted, {} forced", tokenizer.decode(&tokens), stats.accepted,
+    ///     stats.drafted, stats.forced);
+    /// # Ok(()) }
+    /// ```
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_lookup_constrained(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        options: LookupOptions,
+        constraint: &mut dyn Constraint,
+        jump_forward: Option<&Tokenizer>,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, LookupStats)> {
+        check_greedy("sampling for prompt-lookup decoding", self.sampling())?;
+        let propose = |seq: &[u32], limit: usize| Ok(find_draft(seq, options.ngram, limit.min(options.draft)));
+        let guide = Guide { constraint, jump_forward };
+        let result = self.speculate(prompt, max_new, stop, Some(guide), propose, on_token);
+        self.set_token_mask(None)?;
+        result
     }
 
     /// [`Model::generate`] with drafts from a smaller model of the same vocabulary (speculative decoding,
@@ -138,16 +210,18 @@ impl Model {
             }
             Ok(proposal)
         };
-        self.speculate(prompt, max_new, stop, propose, on_token)
+        self.speculate(prompt, max_new, stop, None, propose, on_token)
     }
 
     /// The loop both kinds of draft share: `propose(sequence, limit)` gives at most `limit` tokens that may
-    /// follow `sequence` (which ends with the picked, not yet fed token); one batched pass checks them.
+    /// follow `sequence` (which ends with the picked, not yet fed token); one batched pass checks them. A
+    /// `guide` masks every pick and may force tokens, which go into the pass before the drafts.
     fn speculate(
         &mut self,
         prompt: &[u32],
         max_new: usize,
         stop: &[u32],
+        mut guide: Option<Guide<'_>>,
         mut propose: impl FnMut(&[u32], usize) -> Result<Vec<u32>>,
         mut on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, LookupStats)> {
@@ -156,7 +230,7 @@ impl Model {
             return Err(Error::invalid(
                 "token mask during speculative decoding",
                 "set",
-                "none (Model::set_token_mask(None))",
+                "none (Model::set_token_mask(None); a constraint: Model::generate_lookup_constrained)",
             ));
         }
         let mut stats = LookupStats::default();
@@ -167,43 +241,108 @@ impl Model {
         // The sequence so far, for lookups: what the cache holds before the prompt, if known, then the prompt.
         let known = self.cached_tokens().get(..self.position()).unwrap_or(&[]);
         let mut seq: Vec<u32> = known.iter().chain(prompt).copied().collect();
-        let mut next = self.prefill(prompt)?;
+        // `feed` goes into the next pass: the tokens to feed (the prompt, or the last pick), then the
+        // forced ones; `next` is what that pass picks.
+        let mut feed = prompt.to_vec();
         loop {
-            // `next` is picked but not fed yet.
-            out.push(next);
-            seq.push(next);
-            if !on_token(next) || stop.contains(&next) || out.len() >= max_new || self.position() >= self.context() {
-                return Ok((out, stats));
+            // Room after `feed` for forced tokens and drafts: the tokens still wanted (forced ones leave one
+            // for a pick), and the cache.
+            let room = (max_new - out.len()).min(self.context().saturating_sub(self.position() + feed.len()));
+            let forced = match &mut guide {
+                Some(g) => g.forced(room.saturating_sub(1))?,
+                None => Vec::new(),
+            };
+            let fed = feed.len();
+            feed.extend(&forced);
+            seq.extend(&forced);
+            let mut draft = if out.is_empty() { Vec::new() } else { propose(&seq, room - forced.len())? };
+            if let Some(g) = &mut guide {
+                // A draft the constraint forbids from its first token would only cost a pass.
+                if draft.first().is_some_and(|&d| !g.constraint.mask().is_ok_and(|m| m.is_allowed(d))) {
+                    draft.clear();
+                }
             }
-            // Room for the drafts: the tokens still wanted, and the cache after `next`.
-            let room = (max_new - out.len()).min(self.context() - self.position() - 1);
-            let draft = propose(&seq, room)?;
-            if draft.is_empty() {
-                stats.steps += 1;
-                next = self.step(next)?;
-                continue;
-            }
+            feed.extend(&draft);
             let start = self.position();
-            let feed: Vec<u32> = std::iter::once(next).chain(draft.iter().copied()).collect();
-            // Each row's greedy pick, made on the GPU: k + 1 ids come back, not k + 1 rows of logits.
-            let picks = self.prefill_greedy(&feed)?;
-            let accepted = draft.iter().zip(&picks).take_while(|(d, p)| d == p).count();
-            stats.passes += 1;
-            stats.drafted += draft.len();
-            stats.accepted += accepted;
-            // Drafts 1..=accepted are greedy's next tokens; their K/V is already in the cache.
-            for (i, &token) in draft[..accepted].iter().enumerate() {
+            // Emits `token`, fed at `at`; false when generation ends there (the cache then holds every
+            // emitted token but the last, as `generate` leaves it).
+            let mut emit = |model: &mut Model, out: &mut Vec<u32>, token: u32, at: usize| -> Result<bool> {
                 out.push(token);
-                seq.push(token);
                 if !on_token(token) || stop.contains(&token) || out.len() >= max_new {
-                    // As `generate` leaves it: every emitted token fed but the last.
-                    self.seek(start + 1 + i)?;
+                    model.seek(at)?;
+                    return Ok(false);
+                }
+                Ok(true)
+            };
+            // One pass: a masked pick after the last token (no draft), or each row's greedy pick, made on the
+            // GPU (one id per row comes back, not rows of logits).
+            let pass = if draft.is_empty() {
+                if let Some(g) = &mut guide {
+                    self.set_token_mask(Some(&g.constraint.mask()?))?;
+                }
+                if !out.is_empty() {
+                    stats.steps += 1;
+                }
+                Pass::Pick(self.prefill(&feed)?)
+            } else {
+                stats.passes += 1;
+                stats.drafted += draft.len();
+                Pass::Rows(self.prefill_greedy(&feed)?)
+            };
+            for (i, &token) in forced.iter().enumerate() {
+                stats.forced += 1;
+                if !emit(self, &mut out, token, start + fed + i)? {
                     return Ok((out, stats));
                 }
             }
-            // The rows after the first rejected draft are discarded: the position moves back over them.
-            self.seek(start + 1 + accepted)?;
-            next = picks[accepted];
+            let next = match pass {
+                Pass::Pick(pick) => pick,
+                Pass::Rows(picks) => {
+                    // Drafts equal to the pick before them are greedy's next tokens, as far as the constraint
+                    // allows them (the pick over all tokens, allowed, is the masked pick); their K/V is cached.
+                    let row_of = |i: usize| fed + forced.len() + i - 1;
+                    let mut accepted = 0;
+                    while accepted < draft.len() && draft[accepted] == picks[row_of(accepted)] {
+                        if let Some(g) = &mut guide {
+                            if !g.constraint.mask()?.is_allowed(draft[accepted]) {
+                                break;
+                            }
+                            g.constraint.accept(draft[accepted])?;
+                        }
+                        accepted += 1;
+                        seq.push(draft[accepted - 1]);
+                        stats.accepted += 1;
+                        if !emit(self, &mut out, draft[accepted - 1], start + row_of(accepted))? {
+                            return Ok((out, stats));
+                        }
+                    }
+                    // The rows after the last accepted token are discarded.
+                    let row = row_of(accepted);
+                    self.seek(start + row + 1)?;
+                    let mut pick = picks[row];
+                    if let Some(g) = &mut guide {
+                        let mask = g.constraint.mask()?;
+                        if !mask.is_allowed(pick) {
+                            // The pass's pick is one the constraint forbids: pick again with the mask,
+                            // feeding the row's token once more.
+                            self.seek(start + row)?;
+                            self.set_token_mask(Some(&mask))?;
+                            stats.steps += 1;
+                            stats.repicks += 1;
+                            pick = self.step(feed[row])?;
+                        }
+                    }
+                    pick
+                }
+            };
+            if let Some(g) = &mut guide {
+                g.constraint.accept(next)?;
+            }
+            seq.push(next);
+            if !emit(self, &mut out, next, self.position())? || self.position() >= self.context() {
+                return Ok((out, stats));
+            }
+            feed = vec![next];
         }
     }
 }
