@@ -614,10 +614,111 @@ fn fixed_layouts_take_only_their_whitespace() {
     }
 }
 
+/// `pattern`: random walks under string schemas with patterns complete only strings the pattern matches (as
+/// the `fancy-regex` crate, an independent engine, reads it), quotes, backslashes and newlines written as
+/// JSON escapes; hand-checked strings are taken or refused; unsupported patterns are typed errors.
+#[test]
+fn patterns_take_only_matching_strings() {
+    let patterns = [
+        r"^[a-z]+-[0-9]{3}$",
+        r"^\d{3}-\d{4}$",
+        r"^(?:\+1 )?\(\d{3}\) \d{3}-\d{4}$",
+        r"^[A-Z][a-z]*( [A-Z][a-z]*){0,2}$",
+        r#"^say "(hi|bye)"\.?$"#,
+        r"^[^aeiou\s]{2,5}$",
+        r"^a\\b|c.d$",
+        r"^(?<year>\d{4})-(0[1-9]|1[0-2])$",
+        r"^\w+@\w+\.(com|org)$",
+        r"^[\u00e9\u4e2d-\u4e2f]+\$$",
+        r"^(ab|a)*?c$",
+        r"^x\ny\tz$",
+    ];
+    let mut vocab: Vec<Vec<u8>> = (0x20u8..0x7F).map(|b| vec![b]).collect();
+    for piece in ["é", "中", "丮", "\\\"", "\\\\", "\\n", "\\t", "hi", "bye", "com", "(555) ", "say \\\""] {
+        vocab.push(piece.as_bytes().to_vec());
+    }
+    let stop = vocab.len() as u32;
+    vocab.push(Vec::new());
+    let mut rng = ShapeRng::new(17);
+    for pattern in patterns {
+        let schema = json!({"type": "string", "pattern": pattern});
+        let gbnf = json_schema_to_gbnf_with(&schema, JsonLayout::Compact).unwrap_or_else(|e| panic!("{pattern}: {e}"));
+        let regex = fancy_regex::Regex::new(pattern).unwrap();
+        let mut constraint = GrammarConstraint::with_vocabulary(grammar(&gbnf), vocab.clone(), &[stop]);
+        let mut complete = 0;
+        for _walk in 0..60 {
+            constraint.reset();
+            let mut text = Vec::new();
+            for _ in 0..60 {
+                let mask = constraint.mask().unwrap_or_else(|e| panic!("{pattern}: {e}\n{gbnf}"));
+                if constraint.is_complete() {
+                    break;
+                }
+                let allowed: Vec<u32> = mask.ids().filter(|&id| id != stop).collect();
+                let pick = rng.pick(&allowed);
+                constraint.accept(pick).unwrap();
+                text.extend(&vocab[pick as usize]);
+            }
+            if !constraint.is_complete() {
+                continue;
+            }
+            let value: String = serde_json::from_slice(&text)
+                .unwrap_or_else(|e| panic!("{pattern}: {} is no JSON string: {e}", String::from_utf8_lossy(&text)));
+            assert!(regex.is_match(&value).unwrap(), "{pattern} does not match {value:?}\n{gbnf}");
+            complete += 1;
+        }
+        assert!(complete >= 5, "{pattern}: {complete} complete strings\n{gbnf}");
+    }
+
+    let checks = [
+        (r"^[a-z]+-[0-9]{3}$", r#""abc-123""#, true),
+        (r"^[a-z]+-[0-9]{3}$", r#""abc-12""#, false),
+        (r"^[a-z]+-[0-9]{3}$", r#""Abc-123""#, false),
+        (r#"^say "(hi|bye)"$"#, r#""say \"hi\"""#, true),
+        (r#"^say "(hi|bye)"$"#, r#""say "hi"""#, false),
+        (r"^a\\b$", r#""a\\b""#, true),
+        (r"^x\ny$", r#""x\ny""#, true),
+        (r"^.+$", r#""a\nb""#, false),
+        (r"^[^a]$", r#""\"""#, true),
+        (r"^[^a]$", r#""a""#, false),
+        (r"^\$\d+$", r#""$12""#, true),
+        (r"^$", r#""""#, true),
+    ];
+    for (pattern, doc, want) in checks {
+        let g = grammar(&json_schema_to_gbnf(&json!({"type": "string", "pattern": pattern})).unwrap());
+        assert_eq!(g.accepts(doc), want, "{pattern} on {doc}");
+    }
+
+    let refused = [
+        ("[a-z]+", "anchored"),
+        ("^a(?=b)b$", "lookaround"),
+        (r"^(a)\1$", "backreference"),
+        (r"^\bword$", "word boundary"),
+        ("^a^b$", "anchors only"),
+        ("^a{2,1}$", "quantifier"),
+        ("^(ab$", ")"),
+        ("^ab)$", "("),
+        ("^*a$", "before the quantifier"),
+        (r"^\q$", "an escape"),
+        ("^a{1001}$", "up to 1000"),
+        (r"^[\x00-\x08]$", "class"),
+    ];
+    for (pattern, expected) in refused {
+        let err = json_schema_to_gbnf(
+            &json!({"properties": {"p": {"type": "string", "pattern": pattern}}, "type": "object"}),
+        )
+        .expect_err(pattern)
+        .to_string();
+        assert!(err.contains(expected) && err.contains("#/properties/p"), "{pattern}: {err}");
+    }
+    let err = json_schema_to_gbnf(&json!({"type": "string", "pattern": "^a$", "maxLength": 3})).unwrap_err();
+    assert!(err.to_string().contains("pattern with format, minLength or maxLength"), "{err}");
+}
+
 #[test]
 fn unsupported_schemas_are_typed_errors_naming_the_keyword() {
     let cases = [
-        (json!({"type": "string", "pattern": "^a+$"}), "keyword `pattern` at #"),
+        (json!({"type": "array", "prefixItems": [{"type": "string"}]}), "keyword `prefixItems` at #"),
         (
             json!({"type": "object", "properties": {"d": {"type": "string", "format": "email"}}}),
             "format \"email\" (date",

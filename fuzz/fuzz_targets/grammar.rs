@@ -1,11 +1,12 @@
 //! GBNF grammars and JSON schemas from arbitrary bytes: `Grammar::parse` never panics and never runs away
 //! (limits bound every expansion); a grammar that parses prints (`Display`) as GBNF that parses to the same
 //! language on the input's own bytes; and every grammar `json_schema_to_gbnf` writes for a JSON input
-//! parses, its sentences valid JSON. The first byte picks the mode; the rest is the text.
+//! parses (patterns included), its sentences valid JSON. The first byte picks the mode (and a schema's
+//! layout); the rest is the text.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mobilellm_kernels::constrain::{json_schema_to_gbnf, Grammar};
+use mobilellm_kernels::constrain::{json_schema_to_gbnf_with, Grammar, JsonLayout};
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else { return };
@@ -20,9 +21,10 @@ fuzz_target!(|data: &[u8]| {
         }
     } else {
         let Ok(schema) = serde_json::from_slice::<serde_json::Value>(rest) else { return };
-        let Ok(gbnf) = json_schema_to_gbnf(&schema) else { return };
+        let layout = [JsonLayout::Free, JsonLayout::Spaced, JsonLayout::Compact][usize::from(mode / 2) % 3];
+        let Ok(gbnf) = json_schema_to_gbnf_with(&schema, layout) else { return };
         let grammar = Grammar::parse(&gbnf).unwrap_or_else(|e| panic!("{schema}: {e}\n{gbnf}"));
-        for probe in ["null", "{}", "[]", "\"\"", "0", "true", r#"{"a": 1}"#, "[1, \"x\"]"] {
+        for probe in ["null", "{}", "[]", "\"\"", "0", "true", r#"{"a": 1}"#, "[1, \"x\"]", r#""a\"b\\c""#] {
             if grammar.accepts(probe) {
                 assert!(serde_json::from_str::<serde_json::Value>(probe).is_ok());
             }

@@ -22,6 +22,7 @@
 mod grammar;
 mod json;
 mod jump;
+mod pattern;
 mod schema;
 
 pub use grammar::{Grammar, GrammarConstraint, MAX_ELEMENTS, MAX_EXPANSION, MAX_STACKS, MAX_STACK_DEPTH};

@@ -9,10 +9,10 @@
 //! `oneOf` (as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to `#`,
 //! `#/$defs/..` or `#/definitions/..` (recursion allowed), `minimum` / `maximum` and the exclusive ones
 //! on integers (below 10^15 in size; a range of digit strings, as llama.cpp writes it), and the string
-//! formats `date`, `time`, `date-time` (RFC 3339) and `uuid`. Annotations (`title`, `description`,
-//! `default`, `examples`, ...) are ignored. Any other keyword, such as `pattern`, another `format` or
-//! bounds on non-integers, is an error that names it: a grammar that ignored it would let through
-//! documents the schema rejects.
+//! formats `date`, `time`, `date-time` (RFC 3339) and `uuid`, and `pattern` (an anchored regular
+//! expression: see `pattern.rs` for the subset). Annotations (`title`, `description`, `default`,
+//! `examples`, ...) are ignored. Any other keyword, such as another `format` or bounds on non-integers, is
+//! an error that names it: a grammar that ignored it would let through documents the schema rejects.
 //!
 //! Whitespace between tokens is none, one space, or a newline and up to 20 spaces or tabs (or a fixed
 //! layout: [`JsonLayout`]); numbers have at most 16 integer digits.
@@ -57,6 +57,7 @@ const KEYWORDS: &[&str] = &[
     "maxItems",
     "minLength",
     "maxLength",
+    "pattern",
     "minimum",
     "maximum",
     "exclusiveMinimum",
@@ -220,7 +221,7 @@ fn unsupported(path: &str, what: &str) -> Error {
     Error::invalid(
         "JSON schema",
         format!("{what} at {path}"),
-        "type, properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, \
+        "type, properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, pattern, \
          minimum, maximum, exclusiveMinimum, exclusiveMaximum (integers), format (date, time, date-time, \
          uuid), enum, const, anyOf, oneOf, allOf (of one schema), $ref to #/$defs or #/definitions",
     )
@@ -239,7 +240,7 @@ fn count(map: &serde_json::Map<String, Value>, key: &str, path: &str) -> Result<
 }
 
 /// A GBNF literal matching `text` exactly.
-fn literal(text: &str) -> String {
+pub(super) fn literal(text: &str) -> String {
     let mut out = String::from("\"");
     for c in text.chars() {
         match c {
@@ -484,6 +485,14 @@ impl Converter<'_> {
     }
 
     fn string(&mut self, map: &serde_json::Map<String, Value>, path: &str) -> Result<String> {
+        if let Some(pattern) = map.get("pattern") {
+            if ["format", "minLength", "maxLength"].iter().any(|k| map.contains_key(*k)) {
+                return Err(unsupported(path, "pattern with format, minLength or maxLength"));
+            }
+            let pattern = pattern.as_str().ok_or_else(|| unsupported(path, &format!("pattern {pattern}")))?;
+            let body = super::pattern::pattern_to_gbnf(pattern, path)?;
+            return Ok(format!("(\"\\\"\" {body} \"\\\"\" ws)"));
+        }
         if let Some(format) = map.get("format") {
             if map.contains_key("minLength") || map.contains_key("maxLength") {
                 return Err(unsupported(path, "format with minLength or maxLength"));
