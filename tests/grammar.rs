@@ -282,9 +282,20 @@ fn validates(schema: &Value, doc: &Value, root: &Value) -> bool {
                 && schema.get("format").and_then(Value::as_str).is_none_or(|f| has_format(s, f))
         }
         ("array", Value::Array(items)) => {
+            // Tuples: `prefixItems` then `items` (2020-12), or `items` as a list then `additionalItems`.
+            let (prefix, rest) = match (schema.get("prefixItems"), schema.get("items")) {
+                (Some(p), rest) => (p.as_array().cloned().unwrap_or_default(), rest),
+                (None, Some(Value::Array(p))) => (p.clone(), schema.get("additionalItems")),
+                (None, rest) => (Vec::new(), rest),
+            };
             count("minItems").is_none_or(|m| items.len() >= m)
                 && count("maxItems").is_none_or(|m| items.len() <= m)
-                && schema.get("items").is_none_or(|s| items.iter().all(|i| validates(s, i, root)))
+                && items.iter().enumerate().all(|(i, item)| match (prefix.get(i), rest) {
+                    (Some(s), _) => validates(s, item, root),
+                    (None, Some(Value::Bool(allowed))) => *allowed,
+                    (None, Some(s)) => validates(s, item, root),
+                    (None, None) => true,
+                })
         }
         ("object", Value::Object(members)) => match schema.get("properties").and_then(Value::as_object) {
             Some(props) => {
@@ -360,6 +371,11 @@ fn schemas() -> Vec<Value> {
             {"type": "string", "format": "date"},
             {"type": "string", "format": "uuid"}
         ]}, "maxItems": 4}),
+        // Tuples: closed, open with a schema for the rest, and open to any value.
+        json!({"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string", "maxLength": 2}],
+               "items": false, "minItems": 1}),
+        json!({"type": "array", "items": [{"type": "boolean"}], "additionalItems": {"type": "null"}, "maxItems": 3}),
+        json!({"type": "array", "prefixItems": [{"const": 1}, {"const": 2}, {"const": 3}], "minItems": 2}),
     ]
 }
 
@@ -492,7 +508,7 @@ fn schema_grammars_generate_only_valid_documents() {
     }
     assert!(complete > 150, "{complete} complete documents");
 
-    let checks: [(usize, &str, bool); 22] = [
+    let checks: [(usize, &str, bool); 32] = [
         (0, r#"{"name": "Ada", "ok": true}"#, true),
         (0, r#"{"name":"é","age":-3,"tags":["a",null],"ok":false}"#, true),
         (0, "{\n  \"name\": \"Al\",\n  \"ok\": true\n}", true),
@@ -515,6 +531,16 @@ fn schema_grammars_generate_only_valid_documents() {
         (3, r#"{"kids": []}"#, false),
         (4, r#"{"a": true, "b": false}"#, true),
         (5, r#"[1]"#, false),
+        (8, "[7]", true),
+        (8, r#"[7, "ab"]"#, true),
+        (8, "[]", false),
+        (8, r#"[7, "ab", 1]"#, false),
+        (8, r#"["ab"]"#, false),
+        (9, "[]", true),
+        (9, "[true, null, null]", true),
+        (9, "[true, null, null, null]", false),
+        (10, "[1, 2]", true),
+        (10, r#"[1, 2, 3, "x", {}]"#, true),
     ];
     let schemas = schemas();
     for (i, doc, want) in checks {
@@ -718,7 +744,9 @@ fn patterns_take_only_matching_strings() {
 #[test]
 fn unsupported_schemas_are_typed_errors_naming_the_keyword() {
     let cases = [
-        (json!({"type": "array", "prefixItems": [{"type": "string"}]}), "keyword `prefixItems` at #"),
+        (json!({"type": "array", "contains": {"type": "string"}}), "keyword `contains` at #"),
+        (json!({"type": "array", "prefixItems": [{}], "items": false, "minItems": 2}), "past a closed tuple of 1"),
+        (json!({"type": "array", "prefixItems": {"type": "string"}}), "prefixItems that is not a list"),
         (
             json!({"type": "object", "properties": {"d": {"type": "string", "format": "email"}}}),
             "format \"email\" (date",

@@ -5,7 +5,8 @@
 //! **Supported.** `type` (a name or a list), `properties` with `required` (an object with `properties` is
 //! closed, as in OpenAI's strict mode: no other keys; its keys come in the schema's order, optional ones
 //! may be left out), `additionalProperties` as a schema (a map, when there are no `properties`), `items`
-//! with `minItems` / `maxItems`, `minLength` / `maxLength` of strings, `enum`, `const`, `anyOf` and
+//! with `minItems` / `maxItems`, tuples (`prefixItems` then `items`, or draft 7's list of `items` then
+//! `additionalItems`; `false` closes them), `minLength` / `maxLength` of strings, `enum`, `const`, `anyOf` and
 //! `oneOf` (as `anyOf`: exclusivity is not enforced), `allOf` of one schema, `$ref` to `#`,
 //! `#/$defs/..` or `#/definitions/..` (recursion allowed), `minimum` / `maximum` and the exclusive ones
 //! on integers (below 10^15 in size; a range of digit strings, as llama.cpp writes it), and the string
@@ -53,6 +54,8 @@ const KEYWORDS: &[&str] = &[
     "required",
     "additionalProperties",
     "items",
+    "prefixItems",
+    "additionalItems",
     "minItems",
     "maxItems",
     "minLength",
@@ -221,7 +224,8 @@ fn unsupported(path: &str, what: &str) -> Error {
     Error::invalid(
         "JSON schema",
         format!("{what} at {path}"),
-        "type, properties, required, additionalProperties, items, minItems, maxItems, minLength, maxLength, pattern, \
+        "type, properties, required, additionalProperties, items, prefixItems, additionalItems, minItems, \
+         maxItems, minLength, maxLength, pattern, \
          minimum, maximum, exclusiveMinimum, exclusiveMaximum (integers), format (date, time, date-time, \
          uuid), enum, const, anyOf, oneOf, allOf (of one schema), $ref to #/$defs or #/definitions",
     )
@@ -255,6 +259,19 @@ pub(super) fn literal(text: &str) -> String {
     }
     out.push('"');
     out
+}
+
+/// An array of `min..=max` items, each `item`.
+fn list(item: &str, min: usize, max: Option<usize>) -> String {
+    let more = |lo: usize, hi: Option<usize>| match hi {
+        None => format!("(comma {item}){{{lo},}}"),
+        Some(hi) => format!("(comma {item}){{{lo},{hi}}}"),
+    };
+    match (min, max) {
+        (_, Some(0)) => r#""[" ws "]" ws"#.to_string(),
+        (0, max) => format!("\"[\" ws ({item} {})? \"]\" ws", more(0, max.map(|m| m - 1))),
+        (min, max) => format!("\"[\" ws {item} {} \"]\" ws", more(min - 1, max.map(|m| m - 1))),
+    }
 }
 
 /// A JSON value as the literal of its compact text, then whitespace.
@@ -467,20 +484,75 @@ impl Converter<'_> {
         if max.is_some_and(|max| max < min) {
             return Err(unsupported(path, "maxItems below minItems"));
         }
+        // Tuples: `prefixItems` then `items` (2020-12), or `items` as a list then `additionalItems` (draft 7).
+        let tuple = match (map.get("prefixItems"), map.get("items")) {
+            (Some(prefix), rest) => Some((prefix, "prefixItems", rest, "items")),
+            (None, Some(items @ Value::Array(_))) => {
+                Some((items, "items", map.get("additionalItems"), "additionalItems"))
+            }
+            _ => None,
+        };
+        if let Some((prefix, key, rest, rest_key)) = tuple {
+            let prefix = prefix.as_array().ok_or_else(|| unsupported(path, &format!("{key} that is not a list")))?;
+            let mut items = Vec::new();
+            for (i, schema) in prefix.iter().enumerate().take(max.unwrap_or(usize::MAX)) {
+                items.push(self.visit(schema, &format!("{path}/{key}/{i}"), &format!("{hint}-{i}"))?);
+            }
+            let rest = match rest {
+                Some(Value::Bool(false)) => None,
+                None => Some("value".to_string()),
+                Some(schema) => Some(self.visit(schema, &format!("{path}/{rest_key}"), &format!("{hint}-rest"))?),
+            };
+            return self.tuple(&items, rest, (min, max), path, hint);
+        }
         let item = match map.get("items") {
             None => "value".to_string(),
             Some(schema) => self.visit(schema, &format!("{path}/items"), &format!("{hint}-item"))?,
         };
         let name = self.name(hint);
-        let more = |lo: usize, hi: Option<usize>| match hi {
-            None => format!("(comma {item}){{{lo},}}"),
-            Some(hi) => format!("(comma {item}){{{lo},{hi}}}"),
+        Ok(self.rule(name, list(&item, min, max)))
+    }
+
+    /// An array whose first items follow `items` in turn and the others `rest` (none when `None`), with
+    /// `min..=max` items in all: the tuple may end after any of its items at or past `min`.
+    fn tuple(
+        &mut self,
+        items: &[String],
+        rest: Option<String>,
+        (min, max): (usize, Option<usize>),
+        path: &str,
+        hint: &str,
+    ) -> Result<String> {
+        let k = items.len();
+        // Items past the tuple's: at least `min - k`, at most `max - k`.
+        let extra = match &rest {
+            Some(rest) if max.is_none_or(|max| max > k) => {
+                let lo = min.saturating_sub(k);
+                match max {
+                    None => format!(" (comma {rest}){{{lo},}}"),
+                    Some(max) => format!(" (comma {rest}){{{lo},{}}}", max - k),
+                }
+            }
+            _ if min > k => return Err(unsupported(path, &format!("minItems {min} past a closed tuple of {k}"))),
+            _ => String::new(),
         };
-        let body = match (min, max) {
-            (_, Some(0)) => r#""[" ws "]" ws"#.to_string(),
-            (0, max) => format!("\"[\" ws ({item} {})? \"]\" ws", more(0, max.map(|m| m - 1))),
-            (min, max) => format!("\"[\" ws {item} {} \"]\" ws", more(min - 1, max.map(|m| m - 1))),
-        };
+        let name = self.name(hint);
+        if k == 0 {
+            let body = match rest {
+                Some(rest) => list(&rest, min, max),
+                None => r#""[" ws "]" ws"#.to_string(),
+            };
+            return Ok(self.rule(name, body));
+        }
+        // From the last item back: item j and what may follow it, required up to `min`.
+        let mut tail = extra;
+        for j in (1..k).rev() {
+            let next = format!("comma {}{tail}", items[j]);
+            tail = if j < min { format!(" {next}") } else { format!(" ({next})?") };
+        }
+        let elements = format!("{}{tail}", items[0]);
+        let body =
+            if min == 0 { format!("\"[\" ws ({elements})? \"]\" ws") } else { format!("\"[\" ws {elements} \"]\" ws") };
         Ok(self.rule(name, body))
     }
 
