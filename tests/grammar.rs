@@ -9,7 +9,7 @@ mod smollm2;
 
 use common::{gpus, ScratchDir, ShapeRng};
 use mobilellm_kernels::constrain::{
-    json_schema_to_gbnf, json_schema_to_gbnf_with, Constraint, Grammar, GrammarConstraint, JsonLayout,
+    json_schema_to_gbnf, json_schema_to_gbnf_with, regex_to_gbnf, Constraint, Grammar, GrammarConstraint, JsonLayout,
 };
 use mobilellm_kernels::model::gguf::GgufFile;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
@@ -347,6 +347,35 @@ fn has_format(s: &str, format: &str) -> bool {
     }
 }
 
+/// One random walk under `constraint` (reset first): up to `steps` tokens, each picked uniformly from the
+/// mask (never `stop`), ending at a whole sentence with chance `end_percent`; its text if it is whole.
+fn random_walk(
+    constraint: &mut GrammarConstraint,
+    vocab: &[Vec<u8>],
+    stop: u32,
+    rng: &mut ShapeRng,
+    (steps, end_percent): (usize, u64),
+) -> Option<Vec<u8>> {
+    constraint.reset();
+    let mut text = Vec::new();
+    for _ in 0..steps {
+        let mask = constraint
+            .mask()
+            .unwrap_or_else(|e| panic!("{e} after {:?}\n{}", String::from_utf8_lossy(&text), constraint.grammar()));
+        if constraint.is_complete() && rng.chance(end_percent) {
+            break;
+        }
+        let allowed: Vec<u32> = mask.ids().filter(|&id| id != stop).collect();
+        if allowed.is_empty() {
+            break;
+        }
+        let pick = rng.pick(&allowed);
+        constraint.accept(pick).unwrap();
+        text.extend(&vocab[pick as usize]);
+    }
+    constraint.is_complete().then_some(text)
+}
+
 fn schemas() -> Vec<Value> {
     vec![
         json!({"type": "object", "properties": {
@@ -477,24 +506,7 @@ fn schema_grammars_generate_only_valid_documents() {
         let g = grammar(&gbnf);
         let mut constraint = GrammarConstraint::with_vocabulary(g.clone(), vocab.clone(), &[stop]);
         for _walk in 0..60 {
-            constraint.reset();
-            let mut text = Vec::new();
-            for _ in 0..120 {
-                let mask = constraint
-                    .mask()
-                    .unwrap_or_else(|e| panic!("{e} {gbnf} after {:?}", String::from_utf8_lossy(&text)));
-                if constraint.is_complete() && rng.chance(50) {
-                    break;
-                }
-                let allowed: Vec<u32> = (0..stop).filter(|&id| mask.is_allowed(id)).collect();
-                if allowed.is_empty() {
-                    break;
-                }
-                let pick = allowed[rng.range(0, allowed.len() - 1)];
-                constraint.accept(pick).unwrap();
-                text.extend(&vocab[pick as usize]);
-            }
-            if constraint.is_complete() {
+            if let Some(text) = random_walk(&mut constraint, &vocab, stop, &mut rng, (120, 50)) {
                 let doc: Value = match serde_json::from_slice(&text) {
                     Ok(doc) => doc,
                     // JSON allows numbers past f64's range (`2e999`), serde_json does not.
@@ -584,24 +596,7 @@ fn fixed_layouts_take_only_their_whitespace() {
             let gbnf = json_schema_to_gbnf_with(&schema, layout).unwrap();
             let mut constraint = GrammarConstraint::with_vocabulary(grammar(&gbnf), vocab.clone(), &[stop]);
             for _walk in 0..30 {
-                constraint.reset();
-                let mut text = Vec::new();
-                for _ in 0..120 {
-                    let mask = constraint.mask().unwrap();
-                    if constraint.is_complete() && rng.chance(50) {
-                        break;
-                    }
-                    let allowed: Vec<u32> = mask.ids().filter(|&id| id != stop).collect();
-                    if allowed.is_empty() {
-                        break;
-                    }
-                    let pick = rng.pick(&allowed);
-                    constraint.accept(pick).unwrap();
-                    text.extend(&vocab[pick as usize]);
-                }
-                if !constraint.is_complete() {
-                    continue;
-                }
+                let Some(text) = random_walk(&mut constraint, &vocab, stop, &mut rng, (120, 50)) else { continue };
                 let shown = String::from_utf8_lossy(&text);
                 match serde_json::from_slice::<Value>(&text) {
                     Ok(doc) => assert!(validates(&schema, &doc, &schema), "{shown} against {schema}"),
@@ -673,21 +668,7 @@ fn patterns_take_only_matching_strings() {
         let mut constraint = GrammarConstraint::with_vocabulary(grammar(&gbnf), vocab.clone(), &[stop]);
         let mut complete = 0;
         for _walk in 0..60 {
-            constraint.reset();
-            let mut text = Vec::new();
-            for _ in 0..60 {
-                let mask = constraint.mask().unwrap_or_else(|e| panic!("{pattern}: {e}\n{gbnf}"));
-                if constraint.is_complete() {
-                    break;
-                }
-                let allowed: Vec<u32> = mask.ids().filter(|&id| id != stop).collect();
-                let pick = rng.pick(&allowed);
-                constraint.accept(pick).unwrap();
-                text.extend(&vocab[pick as usize]);
-            }
-            if !constraint.is_complete() {
-                continue;
-            }
+            let Some(text) = random_walk(&mut constraint, &vocab, stop, &mut rng, (60, 100)) else { continue };
             let value: String = serde_json::from_slice(&text)
                 .unwrap_or_else(|e| panic!("{pattern}: {} is no JSON string: {e}", String::from_utf8_lossy(&text)));
             assert!(regex.is_match(&value).unwrap(), "{pattern} does not match {value:?}\n{gbnf}");
@@ -728,6 +709,9 @@ fn patterns_take_only_matching_strings() {
         (r"^\q$", "an escape"),
         ("^a{1001}$", "up to 1000"),
         (r"^[\x00-\x08]$", "class"),
+        // A repeated part that can match nothing would make a left-recursive GBNF rule.
+        ("^(a*)*$", "can match nothing"),
+        ("^b(|a){1,}$", "can match nothing"),
     ];
     for (pattern, expected) in refused {
         let err = json_schema_to_gbnf(
@@ -739,6 +723,47 @@ fn patterns_take_only_matching_strings() {
     }
     let err = json_schema_to_gbnf(&json!({"type": "string", "pattern": "^a$", "maxLength": 3})).unwrap_err();
     assert!(err.to_string().contains("pattern with format, minLength or maxLength"), "{err}");
+}
+
+/// `regex_to_gbnf`: plain texts (no JSON escaping; control characters too) that random walks complete all
+/// match the expression whole under fancy-regex; anchors are optional; refusals are typed errors.
+#[test]
+fn regexes_take_only_matching_text() {
+    let regexes = [
+        r"(yes|no), because \w+( \w+){0,3}\.",
+        r"^\d{1,3}(,\d{3})*$",
+        r"[A-Z][a-z]+:\n( - [a-z]+\n){1,3}",
+        r#"say "[^"\\]*"\\?"#,
+        r"\t?[\u00e9\u4e2d]+.$",
+    ];
+    let mut vocab: Vec<Vec<u8>> = (0x20u8..0x7F).map(|b| vec![b]).chain([vec![b'\n'], vec![b'\t']]).collect();
+    for piece in ["é", "中", "yes", "because", " - ", "\n - "] {
+        vocab.push(piece.as_bytes().to_vec());
+    }
+    let stop = vocab.len() as u32;
+    vocab.push(Vec::new());
+    let mut rng = ShapeRng::new(23);
+    for regex in regexes {
+        let gbnf = regex_to_gbnf(regex).unwrap_or_else(|e| panic!("{regex}: {e}"));
+        let whole =
+            fancy_regex::Regex::new(&format!("^(?:{})$", regex.trim_start_matches('^').trim_end_matches('$'))).unwrap();
+        let mut constraint = GrammarConstraint::with_vocabulary(grammar(&gbnf), vocab.clone(), &[stop]);
+        let mut complete = 0;
+        for _walk in 0..60 {
+            if let Some(text) = random_walk(&mut constraint, &vocab, stop, &mut rng, (60, 50)) {
+                let text = String::from_utf8(text).unwrap();
+                assert!(whole.is_match(&text).unwrap(), "{regex} does not match {text:?}\n{gbnf}");
+                complete += 1;
+            }
+        }
+        assert!(complete >= 5, "{regex}: {complete} complete texts\n{gbnf}");
+    }
+    let g = grammar(&regex_to_gbnf(r#"a"b\\c\$"#).unwrap());
+    assert!(g.accepts("a\"b\\c$") && !g.accepts("a\\\"b\\\\c$"), "plain text, not JSON escapes");
+    for (regex, expected) in [("a(?!b)", "lookaround"), ("(a|b", "`)`"), ("a\\2", "backreference")] {
+        let err = regex_to_gbnf(regex).expect_err(regex).to_string();
+        assert!(err.contains(expected) && err.contains("the regular expression"), "{regex}: {err}");
+    }
 }
 
 #[test]

@@ -631,6 +631,10 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
         generate(&[&lookup_args[..], &["--grammar".as_ref(), forced.as_os_str(), "--jump-forward".as_ref()]].concat());
     assert_eq!(again, out, "{log}");
     assert!(log.contains("[drafts: ") && log.contains("forced tokens]"), "{log}");
+    // --regex: the answer is text the expression matches whole.
+    let (out, log) = generate(&["--regex".as_ref(), r" [ab]{2}\.".as_ref()]);
+    let answer = out.strip_prefix(prompt).and_then(|a| a.strip_suffix('\n'));
+    assert!(matches!(answer, Some(" aa." | " ab." | " ba." | " bb.")), "{out:?} {log}");
     std::fs::write(&schema_file, r#"{"type": "array", "items": {"const": 1}, "minItems": 2, "maxItems": 2}"#).unwrap();
     let schema_args = ["--json-schema".as_ref(), schema_file.as_os_str(), "--json-layout".as_ref(), "compact".as_ref()];
     let (out, log) = generate(&[&schema_args[..], &["--jump-forward".as_ref()]].concat());

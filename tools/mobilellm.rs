@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use mobilellm_kernels::constrain::{
-    json_schema_to_gbnf_with, Constraint, Grammar, GrammarConstraint, JsonConstraint, JsonLayout,
+    json_schema_to_gbnf_with, regex_to_gbnf, Constraint, Grammar, GrammarConstraint, JsonConstraint, JsonLayout,
 };
 use mobilellm_kernels::model::gguf::{GgufFile, MetaValue};
 use mobilellm_kernels::model::safetensors::{write_safetensors, TensorData};
@@ -214,6 +214,10 @@ struct SamplingArgs {
     /// `constrain::json_schema_to_gbnf` documents).
     #[arg(long, conflicts_with = "draft_model")]
     json_schema: Option<PathBuf>,
+    /// Constrain the output to text this regular expression matches whole (ECMAScript syntax: classes,
+    /// groups, alternation, quantifiers; see `constrain::regex_to_gbnf`).
+    #[arg(long, conflicts_with_all = ["draft_model", "json", "grammar", "json_schema"])]
+    regex: Option<String>,
     /// Where the JSON of --json-schema may have whitespace: anywhere JSON allows (free), one space after
     /// `:` and `,` (spaced), or nowhere (compact). A fixed layout leaves more text forced (--jump-forward).
     #[arg(long, value_enum, default_value_t = Layout::Free, requires = "json_schema")]
@@ -281,14 +285,22 @@ impl SamplingArgs {
             return Ok(constrained(Box::new(JsonConstraint::new(tokenizer, &stop))));
         }
         let layout = self.json_layout.into();
-        if let Some(grammar) = load_grammar(self.grammar.as_deref(), self.json_schema.as_deref(), layout)? {
+        let grammar = match &self.regex {
+            Some(regex) => Some(Grammar::parse(&regex_to_gbnf(regex)?)?),
+            None => load_grammar(self.grammar.as_deref(), self.json_schema.as_deref(), layout)?,
+        };
+        if let Some(grammar) = grammar {
             if self.print_grammar {
                 eprint!("{grammar}");
             }
             return Ok(constrained(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop))));
         }
         if self.jump_forward {
-            return Err(Error::invalid("--jump-forward", "no constraint", "--json, --grammar or --json-schema"));
+            return Err(Error::invalid(
+                "--jump-forward",
+                "no constraint",
+                "--json, --grammar, --json-schema or --regex",
+            ));
         }
         if let Some(path) = &self.draft_model {
             let (host, _) = load_host(path, None)?;

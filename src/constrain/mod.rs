@@ -2,7 +2,8 @@
 //! ([`Model::generate_constrained`]), from a [`Constraint`] that follows the generated text:
 //! - [`JsonConstraint`]: any JSON document (llama.cpp's JSON mode), by a hand-written recognizer;
 //! - [`GrammarConstraint`]: the language of a GBNF grammar (llama.cpp's grammar format, [`Grammar`]), which
-//!   [`json_schema_to_gbnf`] writes for a JSON schema (structured output).
+//!   [`json_schema_to_gbnf`] writes for a JSON schema (structured output) and [`regex_to_gbnf`] for a
+//!   regular expression.
 //!
 //! [`Model::generate_jump_forward`] also feeds the text a constraint forces ([`Constraint::forced_bytes`])
 //! without picking it token by token.
@@ -29,6 +30,7 @@ pub use grammar::{Grammar, GrammarConstraint, MAX_ELEMENTS, MAX_EXPANSION, MAX_S
 pub use json::{JsonConstraint, JsonPrefix, MAX_DEPTH, MAX_WHITESPACE};
 pub(crate) use jump::forced_tokens;
 pub use jump::{JumpForward, MAX_FORCED_BYTES};
+pub use pattern::regex_to_gbnf;
 pub use schema::{json_schema_to_gbnf, json_schema_to_gbnf_with, JsonLayout};
 
 use std::collections::HashMap;

@@ -1,5 +1,6 @@
 //! A JSON schema's `pattern` (an ECMAScript regular expression) as a GBNF expression over the JSON text of
-//! a string's contents, so the decoded string matches the pattern.
+//! a string's contents, so the decoded string matches the pattern; and a regular expression as a grammar
+//! of plain text ([`regex_to_gbnf`]).
 //!
 //! The pattern must be anchored (`^...$`): JSON schema patterns search, and a grammar for "contains a
 //! match" would let the model write anything around it. Understood: literals, `.`, classes (`[a-z]`,
@@ -22,20 +23,38 @@ const MAX_REPEAT: u32 = 1000;
 
 /// The GBNF for the JSON text of a string's contents that `pattern` (at JSON pointer `path`) matches.
 pub(super) fn pattern_to_gbnf(pattern: &str, path: &str) -> Result<String> {
-    let chars: Vec<char> = pattern.chars().collect();
-    // A `$` escaped by an odd number of backslashes is a literal.
-    let escapes = chars.iter().rev().skip(1).take_while(|&&c| c == '\\').count();
-    let anchored = chars.len() >= 2 && chars[0] == '^' && chars[chars.len() - 1] == '$' && escapes % 2 == 0;
-    let mut p = RegexParser { chars, at: 1, pattern, path };
-    if !anchored {
+    let (start, end) = anchors(pattern);
+    let mut p = RegexParser { chars: pattern.chars().collect(), at: 0, pattern, path, json: true };
+    if !(start && end) {
         return Err(p.error("a pattern anchored at both ends (`^...$`): a grammar cannot say \"contains\""));
     }
-    p.chars.pop();
-    let body = p.alternation()?;
-    if p.at < p.chars.len() {
-        return Err(p.error("a `(` before this `)`"));
-    }
-    Ok(body)
+    p.body(start, end)
+}
+
+/// A GBNF grammar (rule `root`) of the texts `pattern`, an ECMAScript regular expression in the subset the
+/// module docs give, matches whole (as if anchored by `^` and `$`, which it may also be).
+///
+/// ```
+/// use mobilellm_kernels::constrain::{regex_to_gbnf, Grammar};
+/// let grammar = Grammar::parse(&regex_to_gbnf(r"(yes|no), because \w+( \w+){0,8}\.")?)?;
+/// assert!(grammar.accepts("yes, because it rains."));
+/// assert!(!grammar.accepts("maybe, because it rains."));
+/// # Ok::<(), mobilellm_kernels::Error>(())
+/// ```
+pub fn regex_to_gbnf(pattern: &str) -> Result<String> {
+    let (start, end) = anchors(pattern);
+    let mut p =
+        RegexParser { chars: pattern.chars().collect(), at: 0, pattern, path: "the regular expression", json: false };
+    super::schema::within_limits(format!("root ::= {}\n", p.body(start, end)?), "regular expression")
+}
+
+/// Whether `pattern` starts with `^` and ends with a `$` that is no escaped literal.
+fn anchors(pattern: &str) -> (bool, bool) {
+    let escapes = pattern.chars().rev().skip(1).take_while(|&c| c == '\\').count();
+    (
+        pattern.starts_with('^'),
+        pattern.len() > usize::from(pattern.starts_with('^')) && pattern.ends_with('$') && escapes % 2 == 0,
+    )
 }
 
 struct RegexParser<'a> {
@@ -43,9 +62,37 @@ struct RegexParser<'a> {
     at: usize,
     pattern: &'a str,
     path: &'a str,
+    /// Whether the text is a JSON string's (characters JSON escapes written escaped) or plain.
+    json: bool,
 }
 
 impl RegexParser<'_> {
+    /// The whole pattern, less the anchors given.
+    fn body(&mut self, start: bool, end: bool) -> Result<String> {
+        self.at = usize::from(start);
+        if end {
+            self.chars.pop();
+        }
+        let (body, _) = self.alternation()?;
+        if self.at < self.chars.len() {
+            return Err(self.error("a `(` before this `)`"));
+        }
+        Ok(body)
+    }
+
+    fn char_gbnf(&self, c: char) -> String {
+        if self.json {
+            json_char(c)
+        } else {
+            literal(&c.to_string())
+        }
+    }
+
+    fn class_gbnf(&self, set: &[(u32, u32)]) -> Result<String> {
+        let gbnf = if self.json { class_gbnf(set) } else { plain_class_gbnf(set) };
+        gbnf.ok_or_else(|| self.error("a class holding a character the text can"))
+    }
+
     fn error(&self, expected: &str) -> Error {
         Error::invalid(
             "JSON schema pattern",
@@ -73,54 +120,82 @@ impl RegexParser<'_> {
         hit
     }
 
-    fn alternation(&mut self) -> Result<String> {
-        let mut alternatives = vec![self.sequence()?];
+    /// Alternatives as GBNF, and whether they match the empty text.
+    fn alternation(&mut self) -> Result<(String, bool)> {
+        let (first, mut nullable) = self.sequence()?;
+        let mut alternatives = vec![first];
         while self.eat("|") {
-            alternatives.push(self.sequence()?);
+            let (next, empty) = self.sequence()?;
+            alternatives.push(next);
+            nullable |= empty;
         }
-        Ok(if alternatives.len() == 1 { alternatives.remove(0) } else { format!("({})", alternatives.join(" | ")) })
+        let gbnf =
+            if alternatives.len() == 1 { alternatives.remove(0) } else { format!("({})", alternatives.join(" | ")) };
+        Ok((gbnf, nullable))
     }
 
-    fn sequence(&mut self) -> Result<String> {
-        let mut items = Vec::new();
+    fn sequence(&mut self) -> Result<(String, bool)> {
+        let (mut items, mut nullable) = (Vec::new(), true);
         while let Some(c) = self.peek() {
             if c == '|' || c == ')' {
                 break;
             }
-            let atom = self.atom()?;
-            let quantifier = self.quantifier()?;
+            let start = self.at;
+            let (atom, empty) = self.atom()?;
+            let (quantifier, min, unbounded) = self.quantifier()?;
+            if empty && unbounded {
+                // A GBNF repetition of a part that can match nothing recurses without reading a character.
+                self.at = start;
+                return Err(
+                    self.error("no unbounded repetition of a part that can match nothing (write `(a*)*` as `a*`)")
+                );
+            }
             items.push(format!("{atom}{quantifier}"));
+            nullable &= empty || min == 0;
         }
-        Ok(if items.is_empty() { "\"\"".into() } else { format!("({})", items.join(" ")) })
+        let gbnf = if items.is_empty() { "\"\"".into() } else { format!("({})", items.join(" ")) };
+        Ok((gbnf, nullable))
     }
 
-    fn atom(&mut self) -> Result<String> {
+    /// An atom as GBNF, and whether it matches the empty text.
+    fn atom(&mut self) -> Result<(String, bool)> {
+        if self.peek() == Some('(') {
+            return self.group();
+        }
+        Ok((self.single()?, false))
+    }
+
+    fn group(&mut self) -> Result<(String, bool)> {
+        let start = self.at;
+        self.at += 1;
+        if self.eat("?=") || self.eat("?!") || self.eat("?<=") || self.eat("?<!") {
+            self.at = start;
+            return Err(self.error("no lookaround (a grammar reads forward only)"));
+        }
+        if self.eat("?<") {
+            while self.next("`>` closing a group's name")? != '>' {}
+        } else if !self.eat("?:") && self.peek() == Some('?') {
+            return Err(self.error("a group: `(...)`, `(?:...)` or `(?<name>...)`"));
+        }
+        let (inner, nullable) = self.alternation()?;
+        if !self.eat(")") {
+            return Err(self.error("`)` closing the group"));
+        }
+        Ok((format!("({inner})"), nullable))
+    }
+
+    /// An atom that is one character: a literal, a class, `.` or an escape.
+    fn single(&mut self) -> Result<String> {
         let start = self.at;
         match self.next("an atom")? {
-            '(' => {
-                if self.eat("?=") || self.eat("?!") || self.eat("?<=") || self.eat("?<!") {
-                    self.at = start;
-                    return Err(self.error("no lookaround (a grammar reads forward only)"));
-                }
-                if self.eat("?<") {
-                    while self.next("`>` closing a group's name")? != '>' {}
-                } else if !self.eat("?:") && self.peek() == Some('?') {
-                    return Err(self.error("a group: `(...)`, `(?:...)` or `(?<name>...)`"));
-                }
-                let inner = self.alternation()?;
-                if !self.eat(")") {
-                    return Err(self.error("`)` closing the group"));
-                }
-                Ok(format!("({inner})"))
-            }
             '[' => {
                 let set = self.class()?;
-                class_gbnf(&set).ok_or_else(|| self.error("a class holding a character a JSON string can"))
+                self.class_gbnf(&set)
             }
-            '.' => Ok(class_gbnf(&complement(&[(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)])).unwrap_or_default()),
+            '.' => self.class_gbnf(&complement(&[(0x0A, 0x0A), (0x0D, 0x0D), (0x2028, 0x2029)])),
             '\\' => match self.escape(false)? {
-                Escaped::Char(c) => Ok(json_char(c)),
-                Escaped::Set(set) => class_gbnf(&set).ok_or_else(|| self.error("a class a JSON string can hold")),
+                Escaped::Char(c) => Ok(self.char_gbnf(c)),
+                Escaped::Set(set) => self.class_gbnf(&set),
             },
             '^' | '$' => {
                 self.at = start;
@@ -131,16 +206,17 @@ impl RegexParser<'_> {
                 Err(self.error("something before the quantifier"))
             }
             ')' => Err(self.error("a `(` before this `)`")),
-            c => Ok(json_char(c)),
+            c => Ok(self.char_gbnf(c)),
         }
     }
 
-    /// `*`, `+`, `?` or `{n}`, `{n,}`, `{n,m}` as GBNF (empty when none), a lazy `?` after it dropped.
-    fn quantifier(&mut self) -> Result<String> {
+    /// `*`, `+`, `?` or `{n}`, `{n,}`, `{n,m}` as GBNF (empty when none), a lazy `?` after it dropped;
+    /// with its least count and whether it has no most.
+    fn quantifier(&mut self) -> Result<(String, u32, bool)> {
         let q = match self.peek() {
             Some(c @ ('*' | '+' | '?')) => {
                 self.at += 1;
-                c.to_string()
+                (c.to_string(), u32::from(c == '+'), c != '?')
             }
             Some('{') => {
                 self.at += 1;
@@ -158,11 +234,11 @@ impl RegexParser<'_> {
                     return Err(self.error("a quantifier {n}, {n,} or {n,m} with n <= m"));
                 }
                 match max {
-                    None => format!("{{{min},}}"),
-                    Some(max) => format!("{{{min},{max}}}"),
+                    None => (format!("{{{min},}}"), min, true),
+                    Some(max) => (format!("{{{min},{max}}}"), min, false),
                 }
             }
-            _ => return Ok(String::new()),
+            _ => return Ok((String::new(), 1, false)),
         };
         self.eat("?");
         Ok(q)
@@ -308,25 +384,37 @@ fn json_char(c: char) -> String {
     literal(&quoted[1..quoted.len() - 1])
 }
 
+/// The characters of `set` (surrogates aside) as a GBNF class; `None` when there are none.
+fn plain_class_gbnf(set: &[(u32, u32)]) -> Option<String> {
+    let chars = subtract(set, &[(0xD800, 0xDFFF)]);
+    (!chars.is_empty()).then(|| class_text(&chars))
+}
+
+/// `set` less `minus`.
+fn subtract(set: &[(u32, u32)], minus: &[(u32, u32)]) -> Ranges {
+    let keep = complement(minus);
+    normalize(set.to_vec())
+        .into_iter()
+        .flat_map(|(lo, hi)| keep.iter().map(move |&(a, b)| (lo.max(a), hi.min(b))).filter(|(a, b)| a <= b))
+        .collect()
+}
+
+/// Ranges as a GBNF class, every character as a code point escape.
+fn class_text(ranges: &[(u32, u32)]) -> String {
+    let code = |c: u32| if c <= 0xFFFF { format!("\\u{c:04X}") } else { format!("\\U{c:08X}") };
+    let ranges: String =
+        ranges.iter().map(|&(lo, hi)| if lo == hi { code(lo) } else { format!("{}-{}", code(lo), code(hi)) }).collect();
+    format!("[{ranges}]")
+}
+
 /// The characters of `set` a JSON string holds as themselves, as a GBNF class, with `"`, `\`, tab,
 /// newline and carriage return as their escapes; `None` when there are none.
 fn class_gbnf(set: &[(u32, u32)]) -> Option<String> {
     // Control characters, `"`, `\` and the surrogates (no characters) are not written as themselves.
-    let written = [(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0xD800, 0xDFFF)];
-    let plain: Ranges = normalize(set.to_vec())
-        .into_iter()
-        .flat_map(|(lo, hi)| {
-            complement(&written).into_iter().map(move |(a, b)| (lo.max(a), hi.min(b))).filter(|(a, b)| a <= b)
-        })
-        .collect();
-    let code = |c: u32| if c <= 0xFFFF { format!("\\u{c:04X}") } else { format!("\\U{c:08X}") };
+    let plain = subtract(set, &[(0x00, 0x1F), (0x22, 0x22), (0x5C, 0x5C), (0xD800, 0xDFFF)]);
     let mut alternatives = Vec::new();
     if !plain.is_empty() {
-        let ranges: String = plain
-            .iter()
-            .map(|&(lo, hi)| if lo == hi { code(lo) } else { format!("{}-{}", code(lo), code(hi)) })
-            .collect();
-        alternatives.push(format!("[{ranges}]"));
+        alternatives.push(class_text(&plain));
     }
     for c in ['"', '\\', '\t', '\n', '\r'] {
         if contains(set, c) {

@@ -208,7 +208,16 @@ pub fn json_schema_to_gbnf_with(schema: &Value, layout: JsonLayout) -> Result<St
         let body = layout.body(name).unwrap_or(body);
         text.push_str(&format!("{name} ::= {body}\n"));
     }
-    Ok(text)
+    within_limits(text, "JSON schema")
+}
+
+/// `gbnf`, checked to parse: a schema (or pattern) the converter takes can still ask for more than the
+/// recognizer's limits ([`super::MAX_ELEMENTS`], say `(a{1000}){1000}`), which is an error naming `what`.
+pub(super) fn within_limits(gbnf: String, what: &str) -> Result<String> {
+    match super::Grammar::parse(&gbnf) {
+        Ok(_) => Ok(gbnf),
+        Err(e) => Err(Error::invalid(what, format!("a grammar the recognizer refuses ({e})"), "a smaller one")),
+    }
 }
 
 struct Converter<'a> {
