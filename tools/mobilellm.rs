@@ -266,7 +266,11 @@ enum Decoding {
     },
     JumpForward(Box<dyn Constraint>),
     /// Drafts from the text, under a constraint if given (with its forced text fed unpicked if asked).
-    Lookup(LookupOptions, Option<Box<dyn Constraint>>, bool),
+    Lookup {
+        options: LookupOptions,
+        constraint: Option<Box<dyn Constraint>>,
+        jump_forward: bool,
+    },
     Draft(Box<Model>, usize),
 }
 
@@ -279,7 +283,7 @@ impl SamplingArgs {
         let constrained = |constraint: Box<dyn Constraint>| match (self.lookup, self.jump_forward) {
             (0, true) => Decoding::JumpForward(constraint),
             (0, false) => Decoding::Plain { constraint: Some(constraint), logprobs },
-            (_, jump) => Decoding::Lookup(lookup, Some(constraint), jump),
+            (_, jump_forward) => Decoding::Lookup { options: lookup, constraint: Some(constraint), jump_forward },
         };
         if self.json {
             return Ok(constrained(Box::new(JsonConstraint::new(tokenizer, &stop))));
@@ -310,7 +314,7 @@ impl SamplingArgs {
         }
         Ok(match self.lookup {
             0 => Decoding::Plain { constraint: None, logprobs },
-            _ => Decoding::Lookup(lookup, None, false),
+            _ => Decoding::Lookup { options: lookup, constraint: None, jump_forward: false },
         })
     }
 
@@ -620,12 +624,12 @@ fn generate_with(
             eprintln!("[jump-forward: {} of {} tokens forced, {} passes]", out.forced, out.tokens.len(), out.passes);
             (out.tokens, None)
         }
-        Decoding::Lookup(options, None, _) => {
+        Decoding::Lookup { options, constraint: None, .. } => {
             let (out, stats) = model.generate_lookup(prompt_ids, max_new, stop, *options, on_token)?;
             (out, Some(stats))
         }
-        Decoding::Lookup(options, Some(constraint), jump) => {
-            let jump = jump.then_some(tokenizer);
+        Decoding::Lookup { options, constraint: Some(constraint), jump_forward } => {
+            let jump = jump_forward.then_some(tokenizer);
             let result = model.generate_lookup_constrained(
                 prompt_ids,
                 max_new,

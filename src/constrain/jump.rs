@@ -68,11 +68,15 @@ impl Model {
     /// Generates under `constraint` as [`Model::generate_constrained`] does (`constraint` follows from
     /// where it stands: [`Constraint::reset`] it for a new output), but feeds the text the constraint
     /// forces without sampling it: before each pass, [`Constraint::forced_bytes`] are encoded with
-    /// `tokenizer` ([`Tokenizer::encode_continuation`]; less the last token where an allowed token could
-    /// merge it with the text after) and go into the pass with the last pick. The output is still a sentence of the constraint; the forced text is tokenized as the
-    /// tokenizer would write it, which may differ from the tokens the model would have picked one by one.
+    /// `tokenizer` (the one the constraint was made over; [`Tokenizer::encode_continuation`], less the last
+    /// token where an allowed token could merge it with the text after) and go into the pass with the last
+    /// pick. The output is still a sentence of the constraint; the forced text is tokenized as the tokenizer
+    /// would write it, which may differ from the tokens the model would have picked one by one.
+    ///
     /// `on_token` sees forced tokens too, after the pass that feeds them; the last pick is not in the KV
-    /// cache yet (as [`Model::generate`]'s last token is not). The mask is lifted when the call returns, also on an error.
+    /// cache yet (as [`Model::generate`]'s last token is not). When `on_token` stops the call at a forced
+    /// token, the constraint has already taken the rest of that pass's forced text. The mask is lifted when
+    /// the call returns, also on an error.
     ///
     /// ```no_run
     /// # fn demo(model: &mut mobilellm_kernels::model::Model, tokenizer: &mobilellm_kernels::tokenizer::Tokenizer,

@@ -122,10 +122,11 @@ impl Model {
     /// constraint's mask ([`Model::generate_constrained`]), in fewer passes where the output copies the
     /// text before it (a JSON answer quoting its prompt). A draft counts only as far as the constraint
     /// allows it, and where a pass's pick is a token the constraint forbids, the pick is made again with
-    /// the mask (one decode step). With `jump_forward`, the text the constraint forces also goes into each
-    /// pass unpicked, as [`Model::generate_jump_forward`] feeds it (those tokens are then the tokenizer's,
-    /// not necessarily greedy's). `constraint` follows from where it stands; the mask is lifted when the
-    /// call returns.
+    /// the mask (one decode step). With `jump_forward` (the tokenizer the constraint was made over), the
+    /// text the constraint forces also goes into each pass unpicked, as [`Model::generate_jump_forward`]
+    /// feeds it (those tokens are then the tokenizer's, not necessarily greedy's). `constraint` follows
+    /// from where it stands, and may have taken tokens past the last one reported when `on_token` stops
+    /// the call; the mask is lifted when the call returns.
     ///
     /// ```no_run
     /// # fn demo(model: &mut mobilellm_kernels::model::Model, tokenizer: &mobilellm_kernels::tokenizer::Tokenizer,
