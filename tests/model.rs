@@ -558,6 +558,12 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
     text.push_str(&stream.finish());
     assert!(!generated.is_empty());
     assert_eq!(plain, format!("{prompt}{text}\n"));
+    // --stop: the text up to the first occurrence of a piece of it, which is not printed.
+    let piece: String = text.chars().skip(text.chars().count() / 2).take(2).collect();
+    assert_eq!(piece.chars().count(), 2, "{text:?}");
+    let (stopped, log) = generate(&["--stop".as_ref(), "no such text".as_ref(), "--stop".as_ref(), piece.as_ref()]);
+    assert_eq!(stopped, format!("{prompt}{}\n", &text[..text.find(&piece).unwrap()]), "{log}");
+    assert!(log.contains("[stopped at a stop string]"), "{log}");
 
     // --prompt-cache: the first run saves the session, the second restores the prompt's tokens from it
     // (all but the last, which must be fed to sample) and prints the same text.

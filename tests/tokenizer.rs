@@ -2,8 +2,10 @@
 //! (fetched with `tools/fetch-smollm2.sh` when missing), the golden prompts, decoding and streaming decode;
 //! a synthetic llama (SentencePiece) vocabulary that needs no download; and HF tokenizer files
 //! (`tests/data/hf-tokenizers`: `tokenizer.json`, SentencePiece `tokenizer.model`, `tokenizer_config.json`)
-//! against the ids the `tokenizers`, `transformers` and `sentencepiece` libraries gave for them.
+//! against the ids the `tokenizers`, `transformers` and `sentencepiece` libraries gave for them; and stop
+//! strings on streamed text.
 
+mod common;
 #[path = "support/smollm2.rs"]
 mod smollm2;
 
@@ -786,4 +788,43 @@ fn padded_vocabularies_encode_the_same() {
     assert_eq!(check_cases(&back, "padded", |c| Some(&c.bytelevel)), 36);
     assert_eq!(tok.vocab().padded_to(n).unwrap(), *tok.vocab());
     assert!(tok.vocab().padded_to(n - 1).unwrap_err().to_string().contains("at most"));
+}
+
+/// Stop strings on streamed text: for random texts cut into random pieces (characters of 1 to 4 bytes,
+/// overlapping and repeating stop strings), the text let through is exactly the text before the first
+/// match, found directly on the whole text, or all of it when none matches.
+#[test]
+fn stop_strings_cut_streamed_text_at_the_first_match() {
+    use mobilellm_kernels::tokenizer::StopStrings;
+    let alphabet = ["a", "b", "\n", "é", "中", "😀", "User:", " "];
+    let stop_sets: [&[&str]; 5] = [&["ab"], &["aab", "ba"], &["\nUser:"], &["é中", "😀😀", "b\n"], &["abab", "b"]];
+    let mut rng = common::ShapeRng::new(31);
+    let (mut stopped, mut through) = (0, 0);
+    for stops in stop_sets {
+        for _ in 0..300 {
+            let text: String = (0..rng.range(0, 24)).map(|_| rng.pick(&alphabet)).collect();
+            let first = stops.iter().filter_map(|s| text.find(s)).min();
+            let mut stop = StopStrings::new(stops).unwrap();
+            let mut out = String::new();
+            let mut rest = text.as_str();
+            while !rest.is_empty() {
+                let mut cut = rng.range(1, rest.len()).min(rest.len());
+                while !rest.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                out += &stop.push(&rest[..cut]);
+                rest = &rest[cut..];
+            }
+            out += &stop.finish();
+            assert_eq!(out, text[..first.unwrap_or(text.len())], "{text:?} with {stops:?}");
+            assert_eq!(stop.is_stopped(), first.is_some());
+            if first.is_some() {
+                stopped += 1;
+            } else {
+                through += 1;
+            }
+        }
+    }
+    assert!(stopped > 200 && through > 200, "{stopped} stopped, {through} through");
+    assert!(StopStrings::new(&["", "x"]).is_err(), "an empty stop string matches before any text");
 }

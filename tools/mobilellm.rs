@@ -17,7 +17,7 @@ use mobilellm_kernels::model::{
 use mobilellm_kernels::ops::sample::Penalties;
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::reference::forward::CpuModel;
-use mobilellm_kernels::tokenizer::Tokenizer;
+use mobilellm_kernels::tokenizer::{StopStrings, StreamDecoder, Tokenizer};
 use mobilellm_kernels::{Error, Gpu, Result};
 
 #[derive(Parser)]
@@ -193,6 +193,9 @@ struct SamplingArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_new: usize,
+    /// Stop when the text generated contains this text, which is not printed (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
     /// Prompt-lookup decoding: draft up to this many tokens from earlier in the text and check them in one
     /// pass (0 = off; greedy sampling only, same tokens).
     #[arg(long, default_value_t = 0)]
@@ -730,28 +733,61 @@ fn report_drafts(stats: Option<LookupStats>) {
     }
 }
 
+/// Prints generated tokens as their text completes, up to the first stop string; keeps what it printed.
+struct Printer<'a> {
+    decoder: StreamDecoder<'a>,
+    stops: StopStrings,
+    shown: String,
+}
+
+impl<'a> Printer<'a> {
+    fn new(tokenizer: &'a Tokenizer, stops: &[String]) -> Result<Printer<'a>> {
+        Ok(Printer { decoder: tokenizer.stream_decoder(), stops: StopStrings::new(stops)?, shown: String::new() })
+    }
+
+    /// Prints the token's text that is known to come before any stop string; false once one is found.
+    fn push(&mut self, id: u32) -> bool {
+        let text = self.stops.push(&self.decoder.push(id));
+        self.show(&text);
+        !self.stops.is_stopped()
+    }
+
+    fn show(&mut self, text: &str) {
+        print!("{text}");
+        let _ = std::io::stdout().flush();
+        self.shown.push_str(text);
+    }
+
+    /// Prints what is held back (an incomplete character, the start of a stop string that never came).
+    fn finish(&mut self) -> String {
+        let rest = self.decoder.finish();
+        let text = self.stops.push(&rest) + &self.stops.finish();
+        self.show(&text);
+        if self.stops.is_stopped() {
+            eprintln!("\n[stopped at a stop string]");
+        }
+        std::mem::take(&mut self.shown)
+    }
+}
+
 /// Generates and prints tokens as they come; returns the count, decode and prefill seconds.
 fn stream(
     model: &mut Model,
     tokenizer: &Tokenizer,
     prompt_ids: &[u32],
-    max_new: usize,
+    (max_new, stops): (usize, &[String]),
     decoding: &mut Decoding,
 ) -> Result<(usize, f64, f64)> {
-    let mut decoder = tokenizer.stream_decoder();
+    let mut printer = Printer::new(tokenizer, stops)?;
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
     let start = Instant::now();
     let mut first_at = None;
     let on_token = |id| {
         first_at.get_or_insert_with(Instant::now);
-        if !stop.contains(&id) {
-            print!("{}", decoder.push(id));
-            let _ = std::io::stdout().flush();
-        }
-        true
+        stop.contains(&id) || printer.push(id)
     };
     let (out, stats) = generate_with(model, tokenizer, decoding, prompt_ids, max_new, &stop, on_token)?;
-    print!("{}", decoder.finish());
+    printer.finish();
     println!();
     report_drafts(stats);
     let prefill_s = first_at.map_or(0.0, |t| (t - start).as_secs_f64());
@@ -792,7 +828,8 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     }
     print!("{}", a.prompt);
     let mut decoding = a.sampling.decoding(&gpu, a.model.context, &tokenizer)?;
-    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], a.sampling.max_new, &mut decoding)?;
+    let limits = (a.sampling.max_new, &a.sampling.stop[..]);
+    let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], limits, &mut decoding)?;
     if let Some(path) = &a.prompt_cache {
         model.save_state()?.save(path)?;
         eprintln!("[prompt cache {}: {reused} of {} prompt tokens restored]", path.display(), ids.len());
@@ -848,23 +885,22 @@ fn chat(a: &ChatArgs) -> Result<()> {
         }
         // The cache still holds the earlier turns: only the new tokens are prefilled.
         let reused = model.reuse_with_shift(&ids)?;
-        let mut reply = Vec::new();
-        let mut decoder = tokenizer.stream_decoder();
+        let mut printer = Printer::new(&tokenizer, &a.sampling.stop)?;
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
-        let on_token = |id| {
-            if !stop.contains(&id) {
-                reply.push(id);
-                print!("{}", decoder.push(id));
-                let _ = std::io::stdout().flush();
-            }
-            true
-        };
-        let (_, stats) =
+        let on_token = |id| stop.contains(&id) || printer.push(id);
+        let (out, stats) =
             generate_with(&mut model, &tokenizer, &mut decoding, &ids[reused..], a.sampling.max_new, &stop, on_token)?;
-        println!("{}", decoder.finish());
+        let shown = printer.finish();
+        // The reply as the tokenizer decodes it, or as shown up to a stop string (whose tokens the next
+        // turn's prefix match then drops from the cache).
+        let reply = match printer.stops.is_stopped() {
+            true => shown,
+            false => tokenizer.decode(out.strip_suffix(&stop[..]).unwrap_or(&out)),
+        };
+        println!();
         report_drafts(stats);
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
-        history.push(("assistant".into(), tokenizer.decode(&reply)));
+        history.push(("assistant".into(), reply));
     }
 }
 
@@ -1004,7 +1040,7 @@ fn demo_real(gpu: &Gpu, path: &Path, prompt: &str) -> Result<()> {
     println!("user: {prompt}");
     print!("assistant: ");
     let (n, decode_s, prefill_s) =
-        stream(&mut model, &tokenizer, &ids, 48, &mut Decoding::Plain { constraint: None, logprobs: None })?;
+        stream(&mut model, &tokenizer, &ids, (48, &[]), &mut Decoding::Plain { constraint: None, logprobs: None })?;
     report_speed(ids.len(), n, decode_s, prefill_s);
     Ok(())
 }

@@ -31,12 +31,14 @@ mod hf;
 mod merge;
 mod sentencepiece;
 mod spm;
+mod stop;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::Path;
 
 pub use chat::{ChatTemplate, Date, CHATML};
+pub use stop::StopStrings;
 
 use crate::error::{Error, Result};
 use crate::model::gguf::{GgufFile, GgufWriter, MetaValue, ValueType};
