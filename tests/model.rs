@@ -417,8 +417,9 @@ fn decode_allocates_no_buffers_after_warm_up() {
         })
         .unwrap();
         let mut model = load(&gpu, "tiny-shared", WeightType::F32, DType::F32);
-        let prompt = [13, 218, 116];
-        // A CPU driver's prefill stages x in the device's texel textures; the report counts them as scratch.
+        // A CPU driver's prefill of WINDOW_MIN_VECTORS or more tokens stages x in the device's texel textures;
+        // the report counts them as scratch.
+        let prompt = [13, 218, 116, 5, 9, 7];
         let fresh = model.memory();
         model.prefill(&prompt).unwrap();
         let staging = gpu.staging_bytes();

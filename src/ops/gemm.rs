@@ -6,7 +6,7 @@
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::gemv::{check_operands, gemv, gemv_window, GemvMapping, WINDOW_RPT};
+use crate::ops::gemv::{check_operands, gemv, gemv_window, GemvMapping, WINDOW_MIN_VECTORS, WINDOW_RPT};
 use crate::ops::{base_variant, make_dispatch, uniform, Dispatch, MAX_GROUPS_PER_DIM};
 use crate::quant::{GpuWeight, WeightDesc};
 use crate::shader::{ShaderVariant, GEMM};
@@ -55,9 +55,12 @@ struct Params {
 /// GPUs get [`gemm_rows`]. CPU devices (lavapipe), where every storage load in a
 /// loop is a per-lane gather and workgroup memory and barriers are slow, get the windowed multi-vector
 /// GEMV ([`gemv_window`]: lanes are rows, 8 vectors each, x as texels or a uniform, shared by subgroup broadcasts),
-/// or, for shapes it cannot window, one GEMV per vector.
+/// or, for fewer than [`WINDOW_MIN_VECTORS`] vectors and shapes it cannot window, one GEMV per vector.
 pub fn gemm(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, out_offset: usize, accumulate: bool) -> Result<Dispatch> {
     if gpu.is_cpu_class() {
+        if x.shape().first().is_some_and(|&n| n < WINDOW_MIN_VECTORS) {
+            return gemv(gpu, w, x, y, out_offset, accumulate);
+        }
         return match gemv_window(gpu, w, x, y, out_offset, accumulate, WINDOW_RPT)? {
             Some(d) => Ok(d),
             None => gemv(gpu, w, x, y, out_offset, accumulate),

@@ -319,8 +319,8 @@ pub struct GemvFusion<'a> {
 
 /// [`gemv`] with an RMSNorm prologue and/or a SwiGLU epilogue, same mapping table. Used by the planner for
 /// the normed Q/K/V projection and the fused feed-forward (`ops::ffn::ffn_swiglu`).
-/// With `n > 1` on CPU devices (prefill) it runs the windowed entry ([`gemv_window`]'s kernel), so each
-/// weight is read once per 8 vectors instead of once per vector.
+/// With `n >= WINDOW_MIN_VECTORS` on CPU devices (prefill) it runs the windowed entry ([`gemv_window`]'s
+/// kernel), so each weight is read once per 8 vectors instead of once per vector.
 pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: GemvFusion<'_>) -> Result<Dispatch> {
     let out_rows = if fusion.swiglu { w.rows() / 2 } else { w.rows() };
     gemv_fused_with(gpu, w, x, y, fusion, GemvMapping::choose(gpu, out_rows, w.cols()))
@@ -328,7 +328,8 @@ pub fn gemv_fused(gpu: &Gpu, w: &GpuWeight, x: &Tensor, y: &Tensor, fusion: Gemv
 
 /// [`gemv_fused`] with an explicit thread mapping (for tests and tuning); with SWIGLU, `rpt` counts output
 /// rows, each reading one gate and one up row.
-/// With `n > 1` on CPU devices the windowed entry runs where the shapes allow it, and `mapping` is unused.
+/// With `n >= WINDOW_MIN_VECTORS` on CPU devices the windowed entry runs where the shapes allow it, and
+/// `mapping` is unused.
 pub fn gemv_fused_with(
     gpu: &Gpu,
     w: &GpuWeight,
@@ -371,13 +372,19 @@ pub fn gemv_fused_with(
         eps: fusion.norm.map_or(0.0, |n| n.1),
         _pad: 0,
     };
-    if n > 1 && gpu.is_cpu_class() {
+    if n >= WINDOW_MIN_VECTORS && gpu.is_cpu_class() {
         if let Some(d) = window(gpu, w, x, y, &params, fusion, WINDOW_RPT)? {
             return Ok(d);
         }
     }
     single(gpu, w, x, y, &params, fusion, mapping)
 }
+
+/// The fewest vectors CPU devices multiply with the windowed entry; fewer go one GEMV launch each (the
+/// short passes of jump-forward and speculative decoding). Its lanes carry 8 vectors whatever the count:
+/// SmolLM2 passes of 2 / 3 / 4 tokens on lavapipe took 51 / 47-52 / 46 ms windowed and 27-35 / 34-38 /
+/// 37-41 ms per vector; at 5 the two tie, from 6 on the window wins (a decode step: 19-22 ms).
+pub const WINDOW_MIN_VECTORS: usize = 5;
 
 /// Rows each lane of the windowed entry computes in turn, by default (see [`gemv_window`]). Measured on
 /// lavapipe (`GEMM_SWEEP=1 cargo bench --bench kernels`): 4 and 8 on par, 2 up to 1.4x slower.
