@@ -2,14 +2,16 @@
 //! a string's contents, so the decoded string matches the pattern; and a regular expression as a grammar
 //! of plain text ([`regex_to_gbnf`]).
 //!
-//! The pattern must be anchored (`^...$`): JSON schema patterns search, and a grammar for "contains a
-//! match" would let the model write anything around it. Understood: literals, `.`, classes (`[a-z]`,
-//! `[^...]`, `\d \w \s` and their negations), groups (`(...)`, `(?:...)`, `(?<name>...)`), alternation,
-//! and the quantifiers `* + ? {n} {n,} {n,m}` (lazy ones as greedy: the language is the same). Refused by
-//! name: lookaround, backreferences, word boundaries, anchors inside the pattern. Characters JSON must
-//! escape are written escaped (`"` as `\"`, a newline as `\n`); a class or `.` never yields a control
-//! character other than tab, newline and carriage return, so the grammar may take fewer strings than the
-//! pattern, never more.
+//! A schema's pattern must be anchored (`^...$`): JSON schema patterns search, and a grammar for "contains
+//! a match" would let the model write anything around it (`^a|b$` is read as `^(a|b)$`, a subset of what
+//! it searches for). Understood: literals, `.`, classes (`[a-z]`, `[^...]`, `\d \w \s` and their
+//! negations), groups (`(...)`, `(?:...)`, `(?<name>...)`), alternation, and the quantifiers
+//! `* + ? {n} {n,} {n,m}` (lazy ones as greedy: the language is the same). Refused by name: lookaround,
+//! backreferences, word boundaries, anchors inside the pattern, and repeating without bound a part that can
+//! match nothing (`(a*)*`, whose GBNF rule would recurse without reading). In a JSON string, characters
+//! JSON must escape are written escaped (`"` as `\"`, a newline as `\n`), and a class or `.` never yields a
+//! control character other than tab, newline and carriage return: the grammar may take fewer strings than
+//! the pattern, never more.
 
 use super::schema::literal;
 use crate::error::{Error, Result};
