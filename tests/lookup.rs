@@ -224,6 +224,35 @@ fn constrained_lookup_gives_masked_greedy_tokens() {
     }
 }
 
+/// Draft-model decoding under a grammar: the target's masked greedy tokens (`generate_constrained`)
+/// whether the draft is the target itself or other weights, for grammars that allow, cut or forbid what
+/// the models would write.
+#[test]
+fn constrained_draft_model_decoding_gives_masked_greedy_tokens() {
+    let target_host = checkpoint("tiny-plain", WeightType::Q8_0);
+    let other = checkpoint("tiny-shared", WeightType::Q4_0);
+    let vocab: Vec<Vec<u8>> = (0..target_host.config.vocab_size).map(|i| vec![b'a' + (i % 26) as u8]).collect();
+    let prompt = [5, 6, 7, 8, 9, 3];
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        let mut accepted = 0;
+        for text in ["root ::= [a-z]*", "root ::= [a-k]*", "root ::= ([a-m] [n-z])*"] {
+            let mut c = GrammarConstraint::with_vocabulary(Grammar::parse(text).unwrap(), vocab.clone(), &[]);
+            let mut plain = model(gpu, &target_host);
+            let want = plain.generate_constrained(&prompt, 24, &[], |done| c.mask_after(done), |_| true).unwrap();
+            for (name, host) in [("itself", &target_host), ("other weights", &other)] {
+                c.reset();
+                let (mut target, mut draft) = (model(gpu, &target_host), model(gpu, host));
+                let (got, stats) =
+                    target.generate_draft_constrained(&mut draft, &prompt, 24, &[], 4, &mut c, None, |_| true).unwrap();
+                assert_eq!(got, want, "[{}] {text}, draft {name}: {stats:?}", gpu.features());
+                assert_eq!(target.position(), plain.position());
+                accepted += stats.accepted;
+            }
+        }
+        assert!(accepted > 0, "drafts accepted under the grammars");
+    }
+}
+
 /// SmolLM2 asked to repeat a JSON document: under the JSON constraint the same tokens as masked greedy
 /// decoding, most of them from accepted drafts; under a spaced schema with jump-forward, a sentence of
 /// its grammar with keys forced and values drafted.

@@ -638,6 +638,12 @@ fn cli_generate_reads_a_checkpoint_tokenizer() {
         generate(&[&lookup_args[..], &["--grammar".as_ref(), forced.as_os_str(), "--jump-forward".as_ref()]].concat());
     assert_eq!(again, out, "{log}");
     assert!(log.contains("[drafts: ") && log.contains("forced tokens]"), "{log}");
+    // --draft-model (the model itself) under the grammar: masked greedy decoding's answer.
+    let (masked, _) = generate(&["--grammar".as_ref(), forced.as_os_str()]);
+    let (drafted, log) =
+        generate(&["--draft-model".as_ref(), dir.as_os_str(), "--grammar".as_ref(), forced.as_os_str()]);
+    assert_eq!(drafted, masked, "{log}");
+    assert!(log.contains("[drafts: "), "{log}");
     // --regex: the answer is text the expression matches whole.
     let (out, log) = generate(&["--regex".as_ref(), r" [ab]{2}\.".as_ref()]);
     let answer = out.strip_prefix(prompt).and_then(|a| a.strip_suffix('\n'));

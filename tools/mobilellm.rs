@@ -208,18 +208,18 @@ struct SamplingArgs {
     #[arg(long, default_value_t = 4)]
     draft: usize,
     /// Constrain the output to one JSON document (ends when it is complete).
-    #[arg(long, conflicts_with_all = ["draft_model", "grammar", "json_schema"])]
+    #[arg(long, conflicts_with_all = ["grammar", "json_schema"])]
     json: bool,
     /// Constrain the output to a GBNF grammar (llama.cpp's format) read from this file; its rule `root`.
-    #[arg(long, conflicts_with_all = ["draft_model", "json_schema"])]
+    #[arg(long, conflicts_with = "json_schema")]
     grammar: Option<PathBuf>,
     /// Constrain the output to JSON that this JSON schema file accepts (the subset
     /// `constrain::json_schema_to_gbnf` documents).
-    #[arg(long, conflicts_with = "draft_model")]
+    #[arg(long)]
     json_schema: Option<PathBuf>,
     /// Constrain the output to text this regular expression matches whole (ECMAScript syntax: classes,
     /// groups, alternation, quantifiers; see `constrain::regex_to_gbnf`).
-    #[arg(long, conflicts_with_all = ["draft_model", "json", "grammar", "json_schema"])]
+    #[arg(long, conflicts_with_all = ["json", "grammar", "json_schema"])]
     regex: Option<String>,
     /// Where the JSON of --json-schema may have whitespace: anywhere JSON allows (free), one space after
     /// `:` and `,` (spaced), or nowhere (compact). A fixed layout leaves more text forced (--jump-forward).
@@ -274,7 +274,13 @@ enum Decoding {
         constraint: Option<Box<dyn Constraint>>,
         jump_forward: bool,
     },
-    Draft(Box<Model>, usize),
+    /// Drafts from a smaller model, so many per pass, under a constraint if given.
+    Draft {
+        draft: Box<Model>,
+        per_pass: usize,
+        constraint: Option<Box<dyn Constraint>>,
+        jump_forward: bool,
+    },
 }
 
 impl SamplingArgs {
@@ -282,27 +288,21 @@ impl SamplingArgs {
     fn decoding(&self, gpu: &Gpu, context: usize, tokenizer: &Tokenizer) -> Result<Decoding> {
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
         let logprobs = self.logprobs.then_some(self.top_logprobs);
-        let lookup = LookupOptions { draft: self.lookup, ..LookupOptions::default() };
-        let constrained = |constraint: Box<dyn Constraint>| match (self.lookup, self.jump_forward) {
-            (0, true) => Decoding::JumpForward(constraint),
-            (0, false) => Decoding::Plain { constraint: Some(constraint), logprobs },
-            (_, jump_forward) => Decoding::Lookup { options: lookup, constraint: Some(constraint), jump_forward },
-        };
-        if self.json {
-            return Ok(constrained(Box::new(JsonConstraint::new(tokenizer, &stop))));
-        }
         let layout = self.json_layout.into();
         let grammar = match &self.regex {
             Some(regex) => Some(Grammar::parse(&regex_to_gbnf(regex)?)?),
             None => load_grammar(self.grammar.as_deref(), self.json_schema.as_deref(), layout)?,
         };
-        if let Some(grammar) = grammar {
-            if self.print_grammar {
-                eprint!("{grammar}");
-            }
-            return Ok(constrained(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop))));
+        if let (Some(grammar), true) = (&grammar, self.print_grammar) {
+            eprint!("{grammar}");
         }
-        if self.jump_forward {
+        let constraint: Option<Box<dyn Constraint>> = match grammar {
+            Some(grammar) => Some(Box::new(GrammarConstraint::new(grammar, tokenizer, &stop))),
+            None if self.json => Some(Box::new(JsonConstraint::new(tokenizer, &stop))),
+            None => None,
+        };
+        let jump_forward = self.jump_forward;
+        if jump_forward && constraint.is_none() {
             return Err(Error::invalid(
                 "--jump-forward",
                 "no constraint",
@@ -313,11 +313,16 @@ impl SamplingArgs {
             let (host, _) = load_host(path, None)?;
             let mut draft = Model::new(gpu, &host, &PlanOptions { context, ..PlanOptions::default() })?;
             draft.set_sampling(Sampling::greedy())?;
-            return Ok(Decoding::Draft(Box::new(draft), self.draft));
+            return Ok(Decoding::Draft { draft: Box::new(draft), per_pass: self.draft, constraint, jump_forward });
         }
-        Ok(match self.lookup {
-            0 => Decoding::Plain { constraint: None, logprobs },
-            _ => Decoding::Lookup { options: lookup, constraint: None, jump_forward: false },
+        Ok(match (self.lookup, constraint) {
+            (0, Some(constraint)) if jump_forward => Decoding::JumpForward(constraint),
+            (0, constraint) => Decoding::Plain { constraint, logprobs },
+            (draft, constraint) => Decoding::Lookup {
+                options: LookupOptions { draft, ..LookupOptions::default() },
+                constraint,
+                jump_forward,
+            },
         })
     }
 
@@ -633,28 +638,37 @@ fn generate_with(
         }
         Decoding::Lookup { options, constraint: Some(constraint), jump_forward } => {
             let jump = jump_forward.then_some(tokenizer);
-            let result = model.generate_lookup_constrained(
-                prompt_ids,
-                max_new,
-                stop,
-                *options,
-                &mut **constraint,
-                jump,
-                on_token,
-            );
-            let complete = constraint.is_complete();
-            constraint.reset();
-            let (out, stats) = result?;
-            if !complete {
-                eprintln!("[constrained: the output was not complete after {max_new} tokens]");
-            }
+            let (options, c) = (*options, &mut **constraint);
+            let result = model.generate_lookup_constrained(prompt_ids, max_new, stop, options, c, jump, on_token);
+            finish_constrained(constraint.as_mut(), result, max_new)?
+        }
+        Decoding::Draft { draft, per_pass, constraint: None, .. } => {
+            let (out, stats) = model.generate_draft(draft, prompt_ids, max_new, stop, *per_pass, on_token)?;
             (out, Some(stats))
         }
-        Decoding::Draft(draft, n) => {
-            let (out, stats) = model.generate_draft(draft, prompt_ids, max_new, stop, *n, on_token)?;
-            (out, Some(stats))
+        Decoding::Draft { draft, per_pass, constraint: Some(constraint), jump_forward } => {
+            let jump = jump_forward.then_some(tokenizer);
+            let (n, c) = (*per_pass, &mut **constraint);
+            let result = model.generate_draft_constrained(draft, prompt_ids, max_new, stop, n, c, jump, on_token);
+            finish_constrained(constraint.as_mut(), result, max_new)?
         }
     })
+}
+
+/// A constrained speculative call's result, the constraint reset for the next call (a chat's next turn)
+/// and a note when the output was cut before it was complete.
+fn finish_constrained(
+    constraint: &mut dyn Constraint,
+    result: Result<(Vec<u32>, LookupStats)>,
+    max_new: usize,
+) -> Result<(Vec<u32>, Option<LookupStats>)> {
+    let complete = constraint.is_complete();
+    constraint.reset();
+    let (out, stats) = result?;
+    if !complete {
+        eprintln!("[constrained: the output was not complete after {max_new} tokens]");
+    }
+    Ok((out, Some(stats)))
 }
 
 /// `Model::generate`, under a constraint if given (a mask before each pick, lifted afterwards), and with

@@ -155,10 +155,7 @@ impl Model {
     ) -> Result<(Vec<u32>, LookupStats)> {
         check_greedy("sampling for prompt-lookup decoding", self.sampling())?;
         let propose = |seq: &[u32], limit: usize| Ok(find_draft(seq, options.ngram, limit.min(options.draft)));
-        let guide = Guide { constraint, jump_forward };
-        let result = self.speculate(prompt, max_new, stop, Some(guide), propose, on_token);
-        self.set_token_mask(None)?;
-        result
+        self.speculate_guided(prompt, max_new, stop, Guide { constraint, jump_forward }, propose, on_token)
     }
 
     /// [`Model::generate`] with drafts from a smaller model of the same vocabulary (speculative decoding,
@@ -185,6 +182,52 @@ impl Model {
         max_draft: usize,
         on_token: impl FnMut(u32) -> bool,
     ) -> Result<(Vec<u32>, LookupStats)> {
+        let propose = self.draft_proposer(draft, max_draft)?;
+        self.speculate(prompt, max_new, stop, None, propose, on_token)
+    }
+
+    /// [`Model::generate_draft`] under a constraint, as [`Model::generate_lookup_constrained`] checks
+    /// lookup drafts: the tokens are this model's masked greedy ones. The draft model proposes without the
+    /// mask, so its drafts count as far as the constraint allows them; with `jump_forward`, forced text
+    /// goes into each pass unpicked.
+    #[allow(clippy::too_many_arguments)]
+    pub fn generate_draft_constrained(
+        &mut self,
+        draft: &mut Model,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        max_draft: usize,
+        constraint: &mut dyn Constraint,
+        jump_forward: Option<&Tokenizer>,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, LookupStats)> {
+        let propose = self.draft_proposer(draft, max_draft)?;
+        self.speculate_guided(prompt, max_new, stop, Guide { constraint, jump_forward }, propose, on_token)
+    }
+
+    /// [`Model::speculate`] under `guide`, its mask lifted when the call returns (also on an error).
+    fn speculate_guided(
+        &mut self,
+        prompt: &[u32],
+        max_new: usize,
+        stop: &[u32],
+        guide: Guide<'_>,
+        propose: impl FnMut(&[u32], usize) -> Result<Vec<u32>>,
+        on_token: impl FnMut(u32) -> bool,
+    ) -> Result<(Vec<u32>, LookupStats)> {
+        let result = self.speculate(prompt, max_new, stop, Some(guide), propose, on_token);
+        self.set_token_mask(None)?;
+        result
+    }
+
+    /// Drafts from `draft`'s greedy steps, at most `max_draft` per pass, after checking that both models
+    /// sample greedily and share a vocabulary.
+    fn draft_proposer<'d>(
+        &self,
+        draft: &'d mut Model,
+        max_draft: usize,
+    ) -> Result<impl FnMut(&[u32], usize) -> Result<Vec<u32>> + 'd> {
         check_greedy("sampling for speculative decoding", self.sampling())?;
         check_greedy("the draft model's sampling", draft.sampling())?;
         let (ours, theirs) = (self.config().vocab_size, draft.config().vocab_size);
@@ -195,7 +238,7 @@ impl Model {
                 format!("this model's {ours}: drafts must be ids of the same tokenizer"),
             ));
         }
-        let propose = |seq: &[u32], limit: usize| -> Result<Vec<u32>> {
+        let propose = move |seq: &[u32], limit: usize| -> Result<Vec<u32>> {
             // The draft feeds the whole sequence, then `k - 1` of its own tokens.
             let room = (draft.context() + 1).saturating_sub(seq.len());
             let k = limit.min(max_draft).min(room);
@@ -211,7 +254,7 @@ impl Model {
             }
             Ok(proposal)
         };
-        self.speculate(prompt, max_new, stop, None, propose, on_token)
+        Ok(propose)
     }
 
     /// The loop both kinds of draft share: `propose(sequence, limit)` gives at most `limit` tokens that may
