@@ -195,7 +195,8 @@ fn smollm2_jumps_forward_through_a_schema() {
     );
 }
 
-/// `max_new` and `on_token` bound the forced tokens as they bound picks; what was fed is in the cache.
+/// `max_new` and `on_token` bound the forced tokens as they bound picks; the cache holds every token
+/// reported but the last, as `generate` leaves it.
 #[test]
 fn forced_tokens_respect_max_new_and_on_token() {
     let gpu = &gpus()[0];
@@ -216,6 +217,7 @@ fn forced_tokens_respect_max_new_and_on_token() {
     c.reset();
     let out = model.generate_jump_forward(&prompt, 50, &stop, &mut c, &tokenizer, |_| false).unwrap();
     assert_eq!((out.tokens.len(), out.forced, out.passes), (1, 1, 1), "{out:?}");
+    assert_eq!(model.position(), prompt.len(), "every token reported but the last is in the cache");
 
     model.reset();
     c.reset();

@@ -5,6 +5,7 @@
 
 use super::Constraint;
 use crate::error::Result;
+use crate::model::lookup::Guide;
 use crate::model::Model;
 use crate::tokenizer::Tokenizer;
 
@@ -73,10 +74,10 @@ impl Model {
     /// pick. The output is still a sentence of the constraint; the forced text is tokenized as the tokenizer
     /// would write it, which may differ from the tokens the model would have picked one by one.
     ///
-    /// `on_token` sees forced tokens too, after the pass that feeds them; the last pick is not in the KV
-    /// cache yet (as [`Model::generate`]'s last token is not). When `on_token` stops the call at a forced
-    /// token, the constraint has already taken the rest of that pass's forced text. The mask is lifted when
-    /// the call returns, also on an error.
+    /// `on_token` sees forced tokens too, after the pass that feeds them; the KV cache then holds every
+    /// token reported but the last (as [`Model::generate`] leaves it). When `on_token` stops the call at a
+    /// forced token, the constraint has already taken the rest of that pass's forced text. A token mask set
+    /// before the call is an error; the constraint's mask is lifted when the call returns, also on an error.
     ///
     /// ```no_run
     /// # fn demo(model: &mut mobilellm_kernels::model::Model, tokenizer: &mobilellm_kernels::tokenizer::Tokenizer,
@@ -102,46 +103,13 @@ impl Model {
         tokenizer: &Tokenizer,
         on_token: impl FnMut(u32) -> bool,
     ) -> Result<JumpForward> {
-        let result = self.jump_forward(prompt, max_new, stop, constraint, tokenizer, on_token);
-        self.set_token_mask(None)?;
-        result
-    }
-
-    fn jump_forward(
-        &mut self,
-        prompt: &[u32],
-        max_new: usize,
-        stop: &[u32],
-        constraint: &mut dyn Constraint,
-        tokenizer: &Tokenizer,
-        mut on_token: impl FnMut(u32) -> bool,
-    ) -> Result<JumpForward> {
-        let mut out = JumpForward::default();
-        let context = self.context();
-        let mut feed = prompt.to_vec();
-        while out.tokens.len() < max_new {
-            // Room for the pick after the forced tokens, in the output and in the context.
-            let room = (max_new - out.tokens.len() - 1).min(context.saturating_sub(self.position() + feed.len()));
-            let forced = forced_tokens(constraint, tokenizer, room)?;
-            feed.extend(&forced);
-            self.set_token_mask(Some(&constraint.mask()?))?;
-            let next = self.prefill(&feed)?;
-            out.passes += 1;
-            // Forced tokens are reported once the pass has fed them, before the pick after them.
-            for &id in &forced {
-                out.tokens.push(id);
-                out.forced += 1;
-                if !on_token(id) {
-                    return Ok(out);
-                }
-            }
-            out.tokens.push(next);
-            constraint.accept(next)?;
-            if !on_token(next) || stop.contains(&next) || self.position() >= context {
-                break;
-            }
-            feed = vec![next];
-        }
-        Ok(out)
+        // Speculative decoding's guided loop, with no drafts: each pass feeds the last pick and the forced
+        // tokens, and picks under the mask.
+        let guide = Guide { constraint, jump_forward: Some(tokenizer) };
+        let no_drafts = |_: &[u32], _: usize| Ok(Vec::new());
+        let (tokens, stats) = self.speculate_guided(prompt, max_new, stop, guide, no_drafts, on_token)?;
+        // The prompt's pass, then one per plain step.
+        let passes = if tokens.is_empty() { 0 } else { 1 + stats.steps };
+        Ok(JumpForward { tokens, forced: stats.forced, passes })
     }
 }

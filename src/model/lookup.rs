@@ -59,9 +59,9 @@ enum Pass {
 }
 
 /// A constraint over the output of speculative decoding, and the tokenizer to feed its forced text with.
-struct Guide<'a> {
-    constraint: &'a mut dyn Constraint,
-    jump_forward: Option<&'a Tokenizer>,
+pub(crate) struct Guide<'a> {
+    pub(crate) constraint: &'a mut dyn Constraint,
+    pub(crate) jump_forward: Option<&'a Tokenizer>,
 }
 
 impl Guide<'_> {
@@ -207,7 +207,8 @@ impl Model {
     }
 
     /// [`Model::speculate`] under `guide`, its mask lifted when the call returns (also on an error).
-    fn speculate_guided(
+    /// Jump-forward decoding ([`Model::generate_jump_forward`]) is this loop with no drafts.
+    pub(crate) fn speculate_guided(
         &mut self,
         prompt: &[u32],
         max_new: usize,
