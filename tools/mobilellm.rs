@@ -622,13 +622,7 @@ fn generate_with(
         }
         Decoding::JumpForward(constraint) => {
             let out = model.generate_jump_forward(prompt_ids, max_new, stop, &mut **constraint, tokenizer, on_token);
-            let complete = constraint.is_complete();
-            // The next call (a chat's next turn) starts a new output.
-            constraint.reset();
-            let out = out?;
-            if !complete {
-                eprintln!("[constrained: the output was not complete after {max_new} tokens]");
-            }
+            let out = finish_constrained(constraint.as_mut(), out, max_new)?;
             eprintln!("[jump-forward: {} of {} tokens forced, {} passes]", out.forced, out.tokens.len(), out.passes);
             (out.tokens, None)
         }
@@ -640,7 +634,8 @@ fn generate_with(
             let jump = jump_forward.then_some(tokenizer);
             let (options, c) = (*options, &mut **constraint);
             let result = model.generate_lookup_constrained(prompt_ids, max_new, stop, options, c, jump, on_token);
-            finish_constrained(constraint.as_mut(), result, max_new)?
+            let (out, stats) = finish_constrained(constraint.as_mut(), result, max_new)?;
+            (out, Some(stats))
         }
         Decoding::Draft { draft, per_pass, constraint: None, .. } => {
             let (out, stats) = model.generate_draft(draft, prompt_ids, max_new, stop, *per_pass, on_token)?;
@@ -650,25 +645,22 @@ fn generate_with(
             let jump = jump_forward.then_some(tokenizer);
             let (n, c) = (*per_pass, &mut **constraint);
             let result = model.generate_draft_constrained(draft, prompt_ids, max_new, stop, n, c, jump, on_token);
-            finish_constrained(constraint.as_mut(), result, max_new)?
+            let (out, stats) = finish_constrained(constraint.as_mut(), result, max_new)?;
+            (out, Some(stats))
         }
     })
 }
 
-/// A constrained speculative call's result, the constraint reset for the next call (a chat's next turn)
-/// and a note when the output was cut before it was complete.
-fn finish_constrained(
-    constraint: &mut dyn Constraint,
-    result: Result<(Vec<u32>, LookupStats)>,
-    max_new: usize,
-) -> Result<(Vec<u32>, Option<LookupStats>)> {
+/// A constrained call's result, the constraint reset for the next call (a chat's next turn) and a note
+/// when the output was cut before it was complete.
+fn finish_constrained<T>(constraint: &mut dyn Constraint, result: Result<T>, max_new: usize) -> Result<T> {
     let complete = constraint.is_complete();
     constraint.reset();
-    let (out, stats) = result?;
+    let out = result?;
     if !complete {
         eprintln!("[constrained: the output was not complete after {max_new} tokens]");
     }
-    Ok((out, Some(stats)))
+    Ok(out)
 }
 
 /// `Model::generate`, under a constraint if given (a mask before each pick, lifted afterwards), and with

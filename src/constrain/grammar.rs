@@ -1046,18 +1046,10 @@ impl Constraint for GrammarConstraint {
     fn forced_bytes(&mut self, limit: usize) -> Vec<u8> {
         let mut forced = Vec::new();
         let mut state = self.current;
-        'walk: while forced.len() < limit && !self.states[state as usize].is_complete() {
-            let mut only = None;
-            for b in 0..=255u8 {
-                let next = self.step(state, b);
-                if next != DEAD {
-                    if only.is_some() {
-                        break 'walk;
-                    }
-                    only = Some((b, next));
-                }
-            }
-            let Some((b, next)) = only else { break };
+        while forced.len() < limit && !self.states[state as usize].is_complete() {
+            let Some((b, next)) = super::only_byte(|b| Some(self.step(state, b)).filter(|&s| s != DEAD)) else {
+                break;
+            };
             forced.push(b);
             state = next;
         }

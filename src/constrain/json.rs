@@ -433,17 +433,12 @@ impl Constraint for JsonConstraint {
         let mut forced = Vec::new();
         let mut state = self.state;
         while forced.len() < limit && !state.is_complete() {
-            let mut only = None;
-            for b in 0..=255u8 {
+            let Some((b, next)) = super::only_byte(|b| {
                 let mut next = state;
-                if next.push(b) {
-                    if only.is_some() {
-                        return forced;
-                    }
-                    only = Some((b, next));
-                }
-            }
-            let Some((b, next)) = only else { break };
+                next.push(b).then_some(next)
+            }) else {
+                break;
+            };
             forced.push(b);
             state = next;
         }

@@ -112,6 +112,21 @@ fn finish_mask(mut mask: TokenMask, complete: bool, stop: &[u32], what: &str) ->
     Ok(mask)
 }
 
+/// The one byte `step` takes (with the state after it), or `None` when no byte or several do: the walk
+/// of [`Constraint::forced_bytes`] goes on only while it finds one.
+fn only_byte<S>(mut step: impl FnMut(u8) -> Option<S>) -> Option<(u8, S)> {
+    let mut only = None;
+    for b in 0..=255u8 {
+        if let Some(next) = step(b) {
+            if only.is_some() {
+                return None;
+            }
+            only = Some((b, next));
+        }
+    }
+    only
+}
+
 /// Each token's bytes as a constraint matches them; empty for tokens never allowed (special tokens, and
 /// tokens without bytes).
 fn vocabulary_bytes(tokenizer: &Tokenizer) -> Vec<Vec<u8>> {
