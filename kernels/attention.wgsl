@@ -20,6 +20,9 @@
 //   (query head, WG query rows); each thread owns one query row; K/V tiles of TK positions are staged in
 //   workgroup memory and shared by the WG rows.
 // - `prefill_lanes` (CPU drivers, SUBGROUPS): the same result as `prefill`, mapped for SIMD lanes (see there).
+// BATCH (`decode`, `decode_lanes`, `merge`): rows of different sequences in one dispatch (batched decoding).
+// Row r of q is the query of sequence `batch_rows[r].x` at position `batch_rows[r].y`, over that sequence's
+// positions 0..=y, which start `seq_stride` elements per sequence into the slot; grid z (merge: y) is the row.
 
 struct Params {
     heads: u32,
@@ -28,7 +31,8 @@ struct Params {
     chunk_len: u32,
     n_chunks: u32,
     scale: f32,
-    _pad0: u32,
+    // Elements from one sequence to the next in the slot (BATCH).
+    seq_stride: u32,
     _pad1: u32,
 }
 
@@ -90,6 +94,9 @@ fn kv4(i: u32) -> vec4<f32> {
 }
 @group(0) @binding(4) var<storage, read_write> out: array<f32>;
 @group(0) @binding(5) var<storage, read_write> partials: array<f32>;
+#if BATCH
+@group(0) @binding(6) var<storage, read> batch_rows: array<vec2<u32>>;
+#endif
 
 // The i4-th vec4 of q (QUNI: q is a uniform of QV4 vec4, every lane reading the same value).
 fn q4(i4: u32) -> vec4<f32> {
@@ -128,6 +135,24 @@ fn last_row() -> u32 {
     return max(step.n, 1u) - 1u;
 }
 
+// What a decode workgroup of dispatch row `z` serves: its query row, context length, the offset of its
+// sequence in the slot, and its block of partials (one per row).
+struct RowSpan {
+    row: u32,
+    ctx: u32,
+    base: u32,
+    part: u32,
+}
+
+fn row_span(z: u32) -> RowSpan {
+#if BATCH
+    let e = batch_rows[z];
+    return RowSpan(z, min(e.y + 1u, params.capacity), e.x * params.seq_stride, z);
+#else
+    return RowSpan(last_row(), context_len(), 0u, 0u);
+#endif
+}
+
 // Positions per chunk: params.chunk_len, or with chunk_len = 0 the context cut into n_chunks even chunks
 // (`decode_lanes` with SPLIT, where the point is equal work per workgroup at every context).
 fn chunk_length(ctx: u32) -> u32 {
@@ -145,8 +170,9 @@ fn kv_quad(base: u32, i: u32, end: u32) -> vec4<f32> {
 fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let kvh = wg.x;
     let chunk = wg.y;
-    let ctx = context_len();
-    let row = last_row();
+    let span = row_span(wg.z);
+    let ctx = span.ctx;
+    let row = span.row;
     let start = chunk * chunk_length(ctx);
     let end = min(start + chunk_length(ctx), ctx);
     // Chunks past the context do nothing: `merge` reads only the chunks the context reaches.
@@ -170,8 +196,8 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
     // Unnormalised softmax sums of this thread's positions (equal across a lane's threads).
     var lsum: array<f32, G>;
     workgroupBarrier();
-    let k_base = kvh * params.capacity * HD;
-    let v_base = (params.kv_heads + kvh) * params.capacity * HD;
+    let k_base = span.base + kvh * params.capacity * HD;
+    let v_base = span.base + (params.kv_heads + kvh) * params.capacity * HD;
     for (var t0 = start; t0 < end; t0 += WG) {
         let cnt = min(WG, end - t0);
         // 1. One key per thread, scored against all G query heads (the key is read once).
@@ -280,7 +306,7 @@ fn decode(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index)
                     l += s_sh[r];
                 }
 #if SPLIT
-                let base = (h * params.n_chunks + chunk) * (HD + 2u);
+                let base = ((span.part * params.heads + h) * params.n_chunks + chunk) * (HD + 2u);
                 for (var c = 0u; c < 4u; c++) {
                     partials[base + 2u + 4u * d4 + c] = total[c];
                 }
@@ -520,13 +546,16 @@ var<private> lane_id: u32;
 // decode_lanes' KV head and (SPLIT) chunk, for `lanes_result` at the end of the head ladder.
 var<private> lane_kvh: u32;
 var<private> lane_chunk: u32;
+// decode_lanes' output row and block of partials (`RowSpan`).
+var<private> lane_row: u32;
+var<private> lane_part: u32;
 
 // Head g's merged quad at dim d of this workgroup (`decode_lanes`): M = big, sum of l exp(m - M) = total.
 fn lanes_result(g: u32, d: u32, sum: vec4<f32>, big: f32, total: f32) {
     let width = params.heads * HD;
 #if SPLIT
     // This chunk's (max, sum, unnormalised acc) for `merge`, as `decode` writes them.
-    let base = ((lane_kvh * G + g) * params.n_chunks + lane_chunk) * (HD + 2u);
+    let base = ((lane_part * params.heads + lane_kvh * G + g) * params.n_chunks + lane_chunk) * (HD + 2u);
     partials[base + 2u + d] = sum.x;
     partials[base + 3u + d] = sum.y;
     partials[base + 4u + d] = sum.z;
@@ -536,7 +565,7 @@ fn lanes_result(g: u32, d: u32, sum: vec4<f32>, big: f32, total: f32) {
         partials[base + 1u] = total;
     }
 #else
-    store4(last_row() * width + (lane_kvh * G + g) * HD + d, sum / total);
+    store4(lane_row * width + (lane_kvh * G + g) * HD + d, sum / total);
 #endif
 }
 
@@ -551,7 +580,10 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let kvh = wg.x;
     lane_kvh = kvh;
     lane_id = lid;
-    let ctx = context_len();
+    let span = row_span(wg.z);
+    lane_row = span.row;
+    lane_part = span.part;
+    let ctx = span.ctx;
 #if SPLIT
     let chunk = wg.y;
     lane_chunk = chunk;
@@ -566,9 +598,9 @@ fn decode_lanes(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
 #endif
     let width = params.heads * HD;
     // q of head (kvh*G + g), dims d..d+3, as a vec4 index into the uniform (HD and width are multiples of 4).
-    let q0 = (last_row() * width + kvh * G * HD) / 4u;
-    let k_base = kvh * params.capacity * HD;
-    let v_base = (params.kv_heads + kvh) * params.capacity * HD;
+    let q0 = (span.row * width + kvh * G * HD) / 4u;
+    let k_base = span.base + kvh * params.capacity * HD;
+    let v_base = span.base + (params.kv_heads + kvh) * params.capacity * HD;
     var st: LaneState;
     var none: LaneRow;
     lanes_heads(&st, LANE_BEGIN, q0, none, none, false);
@@ -617,9 +649,10 @@ const MQPT: u32 = (HQ + MWG - 1u) / MWG;
 @compute @workgroup_size(MWG)
 fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let h = wg.x;
-    let ctx = context_len();
+    let span = row_span(wg.y);
+    let ctx = span.ctx;
     let used = min((ctx + chunk_length(ctx) - 1u) / chunk_length(ctx), params.n_chunks);
-    let first = h * params.n_chunks;
+    let first = (span.part * params.heads + h) * params.n_chunks;
     // The chunks spread over the threads at every step (a thread looping over all of them waits out one
     // load latency per chunk, three times): the maxima and the sums by trees in s_sh, the weighted V rows by
     // (chunk lane, quad) like `decode`'s V pass, the lanes merged through v_sh.
@@ -654,7 +687,7 @@ fn merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     let lane = lid / MVQ;
     let vq = lid % MVQ;
     let width = params.heads * HD;
-    let row = last_row();
+    let row = span.row;
     for (var j = 0u; j < MQPT; j++) {
         let d = 4u * (vq + j * MVQ);
         var sum = vec4<f32>(0.0);

@@ -20,7 +20,8 @@ struct Params {
     hidden: u32,
     capacity: u32,
     eps: f32,
-    _pad0: u32,
+    // Elements from one sequence to the next in the slot (`rope_cache` with BATCH).
+    seq_stride: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -234,6 +235,13 @@ fn rope_rotated(slot: u32, pos: u32, e: u32, own: f32, other: f32) -> f32 {
     return select(ab.y, ab.x, first);
 }
 
+// BATCH (`rope_cache`): row r of the dispatch is sequence `batch_rows[r].x` at position `batch_rows[r].y`,
+// written `seq_stride` elements per sequence into the slot (batched decoding of several sequences).
+#if BATCH
+@group(0) @binding(9) var<storage, read> batch_rows: array<vec2<u32>>;
+var<private> seq_base: u32;
+#endif
+
 // Offset in the cache slot (in elements) of K/V head slot `slot`'s row at position pos.
 fn kv_row(slot: u32, pos: u32) -> u32 {
     var kvh = slot - params.heads;
@@ -242,7 +250,11 @@ fn kv_row(slot: u32, pos: u32) -> u32 {
         kvh -= params.kv_heads;
         part = 1u;
     }
+#if BATCH
+    return seq_base + ((part * params.kv_heads + kvh) * params.capacity + pos) * HD;
+#else
     return ((part * params.kv_heads + kvh) * params.capacity + pos) * HD;
+#endif
 }
 
 #if KVTEX
@@ -301,7 +313,15 @@ fn store_group_texel(slot: u32, pos: u32, grp: u32, t: u32) {
 fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let slot = wg.x;
     let r = wg.y;
+#if BATCH
+    if r >= step.n {
+        return;
+    }
+    let pos = batch_rows[r].y;
+    seq_base = batch_rows[r].x * params.seq_stride;
+#else
     let pos = step.pos + r;
+#endif
     if r >= step.n || pos >= params.capacity {
         return;
     }

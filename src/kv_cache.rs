@@ -5,6 +5,12 @@
 //! each, one KV head's positions are contiguous, so a decode workgroup that owns a KV head streams one
 //! contiguous range of memory.
 //!
+//! A cache may hold several independent sequences ([`KvCache::with_sequences`], for batched decoding of
+//! many sequences at once, `Model::decode_batch`): sequence `s` of a slot is the one-sequence layout above,
+//! starting [`KvCache::sequence_stride`] elements after sequence `s - 1`, so each sequence's K and V are one
+//! contiguous range that a buffer or texture copy can duplicate. Kernels reach sequence `s` by adding
+//! `s * sequence_stride` to their one-sequence offsets.
+//!
 //! Storage follows the device's [`WeightStorage`]: a storage buffer, or (CPU drivers) an `rgba32uint`
 //! texture holding the same bytes in order, 16 per texel and [`TEXTURE_ROW_TEXELS`] texels per row, read
 //! with `textureLoad` (on lavapipe one SIMD gather per 16 bytes, where a storage load is a per-lane loop
@@ -23,7 +29,7 @@ enum Slot {
     Texture { texture: wgpu::Texture, view: wgpu::TextureView },
 }
 
-/// GPU KV cache for a whole model: `slots` executed layers, `capacity` positions each.
+/// GPU KV cache for a whole model: `slots` executed layers, `capacity` positions each (per sequence).
 #[derive(Debug, Clone)]
 pub struct KvCache {
     slots: Vec<Slot>,
@@ -31,6 +37,9 @@ pub struct KvCache {
     kv_heads: usize,
     head_dim: usize,
     dtype: DType,
+    sequences: usize,
+    // Elements from one sequence's start to the next's within a slot (see `sequence_layout`).
+    sequence_stride: usize,
 }
 
 /// A host copy of one slot, widened to f32 (for tests and checks).
@@ -90,6 +99,17 @@ pub fn executed_layers(unique_layers: usize, layer_sharing: bool) -> usize {
     }
 }
 
+/// Texels from one sequence's start to the next in a texture slot whose sequences hold `texels` each: whole
+/// texture rows for sequences of a row or more, else a power of two (a divisor of the row), so no sequence
+/// straddles a row and copying one is one rectangle. One sequence needs no padding.
+fn texture_stride(texels: usize, sequences: usize) -> usize {
+    match sequences {
+        1 => texels,
+        _ if texels >= TEXTURE_ROW_TEXELS => texels.next_multiple_of(TEXTURE_ROW_TEXELS),
+        _ => texels.next_power_of_two(),
+    }
+}
+
 impl KvCache {
     /// Allocates `slots` zeroed slots of `capacity` positions, `kv_heads` heads of `head_dim` each, in f16
     /// when the device has SHADER_F16, else f32. Each slot must fit one binding (128 MiB by default).
@@ -102,6 +122,20 @@ impl KvCache {
     pub fn with_dtype(
         gpu: &Gpu,
         slots: usize,
+        capacity: usize,
+        kv_heads: usize,
+        head_dim: usize,
+        dtype: DType,
+    ) -> Result<KvCache> {
+        Self::with_sequences(gpu, slots, 1, capacity, kv_heads, head_dim, dtype)
+    }
+
+    /// Like [`KvCache::with_dtype`] with `sequences` independent sequences of `capacity` positions in each
+    /// slot (see the module docs). All of a slot's sequences must fit one binding (128 MiB by default).
+    pub fn with_sequences(
+        gpu: &Gpu,
+        slots: usize,
+        sequences: usize,
         capacity: usize,
         kv_heads: usize,
         head_dim: usize,
@@ -120,38 +154,45 @@ impl KvCache {
                 return Err(Error::DType { what: "KV cache".into(), got: "u32".into(), expected: "f16 or f32".into() })
             }
         }
-        if slots == 0 || capacity == 0 || kv_heads == 0 {
+        if slots == 0 || capacity == 0 || kv_heads == 0 || sequences == 0 {
             return Err(Error::invalid(
                 "KV cache size",
-                format!("{slots} slots x {capacity} positions x {kv_heads} kv heads"),
+                format!("{slots} slots x {sequences} sequences x {capacity} positions x {kv_heads} kv heads"),
                 "all at least 1",
             ));
         }
         if head_dim == 0 || !head_dim.is_multiple_of(4) || head_dim > 256 {
             return Err(Error::invalid("KV cache head_dim", head_dim, "a multiple of 4 in 4..=256"));
         }
-        let slot_bytes = [2, kv_heads, capacity, head_dim, dtype.size()]
+        let sequence_bytes = [2, kv_heads, capacity, head_dim, dtype.size()]
             .iter()
             .try_fold(1usize, |a, &b| a.checked_mul(b))
             .unwrap_or(usize::MAX);
+        let texture_fits =
+            gpu.weight_storage() == WeightStorage::Texture && (head_dim * dtype.size()).is_multiple_of(16);
+        let stride_bytes =
+            if texture_fits { 16 * texture_stride(sequence_bytes / 16, sequences) } else { sequence_bytes };
+        let slot_bytes = stride_bytes.saturating_mul(sequences - 1).saturating_add(sequence_bytes);
         // One binding's worth per slot whatever the storage, so a context that plans on one device plans on all.
         if slot_bytes as u64 > gpu.max_binding_bytes() {
             return Err(Error::Capacity {
-                what: format!("kv cache slot 0 [2, {kv_heads}, {capacity}, {head_dim}] ({dtype}) in bytes"),
+                what: format!(
+                    "kv cache slot 0 [{sequences}, 2, {kv_heads}, {capacity}, {head_dim}] ({dtype}) in bytes"
+                ),
                 requested: slot_bytes,
                 capacity: gpu.max_binding_bytes() as usize,
             });
         }
         let texels = slot_bytes / 16;
-        let texture = gpu.weight_storage() == WeightStorage::Texture
-            && (head_dim * dtype.size()).is_multiple_of(16)
-            && texels.div_ceil(TEXTURE_ROW_TEXELS) <= gpu.limits().max_texture_dimension_2d as usize;
+        let texture =
+            texture_fits && texels.div_ceil(TEXTURE_ROW_TEXELS) <= gpu.limits().max_texture_dimension_2d as usize;
+        let sequence_stride = if texture { stride_bytes } else { sequence_bytes } / dtype.size();
         let slots = (0..slots)
             .map(|i| {
                 let label = format!("kv cache slot {i}");
                 if !texture {
-                    return Tensor::zeros_labeled(gpu, &label, dtype, &[2, kv_heads, capacity, head_dim])
-                        .map(Slot::Buffer);
+                    let shape = [sequences * 2, kv_heads, capacity, head_dim];
+                    return Tensor::zeros_labeled(gpu, &label, dtype, &shape).map(Slot::Buffer);
                 }
                 let (width, height) = (texels.min(TEXTURE_ROW_TEXELS), texels.div_ceil(TEXTURE_ROW_TEXELS));
                 let usage = wgpu::TextureUsages::TEXTURE_BINDING
@@ -163,7 +204,7 @@ impl KvCache {
                 Ok(Slot::Texture { texture, view })
             })
             .collect::<Result<Vec<_>>>()?;
-        Ok(KvCache { slots, capacity, kv_heads, head_dim, dtype })
+        Ok(KvCache { slots, capacity, kv_heads, head_dim, dtype, sequences, sequence_stride })
     }
 
     /// Positions each slot holds.
@@ -209,9 +250,118 @@ impl KvCache {
         })
     }
 
-    /// Bytes of one slot's contents (a texture slot may hold padding past them).
-    fn slot_bytes(&self) -> usize {
+    /// Independent sequences per slot (1 unless made by [`KvCache::with_sequences`]).
+    pub fn sequences(&self) -> usize {
+        self.sequences
+    }
+    /// Elements (of [`KvCache::dtype`]) from the start of one sequence to the next within a slot: the
+    /// one-sequence size `2 * kv_heads * capacity * head_dim`, or more where texture slots pad each
+    /// sequence to whole texture rows (or to a power-of-two share of one row).
+    pub fn sequence_stride(&self) -> usize {
+        self.sequence_stride
+    }
+
+    /// Bytes of one sequence's contents (a texture slot may hold padding past them).
+    fn sequence_bytes(&self) -> usize {
         2 * self.kv_heads * self.capacity * self.head_dim * self.dtype.size()
+    }
+
+    /// Bytes of a slot's contents, all sequences with the padding between them.
+    fn slot_bytes(&self) -> usize {
+        (self.sequences - 1) * self.sequence_stride * self.dtype.size() + self.sequence_bytes()
+    }
+
+    fn check_sequence(&self, seq: usize) -> Result<()> {
+        if seq >= self.sequences {
+            return Err(Error::invalid("KV cache sequence", seq, format!("below {}", self.sequences)));
+        }
+        Ok(())
+    }
+
+    /// Copies sequence `from`'s contents (every position, every slot) over sequence `to`'s, on the GPU.
+    pub fn copy_sequence(&self, gpu: &Gpu, from: usize, to: usize) -> Result<()> {
+        self.copy_sequence_from(gpu, self, from, to)
+    }
+
+    /// Copies sequence `from` of `source` (every position, every slot) over sequence `to` of this cache, on
+    /// the GPU: a one-sequence cache's context into one of a batch's sequences, or back. The two caches must
+    /// have the same slots, capacity, heads, head_dim, storage type and storage (buffer or texture).
+    pub fn copy_sequence_from(&self, gpu: &Gpu, source: &KvCache, from: usize, to: usize) -> Result<()> {
+        source.check_sequence(from)?;
+        self.check_sequence(to)?;
+        let shape = |c: &KvCache| (c.slots.len(), c.capacity, c.kv_heads, c.head_dim, c.dtype, c.is_texture());
+        if shape(source) != shape(self) {
+            return Err(Error::invalid(
+                "KV cache to copy a sequence from",
+                format!("{:?}", shape(source)),
+                format!("this cache's (slots, capacity, kv heads, head_dim, type, texture) {:?}", shape(self)),
+            ));
+        }
+        if std::ptr::eq(source, self) && from == to {
+            return Ok(());
+        }
+        let mut encoder =
+            gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("kv sequence copy") });
+        let bytes = self.sequence_bytes();
+        // WebGPU forbids a copy within one buffer or texture: within a cache, the sequence goes through a
+        // scratch copy (one, made here and reused by every slot: copies run in order).
+        let mut scratch_buffer = None;
+        let mut scratch_texture = None;
+        for (src, dst) in source.slots.iter().zip(&self.slots) {
+            match (src, dst) {
+                (Slot::Buffer(a), Slot::Buffer(b)) => {
+                    let stride = |c: &KvCache| (c.sequence_stride * c.dtype.size()) as u64;
+                    let (at, to_at) = (from as u64 * stride(source), to as u64 * stride(self));
+                    if a.buffer() != b.buffer() {
+                        encoder.copy_buffer_to_buffer(a.buffer(), at, b.buffer(), to_at, bytes as u64);
+                        continue;
+                    }
+                    let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+                    let scratch = match &scratch_buffer {
+                        Some(s) => s,
+                        None => scratch_buffer.insert(gpu.create_buffer("kv sequence scratch", bytes as u64, usage)?),
+                    };
+                    encoder.copy_buffer_to_buffer(a.buffer(), at, scratch, 0, bytes as u64);
+                    encoder.copy_buffer_to_buffer(scratch, 0, b.buffer(), to_at, bytes as u64);
+                }
+                (Slot::Texture { texture: a, .. }, Slot::Texture { texture: b, .. }) => {
+                    // A sequence starts a texture row, or (under a row) a power-of-two share of one:
+                    // its texels are one rectangle, whole rows wide or one row high.
+                    let texels = bytes / 16;
+                    let (width, height) = (texels.min(TEXTURE_ROW_TEXELS), texels.div_ceil(TEXTURE_ROW_TEXELS));
+                    let extent =
+                        wgpu::Extent3d { width: width as u32, height: height as u32, depth_or_array_layers: 1 };
+                    let at = |texture, cache: &KvCache, seq: usize| {
+                        let t = seq * cache.sequence_stride * cache.dtype.size() / 16;
+                        let (x, y) = ((t % TEXTURE_ROW_TEXELS) as u32, (t / TEXTURE_ROW_TEXELS) as u32);
+                        wgpu::TexelCopyTextureInfo {
+                            texture,
+                            mip_level: 0,
+                            origin: wgpu::Origin3d { x, y, z: 0 },
+                            aspect: wgpu::TextureAspect::All,
+                        }
+                    };
+                    if a != b {
+                        encoder.copy_texture_to_texture(at(a, source, from), at(b, self, to), extent);
+                        continue;
+                    }
+                    let usage = wgpu::TextureUsages::COPY_SRC | wgpu::TextureUsages::COPY_DST;
+                    let scratch = match &scratch_texture {
+                        Some(s) => s,
+                        None => scratch_texture.insert(gpu.create_texture_with(
+                            "kv sequence scratch",
+                            width as u32,
+                            height as u32,
+                            usage,
+                        )?),
+                    };
+                    encoder.copy_texture_to_texture(at(a, source, from), scratch.as_image_copy(), extent);
+                    encoder.copy_texture_to_texture(scratch.as_image_copy(), at(b, self, to), extent);
+                }
+                _ => return Err(Error::Device("KV cache slots of mixed storage".into())),
+            }
+        }
+        gpu.submit_and_wait([encoder.finish()])
     }
 
     fn slot(&self, i: usize) -> Result<&Slot> {
@@ -390,9 +540,16 @@ impl KvCache {
         Ok(())
     }
 
-    /// Reads slot `slot` back to the host, widened to f32.
+    /// Reads slot `slot` back to the host, widened to f32 (sequence 0 of a cache with several).
     pub fn read(&self, gpu: &Gpu, slot: usize) -> Result<KvMirror> {
-        let bytes = self.read_bytes(gpu, slot)?;
+        self.read_sequence(gpu, slot, 0)
+    }
+
+    /// Reads sequence `seq` of slot `slot` back to the host, widened to f32.
+    pub fn read_sequence(&self, gpu: &Gpu, slot: usize, seq: usize) -> Result<KvMirror> {
+        self.check_sequence(seq)?;
+        let start = seq * self.sequence_stride * self.dtype.size();
+        let bytes = self.read_bytes(gpu, slot)?[start..start + self.sequence_bytes()].to_vec();
         let all: Vec<f32> = match self.dtype {
             DType::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
             _ => bytemuck::pod_collect_to_vec(&bytes),

@@ -51,10 +51,11 @@ pub static ELEMENTWISE: KernelSource = kernel!("elementwise", flags: &[], choice
 
 /// Grouped-query attention over the KV cache: decode (optionally split over the sequence), merge, prefill,
 /// and `decode_lanes` for CPU drivers (`WL` lanes per KV head; `QUNI`: q read as a uniform of `QV4` vec4), and
-/// with SUBGROUPS `prefill_lanes` for CPU drivers (8 query rows per workgroup, K/V shared by broadcasts).
+/// with SUBGROUPS `prefill_lanes` for CPU drivers (8 query rows per workgroup, K/V shared by broadcasts);
+/// `BATCH`: decode rows of several sequences, each row's sequence and position from a table.
 pub static ATTENTION: KernelSource = kernel!(
     "attention",
-    flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS", "KVTEX", "IMGREAD"],
+    flags: &["F16", "SPLIT", "QUNI", "SUBGROUPS", "KVTEX", "IMGREAD", "BATCH"],
     choices: &[],
     consts: &[("WG", 64), ("MWG", 64), ("G", 3), ("HD", 64), ("TK", 16), ("WL", 16), ("QV4", 144)]
 );
@@ -70,10 +71,11 @@ pub static WEIGHTS: KernelSource =
 /// Fused RMSNorm + Q|K|V projection + RoPE + KV-cache write: the `qkv_rope` entry, `rope_cache` (the tail
 /// after a separate GEMV), and with LANES the `qkv_rope_lanes` entry for CPU drivers (`LWG` lanes, each 8 rows
 /// of each of two head slots; x and the norm weight as uniforms of `XUV4` / `NUV4` vec4; `XBCAST`: x shared
-/// by broadcasts).
+/// by broadcasts; `BATCH`: `rope_cache` rows of several sequences, each row's sequence and position from a
+/// table).
 pub static QKV_ROPE: KernelSource = kernel!(
     "qkv_rope",
-    flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX", "IMGREAD", "LANES", "XBCAST"],
+    flags: &["SUBGROUPS", "F16", "WTEX", "KVTEX", "IMGREAD", "LANES", "XBCAST", "BATCH"],
     choices: &[WEIGHT_FLAGS, &["ROPE_HALVES", "ROPE_INTERLEAVED"]],
     consts: &[("WG", 64), ("RWG", 8), ("HD", 64), ("XV4", 400), ("LWG", 8), ("XUV4", 144), ("NUV4", 144)]
 );

@@ -15,7 +15,7 @@ mod common;
 use common::{assert_close, gpu_rules_gpu, gpus, other_texture_reads_gpu, random_vec, ShapeRng};
 use mobilellm_kernels::kv_cache::{KvCache, KvMirror};
 use mobilellm_kernels::ops::attention::{
-    attention_decode, attention_prefill, attention_prefill_tiled, Split, DECODE_CHUNK,
+    attention_decode, attention_decode_rows, attention_prefill, attention_prefill_tiled, Split, DECODE_CHUNK,
 };
 use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
@@ -78,6 +78,65 @@ fn decode_cases(
                 REL,
             );
         }
+    }
+}
+
+/// Batched decode (`attention_decode_rows`): rows of three sequences at scattered positions (a sequence's
+/// first and last position, two rows of one sequence) in one dispatch, each against the twin on its own
+/// sequence. The sequences are filled through `KvCache::copy_sequence` (random K/V written to sequence 0,
+/// copied on, sequence 0 rewritten), so every position of every sequence differs and a row that reads
+/// another sequence's positions, or past its own context, fails. Same tolerance as one sequence.
+fn batched_decode_cases(gpu: &Gpu, (heads, kv_heads, hd): (usize, usize, usize), capacity: usize) {
+    let dtype = if gpu.features().f16 { DType::F16 } else { DType::F32 };
+    let cache = KvCache::with_sequences(gpu, 1, 3, capacity, kv_heads, hd, dtype).unwrap();
+    let n = capacity * kv_heads * hd;
+    for (seed, to) in [(11u64, Some(2)), (12, Some(1)), (13, None)] {
+        cache.write(gpu, 0, 0, &random_vec(seed, n), &random_vec(seed + 100, n)).unwrap();
+        if let Some(to) = to {
+            cache.copy_sequence(gpu, 0, to).unwrap();
+        }
+    }
+    let mirrors: Vec<KvMirror> = (0..3).map(|s| cache.read_sequence(gpu, 0, s).unwrap()).collect();
+    assert_ne!(mirrors[1], mirrors[2], "the sequences hold different K/V");
+    assert_eq!(cache.read(gpu, 0).unwrap(), mirrors[0], "read is sequence 0");
+    let rows: Vec<(usize, usize)> = vec![(2, capacity - 1), (0, 0), (1, capacity / 3), (0, capacity / 2), (2, 1)];
+    let table = Tensor::from_slice(
+        gpu,
+        &[rows.len(), 2],
+        &rows.iter().flat_map(|&(s, p)| [s as u32, p as u32]).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    let width = heads * hd;
+    let qv = random_vec((heads * 17 + capacity) as u64, rows.len() * width);
+    let q = Tensor::from_slice(gpu, &[rows.len(), width], &qv).unwrap();
+    let out = Tensor::zeros(gpu, DType::F32, &[rows.len(), width]).unwrap();
+    for split in [Split::Auto, Split::Off, Split::Chunk(16), Split::Lanes, Split::LanesChunks(3)] {
+        let dispatches = attention_decode_rows(gpu, &table, &q, &cache, 0, &out, split).unwrap();
+        ops::run(gpu, &dispatches.iter().collect::<Vec<_>>()).unwrap();
+        let got = out.read::<f32>(gpu).unwrap();
+        for (r, &(seq, pos)) in rows.iter().enumerate() {
+            let want = reference::attention_decode(&qv[r * width..(r + 1) * width], &mirrors[seq], pos + 1);
+            assert_close(
+                &format!(
+                    "batched decode {heads}/{kv_heads} hd {hd} row {r} (sequence {seq} at {pos}) {split:?} [{}]",
+                    gpu.describe()
+                ),
+                &got[r * width..(r + 1) * width],
+                &want,
+                ABS,
+                REL,
+            );
+        }
+    }
+}
+
+#[test]
+fn batched_decode_rows_of_several_sequences() {
+    for gpu in gpus().iter().chain(other_texture_reads_gpu()).chain(gpu_rules_gpu()) {
+        // MobileLLM-125M's heads with a capacity that splits under GPU rules, 350M's, and no grouping.
+        batched_decode_cases(gpu, (9, 3, 64), 200);
+        batched_decode_cases(gpu, (15, 5, 64), 40);
+        batched_decode_cases(gpu, (4, 4, 32), 70);
     }
 }
 

@@ -20,6 +20,8 @@
 //! With layer sharing, unique layer `i` runs as executions `2i` and `2i+1`: the same weight buffers are
 //! bound back to back, each execution with its own KV-cache slot.
 
+mod batch;
+
 use std::collections::HashMap;
 
 use crate::device::Gpu;
@@ -104,7 +106,7 @@ impl Sampling {
 pub struct MemoryReport {
     /// Weights (each unique layer counted once).
     pub weights: u64,
-    /// KV cache (one slot per executed layer).
+    /// KV cache (one slot per executed layer), and the batch's sequences ([`Model::reserve_sequences`]).
     pub kv_cache: u64,
     /// Activations (residual stream, scratch of each step, logits).
     pub activations: u64,
@@ -243,7 +245,8 @@ struct Plan {
     // Index in `body` of each executed layer's first dispatch.
     layer_starts: Vec<usize>,
     head: Vec<Dispatch>,
-    sampler: Sampler,
+    // None in batched plans, which report each row's greedy pick instead.
+    sampler: Option<Sampler>,
 }
 
 /// GPU timestamps of a profiled step, made on the first profiled step and reused.
@@ -298,6 +301,8 @@ pub struct Model {
     fingerprint: u64,
     // Context shifts' f32 copy of the moved positions, made by the first `shift_context`.
     shift_scratch: Option<Tensor>,
+    // Several sequences decoded together (`reserve_sequences`, `decode_batch`).
+    batch: Option<batch::Batch>,
 }
 
 /// What a chunk's command buffer is recorded for: `(n, all_logits, want_logits)`.
@@ -396,6 +401,7 @@ impl Model {
             options,
             fingerprint: host.fingerprint(),
             shift_scratch: None,
+            batch: None,
         };
         model.plan(1, false)?;
         Ok(model)
@@ -403,16 +409,20 @@ impl Model {
 
     fn plan(&mut self, n: usize, all_logits: bool) -> Result<&Plan> {
         if !self.plans.contains_key(&(n, all_logits)) {
-            let plan = self.build_plan(n, all_logits)?;
+            let plan = self.build_plan(n, all_logits, None)?;
             self.plans.insert((n, all_logits), plan);
         }
         self.plans.get(&(n, all_logits)).ok_or_else(|| Error::Device("plan vanished".into()))
     }
 
-    fn build_plan(&self, n: usize, all_logits: bool) -> Result<Plan> {
+    /// The dispatches of a chunk of `n` rows. With `batch` (a cache of several sequences and the row table
+    /// saying each row's sequence and position) the rows are decoded against their own sequences and the
+    /// plan ends with every row's greedy pick (`all_logits` must be set), with no sampler.
+    fn build_plan(&self, n: usize, all_logits: bool, batch: Option<(&KvCache, &Tensor)>) -> Result<Plan> {
         let gpu = &self.gpu;
         let c = &self.config;
         let a = &self.act;
+        let cache = batch.map_or(&self.cache, |(cache, _)| cache);
         let eps = c.rms_norm_eps;
         let (ids, x, q, attn, h) =
             (rows(&a.ids, n)?, rows(&a.x, n)?, rows(&a.q, n)?, rows(&a.attn, n)?, rows(&a.h, n)?);
@@ -424,9 +434,10 @@ impl Model {
         // Prefill normalises each row once into `normed` and multiplies with the batched product (GPUs:
         // `gemm_rows`, each weight quad dequantized once per 4 rows, SwiGLU its own step; CPU drivers: the
         // windowed GEMV, SwiGLU fused). Decode folds the norm into its GEMV (CPU drivers) or qkv_rope (GPUs).
-        let prenormed = if n > 1 { Some(rows(&a.normed, n)?) } else { None };
+        let batched = n > 1 || batch.is_some();
+        let prenormed = if batched { Some(rows(&a.normed, n)?) } else { None };
         let gate_up = match &a.gate_up {
-            Some(gate_up) if n > 1 => Some(rows(gate_up, n)?),
+            Some(gate_up) if batched => Some(rows(gate_up, n)?),
             _ => None,
         };
         let linear = |w: &GpuWeight, input: &Tensor, out: &Tensor, offset: usize, accumulate: bool| {
@@ -447,11 +458,14 @@ impl Model {
                 rope: &self.rope,
                 layout: c.rope_layout,
                 q_out: &q,
-                cache: &self.cache,
+                cache,
                 slot: exec,
             };
             // RoPE + the cache write after a separate product into the Q|K|V scratch.
-            let rope_cache = || ops::qkv_rope::rope_cache(gpu, &qkv, &target);
+            let rope_cache = || match batch {
+                Some((_, table)) => ops::qkv_rope::rope_cache_rows(gpu, &qkv, &target, table),
+                None => ops::qkv_rope::rope_cache(gpu, &qkv, &target),
+            };
             let (norm, w) = (&l.input_norm, &l.qkv_proj);
             let operands = ops::qkv_rope::QkvRopeOperands { x: &x, norm_w: norm, eps, w_qkv: w, target };
             if let Some(normed) = &prenormed {
@@ -479,18 +493,12 @@ impl Model {
                     }
                 }
             }
-            if n == 1 {
-                body.extend(ops::attention::attention_decode(
-                    gpu,
-                    &self.step,
-                    &q,
-                    &self.cache,
-                    exec,
-                    &attn,
-                    Split::Auto,
-                )?);
+            if let Some((_, table)) = batch {
+                body.extend(ops::attention::attention_decode_rows(gpu, table, &q, cache, exec, &attn, Split::Auto)?);
+            } else if n == 1 {
+                body.extend(ops::attention::attention_decode(gpu, &self.step, &q, cache, exec, &attn, Split::Auto)?);
             } else {
-                body.push(ops::attention::attention_prefill(gpu, &self.step, &q, &self.cache, exec, &attn)?);
+                body.push(ops::attention::attention_prefill(gpu, &self.step, &q, cache, exec, &attn)?);
             }
             body.push(linear(&l.o_proj, &attn, &x, 0, true)?);
             if let Some(normed) = &prenormed {
@@ -528,8 +536,12 @@ impl Model {
         if all_logits {
             head.push(ops::sample::argmax_rows(gpu, &logits, &rows(&a.picks, n)?)?);
         }
-        let sampler =
-            ops::sample::sample_masked(gpu, &logits, SampleRow::Last, &self.step, &self.token_mask, &a.token)?;
+        let sampler = match batch {
+            Some(_) => None,
+            None => {
+                Some(ops::sample::sample_masked(gpu, &logits, SampleRow::Last, &self.step, &self.token_mask, &a.token)?)
+            }
+        };
         Ok(Plan { n, all_logits, embedding, body, layer_starts, head, sampler })
     }
 
@@ -871,7 +883,7 @@ impl Model {
                 .into_iter()
                 .chain(&p.body)
                 .chain(&p.head)
-                .chain(p.sampler.dispatches())
+                .chain(p.sampler.iter().flat_map(Sampler::dispatches))
                 .map(|d| d.name().to_string())
                 .collect(),
             None => Vec::new(),
@@ -891,7 +903,7 @@ impl Model {
                 + pieces(&self.embed)
                 + self.head.as_deref().map_or(0, pieces)
                 + self.final_norm.size_bytes(),
-            kv_cache: self.cache.size_bytes(),
+            kv_cache: self.cache.size_bytes() + self.batch.as_ref().map_or(0, batch::Batch::cache_bytes),
             activations: self.act.size_bytes(),
             scratch: 4
                 + std::mem::size_of::<StepParams>() as u64
@@ -1023,7 +1035,9 @@ impl Model {
             for d in &plan.head {
                 d.record(&mut pass);
             }
-            plan.sampler.record(&mut pass);
+            if let Some(sampler) = &plan.sampler {
+                sampler.record(&mut pass);
+            }
         }
         let token_bytes = 4 * TOKEN_WORDS as u64;
         encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, token_bytes);
@@ -1205,7 +1219,7 @@ impl Model {
         let plan = self.plans.get(&(n, false)).ok_or_else(|| Error::Device("missing plan".into()))?;
         let profiler = self.profiler.as_ref().ok_or_else(|| Error::Device("missing profiler".into()))?;
         let body: Vec<&Dispatch> = plan.embedding.dispatches().into_iter().chain(&plan.body).collect();
-        let head: Vec<&Dispatch> = plan.head.iter().chain(plan.sampler.dispatches()).collect();
+        let head: Vec<&Dispatch> = plan.head.iter().chain(plan.sampler.iter().flat_map(Sampler::dispatches)).collect();
         let (set, queries) = (&profiler.set, profiler.queries);
         let bytes = u64::from(queries) * 8;
         let gpu = &self.gpu;
@@ -1257,7 +1271,12 @@ impl Model {
     /// Makes the query set and buffers of a profiled `n`-token step, kept while the dispatch count stays.
     fn ensure_profiler(&mut self, n: usize) -> Result<()> {
         let count = match self.plans.get(&(n, false)) {
-            Some(p) => p.embedding.dispatches().len() + p.body.len() + p.head.len() + p.sampler.dispatches().len(),
+            Some(p) => {
+                p.embedding.dispatches().len()
+                    + p.body.len()
+                    + p.head.len()
+                    + p.sampler.iter().flat_map(Sampler::dispatches).count()
+            }
             None => return Err(Error::Device("missing plan".into())),
         };
         let queries = 2 * count as u32;

@@ -2,7 +2,8 @@
 //! CPU twins: [`crate::reference::attention_decode`], [`crate::reference::attention_prefill`].
 //!
 //! Both read the step's position and length from the [`StepBuffer`], so the dispatches are built once and
-//! their grids are sized for the cache capacity (decode) or a maximum batch (prefill).
+//! their grids are sized for the cache capacity (decode) or a maximum batch (prefill). Batched decoding of
+//! several sequences ([`attention_decode_rows`]) reads each row's sequence and position from a table instead.
 //!
 //! **Split rule (flash-decoding).** With [`Split::Auto`], decode on a GPU splits the sequence into chunks of
 //! [`DECODE_CHUNK`] (64, one tile of the `decode` kernel) positions when the cache capacity exceeds
@@ -95,7 +96,8 @@ struct Params {
     chunk_len: u32,
     n_chunks: u32,
     scale: f32,
-    _pad: [u32; 2],
+    seq_stride: u32,
+    _pad: u32,
 }
 
 impl Params {
@@ -107,7 +109,9 @@ impl Params {
             chunk_len: chunk_len as u32,
             n_chunks: n_chunks as u32,
             scale: 1.0 / (cache.head_dim() as f32).sqrt(),
-            _pad: [0; 2],
+            // Fits: a slot is one binding, far below 2^32 elements.
+            seq_stride: cache.sequence_stride() as u32,
+            _pad: 0,
         }
     }
 }
@@ -200,7 +204,38 @@ pub fn attention_decode(
     out: &Tensor,
     split: Split,
 ) -> Result<Vec<Dispatch>> {
+    decode(gpu, &DecodeOperands { positions: Positions::Step(step), q, cache, slot, out }, split)
+}
+
+/// Batched decode attention over several sequences ([`KvCache::with_sequences`]): every row `r` of `q`
+/// (`[rows, heads * head_dim]`) is the query of sequence `rows[r][0]` at position `rows[r][1]` (`rows`: u32
+/// `[at least q rows, 2]`, written before each submission), over that sequence's cache positions
+/// `0..=rows[r][1]`, written to row `r` of `out`. Splits as [`attention_decode`] does, each row's chunks
+/// apart. The grid covers every row of `q`; the caller checks the table against the cache.
+pub fn attention_decode_rows(
+    gpu: &Gpu,
+    rows: &Tensor,
+    q: &Tensor,
+    cache: &KvCache,
+    slot: usize,
+    out: &Tensor,
+    split: Split,
+) -> Result<Vec<Dispatch>> {
+    decode(gpu, &DecodeOperands { positions: Positions::Table(rows), q, cache, slot, out }, split)
+}
+
+fn decode(gpu: &Gpu, op: &DecodeOperands<'_>, split: Split) -> Result<Vec<Dispatch>> {
+    let DecodeOperands { positions, q, cache, slot, out } = *op;
     let shape = check("attention_decode", q, cache, out)?;
+    let batched = positions.is_table();
+    if let Positions::Table(rows) = positions {
+        crate::ops::check_batch_rows("attention_decode", rows, shape.rows)?;
+    }
+    // Batched: one grid layer per row.
+    let layers = if batched { shape.rows as u32 } else { 1 };
+    if layers > MAX_GROUPS_PER_DIM {
+        return Err(Error::invalid("attention_decode batch rows", layers, "at most 65535"));
+    }
     let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let capacity = cache.capacity();
@@ -219,7 +254,7 @@ pub fn attention_decode(
         _ => None,
     };
     if let (Some(n_chunks), true) = (lanes, lanes_fit) {
-        return decode_lanes(gpu, &DecodeOperands { step, q, cache, slot, out, shape }, n_chunks);
+        return decode_lanes(gpu, op, &shape, n_chunks);
     }
     let chunk = match split {
         Split::Auto => auto_chunk(gpu.device_class(), capacity),
@@ -233,71 +268,98 @@ pub fn attention_decode(
         return Err(Error::invalid("attention_decode chunks", n_chunks, "at most 65535 (use a longer chunk)"));
     }
     let params = uniform(gpu, "attention params", &Params::new(&shape, cache, chunk_len, n_chunks))?;
-    let grid = [cache.kv_heads() as u32, n_chunks as u32, 1];
+    let grid = [cache.kv_heads() as u32, n_chunks as u32, layers];
+    let variant = |split| variant(gpu, cache, shape.group, split).flag_if("BATCH", batched);
     if chunk.is_none() {
-        let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(gpu, cache, shape.group, false))?;
+        let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(false))?;
         let q_binding = q.buffer().as_entire_binding();
         let d = single_pass(
             gpu,
-            Pass { name: "attention:decode", pipeline, params: &params, step, q: q_binding, kv, grid },
+            Pass { name: "attention:decode", pipeline, params: &params, positions, q: q_binding, kv, grid },
             out,
         )?;
         return Ok(vec![d]);
     }
-    let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(gpu, cache, shape.group, true))?;
+    let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(true))?;
     let q_binding = q.buffer().as_entire_binding();
-    let pass = Pass { name: "attention:decode(split)", pipeline, params: &params, step, q: q_binding, kv, grid };
+    let pass = Pass { name: "attention:decode(split)", pipeline, params: &params, positions, q: q_binding, kv, grid };
     split_passes(gpu, pass, cache, out, &shape)
 }
 
-/// What every attention pass binds: params, the step uniform, q and the cache slot, on a grid.
+/// Where an attention pass finds its rows' positions: the step uniform (one sequence), or batched
+/// decoding's table of (sequence, position) per row.
+#[derive(Clone, Copy)]
+enum Positions<'a> {
+    Step(&'a StepBuffer),
+    Table(&'a Tensor),
+}
+
+impl Positions<'_> {
+    fn is_table(&self) -> bool {
+        matches!(self, Positions::Table(_))
+    }
+
+    /// The binding: the step uniform at 1, or the table at 6 (`BATCH` variants read no step uniform).
+    fn binding(&self) -> (u32, wgpu::BindingResource<'_>) {
+        match self {
+            Positions::Step(step) => (1, step.buffer().as_entire_binding()),
+            Positions::Table(rows) => (6, rows.buffer().as_entire_binding()),
+        }
+    }
+}
+
+/// What every attention pass binds: params, the positions, q and the cache slot, on a grid.
 struct Pass<'a> {
     name: &'a str,
     pipeline: std::sync::Arc<wgpu::ComputePipeline>,
     params: &'a wgpu::Buffer,
-    step: &'a StepBuffer,
+    positions: Positions<'a>,
     q: wgpu::BindingResource<'a>,
     kv: wgpu::BindingResource<'a>,
     grid: [u32; 3],
 }
 
 /// A chunked pass writing partials, then `merge` (one workgroup per query head) into `out`.
+/// With a batch, partials and merge workgroups are per row (`pass.grid[2]` rows).
 fn split_passes(gpu: &Gpu, pass: Pass<'_>, cache: &KvCache, out: &Tensor, shape: &Shape) -> Result<Vec<Dispatch>> {
-    let partial_len = shape.heads * pass.grid[1] as usize * (cache.head_dim() + 2);
+    let layers = pass.grid[2];
+    let partial_len = layers as usize * shape.heads * pass.grid[1] as usize * (cache.head_dim() + 2);
     let partials = Tensor::zeros_labeled(gpu, "attention partials", DType::F32, &[partial_len])?;
-    let (params, step) = (pass.params, pass.step);
+    let (params, positions) = (pass.params, pass.positions);
     let first = pass_dispatch(gpu, pass, 5, &partials)?;
-    let merge = gpu.pipeline(&ATTENTION, "merge", &variant(gpu, cache, shape.group, true))?;
+    let variant = variant(gpu, cache, shape.group, true).flag_if("BATCH", positions.is_table());
+    let merge = gpu.pipeline(&ATTENTION, "merge", &variant)?;
+    let bindings = [
+        (0, params.as_entire_binding()),
+        (4, out.buffer().as_entire_binding()),
+        (5, partials.buffer().as_entire_binding()),
+        positions.binding(),
+    ];
     let second = make_dispatch(
         gpu,
         "attention:merge".into(),
         merge,
-        &[
-            (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
-            (4, out.buffer().as_entire_binding()),
-            (5, partials.buffer().as_entire_binding()),
-        ],
-        [shape.heads as u32, 1, 1],
+        &bindings,
+        [shape.heads as u32, layers, 1],
         vec![params.clone(), partials.buffer().clone()],
     )?;
     Ok(vec![first, second])
 }
 
-/// The checked operands of one decode attention.
+/// The operands of one decode attention.
+#[derive(Clone, Copy)]
 struct DecodeOperands<'a> {
-    step: &'a StepBuffer,
+    positions: Positions<'a>,
     q: &'a Tensor,
     cache: &'a KvCache,
     slot: usize,
     out: &'a Tensor,
-    shape: Shape,
 }
 
 /// The `decode_lanes` dispatch ([`Split::Lanes`]), or with `n_chunks > 1` its chunked form and the merge
 /// ([`Split::LanesChunks`]); q is read as a uniform when it fits one binding.
-fn decode_lanes(gpu: &Gpu, op: &DecodeOperands<'_>, n_chunks: usize) -> Result<Vec<Dispatch>> {
-    let DecodeOperands { step, q, cache, slot, out, ref shape } = *op;
+fn decode_lanes(gpu: &Gpu, op: &DecodeOperands<'_>, shape: &Shape, n_chunks: usize) -> Result<Vec<Dispatch>> {
+    let DecodeOperands { positions, q, cache, slot, out } = *op;
     let kv = cache.binding(slot)?;
     let hd = cache.head_dim();
     let q_len = shape.rows * shape.heads * hd;
@@ -310,16 +372,17 @@ fn decode_lanes(gpu: &Gpu, op: &DecodeOperands<'_>, n_chunks: usize) -> Result<V
     let variant = variant(gpu, cache, shape.group, split)
         .flag_if("SUBGROUPS", broadcasts_of_8(gpu))
         .flag_if("QUNI", q_uniform)
+        .flag_if("BATCH", positions.is_table())
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
     let q_binding = if q_uniform { prefix_binding(q, q_len) } else { q.buffer().as_entire_binding() };
-    let grid = [cache.kv_heads() as u32, n_chunks as u32, 1];
+    let layers = if positions.is_table() { shape.rows as u32 } else { 1 };
+    let grid = [cache.kv_heads() as u32, n_chunks as u32, layers];
+    let name = if split { "attention:decode_lanes(split)" } else { "attention:decode_lanes" };
+    let pass = Pass { name, pipeline, params: &params, positions, q: q_binding, kv, grid };
     if split {
-        let pass =
-            Pass { name: "attention:decode_lanes(split)", pipeline, params: &params, step, q: q_binding, kv, grid };
         return split_passes(gpu, pass, cache, out, shape);
     }
-    let pass = Pass { name: "attention:decode_lanes", pipeline, params: &params, step, q: q_binding, kv, grid };
     single_pass(gpu, pass, out).map(|d| vec![d])
 }
 
@@ -330,20 +393,15 @@ fn single_pass(gpu: &Gpu, pass: Pass<'_>, out: &Tensor) -> Result<Dispatch> {
 
 /// The pass with its result bound at `slot` (4: the output, 5: the partials).
 fn pass_dispatch(gpu: &Gpu, pass: Pass<'_>, slot: u32, result: &Tensor) -> Result<Dispatch> {
-    make_dispatch(
-        gpu,
-        pass.name.into(),
-        pass.pipeline,
-        &[
-            (0, pass.params.as_entire_binding()),
-            (1, pass.step.buffer().as_entire_binding()),
-            (2, pass.q),
-            (3, pass.kv),
-            (slot, result.buffer().as_entire_binding()),
-        ],
-        pass.grid,
-        vec![pass.params.clone(), result.buffer().clone()],
-    )
+    let name = if pass.positions.is_table() { format!("{}(batch)", pass.name) } else { pass.name.into() };
+    let bindings = [
+        (0, pass.params.as_entire_binding()),
+        (2, pass.q),
+        (3, pass.kv),
+        (slot, result.buffer().as_entire_binding()),
+        pass.positions.binding(),
+    ];
+    make_dispatch(gpu, name, pass.pipeline, &bindings, pass.grid, vec![pass.params.clone(), result.buffer().clone()])
 }
 
 /// Prefill (causal) attention: query rows `0..n` of `q` (`[max_n, heads * head_dim]` f32) at positions
@@ -404,11 +462,21 @@ fn prefill(
         let grid = [cache.kv_heads() as u32, shape.rows.div_ceil(8) as u32, 1];
         return single_pass(
             gpu,
-            Pass { name: "attention:prefill_lanes", pipeline, params: &params, step, q: q_binding, kv, grid },
+            Pass {
+                name: "attention:prefill_lanes",
+                pipeline,
+                params: &params,
+                positions: Positions::Step(step),
+                q: q_binding,
+                kv,
+                grid,
+            },
             out,
         );
     }
     let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(gpu, cache, shape.group, false))?;
     let grid = [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1];
-    single_pass(gpu, Pass { name: "attention:prefill", pipeline, params: &params, step, q: q_binding, kv, grid }, out)
+    let positions = Positions::Step(step);
+    let pass = Pass { name: "attention:prefill", pipeline, params: &params, positions, q: q_binding, kv, grid };
+    single_pass(gpu, pass, out)
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use crate::device::Gpu;
 use crate::error::{Error, Result};
 use crate::shader::ShaderVariant;
-use crate::tensor::Tensor;
+use crate::tensor::{DType, Tensor};
 
 /// The most workgroups one grid dimension may have (WebGPU's default limit).
 pub const MAX_GROUPS_PER_DIM: u32 = 65535;
@@ -247,4 +247,13 @@ impl StepBuffer {
     pub fn buffer(&self) -> &wgpu::Buffer {
         &self.buffer
     }
+}
+
+/// Checks a batch's row table (`[at least n, 2]` u32: sequence, position) against `n` rows.
+pub(crate) fn check_batch_rows(what: &str, rows: &Tensor, n: usize) -> Result<()> {
+    let have = rows.expect_rows(&format!("{what} batch rows"), DType::U32, 2)?;
+    if have < n {
+        return Err(Error::shape(format!("{what} batch rows"), rows.shape(), format!("[at least {n}, 2] u32")));
+    }
+    Ok(())
 }

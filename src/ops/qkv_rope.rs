@@ -126,7 +126,9 @@ struct Params {
     hidden: u32,
     capacity: u32,
     eps: f32,
-    _pad: [u32; 3],
+    // Elements between sequences in a cache slot (`rope_cache_rows`).
+    seq_stride: u32,
+    _pad: [u32; 2],
 }
 
 /// Where a Q/K/V step's results go and the RoPE they get: the step (first position `pos`, row count `n`),
@@ -218,7 +220,8 @@ fn check_qkv_operands(what: &str, op: &QkvRopeOperands<'_>) -> Result<QkvShapes>
         hidden: hidden as u32,
         capacity: cache.capacity() as u32,
         eps,
-        _pad: [0; 3],
+        seq_stride: 0,
+        _pad: [0; 2],
     };
     Ok(QkvShapes { heads, hidden, max_n, params })
 }
@@ -318,6 +321,19 @@ pub fn qkv_rope_lanes(gpu: &Gpu, op: &QkvRopeOperands<'_>) -> Result<Option<Disp
 /// step's positions. The planner uses this pair (two dispatches) for prefill, and for decode where the
 /// shapes do not suit [`qkv_rope_lanes`] on CPU drivers.
 pub fn rope_cache(gpu: &Gpu, qkv: &Tensor, target: &QkvTarget<'_>) -> Result<Dispatch> {
+    rope_cache_with(gpu, qkv, target, None)
+}
+
+/// [`rope_cache`] for a batch of rows from several sequences (batched decoding): row `r` of `qkv` is
+/// sequence `rows[r][0]` at position `rows[r][1]` (`rows`: u32 `[at least max_n, 2]`, written before each
+/// submission), its K and V go to that sequence of the target's cache ([`KvCache::with_sequences`]) and its
+/// RoPE angle is that position's. Rows `0..n` (the step's `n`) are written. The caller checks every
+/// sequence and position against the cache before submitting.
+pub fn rope_cache_rows(gpu: &Gpu, qkv: &Tensor, target: &QkvTarget<'_>, rows: &Tensor) -> Result<Dispatch> {
+    rope_cache_with(gpu, qkv, target, Some(rows))
+}
+
+fn rope_cache_with(gpu: &Gpu, qkv: &Tensor, target: &QkvTarget<'_>, rows: Option<&Tensor>) -> Result<Dispatch> {
     let QkvTarget { step, rope, layout, q_out, cache, slot } = *target;
     let hd = cache.head_dim();
     let kvn = cache.kv_heads();
@@ -333,7 +349,12 @@ pub fn rope_cache(gpu: &Gpu, qkv: &Tensor, target: &QkvTarget<'_>) -> Result<Dis
     let max_n = q_out.expect_rows("rope_cache query output", DType::F32, width)?;
     qkv.expect("rope_cache projected rows", DType::F32, &[max_n, (heads + 2 * kvn) * hd])?;
     check_rope_table("rope_cache", rope, cache)?;
-    if max_n > cache.capacity() || max_n > MAX_GROUPS_PER_DIM as usize {
+    if let Some(rows) = rows {
+        super::check_batch_rows("rope_cache", rows, max_n)?;
+    }
+    // One sequence's rows are consecutive positions, so no more of them than the cache holds.
+    let position_bound = if rows.is_some() { usize::MAX } else { cache.capacity() };
+    if max_n > position_bound || max_n > MAX_GROUPS_PER_DIM as usize {
         return Err(Error::Capacity {
             what: "rope_cache rows per step".into(),
             requested: max_n,
@@ -342,7 +363,8 @@ pub fn rope_cache(gpu: &Gpu, qkv: &Tensor, target: &QkvTarget<'_>) -> Result<Dis
     }
     let kv = cache.binding(slot)?;
     // rope_cache reads no weights; any weight flag satisfies the shared module.
-    let variant = variant_for(gpu, ShaderVariant::new().flag(crate::quant::WeightType::F32.flag()), cache, layout);
+    let variant = variant_for(gpu, ShaderVariant::new().flag(crate::quant::WeightType::F32.flag()), cache, layout)
+        .flag_if("BATCH", rows.is_some());
     let pipeline = gpu.pipeline(&QKV_ROPE, "rope_cache", &variant)?;
     let params = Params {
         desc: Default::default(),
@@ -351,21 +373,31 @@ pub fn rope_cache(gpu: &Gpu, qkv: &Tensor, target: &QkvTarget<'_>) -> Result<Dis
         hidden: 0,
         capacity: cache.capacity() as u32,
         eps: 0.0,
-        _pad: [0; 3],
+        seq_stride: u32::try_from(cache.sequence_stride())
+            .map_err(|_| Error::invalid("rope_cache sequence stride", cache.sequence_stride(), "below 2^32"))?,
+        _pad: [0; 2],
     };
     let params = uniform(gpu, "rope_cache params", &params)?;
+    let mut bindings = vec![
+        (0, params.as_entire_binding()),
+        (1, step.buffer().as_entire_binding()),
+        (5, rope.tensor().buffer().as_entire_binding()),
+        (6, q_out.buffer().as_entire_binding()),
+        (7, kv),
+        (8, qkv.buffer().as_entire_binding()),
+    ];
+    let name = match rows {
+        Some(rows) => {
+            bindings.push((9, rows.buffer().as_entire_binding()));
+            "qkv_rope:rope_cache(batch)"
+        }
+        None => "qkv_rope:rope_cache",
+    };
     make_dispatch(
         gpu,
-        "qkv_rope:rope_cache".into(),
+        name.into(),
         pipeline,
-        &[
-            (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
-            (5, rope.tensor().buffer().as_entire_binding()),
-            (6, q_out.buffer().as_entire_binding()),
-            (7, kv),
-            (8, qkv.buffer().as_entire_binding()),
-        ],
+        &bindings,
         [(heads + 2 * kvn) as u32, max_n as u32, 1],
         vec![params.clone()],
     )

@@ -1,0 +1,237 @@
+//! Batched decoding: several independent sequences advanced by one submission, each weight read once for
+//! all of them (a decode step reads every weight to produce one token; a batch of `b` sequences produces
+//! `b` for about the same bytes, which is what lifts a bandwidth-bound device's throughput).
+//!
+//! The sequences live in a second KV cache ([`KvCache::with_sequences`], made by
+//! [`Model::reserve_sequences`]) beside the model's own one-sequence cache. A batch is a list of rows
+//! `(sequence, token)`: each token goes to its sequence's next position, so one call can decode one token of
+//! each of many sequences, or feed several tokens of one (a prompt, in order) while others decode. The
+//! rows run as a prefill chunk does (batched products over all rows), except that Q/K/V go to each row's
+//! own sequence and position (`rope_cache` with `BATCH`) and attention is per row over that row's sequence
+//! (`attention_decode_rows`). Each row's greedy pick comes back (`argmax_rows`), and optionally its logits.
+//!
+//! A sequence can also be filled from the one-sequence context ([`Model::context_to_sequence`], e.g. after
+//! a fast `prefill` of a prompt), copied ([`Model::copy_sequence`], e.g. for several continuations of one
+//! prompt) or moved back into the context ([`Model::sequence_to_context`]) to go on with the one-sequence
+//! API (sampling, constraints, speculation).
+
+use std::collections::HashMap;
+
+use super::{Model, Plan};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::ops::StepParams;
+use crate::tensor::{map_read, DType, Tensor};
+
+/// The batch's sequences, row table and plans (by row count).
+pub(super) struct Batch {
+    cache: KvCache,
+    // Positions each sequence holds.
+    lens: Vec<usize>,
+    // u32 [max_batch, 2]: each row's (sequence, position), written before each submission.
+    rows: Tensor,
+    plans: HashMap<usize, Plan>,
+}
+
+impl Batch {
+    pub(super) fn cache_bytes(&self) -> u64 {
+        self.cache.size_bytes()
+    }
+}
+
+impl Model {
+    /// Makes room for `sequences` independent sequences of [`Model::context`] positions each, decoded
+    /// together by [`Model::decode_batch`]: allocates their KV cache (`sequences` times the model's own, in
+    /// one binding per executed layer: its size limits how many fit) and the row table. All sequences start
+    /// empty; a batch reserved before is dropped. The model's own sequence ([`Model::position`]) is a
+    /// separate context, untouched.
+    pub fn reserve_sequences(&mut self, sequences: usize) -> Result<()> {
+        self.gpu.take_error()?;
+        if sequences == 0 {
+            return Err(Error::invalid("sequences to reserve", 0, "at least 1"));
+        }
+        let c = &self.cache;
+        let (slots, capacity, kv_heads, head_dim) = (c.slots(), c.capacity(), c.kv_heads(), c.head_dim());
+        let cache = KvCache::with_sequences(&self.gpu, slots, sequences, capacity, kv_heads, head_dim, c.dtype())?;
+        let rows = Tensor::zeros_labeled(&self.gpu, "batch rows", DType::U32, &[self.options.max_batch, 2])?;
+        self.batch = Some(Batch { cache, lens: vec![0; sequences], rows, plans: HashMap::new() });
+        Ok(())
+    }
+
+    /// How many sequences [`Model::reserve_sequences`] made room for (0 before it is called).
+    pub fn sequences(&self) -> usize {
+        self.batch.as_ref().map_or(0, |b| b.lens.len())
+    }
+
+    /// Positions sequence `seq` holds.
+    pub fn sequence_len(&self, seq: usize) -> Result<usize> {
+        let batch = self.batch()?;
+        batch.lens.get(seq).copied().ok_or_else(|| no_sequence(seq, batch.lens.len()))
+    }
+
+    /// Empties sequence `seq` (computes nothing: its positions count as free).
+    pub fn clear_sequence(&mut self, seq: usize) -> Result<()> {
+        let len = self.batch_mut()?.lens.len();
+        *self.batch_mut()?.lens.get_mut(seq).ok_or_else(|| no_sequence(seq, len))? = 0;
+        Ok(())
+    }
+
+    /// Makes sequence `to` a copy of sequence `from` (its K/V on the GPU, and its length): e.g. several
+    /// continuations of one prompt fed once.
+    pub fn copy_sequence(&mut self, from: usize, to: usize) -> Result<()> {
+        self.gpu.take_error()?;
+        let batch = self.batch()?;
+        let len = self.sequence_len(from)?;
+        self.sequence_len(to)?;
+        batch.cache.copy_sequence(&self.gpu, from, to)?;
+        self.batch_mut()?.lens[to] = len;
+        Ok(())
+    }
+
+    /// Makes sequence `seq` hold the model's own context: the K/V of its [`Model::position`] positions (a
+    /// prompt fed by [`Model::prefill`], whose batched attention is faster than a batch's per-row one).
+    /// Errors when the two caches differ in storage (a batch too large for texture storage falls back to
+    /// buffers on CPU drivers).
+    pub fn context_to_sequence(&mut self, seq: usize) -> Result<()> {
+        self.gpu.take_error()?;
+        self.sequence_len(seq)?;
+        self.batch()?.cache.copy_sequence_from(&self.gpu, &self.cache, 0, seq)?;
+        let pos = self.pos;
+        self.batch_mut()?.lens[seq] = pos;
+        Ok(())
+    }
+
+    /// Makes the model's own context hold sequence `seq`: its K/V, and [`Model::position`] its length, so the
+    /// one-sequence API (sampling settings, constraints, speculative decoding) goes on from there. The
+    /// tokens behind those positions are not known to the model ([`Model::cached_tokens`] is cleared).
+    pub fn sequence_to_context(&mut self, seq: usize) -> Result<()> {
+        self.gpu.take_error()?;
+        let len = self.sequence_len(seq)?;
+        self.cache.copy_sequence_from(&self.gpu, &self.batch()?.cache, seq, 0)?;
+        self.pos = len;
+        self.cached.clear();
+        Ok(())
+    }
+
+    /// Runs one batch: each row `(sequence, token)` feeds `token` at that sequence's next position (rows
+    /// of one sequence take consecutive positions, in order), and returns for each row the greedy pick
+    /// (argmax, ties to the lowest id) of the logits after it. One submission, `rows.len()` ids read back.
+    /// At most [`Model::max_batch`] rows; a row whose sequence is full, an unknown sequence or token is an
+    /// error that changes nothing.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, prompts: &[Vec<u32>]) -> mobilellm_kernels::Result<()> {
+    /// model.reserve_sequences(prompts.len())?;
+    /// // Every prompt but its last token, then the last tokens together: one pick per sequence.
+    /// for (seq, prompt) in prompts.iter().enumerate() {
+    ///     let rows: Vec<(usize, u32)> = prompt[..prompt.len() - 1].iter().map(|&t| (seq, t)).collect();
+    ///     if !rows.is_empty() {
+    ///         model.decode_batch(&rows)?;
+    ///     }
+    /// }
+    /// let mut next: Vec<u32> = prompts.iter().map(|p| p[p.len() - 1]).collect();
+    /// for _ in 0..16 {
+    ///     let rows: Vec<(usize, u32)> = next.iter().enumerate().map(|(seq, &t)| (seq, t)).collect();
+    ///     next = model.decode_batch(&rows)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn decode_batch(&mut self, rows: &[(usize, u32)]) -> Result<Vec<u32>> {
+        Ok(self.run_batch(rows, false)?.0)
+    }
+
+    /// [`Model::decode_batch`] that also returns every row's logits (`[rows.len() * vocab]`), e.g. to sample
+    /// each sequence on the host with its own settings.
+    pub fn decode_batch_logits(&mut self, rows: &[(usize, u32)]) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.run_batch(rows, true)
+    }
+
+    fn batch(&self) -> Result<&Batch> {
+        self.batch.as_ref().ok_or_else(no_batch)
+    }
+
+    fn batch_mut(&mut self) -> Result<&mut Batch> {
+        self.batch.as_mut().ok_or_else(no_batch)
+    }
+
+    fn run_batch(&mut self, rows: &[(usize, u32)], want_logits: bool) -> Result<(Vec<u32>, Vec<f32>)> {
+        self.gpu.take_error()?;
+        let n = rows.len();
+        if n == 0 {
+            return Err(Error::invalid("batch rows", 0, "at least one row"));
+        }
+        if n > self.options.max_batch {
+            return Err(Error::Capacity { what: "batch rows".into(), requested: n, capacity: self.options.max_batch });
+        }
+        let tokens: Vec<u32> = rows.iter().map(|&(_, t)| t).collect();
+        self.check_ids(&tokens)?;
+        let batch = self.batch()?;
+        let capacity = batch.cache.capacity();
+        let mut lens = batch.lens.clone();
+        let mut table = Vec::with_capacity(2 * n);
+        for &(seq, _) in rows {
+            let len = lens.get_mut(seq).ok_or_else(|| no_sequence(seq, batch.lens.len()))?;
+            if *len >= capacity {
+                return Err(Error::Capacity {
+                    what: format!("KV cache positions of sequence {seq}"),
+                    requested: *len + 1,
+                    capacity,
+                });
+            }
+            table.extend([seq as u32, *len as u32]);
+            *len += 1;
+        }
+        if !batch.plans.contains_key(&n) {
+            let plan = self.build_plan(n, true, Some((&batch.cache, &batch.rows)))?;
+            self.batch_mut()?.plans.insert(n, plan);
+        }
+        let logits_bytes = (n * self.config.vocab_size * 4) as u64;
+        if want_logits {
+            self.ensure_logits_staging(logits_bytes)?;
+        }
+        let commands = self.record_batch(n, want_logits.then_some(logits_bytes))?;
+        let gpu = &self.gpu;
+        let batch = self.batch()?;
+        self.step.write(gpu, &StepParams { n: n as u32, ..StepParams::default() });
+        gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(&tokens));
+        gpu.queue().write_buffer(batch.rows.buffer(), 0, bytemuck::cast_slice(&table));
+        let submission = gpu.submit([commands])?;
+        gpu.wait(Some(submission))?;
+        let picks: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.token_staging, 4 * n as u64)?);
+        let logits = match (want_logits, &self.logits_staging) {
+            (true, Some(staging)) => bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes)?),
+            _ => Vec::new(),
+        };
+        self.batch_mut()?.lens = lens;
+        Ok((picks, logits))
+    }
+
+    /// The command buffer of a batch of `n` rows: the plan, then each row's pick (and `logits_bytes` of
+    /// logits) copied to the readbacks.
+    fn record_batch(&self, n: usize, logits_bytes: Option<u64>) -> Result<wgpu::CommandBuffer> {
+        let plan = self.batch()?.plans.get(&n).ok_or_else(|| Error::Device("missing batch plan".into()))?;
+        let mut encoder =
+            self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        {
+            let mut pass = encoder
+                .begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("batch"), timestamp_writes: None });
+            plan.embedding.record(&mut pass);
+            for d in plan.body.iter().chain(&plan.head) {
+                d.record(&mut pass);
+            }
+        }
+        encoder.copy_buffer_to_buffer(self.act.picks.buffer(), 0, &self.token_staging, 0, 4 * n as u64);
+        if let (Some(bytes), Some(staging)) = (logits_bytes, &self.logits_staging) {
+            encoder.copy_buffer_to_buffer(self.act.logits.buffer(), 0, staging, 0, bytes);
+        }
+        Ok(encoder.finish())
+    }
+}
+
+fn no_batch() -> Error {
+    Error::invalid("batch sequences", "none reserved", "Model::reserve_sequences called first")
+}
+
+fn no_sequence(seq: usize, count: usize) -> Error {
+    Error::invalid("batch sequence", seq, format!("below the {count} reserved"))
+}
