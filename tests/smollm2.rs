@@ -148,3 +148,53 @@ fn lookup_decoding_gives_smollm2_greedy_tokens() {
     }
     assert!(accepted > 0 && drafted > accepted, "drafts accepted and rejected: {accepted} of {drafted}");
 }
+
+/// Batched decoding on the real model: three prompts of different lengths, each prefilled by the
+/// one-sequence path and copied into its own sequence, then decoded together (a sequence that ends drops
+/// out of the batch), give each prompt's one-sequence greedy tokens.
+#[test]
+fn batched_decoding_gives_smollm2_greedy_tokens() {
+    let gpu = &gpus()[0];
+    let (mut model, tokenizer) = load(gpu, DType::F32);
+    let prompts =
+        ["The capital of France is", "Here is a list of three fruits: apple, banana and", "def add(a, b):\n    return"];
+    let ids: Vec<Vec<u32>> = prompts.iter().map(|p| tokenizer.encode(p, false)).collect();
+    let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+    let wants: Vec<Vec<u32>> = ids
+        .iter()
+        .map(|prompt| {
+            model.reset();
+            model.generate(prompt, 12, &stop, |_| true).unwrap()
+        })
+        .collect();
+    model.reserve_sequences(prompts.len()).unwrap();
+    let mut gots: Vec<Vec<u32>> = Vec::new();
+    for (seq, prompt) in ids.iter().enumerate() {
+        model.reset();
+        gots.push(vec![model.prefill(prompt).unwrap()]);
+        model.context_to_sequence(seq).unwrap();
+    }
+    let start = std::time::Instant::now();
+    let mut steps = 0;
+    loop {
+        let rows: Vec<(usize, u32)> = gots
+            .iter()
+            .enumerate()
+            .filter(|(_, got)| got.len() < 12 && !stop.contains(got.last().unwrap()))
+            .map(|(seq, got)| (seq, *got.last().unwrap()))
+            .collect();
+        if rows.is_empty() {
+            break;
+        }
+        let picks = model.decode_batch(&rows).unwrap();
+        for (&(seq, _), pick) in rows.iter().zip(picks) {
+            gots[seq].push(pick);
+        }
+        steps += 1;
+    }
+    eprintln!("{} batched steps in {:.0} ms", steps, start.elapsed().as_secs_f64() * 1e3);
+    for ((got, want), prompt) in gots.iter().zip(&wants).zip(prompts) {
+        eprintln!("{prompt:?} -> {:?}", tokenizer.decode(got));
+        assert_eq!(got, want, "{prompt:?}");
+    }
+}

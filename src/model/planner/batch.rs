@@ -77,7 +77,8 @@ impl Model {
     }
 
     /// Makes sequence `to` a copy of sequence `from` (its K/V on the GPU, and its length): e.g. several
-    /// continuations of one prompt fed once.
+    /// continuations of one prompt fed once. WebGPU copies nothing within one buffer or texture, so the
+    /// sequence goes through a scratch copy of one sequence per slot, allocated for the call.
     pub fn copy_sequence(&mut self, from: usize, to: usize) -> Result<()> {
         self.gpu.take_error()?;
         let batch = self.batch()?;
@@ -141,7 +142,8 @@ impl Model {
     }
 
     /// [`Model::decode_batch`] that also returns every row's logits (`[rows.len() * vocab]`), e.g. to sample
-    /// each sequence on the host with its own settings.
+    /// each sequence on the host with its own settings: [`crate::reference::sample`] with a
+    /// [`crate::ops::StepParams`] per sequence (its own seed) is the GPU sampler's twin, pick for pick.
     pub fn decode_batch_logits(&mut self, rows: &[(usize, u32)]) -> Result<(Vec<u32>, Vec<f32>)> {
         self.run_batch(rows, true)
     }
