@@ -38,7 +38,7 @@ pub struct KvCache {
     head_dim: usize,
     dtype: DType,
     sequences: usize,
-    // Elements from one sequence's start to the next's within a slot (see `sequence_layout`).
+    // Elements from one sequence's start to the next's within a slot (see `texture_stride`).
     sequence_stride: usize,
 }
 
@@ -241,8 +241,8 @@ impl KvCache {
     pub fn is_texture(&self) -> bool {
         matches!(self.slots.first(), Some(Slot::Texture { .. }))
     }
-    /// Slot `i` as a binding: its buffer (`[2, kv_heads, capacity, head_dim]`, K then V) or its texture view
-    /// (for `texture_2d<u32>` reads and `texture_storage_2d<rgba32uint, write>` writes).
+    /// Slot `i` as a binding: its buffer (`[2, kv_heads, capacity, head_dim]`, K then V, per sequence) or its
+    /// texture view (for `texture_2d<u32>` reads and `texture_storage_2d<rgba32uint, write>` writes).
     pub fn binding(&self, i: usize) -> Result<wgpu::BindingResource<'_>> {
         Ok(match self.slot(i)? {
             Slot::Buffer(t) => t.buffer().as_entire_binding(),
