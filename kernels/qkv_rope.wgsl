@@ -313,16 +313,16 @@ fn store_group_texel(slot: u32, pos: u32, grp: u32, t: u32) {
 fn rope_cache(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let slot = wg.x;
     let r = wg.y;
-#if BATCH
     if r >= step.n {
         return;
     }
+#if BATCH
     let pos = batch_rows[r].y;
     seq_base = batch_rows[r].x * params.seq_stride;
 #else
     let pos = step.pos + r;
 #endif
-    if r >= step.n || pos >= params.capacity {
+    if pos >= params.capacity {
         return;
     }
     let width = (params.heads + 2u * params.kv_heads) * HD;

@@ -5,10 +5,7 @@
 //! feature sets, both texture reads, GPU launch rules (split decode with its merge) and f16 / f32 caches.
 mod common;
 
-use std::path::PathBuf;
-
-use common::{gpu_rules_gpu, gpus, other_texture_reads_gpu};
-use mobilellm_kernels::model::safetensors::Safetensors;
+use common::{data_dir, gpu_rules_gpu, gpus, max_diff, other_texture_reads_gpu, Golden};
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::{DType, Error, Gpu};
@@ -21,33 +18,8 @@ const VOCAB: usize = 512;
 const F32_BOUND: f32 = 1e-4;
 const F16_KV_BOUND: f32 = 1e-3;
 
-struct Golden(Safetensors);
-
-impl Golden {
-    fn open(name: &str) -> Golden {
-        Golden(Safetensors::open_file(data_dir(name).join("golden.safetensors")).expect("golden file"))
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        let shape = self.0.dtype_and_shape(name).unwrap().1.to_vec();
-        self.0.tensor_i32(name, &shape).unwrap().into_iter().map(|v| v as u32).collect()
-    }
-    fn logits(&self, name: &str) -> Vec<f32> {
-        let shape = self.0.dtype_and_shape(name).unwrap().1.to_vec();
-        self.0.tensor_f32(name, &shape).unwrap()
-    }
-}
-
-fn data_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
 fn row(all: &[f32], i: usize) -> &[f32] {
     &all[i * VOCAB..(i + 1) * VOCAB]
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn load(gpu: &Gpu, name: &str, kv_dtype: DType, context: usize) -> Model {
@@ -60,10 +32,10 @@ fn load(gpu: &Gpu, name: &str, kv_dtype: DType, context: usize) -> Model {
 /// continuation, sequence 2 the prompt prefilled by the one-sequence path, then the forced tokens.
 fn run_batch_goldens(model: &mut Model, name: &str) -> f32 {
     let g = Golden::open(name);
-    let (prompt, gen, gen_logits) = (g.ids("prompt_ids"), g.ids("gen_ids"), g.logits("gen_logits"));
+    let (prompt, gen, gen_logits) = (g.ids("prompt_ids"), g.ids("gen_ids"), g.f32("gen_logits"));
     let (single, single_gen) = (g.ids("single_prompt_ids"), g.ids("single_gen_ids"));
-    let single_logits = g.logits("single_gen_logits");
-    let (forced, forced_logits) = (g.ids("forced_ids"), g.logits("forced_logits"));
+    let single_logits = g.f32("single_gen_logits");
+    let (forced, forced_logits) = (g.ids("forced_ids"), g.f32("forced_logits"));
     let mut worst = 0.0f32;
     model.reserve_sequences(3).unwrap();
     assert_eq!(model.sequences(), 3);
@@ -77,7 +49,7 @@ fn run_batch_goldens(model: &mut Model, name: &str) -> f32 {
         }
     }
     let (picks, logits) = model.decode_batch_logits(&rows).unwrap();
-    let (prefill, single_prefill) = (g.logits("prefill_logits"), g.logits("single_prefill_logits"));
+    let (prefill, single_prefill) = (g.f32("prefill_logits"), g.f32("single_prefill_logits"));
     let mut seen = [0usize; 2];
     for (r, &(seq, _)) in rows.iter().enumerate() {
         let want = if seq == 0 { row(&prefill, seen[0]) } else { row(&single_prefill, seen[1]) };
@@ -110,7 +82,7 @@ fn run_batch_goldens(model: &mut Model, name: &str) -> f32 {
     }
 
     // Back to the one-sequence API: sequence 0's next logits.
-    let next = g.logits("gen_next_logits");
+    let next = g.f32("gen_next_logits");
     model.sequence_to_context(0).unwrap();
     assert_eq!(model.position(), prompt.len() + gen.len() - 1);
     let (_, logits) = model.step_logits(gen[gen.len() - 1]).unwrap();

@@ -3,45 +3,11 @@
 //! one-token prompt from an empty cache; under both feature sets.
 mod common;
 
-use std::path::PathBuf;
-
-use common::gpus;
+use common::{data_dir, gpus, max_diff, Golden};
 use mobilellm_kernels::model::safetensors::Safetensors;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::{DType, FeatureSet, Gpu, GpuOptions, WeightStorage};
-
-fn data_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
-}
-
-struct Golden {
-    st: Safetensors,
-    vocab: usize,
-}
-
-impl Golden {
-    fn open(name: &str) -> Golden {
-        let st = Safetensors::open_file(data_dir(name).join("golden.safetensors")).expect("golden file");
-        Golden { st, vocab: 512 }
-    }
-    fn ids(&self, name: &str) -> Vec<u32> {
-        let (_, shape) = self.st.dtype_and_shape(name).unwrap();
-        let shape = shape.to_vec();
-        self.st.tensor_i32(name, &shape).unwrap().into_iter().map(|v| v as u32).collect()
-    }
-    fn f32(&self, name: &str) -> Vec<f32> {
-        let (_, shape) = self.st.dtype_and_shape(name).unwrap();
-        let shape = shape.to_vec();
-        self.st.tensor_f32(name, &shape).unwrap()
-    }
-}
-
-/// Max |a - b|.
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
-}
 
 fn load(gpu: &Gpu, name: &str, wtype: WeightType, kv_dtype: DType) -> Model {
     load_with_context(gpu, name, wtype, kv_dtype, 64)

@@ -158,9 +158,10 @@ fn check(what: &str, q: &Tensor, cache: &KvCache, out: &Tensor) -> Result<Shape>
     Ok(Shape { heads, group, rows })
 }
 
-fn variant(gpu: &Gpu, cache: &KvCache, group: usize, split: bool) -> ShaderVariant {
+fn variant(gpu: &Gpu, cache: &KvCache, group: usize, split: bool, positions: Positions<'_>) -> ShaderVariant {
     let hd = cache.head_dim();
     ShaderVariant::new()
+        .flag_if("BATCH", positions.is_table())
         .flag_if("F16", cache.dtype() == DType::F16)
         .flag_if("KVTEX", cache.is_texture())
         .flag_if("IMGREAD", cache.is_texture() && gpu.texture_reads() == TextureReads::Storage)
@@ -227,12 +228,10 @@ pub fn attention_decode_rows(
 fn decode(gpu: &Gpu, op: &DecodeOperands<'_>, split: Split) -> Result<Vec<Dispatch>> {
     let DecodeOperands { positions, q, cache, slot, out } = *op;
     let shape = check("attention_decode", q, cache, out)?;
-    let batched = positions.is_table();
     if let Positions::Table(rows) = positions {
         crate::ops::check_batch_rows("attention_decode", rows, shape.rows)?;
     }
-    // Batched: one grid layer per row.
-    let layers = if batched { shape.rows as u32 } else { 1 };
+    let layers = positions.layers(&shape);
     if layers > MAX_GROUPS_PER_DIM {
         return Err(Error::invalid("attention_decode batch rows", layers, "at most 65535"));
     }
@@ -269,7 +268,7 @@ fn decode(gpu: &Gpu, op: &DecodeOperands<'_>, split: Split) -> Result<Vec<Dispat
     }
     let params = uniform(gpu, "attention params", &Params::new(&shape, cache, chunk_len, n_chunks))?;
     let grid = [cache.kv_heads() as u32, n_chunks as u32, layers];
-    let variant = |split| variant(gpu, cache, shape.group, split).flag_if("BATCH", batched);
+    let variant = |split| variant(gpu, cache, shape.group, split, positions);
     if chunk.is_none() {
         let pipeline = gpu.pipeline(&ATTENTION, "decode", &variant(false))?;
         let q_binding = q.buffer().as_entire_binding();
@@ -297,6 +296,15 @@ enum Positions<'a> {
 impl Positions<'_> {
     fn is_table(&self) -> bool {
         matches!(self, Positions::Table(_))
+    }
+
+    /// Decode grid layers (z): one per row of a batch, else one.
+    fn layers(&self, shape: &Shape) -> u32 {
+        if self.is_table() {
+            shape.rows as u32
+        } else {
+            1
+        }
     }
 
     /// The binding: the step uniform at 1, or the table at 6 (`BATCH` variants read no step uniform).
@@ -327,7 +335,7 @@ fn split_passes(gpu: &Gpu, pass: Pass<'_>, cache: &KvCache, out: &Tensor, shape:
     let partials = Tensor::zeros_labeled(gpu, "attention partials", DType::F32, &[partial_len])?;
     let (params, positions) = (pass.params, pass.positions);
     let first = pass_dispatch(gpu, pass, 5, &partials)?;
-    let variant = variant(gpu, cache, shape.group, true).flag_if("BATCH", positions.is_table());
+    let variant = variant(gpu, cache, shape.group, true, positions);
     let merge = gpu.pipeline(&ATTENTION, "merge", &variant)?;
     let bindings = [
         (0, params.as_entire_binding()),
@@ -369,15 +377,13 @@ fn decode_lanes(gpu: &Gpu, op: &DecodeOperands<'_>, shape: &Shape, n_chunks: usi
     let chunk_len = if split { 0 } else { cache.capacity() };
     let params = uniform(gpu, "attention params", &Params::new(shape, cache, chunk_len, n_chunks))?;
     // The lanes merge through subgroup reductions when all DECODE_LANES (8) lanes are one subgroup.
-    let variant = variant(gpu, cache, shape.group, split)
+    let variant = variant(gpu, cache, shape.group, split, positions)
         .flag_if("SUBGROUPS", broadcasts_of_8(gpu))
         .flag_if("QUNI", q_uniform)
-        .flag_if("BATCH", positions.is_table())
         .constant("QV4", if q_uniform { (q_len / 4) as u32 } else { 1 });
     let pipeline = gpu.pipeline(&ATTENTION, "decode_lanes", &variant)?;
     let q_binding = if q_uniform { prefix_binding(q, q_len) } else { q.buffer().as_entire_binding() };
-    let layers = if positions.is_table() { shape.rows as u32 } else { 1 };
-    let grid = [cache.kv_heads() as u32, n_chunks as u32, layers];
+    let grid = [cache.kv_heads() as u32, n_chunks as u32, positions.layers(shape)];
     let name = if split { "attention:decode_lanes(split)" } else { "attention:decode_lanes" };
     let pass = Pass { name, pipeline, params: &params, positions, q: q_binding, kv, grid };
     if split {
@@ -456,27 +462,22 @@ fn prefill(
     }
     let params = uniform(gpu, "attention params", &Params::new(shape, cache, cache.capacity(), 1))?;
     let q_binding = q.buffer().as_entire_binding();
+    let positions = Positions::Step(step);
     if lanes {
-        let pipeline =
-            gpu.pipeline(&ATTENTION, "prefill_lanes", &variant(gpu, cache, shape.group, false).flag("SUBGROUPS"))?;
+        let pipeline = gpu.pipeline(
+            &ATTENTION,
+            "prefill_lanes",
+            &variant(gpu, cache, shape.group, false, positions).flag("SUBGROUPS"),
+        )?;
         let grid = [cache.kv_heads() as u32, shape.rows.div_ceil(8) as u32, 1];
         return single_pass(
             gpu,
-            Pass {
-                name: "attention:prefill_lanes",
-                pipeline,
-                params: &params,
-                positions: Positions::Step(step),
-                q: q_binding,
-                kv,
-                grid,
-            },
+            Pass { name: "attention:prefill_lanes", pipeline, params: &params, positions, q: q_binding, kv, grid },
             out,
         );
     }
-    let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(gpu, cache, shape.group, false))?;
+    let pipeline = gpu.pipeline(&ATTENTION, "prefill", &variant(gpu, cache, shape.group, false, positions))?;
     let grid = [shape.heads as u32, shape.rows.div_ceil(WORKGROUP as usize) as u32, 1];
-    let positions = Positions::Step(step);
     let pass = Pass { name: "attention:prefill", pipeline, params: &params, positions, q: q_binding, kv, grid };
     single_pass(gpu, pass, out)
 }

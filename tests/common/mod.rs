@@ -360,3 +360,37 @@ impl Drop for ScratchDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// The directory of test data set `name` under `tests/data` (the tiny models: `tiny-plain`, `tiny-shared`).
+pub fn data_dir(name: &str) -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
+}
+
+/// The transformers goldens of a tiny model (`tests/data/<name>/golden.safetensors`): token ids and logits
+/// (`[rows, vocab]`, vocab 512).
+pub struct Golden {
+    st: mobilellm_kernels::model::safetensors::Safetensors,
+    pub vocab: usize,
+}
+
+impl Golden {
+    pub fn open(name: &str) -> Golden {
+        let path = data_dir(name).join("golden.safetensors");
+        let st = mobilellm_kernels::model::safetensors::Safetensors::open_file(path).expect("golden file");
+        Golden { st, vocab: 512 }
+    }
+    pub fn ids(&self, name: &str) -> Vec<u32> {
+        let shape = self.st.dtype_and_shape(name).unwrap().1.to_vec();
+        self.st.tensor_i32(name, &shape).unwrap().into_iter().map(|v| v as u32).collect()
+    }
+    pub fn f32(&self, name: &str) -> Vec<f32> {
+        let shape = self.st.dtype_and_shape(name).unwrap().1.to_vec();
+        self.st.tensor_f32(name, &shape).unwrap()
+    }
+}
+
+/// Max |a - b| (equal lengths).
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

@@ -71,8 +71,9 @@ impl Model {
 
     /// Empties sequence `seq` (computes nothing: its positions count as free).
     pub fn clear_sequence(&mut self, seq: usize) -> Result<()> {
-        let len = self.batch_mut()?.lens.len();
-        *self.batch_mut()?.lens.get_mut(seq).ok_or_else(|| no_sequence(seq, len))? = 0;
+        let lens = &mut self.batch_mut()?.lens;
+        let count = lens.len();
+        *lens.get_mut(seq).ok_or_else(|| no_sequence(seq, count))? = 0;
         Ok(())
     }
 
