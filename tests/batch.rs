@@ -3,10 +3,12 @@
 //! sequences advanced together, with prompts fed as interleaved rows of one batch, row counts changing from
 //! batch to batch, a sequence filled from the one-sequence context, copied, and moved back; under both
 //! feature sets, both texture reads, GPU launch rules (split decode with its merge) and f16 / f32 caches.
+//! Sequences sampled in a batch, each with its own settings and mask, draw what they draw alone.
 mod common;
 
 use common::{data_dir, gpu_rules_gpu, gpus, max_diff, other_texture_reads_gpu, Golden};
-use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
+use mobilellm_kernels::model::{HostModel, Model, PlanOptions, Sampling};
+use mobilellm_kernels::ops::sample::{Penalties, TokenMask};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::{DType, Error, Gpu};
 
@@ -156,4 +158,112 @@ fn bad_batches_change_nothing() {
     model.clear_sequence(1).unwrap();
     assert_eq!(lens(&model), (2, 0));
     model.decode_batch(&[(1, 1)]).unwrap();
+}
+
+/// The one-sequence API's tokens for `prompt` with `sampling` and `mask`: the prefill's pick, then `steps`
+/// decode steps.
+fn alone(model: &mut Model, prompt: &[u32], sampling: Sampling, mask: Option<&TokenMask>, steps: usize) -> Vec<u32> {
+    model.reset();
+    model.set_sampling(sampling).unwrap();
+    model.set_token_mask(mask).unwrap();
+    let mut tokens = vec![model.prefill(prompt).unwrap()];
+    for _ in 0..steps {
+        tokens.push(model.step(tokens[tokens.len() - 1]).unwrap());
+    }
+    model.set_sampling(Sampling::greedy()).unwrap();
+    model.set_token_mask(None).unwrap();
+    tokens
+}
+
+/// Four sequences sampled together, each its own way: greedy; top-k with penalties over its last 8 tokens;
+/// top-p and min-p under a mask, with penalties over the prompt fed by the one-sequence prefill
+/// (`context_to_sequence` carries the tokens the penalties look at); and a copy of the second one
+/// (`copy_sequence` carries them too), with the same settings. Each draws, token for token, what the
+/// one-sequence path draws with the same settings and seed: the seed of a draw is `seed + position`
+/// both ways, and the logits agree to ~1e-7 (`batched_sequences_match_the_goldens`), so a pick could only
+/// differ at a near tie (probability ~1e-6 per draw; the seeds here are fixed).
+#[test]
+fn each_sequence_samples_as_it_would_alone() {
+    let g = Golden::open("tiny-shared");
+    let prompts = [g.ids("single_prompt_ids"), g.ids("prompt_ids"), g.ids("prompt_ids")[1..].to_vec()];
+    let penalties = Penalties { repeat: 1.5, frequency: 0.3, presence: 0.2 };
+    let top_k = Sampling { temperature: 0.9, top_k: 20, seed: 5, penalties, penalty_last_n: 8, ..Sampling::default() };
+    let repeat = Penalties { repeat: 1.3, ..Penalties::OFF };
+    let top_p =
+        Sampling { temperature: 1.3, top_p: 0.9, min_p: 0.02, seed: 11, penalties: repeat, ..Sampling::default() };
+    let settings = [Sampling::greedy(), top_k, top_p, top_k];
+    let mask = TokenMask::allowing(VOCAB, (0..VOCAB as u32).step_by(3)).unwrap();
+    let masks = [None, None, Some(&mask), None];
+    let steps = 10;
+    for gpu in gpus() {
+        let mut model = load(gpu, "tiny-shared", DType::F32, 64);
+        // Sequence 3 is a copy of sequence 1 after its prompt.
+        let want: Vec<Vec<u32>> =
+            (0..4).map(|s| alone(&mut model, &prompts[[0, 1, 2, 1][s]], settings[s], masks[s], steps)).collect();
+        model.reserve_sequences(4).unwrap();
+        for (seq, (sampling, mask)) in settings.iter().zip(masks).enumerate() {
+            model.set_sequence_sampling(seq, *sampling).unwrap();
+            model.set_sequence_mask(seq, mask).unwrap();
+        }
+        assert_eq!(model.sequence_sampling(1).unwrap(), &top_k);
+        // Prompts 0 and 1 as interleaved rows of one batch; prompt 2 by the one-sequence prefill.
+        let mut rows = Vec::new();
+        for i in 0..prompts[0].len().max(prompts[1].len()) {
+            rows.extend((0..2).filter_map(|seq| prompts[seq].get(i).map(|&t| (seq, t))));
+        }
+        let picks = model.decode_batch(&rows).unwrap();
+        let last_row = |seq: usize| rows.iter().rposition(|r| r.0 == seq).unwrap();
+        let mut got = vec![vec![picks[last_row(0)]], vec![picks[last_row(1)]], Vec::new(), Vec::new()];
+        model.copy_sequence(1, 3).unwrap();
+        got[3] = got[1].clone();
+        model.reset();
+        model.set_sampling(top_p).unwrap();
+        model.set_token_mask(Some(&mask)).unwrap();
+        got[2].push(model.prefill(&prompts[2]).unwrap());
+        model.set_sampling(Sampling::greedy()).unwrap();
+        model.set_token_mask(None).unwrap();
+        model.context_to_sequence(2).unwrap();
+        for _ in 0..steps {
+            let rows: Vec<(usize, u32)> = got.iter().enumerate().map(|(seq, t)| (seq, t[t.len() - 1])).collect();
+            for (seq, pick) in model.decode_batch(&rows).unwrap().into_iter().enumerate() {
+                got[seq].push(pick);
+            }
+        }
+        assert_eq!(got, want, "[{}]", gpu.describe());
+        assert!(got[2].iter().all(|&t| mask.is_allowed(t)));
+        assert_ne!(got[1], got[0], "sampling differs from greedy decoding");
+    }
+}
+
+#[test]
+fn bad_sampling_settings_change_nothing() {
+    let gpu = &gpus()[0];
+    let mut model = load(gpu, "tiny-plain", DType::F32, 8);
+    assert!(model.set_sequence_sampling(0, Sampling::greedy()).is_err(), "no sequences reserved");
+    model.reserve_sequences(2).unwrap();
+    let good = Sampling { temperature: 0.5, seed: 3, ..Sampling::default() };
+    model.set_sequence_sampling(1, good).unwrap();
+    for bad in [
+        Sampling { temperature: -1.0, ..good },
+        Sampling { top_p: 0.0, ..good },
+        Sampling { top_k: 65, ..good },
+        Sampling { penalty_last_n: 65, ..good },
+        Sampling { penalties: Penalties { repeat: 0.0, ..Penalties::OFF }, ..good },
+    ] {
+        let err = model.set_sequence_sampling(1, bad).unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{bad:?}: {err}");
+        assert_eq!(model.sequence_sampling(1).unwrap(), &good);
+    }
+    assert!(model.set_sequence_sampling(2, good).is_err());
+    assert!(model.set_sequence_mask(0, Some(&TokenMask::all(VOCAB + 1))).is_err());
+    assert!(model.set_sequence_mask(0, Some(&TokenMask::none(VOCAB))).is_err());
+    assert!(model.set_sequence_mask(2, None).is_err());
+    // A mask set, then lifted: greedy again.
+    model.set_sequence_mask(0, Some(&TokenMask::allowing(VOCAB, [7]).unwrap())).unwrap();
+    assert_eq!(model.decode_batch(&[(0, 1)]).unwrap(), [7]);
+    model.set_sequence_mask(0, None).unwrap();
+    model.clear_sequence(0).unwrap();
+    let (free, _) = model.decode_batch_logits(&[(0, 1)]).unwrap();
+    let mut reference = load(gpu, "tiny-plain", DType::F32, 8);
+    assert_eq!(free[0], reference.prefill(&[1]).unwrap());
 }

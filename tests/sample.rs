@@ -5,10 +5,10 @@ mod common;
 
 use common::{gpu_rules_gpu, gpus, random_vec, ShapeRng};
 use mobilellm_kernels::ops::sample::{
-    argmax_rows, penalty_entries, sample, sample_masked, top_candidates, validate, write_step, Penalties, SampleRow,
-    Sampler, TokenMask, MAX_PENALTIES, MAX_TOP_K, MAX_TOP_LOGPROBS,
+    argmax_rows, penalty_entries, sample, sample_masked, sample_rows, top_candidates, validate, write_step, Penalties,
+    SampleRow, Sampler, TokenMask, MAX_PENALTIES, MAX_TOP_K, MAX_TOP_LOGPROBS,
 };
-use mobilellm_kernels::ops::{self, StepBuffer, StepParams};
+use mobilellm_kernels::ops::{self, StepBuffer, StepParams, StepTable};
 use mobilellm_kernels::{reference, DType, Error, Gpu, Tensor};
 
 fn params(temperature: f32, top_k: u32, top_p: f32, seed: u32) -> StepParams {
@@ -177,16 +177,21 @@ fn gpu_equals_twin(
         let got = s.run(gpu, &p);
         let trace = twin(&p);
         if got != trace.token {
-            let total = trace.cumulative[trace.count - 1];
-            let weights = trace.cumulative.iter().scan(0.0, |prev, &c| Some(c - std::mem::replace(prev, c)));
-            let near = trace.cumulative.iter().any(|c| (c - trace.target).abs() <= 1e-5 * total)
-                || (p.top_p < 1.0 && trace.cumulative.iter().any(|c| (c - p.top_p * total).abs() <= 1e-5 * total))
-                || (p.min_p > 0.0 && weights.into_iter().any(|w: f32| (w - p.min_p).abs() <= 1e-5));
-            assert!(near, "seed {seed} {p:?}: GPU {got} CPU {} ({trace:?})", trace.token);
+            assert!(near_tie(&p, &trace), "seed {seed} {p:?}: GPU {got} CPU {} ({trace:?})", trace.token);
             near_ties += 1;
         }
     }
     near_ties
+}
+
+/// Whether the twin's draw lies within f32 rounding of a boundary, so a GPU pick may differ from it: the
+/// target within 1e-5 (relative) of a cumulative sum, the top-p limit of one, or a weight of `min_p`.
+fn near_tie(p: &StepParams, trace: &reference::SampleTrace) -> bool {
+    let total = trace.cumulative[trace.count - 1];
+    let weights = trace.cumulative.iter().scan(0.0, |prev, &c| Some(c - std::mem::replace(prev, c)));
+    trace.cumulative.iter().any(|c| (c - trace.target).abs() <= 1e-5 * total)
+        || (p.top_p < 1.0 && trace.cumulative.iter().any(|c| (c - p.top_p * total).abs() <= 1e-5 * total))
+        || (p.min_p > 0.0 && weights.into_iter().any(|w: f32| (w - p.min_p).abs() <= 1e-5))
 }
 
 #[test]
@@ -694,5 +699,106 @@ fn top_logprobs_report_the_best_candidates() {
         // More than the limit is refused.
         let p = StepParams { top_logprobs: MAX_TOP_LOGPROBS + 1, ..params(0.0, 0, 1.0, 0) };
         assert!(matches!(validate(&p), Err(Error::InvalidArgument { .. })));
+    }
+}
+
+/// Every row of a batch sampled with its own settings in one pair of dispatches (`sample_rows`): greedy,
+/// top-k / top-p, min-p with penalties, a mask, log-probabilities and reported candidates, side by side.
+/// Each row's output equals the one-row sampler's on that row with the same settings, word for word (the
+/// same kernel code on the same values), and its pick equals the CPU twin's but at near ties (as
+/// `gpu_matches_cpu_token_for_token` argues). A row without the mask flag ignores its mask row (set to
+/// allow nothing), and nothing past a row's slot is written.
+#[test]
+fn each_row_sampled_with_its_own_settings() {
+    let stride = 2 + 2 * MAX_TOP_LOGPROBS as usize;
+    for gpu in gpus().iter().chain(gpu_rules_gpu()) {
+        let mut ties = 0;
+        for vocab in [3000usize, 49_152] {
+            let mut penalised = StepParams { min_p: 0.05, ..params(0.7, 0, 1.0, 0) };
+            Penalties { repeat: 1.3, frequency: 0.5, presence: 0.2 }.write(&[0, 2, 2, 77], &mut penalised).unwrap();
+            let configs = [
+                params(0.0, 0, 1.0, 0),
+                params(1.0, 40, 0.9, 0),
+                penalised,
+                StepParams { mask: 1, ..params(2.0, 5, 1.0, 0) },
+                StepParams { mask: 1, logprob: 1, top_logprobs: 5, ..params(0.0, 0, 1.0, 0) },
+                StepParams { logprob: 1, top_logprobs: MAX_TOP_LOGPROBS, ..params(1.5, 0, 1.0, 0) },
+            ];
+            let rows = configs.len();
+            let logits: Vec<f32> = (0..rows).flat_map(|r| tricky_row((r * 13 + vocab) as u64, vocab)).collect();
+            let masks: Vec<TokenMask> = (0..rows)
+                .map(|r| match configs[r].mask {
+                    0 => TokenMask::none(vocab),
+                    _ => TokenMask::allowing(vocab, (r as u32..vocab as u32).step_by(r + 2)).unwrap(),
+                })
+                .collect();
+            let mask_words: Vec<u32> = masks.iter().flat_map(|m| m.words().to_vec()).collect();
+            let input = Tensor::from_slice(gpu, &[rows, vocab], &logits).unwrap();
+            let steps = StepTable::new(gpu, rows).unwrap();
+            let mask_buffer = Tensor::from_slice(gpu, &[mask_words.len()], &mask_words).unwrap();
+            // One spare slot past the rows: never written.
+            let tokens = Tensor::zeros(gpu, DType::U32, &[(rows + 1) * stride]).unwrap();
+            let sampler = sample_rows(gpu, &input, &steps, &mask_buffer, &tokens, stride).unwrap();
+            // The one-row sampler with the same settings, for each row.
+            let step = StepBuffer::new(gpu).unwrap();
+            let one_token = Tensor::zeros(gpu, DType::U32, &[stride]).unwrap();
+            for draw in 0..6u32 {
+                let row_params: Vec<StepParams> = configs
+                    .iter()
+                    .enumerate()
+                    .map(|(r, c)| StepParams { seed: (draw * 7919 + r as u32).wrapping_mul(2_654_435_761), ..*c })
+                    .collect();
+                let sentinel = vec![0xABCD_EF01u32; (rows + 1) * stride];
+                gpu.queue().write_buffer(tokens.buffer(), 0, bytemuck::cast_slice(&sentinel));
+                steps.write(gpu, &row_params).unwrap();
+                ops::run(gpu, &sampler.dispatches()).unwrap();
+                let out = tokens.read::<u32>(gpu).unwrap();
+                for (r, p) in row_params.iter().enumerate() {
+                    let row = &logits[r * vocab..(r + 1) * vocab];
+                    let slot = &out[r * stride..(r + 1) * stride];
+                    let what = format!("vocab {vocab}, row {r}, draw {draw} [{}]", gpu.features());
+                    let mask = masks[r].upload(gpu).unwrap();
+                    gpu.queue().write_buffer(one_token.buffer(), 0, bytemuck::cast_slice(&sentinel[..stride]));
+                    let one = sample_masked(gpu, &input, SampleRow::Index(r), &step, &mask, &one_token).unwrap();
+                    write_step(gpu, &step, p).unwrap();
+                    ops::run(gpu, &one.dispatches()).unwrap();
+                    assert_eq!(slot, &one_token.read::<u32>(gpu).unwrap()[..], "{what}: the one-row sampler's");
+                    let trace = match p.mask {
+                        0 => reference::sample_trace(row, p),
+                        _ => reference::sample_masked_trace(row, p, masks[r].words()),
+                    };
+                    if p.mask != 0 {
+                        assert!(masks[r].is_allowed(slot[0]), "{what}: masked-out pick {}", slot[0]);
+                    }
+                    if slot[0] != trace.token {
+                        assert!(near_tie(p, &trace), "{what}: GPU {} CPU {}", slot[0], trace.token);
+                        ties += 1;
+                    }
+                    let written =
+                        if p.top_logprobs > 0 { 2 + 2 * p.top_logprobs as usize } else { 1 + p.logprob as usize };
+                    assert!(slot[written..].iter().all(|&w| w == sentinel[0]), "{what}: written past {written}");
+                }
+                assert!(out[rows * stride..].iter().all(|&w| w == sentinel[0]), "past the rows");
+            }
+        }
+        assert!(ties <= 2, "too many near ties: {ties}");
+        // Operands name what is wrong.
+        let logits = Tensor::zeros(gpu, DType::F32, &[3, 100]).unwrap();
+        let (steps, few_steps) = (StepTable::new(gpu, 3).unwrap(), StepTable::new(gpu, 2).unwrap());
+        let masks = Tensor::zeros(gpu, DType::U32, &[3 * 4]).unwrap();
+        let tokens = Tensor::zeros(gpu, DType::U32, &[6]).unwrap();
+        let err = sample_rows(gpu, &logits, &few_steps, &masks, &tokens, 2).unwrap_err();
+        assert!(err.to_string().contains("at least 3 entries"), "{err}");
+        let short_masks = Tensor::zeros(gpu, DType::U32, &[11]).unwrap();
+        let err = sample_rows(gpu, &logits, &steps, &short_masks, &tokens, 2).unwrap_err();
+        assert!(err.to_string().contains("at least 12"), "{err}");
+        let err = sample_rows(gpu, &logits, &steps, &masks, &tokens, 3).unwrap_err();
+        assert!(err.to_string().contains("at least 9"), "{err}");
+        assert!(sample_rows(gpu, &logits, &steps, &masks, &tokens, 0).is_err());
+        let float_tokens = Tensor::zeros(gpu, DType::F32, &[6]).unwrap();
+        let err = sample_rows(gpu, &logits, &steps, &masks, &float_tokens, 2).unwrap_err();
+        assert!(matches!(err, Error::DType { .. }), "{err}");
+        assert!(matches!(steps.write(gpu, &[StepParams::default(); 4]), Err(Error::Capacity { .. })));
+        assert!(StepTable::new(gpu, 0).is_err());
     }
 }

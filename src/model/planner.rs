@@ -245,8 +245,9 @@ struct Plan {
     // Index in `body` of each executed layer's first dispatch.
     layer_starts: Vec<usize>,
     head: Vec<Dispatch>,
-    // None in batched plans, which report each row's greedy pick instead.
-    sampler: Option<Sampler>,
+    // One-sequence plans sample the last row; batched plans sample every row, each with its sequence's
+    // settings (`ops::sample::sample_rows`).
+    sampler: Sampler,
 }
 
 /// GPU timestamps of a profiled step, made on the first profiled step and reused.
@@ -319,6 +320,27 @@ struct ChunkOutput {
 /// Words of the sampler's output: the token, its log-probability, and up to [`MAX_TOP_LOGPROBS`] reported
 /// candidates (id, log-probability). The token readback holds them, then one greedy pick per row.
 const TOKEN_WORDS: usize = 2 + 2 * MAX_TOP_LOGPROBS as usize;
+
+/// Errors unless `sampling` is valid: `penalty_last_n` at most [`MAX_PENALTIES`], and the fields
+/// [`ops::sample::validate`] checks.
+fn check_sampling(sampling: &Sampling) -> Result<()> {
+    if sampling.penalty_last_n > MAX_PENALTIES {
+        return Err(Error::invalid(
+            "penalty_last_n",
+            sampling.penalty_last_n,
+            format!("at most {MAX_PENALTIES} tokens (0 = none)"),
+        ));
+    }
+    sampling.penalties.validate()?;
+    let params = StepParams {
+        top_k: sampling.top_k,
+        temperature: sampling.temperature,
+        top_p: sampling.top_p,
+        min_p: sampling.min_p,
+        ..StepParams::default()
+    };
+    ops::sample::validate(&params)
+}
 
 /// Bytes of the token readback a chunk reads: with `all_logits`, up to its picks; else the token, its
 /// log-probability and `top` reported candidates.
@@ -415,14 +437,14 @@ impl Model {
         self.plans.get(&(n, all_logits)).ok_or_else(|| Error::Device("plan vanished".into()))
     }
 
-    /// The dispatches of a chunk of `n` rows. With `batch` (a cache of several sequences and the row table
-    /// saying each row's sequence and position) the rows are decoded against their own sequences and the
-    /// plan ends with every row's greedy pick (`all_logits` must be set), with no sampler.
-    fn build_plan(&self, n: usize, all_logits: bool, batch: Option<(&KvCache, &Tensor)>) -> Result<Plan> {
+    /// The dispatches of a chunk of `n` rows. With `batch` (a cache of several sequences, the row table
+    /// saying each row's sequence and position, and each row's sampling settings and mask) the rows are
+    /// decoded against their own sequences and every row is sampled (`all_logits` must be set).
+    fn build_plan(&self, n: usize, all_logits: bool, batch: Option<&batch::Batch>) -> Result<Plan> {
         let gpu = &self.gpu;
         let c = &self.config;
         let a = &self.act;
-        let cache = batch.map_or(&self.cache, |(cache, _)| cache);
+        let cache = batch.map_or(&self.cache, |b| &b.cache);
         let eps = c.rms_norm_eps;
         let (ids, x, q, attn, h) =
             (rows(&a.ids, n)?, rows(&a.x, n)?, rows(&a.q, n)?, rows(&a.attn, n)?, rows(&a.h, n)?);
@@ -463,7 +485,7 @@ impl Model {
             };
             // RoPE + the cache write after a separate product into the Q|K|V scratch.
             let rope_cache = || match batch {
-                Some((_, table)) => ops::qkv_rope::rope_cache_rows(gpu, &qkv, &target, table),
+                Some(b) => ops::qkv_rope::rope_cache_rows(gpu, &qkv, &target, &b.rows),
                 None => ops::qkv_rope::rope_cache(gpu, &qkv, &target),
             };
             let (norm, w) = (&l.input_norm, &l.qkv_proj);
@@ -493,8 +515,8 @@ impl Model {
                     }
                 }
             }
-            if let Some((_, table)) = batch {
-                body.extend(ops::attention::attention_decode_rows(gpu, table, &q, cache, exec, &attn, Split::Auto)?);
+            if let Some(b) = batch {
+                body.extend(ops::attention::attention_decode_rows(gpu, &b.rows, &q, cache, exec, &attn, Split::Auto)?);
             } else if n == 1 {
                 body.extend(ops::attention::attention_decode(gpu, &self.step, &q, cache, exec, &attn, Split::Auto)?);
             } else {
@@ -533,14 +555,12 @@ impl Model {
                 offset += piece.rows();
             }
         }
-        if all_logits {
+        if all_logits && batch.is_none() {
             head.push(ops::sample::argmax_rows(gpu, &logits, &rows(&a.picks, n)?)?);
         }
         let sampler = match batch {
-            Some(_) => None,
-            None => {
-                Some(ops::sample::sample_masked(gpu, &logits, SampleRow::Last, &self.step, &self.token_mask, &a.token)?)
-            }
+            Some(b) => ops::sample::sample_rows(gpu, &logits, &b.steps, &b.masks_table, &rows(&a.picks, n)?, 1)?,
+            None => ops::sample::sample_masked(gpu, &logits, SampleRow::Last, &self.step, &self.token_mask, &a.token)?,
         };
         Ok(Plan { n, all_logits, embedding, body, layer_starts, head, sampler })
     }
@@ -747,16 +767,7 @@ impl Model {
             self.masked = false;
             return Ok(());
         };
-        if mask.vocab() != self.config.vocab_size {
-            return Err(Error::invalid(
-                "token mask",
-                format!("a vocabulary of {}", mask.vocab()),
-                format!("this model's {}", self.config.vocab_size),
-            ));
-        }
-        if mask.count() == 0 {
-            return Err(Error::invalid("token mask", "no allowed token", "at least one allowed token"));
-        }
+        self.check_mask(mask)?;
         mask.write(&self.gpu, &self.token_mask)?;
         self.masked = true;
         Ok(())
@@ -829,15 +840,23 @@ impl Model {
     }
     /// Sets how tokens are sampled from now on.
     pub fn set_sampling(&mut self, sampling: Sampling) -> Result<()> {
-        if sampling.penalty_last_n > MAX_PENALTIES {
+        check_sampling(&sampling)?;
+        self.sampling = sampling;
+        Ok(())
+    }
+
+    /// Errors unless `mask` fits this model's vocabulary and allows a token.
+    fn check_mask(&self, mask: &TokenMask) -> Result<()> {
+        if mask.vocab() != self.config.vocab_size {
             return Err(Error::invalid(
-                "penalty_last_n",
-                sampling.penalty_last_n,
-                format!("at most {MAX_PENALTIES} tokens (0 = none)"),
+                "token mask",
+                format!("a vocabulary of {}", mask.vocab()),
+                format!("this model's {}", self.config.vocab_size),
             ));
         }
-        ops::sample::validate(&self.step_params(0, 1, &sampling, &[])?)?;
-        self.sampling = sampling;
+        if mask.count() == 0 {
+            return Err(Error::invalid("token mask", "no allowed token", "at least one allowed token"));
+        }
         Ok(())
     }
 
@@ -883,7 +902,7 @@ impl Model {
                 .into_iter()
                 .chain(&p.body)
                 .chain(&p.head)
-                .chain(p.sampler.iter().flat_map(Sampler::dispatches))
+                .chain(p.sampler.dispatches())
                 .map(|d| d.name().to_string())
                 .collect(),
             None => Vec::new(),
@@ -1035,9 +1054,7 @@ impl Model {
             for d in &plan.head {
                 d.record(&mut pass);
             }
-            if let Some(sampler) = &plan.sampler {
-                sampler.record(&mut pass);
-            }
+            plan.sampler.record(&mut pass);
         }
         let token_bytes = 4 * TOKEN_WORDS as u64;
         encoder.copy_buffer_to_buffer(self.act.token.buffer(), 0, &self.token_staging, 0, token_bytes);
@@ -1219,7 +1236,7 @@ impl Model {
         let plan = self.plans.get(&(n, false)).ok_or_else(|| Error::Device("missing plan".into()))?;
         let profiler = self.profiler.as_ref().ok_or_else(|| Error::Device("missing profiler".into()))?;
         let body: Vec<&Dispatch> = plan.embedding.dispatches().into_iter().chain(&plan.body).collect();
-        let head: Vec<&Dispatch> = plan.head.iter().chain(plan.sampler.iter().flat_map(Sampler::dispatches)).collect();
+        let head: Vec<&Dispatch> = plan.head.iter().chain(plan.sampler.dispatches()).collect();
         let (set, queries) = (&profiler.set, profiler.queries);
         let bytes = u64::from(queries) * 8;
         let gpu = &self.gpu;
@@ -1271,12 +1288,7 @@ impl Model {
     /// Makes the query set and buffers of a profiled `n`-token step, kept while the dispatch count stays.
     fn ensure_profiler(&mut self, n: usize) -> Result<()> {
         let count = match self.plans.get(&(n, false)) {
-            Some(p) => {
-                p.embedding.dispatches().len()
-                    + p.body.len()
-                    + p.head.len()
-                    + p.sampler.iter().flat_map(Sampler::dispatches).count()
-            }
+            Some(p) => p.embedding.dispatches().len() + p.body.len() + p.head.len() + p.sampler.dispatches().len(),
             None => return Err(Error::Device("missing plan".into())),
         };
         let queries = 2 * count as u32;

@@ -228,6 +228,49 @@ pub struct StepParams {
 // WGSL aligns the uniform's `penalties` array to 16 bytes; the Rust struct must put it at the same offset.
 const _: () = assert!(std::mem::offset_of!(StepParams, penalties) == 64);
 
+/// One [`StepParams`] per row, for kernels that treat each row of a batch on its own terms: the batched
+/// sampler ([`sample::sample_rows`]) reads row `r`'s sampling settings from entry `r`.
+#[derive(Debug, Clone)]
+pub struct StepTable {
+    buffer: wgpu::Buffer,
+    rows: usize,
+}
+
+impl StepTable {
+    /// Creates a table of `rows` entries (zeroed: greedy, no penalties, no mask).
+    pub fn new(gpu: &Gpu, rows: usize) -> Result<StepTable> {
+        if rows == 0 {
+            return Err(Error::invalid("step table rows", 0, "at least 1"));
+        }
+        let bytes = (rows * std::mem::size_of::<StepParams>()) as u64;
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        Ok(StepTable { buffer: gpu.create_buffer("step table", bytes, usage)?, rows })
+    }
+    /// Writes entries `0..params.len()` (for work submitted afterwards); more than [`StepTable::rows`] is an
+    /// error that writes nothing.
+    pub fn write(&self, gpu: &Gpu, params: &[StepParams]) -> Result<()> {
+        if params.len() > self.rows {
+            return Err(Error::Capacity {
+                what: "step table rows".into(),
+                requested: params.len(),
+                capacity: self.rows,
+            });
+        }
+        if !params.is_empty() {
+            gpu.queue().write_buffer(&self.buffer, 0, bytemuck::cast_slice(params));
+        }
+        Ok(())
+    }
+    /// How many entries the table holds.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// The buffer, for binding.
+    pub fn buffer(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
 /// The uniform buffer holding [`StepParams`], bound by step-dependent kernels.
 #[derive(Debug, Clone)]
 pub struct StepBuffer {
@@ -237,7 +280,12 @@ pub struct StepBuffer {
 impl StepBuffer {
     /// Creates the buffer (zeroed).
     pub fn new(gpu: &Gpu) -> Result<StepBuffer> {
-        Ok(StepBuffer { buffer: uniform(gpu, "step params", &StepParams::default())? })
+        // Also STORAGE: the sampler reads its parameters as a one-entry table (`ops::sample::sample_rows`
+        // reads one entry per row from the same kind of table).
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST;
+        let buffer = gpu.create_buffer("step params", std::mem::size_of::<StepParams>() as u64, usage)?;
+        gpu.queue().write_buffer(&buffer, 0, bytemuck::bytes_of(&StepParams::default()));
+        Ok(StepBuffer { buffer })
     }
     /// Writes the parameters; takes effect for work submitted afterwards.
     pub fn write(&self, gpu: &Gpu, params: &StepParams) {

@@ -4,7 +4,9 @@
 //! next step's embedding lookup reads directly). Greedy, temperature, top-k, top-p and min-p sampling,
 //! repetition / frequency / presence penalties on recent tokens, a token mask and the pick's
 //! log-probability are chosen by the per-step uniform [`StepParams`], so a planned step never rebuilds
-//! anything.
+//! anything. [`sample_rows`] samples every row of a batch in the same two dispatches (one grid layer per
+//! row), each row with its own [`StepParams`] from a [`crate::ops::StepTable`], its own mask row and
+//! output slot: batched decoding of independent sequences.
 //!
 //! # Algorithm
 //! - **Penalties.** The host lists the distinct recent tokens, sorted, with one offset each
@@ -52,7 +54,7 @@ use bytemuck::{Pod, Zeroable};
 
 use crate::device::Gpu;
 use crate::error::{Error, Result};
-use crate::ops::{make_dispatch, small_kernel_workgroup, uniform, Dispatch, StepBuffer, StepParams};
+use crate::ops::{make_dispatch, small_kernel_workgroup, uniform, Dispatch, StepBuffer, StepParams, StepTable};
 use crate::shader::{ShaderVariant, SAMPLE};
 use crate::tensor::{DType, Tensor};
 
@@ -183,6 +185,8 @@ pub fn top_candidates(words: &[u32], n: usize) -> Vec<(u32, f32)> {
 
 /// `Params::row` value meaning "row `step.n - 1`".
 const LAST_OF_STEP: u32 = u32::MAX;
+/// `Params::row` value meaning "every row, each with its own parameters" ([`sample_rows`]).
+const EACH_ROW: u32 = u32::MAX - 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -192,7 +196,9 @@ struct Params {
     row: u32,
     chunk: u32,
     groups: u32,
-    _pad: [u32; 3],
+    token_stride: u32,
+    mask_words: u32,
+    _pad: u32,
 }
 
 /// Which row of a `[rows, vocab]` logits tensor to sample.
@@ -415,20 +421,8 @@ pub fn sample_masked(
 ) -> Result<Sampler> {
     let vocab = *logits.shape().last().unwrap_or(&0);
     let rows = logits.expect_rows("sample logits", DType::F32, vocab)?;
-    if mask.dtype() != DType::U32 || mask.len() < vocab.div_ceil(32) {
-        return Err(Error::invalid(
-            "sample token mask",
-            format!("{} {:?}", mask.dtype(), mask.shape()),
-            format!("u32 with at least {} words (one bit per id of {vocab})", vocab.div_ceil(32)),
-        ));
-    }
-    if token.dtype() != DType::U32 {
-        return Err(Error::DType {
-            what: "sample token output".into(),
-            got: token.dtype().to_string(),
-            expected: "u32".into(),
-        });
-    }
+    check_u32("sample token mask", mask, vocab.div_ceil(32), format!("one bit per id of {vocab}"))?;
+    check_u32("sample token output", token, 1, "the token".into())?;
     let row = match row {
         SampleRow::Last => (rows - 1) as u32,
         SampleRow::Index(r) if r < rows => r as u32,
@@ -437,21 +431,98 @@ pub fn sample_masked(
         }
         SampleRow::LastOfStep => LAST_OF_STEP,
     };
+    let layout = Layout { row, grid_rows: 1, token_stride: token.len() as u32, mask_words: 0 };
+    plan_sampler(gpu, logits, step.buffer(), mask, token, layout)
+}
+
+/// Plans sampling every row of `logits` (`[rows, vocab]` f32), row `r` with the settings of entry `r` of
+/// `steps` (at least `rows` entries; the `pos` and `n` fields are not read), restricted by row `r` of
+/// `masks` (`vocab.div_ceil(32)` words per row, read for rows whose [`StepParams::mask`] is set), into
+/// `tokens` from element `r * token_stride`: the pick, then the log-probabilities asked for, as far as the
+/// stride has room (the layout of [`sample`]'s token buffer). The same two dispatches as [`sample`], each
+/// with one grid layer per row: batched decoding samples each sequence its own way in one submission.
+pub fn sample_rows(
+    gpu: &Gpu,
+    logits: &Tensor,
+    steps: &StepTable,
+    masks: &Tensor,
+    tokens: &Tensor,
+    token_stride: usize,
+) -> Result<Sampler> {
+    let vocab = *logits.shape().last().unwrap_or(&0);
+    let rows = logits.expect_rows("sample logits", DType::F32, vocab)?;
+    if steps.rows() < rows {
+        return Err(Error::invalid(
+            "sample step table",
+            steps.rows(),
+            format!("at least {rows} entries (one per row)"),
+        ));
+    }
+    let words = vocab.div_ceil(32);
+    check_u32("sample token masks", masks, rows * words, format!("{words} words per row of {vocab} ids"))?;
+    if token_stride == 0 {
+        return Err(Error::invalid("sample token stride", 0, "at least 1 (the pick)"));
+    }
+    check_u32("sample token outputs", tokens, rows * token_stride, format!("{token_stride} per row"))?;
+    let layout =
+        Layout { row: EACH_ROW, grid_rows: rows as u32, token_stride: token_stride as u32, mask_words: words as u32 };
+    plan_sampler(gpu, logits, steps.buffer(), masks, tokens, layout)
+}
+
+/// Which rows a sampler reads and where each row's mask and output are.
+struct Layout {
+    row: u32,
+    grid_rows: u32,
+    token_stride: u32,
+    mask_words: u32,
+}
+
+/// Errors unless `t` is u32 with at least `min` elements (`what` says what they hold).
+fn check_u32(name: &str, t: &Tensor, min: usize, what: String) -> Result<()> {
+    if t.dtype() != DType::U32 {
+        return Err(Error::DType { what: name.into(), got: t.dtype().to_string(), expected: "u32".into() });
+    }
+    if t.len() < min {
+        return Err(Error::invalid(
+            name,
+            format!("{} {:?}", t.dtype(), t.shape()),
+            format!("u32 with at least {min} elements ({what})"),
+        ));
+    }
+    Ok(())
+}
+
+fn plan_sampler(
+    gpu: &Gpu,
+    logits: &Tensor,
+    steps: &wgpu::Buffer,
+    mask: &Tensor,
+    token: &Tensor,
+    layout: Layout,
+) -> Result<Sampler> {
+    let vocab = *logits.shape().last().unwrap_or(&0);
+    let rows = logits.len() / vocab.max(1);
     let wg = small_kernel_workgroup(gpu, WORKGROUP);
     let chunk = (vocab as u32).div_ceil(MAX_GROUPS).next_multiple_of(wg).max(MIN_CHUNK);
     let groups = (vocab as u32).div_ceil(chunk);
     let variant = variant(wg);
     let partial_pipeline = gpu.pipeline(&SAMPLE, "sample_partial", &variant)?;
     let merge_pipeline = gpu.pipeline(&SAMPLE, "sample_merge", &variant)?;
-    let params = uniform(
-        gpu,
-        "sample params",
-        &Params { vocab: vocab as u32, rows: rows as u32, row, chunk, groups, _pad: [0; 3] },
-    )?;
-    // MAX_TOP_K candidate slots per group, then one log-sum-exp summary per group.
+    let params = Params {
+        vocab: vocab as u32,
+        rows: rows as u32,
+        row: layout.row,
+        chunk,
+        groups,
+        token_stride: layout.token_stride,
+        mask_words: layout.mask_words,
+        _pad: 0,
+    };
+    let params = uniform(gpu, "sample params", &params)?;
+    // Per sampled row: MAX_TOP_K candidate slots per group, then one log-sum-exp summary per group.
     let candidates = gpu.create_buffer(
         "sample candidates",
-        u64::from(groups * (MAX_TOP_K + 1)) * 8,
+        u64::from(layout.grid_rows * groups * (MAX_TOP_K + 1)) * 8,
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC,
     )?;
     let partial = make_dispatch(
@@ -460,12 +531,12 @@ pub fn sample_masked(
         partial_pipeline,
         &[
             (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
+            (1, steps.as_entire_binding()),
             (2, logits.buffer().as_entire_binding()),
             (3, candidates.as_entire_binding()),
             (5, mask.buffer().as_entire_binding()),
         ],
-        [groups, 1, 1],
+        [groups, layout.grid_rows, 1],
         vec![params.clone(), candidates.clone(), mask.buffer().clone()],
     )?;
     let merge = make_dispatch(
@@ -474,12 +545,12 @@ pub fn sample_masked(
         merge_pipeline,
         &[
             (0, params.as_entire_binding()),
-            (1, step.buffer().as_entire_binding()),
+            (1, steps.as_entire_binding()),
             (2, logits.buffer().as_entire_binding()),
             (3, candidates.as_entire_binding()),
             (4, token.buffer().as_entire_binding()),
         ],
-        [1, 1, 1],
+        [1, layout.grid_rows, 1],
         vec![params.clone(), candidates.clone()],
     )?;
     Ok(Sampler { partial, merge })
@@ -505,7 +576,16 @@ pub fn argmax_rows(gpu: &Gpu, logits: &Tensor, picks: &Tensor) -> Result<Dispatc
     let params = uniform(
         gpu,
         "argmax params",
-        &Params { vocab: vocab as u32, rows: rows as u32, row: 0, chunk: vocab as u32, groups: 1, _pad: [0; 3] },
+        &Params {
+            vocab: vocab as u32,
+            rows: rows as u32,
+            row: 0,
+            chunk: vocab as u32,
+            groups: 1,
+            token_stride: 1,
+            mask_words: 0,
+            _pad: 0,
+        },
     )?;
     make_dispatch(
         gpu,

@@ -8,7 +8,10 @@
 //! each of many sequences, or feed several tokens of one (a prompt, in order) while others decode. The
 //! rows run as a prefill chunk does (batched products over all rows), except that Q/K/V go to each row's
 //! own sequence and position (`rope_cache` with `BATCH`) and attention is per row over that row's sequence
-//! (`attention_decode_rows`). Each row's greedy pick comes back (`argmax_rows`), and optionally its logits.
+//! (`attention_decode_rows`). Each row is sampled with its sequence's own settings and token mask
+//! ([`Model::set_sequence_sampling`], [`Model::set_sequence_mask`]; greedy by default) by one pair of
+//! sampler dispatches over all rows (`ops::sample::sample_rows`); each row's pick comes back, and optionally
+//! its logits.
 //!
 //! A sequence can also be filled from the one-sequence context ([`Model::context_to_sequence`], e.g. after
 //! a fast `prefill` of a prompt), copied ([`Model::copy_sequence`], e.g. for several continuations of one
@@ -17,19 +20,29 @@
 
 use std::collections::HashMap;
 
-use super::{Model, Plan};
+use super::{check_sampling, Model, Plan, Sampling};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::ops::StepParams;
+use crate::ops::sample::{TokenMask, MAX_PENALTIES};
+use crate::ops::{StepParams, StepTable};
 use crate::tensor::{map_read, DType, Tensor};
 
-/// The batch's sequences, row table and plans (by row count).
+/// The batch's sequences, row table, per-row sampling operands and plans (by row count).
 pub(super) struct Batch {
-    cache: KvCache,
+    pub(super) cache: KvCache,
     // Positions each sequence holds.
     lens: Vec<usize>,
+    // Each sequence's sampling settings, token mask, and latest tokens fed (at most MAX_PENALTIES, for the
+    // penalties).
+    sampling: Vec<Sampling>,
+    masks: Vec<Option<TokenMask>>,
+    recent: Vec<Vec<u32>>,
     // u32 [max_batch, 2]: each row's (sequence, position), written before each submission.
-    rows: Tensor,
+    pub(super) rows: Tensor,
+    // Each row's sampling settings and mask (`vocab.div_ceil(32)` words per row), written before each
+    // submission (a mask only for rows whose sequence has one).
+    pub(super) steps: StepTable,
+    pub(super) masks_table: Tensor,
     plans: HashMap<usize, Plan>,
 }
 
@@ -53,8 +66,22 @@ impl Model {
         let c = &self.cache;
         let (slots, capacity, kv_heads, head_dim) = (c.slots(), c.capacity(), c.kv_heads(), c.head_dim());
         let cache = KvCache::with_sequences(&self.gpu, slots, sequences, capacity, kv_heads, head_dim, c.dtype())?;
-        let rows = Tensor::zeros_labeled(&self.gpu, "batch rows", DType::U32, &[self.options.max_batch, 2])?;
-        self.batch = Some(Batch { cache, lens: vec![0; sequences], rows, plans: HashMap::new() });
+        let max = self.options.max_batch;
+        let rows = Tensor::zeros_labeled(&self.gpu, "batch rows", DType::U32, &[max, 2])?;
+        let steps = StepTable::new(&self.gpu, max)?;
+        let mask_words = self.config.vocab_size.div_ceil(32);
+        let masks_table = Tensor::zeros_labeled(&self.gpu, "batch token masks", DType::U32, &[max * mask_words])?;
+        self.batch = Some(Batch {
+            cache,
+            lens: vec![0; sequences],
+            sampling: vec![Sampling::greedy(); sequences],
+            masks: vec![None; sequences],
+            recent: vec![Vec::new(); sequences],
+            rows,
+            steps,
+            masks_table,
+            plans: HashMap::new(),
+        });
         Ok(())
     }
 
@@ -69,16 +96,48 @@ impl Model {
         batch.lens.get(seq).copied().ok_or_else(|| no_sequence(seq, batch.lens.len()))
     }
 
-    /// Empties sequence `seq` (computes nothing: its positions count as free).
+    /// Empties sequence `seq` (computes nothing: its positions count as free). Its sampling settings and
+    /// mask stay.
     pub fn clear_sequence(&mut self, seq: usize) -> Result<()> {
-        let lens = &mut self.batch_mut()?.lens;
-        let count = lens.len();
-        *lens.get_mut(seq).ok_or_else(|| no_sequence(seq, count))? = 0;
+        self.sequence_len(seq)?;
+        let batch = self.batch_mut()?;
+        batch.lens[seq] = 0;
+        batch.recent[seq].clear();
         Ok(())
     }
 
-    /// Makes sequence `to` a copy of sequence `from` (its K/V on the GPU, and its length): e.g. several
-    /// continuations of one prompt fed once. WebGPU copies nothing within one buffer or texture, so the
+    /// Sets how sequence `seq`'s tokens are picked from now on (greedy after [`Model::reserve_sequences`]):
+    /// temperature, top-k, top-p, min-p and penalties as [`Model::set_sampling`] takes them, on the GPU.
+    /// The seed works as there: the token after position `p` is drawn with `seed + p + 1`, so a sequence
+    /// decoded in a batch draws what it would draw alone with the same settings.
+    pub fn set_sequence_sampling(&mut self, seq: usize, sampling: Sampling) -> Result<()> {
+        self.sequence_len(seq)?;
+        check_sampling(&sampling)?;
+        self.batch_mut()?.sampling[seq] = sampling;
+        Ok(())
+    }
+
+    /// Sequence `seq`'s sampling settings ([`Model::set_sequence_sampling`]).
+    pub fn sequence_sampling(&self, seq: usize) -> Result<&Sampling> {
+        self.sequence_len(seq)?;
+        Ok(&self.batch()?.sampling[seq])
+    }
+
+    /// Restricts sequence `seq`'s picks to the tokens `mask` allows (constrained decoding, as
+    /// [`Model::set_token_mask`] does for the model's own sequence), or lifts the restriction with `None`.
+    /// The mask is kept on the host and written for the rows of this sequence at each batch.
+    pub fn set_sequence_mask(&mut self, seq: usize, mask: Option<&TokenMask>) -> Result<()> {
+        self.sequence_len(seq)?;
+        if let Some(mask) = mask {
+            self.check_mask(mask)?;
+        }
+        self.batch_mut()?.masks[seq] = mask.cloned();
+        Ok(())
+    }
+
+    /// Makes sequence `to` a copy of sequence `from` (its K/V on the GPU, its length and the tokens its
+    /// penalties look at; `to` keeps its own sampling settings and mask): e.g. several continuations of one
+    /// prompt fed once, each with its own seed. WebGPU copies nothing within one buffer or texture, so the
     /// sequence goes through a scratch copy of one sequence per slot, allocated for the call.
     pub fn copy_sequence(&mut self, from: usize, to: usize) -> Result<()> {
         self.gpu.take_error()?;
@@ -86,7 +145,9 @@ impl Model {
         let len = self.sequence_len(from)?;
         self.sequence_len(to)?;
         batch.cache.copy_sequence(&self.gpu, from, to)?;
-        self.batch_mut()?.lens[to] = len;
+        let batch = self.batch_mut()?;
+        batch.lens[to] = len;
+        batch.recent[to] = batch.recent[from].clone();
         Ok(())
     }
 
@@ -99,7 +160,12 @@ impl Model {
         self.sequence_len(seq)?;
         self.batch()?.cache.copy_sequence_from(&self.gpu, &self.cache, 0, seq)?;
         let pos = self.pos;
-        self.batch_mut()?.lens[seq] = pos;
+        // The tokens behind the positions, where known (a seek past the known ones leaves none).
+        let known = if self.cached.len() >= pos { &self.cached[..pos] } else { &[][..] };
+        let recent = known[known.len().saturating_sub(MAX_PENALTIES)..].to_vec();
+        let batch = self.batch_mut()?;
+        batch.lens[seq] = pos;
+        batch.recent[seq] = recent;
         Ok(())
     }
 
@@ -116,8 +182,10 @@ impl Model {
     }
 
     /// Runs one batch: each row `(sequence, token)` feeds `token` at that sequence's next position (rows
-    /// of one sequence take consecutive positions, in order), and returns for each row the greedy pick
-    /// (argmax, ties to the lowest id) of the logits after it. One submission, `rows.len()` ids read back.
+    /// of one sequence take consecutive positions, in order), and returns for each row the token picked
+    /// from the logits after it with its sequence's settings ([`Model::set_sequence_sampling`]; greedy,
+    /// the argmax with ties to the lowest id, unless set) and mask. One submission, `rows.len()` ids read
+    /// back.
     /// At most [`Model::max_batch`] rows; a row whose sequence is full, an unknown sequence or token is an
     /// error that changes nothing.
     ///
@@ -142,9 +210,8 @@ impl Model {
         Ok(self.run_batch(rows, false)?.0)
     }
 
-    /// [`Model::decode_batch`] that also returns every row's logits (`[rows.len() * vocab]`), e.g. to sample
-    /// each sequence on the host with its own settings: [`crate::reference::sample`] with a
-    /// [`crate::ops::StepParams`] per sequence (its own seed) is the GPU sampler's twin, pick for pick.
+    /// [`Model::decode_batch`] that also returns every row's logits (`[rows.len() * vocab]`, the model's,
+    /// before penalties and masks).
     pub fn decode_batch_logits(&mut self, rows: &[(usize, u32)]) -> Result<(Vec<u32>, Vec<f32>)> {
         self.run_batch(rows, true)
     }
@@ -171,8 +238,10 @@ impl Model {
         let batch = self.batch()?;
         let capacity = batch.cache.capacity();
         let mut lens = batch.lens.clone();
+        let mut recent = batch.recent.clone();
         let mut table = Vec::with_capacity(2 * n);
-        for &(seq, _) in rows {
+        let mut row_params = Vec::with_capacity(n);
+        for &(seq, token) in rows {
             let len = lens.get_mut(seq).ok_or_else(|| no_sequence(seq, batch.lens.len()))?;
             if *len >= capacity {
                 return Err(Error::Capacity {
@@ -181,11 +250,23 @@ impl Model {
                     capacity,
                 });
             }
+            let history = &mut recent[seq];
+            history.push(token);
+            history.drain(..history.len().saturating_sub(MAX_PENALTIES));
+            let sampling = &batch.sampling[seq];
+            let window = match (sampling.penalties.is_off(), sampling.penalty_last_n) {
+                (true, _) | (_, 0) => &[][..],
+                (false, last_n) => &history[history.len().saturating_sub(last_n)..],
+            };
+            // As the one-sequence step that feeds `token` at `len` (the same seed), without log-probabilities.
+            let params = self.step_params(*len, 1, sampling, window)?;
+            let mask = u32::from(batch.masks[seq].is_some());
+            row_params.push(StepParams { mask, logprob: 0, top_logprobs: 0, ..params });
             table.extend([seq as u32, *len as u32]);
             *len += 1;
         }
         if !batch.plans.contains_key(&n) {
-            let plan = self.build_plan(n, true, Some((&batch.cache, &batch.rows)))?;
+            let plan = self.build_plan(n, true, Some(batch))?;
             self.batch_mut()?.plans.insert(n, plan);
         }
         let logits_bytes = (n * self.config.vocab_size * 4) as u64;
@@ -198,6 +279,13 @@ impl Model {
         self.step.write(gpu, &StepParams { n: n as u32, ..StepParams::default() });
         gpu.queue().write_buffer(self.act.ids.buffer(), 0, bytemuck::cast_slice(&tokens));
         gpu.queue().write_buffer(batch.rows.buffer(), 0, bytemuck::cast_slice(&table));
+        batch.steps.write(gpu, &row_params)?;
+        for (r, &(seq, _)) in rows.iter().enumerate() {
+            if let Some(mask) = &batch.masks[seq] {
+                let offset = (r * mask.words().len() * 4) as u64;
+                gpu.queue().write_buffer(batch.masks_table.buffer(), offset, bytemuck::cast_slice(mask.words()));
+            }
+        }
         let submission = gpu.submit([commands])?;
         gpu.wait(Some(submission))?;
         let picks: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.token_staging, 4 * n as u64)?);
@@ -205,7 +293,9 @@ impl Model {
             (true, Some(staging)) => bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes)?),
             _ => Vec::new(),
         };
-        self.batch_mut()?.lens = lens;
+        let batch = self.batch_mut()?;
+        batch.lens = lens;
+        batch.recent = recent;
         Ok((picks, logits))
     }
 
@@ -222,6 +312,7 @@ impl Model {
             for d in plan.body.iter().chain(&plan.head) {
                 d.record(&mut pass);
             }
+            plan.sampler.record(&mut pass);
         }
         encoder.copy_buffer_to_buffer(self.act.picks.buffer(), 0, &self.token_staging, 0, 4 * n as u64);
         if let (Some(bytes), Some(staging)) = (logits_bytes, &self.logits_staging) {
