@@ -7,7 +7,7 @@
 mod common;
 
 use common::{data_dir, gpu_rules_gpu, gpus, max_diff, other_texture_reads_gpu, Golden};
-use mobilellm_kernels::model::{HostModel, Model, PlanOptions, Sampling};
+use mobilellm_kernels::model::{HostModel, Model, PlanOptions, RowLogprobs, Sampling};
 use mobilellm_kernels::ops::sample::{Penalties, TokenMask};
 use mobilellm_kernels::quant::WeightType;
 use mobilellm_kernels::{DType, Error, Gpu};
@@ -160,28 +160,69 @@ fn bad_batches_change_nothing() {
     model.decode_batch(&[(1, 1)]).unwrap();
 }
 
-/// The one-sequence API's tokens for `prompt` with `sampling` and `mask`: the prefill's pick, then `steps`
-/// decode steps.
-fn alone(model: &mut Model, prompt: &[u32], sampling: Sampling, mask: Option<&TokenMask>, steps: usize) -> Vec<u32> {
+/// A pick and what its row reported.
+type Pick = (u32, RowLogprobs);
+
+/// The one-sequence API's picks for `prompt` with `sampling`, `mask` and `logprobs` (the pick's, how many
+/// best candidates): the prefill's pick, then `steps` decode steps.
+fn alone(model: &mut Model, prompt: &[u32], how: &How, steps: usize) -> Vec<Pick> {
     model.reset();
-    model.set_sampling(sampling).unwrap();
-    model.set_token_mask(mask).unwrap();
-    let mut tokens = vec![model.prefill(prompt).unwrap()];
+    set_alone(model, how);
+    let report = |model: &Model, token: u32| {
+        let top = model.last_top_logprobs().to_vec();
+        (token, RowLogprobs { logprob: model.last_logprob(), top })
+    };
+    let first = model.prefill(prompt).unwrap();
+    let mut picks = vec![report(model, first)];
     for _ in 0..steps {
-        tokens.push(model.step(tokens[tokens.len() - 1]).unwrap());
+        let token = model.step(picks[picks.len() - 1].0).unwrap();
+        picks.push(report(model, token));
     }
-    model.set_sampling(Sampling::greedy()).unwrap();
-    model.set_token_mask(None).unwrap();
-    tokens
+    set_alone(model, &How::default());
+    picks
 }
 
-/// Four sequences sampled together, each its own way: greedy; top-k with penalties over its last 8 tokens;
-/// top-p and min-p under a mask, with penalties over the prompt fed by the one-sequence prefill
-/// (`context_to_sequence` carries the tokens the penalties look at); and a copy of the second one
-/// (`copy_sequence` carries them too), with the same settings. Each draws, token for token, what the
-/// one-sequence path draws with the same settings and seed: the seed of a draw is `seed + position`
-/// both ways, and the logits agree to ~1e-7 (`batched_sequences_match_the_goldens`), so a pick could only
-/// differ at a near tie (probability ~1e-6 per draw; the seeds here are fixed).
+/// How a sequence picks: settings, mask, log-probabilities.
+#[derive(Clone, Default)]
+struct How {
+    sampling: Sampling,
+    mask: Option<TokenMask>,
+    logprobs: (bool, usize),
+}
+
+fn set_alone(model: &mut Model, how: &How) {
+    model.set_sampling(how.sampling).unwrap();
+    model.set_token_mask(how.mask.as_ref()).unwrap();
+    model.set_logprobs(how.logprobs.0);
+    model.set_top_logprobs(how.logprobs.1).unwrap();
+}
+
+/// The same picks, and log-probabilities within 1e-5: the two paths' logits agree to ~1e-7 and each sums
+/// 512 exponentials in f32 (~1e-7 relative), so 1e-5 leaves two orders of magnitude.
+fn assert_same_picks(got: &[Pick], want: &[Pick], what: &str) {
+    let ids = |p: &[Pick]| {
+        p.iter()
+            .map(|(t, r)| (*t, r.logprob.is_some(), r.top.iter().map(|c| c.0).collect()))
+            .collect::<Vec<(u32, bool, Vec<u32>)>>()
+    };
+    assert_eq!(ids(got), ids(want), "{what}");
+    for ((_, g), (_, w)) in got.iter().zip(want) {
+        let values = |r: &RowLogprobs| r.logprob.into_iter().chain(r.top.iter().map(|c| c.1)).collect::<Vec<f32>>();
+        for (a, b) in values(g).into_iter().zip(values(w)) {
+            assert!((a - b).abs() <= 1e-5 && a <= 0.0, "{what}: log-probability {a} vs {b}");
+        }
+    }
+}
+
+/// Four sequences sampled together, each its own way: greedy (one-token prompt); top-k with penalties over
+/// its last 8 tokens, reporting each pick's log-probability and the 3 best candidates; top-p and min-p under
+/// a mask, with penalties over the prompt fed by the one-sequence prefill (`context_to_sequence` carries the
+/// tokens the penalties look at), reporting the 5 best candidates; and a copy of the second one
+/// (`copy_sequence` carries the tokens too), with the same settings, reporting nothing. Each draws, token for
+/// token, what the one-sequence path draws with the same settings and seed, and reports the same: the seed
+/// of a draw is `seed + position` both ways, and the logits agree to ~1e-7
+/// (`batched_sequences_match_the_goldens`), so a pick could only differ at a near tie (probability ~1e-6 per
+/// draw; the seeds here are fixed).
 #[test]
 fn each_sequence_samples_as_it_would_alone() {
     let g = Golden::open("tiny-shared");
@@ -191,19 +232,24 @@ fn each_sequence_samples_as_it_would_alone() {
     let repeat = Penalties { repeat: 1.3, ..Penalties::OFF };
     let top_p =
         Sampling { temperature: 1.3, top_p: 0.9, min_p: 0.02, seed: 11, penalties: repeat, ..Sampling::default() };
-    let settings = [Sampling::greedy(), top_k, top_p, top_k];
     let mask = TokenMask::allowing(VOCAB, (0..VOCAB as u32).step_by(3)).unwrap();
-    let masks = [None, None, Some(&mask), None];
+    let hows = [
+        How::default(),
+        How { sampling: top_k, logprobs: (true, 3), ..How::default() },
+        How { sampling: top_p, mask: Some(mask.clone()), logprobs: (false, 5) },
+        How { sampling: top_k, ..How::default() },
+    ];
     let steps = 10;
     for gpu in gpus() {
         let mut model = load(gpu, "tiny-shared", DType::F32, 64);
         // Sequence 3 is a copy of sequence 1 after its prompt.
-        let want: Vec<Vec<u32>> =
-            (0..4).map(|s| alone(&mut model, &prompts[[0, 1, 2, 1][s]], settings[s], masks[s], steps)).collect();
+        let want: Vec<Vec<Pick>> =
+            (0..4).map(|s| alone(&mut model, &prompts[[0, 1, 2, 1][s]], &hows[s], steps)).collect();
         model.reserve_sequences(4).unwrap();
-        for (seq, (sampling, mask)) in settings.iter().zip(masks).enumerate() {
-            model.set_sequence_sampling(seq, *sampling).unwrap();
-            model.set_sequence_mask(seq, mask).unwrap();
+        for (seq, how) in hows.iter().enumerate() {
+            model.set_sequence_sampling(seq, how.sampling).unwrap();
+            model.set_sequence_mask(seq, how.mask.as_ref()).unwrap();
+            model.set_sequence_logprobs(seq, how.logprobs.0, how.logprobs.1).unwrap();
         }
         assert_eq!(model.sequence_sampling(1).unwrap(), &top_k);
         // Prompts 0 and 1 as interleaved rows of one batch; prompt 2 by the one-sequence prefill.
@@ -212,25 +258,34 @@ fn each_sequence_samples_as_it_would_alone() {
             rows.extend((0..2).filter_map(|seq| prompts[seq].get(i).map(|&t| (seq, t))));
         }
         let picks = model.decode_batch(&rows).unwrap();
+        let pick_of = |model: &Model, row: usize| (picks[row], model.batch_logprobs()[row].clone());
         let last_row = |seq: usize| rows.iter().rposition(|r| r.0 == seq).unwrap();
-        let mut got = vec![vec![picks[last_row(0)]], vec![picks[last_row(1)]], Vec::new(), Vec::new()];
+        let mut got = vec![vec![pick_of(&model, last_row(0))], vec![pick_of(&model, last_row(1))]];
         model.copy_sequence(1, 3).unwrap();
-        got[3] = got[1].clone();
         model.reset();
-        model.set_sampling(top_p).unwrap();
-        model.set_token_mask(Some(&mask)).unwrap();
-        got[2].push(model.prefill(&prompts[2]).unwrap());
-        model.set_sampling(Sampling::greedy()).unwrap();
-        model.set_token_mask(None).unwrap();
+        set_alone(&mut model, &hows[2]);
+        let token = model.prefill(&prompts[2]).unwrap();
+        got.push(vec![(token, RowLogprobs { logprob: None, top: model.last_top_logprobs().to_vec() })]);
+        got.push(vec![(got[1][0].0, RowLogprobs::default())]);
+        set_alone(&mut model, &How::default());
         model.context_to_sequence(2).unwrap();
         for _ in 0..steps {
-            let rows: Vec<(usize, u32)> = got.iter().enumerate().map(|(seq, t)| (seq, t[t.len() - 1])).collect();
-            for (seq, pick) in model.decode_batch(&rows).unwrap().into_iter().enumerate() {
-                got[seq].push(pick);
+            let rows: Vec<(usize, u32)> = got.iter().enumerate().map(|(seq, p)| (seq, p[p.len() - 1].0)).collect();
+            let picks = model.decode_batch(&rows).unwrap();
+            assert_eq!(model.batch_logprobs().len(), rows.len());
+            for (seq, (&pick, row)) in picks.iter().zip(model.batch_logprobs()).enumerate() {
+                got[seq].push((pick, row.clone()));
             }
         }
-        assert_eq!(got, want, "[{}]", gpu.describe());
-        assert!(got[2].iter().all(|&t| mask.is_allowed(t)));
+        for (seq, (got, want)) in got.iter().zip(&want).enumerate() {
+            // Sequence 3 reports nothing, its twin alone (sequence 1's settings) does.
+            let want: Vec<Pick> = match seq {
+                3 => want.iter().map(|(t, _)| (*t, RowLogprobs::default())).collect(),
+                _ => want.clone(),
+            };
+            assert_same_picks(got, &want, &format!("sequence {seq} [{}]", gpu.describe()));
+        }
+        assert!(got[2].iter().all(|p| mask.is_allowed(p.0)));
         assert_ne!(got[1], got[0], "sampling differs from greedy decoding");
     }
 }
@@ -258,6 +313,8 @@ fn bad_sampling_settings_change_nothing() {
     assert!(model.set_sequence_mask(0, Some(&TokenMask::all(VOCAB + 1))).is_err());
     assert!(model.set_sequence_mask(0, Some(&TokenMask::none(VOCAB))).is_err());
     assert!(model.set_sequence_mask(2, None).is_err());
+    assert!(model.set_sequence_logprobs(0, true, 21).is_err());
+    assert!(model.set_sequence_logprobs(2, true, 0).is_err());
     // A mask set, then lifted: greedy again.
     model.set_sequence_mask(0, Some(&TokenMask::allowing(VOCAB, [7]).unwrap())).unwrap();
     assert_eq!(model.decode_batch(&[(0, 1)]).unwrap(), [7]);

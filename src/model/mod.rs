@@ -16,6 +16,6 @@ pub use config::{ModelConfig, RopeLayout};
 pub use host::{HostLayer, HostModel};
 pub use lookup::{LookupOptions, LookupStats};
 pub use perplexity::Perplexity;
-pub use planner::{MemoryReport, Model, PlanOptions, Sampling};
+pub use planner::{MemoryReport, Model, PlanOptions, RowLogprobs, Sampling};
 pub use state::SessionState;
 pub use weights::{LayerWeightsF32, ModelWeightsF32};

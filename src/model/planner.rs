@@ -21,6 +21,7 @@
 //! bound back to back, each execution with its own KV-cache slot.
 
 mod batch;
+pub use batch::RowLogprobs;
 
 use std::collections::HashMap;
 
@@ -110,7 +111,7 @@ pub struct MemoryReport {
     pub kv_cache: u64,
     /// Activations (residual stream, scratch of each step, logits).
     pub activations: u64,
-    /// Readbacks, uniforms, the RoPE table, and the device's staging textures ([`Gpu::staging_bytes`]:
+    /// Readbacks, uniforms, the RoPE table, the batch's per-row tables, and the device's staging textures ([`Gpu::staging_bytes`]:
     /// a CPU driver's prefill copies operands there; made with the first prefill plan that needs them and
     /// shared by every model on the same [`Gpu`], so each one's report counts them).
     pub scratch: u64,
@@ -559,7 +560,7 @@ impl Model {
             head.push(ops::sample::argmax_rows(gpu, &logits, &rows(&a.picks, n)?)?);
         }
         let sampler = match batch {
-            Some(b) => ops::sample::sample_rows(gpu, &logits, &b.steps, &b.masks_table, &rows(&a.picks, n)?, 1)?,
+            Some(b) => ops::sample::sample_rows(gpu, &logits, &b.steps, &b.masks_table, &b.tokens, TOKEN_WORDS)?,
             None => ops::sample::sample_masked(gpu, &logits, SampleRow::Last, &self.step, &self.token_mask, &a.token)?,
         };
         Ok(Plan { n, all_logits, embedding, body, layer_starts, head, sampler })
@@ -930,6 +931,7 @@ impl Model {
                 + self.logits_staging.as_ref().map_or(0, wgpu::Buffer::size)
                 + self.profiler.as_ref().map_or(0, |p| p.resolve.size() + p.staging.size())
                 + self.shift_scratch.as_ref().map_or(0, Tensor::size_bytes)
+                + self.batch.as_ref().map_or(0, batch::Batch::scratch_bytes)
                 + self.gpu.staging_bytes(),
         }
     }

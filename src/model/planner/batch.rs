@@ -20,10 +20,10 @@
 
 use std::collections::HashMap;
 
-use super::{check_sampling, Model, Plan, Sampling};
+use super::{check_sampling, Model, Plan, Sampling, TOKEN_WORDS};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use crate::ops::sample::{TokenMask, MAX_PENALTIES};
+use crate::ops::sample::{top_candidates, TokenMask, MAX_PENALTIES, MAX_TOP_LOGPROBS};
 use crate::ops::{StepParams, StepTable};
 use crate::tensor::{map_read, DType, Tensor};
 
@@ -32,23 +32,48 @@ pub(super) struct Batch {
     pub(super) cache: KvCache,
     // Positions each sequence holds.
     lens: Vec<usize>,
-    // Each sequence's sampling settings, token mask, and latest tokens fed (at most MAX_PENALTIES, for the
-    // penalties).
+    // Each sequence's sampling settings, token mask, log-probabilities asked for (the pick's, how many best
+    // candidates), and latest tokens fed (at most MAX_PENALTIES, for the penalties).
     sampling: Vec<Sampling>,
     masks: Vec<Option<TokenMask>>,
+    logprobs: Vec<(bool, usize)>,
     recent: Vec<Vec<u32>>,
+    // The last batch's log-probabilities, one entry per row.
+    last_logprobs: Vec<RowLogprobs>,
     // u32 [max_batch, 2]: each row's (sequence, position), written before each submission.
     pub(super) rows: Tensor,
     // Each row's sampling settings and mask (`vocab.div_ceil(32)` words per row), written before each
     // submission (a mask only for rows whose sequence has one).
     pub(super) steps: StepTable,
     pub(super) masks_table: Tensor,
+    // u32 [max_batch, TOKEN_WORDS]: each row's pick, log-probability and best candidates, as the one-row
+    // sampler's token buffer; and its readback.
+    pub(super) tokens: Tensor,
+    readback: wgpu::Buffer,
     plans: HashMap<usize, Plan>,
+}
+
+/// What one row of a batch reports besides its pick ([`Model::set_sequence_logprobs`]): the pick's
+/// log-probability under the model's raw distribution and the best candidates with theirs, as
+/// [`Model::last_logprob`] and [`Model::last_top_logprobs`] report them for the model's own sequence.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RowLogprobs {
+    /// The pick's log-probability, when its sequence asks for it.
+    pub logprob: Option<f32>,
+    /// The best candidates `(id, log-probability)` in the sampler's order, as many as its sequence asks for
+    /// (fewer where fewer tokens could be picked).
+    pub top: Vec<(u32, f32)>,
 }
 
 impl Batch {
     pub(super) fn cache_bytes(&self) -> u64 {
         self.cache.size_bytes()
+    }
+
+    /// The row table, each row's sampling settings, masks and outputs, and their readback.
+    pub(super) fn scratch_bytes(&self) -> u64 {
+        let steps = (self.steps.rows() * std::mem::size_of::<StepParams>()) as u64;
+        self.rows.size_bytes() + steps + self.masks_table.size_bytes() + self.tokens.size_bytes() + self.readback.size()
     }
 }
 
@@ -71,15 +96,25 @@ impl Model {
         let steps = StepTable::new(&self.gpu, max)?;
         let mask_words = self.config.vocab_size.div_ceil(32);
         let masks_table = Tensor::zeros_labeled(&self.gpu, "batch token masks", DType::U32, &[max * mask_words])?;
+        let tokens = Tensor::zeros_labeled(&self.gpu, "batch tokens", DType::U32, &[max * TOKEN_WORDS])?;
+        let readback = self.gpu.create_buffer(
+            "batch tokens readback",
+            tokens.size_bytes(),
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
         self.batch = Some(Batch {
             cache,
             lens: vec![0; sequences],
             sampling: vec![Sampling::greedy(); sequences],
             masks: vec![None; sequences],
+            logprobs: vec![(false, 0); sequences],
             recent: vec![Vec::new(); sequences],
+            last_logprobs: Vec::new(),
             rows,
             steps,
             masks_table,
+            tokens,
+            readback,
             plans: HashMap::new(),
         });
         Ok(())
@@ -133,6 +168,35 @@ impl Model {
         }
         self.batch_mut()?.masks[seq] = mask.cloned();
         Ok(())
+    }
+
+    /// Makes each pick of sequence `seq` also report its log-probability (`logprob`) and the `top` best
+    /// candidates with theirs (at most [`MAX_TOP_LOGPROBS`]; 0 = none), as [`Model::set_logprobs`] and
+    /// [`Model::set_top_logprobs`] do for the model's own sequence; read them per row with
+    /// [`Model::batch_logprobs`]. Off after [`Model::reserve_sequences`].
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model) -> mobilellm_kernels::Result<()> {
+    /// model.reserve_sequences(2)?;
+    /// model.set_sequence_logprobs(1, true, 3)?;
+    /// let picks = model.decode_batch(&[(0, 1), (1, 1)])?;
+    /// let row = &model.batch_logprobs()[1];
+    /// println!("{} with log p {:?}; alternatives {:?}", picks[1], row.logprob, row.top);
+    /// # Ok(()) }
+    /// ```
+    pub fn set_sequence_logprobs(&mut self, seq: usize, logprob: bool, top: usize) -> Result<()> {
+        self.sequence_len(seq)?;
+        if top > MAX_TOP_LOGPROBS as usize {
+            return Err(Error::invalid("top_logprobs", top, format!("at most {MAX_TOP_LOGPROBS} (0 = off)")));
+        }
+        self.batch_mut()?.logprobs[seq] = (logprob, top);
+        Ok(())
+    }
+
+    /// The log-probabilities of the last batch's rows, one entry per row (empty before the first batch):
+    /// those its sequence asks for ([`Model::set_sequence_logprobs`]), nothing for the others.
+    pub fn batch_logprobs(&self) -> &[RowLogprobs] {
+        self.batch.as_ref().map_or(&[], |b| &b.last_logprobs)
     }
 
     /// Makes sequence `to` a copy of sequence `from` (its K/V on the GPU, its length and the tokens its
@@ -261,7 +325,8 @@ impl Model {
             // As the one-sequence step that feeds `token` at `len` (the same seed), without log-probabilities.
             let params = self.step_params(*len, 1, sampling, window)?;
             let mask = u32::from(batch.masks[seq].is_some());
-            row_params.push(StepParams { mask, logprob: 0, top_logprobs: 0, ..params });
+            let (logprob, top) = batch.logprobs[seq];
+            row_params.push(StepParams { mask, logprob: u32::from(logprob), top_logprobs: top as u32, ..params });
             table.extend([seq as u32, *len as u32]);
             *len += 1;
         }
@@ -288,7 +353,17 @@ impl Model {
         }
         let submission = gpu.submit([commands])?;
         gpu.wait(Some(submission))?;
-        let picks: Vec<u32> = bytemuck::pod_collect_to_vec(&map_read(gpu, &self.token_staging, 4 * n as u64)?);
+        let words: Vec<u32> =
+            bytemuck::pod_collect_to_vec(&map_read(gpu, &batch.readback, 4 * (n * TOKEN_WORDS) as u64)?);
+        let slots = words.chunks_exact(TOKEN_WORDS);
+        let picks: Vec<u32> = slots.clone().map(|slot| slot[0]).collect();
+        let row_logprobs = slots
+            .zip(&row_params)
+            .map(|(slot, p)| RowLogprobs {
+                logprob: (p.logprob != 0).then(|| f32::from_bits(slot[1])),
+                top: top_candidates(slot, p.top_logprobs as usize),
+            })
+            .collect();
         let logits = match (want_logits, &self.logits_staging) {
             (true, Some(staging)) => bytemuck::pod_collect_to_vec(&map_read(gpu, staging, logits_bytes)?),
             _ => Vec::new(),
@@ -296,13 +371,15 @@ impl Model {
         let batch = self.batch_mut()?;
         batch.lens = lens;
         batch.recent = recent;
+        batch.last_logprobs = row_logprobs;
         Ok((picks, logits))
     }
 
-    /// The command buffer of a batch of `n` rows: the plan, then each row's pick (and `logits_bytes` of
-    /// logits) copied to the readbacks.
+    /// The command buffer of a batch of `n` rows: the plan, then each row's pick and log-probabilities (and
+    /// `logits_bytes` of logits) copied to the readbacks.
     fn record_batch(&self, n: usize, logits_bytes: Option<u64>) -> Result<wgpu::CommandBuffer> {
-        let plan = self.batch()?.plans.get(&n).ok_or_else(|| Error::Device("missing batch plan".into()))?;
+        let batch = self.batch()?;
+        let plan = batch.plans.get(&n).ok_or_else(|| Error::Device("missing batch plan".into()))?;
         let mut encoder =
             self.gpu.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
         {
@@ -314,7 +391,8 @@ impl Model {
             }
             plan.sampler.record(&mut pass);
         }
-        encoder.copy_buffer_to_buffer(self.act.picks.buffer(), 0, &self.token_staging, 0, 4 * n as u64);
+        let token_bytes = 4 * (n * TOKEN_WORDS) as u64;
+        encoder.copy_buffer_to_buffer(batch.tokens.buffer(), 0, &batch.readback, 0, token_bytes);
         if let (Some(bytes), Some(staging)) = (logits_bytes, &self.logits_staging) {
             encoder.copy_buffer_to_buffer(self.act.logits.buffer(), 0, staging, 0, bytes);
         }
