@@ -457,7 +457,7 @@ impl Model {
         // Prefill normalises each row once into `normed` and multiplies with the batched product (GPUs:
         // `gemm_rows`, each weight quad dequantized once per 4 rows, SwiGLU its own step; CPU drivers: the
         // windowed GEMV, SwiGLU fused). Decode folds the norm into its GEMV (CPU drivers) or qkv_rope (GPUs).
-        let batched = n > 1 || batch.is_some();
+        let batched = n > 1;
         let prenormed = if batched { Some(rows(&a.normed, n)?) } else { None };
         let gate_up = match &a.gate_up {
             Some(gate_up) if batched => Some(rows(gate_up, n)?),
@@ -500,7 +500,11 @@ impl Model {
                 // Decode: one dispatch where the shapes suit an entry (on CPU drivers the tuned GEMV's mapping
                 // with RoPE and the cache write as its epilogue), else the tuned GEMV with the norm folded in,
                 // then RoPE.
-                let one = if cpu_qkv {
+                // The one-dispatch entries write K/V at the step uniform's position: a batch's row takes
+                // its own from the row table (`rope_cache_rows`).
+                let one = if batch.is_some() {
+                    None
+                } else if cpu_qkv {
                     ops::qkv_rope::qkv_rope_lanes(gpu, &operands)?
                 } else if ops::qkv_rope::qkv_rope_takes(c.head_dim, c.hidden_size) {
                     Some(ops::qkv_rope::qkv_rope(gpu, &operands)?)

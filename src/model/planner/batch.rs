@@ -6,8 +6,9 @@
 //! [`Model::reserve_sequences`]) beside the model's own one-sequence cache. A batch is a list of rows
 //! `(sequence, token)`: each token goes to its sequence's next position, so one call can decode one token of
 //! each of many sequences, or feed several tokens of one (a prompt, in order) while others decode. The
-//! rows run as a prefill chunk does (batched products over all rows), except that Q/K/V go to each row's
-//! own sequence and position (`rope_cache` with `BATCH`) and attention is per row over that row's sequence
+//! rows run as a prefill chunk does (batched products over all rows; one row, as the last sequence left
+//! does, takes a decode step's products with the norms folded in), except that Q/K/V go to each row's own
+//! sequence and position (`rope_cache` with `BATCH`) and attention is per row over that row's sequence
 //! (`attention_decode_rows`). Each row is sampled with its sequence's own settings and token mask
 //! ([`Model::set_sequence_sampling`], [`Model::set_sequence_mask`]; greedy by default) by one pair of
 //! sampler dispatches over all rows (`ops::sample::sample_rows`); each row's pick comes back, and optionally
