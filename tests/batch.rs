@@ -6,7 +6,7 @@
 //! Sequences sampled in a batch, each with its own settings and mask, draw what they draw alone.
 mod common;
 
-use common::{data_dir, gpu_rules_gpu, gpus, max_diff, other_texture_reads_gpu, Golden};
+use common::{data_dir, gpu_rules_gpu, gpus, max_diff, other_texture_reads_gpu, sentencepiece_checkpoint, Golden};
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions, RowLogprobs, Sampling};
 use mobilellm_kernels::ops::sample::{Penalties, TokenMask};
 use mobilellm_kernels::quant::WeightType;
@@ -323,4 +323,119 @@ fn bad_sampling_settings_change_nothing() {
     let (free, _) = model.decode_batch_logits(&[(0, 1)]).unwrap();
     let mut reference = load(gpu, "tiny-plain", DType::F32, 8);
     assert_eq!(free[0], reference.prefill(&[1]).unwrap());
+}
+
+/// `generate_batch` (continuous batching) gives each prompt what `reset` + `generate` gives it alone, with
+/// the model's sampling settings (temperature, top-k, penalties): five prompts through two sequences (so
+/// finished ones make room for the rest) and through eight (all at once), ending by a stop token, by
+/// `max_new`, by a full context (a 60-token prompt at context 64) and by the callback. The same argument as
+/// `each_sequence_samples_as_it_would_alone` makes the comparison exact.
+#[test]
+fn generate_batch_answers_as_generate_does() {
+    let g = Golden::open("tiny-shared");
+    let long: Vec<u32> = g.ids("prompt_ids").into_iter().cycle().take(60).collect();
+    let prompts = vec![
+        g.ids("prompt_ids"),
+        g.ids("single_prompt_ids"),
+        g.ids("prompt_ids")[2..].to_vec(),
+        g.ids("forced_ids"),
+        long,
+    ];
+    let penalties = Penalties { repeat: 1.2, frequency: 0.1, presence: 0.1 };
+    let sampling =
+        Sampling { temperature: 0.8, top_k: 30, seed: 9, penalties, penalty_last_n: 16, ..Sampling::default() };
+    let (max_new, cut_after) = (9, 4);
+    // The callback ends prompt 3 after `cut_after` tokens.
+    let keep_going = |i: usize, count: usize| i != 3 || count < cut_after;
+    for gpu in gpus() {
+        let mut model = load(gpu, "tiny-shared", DType::F32, 64);
+        model.set_sampling(sampling).unwrap();
+        let alone = |model: &mut Model, stop: &[u32]| -> Vec<Vec<u32>> {
+            prompts
+                .iter()
+                .enumerate()
+                .map(|(i, p)| {
+                    model.reset();
+                    let mut count = 0;
+                    model
+                        .generate(p, max_new, stop, |_| {
+                            count += 1;
+                            keep_going(i, count)
+                        })
+                        .unwrap()
+                })
+                .collect()
+        };
+        // A stop token that ends prompt 1 early.
+        let stop = [alone(&mut model, &[])[1][2]];
+        let want = alone(&mut model, &stop);
+        assert_eq!(want[1].len(), 3, "the stop token ends prompt 1");
+        assert_eq!(want[3].len(), cut_after, "the callback ends prompt 3");
+        assert_eq!(want[4].len(), 5, "the context ends prompt 4 (60 + 4 fed)");
+        assert!(want.iter().any(|w| w.len() == max_new));
+        for max_sequences in [2, 8] {
+            let mut counts = vec![0; prompts.len()];
+            let got = model
+                .generate_batch(&prompts, max_new, &stop, max_sequences, |i, _| {
+                    counts[i] += 1;
+                    keep_going(i, counts[i])
+                })
+                .unwrap();
+            assert_eq!(got, want, "{max_sequences} sequences [{}]", gpu.describe());
+            assert_eq!(model.position(), 0);
+        }
+        assert_eq!(model.sequences(), 5, "reserved for the first call's 2, then for 5 prompts under 8");
+        // Checked first: nothing runs.
+        let mut called = false;
+        let bad = [prompts[0].clone(), vec![]];
+        assert!(model.generate_batch(&bad, 4, &[], 2, |_, _| std::mem::replace(&mut called, true)).is_err());
+        let bad = [prompts[0].clone(), vec![VOCAB as u32]];
+        assert!(model.generate_batch(&bad, 4, &[], 2, |_, _| std::mem::replace(&mut called, true)).is_err());
+        assert!(model.generate_batch(&prompts, 4, &[], 0, |_, _| true).is_err());
+        model.set_token_mask(Some(&TokenMask::all(VOCAB))).unwrap();
+        assert!(model.generate_batch(&prompts, 4, &[], 2, |_, _| true).is_err());
+        assert!(!called);
+        model.set_token_mask(None).unwrap();
+        assert_eq!(model.generate_batch(&[], 4, &[], 2, |_, _| true).unwrap(), Vec::<Vec<u32>>::new());
+    }
+}
+
+/// `mobilellm batch` on a checkpoint directory with a tokenizer (tiny-plain's weights, the SentencePiece
+/// vocabulary of `tests/data/hf-tokenizers/sentencepiece`): three prompts, two at a time, sampled; each
+/// answer is the text the library's one-sequence `generate` gives for that prompt with the same settings.
+#[test]
+fn cli_batch_answers_each_prompt_as_generate_does() {
+    use mobilellm_kernels::tokenizer::Tokenizer;
+    use mobilellm_kernels::{FeatureSet, GpuOptions};
+    let dir = sentencepiece_checkpoint("mobilellm-batch-checkpoint");
+    let prompts = ["The capital of France is", "Once upon a time", "One, two,"];
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+        .args(["batch", "--json", "--max-new", "7", "--context", "64", "--max-sequences", "2"])
+        .args(["--temperature", "0.8", "--top-k", "40", "--seed", "3", "--model"])
+        .arg(&dir)
+        .args(prompts.iter().flat_map(|p| ["--prompt", p]))
+        .env("MOBILELLM_FEATURES", "none")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let answers: Vec<serde_json::Value> =
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+
+    let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();
+    let options = GpuOptions { features: FeatureSet::NONE, ..GpuOptions::from_env().unwrap() };
+    let gpu = Gpu::with_options(&options).unwrap();
+    let host = HostModel::from_safetensors_dir(&dir, WeightType::F32).unwrap();
+    let mut model = Model::new(&gpu, &host, &PlanOptions { context: 64, ..PlanOptions::default() }).unwrap();
+    model.set_sampling(Sampling { temperature: 0.8, top_k: 40, seed: 3, ..Sampling::default() }).unwrap();
+    let eos = tok.eos().unwrap();
+    assert_eq!(answers.len(), prompts.len());
+    for (prompt, answer) in prompts.iter().zip(&answers) {
+        model.reset();
+        let ids = model.generate(&tok.encode(prompt, true), 7, &[eos], |_| true).unwrap();
+        let text = tok.decode(ids.strip_suffix(&[eos]).unwrap_or(&ids));
+        assert_eq!(answer["prompt"], *prompt);
+        assert_eq!(answer["text"], text, "{prompt}");
+        assert_eq!(answer["tokens"], ids.len());
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }

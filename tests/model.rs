@@ -3,7 +3,7 @@
 //! one-token prompt from an empty cache; under both feature sets.
 mod common;
 
-use common::{data_dir, gpus, max_diff, Golden};
+use common::{data_dir, gpus, max_diff, sentencepiece_checkpoint, Golden};
 use mobilellm_kernels::model::safetensors::Safetensors;
 use mobilellm_kernels::model::{HostModel, Model, PlanOptions};
 use mobilellm_kernels::quant::WeightType;
@@ -488,12 +488,7 @@ fn engine_handles_are_send_and_sync() {
 #[test]
 fn cli_generate_reads_a_checkpoint_tokenizer() {
     use mobilellm_kernels::tokenizer::Tokenizer;
-    let dir = std::env::temp_dir().join(format!("mobilellm-checkpoint-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    for name in ["config.json", "model.safetensors"] {
-        std::fs::copy(data_dir("tiny-plain").join(name), dir.join(name)).unwrap();
-    }
-    std::fs::copy(data_dir("hf-tokenizers/sentencepiece/tokenizer.model"), dir.join("tokenizer.model")).unwrap();
+    let dir = sentencepiece_checkpoint("mobilellm-checkpoint");
     let prompt = "The capital of France is";
     // `mobilellm generate` on the directory, with `extra` options: (stdout, stderr).
     let generate = |extra: &[&std::ffi::OsStr]| {

@@ -40,6 +40,9 @@ enum Command {
     Generate(GenerateArgs),
     /// Interactive chat with the model's chat template (empty line or Ctrl-D quits).
     Chat(ChatArgs),
+    /// Answers many prompts together (continuous batching: each step advances every unfinished one in one
+    /// submission, and a finished one makes room for the next); prints the answers in the prompts' order.
+    Batch(BatchArgs),
     /// Prints the token ids of a text as a JSON array, or with --decode the text of ids.
     Tokenize(TokenizeArgs),
     /// Perplexity of a text file (llama-perplexity's method: chunks from an empty cache, second halves
@@ -163,8 +166,9 @@ struct RunArgs {
     dump: PathBuf,
 }
 
+/// How each token is picked, and how many: the options of `generate` that `batch` takes too.
 #[derive(Args, Clone)]
-struct SamplingArgs {
+struct PickArgs {
     /// 0 = greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -193,6 +197,30 @@ struct SamplingArgs {
     /// Most tokens to generate.
     #[arg(long, default_value_t = 64)]
     max_new: usize,
+}
+
+impl PickArgs {
+    fn sampling(&self) -> Sampling {
+        Sampling {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            penalties: Penalties {
+                repeat: self.repeat_penalty,
+                frequency: self.frequency_penalty,
+                presence: self.presence_penalty,
+            },
+            penalty_last_n: self.repeat_last_n,
+            seed: self.seed,
+        }
+    }
+}
+
+#[derive(Args, Clone)]
+struct SamplingArgs {
+    #[command(flatten)]
+    pick: PickArgs,
     /// Stop when the text generated contains this text, which is not printed (repeatable).
     #[arg(long)]
     stop: Vec<String>,
@@ -325,22 +353,6 @@ impl SamplingArgs {
             },
         })
     }
-
-    fn sampling(&self) -> Sampling {
-        Sampling {
-            temperature: self.temperature,
-            top_k: self.top_k,
-            top_p: self.top_p,
-            min_p: self.min_p,
-            penalties: Penalties {
-                repeat: self.repeat_penalty,
-                frequency: self.frequency_penalty,
-                presence: self.presence_penalty,
-            },
-            penalty_last_n: self.repeat_last_n,
-            seed: self.seed,
-        }
-    }
 }
 
 #[derive(Args)]
@@ -363,6 +375,29 @@ struct ChatArgs {
     model: ModelArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+struct BatchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    #[command(flatten)]
+    pick: PickArgs,
+    /// A prompt (repeatable; these come before the lines of --prompts).
+    #[arg(long)]
+    prompt: Vec<String>,
+    /// A text file of prompts, one per line (blank lines skipped).
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    /// Wrap each prompt in the model's chat template as a user turn.
+    #[arg(long)]
+    chat: bool,
+    /// Most prompts decoded together.
+    #[arg(long, default_value_t = 8)]
+    max_sequences: usize,
+    /// One JSON object per answer and line: {"prompt", "text", "tokens"}.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -451,6 +486,7 @@ fn main() -> ExitCode {
         Command::Info(a) => info(&a),
         Command::Generate(a) => generate(&a),
         Command::Chat(a) => chat(&a),
+        Command::Batch(a) => batch(&a),
         Command::Tokenize(a) => tokenize(&a),
         Command::Bench(a) => bench(&a),
         Command::Convert(a) => convert(&a),
@@ -816,7 +852,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
     let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
-    model.set_sampling(a.sampling.sampling())?;
+    model.set_sampling(a.sampling.pick.sampling())?;
     let ids = tokenizer.encode(&a.prompt, true);
     let mut reused = 0;
     if let Some(path) = a.prompt_cache.as_ref().filter(|p| p.exists()) {
@@ -834,7 +870,7 @@ fn generate(a: &GenerateArgs) -> Result<()> {
     }
     print!("{}", a.prompt);
     let mut decoding = a.sampling.decoding(&gpu, a.model.context, &tokenizer)?;
-    let limits = (a.sampling.max_new, &a.sampling.stop[..]);
+    let limits = (a.sampling.pick.max_new, &a.sampling.stop[..]);
     let (n, decode_s, prefill_s) = stream(&mut model, &tokenizer, &ids[reused..], limits, &mut decoding)?;
     if let Some(path) = &a.prompt_cache {
         model.save_state()?.save(path)?;
@@ -848,7 +884,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
     let gpu = Gpu::new()?;
     let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
     let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
-    model.set_sampling(a.sampling.sampling())?;
+    model.set_sampling(a.sampling.pick.sampling())?;
     let mut decoding = a.sampling.decoding(&gpu, a.model.context, &tokenizer)?;
     let mut history: Vec<(String, String)> = Vec::new();
     eprintln!("chat with {} (empty line or Ctrl-D to quit)", a.model.model.display());
@@ -866,7 +902,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
             tokenizer.encode_chat(&messages, true)
         };
         let mut ids = encode(&history)?;
-        let fits = |ids: &[u32]| ids.len() + a.sampling.max_new <= model.context();
+        let fits = |ids: &[u32]| ids.len() + a.sampling.pick.max_new <= model.context();
         let mut dropped = 0;
         while !fits(&ids) && history.len() > 1 {
             // The oldest exchange goes; the cache keeps what follows it (a context shift), so the turns
@@ -884,7 +920,7 @@ fn chat(a: &ChatArgs) -> Result<()> {
             eprintln!(
                 "(message too long: {} tokens + {} new exceed the context {})",
                 ids.len(),
-                a.sampling.max_new,
+                a.sampling.pick.max_new,
                 model.context()
             );
             continue;
@@ -894,8 +930,15 @@ fn chat(a: &ChatArgs) -> Result<()> {
         let mut printer = Printer::new(&tokenizer, &a.sampling.stop)?;
         let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
         let on_token = |id| stop.contains(&id) || printer.push(id);
-        let (out, stats) =
-            generate_with(&mut model, &tokenizer, &mut decoding, &ids[reused..], a.sampling.max_new, &stop, on_token)?;
+        let (out, stats) = generate_with(
+            &mut model,
+            &tokenizer,
+            &mut decoding,
+            &ids[reused..],
+            a.sampling.pick.max_new,
+            &stop,
+            on_token,
+        )?;
         let shown = printer.finish();
         // The reply as the tokenizer decodes it, or as shown up to a stop string (whose tokens the next
         // turn's prefix match then drops from the cache).
@@ -908,6 +951,48 @@ fn chat(a: &ChatArgs) -> Result<()> {
         eprintln!("[prompt: {reused} tokens from the cache, {} prefilled]", ids.len() - reused);
         history.push(("assistant".into(), reply));
     }
+}
+
+fn batch(a: &BatchArgs) -> Result<()> {
+    let mut prompts = a.prompt.clone();
+    if let Some(path) = &a.prompts {
+        prompts.extend(read_text(path)?.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from));
+    }
+    if prompts.is_empty() {
+        return Err(Error::invalid("prompts", "none", "--prompt or --prompts"));
+    }
+    let gpu = Gpu::new()?;
+    let (mut model, tokenizer) = open_model(&gpu, &a.model)?;
+    let tokenizer = need_tokenizer(tokenizer, &a.model.model)?;
+    let ids = prompts
+        .iter()
+        .map(|p| if a.chat { tokenizer.encode_chat(&[("user", p)], true) } else { Ok(tokenizer.encode(p, true)) })
+        .collect::<Result<Vec<_>>>()?;
+    model.set_sampling(a.pick.sampling())?;
+    let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+    let start = Instant::now();
+    let answers = model.generate_batch(&ids, a.pick.max_new, &stop, a.max_sequences, |_, _| true)?;
+    let seconds = start.elapsed().as_secs_f64();
+    for (prompt, answer) in prompts.iter().zip(&answers) {
+        let kept = match answer.split_last() {
+            Some((last, rest)) if stop.contains(last) => rest,
+            _ => answer,
+        };
+        let text = tokenizer.decode(kept);
+        if a.json {
+            println!("{}", serde_json::json!({ "prompt": prompt, "text": text, "tokens": answer.len() }));
+        } else {
+            println!("> {prompt}\n{}\n", text.trim());
+        }
+    }
+    let tokens: usize = answers.iter().map(Vec::len).sum();
+    eprintln!(
+        "[{} prompts, {tokens} tokens in {seconds:.2} s (prefills included): {:.2} tok/s, up to {} at a time]",
+        prompts.len(),
+        tokens as f64 / seconds.max(1e-9),
+        a.max_sequences.min(prompts.len())
+    );
+    Ok(())
 }
 
 fn perplexity(a: &PerplexityArgs) -> Result<()> {

@@ -366,6 +366,19 @@ pub fn data_dir(name: &str) -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(name)
 }
 
+/// A checkpoint directory with a tokenizer, made under the temp dir as `<tag>-<process id>`: tiny-plain's
+/// weights with the 512-token SentencePiece vocabulary of `tests/data/hf-tokenizers/sentencepiece`. The
+/// caller removes it.
+pub fn sentencepiece_checkpoint(tag: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["config.json", "model.safetensors"] {
+        std::fs::copy(data_dir("tiny-plain").join(name), dir.join(name)).unwrap();
+    }
+    std::fs::copy(data_dir("hf-tokenizers/sentencepiece/tokenizer.model"), dir.join("tokenizer.model")).unwrap();
+    dir
+}
+
 /// The transformers goldens of a tiny model (`tests/data/<name>/golden.safetensors`): token ids and logits
 /// (`[rows, vocab]`, vocab 512).
 pub struct Golden {

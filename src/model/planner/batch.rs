@@ -281,6 +281,103 @@ impl Model {
         self.run_batch(rows, true)
     }
 
+    /// Generates a continuation of each prompt, up to `max_sequences` of them at a time (continuous
+    /// batching): each prompt is prefilled by the one-sequence path and moved into a free sequence of the
+    /// batch, every step decodes all unfinished sequences in one [`Model::decode_batch`], and a sequence
+    /// that finishes makes room for the next prompt. Each continuation is what `reset` then
+    /// [`Model::generate`] gives for its prompt alone with the model's sampling settings (the same seeds):
+    /// it ends after a token in `stop` (kept), after `max_new` tokens, when the context is full, or when
+    /// `on_token(prompt index, token)` returns false.
+    ///
+    /// Uses the batch's first `max_sequences` sequences (reserving that many if fewer are) and the model's
+    /// own context as scratch: their contents are replaced, and the model is [`Model::reset`] at the end.
+    /// Their sampling settings become the model's, without masks or log-probabilities. Every prompt is
+    /// checked first (not empty, known ids, within the context), and a token mask set with
+    /// [`Model::set_token_mask`] is an error: nothing is generated then.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, prompts: &[Vec<u32>], eos: u32) -> mobilellm_kernels::Result<()> {
+    /// let answers = model.generate_batch(prompts, 64, &[eos], 8, |_, _| true)?;
+    /// assert_eq!(answers.len(), prompts.len());
+    /// # Ok(()) }
+    /// ```
+    pub fn generate_batch(
+        &mut self,
+        prompts: &[Vec<u32>],
+        max_new: usize,
+        stop: &[u32],
+        max_sequences: usize,
+        mut on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        self.gpu.take_error()?;
+        if max_sequences == 0 {
+            return Err(Error::invalid("max_sequences", 0, "at least 1"));
+        }
+        if self.masked {
+            return Err(Error::invalid("token mask", "set", "none for generate_batch (Model::set_token_mask(None))"));
+        }
+        for (i, prompt) in prompts.iter().enumerate() {
+            if prompt.is_empty() || prompt.len() > self.context() {
+                return Err(Error::invalid(
+                    format!("prompt {i}"),
+                    format!("{} tokens", prompt.len()),
+                    format!("1 to {} (the context)", self.context()),
+                ));
+            }
+            self.check_ids(prompt)?;
+        }
+        let mut outs = vec![Vec::new(); prompts.len()];
+        if max_new == 0 || prompts.is_empty() {
+            return Ok(outs);
+        }
+        let slots = max_sequences.min(prompts.len());
+        if self.sequences() < slots {
+            self.reserve_sequences(slots)?;
+        }
+        let sampling = self.sampling;
+        for seq in 0..slots {
+            self.set_sequence_sampling(seq, sampling)?;
+            self.set_sequence_mask(seq, None)?;
+            self.set_sequence_logprobs(seq, false, 0)?;
+        }
+        let context = self.context();
+        // Whether prompt `i`'s continuation ends with `token`, its sequence holding `len` positions.
+        let mut ends = |outs: &mut [Vec<u32>], i: usize, token: u32, len: usize| {
+            outs[i].push(token);
+            !on_token(i, token) || stop.contains(&token) || outs[i].len() >= max_new || len >= context
+        };
+        let mut active: Vec<Option<usize>> = vec![None; slots];
+        let mut queue = 0..prompts.len();
+        loop {
+            for (seq, slot) in active.iter_mut().enumerate().filter(|(_, a)| a.is_none()) {
+                for i in queue.by_ref() {
+                    self.reset();
+                    let first = self.prefill(&prompts[i])?;
+                    if !ends(&mut outs, i, first, self.pos) {
+                        self.context_to_sequence(seq)?;
+                        *slot = Some(i);
+                        break;
+                    }
+                }
+            }
+            // (sequence, prompt index) of each unfinished continuation.
+            let running: Vec<(usize, usize)> =
+                active.iter().enumerate().filter_map(|(s, a)| a.map(|i| (s, i))).collect();
+            if running.is_empty() {
+                break;
+            }
+            let rows: Vec<(usize, u32)> = running.iter().map(|&(seq, i)| (seq, outs[i][outs[i].len() - 1])).collect();
+            let picks = self.decode_batch(&rows)?;
+            for (&(seq, i), pick) in running.iter().zip(picks) {
+                if ends(&mut outs, i, pick, self.sequence_len(seq)?) {
+                    active[seq] = None;
+                }
+            }
+        }
+        self.reset();
+        Ok(outs)
+    }
+
     fn batch(&self) -> Result<&Batch> {
         self.batch.as_ref().ok_or_else(no_batch)
     }
