@@ -6,6 +6,8 @@
 //! - `--quick`: prefill 64, decode at context 64 only, 3 timed steps (a smoke run);
 //! - `--prefill 64,256` / `--contexts 64,1024`: the prefill lengths and decode contexts (defaults 64,256
 //!   and 64,1024; on CPU devices prefill 64 only, to stay within ~5 minutes);
+//! - `--batch 4,16`: sequences decoded together, timed at the first context (default 4,16; `--quick` 4;
+//!   `0` for none);
 //! - `--steps N`: timed decode steps per context (default 4, sized for lavapipe, where one 125M step
 //!   takes ~0.3-1 s);
 //! - `--seek` / `--prefill-fill`: reach a decode context that is not a prefill length (1024) by
@@ -31,6 +33,7 @@ struct Args {
     seek: Option<bool>,
     prefill: Option<Vec<usize>>,
     contexts: Option<Vec<usize>>,
+    batch: Option<Vec<usize>>,
 }
 
 fn list(s: Option<String>) -> Option<Vec<usize>> {
@@ -38,7 +41,8 @@ fn list(s: Option<String>) -> Option<Vec<usize>> {
 }
 
 fn parse_args() -> Args {
-    let mut args = Args { quick: false, all: false, steps: None, seek: None, prefill: None, contexts: None };
+    let mut args =
+        Args { quick: false, all: false, steps: None, seek: None, prefill: None, contexts: None, batch: None };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -49,6 +53,7 @@ fn parse_args() -> Args {
             "--steps" => args.steps = it.next().and_then(|s| s.parse().ok()),
             "--prefill" => args.prefill = list(it.next()),
             "--contexts" => args.contexts = list(it.next()),
+            "--batch" => args.batch = list(it.next()),
             _ => {} // `--bench` from cargo, filters of other harnesses
         }
     }
@@ -77,6 +82,9 @@ fn main() -> Result<()> {
     }
     if let Some(c) = args.contexts {
         options.contexts = c;
+    }
+    if let Some(b) = args.batch {
+        options.batch_sequences = b.into_iter().filter(|&b| b > 0).collect();
     }
     options.verbose = true;
     let mut configs = vec![(Synthetic::M125, WeightType::Q4_0)];

@@ -126,8 +126,13 @@ fn decode_bench_reports_on_the_tiny_model() {
         decode_steps: 2,
         fill: ContextFill::Seek,
         copy_bytes: 1 << 20,
+        batch_sequences: vec![1, 3],
         ..BenchOptions::default()
     };
+    // More sequences than the plan's rows (the longest prefill, 8): refused before anything runs.
+    let too_many = BenchOptions { batch_sequences: vec![9], ..options.clone() };
+    let err = bench::bench_decode(gpu, &tiny(false), "tiny", &too_many).unwrap_err();
+    assert!(err.to_string().contains("max_batch 8"), "{err}");
     let results: Vec<_> =
         [false, true].into_iter().map(|ls| bench::bench_decode(gpu, &tiny(ls), "tiny", &options).unwrap()).collect();
     for r in &results {
@@ -156,6 +161,17 @@ fn decode_bench_reports_on_the_tiny_model() {
         let kv: Vec<u64> = r.decode.iter().map(|d| d.kv_read_bytes).collect();
         let per_position = (r.executed_layers * 2 * 2 * 32 * kv_size) as u64;
         assert_eq!(kv, [11 * per_position, 23 * per_position], "{kv:?}");
+        // Batches at the first context, after the same warm-up step as the one-sequence decode.
+        assert_eq!(
+            r.batch.iter().map(|b| (b.sequences, b.context, b.steps)).collect::<Vec<_>>(),
+            [(1, 9, 2), (3, 9, 2)]
+        );
+        for b in &r.batch {
+            assert!((b.tokens_per_s * b.ms_per_step - 1e3 * b.sequences as f64).abs() <= 1e-6 * b.tokens_per_s);
+            assert!(b.ms_min <= b.ms_per_step && b.vs_one_sequence.is_some_and(|x| x > 0.0 && x.is_finite()));
+        }
+        // The memory report is the one-sequence model's, taken before the batches' cache.
+        assert!(r.memory.kv_cache < 2 * (r.executed_layers * 2 * 2 * 32 * kv_size * r.kv_capacity) as u64);
     }
     let mut report = BenchReport::new(gpu, results);
     assert_eq!(report.sharing.len(), 2);
@@ -169,6 +185,7 @@ fn decode_bench_reports_on_the_tiny_model() {
     assert!(table.contains("tiny q8_0 LS") && table.contains("tiny q8_0 plain"), "{table}");
     assert!(table.contains("steps interleaved"), "{table}");
     assert!(table.contains("dispatch floor ms"), "{table}");
+    assert!(table.contains("| tiny q8_0 LS | 9 | 3 |"), "{table}");
     let dir = out_dir("decode");
     std::fs::write(dir.join("kernels.json"), KERNELS_JSON).unwrap();
     let written = bench::write_reports(&report, &dir).unwrap();

@@ -81,6 +81,9 @@ struct BenchArgs {
     /// Reach long contexts by moving the position instead of a real prefill (same decode work, faster).
     #[arg(long)]
     seek: bool,
+    /// Sequences decoded together for the batched rows, comma-separated (default 4,16; --quick 4; 0: none).
+    #[arg(long, value_delimiter = ',')]
+    batch: Option<Vec<usize>>,
     /// Where the JSON and SVG files go.
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
@@ -1217,6 +1220,9 @@ fn bench(a: &BenchArgs) -> Result<()> {
     }
     if a.seek {
         options.fill = ContextFill::Seek;
+    }
+    if let Some(batch) = &a.batch {
+        options.batch_sequences = batch.iter().copied().filter(|&b| b > 0).collect();
     }
     let sharing: Vec<bool> = match a.layer_sharing.as_str() {
         "on" => vec![true],

@@ -5,7 +5,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::device::Gpu;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::host::HostModel;
 use crate::model::planner::{by_family, MemoryReport, Model, PlanOptions};
 
@@ -104,6 +104,26 @@ pub struct DecodePoint {
     pub pair_ratio: Option<f64>,
 }
 
+/// Batched decoding of several sequences at one context ([`Model::decode_batch`]: one submission per step,
+/// each weight read once for all of them).
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchPoint {
+    /// Sequences decoded together (one row each per step).
+    pub sequences: usize,
+    /// Positions each sequence holds when the timed steps begin.
+    pub context: usize,
+    /// Timed steps.
+    pub steps: usize,
+    /// Median wall milliseconds per step (one token of every sequence).
+    pub ms_per_step: f64,
+    /// Fastest step.
+    pub ms_min: f64,
+    /// Tokens per second over all sequences: `sequences * 1000 / ms_per_step`.
+    pub tokens_per_s: f64,
+    /// `tokens_per_s` over the one-sequence decode's at the same context, where that was timed.
+    pub vs_one_sequence: Option<f64>,
+}
+
 /// `sum(layer_ms[2i + 1]) / sum(layer_ms[2i])` over whole pairs; `None` with fewer than two layers.
 pub fn pair_ratio(layer_ms: &[f64]) -> Option<f64> {
     let pairs = layer_ms.chunks_exact(2);
@@ -134,6 +154,8 @@ pub struct DecodeBench {
     pub prefill: Vec<PrefillPoint>,
     /// Decode timings.
     pub decode: Vec<DecodePoint>,
+    /// Batched decode timings ([`BenchOptions::batch_sequences`]).
+    pub batch: Vec<BatchPoint>,
     /// One profiled prefill of the shortest prefill length by kernel family (empty when not profiled).
     pub prefill_profile: Vec<FamilyTime>,
     /// Its prompt length (0 when not profiled).
@@ -169,6 +191,13 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
     let load = loadavg();
     let c = &host.config;
     let max_batch = options.prefill_lengths.iter().copied().max().unwrap_or(64).max(1);
+    if let Some(&sequences) = options.batch_sequences.iter().find(|&&b| b > max_batch) {
+        return Err(Error::invalid(
+            "batch sequences",
+            sequences,
+            format!("at most the plan's max_batch {max_batch} (the longest prefill length)"),
+        ));
+    }
     let capacity = options.capacity();
     let plan = PlanOptions { context: capacity, max_batch, kv_dtype: options.kv_dtype };
     let probe = CopyProbe::new(gpu, options.copy_bytes)?;
@@ -290,6 +319,15 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         });
     }
     prefill.sort_by_key(|p| p.tokens);
+    // Before the batches: their cache is not the model's.
+    let memory = model.memory().into();
+    let mut batch = Vec::new();
+    if let Some(&context) = options.contexts.first() {
+        for &sequences in &options.batch_sequences {
+            batch.push(time_batch(&mut model, options, &tokens, context, sequences, &decode)?);
+            say(format!("batch of {sequences}: {:.0} ms/step", batch[batch.len() - 1].ms_per_step));
+        }
+    }
 
     let tag = if c.layer_sharing { "LS" } else { "plain" };
     let wtype = weight_types(host);
@@ -304,6 +342,7 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         max_batch,
         prefill,
         decode,
+        batch,
         prefill_profile,
         prefill_profile_tokens: profiled_prefill.unwrap_or(0),
         weight_traffic: traffic,
@@ -311,10 +350,63 @@ pub fn bench_decode(gpu: &Gpu, host: &HostModel, name: &str, options: &BenchOpti
         roofline_ms,
         dispatches_per_step: model.decode_dispatches().len(),
         dispatches_per_layer: model.decode_layer_dispatches() as f64 / executed.max(1) as f64,
-        memory: model.memory().into(),
+        memory,
         fill: options.fill,
         loadavg: load,
         seconds: start.elapsed().as_secs_f64(),
+    })
+}
+
+/// Times `sequences` sequences decoded together at `context`: the model's own context is filled as the
+/// one-sequence decode's is ([`ContextFill`]) and copied into each sequence, then one warm-up step (it
+/// plans that row count) and the timed steps.
+fn time_batch(
+    model: &mut Model,
+    options: &BenchOptions,
+    tokens: &[u32],
+    context: usize,
+    sequences: usize,
+    one_sequence: &[DecodePoint],
+) -> Result<BatchPoint> {
+    model.reserve_sequences(sequences)?;
+    model.reset();
+    match options.fill {
+        ContextFill::Prefill if context > 0 => {
+            model.prefill(&tokens[..context])?;
+        }
+        _ => model.seek(context)?,
+    }
+    model.context_to_sequence(0)?;
+    for seq in 1..sequences {
+        model.copy_sequence(0, seq)?;
+    }
+    let mut next: Vec<u32> = (0..sequences).map(|s| tokens[(context + s) % tokens.len()]).collect();
+    let mut step = |next: &[u32]| {
+        let rows: Vec<(usize, u32)> = next.iter().copied().enumerate().collect();
+        model.decode_batch(&rows)
+    };
+    for _ in 0..options.warmup_steps.max(1) {
+        next = step(&next)?;
+    }
+    let at = context + options.warmup_steps.max(1);
+    let mut times = Vec::with_capacity(options.decode_steps);
+    for _ in 0..options.decode_steps {
+        let t0 = Instant::now();
+        next = step(&next)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    let ms = median(&times);
+    let tokens_per_s = sequences as f64 * 1e3 / ms;
+    // The one-sequence decode whose timed steps began nearest this context.
+    let one = one_sequence.iter().min_by_key(|d| d.context.abs_diff(at)).filter(|d| d.context.abs_diff(at) <= 1);
+    Ok(BatchPoint {
+        sequences,
+        context: at,
+        steps: times.len(),
+        ms_per_step: ms,
+        ms_min: times.iter().copied().fold(f64::INFINITY, f64::min),
+        tokens_per_s,
+        vs_one_sequence: one.map(|d| tokens_per_s / d.tokens_per_s),
     })
 }
 

@@ -136,6 +136,9 @@ pub struct BenchOptions {
     pub kv_dtype: Option<DType>,
     /// Print each phase's timing to stderr as it finishes (default off).
     pub verbose: bool,
+    /// Batched decoding: sequences decoded together ([`crate::model::Model::decode_batch`]), each size
+    /// timed at the first decode context (default 4 and 16; empty: none).
+    pub batch_sequences: Vec<usize>,
 }
 
 impl Default for BenchOptions {
@@ -150,6 +153,7 @@ impl Default for BenchOptions {
             profile: true,
             kv_dtype: None,
             verbose: false,
+            batch_sequences: vec![4, 16],
         }
     }
 }
@@ -157,7 +161,13 @@ impl Default for BenchOptions {
 impl BenchOptions {
     /// A smoke run: prefill 64, decode at context 64 only, 3 timed steps.
     pub fn quick() -> Self {
-        BenchOptions { prefill_lengths: vec![64], contexts: vec![64], decode_steps: 3, ..Self::default() }
+        BenchOptions {
+            prefill_lengths: vec![64],
+            contexts: vec![64],
+            decode_steps: 3,
+            batch_sequences: vec![4],
+            ..Self::default()
+        }
     }
 
     fn validate(&self) -> Result<()> {
@@ -166,6 +176,9 @@ impl BenchOptions {
         }
         if self.prefill_lengths.contains(&0) {
             return Err(Error::invalid("prefill length", 0, "at least 1"));
+        }
+        if self.batch_sequences.contains(&0) {
+            return Err(Error::invalid("batch sequences", 0, "at least 1"));
         }
         if self.copy_bytes < 16 {
             return Err(Error::invalid("copy bytes", self.copy_bytes, "at least 16"));

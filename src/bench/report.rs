@@ -87,6 +87,20 @@ pub fn markdown_table(report: &BenchReport) -> String {
             );
         }
     }
+    if report.results.iter().any(|r| !r.batch.is_empty()) {
+        let _ = writeln!(s, "\n| config, batched | ctx | sequences | ms/step | tok/s | x one sequence's tok/s |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
+        for r in &report.results {
+            for b in &r.batch {
+                let vs = b.vs_one_sequence.map_or("-".to_string(), |x| format!("{x:.2}"));
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.1} | {:.1} | {vs} |",
+                    r.label, b.context, b.sequences, b.ms_per_step, b.tokens_per_s
+                );
+            }
+        }
+    }
     if !report.sharing.is_empty() {
         let _ = writeln!(
             s,
