@@ -402,25 +402,14 @@ fn generate_batch_answers_as_generate_does() {
 
 /// `mobilellm batch` on a checkpoint directory with a tokenizer (tiny-plain's weights, the SentencePiece
 /// vocabulary of `tests/data/hf-tokenizers/sentencepiece`): three prompts, two at a time, sampled; each
-/// answer is the text the library's one-sequence `generate` gives for that prompt with the same settings.
+/// answer is the text the library's one-sequence `generate` gives for that prompt with the same settings,
+/// and with `--stop` the part of it before the stop string (a piece of the first answer).
 #[test]
 fn cli_batch_answers_each_prompt_as_generate_does() {
     use mobilellm_kernels::tokenizer::Tokenizer;
     use mobilellm_kernels::{FeatureSet, GpuOptions};
     let dir = sentencepiece_checkpoint("mobilellm-batch-checkpoint");
     let prompts = ["The capital of France is", "Once upon a time", "One, two,"];
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
-        .args(["batch", "--json", "--max-new", "7", "--context", "64", "--max-sequences", "2"])
-        .args(["--temperature", "0.8", "--top-k", "40", "--seed", "3", "--model"])
-        .arg(&dir)
-        .args(prompts.iter().flat_map(|p| ["--prompt", p]))
-        .env("MOBILELLM_FEATURES", "none")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let answers: Vec<serde_json::Value> =
-        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-
     let tok = Tokenizer::from_hf_dir(&dir).unwrap().unwrap();
     let options = GpuOptions { features: FeatureSet::NONE, ..GpuOptions::from_env().unwrap() };
     let gpu = Gpu::with_options(&options).unwrap();
@@ -428,14 +417,43 @@ fn cli_batch_answers_each_prompt_as_generate_does() {
     let mut model = Model::new(&gpu, &host, &PlanOptions { context: 64, ..PlanOptions::default() }).unwrap();
     model.set_sampling(Sampling { temperature: 0.8, top_k: 40, seed: 3, ..Sampling::default() }).unwrap();
     let eos = tok.eos().unwrap();
+    let want: Vec<(String, usize)> = prompts
+        .iter()
+        .map(|prompt| {
+            model.reset();
+            let ids = model.generate(&tok.encode(prompt, true), 7, &[eos], |_| true).unwrap();
+            (tok.decode(ids.strip_suffix(&[eos]).unwrap_or(&ids)), ids.len())
+        })
+        .collect();
+    let batch = |extra: &[&str]| -> Vec<serde_json::Value> {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
+            .args(["batch", "--json", "--max-new", "7", "--context", "64", "--max-sequences", "2"])
+            .args(["--temperature", "0.8", "--top-k", "40", "--seed", "3", "--model"])
+            .arg(&dir)
+            .args(prompts.iter().flat_map(|p| ["--prompt", p]))
+            .args(extra)
+            .env("MOBILELLM_FEATURES", "none")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let answers = batch(&[]);
     assert_eq!(answers.len(), prompts.len());
-    for (prompt, answer) in prompts.iter().zip(&answers) {
-        model.reset();
-        let ids = model.generate(&tok.encode(prompt, true), 7, &[eos], |_| true).unwrap();
-        let text = tok.decode(ids.strip_suffix(&[eos]).unwrap_or(&ids));
+    for ((prompt, answer), (text, tokens)) in prompts.iter().zip(&answers).zip(&want) {
         assert_eq!(answer["prompt"], *prompt);
-        assert_eq!(answer["text"], text, "{prompt}");
-        assert_eq!(answer["tokens"], ids.len());
+        assert_eq!(answer["text"], *text, "{prompt}");
+        assert_eq!(answer["tokens"], *tokens);
+    }
+    // Two characters from the middle of the first answer.
+    let first = &want[0].0;
+    let chars: Vec<(usize, char)> = first.char_indices().collect();
+    assert!(chars.len() >= 4, "{first:?}");
+    let (from, to) = (chars[chars.len() / 2].0, chars.get(chars.len() / 2 + 2).map_or(first.len(), |c| c.0));
+    let stop = &first[from..to];
+    for ((prompt, answer), (text, _)) in prompts.iter().zip(batch(&["--stop", stop])).zip(&want) {
+        let before = text.find(stop).map_or(&text[..], |at| &text[..at]);
+        assert_eq!(answer["text"], before, "{prompt}, stop {stop:?}");
     }
     let _ = std::fs::remove_dir_all(dir);
 }

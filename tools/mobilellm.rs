@@ -398,6 +398,9 @@ struct BatchArgs {
     /// Most prompts decoded together.
     #[arg(long, default_value_t = 8)]
     max_sequences: usize,
+    /// End an answer when its text contains this text, which is left out (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
     /// One JSON object per answer and line: {"prompt", "text", "tokens"}.
     #[arg(long)]
     json: bool,
@@ -973,15 +976,24 @@ fn batch(a: &BatchArgs) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     model.set_sampling(a.pick.sampling())?;
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+    // Each answer's text as it streams, up to a stop string (the end-of-sequence token adds none).
+    let mut texts = Vec::with_capacity(prompts.len());
+    for _ in &prompts {
+        texts.push((tokenizer.stream_decoder(), StopStrings::new(&a.stop)?, String::new()));
+    }
     let start = Instant::now();
-    let answers = model.generate_batch(&ids, a.pick.max_new, &stop, a.max_sequences, |_, _| true)?;
+    let answers = model.generate_batch(&ids, a.pick.max_new, &stop, a.max_sequences, |i, id| {
+        let (decoder, stops, text) = &mut texts[i];
+        if !stop.contains(&id) {
+            text.push_str(&stops.push(&decoder.push(id)));
+        }
+        !stops.is_stopped()
+    })?;
     let seconds = start.elapsed().as_secs_f64();
-    for (prompt, answer) in prompts.iter().zip(&answers) {
-        let kept = match answer.split_last() {
-            Some((last, rest)) if stop.contains(last) => rest,
-            _ => answer,
-        };
-        let text = tokenizer.decode(kept);
+    for ((prompt, answer), (mut decoder, mut stops, mut text)) in prompts.iter().zip(&answers).zip(texts) {
+        let rest = decoder.finish();
+        text.push_str(&stops.push(&rest));
+        text.push_str(&stops.finish());
         if a.json {
             println!("{}", serde_json::json!({ "prompt": prompt, "text": text, "tokens": answer.len() }));
         } else {
