@@ -501,6 +501,10 @@ fn gemv(@builtin(workgroup_id) wg: vec3<u32>,
 // 64 multiplies and adds), hence two rows per pass; their 16 accumulators fit a CPU's 32 vector registers
 // (AVX-512), and more rows per pass would spill.
 // NORM: norm_w scales the weights as they are read, and 1/rms of each vector scales its sums at the end.
+// A window of at most 4 vectors (the short passes of speculative decoding and small batches) leaves the
+// upper four lanes' accumulators out (HI, a constant: the compiler drops their loads, broadcasts and
+// multiply-adds), so it costs about half a window of 8.
+const HI: bool = XN > 4u;
 var<private> wacc_a_lo: vec4<f32>;
 var<private> wacc_a_hi: vec4<f32>;
 var<private> wacc_b_lo: vec4<f32>;
@@ -539,10 +543,16 @@ fn swiglu4(g: vec4<f32>, u: vec4<f32>) -> vec4<f32> {
 }
 
 #if !SUBGROUPS
-// The 8 vectors' x at vec4 `q` of a row, each loaded by this lane.
+// The 8 vectors' x at vec4 `q` of a row, each loaded by this lane (without HI, vectors 4..7 repeat 0..3).
 fn window_x8(q: u32) -> array<vec4<f32>, 8> {
-    return array<vec4<f32>, 8>(window_quad(wx_lo.x, q), window_quad(wx_lo.y, q), window_quad(wx_lo.z, q),
-                               window_quad(wx_lo.w, q), window_quad(wx_hi.x, q), window_quad(wx_hi.y, q),
+    let a = window_quad(wx_lo.x, q);
+    let b = window_quad(wx_lo.y, q);
+    let c = window_quad(wx_lo.z, q);
+    let d = window_quad(wx_lo.w, q);
+    if !HI {
+        return array<vec4<f32>, 8>(a, b, c, d, a, b, c, d);
+    }
+    return array<vec4<f32>, 8>(a, b, c, d, window_quad(wx_hi.x, q), window_quad(wx_hi.y, q),
                                window_quad(wx_hi.z, q), window_quad(wx_hi.w, q));
 }
 #endif
@@ -582,6 +592,9 @@ fn wbcast_lo(v: f32) -> vec4<f32> {
 }
 
 fn wbcast_hi(v: f32) -> vec4<f32> {
+    if !HI {
+        return vec4<f32>(0.0);
+    }
     return vec4<f32>(subgroupBroadcast(v, 4u), subgroupBroadcast(v, 5u), subgroupBroadcast(v, 6u), subgroupBroadcast(v, 7u));
 }
 #endif
@@ -589,9 +602,11 @@ fn wbcast_hi(v: f32) -> vec4<f32> {
 // One column: weights `wa`, `wb` of rows A and B times that column of vectors 0..3 (`x_lo`) and 4..7 (`x_hi`).
 fn wmac2_column(wa: f32, wb: f32, x_lo: vec4<f32>, x_hi: vec4<f32>) {
     wacc_a_lo = fma(vec4<f32>(wa), x_lo, wacc_a_lo);
-    wacc_a_hi = fma(vec4<f32>(wa), x_hi, wacc_a_hi);
     wacc_b_lo = fma(vec4<f32>(wb), x_lo, wacc_b_lo);
-    wacc_b_hi = fma(vec4<f32>(wb), x_hi, wacc_b_hi);
+    if HI {
+        wacc_a_hi = fma(vec4<f32>(wa), x_hi, wacc_a_hi);
+        wacc_b_hi = fma(vec4<f32>(wb), x_hi, wacc_b_hi);
+    }
 }
 
 // The accumulators = rows `ra` and `rb` of W times the 8 vectors (before the NORM scale). Each texel is
@@ -671,6 +686,9 @@ fn window_store(v0: u32, row: u32, lo: vec4<f32>, hi: vec4<f32>) {
     window_store1(v0 + 1u, row, lo.y);
     window_store1(v0 + 2u, row, lo.z);
     window_store1(v0 + 3u, row, lo.w);
+    if !HI {
+        return;
+    }
     window_store1(v0 + 4u, row, hi.x);
     window_store1(v0 + 5u, row, hi.y);
     window_store1(v0 + 6u, row, hi.z);

@@ -124,9 +124,11 @@ fn x_texels_every_read_mode() {
 fn odd_shapes_every_type() {
     for gpu in gpus() {
         // 24 and 264 (= 2 * 128 + 8): rows taken 8 at a time on CPU drivers, with groups past the end.
+        // 11 positions of hidden 1600 take windows of 8 and 3 where x is bound as uniforms (at most 10
+        // vectors of 1600 floats fit 64 KiB): a window of at most 4 drops its upper lanes (HI).
         for (hidden, ffn) in [(32, 33), (96, 7), (1600, 20), (96, 24), (64, 264)] {
             for wtype in WeightType::ALL {
-                for n in [1, 5, 64] {
+                for n in [1, 5, 11, 64] {
                     check(gpu, hidden, ffn, n, wtype);
                 }
             }

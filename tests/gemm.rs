@@ -247,6 +247,23 @@ fn windowed_gemv_x_texels_every_read_mode() {
     }
 }
 
+/// Windows of 1 to 4 vectors (the kernel leaves the upper four lanes' accumulators out: HI) against the
+/// CPU, every type, both devices (x as texels and as uniforms), with the residual accumulate and an odd
+/// rows-per-lane count.
+#[test]
+fn windows_of_at_most_four_vectors() {
+    for gpu in gpus() {
+        for wtype in WeightType::ALL {
+            let host = weight(wtype, 203, 96);
+            for n in 1..=4 {
+                let case =
+                    Case { window: Some(3), offset: 5, extra: 3, accumulate: true, ..Case::new(wtype, 203, 96, n) };
+                check(gpu, &host, &case);
+            }
+        }
+    }
+}
+
 /// The tiled kernel (what GPUs run), forced on this device.
 #[test]
 fn tiled_kernel() {

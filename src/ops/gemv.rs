@@ -383,7 +383,9 @@ pub fn gemv_fused_with(
 /// The fewest vectors CPU devices multiply with the windowed entry; fewer go one GEMV launch each (the
 /// short passes of jump-forward and speculative decoding). Its lanes carry 8 vectors whatever the count:
 /// SmolLM2 passes of 2 / 3 / 4 tokens on lavapipe took 51 / 47-52 / 46 ms windowed and 27-35 / 34-38 /
-/// 37-41 ms per vector; at 5 the two tie, from 6 on the window wins (a decode step: 19-22 ms).
+/// 37-41 ms per vector; at 5 the two tie, from 6 on the window wins (a decode step: 19-22 ms). Windows of
+/// at most 4 vectors now skip the upper lanes' work (synthetic 125M q4_0 passes of 2-4 tokens: 33-37 ms
+/// windowed, 41-45 before), still no better than 26-38 ms per vector, so the threshold stays.
 pub const WINDOW_MIN_VECTORS: usize = 5;
 
 /// Rows each lane of the windowed entry computes in turn, by default (see [`gemv_window`]). Measured on
