@@ -326,20 +326,24 @@ fn bad_sampling_settings_change_nothing() {
 }
 
 /// `generate_batch` (continuous batching) gives each prompt what `reset` + `generate` gives it alone, with
-/// the model's sampling settings (temperature, top-k, penalties): five prompts through two sequences (so
+/// the model's sampling settings (temperature, top-k, penalties): six prompts through two sequences (so
 /// finished ones make room for the rest) and through eight (all at once), ending by a stop token, by
-/// `max_new`, by a full context (a 60-token prompt at context 64) and by the callback. The same argument as
+/// `max_new`, by a full context (a 60-token prompt at context 64) and by the callback, the last prefilled
+/// from the 40 tokens it shares with the one before. The same argument as
 /// `each_sequence_samples_as_it_would_alone` makes the comparison exact.
 #[test]
 fn generate_batch_answers_as_generate_does() {
     let g = Golden::open("tiny-shared");
     let long: Vec<u32> = g.ids("prompt_ids").into_iter().cycle().take(60).collect();
+    // The last prompt shares 40 tokens with the one before it: its prefill starts there.
+    let shared = [&long[..40], &g.ids("forced_ids")[..3]].concat();
     let prompts = vec![
         g.ids("prompt_ids"),
         g.ids("single_prompt_ids"),
         g.ids("prompt_ids")[2..].to_vec(),
         g.ids("forced_ids"),
         long,
+        shared,
     ];
     let penalties = Penalties { repeat: 1.2, frequency: 0.1, presence: 0.1 };
     let sampling =
@@ -384,7 +388,7 @@ fn generate_batch_answers_as_generate_does() {
             assert_eq!(got, want, "{max_sequences} sequences [{}]", gpu.describe());
             assert_eq!(model.position(), 0);
         }
-        assert_eq!(model.sequences(), 5, "reserved for the first call's 2, then for 5 prompts under 8");
+        assert_eq!(model.sequences(), 6, "reserved for the first call's 2, then for 6 prompts under 8");
         // Checked first: nothing runs.
         let mut called = false;
         let bad = [prompts[0].clone(), vec![]];

@@ -291,6 +291,8 @@ impl Model {
     ///
     /// Uses the batch's first `max_sequences` sequences (reserving that many if fewer are) and the model's
     /// own context as scratch: their contents are replaced, and the model is [`Model::reset`] at the end.
+    /// Each prompt is prefilled after [`Model::reuse_prefix`], so the part it shares with the one before
+    /// (a chat template's system prompt) is not fed again.
     /// Their sampling settings become the model's, without masks or log-probabilities. Every prompt is
     /// checked first (not empty, known ids, within the context), and a token mask set with
     /// [`Model::set_token_mask`] is an error: nothing is generated then.
@@ -351,8 +353,9 @@ impl Model {
         loop {
             for (seq, slot) in active.iter_mut().enumerate().filter(|(_, a)| a.is_none()) {
                 for i in queue.by_ref() {
-                    self.reset();
-                    let first = self.prefill(&prompts[i])?;
+                    // What the previous prompt shares with this one (a system prompt) is not fed again.
+                    let reused = self.reuse_prefix(&prompts[i]);
+                    let first = self.prefill(&prompts[i][reused..])?;
                     if !ends(&mut outs, i, first, self.pos) {
                         self.context_to_sequence(seq)?;
                         *slot = Some(i);
