@@ -400,7 +400,7 @@ fn generate_batch_answers_as_generate_does() {
         assert!(model.generate_batch(&prompts, 4, &[], 2, |_, _| true).is_err());
         assert!(!called);
         model.set_token_mask(None).unwrap();
-        assert_eq!(model.generate_batch(&[], 4, &[], 2, |_, _| true).unwrap(), Vec::<Vec<u32>>::new());
+        assert_eq!(model.generate_batch::<Vec<u32>>(&[], 4, &[], 2, |_, _| true).unwrap(), Vec::<Vec<u32>>::new());
     }
 }
 

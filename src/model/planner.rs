@@ -111,9 +111,10 @@ pub struct MemoryReport {
     pub kv_cache: u64,
     /// Activations (residual stream, scratch of each step, logits).
     pub activations: u64,
-    /// Readbacks, uniforms, the RoPE table, the batch's per-row tables, and the device's staging textures ([`Gpu::staging_bytes`]:
-    /// a CPU driver's prefill copies operands there; made with the first prefill plan that needs them and
-    /// shared by every model on the same [`Gpu`], so each one's report counts them).
+    /// Readbacks, uniforms, the RoPE table, the batch's per-row tables, and the device's staging textures
+    /// ([`Gpu::staging_bytes`]: a CPU driver's prefill copies operands there; made with the first prefill
+    /// plan that needs them and shared by every model on the same [`Gpu`], so each one's report counts
+    /// them).
     pub scratch: u64,
 }
 

@@ -227,6 +227,9 @@ pub struct StepParams {
 
 // WGSL aligns the uniform's `penalties` array to 16 bytes; the Rust struct must put it at the same offset.
 const _: () = assert!(std::mem::offset_of!(StepParams, penalties) == 64);
+// The sampler reads them as `array<Step>` (a [`StepTable`], or the step buffer as one entry), whose stride is
+// the struct's size rounded to 16 bytes: the Rust size must already be that.
+const _: () = assert!(std::mem::size_of::<StepParams>().is_multiple_of(16));
 
 /// One [`StepParams`] per row, for kernels that treat each row of a batch on its own terms: the batched
 /// sampler ([`sample::sample_rows`]) reads row `r`'s sampling settings from entry `r`.

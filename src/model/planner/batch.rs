@@ -290,12 +290,12 @@ impl Model {
     /// `on_token(prompt index, token)` returns false.
     ///
     /// Uses the batch's first `max_sequences` sequences (reserving that many if fewer are) and the model's
-    /// own context as scratch: their contents are replaced, and the model is [`Model::reset`] at the end.
-    /// Each prompt is prefilled after [`Model::reuse_prefix`], so the part it shares with the one before
-    /// (a chat template's system prompt) is not fed again.
-    /// Their sampling settings become the model's, without masks or log-probabilities. Every prompt is
-    /// checked first (not empty, known ids, within the context), and a token mask set with
-    /// [`Model::set_token_mask`] is an error: nothing is generated then.
+    /// own context as scratch: their contents are replaced, their sampling settings become the model's
+    /// (without masks or log-probabilities), and the model is [`Model::reset`] at the end. Each prompt is
+    /// prefilled after [`Model::reuse_prefix`], so the part it shares with the one before (a chat
+    /// template's system prompt) is not fed again. Every prompt is checked first (not empty, known ids,
+    /// within the context), and a token mask set with [`Model::set_token_mask`] is an error: nothing is
+    /// generated then.
     ///
     /// ```no_run
     /// # fn demo(model: &mut mobilellm_kernels::model::Model, prompts: &[Vec<u32>], eos: u32) -> mobilellm_kernels::Result<()> {
@@ -303,9 +303,9 @@ impl Model {
     /// assert_eq!(answers.len(), prompts.len());
     /// # Ok(()) }
     /// ```
-    pub fn generate_batch(
+    pub fn generate_batch<P: AsRef<[u32]>>(
         &mut self,
-        prompts: &[Vec<u32>],
+        prompts: &[P],
         max_new: usize,
         stop: &[u32],
         max_sequences: usize,
@@ -318,7 +318,7 @@ impl Model {
         if self.masked {
             return Err(Error::invalid("token mask", "set", "none for generate_batch (Model::set_token_mask(None))"));
         }
-        for (i, prompt) in prompts.iter().enumerate() {
+        for (i, prompt) in prompts.iter().map(AsRef::as_ref).enumerate() {
             if prompt.is_empty() || prompt.len() > self.context() {
                 return Err(Error::invalid(
                     format!("prompt {i}"),
@@ -354,8 +354,9 @@ impl Model {
             for (seq, slot) in active.iter_mut().enumerate().filter(|(_, a)| a.is_none()) {
                 for i in queue.by_ref() {
                     // What the previous prompt shares with this one (a system prompt) is not fed again.
-                    let reused = self.reuse_prefix(&prompts[i]);
-                    let first = self.prefill(&prompts[i][reused..])?;
+                    let prompt = prompts[i].as_ref();
+                    let reused = self.reuse_prefix(prompt);
+                    let first = self.prefill(&prompt[reused..])?;
                     if !ends(&mut outs, i, first, self.pos) {
                         self.context_to_sequence(seq)?;
                         *slot = Some(i);
@@ -423,7 +424,8 @@ impl Model {
                 (true, _) | (_, 0) => &[][..],
                 (false, last_n) => &history[history.len().saturating_sub(last_n)..],
             };
-            // As the one-sequence step that feeds `token` at `len` (the same seed), without log-probabilities.
+            // As the one-sequence step that feeds `token` at `len` (the same seed), with the sequence's mask
+            // flag and log-probabilities.
             let params = self.step_params(*len, 1, sampling, window)?;
             let mask = u32::from(batch.masks[seq].is_some());
             let (logprob, top) = batch.logprobs[seq];
