@@ -407,7 +407,8 @@ fn generate_batch_answers_as_generate_does() {
 /// `mobilellm batch` on a checkpoint directory with a tokenizer (tiny-plain's weights, the SentencePiece
 /// vocabulary of `tests/data/hf-tokenizers/sentencepiece`): three prompts, two at a time, sampled; each
 /// answer is the text the library's one-sequence `generate` gives for that prompt with the same settings,
-/// and with `--stop` the part of it before the stop string (a piece of the first answer).
+/// with `--stop` the part of it before the stop string (a piece of the first answer), and with `--json`
+/// what `generate_constrained` gives it under a JSON recognizer of its own.
 #[test]
 fn cli_batch_answers_each_prompt_as_generate_does() {
     use mobilellm_kernels::tokenizer::Tokenizer;
@@ -431,7 +432,7 @@ fn cli_batch_answers_each_prompt_as_generate_does() {
         .collect();
     let batch = |extra: &[&str]| -> Vec<serde_json::Value> {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mobilellm"))
-            .args(["batch", "--json", "--max-new", "7", "--context", "64", "--max-sequences", "2"])
+            .args(["batch", "--jsonl", "--max-new", "7", "--context", "64", "--max-sequences", "2"])
             .args(["--temperature", "0.8", "--top-k", "40", "--seed", "3", "--model"])
             .arg(&dir)
             .args(prompts.iter().flat_map(|p| ["--prompt", p]))
@@ -459,5 +460,72 @@ fn cli_batch_answers_each_prompt_as_generate_does() {
         let before = text.find(stop).map_or(&text[..], |at| &text[..at]);
         assert_eq!(answer["text"], before, "{prompt}, stop {stop:?}");
     }
+    // --json: each answer under its own JSON recognizer, as generate_constrained gives it.
+    for (prompt, answer) in prompts.iter().zip(batch(&["--json"])) {
+        use mobilellm_kernels::constrain::{Constraint, JsonConstraint};
+        let mut json = JsonConstraint::new(&tok, &[eos]);
+        model.reset();
+        let ids =
+            model.generate_constrained(&tok.encode(prompt, true), 7, &[eos], |g| json.mask_after(g), |_| true).unwrap();
+        let text = tok.decode(ids.strip_suffix(&[eos]).unwrap_or(&ids));
+        // A JSON value's start, after any whitespace.
+        assert!(text.trim_start().chars().next().is_none_or(|c| "{[\"-0123456789tfn".contains(c)), "{text:?}");
+        assert_eq!(answer["text"], text, "{prompt} --json");
+    }
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `generate_batch_constrained` gives each prompt what `generate_constrained` gives it alone: a mask per
+/// prompt and step (a rule on the id, the step and the prompt: ids with `(id + step + prompt) % 3 == 0`),
+/// sampled with penalties, three prompts through two sequences. Every token obeys its mask; the masks are
+/// lifted afterwards, also when the hook fails midway.
+#[test]
+fn generate_batch_constrained_answers_as_generate_constrained_does() {
+    let g = Golden::open("tiny-shared");
+    let prompts = [g.ids("prompt_ids"), g.ids("single_prompt_ids"), g.ids("forced_ids")];
+    let rule = |i: usize, step: usize| {
+        TokenMask::allowing(VOCAB, (0..VOCAB as u32).filter(|id| (*id as usize + step + i).is_multiple_of(3))).unwrap()
+    };
+    let penalties = Penalties { repeat: 1.3, ..Penalties::OFF };
+    let sampling = Sampling { temperature: 0.9, top_k: 20, seed: 4, penalties, ..Sampling::default() };
+    let max_new = 8;
+    for gpu in gpus() {
+        let mut model = load(gpu, "tiny-shared", DType::F32, 64);
+        model.set_sampling(sampling).unwrap();
+        let want: Vec<Vec<u32>> = (0..prompts.len())
+            .map(|i| {
+                model.reset();
+                let allowed = |generated: &[u32]| Ok(rule(i, generated.len()));
+                model.generate_constrained(&prompts[i], max_new, &[], allowed, |_| true).unwrap()
+            })
+            .collect();
+        let got = model
+            .generate_batch_constrained(
+                &prompts,
+                max_new,
+                &[],
+                2,
+                |i, generated| Ok(rule(i, generated.len())),
+                |_, _| true,
+            )
+            .unwrap();
+        assert_eq!(got, want, "[{}]", gpu.describe());
+        for (i, tokens) in got.iter().enumerate() {
+            assert!(tokens.iter().enumerate().all(|(step, &id)| rule(i, step).is_allowed(id)), "{tokens:?}");
+        }
+        assert!(!model.has_token_mask());
+        // A hook that fails on prompt 2's third pick: the error comes back and no mask stays.
+        let failing = |i: usize, generated: &[u32]| match (i, generated.len()) {
+            (2, 2) => Err(mobilellm_kernels::Error::invalid("test constraint", "step 2", "a mask")),
+            (i, step) => Ok(rule(i, step)),
+        };
+        assert!(model.generate_batch_constrained(&prompts, max_new, &[], 2, failing, |_, _| true).is_err());
+        assert!(!model.has_token_mask());
+        model.set_sampling(Sampling::greedy()).unwrap();
+        let free = model.generate_batch(&prompts, 3, &[], 2, |_, _| true).unwrap();
+        for (i, tokens) in free.iter().enumerate() {
+            model.reset();
+            assert_eq!(tokens, &model.generate(&prompts[i], 3, &[], |_| true).unwrap(), "unconstrained again");
+        }
+    }
 }

@@ -401,9 +401,21 @@ struct BatchArgs {
     /// End an answer when its text contains this text, which is left out (repeatable).
     #[arg(long)]
     stop: Vec<String>,
-    /// One JSON object per answer and line: {"prompt", "text", "tokens"}.
-    #[arg(long)]
+    /// Constrain each answer to one JSON document.
+    #[arg(long, conflicts_with_all = ["grammar", "json_schema", "regex"])]
     json: bool,
+    /// Constrain each answer to a GBNF grammar read from this file (its rule `root`).
+    #[arg(long, conflicts_with_all = ["json_schema", "regex"])]
+    grammar: Option<PathBuf>,
+    /// Constrain each answer to JSON that this JSON schema file accepts.
+    #[arg(long, conflicts_with = "regex")]
+    json_schema: Option<PathBuf>,
+    /// Constrain each answer to text this regular expression matches whole.
+    #[arg(long)]
+    regex: Option<String>,
+    /// Print one JSON object per answer and line: {"prompt", "text", "tokens"}.
+    #[arg(long)]
+    jsonl: bool,
 }
 
 #[derive(Args)]
@@ -981,20 +993,42 @@ fn batch(a: &BatchArgs) -> Result<()> {
     for _ in &prompts {
         texts.push((tokenizer.stream_decoder(), StopStrings::new(&a.stop)?, String::new()));
     }
-    let start = Instant::now();
-    let answers = model.generate_batch(&ids, a.pick.max_new, &stop, a.max_sequences, |i, id| {
+    let grammar = match &a.regex {
+        Some(regex) => Some(Grammar::parse(&regex_to_gbnf(regex)?)?),
+        None => load_grammar(a.grammar.as_deref(), a.json_schema.as_deref(), JsonLayout::Free)?,
+    };
+    // One constraint per prompt: each answer is its own document.
+    let mut constraints: Vec<Box<dyn Constraint>> = Vec::new();
+    for _ in &prompts {
+        match (&grammar, a.json) {
+            (Some(grammar), _) => {
+                constraints.push(Box::new(GrammarConstraint::new(grammar.clone(), &tokenizer, &stop)))
+            }
+            (None, true) => constraints.push(Box::new(JsonConstraint::new(&tokenizer, &stop))),
+            (None, false) => {}
+        }
+    }
+    let on_token = |i: usize, id: u32| {
         let (decoder, stops, text) = &mut texts[i];
         if !stop.contains(&id) {
             text.push_str(&stops.push(&decoder.push(id)));
         }
         !stops.is_stopped()
-    })?;
+    };
+    let (max_new, sequences) = (a.pick.max_new, a.max_sequences);
+    let start = Instant::now();
+    let answers = if constraints.is_empty() {
+        model.generate_batch(&ids, max_new, &stop, sequences, on_token)?
+    } else {
+        let allowed = |i: usize, generated: &[u32]| constraints[i].mask_after(generated);
+        model.generate_batch_constrained(&ids, max_new, &stop, sequences, allowed, on_token)?
+    };
     let seconds = start.elapsed().as_secs_f64();
     for ((prompt, answer), (mut decoder, mut stops, mut text)) in prompts.iter().zip(&answers).zip(texts) {
         let rest = decoder.finish();
         text.push_str(&stops.push(&rest));
         text.push_str(&stops.finish());
-        if a.json {
+        if a.jsonl {
             println!("{}", serde_json::json!({ "prompt": prompt, "text": text, "tokens": answer.len() }));
         } else {
             println!("> {prompt}\n{}\n", text.trim());

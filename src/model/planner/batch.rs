@@ -309,6 +309,52 @@ impl Model {
         max_new: usize,
         stop: &[u32],
         max_sequences: usize,
+        on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        self.generate_batch_with(prompts, (max_new, stop, max_sequences), None, on_token)
+    }
+
+    /// [`Model::generate_batch`] under a constraint per prompt: before each pick of prompt `i`'s
+    /// continuation, `allowed(i, generated)` gives the tokens that may come next after the tokens generated
+    /// so far (the first pick by the prefill's mask, the others by their sequence's,
+    /// [`Model::set_sequence_mask`]); each continuation is what [`Model::generate_constrained`] gives its
+    /// prompt alone. The masks are lifted when the call returns, also on an error.
+    ///
+    /// ```no_run
+    /// # fn demo(model: &mut mobilellm_kernels::model::Model, tokenizer: &mobilellm_kernels::tokenizer::Tokenizer,
+    /// #         prompts: &[Vec<u32>]) -> mobilellm_kernels::Result<()> {
+    /// use mobilellm_kernels::constrain::{Constraint, JsonConstraint};
+    /// let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
+    /// // One JSON document per prompt, each with its own recognizer.
+    /// let mut json: Vec<JsonConstraint> = prompts.iter().map(|_| JsonConstraint::new(tokenizer, &stop)).collect();
+    /// let answers =
+    ///     model.generate_batch_constrained(prompts, 128, &stop, 8, |i, generated| json[i].mask_after(generated), |_, _| true)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn generate_batch_constrained<P: AsRef<[u32]>>(
+        &mut self,
+        prompts: &[P],
+        max_new: usize,
+        stop: &[u32],
+        max_sequences: usize,
+        mut allowed: impl FnMut(usize, &[u32]) -> Result<TokenMask>,
+        on_token: impl FnMut(usize, u32) -> bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        let result = self.generate_batch_with(prompts, (max_new, stop, max_sequences), Some(&mut allowed), on_token);
+        self.set_token_mask(None)?;
+        for seq in 0..self.sequences().min(max_sequences) {
+            self.set_sequence_mask(seq, None)?;
+        }
+        result
+    }
+
+    /// [`Model::generate_batch`] with an optional mask hook (`allowed(prompt index, generated)` before
+    /// each pick).
+    fn generate_batch_with<P: AsRef<[u32]>>(
+        &mut self,
+        prompts: &[P],
+        (max_new, stop, max_sequences): (usize, &[u32], usize),
+        mut allowed: Option<&mut MaskHook<'_>>,
         mut on_token: impl FnMut(usize, u32) -> bool,
     ) -> Result<Vec<Vec<u32>>> {
         self.gpu.take_error()?;
@@ -356,6 +402,9 @@ impl Model {
                     // What the previous prompt shares with this one (a system prompt) is not fed again.
                     let prompt = prompts[i].as_ref();
                     let reused = self.reuse_prefix(prompt);
+                    if let Some(allowed) = allowed.as_mut() {
+                        self.set_token_mask(Some(&allowed(i, &[])?))?;
+                    }
                     let first = self.prefill(&prompt[reused..])?;
                     if !ends(&mut outs, i, first, self.pos) {
                         self.context_to_sequence(seq)?;
@@ -369,6 +418,11 @@ impl Model {
                 active.iter().enumerate().filter_map(|(s, a)| a.map(|i| (s, i))).collect();
             if running.is_empty() {
                 break;
+            }
+            if let Some(allowed) = allowed.as_mut() {
+                for &(seq, i) in &running {
+                    self.set_sequence_mask(seq, Some(&allowed(i, &outs[i])?))?;
+                }
             }
             let rows: Vec<(usize, u32)> = running.iter().map(|&(seq, i)| (seq, outs[i][outs[i].len() - 1])).collect();
             let picks = self.decode_batch(&rows)?;
@@ -502,6 +556,9 @@ impl Model {
         Ok(encoder.finish())
     }
 }
+
+/// `allowed(prompt index, tokens generated so far)`: the tokens that may come next.
+type MaskHook<'a> = dyn FnMut(usize, &[u32]) -> Result<TokenMask> + 'a;
 
 fn no_batch() -> Error {
     Error::invalid("batch sequences", "none reserved", "Model::reserve_sequences called first")
