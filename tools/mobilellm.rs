@@ -997,17 +997,19 @@ fn batch(a: &BatchArgs) -> Result<()> {
         Some(regex) => Some(Grammar::parse(&regex_to_gbnf(regex)?)?),
         None => load_grammar(a.grammar.as_deref(), a.json_schema.as_deref(), JsonLayout::Free)?,
     };
-    // One constraint per prompt: each answer is its own document.
-    let mut constraints: Vec<Box<dyn Constraint>> = Vec::new();
-    for _ in &prompts {
-        match (&grammar, a.json) {
-            (Some(grammar), _) => {
-                constraints.push(Box::new(GrammarConstraint::new(grammar.clone(), &tokenizer, &stop)))
-            }
-            (None, true) => constraints.push(Box::new(JsonConstraint::new(&tokenizer, &stop))),
-            (None, false) => {}
+    // One constraint per prompt (each answer is its own document), cloned from one built once: building
+    // reads the whole vocabulary.
+    let mut constraints: Vec<Box<dyn Constraint>> = match (grammar, a.json) {
+        (Some(grammar), _) => {
+            let first = GrammarConstraint::new(grammar, &tokenizer, &stop);
+            prompts.iter().map(|_| Box::new(first.clone()) as Box<dyn Constraint>).collect()
         }
-    }
+        (None, true) => {
+            let first = JsonConstraint::new(&tokenizer, &stop);
+            prompts.iter().map(|_| Box::new(first.clone()) as Box<dyn Constraint>).collect()
+        }
+        (None, false) => Vec::new(),
+    };
     let on_token = |i: usize, id: u32| {
         let (decoder, stops, text) = &mut texts[i];
         if !stop.contains(&id) {
