@@ -794,15 +794,22 @@ fn report_drafts(stats: Option<LookupStats>) {
 }
 
 /// Prints generated tokens as their text completes, up to the first stop string; keeps what it printed.
+/// A quiet one (`batch`, whose answers interleave) only keeps it.
 struct Printer<'a> {
     decoder: StreamDecoder<'a>,
     stops: StopStrings,
     shown: String,
+    echo: bool,
 }
 
 impl<'a> Printer<'a> {
     fn new(tokenizer: &'a Tokenizer, stops: &[String]) -> Result<Printer<'a>> {
-        Ok(Printer { decoder: tokenizer.stream_decoder(), stops: StopStrings::new(stops)?, shown: String::new() })
+        let stops = StopStrings::new(stops)?;
+        Ok(Printer { decoder: tokenizer.stream_decoder(), stops, shown: String::new(), echo: true })
+    }
+
+    fn quiet(tokenizer: &'a Tokenizer, stops: &[String]) -> Result<Printer<'a>> {
+        Ok(Printer { echo: false, ..Printer::new(tokenizer, stops)? })
     }
 
     /// Prints the token's text that is known to come before any stop string; false once one is found.
@@ -813,8 +820,10 @@ impl<'a> Printer<'a> {
     }
 
     fn show(&mut self, text: &str) {
-        print!("{text}");
-        let _ = std::io::stdout().flush();
+        if self.echo {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+        }
         self.shown.push_str(text);
     }
 
@@ -823,7 +832,7 @@ impl<'a> Printer<'a> {
         let rest = self.decoder.finish();
         let text = self.stops.push(&rest) + &self.stops.finish();
         self.show(&text);
-        if self.stops.is_stopped() {
+        if self.echo && self.stops.is_stopped() {
             eprintln!("\n[stopped at a stop string]");
         }
         std::mem::take(&mut self.shown)
@@ -989,10 +998,7 @@ fn batch(a: &BatchArgs) -> Result<()> {
     model.set_sampling(a.pick.sampling())?;
     let stop: Vec<u32> = tokenizer.eos().into_iter().collect();
     // Each answer's text as it streams, up to a stop string (the end-of-sequence token adds none).
-    let mut texts = Vec::with_capacity(prompts.len());
-    for _ in &prompts {
-        texts.push((tokenizer.stream_decoder(), StopStrings::new(&a.stop)?, String::new()));
-    }
+    let mut texts = prompts.iter().map(|_| Printer::quiet(&tokenizer, &a.stop)).collect::<Result<Vec<_>>>()?;
     let grammar = match &a.regex {
         Some(regex) => Some(Grammar::parse(&regex_to_gbnf(regex)?)?),
         None => load_grammar(a.grammar.as_deref(), a.json_schema.as_deref(), JsonLayout::Free)?,
@@ -1010,13 +1016,7 @@ fn batch(a: &BatchArgs) -> Result<()> {
         }
         (None, false) => Vec::new(),
     };
-    let on_token = |i: usize, id: u32| {
-        let (decoder, stops, text) = &mut texts[i];
-        if !stop.contains(&id) {
-            text.push_str(&stops.push(&decoder.push(id)));
-        }
-        !stops.is_stopped()
-    };
+    let on_token = |i: usize, id: u32| stop.contains(&id) || texts[i].push(id);
     let (max_new, sequences) = (a.pick.max_new, a.max_sequences);
     let start = Instant::now();
     let answers = if constraints.is_empty() {
@@ -1026,10 +1026,8 @@ fn batch(a: &BatchArgs) -> Result<()> {
         model.generate_batch_constrained(&ids, max_new, &stop, sequences, allowed, on_token)?
     };
     let seconds = start.elapsed().as_secs_f64();
-    for ((prompt, answer), (mut decoder, mut stops, mut text)) in prompts.iter().zip(&answers).zip(texts) {
-        let rest = decoder.finish();
-        text.push_str(&stops.push(&rest));
-        text.push_str(&stops.finish());
+    for ((prompt, answer), mut printer) in prompts.iter().zip(&answers).zip(texts) {
+        let text = printer.finish();
         if a.jsonl {
             println!("{}", serde_json::json!({ "prompt": prompt, "text": text, "tokens": answer.len() }));
         } else {

@@ -431,7 +431,7 @@ pub fn sample_masked(
         }
         SampleRow::LastOfStep => LAST_OF_STEP,
     };
-    let layout = Layout { row, grid_rows: 1, token_stride: token.len() as u32, mask_words: 0 };
+    let layout = Layout { rows, row, grid_rows: 1, token_stride: token.len() as u32, mask_words: 0 };
     plan_sampler(gpu, logits, step.buffer(), mask, token, layout)
 }
 
@@ -464,13 +464,14 @@ pub fn sample_rows(
         return Err(Error::invalid("sample token stride", 0, "at least 1 (the pick)"));
     }
     check_u32("sample token outputs", tokens, rows * token_stride, format!("{token_stride} per row"))?;
-    let layout =
-        Layout { row: EACH_ROW, grid_rows: rows as u32, token_stride: token_stride as u32, mask_words: words as u32 };
+    let (token_stride, mask_words) = (token_stride as u32, words as u32);
+    let layout = Layout { rows, row: EACH_ROW, grid_rows: rows as u32, token_stride, mask_words };
     plan_sampler(gpu, logits, steps.buffer(), masks, tokens, layout)
 }
 
-/// Which rows a sampler reads and where each row's mask and output are.
+/// Which rows a sampler reads (of the logits' `rows`) and where each row's mask and output are.
 struct Layout {
+    rows: usize,
     row: u32,
     grid_rows: u32,
     token_stride: u32,
@@ -500,8 +501,7 @@ fn plan_sampler(
     token: &Tensor,
     layout: Layout,
 ) -> Result<Sampler> {
-    let vocab = *logits.shape().last().unwrap_or(&0);
-    let rows = logits.len() / vocab.max(1);
+    let (vocab, rows) = (*logits.shape().last().unwrap_or(&0), layout.rows);
     let wg = small_kernel_workgroup(gpu, WORKGROUP);
     let chunk = (vocab as u32).div_ceil(MAX_GROUPS).next_multiple_of(wg).max(MIN_CHUNK);
     let groups = (vocab as u32).div_ceil(chunk);

@@ -458,10 +458,9 @@ impl Model {
         let batch = self.batch()?;
         let capacity = batch.cache.capacity();
         let mut lens = batch.lens.clone();
-        let mut recent = batch.recent.clone();
         let mut table = Vec::with_capacity(2 * n);
         let mut row_params = Vec::with_capacity(n);
-        for &(seq, token) in rows {
+        for (r, &(seq, _)) in rows.iter().enumerate() {
             let len = lens.get_mut(seq).ok_or_else(|| no_sequence(seq, batch.lens.len()))?;
             if *len >= capacity {
                 return Err(Error::Capacity {
@@ -470,17 +469,20 @@ impl Model {
                     capacity,
                 });
             }
-            let history = &mut recent[seq];
-            history.push(token);
-            history.drain(..history.len().saturating_sub(MAX_PENALTIES));
             let sampling = &batch.sampling[seq];
-            let window = match (sampling.penalties.is_off(), sampling.penalty_last_n) {
-                (true, _) | (_, 0) => &[][..],
-                (false, last_n) => &history[history.len().saturating_sub(last_n)..],
+            // The tokens the penalties look at: the sequence's before this batch, then its rows' up to this
+            // one (gathered only where penalties are on).
+            let window: Vec<u32> = match (sampling.penalties.is_off(), sampling.penalty_last_n) {
+                (true, _) | (_, 0) => Vec::new(),
+                (false, last_n) => {
+                    let fed = rows[..=r].iter().filter(|row| row.0 == seq).map(|row| row.1);
+                    let history: Vec<u32> = batch.recent[seq].iter().copied().chain(fed).collect();
+                    history[history.len().saturating_sub(last_n)..].to_vec()
+                }
             };
-            // As the one-sequence step that feeds `token` at `len` (the same seed), with the sequence's mask
-            // flag and log-probabilities.
-            let params = self.step_params(*len, 1, sampling, window)?;
+            // As the one-sequence step that feeds this row's token at `len` (the same seed), with the
+            // sequence's mask flag and log-probabilities.
+            let params = self.step_params(*len, 1, sampling, &window)?;
             let mask = u32::from(batch.masks[seq].is_some());
             let (logprob, top) = batch.logprobs[seq];
             row_params.push(StepParams { mask, logprob: u32::from(logprob), top_logprobs: top as u32, ..params });
@@ -527,7 +529,11 @@ impl Model {
         };
         let batch = self.batch_mut()?;
         batch.lens = lens;
-        batch.recent = recent;
+        for &(seq, token) in rows {
+            let history = &mut batch.recent[seq];
+            history.push(token);
+            history.drain(..history.len().saturating_sub(MAX_PENALTIES));
+        }
         batch.last_logprobs = row_logprobs;
         Ok((picks, logits))
     }
